@@ -1,0 +1,73 @@
+//! `kiroku`: one binary for every role and command.
+//!
+//! Exit codes: 0 success, 2 bad input or usage (the message says which), 1 anything
+//! else. Errors are printed as one `error: ...` line on stderr.
+
+mod model;
+mod transcribe;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "kiroku", version, about = "Kiroku: streaming transcription for live meetings")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Transcribe a WAV file and print the transcript (txt, json, srt or vtt).
+    Transcribe(transcribe::Args),
+    /// Fetch, convert and list Whisper models.
+    #[command(subcommand)]
+    Model(model::Command),
+}
+
+/// An error whose cause is the user's input: exit code 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct InputError(pub String);
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // whisper.cpp logs its own errors; the CLI reports them as one line instead
+    // (`RUST_LOG=whisper_rs=debug` shows them).
+    kiroku_core::telemetry::init("warn,whisper_rs=off");
+    let result = match cli.command {
+        Command::Transcribe(args) => transcribe::run(args),
+        Command::Model(command) => model::run(command),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            // One line: the chain of causes joined, never a backtrace.
+            let message = error.chain().map(ToString::to_string).collect::<Vec<_>>().join(": ");
+            eprintln!("error: {message}");
+            if error.downcast_ref::<InputError>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+/// A progress bar on stderr when it is a terminal, hidden otherwise.
+pub fn progress_bar(len: u64, message: &str) -> indicatif::ProgressBar {
+    use std::io::IsTerminal;
+    let bar = if std::io::stderr().is_terminal() {
+        indicatif::ProgressBar::new(len)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{msg:>12} [{bar:30}] {pos}/{len} {elapsed}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.set_message(message.to_string());
+    bar
+}

@@ -1,0 +1,109 @@
+//! `kiroku transcribe FILE`: decode a WAV file, run the engine, print the transcript.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Result;
+use kiroku_core::transcript::Format;
+use kiroku_engine::audio::{AudioError, decode_wav};
+use kiroku_engine::engine::{EngineError, default_model_path};
+use kiroku_engine::{Engine, EngineConfig, TranscribeOptions};
+
+use crate::InputError;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// WAV file (PCM 8/16/24/32-bit or float, 1–8 channels, 8–192 kHz).
+    file: PathBuf,
+    /// Output format.
+    #[arg(long, short, default_value = "txt")]
+    format: Format,
+    /// ggml model file [default: $KIROKU_MODEL_DIR/ggml-tiny.en.bin].
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Beam width; 1 decodes greedily.
+    #[arg(long, default_value_t = 1)]
+    beam: u32,
+    /// Inference threads [default: all cores].
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Spoken language (ISO 639-1, or "auto" to detect with a multilingual model).
+    #[arg(long)]
+    language: Option<String>,
+    /// Vocabulary or context that biases recognition, e.g. names and jargon.
+    #[arg(long)]
+    prompt: Option<String>,
+    /// Encoder context in 20 ms frames (64–1500); smaller is faster on short audio.
+    #[arg(long)]
+    audio_ctx: Option<u32>,
+    /// Use flash attention (less memory; slower on CPU).
+    #[arg(long)]
+    flash_attn: bool,
+    /// Print load and decode times and the real-time factor to stderr.
+    #[arg(long)]
+    timings: bool,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let started = Instant::now();
+    let file = std::fs::File::open(&args.file)
+        .map_err(|e| InputError(format!("cannot open {}: {e}", args.file.display())))?;
+    let pcm = decode_wav(std::io::BufReader::new(file)).map_err(|e| match e {
+        AudioError::Io(io) => anyhow::Error::new(io).context(format!("reading {}", args.file.display())),
+        other => InputError(format!("{}: {other}", args.file.display())).into(),
+    })?;
+    let decoded = started.elapsed();
+
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = args.threads.unwrap_or(cores);
+    if threads == 0 {
+        return Err(InputError("--threads must be at least 1".into()).into());
+    }
+    if threads > cores {
+        tracing::warn!(threads, cores, "more inference threads than cores: ggml threads spin, expect a large slowdown");
+    }
+    let mut config = EngineConfig::new(args.model.unwrap_or_else(default_model_path));
+    config.threads = threads;
+    config.flash_attn = args.flash_attn;
+    let engine = Engine::load(&config).map_err(engine_error)?;
+    let loaded = started.elapsed();
+
+    let bar = crate::progress_bar(100, "transcribing");
+    let progress_bar = bar.clone();
+    let options = TranscribeOptions {
+        language: args.language,
+        beam_size: args.beam.max(1),
+        prompt: args.prompt,
+        audio_ctx: args.audio_ctx,
+    };
+    let duration_ms = pcm.duration_ms();
+    let transcript = engine
+        .transcribe(pcm.samples, options, Some(Box::new(move |percent| progress_bar.set_position(percent.clamp(0, 100) as u64))))
+        .map_err(engine_error)?;
+    bar.finish_and_clear();
+    let done = started.elapsed();
+    print!("{}", transcript.render(args.format));
+    if args.timings {
+        let decode_s = (done - loaded).as_secs_f64();
+        eprintln!(
+            "timings: audio_s={:.2} wav_decode_ms={} model_load_ms={} transcribe_ms={} rtf={:.4} threads={threads}",
+            duration_ms as f64 / 1000.0,
+            decoded.as_millis(),
+            (loaded - decoded).as_millis(),
+            (done - loaded).as_millis(),
+            decode_s / (duration_ms as f64 / 1000.0),
+        );
+    }
+    Ok(())
+}
+
+/// Engine errors caused by the user's choices exit with 2; failures inside exit with 1.
+fn engine_error(error: EngineError) -> anyhow::Error {
+    match error {
+        EngineError::ModelMissing(_) | EngineError::ModelLoad(_) | EngineError::InvalidOption(_) => {
+            InputError(error.to_string()).into()
+        }
+        other => anyhow::Error::new(other).context("transcription failed"),
+    }
+}
+

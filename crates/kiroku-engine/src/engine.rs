@@ -1,0 +1,468 @@
+//! The inference pool: one loaded model, a fixed number of decoding slots, a queue.
+//!
+//! ggml's worker threads busy-spin, so running more inference threads than cores makes
+//! everything dramatically slower (2 decodes × 2 threads on 2 cores took 72–91 s instead
+//! of ~6 s, see shared/notes/whisper-engine.md). The pool therefore owns `slots` named
+//! OS threads, each with its own `WhisperState` and `threads / slots` inference threads,
+//! so the total never exceeds the configured core budget. Requests wait in a bounded
+//! queue in front of the slots; callers block (or, from async code, await a
+//! `spawn_blocking`) until a slot has run their job.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use kiroku_core::transcript::{Segment, Transcript, Word};
+use whisper_rs::{
+    DtwMode, DtwModelPreset, DtwParameters, FullParams, SamplingStrategy, WhisperContext,
+    WhisperContextParameters, WhisperState,
+};
+
+use crate::audio::WHISPER_SAMPLE_RATE_HZ;
+
+/// Errors of the engine; each says what the caller can do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("model file {0} not found (run `kiroku model fetch` or pass --model PATH)")]
+    ModelMissing(PathBuf),
+    #[error("could not load model {0}: not a whisper.cpp ggml model, or corrupt")]
+    ModelLoad(PathBuf),
+    #[error("invalid option: {0}")]
+    InvalidOption(String),
+    #[error("inference failed: {0}")]
+    Inference(String),
+    #[error("the inference pool has shut down")]
+    ShutDown,
+}
+
+pub type Result<T, E = EngineError> = std::result::Result<T, E>;
+
+/// How the pool is laid out.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub model_path: PathBuf,
+    /// Total inference threads across all slots: at most the cores given to Kiroku.
+    pub threads: usize,
+    /// Decodes that may run at once; each gets `threads / slots` threads.
+    pub slots: usize,
+    /// Jobs that may wait for a slot before `transcribe` blocks the caller.
+    pub queue_capacity: usize,
+    /// Flash attention: less memory, slower on CPU here; disables DTW timestamps.
+    pub flash_attn: bool,
+}
+
+impl EngineConfig {
+    pub fn new(model_path: impl Into<PathBuf>) -> Self {
+        Self {
+            model_path: model_path.into(),
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            slots: 1,
+            queue_capacity: 16,
+            flash_attn: false,
+        }
+    }
+}
+
+/// Per-request decoding options.
+#[derive(Debug, Clone, Default)]
+pub struct TranscribeOptions {
+    /// ISO 639-1 code; `None` means "en" for English-only models, detection otherwise.
+    pub language: Option<String>,
+    /// 1 = greedy decoding; more = beam search of that width (at most 16).
+    pub beam_size: u32,
+    /// Vocabulary or prompt text that biases decoding (names, jargon).
+    pub prompt: Option<String>,
+    /// Encoder context in frames of 20 ms (`None` = the model's full 1500 = 30 s).
+    pub audio_ctx: Option<u32>,
+}
+
+/// Largest accepted beam width (whisper.cpp's own limit is 16 decoders).
+pub const MAX_BEAM_SIZE: u32 = 16;
+
+/// Facts about the loaded model.
+#[derive(Debug, Clone)]
+pub struct ModelInfo {
+    pub path: PathBuf,
+    pub multilingual: bool,
+    pub model_type: String,
+    pub n_mels: i32,
+}
+
+/// Progress callback: percentage 0..=100 of the audio decoded.
+pub type ProgressFn = Box<dyn FnMut(i32) + Send>;
+
+struct Job {
+    samples: Vec<f32>,
+    options: TranscribeOptions,
+    progress: Option<ProgressFn>,
+    reply_tx: mpsc::Sender<Result<Transcript>>,
+}
+
+/// A loaded model behind a fixed pool of decoding slots.
+pub struct Engine {
+    jobs_tx: Mutex<Option<mpsc::SyncSender<Job>>>,
+    slots: Vec<JoinHandle<()>>,
+    info: ModelInfo,
+    threads_per_slot: usize,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("info", &self.info)
+            .field("slots", &self.slots.len())
+            .field("threads_per_slot", &self.threads_per_slot)
+            .finish()
+    }
+}
+
+impl Engine {
+    /// Loads the model once and starts the slot threads.
+    pub fn load(config: &EngineConfig) -> Result<Self> {
+        if config.slots == 0 || config.threads == 0 {
+            return Err(EngineError::InvalidOption("threads and slots must be at least 1".into()));
+        }
+        if config.slots > config.threads {
+            return Err(EngineError::InvalidOption(format!(
+                "{} slots need at least {} threads, the budget is {}",
+                config.slots, config.slots, config.threads
+            )));
+        }
+        if !config.model_path.is_file() {
+            return Err(EngineError::ModelMissing(config.model_path.clone()));
+        }
+        whisper_rs::install_logging_hooks();
+        let mut params = WhisperContextParameters::default();
+        params.flash_attn(config.flash_attn);
+        // DTW over the alignment heads gives word times within ~100 ms; Whisper's own
+        // token timestamps drift by up to a second. whisper.cpp has no DTW with flash
+        // attention, so that mode keeps the plain token times.
+        if !config.flash_attn {
+            if let Some(mode) = read_ggml_header(&config.model_path).and_then(|h| dtw_mode(&h)) {
+                params.dtw_parameters(DtwParameters { mode, ..DtwParameters::default() });
+            }
+        }
+        let context = WhisperContext::new_with_params(&config.model_path, params)
+            .map_err(|_| EngineError::ModelLoad(config.model_path.clone()))?;
+        let info = ModelInfo {
+            path: config.model_path.clone(),
+            multilingual: context.is_multilingual(),
+            model_type: context.model_type_readable_str_lossy().map(|s| s.into_owned()).unwrap_or_default(),
+            n_mels: context.model_n_mels(),
+        };
+        let context = Arc::new(context);
+        let threads_per_slot = config.threads / config.slots;
+        let (jobs_tx, jobs_rx) = mpsc::sync_channel::<Job>(config.queue_capacity);
+        let jobs_rx = Arc::new(Mutex::new(jobs_rx));
+        let mut slots = Vec::with_capacity(config.slots);
+        for index in 0..config.slots {
+            let state = context
+                .create_state()
+                .map_err(|e| EngineError::Inference(format!("creating decoder state: {e}")))?;
+            let slot = Slot {
+                context: Arc::clone(&context),
+                state,
+                threads: threads_per_slot,
+            };
+            let jobs_rx = Arc::clone(&jobs_rx);
+            let handle = std::thread::Builder::new()
+                .name(format!("kiroku-infer-{index}"))
+                .spawn(move || slot.run(&jobs_rx))
+                .map_err(|e| EngineError::Inference(format!("spawning slot thread: {e}")))?;
+            slots.push(handle);
+        }
+        Ok(Self {
+            jobs_tx: Mutex::new(Some(jobs_tx)),
+            slots,
+            info,
+            threads_per_slot,
+        })
+    }
+
+    pub fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    pub fn threads_per_slot(&self) -> usize {
+        self.threads_per_slot
+    }
+
+    /// Transcribes 16 kHz mono samples; blocks until a slot has decoded them.
+    pub fn transcribe(
+        &self,
+        samples: Vec<f32>,
+        options: TranscribeOptions,
+        progress: Option<ProgressFn>,
+    ) -> Result<Transcript> {
+        self.validate(&options)?;
+        let (reply_tx, reply_rx) = mpsc::channel();
+        let jobs_tx = self
+            .jobs_tx
+            .lock()
+            .map_err(|_| EngineError::ShutDown)?
+            .clone()
+            .ok_or(EngineError::ShutDown)?;
+        jobs_tx
+            .send(Job {
+                samples,
+                options,
+                progress,
+                reply_tx,
+            })
+            .map_err(|_| EngineError::ShutDown)?;
+        reply_rx.recv().map_err(|_| EngineError::ShutDown)?
+    }
+
+    fn validate(&self, options: &TranscribeOptions) -> Result<()> {
+        if options.beam_size > MAX_BEAM_SIZE {
+            return Err(EngineError::InvalidOption(format!(
+                "beam size {} is above the maximum {MAX_BEAM_SIZE}",
+                options.beam_size
+            )));
+        }
+        if let Some(language) = &options.language {
+            if language != "auto" && whisper_rs::get_lang_id(language).is_none() {
+                return Err(EngineError::InvalidOption(format!("unknown language code {language:?}")));
+            }
+            if !self.info.multilingual && language != "en" {
+                return Err(EngineError::InvalidOption(format!(
+                    "model {} is English-only; language {language:?} needs a multilingual model",
+                    self.info.path.display()
+                )));
+            }
+        }
+        if let Some(audio_ctx) = options.audio_ctx {
+            if !(64..=1500).contains(&audio_ctx) {
+                return Err(EngineError::InvalidOption(format!(
+                    "audio context {audio_ctx} is outside 64..=1500 frames"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        // Closing the queue lets every slot finish its job and exit.
+        if let Ok(mut jobs_tx) = self.jobs_tx.lock() {
+            jobs_tx.take();
+        }
+        for handle in self.slots.drain(..) {
+            let _ = handle.join();
+        }
+    }
+}
+
+struct Slot {
+    context: Arc<WhisperContext>,
+    state: WhisperState,
+    threads: usize,
+}
+
+impl Slot {
+    fn run(mut self, jobs_rx: &Mutex<mpsc::Receiver<Job>>) {
+        loop {
+            // Hold the lock only while taking a job, not while decoding it.
+            let job = match jobs_rx.lock() {
+                Ok(rx) => rx.recv(),
+                Err(_) => return,
+            };
+            let Ok(job) = job else { return };
+            let result = self.decode(&job.samples, &job.options, job.progress);
+            let _ = job.reply_tx.send(result);
+        }
+    }
+
+    fn decode(&mut self, samples: &[f32], options: &TranscribeOptions, progress: Option<ProgressFn>) -> Result<Transcript> {
+        let duration_ms = samples.len() as u64 * 1000 / u64::from(WHISPER_SAMPLE_RATE_HZ);
+        let strategy = if options.beam_size > 1 {
+            SamplingStrategy::BeamSearch { beam_size: options.beam_size as i32, patience: -1.0 }
+        } else {
+            SamplingStrategy::Greedy { best_of: 1 }
+        };
+        let mut params = FullParams::new(strategy);
+        params.set_n_threads(self.threads as i32);
+        params.set_print_progress(false);
+        params.set_print_realtime(false);
+        params.set_print_special(false);
+        params.set_print_timestamps(false);
+        params.set_token_timestamps(true);
+        params.set_no_context(true);
+        params.set_suppress_blank(true);
+        let language = options.language.as_deref().filter(|l| *l != "auto");
+        if self.context.is_multilingual() {
+            params.set_language(language.or(Some("auto")));
+        } else {
+            params.set_language(Some("en"));
+        }
+        if let Some(prompt) = options.prompt.as_deref() {
+            params.set_initial_prompt(prompt);
+        }
+        if let Some(audio_ctx) = options.audio_ctx {
+            params.set_audio_ctx(audio_ctx as i32);
+        }
+        if let Some(mut progress) = progress {
+            params.set_progress_callback_safe(move |percent: i32| progress(percent));
+        }
+        self.state
+            .full(params, samples)
+            .map_err(|e| EngineError::Inference(e.to_string()))?;
+
+        let language = if self.context.is_multilingual() {
+            whisper_rs::get_lang_str(self.state.full_lang_id_from_state()).unwrap_or("und").to_string()
+        } else {
+            "en".to_string()
+        };
+        let eot = self.context.token_eot();
+        let mut segments = Vec::new();
+        let mut previous_end_ms = 0u64;
+        for segment in self.state.as_iter() {
+            let segment_start_ms = centis_to_ms(segment.start_timestamp()).min(duration_ms);
+            let segment_end_ms = centis_to_ms(segment.end_timestamp()).clamp(segment_start_ms, duration_ms);
+            let mut pieces: Vec<WordPiece> = Vec::new();
+            for index in 0..segment.n_tokens() {
+                let Some(token) = segment.get_token(index) else { continue };
+                if token.token_id() >= eot {
+                    continue; // timestamps, language and other special tokens
+                }
+                let data = token.token_data();
+                let bytes = token.to_bytes().unwrap_or_default();
+                let starts_word = bytes.first() == Some(&b' ') || pieces.is_empty();
+                if starts_word {
+                    pieces.push(WordPiece::default());
+                }
+                if let Some(piece) = pieces.last_mut() {
+                    piece.bytes.extend_from_slice(bytes);
+                    // t_dtw is -1 when DTW is off (flash attention): fall back to t0.
+                    piece.start_cs.get_or_insert(if data.t_dtw >= 0 { data.t_dtw } else { data.t0 });
+                    piece.end_cs = data.t1;
+                    piece.probabilities.push(data.p);
+                }
+            }
+            let words = place_words(pieces, segment_start_ms, segment_end_ms, &mut previous_end_ms);
+            let text: String = words.iter().map(|w| w.text.as_str()).collect::<Vec<_>>().join(" ");
+            if text.is_empty() {
+                continue;
+            }
+            segments.push(Segment {
+                start_ms: words.first().map_or(segment_start_ms, |w| w.start_ms.min(segment_start_ms).max(segment_start_ms)),
+                end_ms: segment_end_ms.max(words.last().map_or(0, |w| w.end_ms)),
+                text,
+                words,
+            });
+        }
+        let text = segments.iter().map(|s| s.text.as_str()).collect::<Vec<_>>().join(" ");
+        Ok(Transcript { duration_ms, text, language, segments })
+    }
+}
+
+#[derive(Debug, Default)]
+struct WordPiece {
+    bytes: Vec<u8>,
+    start_cs: Option<i64>,
+    end_cs: i64,
+    probabilities: Vec<f32>,
+}
+
+fn centis_to_ms(centiseconds: i64) -> u64 {
+    u64::try_from(centiseconds).unwrap_or(0) * 10
+}
+
+/// Turns token runs into words whose times are in order, do not overlap, and stay
+/// inside their segment: Whisper's token times jitter by a few tens of milliseconds.
+///
+/// A word starts at its first token's aligned time and ends where the next word starts
+/// (the segment's end for the last word), or earlier when Whisper's own end time for
+/// its last token says so.
+fn place_words(pieces: Vec<WordPiece>, segment_start_ms: u64, segment_end_ms: u64, previous_end_ms: &mut u64) -> Vec<Word> {
+    let mut words = Vec::with_capacity(pieces.len());
+    let next_starts: Vec<u64> = pieces
+        .iter()
+        .skip(1)
+        .map(|p| centis_to_ms(p.start_cs.unwrap_or(0)))
+        .chain(std::iter::once(segment_end_ms))
+        .collect();
+    for (piece, next_start_ms) in pieces.into_iter().zip(next_starts) {
+        let text = String::from_utf8_lossy(&piece.bytes).trim().to_string();
+        if text.is_empty() {
+            continue;
+        }
+        let floor = (*previous_end_ms).max(segment_start_ms).min(segment_end_ms);
+        let start_ms = centis_to_ms(piece.start_cs.unwrap_or(0)).clamp(floor, segment_end_ms);
+        let own_end_ms = centis_to_ms(piece.end_cs);
+        let end_ms = if own_end_ms > start_ms { own_end_ms.min(next_start_ms) } else { next_start_ms };
+        let end_ms = end_ms.clamp(start_ms, segment_end_ms);
+        let probability = piece.probabilities.iter().sum::<f32>() / piece.probabilities.len().max(1) as f32;
+        *previous_end_ms = end_ms;
+        words.push(Word { text, start_ms, end_ms, probability });
+    }
+    words
+}
+
+/// Where `kiroku` keeps models unless told otherwise: `$KIROKU_MODEL_DIR`, else
+/// `~/.cache/kiroku/models`.
+pub fn default_model_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("KIROKU_MODEL_DIR") {
+        return PathBuf::from(dir);
+    }
+    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("."), PathBuf::from);
+    home.join(".cache").join("kiroku").join("models")
+}
+
+/// The default model file: `ggml-tiny.en.bin` in the model directory.
+pub fn default_model_path() -> PathBuf {
+    default_model_dir().join(DEFAULT_MODEL_FILE)
+}
+
+/// File name of the default converted model.
+pub const DEFAULT_MODEL_FILE: &str = "ggml-tiny.en.bin";
+
+/// The 11 header integers of a ggml Whisper file (n_vocab .. ftype), if it is one.
+fn read_ggml_header(path: &Path) -> Option<GgmlHeader> {
+    use std::io::Read;
+    let mut bytes = [0u8; 48];
+    std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut bytes)).ok()?;
+    let field = |i: usize| i32::from_le_bytes([bytes[4 * i], bytes[4 * i + 1], bytes[4 * i + 2], bytes[4 * i + 3]]);
+    (field(0) as u32 == 0x6767_6d6c).then(|| GgmlHeader {
+        n_vocab: field(1),
+        n_audio_layer: field(5),
+        n_text_layer: field(9),
+    })
+}
+
+#[derive(Debug, Clone, Copy)]
+struct GgmlHeader {
+    n_vocab: i32,
+    n_audio_layer: i32,
+    n_text_layer: i32,
+}
+
+/// whisper.cpp's alignment-head preset for a model, by its size (encoder layers) and
+/// vocabulary; other shapes use the top decoder layers' heads.
+fn dtw_mode(header: &GgmlHeader) -> Option<DtwMode<'static>> {
+    let english_only = header.n_vocab == 51864;
+    let preset = match (header.n_audio_layer, english_only) {
+        (4, true) => DtwModelPreset::TinyEn,
+        (4, false) => DtwModelPreset::Tiny,
+        (6, true) => DtwModelPreset::BaseEn,
+        (6, false) => DtwModelPreset::Base,
+        (12, true) => DtwModelPreset::SmallEn,
+        (12, false) => DtwModelPreset::Small,
+        (24, true) => DtwModelPreset::MediumEn,
+        (24, false) => DtwModelPreset::Medium,
+        (32, false) if header.n_text_layer == 4 => DtwModelPreset::LargeV3Turbo,
+        (32, false) if header.n_vocab == 51866 => DtwModelPreset::LargeV3,
+        (32, false) => DtwModelPreset::LargeV2,
+        _ => return Some(DtwMode::TopMost { n_top: header.n_text_layer.clamp(1, 2) }),
+    };
+    Some(DtwMode::ModelPreset { model_preset: preset })
+}
+
+/// Whether `path` looks like a ggml model (magic number), without loading it.
+pub fn is_ggml_file(path: &Path) -> bool {
+    use std::io::Read;
+    let mut magic = [0u8; 4];
+    std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut magic)).is_ok() && u32::from_le_bytes(magic) == 0x6767_6d6c
+}
