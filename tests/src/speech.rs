@@ -22,20 +22,40 @@ fn run(command: &mut Command) -> Result<()> {
         .output()
         .with_context(|| format!("running {command:?} (make test installs espeak-ng and sox)"))?;
     if !output.status.success() {
-        bail!("{command:?} failed: {}", String::from_utf8_lossy(&output.stderr));
+        bail!(
+            "{command:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
     }
     Ok(())
 }
 
 /// Synthesises `text` with espeak-ng, then lets sox resample it to `rate_hz` with
 /// `channels` channels and pad `lead_silence_s` seconds of silence before the speech.
-pub fn synthesize(dir: &Path, name: &str, text: &str, rate_hz: u32, channels: u16, lead_silence_s: f32) -> Result<PathBuf> {
+pub fn synthesize(
+    dir: &Path,
+    name: &str,
+    text: &str,
+    rate_hz: u32,
+    channels: u16,
+    lead_silence_s: f32,
+) -> Result<PathBuf> {
     let raw = dir.join(format!("{name}.espeak.wav"));
-    run(Command::new("espeak-ng").args(["-v", "en-us", "-s", "155", "-w"]).arg(&raw).arg(text))?;
+    run(Command::new("espeak-ng")
+        .args(["-v", "en-us", "-s", "155", "-w"])
+        .arg(&raw)
+        .arg(text))?;
     let out = dir.join(format!("{name}.wav"));
     run(Command::new("sox")
         .arg(&raw)
-        .args(["-b", "16", "-r", &rate_hz.to_string(), "-c", &channels.to_string()])
+        .args([
+            "-b",
+            "16",
+            "-r",
+            &rate_hz.to_string(),
+            "-c",
+            &channels.to_string(),
+        ])
         .arg(&out)
         .args(["pad", &lead_silence_s.to_string(), "0.3"]))?;
     Ok(out)
@@ -43,7 +63,14 @@ pub fn synthesize(dir: &Path, name: &str, text: &str, rate_hz: u32, channels: u1
 
 /// Duration of a WAV file in milliseconds, as sox reports it.
 pub fn duration_ms(path: &Path) -> Result<u64> {
-    let output = Command::new("soxi").arg("-D").arg(path).output().context("running soxi")?;
-    let seconds: f64 = String::from_utf8_lossy(&output.stdout).trim().parse().context("parsing soxi -D")?;
+    let output = Command::new("soxi")
+        .arg("-D")
+        .arg(path)
+        .output()
+        .context("running soxi")?;
+    let seconds: f64 = String::from_utf8_lossy(&output.stdout)
+        .trim()
+        .parse()
+        .context("parsing soxi -D")?;
     Ok((seconds * 1000.0).round() as u64)
 }

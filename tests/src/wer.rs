@@ -33,7 +33,10 @@ mod tests {
 
     #[test]
     fn counts_substitutions_insertions_and_deletions() {
-        assert_eq!(word_error_rate("the budget is final", "The budget, is final."), 0.0);
+        assert_eq!(
+            word_error_rate("the budget is final", "The budget, is final."),
+            0.0
+        );
         assert_eq!(word_error_rate("a b c d", "a x c d"), 0.25);
         assert_eq!(word_error_rate("a b c d", "a b c d e f"), 0.5);
         assert_eq!(word_error_rate("a b c d", "a d"), 0.5);

@@ -11,7 +11,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "kiroku", version, about = "Kiroku: streaming transcription for live meetings")]
+#[command(
+    name = "kiroku",
+    version,
+    about = "Kiroku: streaming transcription for live meetings"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -44,7 +48,11 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             // One line: the chain of causes joined, never a backtrace.
-            let message = error.chain().map(ToString::to_string).collect::<Vec<_>>().join(": ");
+            let message = error
+                .chain()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(": ");
             eprintln!("error: {message}");
             if error.downcast_ref::<InputError>().is_some() {
                 ExitCode::from(2)

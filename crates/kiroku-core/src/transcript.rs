@@ -155,7 +155,8 @@ fn caption_lines(text: &str) -> String {
     let mut lines: Vec<String> = Vec::new();
     let mut line = String::new();
     for word in text.split_whitespace() {
-        if !line.is_empty() && line.chars().count() + 1 + word.chars().count() > CAPTION_LINE_CHARS {
+        if !line.is_empty() && line.chars().count() + 1 + word.chars().count() > CAPTION_LINE_CHARS
+        {
             lines.push(std::mem::take(&mut line));
         }
         if !line.is_empty() {
@@ -233,7 +234,10 @@ mod tests {
 
     #[test]
     fn txt_is_one_line_per_spoken_segment() {
-        assert_eq!(sample().to_txt(), "Hello world.\nBudget <draft> & plan --> go\n");
+        assert_eq!(
+            sample().to_txt(),
+            "Hello world.\nBudget <draft> & plan --> go\n"
+        );
     }
 
     #[test]
@@ -256,7 +260,11 @@ mod tests {
         assert_eq!(caption_lines(long).replace('\n', " "), long);
         let japanese = "予算会議".repeat(20);
         let wrapped = caption_lines(&japanese);
-        assert!(wrapped.lines().all(|l| l.chars().count() <= CAPTION_LINE_CHARS));
+        assert!(
+            wrapped
+                .lines()
+                .all(|l| l.chars().count() <= CAPTION_LINE_CHARS)
+        );
         assert_eq!(wrapped.replace('\n', ""), japanese, "no spaces inserted");
     }
 }

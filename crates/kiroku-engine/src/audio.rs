@@ -32,11 +32,15 @@ pub enum AudioError {
     Truncated,
     #[error("WAV file holds no audio samples")]
     Empty,
-    #[error("audio is silent: no frame is louder than -50 dBFS, so there is no speech to transcribe")]
+    #[error(
+        "audio is silent: no frame is louder than -50 dBFS, so there is no speech to transcribe"
+    )]
     Silent,
     #[error("{channels} channels: supported are 1 to {MAX_CHANNELS}")]
     Channels { channels: u16 },
-    #[error("sample rate {rate_hz} Hz: supported are {MIN_SAMPLE_RATE_HZ} to {MAX_SAMPLE_RATE_HZ} Hz")]
+    #[error(
+        "sample rate {rate_hz} Hz: supported are {MIN_SAMPLE_RATE_HZ} to {MAX_SAMPLE_RATE_HZ} Hz"
+    )]
     SampleRate { rate_hz: u32 },
     #[error("could not read audio: {0}")]
     Io(#[from] std::io::Error),
@@ -67,9 +71,9 @@ pub fn decode_wav(reader: impl Read) -> Result<Pcm16k, AudioError> {
         }
         hound::Error::IoError(io) => AudioError::Io(io),
         hound::Error::FormatError(what) => AudioError::NotWav(what.to_string()),
-        hound::Error::Unsupported => {
-            AudioError::Unsupported("compressed or unknown WAV encoding (PCM or float expected)".into())
-        }
+        hound::Error::Unsupported => AudioError::Unsupported(
+            "compressed or unknown WAV encoding (PCM or float expected)".into(),
+        ),
         other => AudioError::NotWav(other.to_string()),
     })?;
     let spec = wav.spec();
@@ -167,8 +171,9 @@ pub fn resample(mono: &[f32], from_hz: u32, to_hz: u32) -> Result<Vec<f32>, Audi
     let err = |e: &dyn std::fmt::Display| AudioError::Resample(e.to_string());
     let ratio = f64::from(to_hz) / f64::from(from_hz);
     const CHUNK_FRAMES: usize = 4096;
-    let mut resampler = FftFixedIn::<f32>::new(from_hz as usize, to_hz as usize, CHUNK_FRAMES, 2, 1)
-        .map_err(|e| err(&e))?;
+    let mut resampler =
+        FftFixedIn::<f32>::new(from_hz as usize, to_hz as usize, CHUNK_FRAMES, 2, 1)
+            .map_err(|e| err(&e))?;
     let expected = (mono.len() as f64 * ratio).round() as usize;
     let delay = resampler.output_delay();
     let mut out = Vec::with_capacity(expected + delay + CHUNK_FRAMES);
@@ -197,10 +202,14 @@ pub fn resample(mono: &[f32], from_hz: u32, to_hz: u32) -> Result<Vec<f32>, Audi
 mod tests {
     use super::*;
 
-    fn wav_bytes(spec: hound::WavSpec, write: impl FnOnce(&mut hound::WavWriter<std::io::Cursor<&mut Vec<u8>>>)) -> Vec<u8> {
+    fn wav_bytes(
+        spec: hound::WavSpec,
+        write: impl FnOnce(&mut hound::WavWriter<std::io::Cursor<&mut Vec<u8>>>),
+    ) -> Vec<u8> {
         let mut bytes = Vec::new();
         {
-            let mut writer = hound::WavWriter::new(std::io::Cursor::new(&mut bytes), spec).expect("writer");
+            let mut writer =
+                hound::WavWriter::new(std::io::Cursor::new(&mut bytes), spec).expect("writer");
             write(&mut writer);
             writer.finalize().expect("finalize");
         }
@@ -214,7 +223,12 @@ mod tests {
     }
 
     fn spec(channels: u16, rate: u32, bits: u16, format: hound::SampleFormat) -> hound::WavSpec {
-        hound::WavSpec { channels, sample_rate: rate, bits_per_sample: bits, sample_format: format }
+        hound::WavSpec {
+            channels,
+            sample_rate: rate,
+            bits_per_sample: bits,
+            sample_format: format,
+        }
     }
 
     #[test]
@@ -224,9 +238,14 @@ mod tests {
         assert_eq!(out.len(), 16_000);
         // Zero crossings of a 440 Hz tone: 880 per second.
         let crossings = out.windows(2).filter(|w| w[0] < 0.0 && w[1] >= 0.0).count();
-        assert!((435..=445).contains(&crossings), "{crossings} upward crossings");
+        assert!(
+            (435..=445).contains(&crossings),
+            "{crossings} upward crossings"
+        );
         // Delay compensated: the tone starts at t=0 and keeps its amplitude.
-        let peak = out[100..16_000 - 100].iter().fold(0f32, |m, v| m.max(v.abs()));
+        let peak = out[100..16_000 - 100]
+            .iter()
+            .fold(0f32, |m, v| m.max(v.abs()));
         assert!((0.45..0.55).contains(&peak), "peak {peak}");
     }
 
@@ -255,7 +274,8 @@ mod tests {
         });
         assert_eq!(decode_wav(float.as_slice()).expect("float").samples, t);
         let eight = wav_bytes(spec(1, 16_000, 8, hound::SampleFormat::Int), |w| {
-            t.iter().for_each(|s| w.write_sample((s * 127.0) as i8).expect("write"));
+            t.iter()
+                .for_each(|s| w.write_sample((s * 127.0) as i8).expect("write"));
         });
         let pcm = decode_wav(eight.as_slice()).expect("8-bit");
         assert!((pcm.samples[40] - t[40]).abs() < 0.02);
@@ -270,32 +290,55 @@ mod tests {
                 w.write_sample((-s * 32767.0) as i16).expect("write");
             }
         });
-        assert!(matches!(decode_wav(bytes.as_slice()), Err(AudioError::Silent)));
+        assert!(matches!(
+            decode_wav(bytes.as_slice()),
+            Err(AudioError::Silent)
+        ));
     }
 
     #[test]
     fn bad_inputs_are_refused_precisely() {
-        assert!(matches!(decode_wav(&b"hello, not audio at all"[..]), Err(AudioError::NotWav(_))));
+        assert!(matches!(
+            decode_wav(&b"hello, not audio at all"[..]),
+            Err(AudioError::NotWav(_))
+        ));
         let err = decode_wav(&b""[..]).expect_err("empty file");
         assert!(matches!(err, AudioError::NotWav(_)), "{err:?}");
         let empty = wav_bytes(spec(1, 16_000, 16, hound::SampleFormat::Int), |_| {});
-        assert!(matches!(decode_wav(empty.as_slice()), Err(AudioError::Empty)));
+        assert!(matches!(
+            decode_wav(empty.as_slice()),
+            Err(AudioError::Empty)
+        ));
         let full = wav_bytes(spec(1, 16_000, 16, hound::SampleFormat::Int), |w| {
-            tone(16_000, 0.5, 200.0).iter().for_each(|s| w.write_sample((s * 32767.0) as i16).expect("write"));
+            tone(16_000, 0.5, 200.0)
+                .iter()
+                .for_each(|s| w.write_sample((s * 32767.0) as i16).expect("write"));
         });
-        assert!(matches!(decode_wav(&full[..full.len() - 1001]), Err(AudioError::Truncated)));
+        assert!(matches!(
+            decode_wav(&full[..full.len() - 1001]),
+            Err(AudioError::Truncated)
+        ));
         let nine = wav_bytes(spec(9, 16_000, 16, hound::SampleFormat::Int), |w| {
             (0..90).for_each(|_| w.write_sample(1000i16).expect("write"));
         });
-        assert!(matches!(decode_wav(nine.as_slice()), Err(AudioError::Channels { channels: 9 })));
+        assert!(matches!(
+            decode_wav(nine.as_slice()),
+            Err(AudioError::Channels { channels: 9 })
+        ));
         let slow = wav_bytes(spec(1, 100, 16, hound::SampleFormat::Int), |w| {
             (0..100).for_each(|_| w.write_sample(1000i16).expect("write"));
         });
-        assert!(matches!(decode_wav(slow.as_slice()), Err(AudioError::SampleRate { rate_hz: 100 })));
+        assert!(matches!(
+            decode_wav(slow.as_slice()),
+            Err(AudioError::SampleRate { rate_hz: 100 })
+        ));
         let silent = wav_bytes(spec(1, 16_000, 16, hound::SampleFormat::Int), |w| {
             (0..16_000).for_each(|_| w.write_sample(0i16).expect("write"));
         });
-        assert!(matches!(decode_wav(silent.as_slice()), Err(AudioError::Silent)));
+        assert!(matches!(
+            decode_wav(silent.as_slice()),
+            Err(AudioError::Silent)
+        ));
     }
 
     #[test]
@@ -307,6 +350,12 @@ mod tests {
         bytes[22] = 0;
         bytes[23] = 0;
         let err = decode_wav(bytes.as_slice()).expect_err("0 channels");
-        assert!(matches!(err, AudioError::Channels { channels: 0 } | AudioError::NotWav(_)), "{err}");
+        assert!(
+            matches!(
+                err,
+                AudioError::Channels { channels: 0 } | AudioError::NotWav(_)
+            ),
+            "{err}"
+        );
     }
 }

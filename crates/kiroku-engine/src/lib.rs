@@ -1,7 +1,7 @@
 //! The Whisper engine: model conversion, audio decoding and inference. No network.
 
-pub mod convert;
 pub mod audio;
+pub mod convert;
 pub mod engine;
 
 pub use engine::{Engine, EngineConfig, EngineError, TranscribeOptions};

@@ -195,10 +195,12 @@ impl Ct2Model {
         self.file
             .seek(SeekFrom::Start(var.offset_bytes))
             .map_err(io_err)?;
-        self.file.read_exact(&mut buf).map_err(|source| ConvertError::Io {
-            path: self.path.clone(),
-            source,
-        })?;
+        self.file
+            .read_exact(&mut buf)
+            .map_err(|source| ConvertError::Io {
+                path: self.path.clone(),
+                source,
+            })?;
         Ok(buf)
     }
 
@@ -326,10 +328,12 @@ impl IndexReader<'_> {
     }
 
     fn position(&mut self) -> Result<u64> {
-        self.inner.stream_position().map_err(|source| ConvertError::Io {
-            path: self.path.to_path_buf(),
-            source,
-        })
+        self.inner
+            .stream_position()
+            .map_err(|source| ConvertError::Io {
+                path: self.path.to_path_buf(),
+                source,
+            })
     }
 
     fn skip(&mut self, n: i64) -> Result<()> {

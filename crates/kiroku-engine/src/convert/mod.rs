@@ -150,10 +150,12 @@ impl HyperParams {
             n_mels,
         };
         if params.n_audio_layer == 0 || params.n_text_layer == 0 {
-            return Err(ConvertError::NotWhisper("no encoder or decoder layers".into()));
+            return Err(ConvertError::NotWhisper(
+                "no encoder or decoder layers".into(),
+            ));
         }
-        if params.n_audio_state % params.n_audio_head != 0
-            || params.n_text_state % params.n_text_head != 0
+        if !params.n_audio_state.is_multiple_of(params.n_audio_head)
+            || !params.n_text_state.is_multiple_of(params.n_text_head)
         {
             return Err(ConvertError::Unsupported(
                 "state size is not a multiple of the head count".into(),
@@ -208,80 +210,240 @@ pub struct DroppedBias {
     pub block: (usize, usize),
 }
 
-/// Builds the full list of output tensors for a model with `params`.
-pub fn plan(params: &HyperParams) -> (Vec<TensorPlan>, Vec<DroppedBias>) {
-    let mut plans = Vec::new();
-    let mut dropped = Vec::new();
-    let mut push = |ggml: String, ct2: String, split, shape: Vec<usize>, storage| {
-        plans.push(TensorPlan {
-            ggml_name: ggml,
-            ct2_name: ct2,
+/// Collects the output tensors of [`plan`].
+#[derive(Default)]
+struct PlanBuilder {
+    plans: Vec<TensorPlan>,
+    dropped: Vec<DroppedBias>,
+}
+
+impl PlanBuilder {
+    fn tensor(&mut self, ggml: &str, ct2: &str, shape: Vec<usize>, storage: Storage) {
+        self.split(ggml, ct2, None, shape, storage);
+    }
+
+    fn split(
+        &mut self,
+        ggml: &str,
+        ct2: &str,
+        split: Option<(usize, usize)>,
+        shape: Vec<usize>,
+        storage: Storage,
+    ) {
+        self.plans.push(TensorPlan {
+            ggml_name: ggml.to_string(),
+            ct2_name: ct2.to_string(),
             split,
             shape,
             storage,
         });
-    };
-    let (a, t) = (params.n_audio_state, params.n_text_state);
+    }
 
-    // Encoder stem.
-    push("encoder.positional_embedding".into(), "encoder/position_encodings/encodings".into(), None, vec![params.n_audio_ctx, a], Storage::F32);
-    push("encoder.conv1.weight".into(), "encoder/conv1/weight".into(), None, vec![a, params.n_mels, 3], Storage::F16);
-    push("encoder.conv1.bias".into(), "encoder/conv1/bias".into(), None, vec![a, 1], Storage::F32);
-    push("encoder.conv2.weight".into(), "encoder/conv2/weight".into(), None, vec![a, a, 3], Storage::F16);
-    push("encoder.conv2.bias".into(), "encoder/conv2/bias".into(), None, vec![a, 1], Storage::F32);
-    push("encoder.ln_post.weight".into(), "encoder/layer_norm/gamma".into(), None, vec![a], Storage::F32);
-    push("encoder.ln_post.bias".into(), "encoder/layer_norm/beta".into(), None, vec![a], Storage::F32);
+    /// A CT2 layer norm (`gamma`, `beta`) as ggml `weight`, `bias`.
+    fn norm(&mut self, ggml: &str, ct2: &str, state: usize) {
+        self.tensor(
+            &format!("{ggml}.weight"),
+            &format!("{ct2}/gamma"),
+            vec![state],
+            Storage::F32,
+        );
+        self.tensor(
+            &format!("{ggml}.bias"),
+            &format!("{ct2}/beta"),
+            vec![state],
+            Storage::F32,
+        );
+    }
 
-    // Decoder stem. The output projection is tied to the embeddings (a CT2 alias).
-    push("decoder.positional_embedding".into(), "decoder/position_encodings/encodings".into(), None, vec![params.n_text_ctx, t], Storage::F32);
-    push("decoder.token_embedding.weight".into(), "decoder/embeddings/weight".into(), None, vec![params.n_vocab, t], Storage::Weight);
-    push("decoder.ln.weight".into(), "decoder/layer_norm/gamma".into(), None, vec![t], Storage::F32);
-    push("decoder.ln.bias".into(), "decoder/layer_norm/beta".into(), None, vec![t], Storage::F32);
-
-    let mut block = |side: &str, i: usize, state: usize, cross: bool| {
-        let g = format!("{side}.blocks.{i}");
-        let c = format!("{side}/layer_{i}");
-        let linear = |push: &mut dyn FnMut(String, String, Option<(usize, usize)>, Vec<usize>, Storage),
-                      ggml: &str,
-                      ct2: &str,
-                      rows: usize,
-                      cols: usize,
-                      split: Option<(usize, usize)>,
-                      bias: bool| {
-            push(format!("{g}.{ggml}.weight"), format!("{c}/{ct2}/weight"), split, vec![rows, cols], Storage::Weight);
-            if bias {
-                push(format!("{g}.{ggml}.bias"), format!("{c}/{ct2}/bias"), split, vec![rows], Storage::F32);
-            }
-        };
-        let norm = |push: &mut dyn FnMut(String, String, Option<(usize, usize)>, Vec<usize>, Storage), ggml: &str, ct2: &str| {
-            push(format!("{g}.{ggml}.weight"), format!("{c}/{ct2}/gamma"), None, vec![state], Storage::F32);
-            push(format!("{g}.{ggml}.bias"), format!("{c}/{ct2}/beta"), None, vec![state], Storage::F32);
-        };
-        norm(&mut push, "attn_ln", "self_attention/layer_norm");
-        linear(&mut push, "attn.query", "self_attention/linear_0", state, state, Some((0, 3)), true);
-        linear(&mut push, "attn.key", "self_attention/linear_0", state, state, Some((1, 3)), false);
-        linear(&mut push, "attn.value", "self_attention/linear_0", state, state, Some((2, 3)), true);
-        linear(&mut push, "attn.out", "self_attention/linear_1", state, state, None, true);
-        dropped.push(DroppedBias { ct2_name: format!("{c}/self_attention/linear_0/bias"), block: (1, 3) });
-        if cross {
-            norm(&mut push, "cross_attn_ln", "attention/layer_norm");
-            linear(&mut push, "cross_attn.query", "attention/linear_0", state, state, None, true);
-            linear(&mut push, "cross_attn.key", "attention/linear_1", state, state, Some((0, 2)), false);
-            linear(&mut push, "cross_attn.value", "attention/linear_1", state, state, Some((1, 2)), true);
-            linear(&mut push, "cross_attn.out", "attention/linear_2", state, state, None, true);
-            dropped.push(DroppedBias { ct2_name: format!("{c}/attention/linear_1/bias"), block: (0, 2) });
+    /// A linear layer, or one block of a fused one; `bias: false` for Whisper's keys.
+    fn linear(
+        &mut self,
+        ggml: &str,
+        ct2: &str,
+        shape: [usize; 2],
+        split: Option<(usize, usize)>,
+        bias: bool,
+    ) {
+        let (weight, bias_name) = (format!("{ct2}/weight"), format!("{ct2}/bias"));
+        self.split(
+            &format!("{ggml}.weight"),
+            &weight,
+            split,
+            shape.to_vec(),
+            Storage::Weight,
+        );
+        if bias {
+            self.split(
+                &format!("{ggml}.bias"),
+                &bias_name,
+                split,
+                vec![shape[0]],
+                Storage::F32,
+            );
+        } else if let Some(block) = split {
+            self.dropped.push(DroppedBias {
+                ct2_name: bias_name,
+                block,
+            });
         }
-        norm(&mut push, "mlp_ln", "ffn/layer_norm");
-        linear(&mut push, "mlp.0", "ffn/linear_0", 4 * state, state, None, true);
-        linear(&mut push, "mlp.2", "ffn/linear_1", state, 4 * state, None, true);
-    };
+    }
+
+    /// One transformer block; decoder blocks also have cross-attention.
+    fn block(&mut self, side: &str, index: usize, state: usize) {
+        let (g, c) = (
+            format!("{side}.blocks.{index}"),
+            format!("{side}/layer_{index}"),
+        );
+        let square = [state, state];
+        self.norm(
+            &format!("{g}.attn_ln"),
+            &format!("{c}/self_attention/layer_norm"),
+            state,
+        );
+        let fused = format!("{c}/self_attention/linear_0");
+        self.linear(
+            &format!("{g}.attn.query"),
+            &fused,
+            square,
+            Some((0, 3)),
+            true,
+        );
+        self.linear(
+            &format!("{g}.attn.key"),
+            &fused,
+            square,
+            Some((1, 3)),
+            false,
+        );
+        self.linear(
+            &format!("{g}.attn.value"),
+            &fused,
+            square,
+            Some((2, 3)),
+            true,
+        );
+        self.linear(
+            &format!("{g}.attn.out"),
+            &format!("{c}/self_attention/linear_1"),
+            square,
+            None,
+            true,
+        );
+        if side == "decoder" {
+            self.norm(
+                &format!("{g}.cross_attn_ln"),
+                &format!("{c}/attention/layer_norm"),
+                state,
+            );
+            self.linear(
+                &format!("{g}.cross_attn.query"),
+                &format!("{c}/attention/linear_0"),
+                square,
+                None,
+                true,
+            );
+            let fused = format!("{c}/attention/linear_1");
+            self.linear(
+                &format!("{g}.cross_attn.key"),
+                &fused,
+                square,
+                Some((0, 2)),
+                false,
+            );
+            self.linear(
+                &format!("{g}.cross_attn.value"),
+                &fused,
+                square,
+                Some((1, 2)),
+                true,
+            );
+            self.linear(
+                &format!("{g}.cross_attn.out"),
+                &format!("{c}/attention/linear_2"),
+                square,
+                None,
+                true,
+            );
+        }
+        self.norm(
+            &format!("{g}.mlp_ln"),
+            &format!("{c}/ffn/layer_norm"),
+            state,
+        );
+        self.linear(
+            &format!("{g}.mlp.0"),
+            &format!("{c}/ffn/linear_0"),
+            [4 * state, state],
+            None,
+            true,
+        );
+        self.linear(
+            &format!("{g}.mlp.2"),
+            &format!("{c}/ffn/linear_1"),
+            [state, 4 * state],
+            None,
+            true,
+        );
+    }
+}
+
+/// Builds the full list of output tensors for a model with `params`, and the fused
+/// key-bias blocks that are dropped.
+pub fn plan(params: &HyperParams) -> (Vec<TensorPlan>, Vec<DroppedBias>) {
+    let mut b = PlanBuilder::default();
+    let (a, t) = (params.n_audio_state, params.n_text_state);
+    b.tensor(
+        "encoder.positional_embedding",
+        "encoder/position_encodings/encodings",
+        vec![params.n_audio_ctx, a],
+        Storage::F32,
+    );
+    b.tensor(
+        "encoder.conv1.weight",
+        "encoder/conv1/weight",
+        vec![a, params.n_mels, 3],
+        Storage::F16,
+    );
+    b.tensor(
+        "encoder.conv1.bias",
+        "encoder/conv1/bias",
+        vec![a, 1],
+        Storage::F32,
+    );
+    b.tensor(
+        "encoder.conv2.weight",
+        "encoder/conv2/weight",
+        vec![a, a, 3],
+        Storage::F16,
+    );
+    b.tensor(
+        "encoder.conv2.bias",
+        "encoder/conv2/bias",
+        vec![a, 1],
+        Storage::F32,
+    );
+    b.norm("encoder.ln_post", "encoder/layer_norm", a);
+    // The output projection is tied to the embeddings (a CT2 alias): not written.
+    b.tensor(
+        "decoder.positional_embedding",
+        "decoder/position_encodings/encodings",
+        vec![params.n_text_ctx, t],
+        Storage::F32,
+    );
+    b.tensor(
+        "decoder.token_embedding.weight",
+        "decoder/embeddings/weight",
+        vec![params.n_vocab, t],
+        Storage::Weight,
+    );
+    b.norm("decoder.ln", "decoder/layer_norm", t);
     for i in 0..params.n_audio_layer {
-        block("encoder", i, a, false);
+        b.block("encoder", i, a);
     }
     for i in 0..params.n_text_layer {
-        block("decoder", i, t, true);
+        b.block("decoder", i, t);
     }
-    (plans, dropped)
+    (b.plans, b.dropped)
 }
 
 /// Takes block `index` of `of` equal row blocks of a row-major tensor.
@@ -361,16 +523,15 @@ pub fn convert(
     let tokens = vocab::regular_token_bytes(&vocabulary)?;
     let (plans, dropped) = plan(&params);
     check_dropped_biases(&mut model, &dropped)?;
-    if weight_type == WeightType::Q8_0 {
-        if let Some(p) = plans
+    if weight_type == WeightType::Q8_0
+        && let Some(p) = plans
             .iter()
-            .find(|p| p.storage == Storage::Weight && p.shape[1] % Q8_0_BLOCK != 0)
-        {
-            return Err(ConvertError::Unsupported(format!(
-                "{} has rows of {} values, q8_0 needs a multiple of {Q8_0_BLOCK}",
-                p.ggml_name, p.shape[1]
-            )));
-        }
+            .find(|p| p.storage == Storage::Weight && !p.shape[1].is_multiple_of(Q8_0_BLOCK))
+    {
+        return Err(ConvertError::Unsupported(format!(
+            "{} has rows of {} values, q8_0 needs a multiple of {Q8_0_BLOCK}",
+            p.ggml_name, p.shape[1]
+        )));
     }
 
     let partial = out.with_extension("partial");
@@ -428,12 +589,11 @@ fn read_vocabulary(ct2_dir: &Path) -> Result<String> {
         read(&txt)
     } else if json.is_file() {
         // Newer CTranslate2 writes a JSON array of tokens; normalise to one per line.
-        let tokens: Vec<String> = serde_json::from_str(&read(&json)?).map_err(|e| {
-            ConvertError::Corrupt {
+        let tokens: Vec<String> =
+            serde_json::from_str(&read(&json)?).map_err(|e| ConvertError::Corrupt {
                 path: json.clone(),
                 detail: e.to_string(),
-            }
-        })?;
+            })?;
         Ok(tokens.join("\n"))
     } else {
         Err(ConvertError::NotWhisper(format!(
@@ -526,4 +686,4 @@ fn write_tensor(
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

