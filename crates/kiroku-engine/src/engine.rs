@@ -77,6 +77,9 @@ pub struct TranscribeOptions {
     pub audio_ctx: Option<u32>,
 }
 
+/// One encoder frame covers 20 ms of 16 kHz audio.
+const SAMPLES_PER_AUDIO_CTX_FRAME: usize = 320;
+
 /// Largest accepted beam width (whisper.cpp's own limit is 16 decoders).
 pub const MAX_BEAM_SIZE: u32 = 16;
 
@@ -205,6 +208,18 @@ impl Engine {
         progress: Option<ProgressFn>,
     ) -> Result<Transcript> {
         self.validate(&options)?;
+        if let Some(audio_ctx) = options.audio_ctx {
+            // whisper.cpp encodes only the first `audio_ctx` frames of each 30 s window:
+            // the rest would be silently dropped (and DTW aborts), so refuse instead.
+            let covered = audio_ctx as usize * SAMPLES_PER_AUDIO_CTX_FRAME;
+            if samples.len() > covered {
+                return Err(EngineError::InvalidOption(format!(
+                    "audio context {audio_ctx} covers {} ms but the audio is {} ms long",
+                    covered * 1000 / WHISPER_SAMPLE_RATE_HZ as usize,
+                    samples.len() * 1000 / WHISPER_SAMPLE_RATE_HZ as usize
+                )));
+            }
+        }
         let (reply_tx, reply_rx) = mpsc::channel();
         let jobs_tx = self
             .jobs_tx
@@ -604,5 +619,64 @@ mod tests {
             assert_eq!(transcript.duration_ms, 1000);
             assert_eq!(transcript.language, "ja");
         }
+    }
+
+    #[test]
+    fn audio_context_shorter_than_the_audio_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write_synthetic_ct2(dir.path(), SynthSpec::english_like());
+        let model = dir.path().join("model.ggml");
+        convert(dir.path(), &model, WeightType::Q8_0, &mut |_| {}).expect("convert");
+        let mut config = EngineConfig::new(&model);
+        config.threads = 1;
+        let engine = Engine::load(&config).expect("load");
+        let options = TranscribeOptions {
+            audio_ctx: Some(64),
+            ..TranscribeOptions::default()
+        };
+        let err = engine
+            .transcribe(vec![0.01; 32_000], options, None)
+            .expect_err("2 s > 1.28 s");
+        assert!(
+            err.to_string()
+                .contains("covers 1280 ms but the audio is 2000 ms"),
+            "{err}"
+        );
+    }
+
+    /// Jobs from many callers queue in front of one slot and all complete.
+    #[test]
+    fn queued_jobs_from_many_threads_all_complete_on_one_slot() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write_synthetic_ct2(dir.path(), SynthSpec::english_like());
+        let model = dir.path().join("model.ggml");
+        convert(dir.path(), &model, WeightType::Q8_0, &mut |_| {}).expect("convert");
+        let mut config = EngineConfig::new(&model);
+        config.threads = 1;
+        config.queue_capacity = 1;
+        let engine = Engine::load(&config).expect("load");
+        let options = TranscribeOptions {
+            audio_ctx: Some(64),
+            ..TranscribeOptions::default()
+        };
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = (1..=4u64)
+                .map(|quarters| {
+                    let (engine, options) = (&engine, options.clone());
+                    scope.spawn(move || {
+                        let samples = vec![0.01f32; 4_000 * quarters as usize];
+                        let transcript = engine.transcribe(samples, options, None).expect("decode");
+                        assert_eq!(
+                            transcript.duration_ms,
+                            quarters * 250,
+                            "each caller gets its own result"
+                        );
+                    })
+                })
+                .collect();
+            for handle in handles {
+                handle.join().expect("caller thread");
+            }
+        });
     }
 }

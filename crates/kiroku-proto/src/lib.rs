@@ -15,3 +15,51 @@ pub mod events {
 
 /// Encoded `FileDescriptorSet` of every Kiroku proto, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("kiroku_descriptor");
+
+#[cfg(test)]
+mod tests {
+    use prost::Message;
+
+    use super::transcribe::v1::{
+        AudioFrame, StreamConfig, StreamTranscribeRequest, stream_transcribe_request::Request,
+    };
+
+    #[test]
+    fn stream_messages_round_trip_through_the_wire_format() {
+        let config = StreamTranscribeRequest {
+            request: Some(Request::Config(StreamConfig {
+                meeting_id: "m-1".into(),
+                interim_results: true,
+                ..StreamConfig::default()
+            })),
+        };
+        let audio = StreamTranscribeRequest {
+            request: Some(Request::Audio(AudioFrame {
+                data: vec![1, 2, 3, 4],
+                seq: 7,
+            })),
+        };
+        for message in [config, audio] {
+            let bytes = message.encode_to_vec();
+            assert_eq!(
+                StreamTranscribeRequest::decode(bytes.as_slice()).expect("decode"),
+                message
+            );
+        }
+    }
+
+    #[test]
+    fn descriptor_set_describes_the_public_service_and_events() {
+        let set =
+            prost_types::FileDescriptorSet::decode(super::FILE_DESCRIPTOR_SET).expect("decode");
+        let packages: Vec<_> = set.file.iter().filter_map(|f| f.package.clone()).collect();
+        assert!(packages.contains(&"kiroku.transcribe.v1".to_string()));
+        assert!(packages.contains(&"kiroku.events.v1".to_string()));
+        let services: Vec<_> = set
+            .file
+            .iter()
+            .flat_map(|f| f.service.iter().filter_map(|s| s.name.clone()))
+            .collect();
+        assert_eq!(services, vec!["Transcription".to_string()]);
+    }
+}

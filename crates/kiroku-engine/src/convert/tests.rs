@@ -261,8 +261,16 @@ fn english_model_gets_80_mels_and_50256_regular_tokens() {
     assert_eq!(file.header[9], 80);
     assert!(!summary.multilingual);
     assert_eq!(file.tokens.len(), 50256);
-    assert_eq!(file.tokens[7], vec![7u8], "single-byte tokens decode to their byte");
-    assert_eq!(file.tokens[256], b" -".to_vec(), "GPT-2 'Ġ' decodes to a space byte");
+    assert_eq!(
+        file.tokens[7],
+        vec![7u8],
+        "single-byte tokens decode to their byte"
+    );
+    assert_eq!(
+        file.tokens[256],
+        b" -".to_vec(),
+        "GPT-2 'Ġ' decodes to a space byte"
+    );
     assert_eq!(file.tokens[300], b" t300".to_vec());
 }
 
