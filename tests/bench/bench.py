@@ -16,19 +16,9 @@ import statistics
 import subprocess
 import sys
 
-SENTENCES = [
-    "Good morning everyone, let us start the weekly planning meeting.",
-    "The marketing team finished the new website last Friday.",
-    "We need to hire two more engineers before the end of March.",
-    "Please send me the budget report by Thursday afternoon.",
-    "The customer asked for a demo of the mobile application.",
-    "Our sales grew by twelve percent in the third quarter.",
-    "Let us move the design review to next Tuesday at ten.",
-    "Can someone take notes on the decisions we make today?",
-    "The new office in Osaka opens at the beginning of next year.",
-    "Let us keep the release date and cut the two smallest features.",
-    "Thank you all for your time, the meeting is now closed.",
-]
+SENTENCES_FILE = os.path.join(os.path.dirname(__file__), "..", "support", "meeting_sentences.txt")
+with open(SENTENCES_FILE, encoding="utf-8") as f:
+    SENTENCES = [line.strip() for line in f if line.strip()]
 
 FW_RUNNER = r"""
 import sys, time, json

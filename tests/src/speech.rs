@@ -5,17 +5,13 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-/// Meeting sentences written for Kiroku's tests (not from any corpus).
-pub const MEETING_SENTENCES: &[&str] = &[
-    "Good morning everyone, let us start the weekly planning meeting.",
-    "The marketing team finished the new website last Friday.",
-    "We need to hire two more engineers before the end of March.",
-    "Please send me the budget report by Thursday afternoon.",
-    "The customer asked for a demo of the mobile application.",
-    "Our sales grew by twelve percent in the third quarter.",
-    "Let us move the design review to next Tuesday at ten.",
-    "Thank you all for your time, the meeting is now closed.",
-];
+/// Meeting sentences written for Kiroku's tests and benchmark (not from any corpus),
+/// one per line in `tests/support/meeting_sentences.txt`.
+pub fn meeting_sentences() -> Vec<&'static str> {
+    include_str!("../support/meeting_sentences.txt")
+        .lines()
+        .collect()
+}
 
 fn run(command: &mut Command) -> Result<()> {
     let output = command

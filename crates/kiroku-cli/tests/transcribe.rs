@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use kiroku_tests::speech::{MEETING_SENTENCES, duration_ms, synthesize};
+use kiroku_tests::speech::{duration_ms, meeting_sentences, synthesize};
 use kiroku_tests::wer::word_error_rate;
 use serde_json::Value;
 
@@ -98,7 +98,7 @@ fn check_transcript(json: &Value, reference: &str, audio_ms: u64, lead_silence_m
 #[test]
 fn english_16k_mono_is_transcribed_accurately_with_word_timings() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let reference = MEETING_SENTENCES[..4].join(" ");
+    let reference = meeting_sentences()[..4].join(" ");
     let wav = synthesize(dir.path(), "mono16k", &reference, 16_000, 1, 1.0).expect("synthesize");
     check_transcript(
         &transcribe_json(&wav),
@@ -111,7 +111,7 @@ fn english_16k_mono_is_transcribed_accurately_with_word_timings() {
 #[test]
 fn english_44k_stereo_is_resampled_and_downmixed() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let reference = MEETING_SENTENCES[4..].join(" ");
+    let reference = meeting_sentences()[4..8].join(" ");
     let wav = synthesize(dir.path(), "stereo44k", &reference, 44_100, 2, 0.5).expect("synthesize");
     check_transcript(
         &transcribe_json(&wav),
@@ -124,8 +124,15 @@ fn english_44k_stereo_is_resampled_and_downmixed() {
 #[test]
 fn all_formats_render_the_same_transcription() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let wav = synthesize(dir.path(), "formats", MEETING_SENTENCES[1], 16_000, 1, 0.2)
-        .expect("synthesize");
+    let wav = synthesize(
+        dir.path(),
+        "formats",
+        meeting_sentences()[1],
+        16_000,
+        1,
+        0.2,
+    )
+    .expect("synthesize");
     let model = model_path();
     let render = |format: &str| {
         let out = kiroku(&[
@@ -144,7 +151,10 @@ fn all_formats_render_the_same_transcription() {
         String::from_utf8(out.stdout).expect("utf8 output")
     };
     let txt = render("txt");
-    assert!(word_error_rate(MEETING_SENTENCES[1], &txt) <= 0.15, "{txt}");
+    assert!(
+        word_error_rate(meeting_sentences()[1], &txt) <= 0.15,
+        "{txt}"
+    );
     let srt = render("srt");
     assert!(srt.starts_with("1\n00:00:00,"), "{srt}");
     assert!(srt.contains(" --> "));

@@ -621,15 +621,22 @@ mod tests {
         }
     }
 
-    #[test]
-    fn audio_context_shorter_than_the_audio_is_refused() {
+    /// A 1-thread engine over a synthetic English-shaped q8_0 model.
+    fn small_english_engine(queue_capacity: usize) -> (tempfile::TempDir, Engine) {
         let dir = tempfile::tempdir().expect("tempdir");
         write_synthetic_ct2(dir.path(), SynthSpec::english_like());
         let model = dir.path().join("model.ggml");
         convert(dir.path(), &model, WeightType::Q8_0, &mut |_| {}).expect("convert");
         let mut config = EngineConfig::new(&model);
         config.threads = 1;
+        config.queue_capacity = queue_capacity;
         let engine = Engine::load(&config).expect("load");
+        (dir, engine)
+    }
+
+    #[test]
+    fn audio_context_shorter_than_the_audio_is_refused() {
+        let (_dir, engine) = small_english_engine(16);
         let options = TranscribeOptions {
             audio_ctx: Some(64),
             ..TranscribeOptions::default()
@@ -647,14 +654,7 @@ mod tests {
     /// Jobs from many callers queue in front of one slot and all complete.
     #[test]
     fn queued_jobs_from_many_threads_all_complete_on_one_slot() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        write_synthetic_ct2(dir.path(), SynthSpec::english_like());
-        let model = dir.path().join("model.ggml");
-        convert(dir.path(), &model, WeightType::Q8_0, &mut |_| {}).expect("convert");
-        let mut config = EngineConfig::new(&model);
-        config.threads = 1;
-        config.queue_capacity = 1;
-        let engine = Engine::load(&config).expect("load");
+        let (_dir, engine) = small_english_engine(1);
         let options = TranscribeOptions {
             audio_ctx: Some(64),
             ..TranscribeOptions::default()
