@@ -109,7 +109,11 @@ def main():
             print(f"round {r + 1}/{rounds}: {name}: rtf {rtf:.4f}", file=sys.stderr)
 
     base = statistics.median(x[0] for x in results[variants[0][0]])
-    print(f"\n{audio_s:.1f} s of espeak-ng speech, {threads} threads, {rounds} alternating rounds, "
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+    avx512 = "avx512f" in open("/proc/cpuinfo").read()
+    print(f"\nCPU: {cpu}, {threads} cores, AVX-512 {'present' if avx512 else 'absent'} "
+          f"(faster-whisper dispatches at run time; kiroku is the portable AVX2 build)")
+    print(f"{audio_s:.1f} s of espeak-ng speech, {threads} threads, {rounds} alternating rounds, "
           f"median of rounds; inference only (model load excluded); peak RSS of the whole process\n")
     print(f"| {'engine':<46} | {'RTF':>7} | {'vs faster-whisper int8':>22} | {'peak RSS MB':>11} | {'WER':>6} |")
     print(f"|{'-' * 48}|{'-' * 9}|{'-' * 24}|{'-' * 13}|{'-' * 8}|")
