@@ -23,8 +23,8 @@ with open(SENTENCES_FILE, encoding="utf-8") as f:
 FW_RUNNER = r"""
 import sys, time, json
 from faster_whisper import WhisperModel
-ct2, wav, threads, words = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "1"
-model = WhisperModel(ct2, device="cpu", compute_type="int8", cpu_threads=threads)
+ct2, wav, threads, words, compute = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "1", sys.argv[5]
+model = WhisperModel(ct2, device="cpu", compute_type=compute, cpu_threads=threads)
 t = time.perf_counter()
 segments, info = model.transcribe(wav, beam_size=1, language="en", vad_filter=False,
                                   condition_on_previous_text=False, word_timestamps=words)
@@ -85,10 +85,10 @@ def main():
             return rtf, rss, out
         return go
 
-    def fw_variant(words):
+    def fw_variant(words, compute="int8"):
         def go():
             py = os.path.join(os.path.dirname(work), "bench-venv", "bin", "python")
-            out, _, rss = run_measured([py, "-c", FW_RUNNER, ct2, wav, threads, "1" if words else "0"])
+            out, _, rss = run_measured([py, "-c", FW_RUNNER, ct2, wav, threads, "1" if words else "0", compute])
             result = json.loads(out.strip().splitlines()[-1])
             return result["seconds"] / result["audio"], rss, result["text"]
         return go
@@ -96,6 +96,7 @@ def main():
     variants = [
         ("faster-whisper int8 greedy (baseline)", fw_variant(False)),
         ("faster-whisper int8 greedy + word timestamps", fw_variant(True)),
+        ("faster-whisper float32 greedy", fw_variant(False, "float32")),
         ("kiroku f16 greedy", kiroku_variant(f16)),
         ("kiroku q8_0 greedy", kiroku_variant(q8)),
         ("kiroku q8_0 greedy, flash attention", kiroku_variant(q8, "--flash-attn")),
@@ -122,6 +123,13 @@ def main():
         rss = max(x[1] for x in results[name])
         w = wer(reference, results[name][-1][2])
         print(f"| {name:<46} | {rtf:7.4f} | {rtf / base:21.2f}x | {rss:11.0f} | {w:6.3f} |")
+
+    # Conversion check: the converted f16 model should decode (greedy) like the original
+    # CTranslate2 weights in float32 do in faster-whisper.
+    ours = normalize(results["kiroku f16 greedy"][-1][2])
+    theirs = normalize(results["faster-whisper float32 greedy"][-1][2])
+    differing = round(wer(" ".join(theirs), " ".join(ours)) * len(theirs))
+    print(f"\nkiroku f16 vs faster-whisper float32, same CT2 weights: {differing} of {len(theirs)} words differ")
 
 
 if __name__ == "__main__":

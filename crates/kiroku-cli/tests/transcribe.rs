@@ -316,3 +316,59 @@ fn model_convert_refuses_a_folder_that_is_not_ctranslate2() {
     ]);
     assert_input_error(&out, "no model.bin");
 }
+
+#[test]
+fn model_convert_reproduces_the_installed_model_byte_for_byte() {
+    let installed = model_path();
+    let ct2 = installed.with_file_name("ct2-tiny.en");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("again.bin");
+    let result = kiroku(&[
+        "model",
+        "convert",
+        ct2.to_str().expect("utf8"),
+        out.to_str().expect("utf8"),
+    ]);
+    assert!(
+        result.status.success(),
+        "{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert!(
+        stderr.contains("4 audio layers x 384 state") && stderr.contains("80 mels"),
+        "{stderr}"
+    );
+    assert!(
+        std::fs::read(&out).expect("converted") == std::fs::read(&installed).expect("installed"),
+        "conversion is deterministic"
+    );
+}
+
+#[test]
+fn model_fetch_is_a_no_op_when_the_model_is_installed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let installed = dir.path().join("ggml-tiny.en.bin");
+    std::fs::copy(model_path(), &installed).expect("copy model");
+    let modified = std::fs::metadata(&installed)
+        .and_then(|m| m.modified())
+        .expect("mtime");
+    let out = Command::new(env!("CARGO_BIN_EXE_kiroku"))
+        .args(["model", "fetch"])
+        .env("KIROKU_MODEL_DIR", dir.path())
+        .env("KIROKU_PYTHON", "/nonexistent/python-must-not-run")
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already installed"));
+    assert_eq!(
+        std::fs::metadata(&installed)
+            .and_then(|m| m.modified())
+            .expect("mtime"),
+        modified
+    );
+}
