@@ -398,11 +398,10 @@ impl Slot {
             if text.is_empty() {
                 continue;
             }
+            // place_words keeps every word inside the segment's bounds.
             segments.push(Segment {
-                start_ms: words.first().map_or(segment_start_ms, |w| {
-                    w.start_ms.min(segment_start_ms).max(segment_start_ms)
-                }),
-                end_ms: segment_end_ms.max(words.last().map_or(0, |w| w.end_ms)),
+                start_ms: segment_start_ms,
+                end_ms: segment_end_ms,
                 text,
                 words,
             });
