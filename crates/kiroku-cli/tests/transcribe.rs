@@ -16,11 +16,7 @@ fn kiroku(args: &[&str]) -> Output {
 }
 
 fn model_path() -> PathBuf {
-    let dir = std::env::var_os("KIROKU_MODEL_DIR").map_or_else(
-        || PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/kiroku/models"),
-        PathBuf::from,
-    );
-    let model = dir.join("ggml-tiny.en.bin");
+    let model = kiroku_engine::engine::default_model_path();
     assert!(
         model.is_file(),
         "{} is missing: run `make model` first",
@@ -29,22 +25,28 @@ fn model_path() -> PathBuf {
     model
 }
 
-fn transcribe_json(wav: &Path) -> Value {
+/// Runs `kiroku transcribe WAV --format FORMAT` with the installed model; its stdout.
+fn transcribe(wav: &Path, format: &str) -> String {
     let model = model_path();
+    let wav = wav.to_str().expect("utf8 path");
     let out = kiroku(&[
         "transcribe",
-        wav.to_str().expect("utf8 path"),
+        wav,
         "--format",
-        "json",
+        format,
         "--model",
         model.to_str().expect("utf8"),
     ]);
     assert!(
         out.status.success(),
-        "kiroku failed: {}",
+        "{format}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    serde_json::from_slice(&out.stdout).expect("stdout is JSON")
+    String::from_utf8(out.stdout).expect("utf8 output")
+}
+
+fn transcribe_json(wav: &Path) -> Value {
+    serde_json::from_str(&transcribe(wav, "json")).expect("stdout is JSON")
 }
 
 /// Checks WER and that word times are ordered, non-overlapping, inside the audio and
@@ -133,23 +135,7 @@ fn all_formats_render_the_same_transcription() {
         0.2,
     )
     .expect("synthesize");
-    let model = model_path();
-    let render = |format: &str| {
-        let out = kiroku(&[
-            "transcribe",
-            wav.to_str().expect("utf8"),
-            "--format",
-            format,
-            "--model",
-            model.to_str().expect("utf8"),
-        ]);
-        assert!(
-            out.status.success(),
-            "{format}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).expect("utf8 output")
-    };
+    let render = |format: &str| transcribe(&wav, format);
     let txt = render("txt");
     assert!(
         word_error_rate(meeting_sentences()[1], &txt) <= 0.15,

@@ -91,11 +91,15 @@ pub fn decode_wav(reader: impl Read) -> Result<Pcm16k, AudioError> {
     if interleaved.is_empty() {
         return Err(AudioError::Empty);
     }
-    let mono = downmix(&interleaved, usize::from(spec.channels));
+    let mono = downmix(interleaved, usize::from(spec.channels));
     if is_silent(&mono, spec.sample_rate) {
         return Err(AudioError::Silent);
     }
-    let samples = resample(&mono, spec.sample_rate, WHISPER_SAMPLE_RATE_HZ)?;
+    let samples = if spec.sample_rate == WHISPER_SAMPLE_RATE_HZ {
+        mono
+    } else {
+        resample(&mono, spec.sample_rate, WHISPER_SAMPLE_RATE_HZ)?
+    };
     Ok(Pcm16k {
         samples,
         source_rate_hz: spec.sample_rate,
@@ -143,10 +147,10 @@ fn is_short_read(io: &std::io::Error) -> bool {
         || io.to_string().contains("Failed to read enough bytes")
 }
 
-/// Averages interleaved channels into one.
-fn downmix(interleaved: &[f32], channels: usize) -> Vec<f32> {
+/// Averages interleaved channels into one (mono input is returned as it is).
+fn downmix(interleaved: Vec<f32>, channels: usize) -> Vec<f32> {
     if channels == 1 {
-        return interleaved.to_vec();
+        return interleaved;
     }
     interleaved
         .chunks_exact(channels)

@@ -20,6 +20,7 @@ use whisper_rs::{
 };
 
 use crate::audio::WHISPER_SAMPLE_RATE_HZ;
+use crate::convert::GGML_MAGIC;
 
 /// Errors of the engine; each says what the caller can do about it.
 #[derive(Debug, thiserror::Error)]
@@ -88,7 +89,6 @@ pub const MAX_BEAM_SIZE: u32 = 16;
 pub struct ModelInfo {
     pub path: PathBuf,
     pub multilingual: bool,
-    pub model_type: String,
     pub n_mels: i32,
 }
 
@@ -157,10 +157,6 @@ impl Engine {
         let info = ModelInfo {
             path: config.model_path.clone(),
             multilingual: context.is_multilingual(),
-            model_type: context
-                .model_type_readable_str_lossy()
-                .map(|s| s.into_owned())
-                .unwrap_or_default(),
             n_mels: context.model_n_mels(),
         };
         let context = Arc::new(context);
@@ -194,10 +190,6 @@ impl Engine {
 
     pub fn info(&self) -> &ModelInfo {
         &self.info
-    }
-
-    pub fn threads_per_slot(&self) -> usize {
-        self.threads_per_slot
     }
 
     /// Transcribes 16 kHz mono samples; blocks until a slot has decoded them.
@@ -511,7 +503,7 @@ fn read_ggml_header(path: &Path) -> Option<GgmlHeader> {
             bytes[4 * i + 3],
         ])
     };
-    (field(0) as u32 == 0x6767_6d6c).then(|| GgmlHeader {
+    (field(0) as u32 == GGML_MAGIC).then(|| GgmlHeader {
         n_vocab: field(1),
         n_audio_layer: field(5),
         n_text_layer: field(9),
@@ -552,14 +544,9 @@ fn dtw_mode(header: &GgmlHeader) -> Option<DtwMode<'static>> {
     })
 }
 
-/// Whether `path` looks like a ggml model (magic number), without loading it.
+/// Whether `path` looks like a ggml Whisper model (its header), without loading it.
 pub fn is_ggml_file(path: &Path) -> bool {
-    use std::io::Read;
-    let mut magic = [0u8; 4];
-    std::fs::File::open(path)
-        .and_then(|mut f| f.read_exact(&mut magic))
-        .is_ok()
-        && u32::from_le_bytes(magic) == 0x6767_6d6c
+    read_ggml_header(path).is_some()
 }
 
 #[cfg(test)]
@@ -633,13 +620,18 @@ mod tests {
         (dir, engine)
     }
 
+    /// The smallest encoder context: fast decodes of short test audio.
+    fn short_context() -> TranscribeOptions {
+        TranscribeOptions {
+            audio_ctx: Some(64),
+            ..TranscribeOptions::default()
+        }
+    }
+
     #[test]
     fn audio_context_shorter_than_the_audio_is_refused() {
         let (_dir, engine) = small_english_engine(16);
-        let options = TranscribeOptions {
-            audio_ctx: Some(64),
-            ..TranscribeOptions::default()
-        };
+        let options = short_context();
         let err = engine
             .transcribe(vec![0.01; 32_000], options, None)
             .expect_err("2 s > 1.28 s");
@@ -654,10 +646,7 @@ mod tests {
     #[test]
     fn queued_jobs_from_many_threads_all_complete_on_one_slot() {
         let (_dir, engine) = small_english_engine(1);
-        let options = TranscribeOptions {
-            audio_ctx: Some(64),
-            ..TranscribeOptions::default()
-        };
+        let options = short_context();
         std::thread::scope(|scope| {
             let handles: Vec<_> = (1..=4u64)
                 .map(|quarters| {

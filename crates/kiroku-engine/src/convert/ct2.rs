@@ -100,7 +100,6 @@ impl Ct2Model {
         let mut reader = IndexReader {
             inner: BufReader::new(file),
             path,
-            file_len,
         };
         let binary_version = reader.u32()?;
         if binary_version == 0 || binary_version > MAX_BINARY_VERSION {
@@ -188,15 +187,9 @@ impl Ct2Model {
     pub fn read_bytes(&mut self, name: &str) -> Result<Vec<u8>> {
         let var = self.variable(name)?.clone();
         let mut buf = vec![0u8; var.len_bytes];
-        let io_err = |source| ConvertError::Io {
-            path: self.path.clone(),
-            source,
-        };
-        self.file
-            .seek(SeekFrom::Start(var.offset_bytes))
-            .map_err(io_err)?;
-        self.file
-            .read_exact(&mut buf)
+        let file = &mut self.file;
+        file.seek(SeekFrom::Start(var.offset_bytes))
+            .and_then(|_| file.read_exact(&mut buf))
             .map_err(|source| ConvertError::Io {
                 path: self.path.clone(),
                 source,
@@ -278,7 +271,6 @@ impl Ct2Model {
 struct IndexReader<'a> {
     inner: BufReader<File>,
     path: &'a Path,
-    file_len: u64,
 }
 
 impl IndexReader<'_> {
@@ -343,7 +335,6 @@ impl IndexReader<'_> {
                 path: self.path.to_path_buf(),
                 source,
             })?;
-        let _ = self.file_len;
         Ok(())
     }
 }

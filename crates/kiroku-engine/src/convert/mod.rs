@@ -76,7 +76,8 @@ impl std::str::FromStr for WeightType {
     }
 }
 
-const GGML_MAGIC: u32 = 0x6767_6d6c;
+/// First four bytes (little-endian) of a whisper.cpp ggml model file.
+pub const GGML_MAGIC: u32 = 0x6767_6d6c;
 const GGML_QNT_VERSION: i32 = 2;
 const GGML_TYPE_F32: i32 = 0;
 const GGML_TYPE_F16: i32 = 1;
@@ -288,6 +289,16 @@ impl PlanBuilder {
         }
     }
 
+    /// The equal row blocks of a fused CT2 matrix as separate ggml linears, in order;
+    /// `(name, false)` marks a block without bias (Whisper's keys).
+    fn fused(&mut self, ggml_prefix: &str, ct2: &str, blocks: &[(&str, bool)], state: usize) {
+        for (index, (name, bias)) in blocks.iter().enumerate() {
+            let split = Some((index, blocks.len()));
+            let ggml = format!("{ggml_prefix}.{name}");
+            self.linear(&ggml, ct2, [state, state], split, *bias);
+        }
+    }
+
     /// One transformer block; decoder blocks also have cross-attention.
     fn block(&mut self, side: &str, index: usize, state: usize) {
         let (g, c) = (
@@ -295,95 +306,38 @@ impl PlanBuilder {
             format!("{side}/layer_{index}"),
         );
         let square = [state, state];
+        let qkv = [("query", true), ("key", false), ("value", true)];
         self.norm(
             &format!("{g}.attn_ln"),
             &format!("{c}/self_attention/layer_norm"),
             state,
         );
-        let fused = format!("{c}/self_attention/linear_0");
-        self.linear(
-            &format!("{g}.attn.query"),
-            &fused,
-            square,
-            Some((0, 3)),
-            true,
+        self.fused(
+            &format!("{g}.attn"),
+            &format!("{c}/self_attention/linear_0"),
+            &qkv,
+            state,
         );
-        self.linear(
-            &format!("{g}.attn.key"),
-            &fused,
-            square,
-            Some((1, 3)),
-            false,
-        );
-        self.linear(
-            &format!("{g}.attn.value"),
-            &fused,
-            square,
-            Some((2, 3)),
-            true,
-        );
-        self.linear(
-            &format!("{g}.attn.out"),
-            &format!("{c}/self_attention/linear_1"),
-            square,
-            None,
-            true,
-        );
+        let out = format!("{c}/self_attention/linear_1");
+        self.linear(&format!("{g}.attn.out"), &out, square, None, true);
         if side == "decoder" {
-            self.norm(
-                &format!("{g}.cross_attn_ln"),
-                &format!("{c}/attention/layer_norm"),
-                state,
-            );
-            self.linear(
-                &format!("{g}.cross_attn.query"),
-                &format!("{c}/attention/linear_0"),
-                square,
-                None,
-                true,
-            );
-            let fused = format!("{c}/attention/linear_1");
-            self.linear(
-                &format!("{g}.cross_attn.key"),
-                &fused,
-                square,
-                Some((0, 2)),
-                false,
-            );
-            self.linear(
-                &format!("{g}.cross_attn.value"),
-                &fused,
-                square,
-                Some((1, 2)),
-                true,
-            );
-            self.linear(
-                &format!("{g}.cross_attn.out"),
-                &format!("{c}/attention/linear_2"),
-                square,
-                None,
-                true,
-            );
+            let (ln, cross) = (format!("{g}.cross_attn_ln"), format!("{g}.cross_attn"));
+            self.norm(&ln, &format!("{c}/attention/layer_norm"), state);
+            let query = format!("{c}/attention/linear_0");
+            self.linear(&format!("{cross}.query"), &query, square, None, true);
+            let kv = [("key", false), ("value", true)];
+            self.fused(&cross, &format!("{c}/attention/linear_1"), &kv, state);
+            let out = format!("{c}/attention/linear_2");
+            self.linear(&format!("{cross}.out"), &out, square, None, true);
         }
         self.norm(
             &format!("{g}.mlp_ln"),
             &format!("{c}/ffn/layer_norm"),
             state,
         );
-        self.linear(
-            &format!("{g}.mlp.0"),
-            &format!("{c}/ffn/linear_0"),
-            [4 * state, state],
-            None,
-            true,
-        );
-        self.linear(
-            &format!("{g}.mlp.2"),
-            &format!("{c}/ffn/linear_1"),
-            [state, 4 * state],
-            None,
-            true,
-        );
+        let (up, down) = (format!("{c}/ffn/linear_0"), format!("{c}/ffn/linear_1"));
+        self.linear(&format!("{g}.mlp.0"), &up, [4 * state, state], None, true);
+        self.linear(&format!("{g}.mlp.2"), &down, [state, 4 * state], None, true);
     }
 }
 
