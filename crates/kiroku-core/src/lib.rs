@@ -1,5 +1,9 @@
 //! Plumbing shared by Kiroku's services and CLI: transcript types and caption formats,
-//! telemetry set-up. Domain logic lives in the service crates.
+//! telemetry set-up, trace propagation, metrics and the admin HTTP port. Domain logic
+//! lives in the service crates.
 
+pub mod admin;
+pub mod metrics;
 pub mod telemetry;
+pub mod trace;
 pub mod transcript;

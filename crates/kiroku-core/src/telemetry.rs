@@ -1,23 +1,254 @@
-//! Logging set-up shared by every binary role.
+//! Logging and tracing set-up shared by every binary role.
 //!
 //! Logs go to stderr (stdout is for command output such as transcripts). The level comes
 //! from `RUST_LOG` (default `warn` for the CLI, `info` for services) and the format from
-//! `KIROKU_LOG_FORMAT` (`json` or the default human-readable text).
+//! `KIROKU_LOG_FORMAT` (`json` or the default human-readable text). The same filter
+//! decides which spans exist at all, so a span below the log level is neither logged nor
+//! traced.
+//!
+//! Every process also tracks OpenTelemetry span context (trace and span ids) for its
+//! `tracing` spans and installs the W3C TraceContext propagator, so [`crate::trace`] can
+//! carry a trace across gRPC and NATS whether or not spans are exported. Services export
+//! spans over OTLP/gRPC when `OTEL_EXPORTER_OTLP_ENDPOINT` is set ([`init_service`]).
 
-use tracing_subscriber::EnvFilter;
+use std::fmt;
+use std::time::Duration;
 
-/// Installs the global subscriber once; later calls are no-ops.
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::WithExportConfig as _;
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing::Subscriber;
+use tracing::level_filters::LevelFilter;
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::{EnvFilter, Layer};
+
+/// The environment variable that turns OTLP span export on (`http://collector:4317`).
+pub const OTLP_ENDPOINT_ENV: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
+
+/// How long dropping a [`TelemetryGuard`] waits for the last spans to reach the collector.
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Installs the global subscriber once (logs, span context, no export); later calls are
+/// no-ops. For CLI commands; services call [`init_service`].
 pub fn init(default_level: &str) {
+    let (subscriber, _guard, _error) = build("kiroku", default_level, None);
+    install(subscriber);
+}
+
+/// Installs the global subscriber of a service: the logs of [`init`] plus, when
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` is set, batch export of spans over OTLP/gRPC with
+/// resource `service.name = service_name`.
+///
+/// Keep the guard alive until the process is about to exit: dropping it flushes the spans
+/// still buffered. If a subscriber is already installed (tests), the first one stays and
+/// this returns a guard that flushes nothing. A bad endpoint is logged and export stays
+/// off: telemetry never stops a service from starting.
+pub fn init_service(service_name: &str, default_level: &str) -> TelemetryGuard {
+    let endpoint = std::env::var(OTLP_ENDPOINT_ENV)
+        .ok()
+        .filter(|value| !value.trim().is_empty());
+    let (subscriber, guard, error) = build(service_name, default_level, endpoint.as_deref());
+    if !install(subscriber) {
+        return TelemetryGuard::disabled();
+    }
+    match (&endpoint, error) {
+        (Some(endpoint), None) => {
+            tracing::info!(service = service_name, %endpoint, "exporting spans over otlp");
+        }
+        (Some(endpoint), Some(error)) => {
+            tracing::warn!(service = service_name, %endpoint, %error, "otlp export disabled");
+        }
+        (None, _) => {}
+    }
+    guard
+}
+
+/// Builds, without installing, the subscriber [`init_service`] would install, exporting to
+/// `otlp_endpoint` when given. For tests that run several "services" in one process, each
+/// under its own `tracing::subscriber::with_default`.
+pub fn service_subscriber(
+    service_name: &str,
+    default_level: &str,
+    otlp_endpoint: Option<&str>,
+) -> (impl Subscriber + Send + Sync + 'static, TelemetryGuard) {
+    let (subscriber, guard, error) = build(service_name, default_level, otlp_endpoint);
+    if let Some(error) = error {
+        eprintln!("kiroku telemetry: otlp export disabled: {error}");
+    }
+    (subscriber, guard)
+}
+
+/// Flushes and shuts down span export when dropped, so spans are not lost when a service
+/// exits normally. Dropping blocks for at most a few seconds (an unreachable collector).
+pub struct TelemetryGuard {
+    provider: Option<SdkTracerProvider>,
+    /// Runs the OTLP client (tonic channel, connections) apart from the service's own
+    /// runtime: export works from any thread, and a flush at drop cannot deadlock on a
+    /// runtime that the dropping thread itself blocks.
+    export_runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl TelemetryGuard {
+    fn disabled() -> Self {
+        Self {
+            provider: None,
+            export_runtime: None,
+        }
+    }
+
+    /// Whether spans are being exported over OTLP.
+    pub fn is_exporting(&self) -> bool {
+        self.provider.is_some()
+    }
+}
+
+impl fmt::Debug for TelemetryGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TelemetryGuard")
+            .field("exporting", &self.is_exporting())
+            .finish()
+    }
+}
+
+impl Drop for TelemetryGuard {
+    fn drop(&mut self) {
+        if let Some(provider) = self.provider.take()
+            && let Err(error) = provider.shutdown_with_timeout(SHUTDOWN_TIMEOUT)
+        {
+            eprintln!("kiroku telemetry: flushing spans failed: {error}");
+        }
+        // Exports are done; `shutdown_background` neither blocks nor panics when the
+        // guard is dropped inside an async context.
+        if let Some(runtime) = self.export_runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// Sets the global propagator and subscriber; false when a subscriber was already set.
+fn install(subscriber: impl Subscriber + Send + Sync + 'static) -> bool {
+    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+    // Already initialised (tests call this more than once): keep the first.
+    subscriber.try_init().is_ok()
+}
+
+/// The subscriber: one level filter, stderr logs (text or json), and the OpenTelemetry
+/// layer, exporting when `otlp_endpoint` is given. The third value says why export is off
+/// although an endpoint was given.
+fn build(
+    service_name: &str,
+    default_level: &str,
+    otlp_endpoint: Option<&str>,
+) -> (
+    impl Subscriber + Send + Sync + 'static,
+    TelemetryGuard,
+    Option<String>,
+) {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let result = if std::env::var("KIROKU_LOG_FORMAT").as_deref() == Ok("json") {
-        builder.json().try_init()
-    } else {
-        builder.try_init()
+    let json = std::env::var("KIROKU_LOG_FORMAT").as_deref() == Ok("json");
+    let json_logs = json.then(|| {
+        tracing_subscriber::fmt::layer()
+            .json()
+            .with_writer(std::io::stderr)
+    });
+    let text_logs = (!json).then(|| tracing_subscriber::fmt::layer().with_writer(std::io::stderr));
+
+    let (provider, guard, error) = match otlp_endpoint {
+        Some(endpoint) => match exporting_provider(service_name, endpoint) {
+            Ok((provider, export_runtime)) => {
+                let guard = TelemetryGuard {
+                    provider: Some(provider.clone()),
+                    export_runtime: Some(export_runtime),
+                };
+                (provider, guard, None)
+            }
+            Err(error) => (
+                local_provider(service_name),
+                TelemetryGuard::disabled(),
+                Some(error),
+            ),
+        },
+        None => (
+            local_provider(service_name),
+            TelemetryGuard::disabled(),
+            None,
+        ),
     };
-    // Already initialised (tests call this more than once): keep the first.
-    drop(result);
+    let spans = tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer("kiroku"))
+        .with_filter(export_targets());
+
+    let subscriber = tracing_subscriber::registry()
+        .with(filter)
+        .with(json_logs)
+        .with(text_logs)
+        .with(spans);
+    (subscriber, guard, error)
+}
+
+/// Span ids without export: enough for propagation, nothing leaves the process.
+fn local_provider(service_name: &str) -> SdkTracerProvider {
+    SdkTracerProvider::builder()
+        .with_resource(resource(service_name))
+        .build()
+}
+
+fn exporting_provider(
+    service_name: &str,
+    endpoint: &str,
+) -> Result<(SdkTracerProvider, tokio::runtime::Runtime), String> {
+    let export_runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("otlp-export")
+        .enable_all()
+        .build()
+        .map_err(|error| format!("starting the export runtime: {error}"))?;
+    // The tonic channel spawns its tasks on the runtime entered while it is built.
+    let built = {
+        let _entered = export_runtime.enter();
+        opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .with_endpoint(endpoint)
+            .build()
+    };
+    let exporter = match built {
+        Ok(exporter) => exporter,
+        Err(error) => {
+            // Dropping a runtime blocks, which panics inside an async context.
+            export_runtime.shutdown_background();
+            return Err(format!("building the otlp exporter: {error}"));
+        }
+    };
+    let provider = SdkTracerProvider::builder()
+        .with_resource(resource(service_name))
+        .with_batch_exporter(exporter)
+        .build();
+    Ok((provider, export_runtime))
+}
+
+fn resource(service_name: &str) -> Resource {
+    Resource::builder()
+        .with_service_name(service_name.to_string())
+        .build()
+}
+
+/// The exporter's own transport (h2, hyper, tonic, tower) and the SDK's internal events
+/// never become spans: exporting them would feed the exporter with its own work.
+fn export_targets() -> Targets {
+    Targets::new()
+        .with_default(LevelFilter::TRACE)
+        .with_target("h2", LevelFilter::OFF)
+        .with_target("hyper", LevelFilter::OFF)
+        .with_target("hyper_util", LevelFilter::OFF)
+        .with_target("tonic", LevelFilter::OFF)
+        .with_target("tower", LevelFilter::OFF)
+        .with_target("opentelemetry", LevelFilter::OFF)
+        .with_target("opentelemetry_sdk", LevelFilter::OFF)
+        .with_target("opentelemetry_otlp", LevelFilter::OFF)
+        .with_target("opentelemetry-otlp", LevelFilter::OFF)
 }

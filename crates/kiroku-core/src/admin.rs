@@ -1,0 +1,128 @@
+//! The admin HTTP port every service serves beside its gRPC port: liveness, readiness and
+//! Prometheus metrics. Probes and scrapers use it; it carries no tenant data.
+//!
+//! - `GET /healthz` — 200 `ok` while the process serves HTTP at all (liveness).
+//! - `GET /readyz` — 200 `ready` while the service says it is ready (dependencies
+//!   connected, model loaded, not draining), else 503 `not ready`.
+//! - `GET /metrics` — 200, [`crate::metrics::render`] as Prometheus text 0.0.4.
+
+use std::future::Future;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// Serves the admin routes on `listener` until `shutdown` resolves; in-flight requests
+/// finish first. `ready` is the service's readiness: flip it to `false` at the start of a
+/// drain so load balancers stop sending new streams before the gRPC server stops.
+pub async fn serve_admin(
+    listener: TcpListener,
+    ready: watch::Receiver<bool>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(ready))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+fn router(ready: watch::Receiver<bool>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(ready)
+}
+
+async fn readyz(State(ready): State<watch::Receiver<bool>>) -> impl IntoResponse {
+    if *ready.borrow() {
+        (StatusCode::OK, "ready")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+    }
+}
+
+async fn metrics() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
+        crate::metrics::render(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio::sync::oneshot;
+
+    use super::*;
+
+    /// One `GET` over a fresh connection; the raw response (status line, headers, body).
+    async fn get(address: std::net::SocketAddr, path: &str) -> String {
+        let mut stream = tokio::net::TcpStream::connect(address)
+            .await
+            .expect("connect to the admin port");
+        let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+        stream
+            .write_all(request.as_bytes())
+            .await
+            .expect("send the request");
+        let mut response = String::new();
+        stream
+            .read_to_string(&mut response)
+            .await
+            .expect("read the response");
+        response
+    }
+
+    fn body(response: &str) -> &str {
+        response.split_once("\r\n\r\n").map_or("", |(_, body)| body)
+    }
+
+    #[tokio::test]
+    async fn admin_routes_answer_over_tcp_and_follow_readiness() {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the admin port");
+        let address = listener.local_addr().expect("admin address");
+        let (ready_tx, ready_rx) = watch::channel(false);
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let server = tokio::spawn(serve_admin(listener, ready_rx, async move {
+            let _ = stop_rx.await;
+        }));
+
+        let healthz = get(address, "/healthz").await;
+        assert!(healthz.starts_with("HTTP/1.1 200"), "{healthz}");
+        assert_eq!(body(&healthz), "ok");
+
+        let not_ready = get(address, "/readyz").await;
+        assert!(not_ready.starts_with("HTTP/1.1 503"), "{not_ready}");
+        assert_eq!(body(&not_ready), "not ready");
+        ready_tx.send(true).expect("the server holds the receiver");
+        let ready = get(address, "/readyz").await;
+        assert!(ready.starts_with("HTTP/1.1 200"), "{ready}");
+        assert_eq!(body(&ready), "ready");
+
+        crate::metrics::metrics().finals.inc();
+        let metrics = get(address, "/metrics").await;
+        assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
+        assert!(
+            metrics
+                .to_ascii_lowercase()
+                .contains("content-type: text/plain; version=0.0.4"),
+            "{metrics}"
+        );
+        assert!(body(&metrics).contains("# TYPE kiroku_finals_total counter"));
+
+        let missing = get(address, "/nope").await;
+        assert!(missing.starts_with("HTTP/1.1 404"), "{missing}");
+
+        stop_tx.send(()).expect("the server is running");
+        server
+            .await
+            .expect("the server task does not panic")
+            .expect("the server stops cleanly");
+    }
+}

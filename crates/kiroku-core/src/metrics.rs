@@ -1,0 +1,290 @@
+//! The process's Prometheus metrics: one global registry, rendered as Prometheus text
+//! (format 0.0.4) at `/metrics` by [`crate::admin`].
+//!
+//! Every family is created on first use of [`metrics()`] and lives for the process, so an
+//! unlabelled family appears (at zero) on the first scrape even before anything happened.
+//! Durations are in seconds, as Prometheus expects.
+//!
+//! ```
+//! use kiroku_core::metrics::metrics;
+//!
+//! let stream = metrics().stream_started(); // kiroku_active_streams + 1 until dropped
+//! metrics().audio_seconds.inc_by(0.2);
+//! metrics().final_latency.observe(0.35);
+//! metrics().error(tonic::Code::ResourceExhausted);
+//! drop(stream);
+//! ```
+
+use std::sync::OnceLock;
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::prometheus_text;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// The `Content-Type` of [`render`]'s output.
+pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
+
+/// Latency buckets, 50 ms to 10 s: what a live-caption user notices, up to a stalled stream.
+const LATENCY_BUCKETS_S: [f64; 13] = [
+    0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0,
+];
+/// Real-time-factor buckets: below 1 a worker keeps up with live audio, above it falls behind.
+const REAL_TIME_FACTOR_BUCKETS: [f64; 12] = [
+    0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0,
+];
+/// Decode-time buckets, 10 ms (tiny model, short buffer) to 10 s (large model on CPU).
+const DECODE_BUCKETS_S: [f64; 12] = [
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 7.5, 10.0,
+];
+
+/// Label set of `kiroku_errors_total`: the gRPC status code name (`NotFound`, `Internal`…).
+type CodeLabel = [(&'static str, &'static str); 1];
+
+/// Every metric family Kiroku exports. Fields are the families themselves; see each for
+/// its exported name and meaning.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// `kiroku_active_streams`: streams open on this gateway (or sessions decoding on this
+    /// worker) right now. Prefer [`Metrics::stream_started`], which cannot leak a count.
+    pub active_streams: Gauge,
+    /// `kiroku_audio_seconds_total`: seconds of audio received, after resampling.
+    pub audio_seconds: Counter<f64, AtomicU64>,
+    /// `kiroku_real_time_factor`: decode time divided by the audio duration decoded, one
+    /// observation per decode.
+    pub real_time_factor: Histogram,
+    /// `kiroku_first_interim_latency_seconds`: from a stream's first audio frame to its
+    /// first interim result.
+    pub first_interim_latency: Histogram,
+    /// `kiroku_final_latency_seconds`: from the end of an utterance's audio to its final
+    /// result reaching the gateway.
+    pub final_latency: Histogram,
+    /// `kiroku_decode_seconds`: wall time of one engine decode.
+    pub decode_seconds: Histogram,
+    /// `kiroku_sessions_backlog`: session jobs waiting for a worker (the `SESSIONS`
+    /// stream's pending count), the signal GPU workers scale on.
+    pub sessions_backlog: Gauge,
+    /// `kiroku_finals_total`: final segments delivered.
+    pub finals: Counter,
+    /// `kiroku_errors_total{code}`: requests and streams that ended in a gRPC error, by
+    /// status code name; a code's series appears with its first error. Use
+    /// [`Metrics::error`].
+    errors: Family<CodeLabel, Counter>,
+}
+
+/// The process's metrics, created on first use.
+pub fn metrics() -> &'static Metrics {
+    static METRICS: OnceLock<Metrics> = OnceLock::new();
+    METRICS.get_or_init(Metrics::new)
+}
+
+/// Every family in the Prometheus text format (0.0.4), served with [`CONTENT_TYPE`].
+pub fn render() -> String {
+    let mut text = String::new();
+    // Writing into a String cannot fail; an encoder error would leave a partial page,
+    // which Prometheus reports as a failed scrape.
+    if let Err(error) = prometheus_text::encode(&mut text, &metrics().registry) {
+        tracing::warn!(%error, "encoding metrics failed");
+    }
+    text
+}
+
+impl Metrics {
+    fn new() -> Self {
+        let mut registry = Registry::default();
+        let active_streams = Gauge::default();
+        registry.register(
+            "kiroku_active_streams",
+            "Streams open right now",
+            active_streams.clone(),
+        );
+        let audio_seconds = Counter::<f64, AtomicU64>::default();
+        // Counters get their `_total` suffix from the encoder.
+        registry.register(
+            "kiroku_audio_seconds",
+            "Seconds of audio received",
+            audio_seconds.clone(),
+        );
+        let real_time_factor = Histogram::new(REAL_TIME_FACTOR_BUCKETS);
+        registry.register(
+            "kiroku_real_time_factor",
+            "Decode time divided by audio duration, per decode",
+            real_time_factor.clone(),
+        );
+        let first_interim_latency = Histogram::new(LATENCY_BUCKETS_S);
+        registry.register(
+            "kiroku_first_interim_latency_seconds",
+            "Seconds from a stream's first audio to its first interim result",
+            first_interim_latency.clone(),
+        );
+        let final_latency = Histogram::new(LATENCY_BUCKETS_S);
+        registry.register(
+            "kiroku_final_latency_seconds",
+            "Seconds from the end of an utterance to its final result",
+            final_latency.clone(),
+        );
+        let decode_seconds = Histogram::new(DECODE_BUCKETS_S);
+        registry.register(
+            "kiroku_decode_seconds",
+            "Wall time of one engine decode",
+            decode_seconds.clone(),
+        );
+        let sessions_backlog = Gauge::default();
+        registry.register(
+            "kiroku_sessions_backlog",
+            "Session jobs waiting for a worker",
+            sessions_backlog.clone(),
+        );
+        let finals = Counter::default();
+        registry.register("kiroku_finals", "Final segments delivered", finals.clone());
+        let errors = Family::<CodeLabel, Counter>::default();
+        registry.register(
+            "kiroku_errors",
+            "Requests and streams that ended in a gRPC error, by status code",
+            errors.clone(),
+        );
+        Self {
+            registry,
+            active_streams,
+            audio_seconds,
+            real_time_factor,
+            first_interim_latency,
+            final_latency,
+            decode_seconds,
+            sessions_backlog,
+            finals,
+            errors,
+        }
+    }
+
+    /// Counts one stream as active until the returned guard is dropped, however the
+    /// stream ends (including a panic or a dropped future).
+    pub fn stream_started(&'static self) -> ActiveStream {
+        self.active_streams.inc();
+        ActiveStream { metrics: self }
+    }
+
+    /// Counts one error with gRPC status `code` in `kiroku_errors_total`.
+    pub fn error(&self, code: tonic::Code) {
+        self.errors
+            .get_or_create(&[("code", code_name(code))])
+            .inc();
+    }
+
+    /// Records one decode of `audio_seconds` of audio that took `decode_seconds`: both
+    /// `kiroku_decode_seconds` and `kiroku_real_time_factor`.
+    pub fn decode(&self, decode_seconds: f64, audio_seconds: f64) {
+        self.decode_seconds.observe(decode_seconds);
+        if audio_seconds > 0.0 {
+            self.real_time_factor
+                .observe(decode_seconds / audio_seconds);
+        }
+    }
+}
+
+/// One stream counted in `kiroku_active_streams`; dropping it uncounts the stream.
+#[derive(Debug)]
+#[must_use = "the stream is uncounted as soon as this is dropped"]
+pub struct ActiveStream {
+    metrics: &'static Metrics,
+}
+
+impl Drop for ActiveStream {
+    fn drop(&mut self) {
+        self.metrics.active_streams.dec();
+    }
+}
+
+/// The status code's name as gRPC libraries print it (`DeadlineExceeded`), a closed set so
+/// the label cannot explode.
+fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code;
+    match code {
+        Code::Ok => "Ok",
+        Code::Cancelled => "Cancelled",
+        Code::Unknown => "Unknown",
+        Code::InvalidArgument => "InvalidArgument",
+        Code::DeadlineExceeded => "DeadlineExceeded",
+        Code::NotFound => "NotFound",
+        Code::AlreadyExists => "AlreadyExists",
+        Code::PermissionDenied => "PermissionDenied",
+        Code::ResourceExhausted => "ResourceExhausted",
+        Code::FailedPrecondition => "FailedPrecondition",
+        Code::Aborted => "Aborted",
+        Code::OutOfRange => "OutOfRange",
+        Code::Unimplemented => "Unimplemented",
+        Code::Internal => "Internal",
+        Code::Unavailable => "Unavailable",
+        Code::DataLoss => "DataLoss",
+        Code::Unauthenticated => "Unauthenticated",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_family_is_rendered_with_help_and_type() {
+        // A labelled family has no series, hence no lines, before its first value.
+        metrics().error(tonic::Code::Aborted);
+        let text = render();
+        for (name, kind) in [
+            ("kiroku_active_streams", "gauge"),
+            ("kiroku_audio_seconds_total", "counter"),
+            ("kiroku_real_time_factor", "histogram"),
+            ("kiroku_first_interim_latency_seconds", "histogram"),
+            ("kiroku_final_latency_seconds", "histogram"),
+            ("kiroku_decode_seconds", "histogram"),
+            ("kiroku_sessions_backlog", "gauge"),
+            ("kiroku_errors_total", "counter"),
+            ("kiroku_finals_total", "counter"),
+        ] {
+            assert!(
+                text.contains(&format!("# TYPE {name} {kind}\n")),
+                "{name} {kind} missing from:\n{text}"
+            );
+            assert!(
+                text.contains(&format!("# HELP {name} ")),
+                "{name} has no help"
+            );
+        }
+        assert!(
+            !text.contains("# EOF"),
+            "prometheus 0.0.4 text, not openmetrics"
+        );
+    }
+
+    #[test]
+    fn observations_show_up_in_the_text() {
+        // The registry is global and tests run in parallel: assert on what only this
+        // test records.
+        metrics().error(tonic::Code::DataLoss);
+        metrics().decode(0.5, 2.0);
+        let text = render();
+        assert!(
+            text.contains("kiroku_errors_total{code=\"DataLoss\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("kiroku_real_time_factor_bucket{le=\"0.3\"} 1\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn active_stream_guard_counts_while_alive() {
+        // Other tests never open streams, so the gauge is this test's alone.
+        let before = metrics().active_streams.get();
+        let first = metrics().stream_started();
+        let second = metrics().stream_started();
+        assert_eq!(metrics().active_streams.get(), before + 2);
+        drop(first);
+        drop(second);
+        assert_eq!(metrics().active_streams.get(), before);
+    }
+}
