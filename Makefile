@@ -13,10 +13,13 @@ KIROKU_RELEASE := $(CURDIR)/target/release/kiroku
 APT_PACKAGES := cmake espeak-ng sox python3-venv
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help deps model test lint fmt bench build pyenv
+.PHONY: help demo deps model test lint fmt bench bench-stream build pyenv
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+demo: deps model ## the local cluster, a two-voice meeting streamed to it, live captions
+	bash deploy/demo/demo.sh $(KIROKU)
 
 deps: ## install missing system packages (apt)
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -65,3 +68,7 @@ $(BUILD)/bench-venv/.ok:
 bench: deps model $(BUILD)/bench-venv/.ok ## kiroku vs faster-whisper, same audio and model, one table
 	cargo build --release -p kiroku-cli
 	python3 tests/bench/bench.py $(KIROKU_RELEASE) $(KIROKU_MODEL_DIR) $(BUILD)/bench $(or $(ROUNDS),3)
+
+bench-stream: deps model ## live streaming on the local cluster: latency, concurrency, WER, plumbing
+	cargo build --release -p kiroku-cli
+	python3 tests/bench/bench_stream.py $(KIROKU_RELEASE) $(BUILD)/bench-stream

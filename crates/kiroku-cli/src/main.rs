@@ -3,8 +3,12 @@
 //! Exit codes: 0 success, 2 bad input or usage (the message says which), 1 anything
 //! else. Errors are printed as one `error: ...` line on stderr.
 
+mod bench;
 mod model;
+mod serve;
+mod stream;
 mod transcribe;
+mod up;
 
 use std::process::ExitCode;
 
@@ -28,6 +32,16 @@ enum Command {
     /// Fetch, convert and list Whisper models.
     #[command(subcommand)]
     Model(model::Command),
+    /// Run one service in the foreground (what a container runs).
+    #[command(subcommand)]
+    Serve(serve::Role),
+    /// Run the whole cluster locally (gateway and workers; NATS reused or started).
+    Up(up::Args),
+    /// Stream a WAV file to a gateway in real time and show live captions.
+    Stream(stream::Args),
+    /// Plumbing benchmark against null-benchmark workers (see `make bench-stream`).
+    #[command(hide = true)]
+    BenchPlumbing(bench::Args),
 }
 
 /// An error whose cause is the user's input: exit code 2.
@@ -39,10 +53,17 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // whisper.cpp logs its own errors; the CLI reports them as one line instead
     // (`RUST_LOG=whisper_rs=debug` shows them).
-    kiroku_core::telemetry::init("warn,whisper_rs=off");
+    // Services set up their own telemetry (service name, OTLP export).
+    if !matches!(cli.command, Command::Serve(_)) {
+        kiroku_core::telemetry::init("warn,whisper_rs=off");
+    }
     let result = match cli.command {
         Command::Transcribe(args) => transcribe::run(args),
         Command::Model(command) => model::run(command),
+        Command::Serve(role) => serve::run(role),
+        Command::Up(args) => up::run(args),
+        Command::Stream(args) => stream::run(args),
+        Command::BenchPlumbing(args) => bench::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -81,6 +81,7 @@ pub fn run(args: Args) -> Result<()> {
         beam_size: args.beam.max(1),
         prompt: args.prompt,
         audio_ctx: args.audio_ctx,
+        ..Default::default()
     };
     let duration_ms = pcm.duration_ms();
     let transcript = engine

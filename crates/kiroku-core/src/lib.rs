@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod metrics;
+pub mod nats;
 pub mod telemetry;
 pub mod trace;
 pub mod transcript;

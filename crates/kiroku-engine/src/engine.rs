@@ -76,6 +76,12 @@ pub struct TranscribeOptions {
     pub prompt: Option<String>,
     /// Encoder context in frames of 20 ms (`None` = the model's full 1500 = 30 s).
     pub audio_ctx: Option<u32>,
+    /// Never re-decode at a higher temperature when a hypothesis looks poor. Streaming
+    /// sets it: the fallback turns each repetition loop into a multi-second stall, and
+    /// the streaming policy has its own loop guard.
+    pub no_temperature_fallback: bool,
+    /// Token cap per segment (whisper.cpp `max_tokens`); `None` = no cap.
+    pub max_tokens: Option<u32>,
 }
 
 /// One encoder frame covers 20 ms of 16 kHz audio.
@@ -328,6 +334,12 @@ impl Slot {
         }
         if let Some(audio_ctx) = options.audio_ctx {
             params.set_audio_ctx(audio_ctx as i32);
+        }
+        if options.no_temperature_fallback {
+            params.set_temperature_inc(0.0);
+        }
+        if let Some(max_tokens) = options.max_tokens {
+            params.set_max_tokens(max_tokens as i32);
         }
         if let Some(mut progress) = progress {
             params.set_progress_callback_safe(move |percent: i32| progress(percent));

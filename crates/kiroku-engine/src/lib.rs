@@ -3,5 +3,6 @@
 pub mod audio;
 pub mod convert;
 pub mod engine;
+pub mod streaming;
 
 pub use engine::{Engine, EngineConfig, EngineError, TranscribeOptions};

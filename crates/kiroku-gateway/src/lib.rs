@@ -1,1 +1,231 @@
-//! Public gRPC gateway.
+//! The public gRPC gateway: `kiroku.transcribe.v1.Transcription`.
+//!
+//! Stateless by design: everything a stream needs lives in NATS (audio in `AUDIO`, the
+//! job in `SESSIONS`, finals in `TRANSCRIPTS`), so any replica can serve any stream and
+//! resume a dropped one. Per stream the gateway validates the client's audio, converts
+//! it to 16 kHz mono, publishes it frame by frame (acknowledging each frame to the
+//! client only once JetStream has stored it) and relays the worker's results.
+//!
+//! Limits (also in the proto header and README): see [`Limits`].
+
+mod resample;
+mod stream;
+mod token;
+mod unary;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use async_nats::jetstream;
+use kiroku_core::nats::{Layout, Retention};
+use kiroku_proto::transcribe::v1::transcription_server::{Transcription, TranscriptionServer};
+use kiroku_proto::transcribe::v1::{
+    StreamTranscribeRequest, StreamTranscribeResponse, TranscribeRequest, TranscribeResponse,
+};
+use tokio::net::TcpListener;
+use tonic::{Request, Response, Status, Streaming};
+
+pub use resample::{OUTPUT_RATE_HZ, SUPPORTED_RATES_HZ};
+pub use token::{ResumeClaim, ResumeKeys};
+
+/// Default gRPC address (what `kiroku stream` connects to by default).
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
+/// Default admin HTTP address (`/healthz`, `/readyz`, `/metrics`).
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9464";
+/// The tenant of every stream until accounts exist (issue "Accounts and access").
+pub const DEFAULT_TENANT: &str = "default";
+
+/// Public limits, enforced per stream and documented in the proto and README.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Longest audio frame.
+    pub max_frame: Duration,
+    /// Largest frame in bytes.
+    pub max_frame_bytes: usize,
+    /// Longest stream (audio time).
+    pub max_stream_audio: Duration,
+    /// Longest time without any client message (send `keep_alive` while muted).
+    pub idle_timeout: Duration,
+    /// Largest unary `Transcribe` request.
+    pub max_file_bytes: usize,
+    /// Vocabulary plus prompt, in characters.
+    pub max_prompt_chars: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_frame: Duration::from_millis(200),
+            max_frame_bytes: 64 * 1024,
+            max_stream_audio: Duration::from_secs(4 * 3600),
+            idle_timeout: Duration::from_secs(30),
+            max_file_bytes: 64 * 1024 * 1024,
+            max_prompt_chars: 1024,
+        }
+    }
+}
+
+/// Everything a gateway replica needs.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    pub nats_url: String,
+    pub layout: Layout,
+    pub retention: Retention,
+    /// Shared by every gateway of a cluster (resume tokens are HMACs under it).
+    pub resume_keys: ResumeKeys,
+    /// How long a session waits for a dropped client to come back. The worker
+    /// enforces it; the gateway reports it in `SessionInfo`.
+    pub resume_window: Duration,
+    pub limits: Limits,
+    /// How long a gateway waits, at most, for a file transcription's results.
+    pub transcribe_timeout: Duration,
+}
+
+impl GatewayConfig {
+    pub fn new(nats_url: impl Into<String>, layout: Layout, resume_keys: ResumeKeys) -> Self {
+        Self {
+            nats_url: nats_url.into(),
+            layout,
+            retention: Retention::default(),
+            resume_keys,
+            resume_window: Duration::from_secs(120),
+            limits: Limits::default(),
+            transcribe_timeout: Duration::from_secs(600),
+        }
+    }
+}
+
+/// Shared state of the service: one NATS connection for all streams.
+#[derive(Debug, Clone)]
+pub struct Gateway {
+    inner: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    config: GatewayConfig,
+    nats: async_nats::Client,
+    js: jetstream::Context,
+    audio: jetstream::stream::Stream,
+    transcripts: jetstream::stream::Stream,
+}
+
+impl Gateway {
+    /// Connects to NATS and makes sure the cluster's streams exist.
+    pub async fn connect(config: GatewayConfig) -> anyhow::Result<Self> {
+        let nats = kiroku_core::nats::connect(&config.nats_url, "kiroku-gateway")
+            .await
+            .with_context(|| format!("connecting to NATS at {}", config.nats_url))?;
+        let js = jetstream::new(nats.clone());
+        config
+            .layout
+            .ensure(&js, &config.retention)
+            .await
+            .context("creating the JetStream streams")?;
+        let audio = js.get_stream(config.layout.audio_stream()).await?;
+        let transcripts = js.get_stream(config.layout.transcripts_stream()).await?;
+        Ok(Self {
+            inner: Arc::new(Shared {
+                config,
+                nats,
+                js,
+                audio,
+                transcripts,
+            }),
+        })
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.inner.nats.connection_state() == async_nats::connection::State::Connected
+    }
+}
+
+type ResponseStream =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<StreamTranscribeResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Transcription for Gateway {
+    type StreamTranscribeStream = ResponseStream;
+
+    async fn stream_transcribe(
+        &self,
+        request: Request<Streaming<StreamTranscribeRequest>>,
+    ) -> Result<Response<Self::StreamTranscribeStream>, Status> {
+        stream::start(self.inner.clone(), request).await
+    }
+
+    async fn transcribe(
+        &self,
+        request: Request<TranscribeRequest>,
+    ) -> Result<Response<TranscribeResponse>, Status> {
+        unary::transcribe(self.inner.clone(), request).await
+    }
+}
+
+/// Bound sockets and what they serve.
+#[derive(Debug, Clone, Copy)]
+pub struct Endpoints {
+    pub grpc: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+/// Serves gRPC (with health and reflection) and the admin HTTP port until `shutdown`
+/// resolves; in-flight streams then get a few seconds to finish.
+pub async fn serve(
+    config: GatewayConfig,
+    grpc: TcpListener,
+    admin: TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let gateway = Gateway::connect(config).await?;
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<TranscriptionServer<Gateway>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(kiroku_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("building the reflection service")?;
+
+    let (ready_tx, ready_rx) = tokio::sync::watch::channel(gateway.is_ready());
+    let ready_gateway = gateway.clone();
+    tokio::spawn(async move {
+        // Readiness follows the NATS connection: a gateway without NATS cannot stream.
+        loop {
+            if ready_tx.send(ready_gateway.is_ready()).is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    });
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let wait_stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let admin_task = tokio::spawn(kiroku_core::admin::serve_admin(
+        admin,
+        ready_rx,
+        wait_stop(stop_rx.clone()),
+    ));
+
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc);
+    tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(
+            TranscriptionServer::new(gateway)
+                .max_decoding_message_size(64 * 1024 * 1024 + 64 * 1024),
+        )
+        .serve_with_incoming_shutdown(incoming, wait_stop(stop_rx))
+        .await
+        .context("gRPC server")?;
+    admin_task.abort();
+    Ok(())
+}

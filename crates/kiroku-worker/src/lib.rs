@@ -1,1 +1,248 @@
-//! Transcription worker.
+//! The transcription worker: takes session jobs from `SESSIONS` only while it has a free
+//! session slot, replays each session's audio from `AUDIO`, runs the streaming policy
+//! over the Whisper engine and publishes interims (core NATS) and finals (JetStream
+//! `TRANSCRIPTS`).
+//!
+//! Failure model: while a session runs, the worker acks *progress* on its job every
+//! `ack_wait / 3`. A worker that dies stops doing so; after `ack_wait` JetStream
+//! redelivers the job to another worker, which resumes from the checkpoint (KV, or the
+//! checkpoint carried by the last final, whichever is newer). Finals carry message ids
+//! `<session>:r<seq>`, so a final re-published after a takeover is dropped by JetStream.
+//! On SIGTERM the worker drains: it stops taking jobs and hands running sessions back
+//! (checkpoint, then NAK) so another worker continues them at once.
+
+mod session;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use async_nats::jetstream::{self, consumer};
+use futures::StreamExt as _;
+use kiroku_core::nats::{Layout, Retention};
+use kiroku_engine::streaming::PolicyConfig;
+use kiroku_engine::{Engine, EngineConfig};
+use tokio::sync::{Semaphore, watch};
+use tracing::{info, warn};
+
+/// What decodes the audio.
+#[derive(Debug, Clone)]
+pub enum EngineKind {
+    /// Whisper through whisper-rs: the product.
+    Whisper {
+        model_path: PathBuf,
+        /// Inference threads across all slots: never more than the cores given.
+        threads: usize,
+        /// Decodes that may run at once (each gets `threads / slots` threads).
+        slots: usize,
+    },
+    /// BENCHMARK ONLY: no inference. Echoes each audio frame's seq as an interim and
+    /// closes on end of stream, to measure the plumbing (gateway ⇄ NATS ⇄ worker).
+    NullForBenchmarks,
+}
+
+/// Everything a worker needs.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    pub nats_url: String,
+    pub layout: Layout,
+    pub retention: Retention,
+    pub engine: EngineKind,
+    /// Sessions this worker runs at once (it takes no job beyond that).
+    pub max_sessions: usize,
+    /// How long a job may go without a progress ack before JetStream hands it to
+    /// another worker: the failover time after a crash.
+    pub ack_wait: Duration,
+    /// How long a session waits for its client after the last audio or keep-alive;
+    /// then it finalises what it has and closes ("abandoned").
+    pub resume_window: Duration,
+    /// How long a draining worker waits for its sessions to hand over.
+    pub drain_timeout: Duration,
+    pub policy: PolicyConfig,
+}
+
+impl WorkerConfig {
+    pub fn new(nats_url: impl Into<String>, layout: Layout, engine: EngineKind) -> Self {
+        Self {
+            nats_url: nats_url.into(),
+            layout,
+            retention: Retention::default(),
+            engine,
+            max_sessions: 4,
+            ack_wait: Duration::from_secs(10),
+            resume_window: Duration::from_secs(120),
+            drain_timeout: Duration::from_secs(10),
+            policy: PolicyConfig::default(),
+        }
+    }
+}
+
+/// Shared by every session task of this worker.
+pub(crate) struct Ctx {
+    pub config: WorkerConfig,
+    pub nats: async_nats::Client,
+    pub js: jetstream::Context,
+    pub audio: jetstream::stream::Stream,
+    pub transcripts: jetstream::stream::Stream,
+    pub checkpoints: jetstream::kv::Store,
+    /// `None` for the benchmark-only null engine.
+    pub engine: Option<Arc<Engine>>,
+    pub model_name: String,
+}
+
+/// Runs the worker until `shutdown` resolves, then drains. `ready` turns true once
+/// the model is loaded and the job consumer exists (the admin port's `/readyz`).
+pub async fn serve(
+    config: WorkerConfig,
+    ready: watch::Sender<bool>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let (engine, model_name) = match &config.engine {
+        EngineKind::Whisper {
+            model_path,
+            threads,
+            slots,
+        } => {
+            let mut engine_config = EngineConfig::new(model_path);
+            engine_config.threads = *threads;
+            engine_config.slots = *slots;
+            engine_config.queue_capacity = config.max_sessions.max(1);
+            let engine = tokio::task::spawn_blocking(move || Engine::load(&engine_config))
+                .await
+                .context("loading the model")??;
+            let name = model_path
+                .file_stem()
+                .map(|s| s.to_string_lossy().trim_start_matches("ggml-").to_string())
+                .unwrap_or_default();
+            (Some(Arc::new(engine)), name)
+        }
+        EngineKind::NullForBenchmarks => {
+            warn!("BENCHMARK-ONLY null engine: no inference, captions are frame numbers");
+            (None, "null-benchmark".to_string())
+        }
+    };
+    let nats = kiroku_core::nats::connect(&config.nats_url, "kiroku-worker")
+        .await
+        .with_context(|| format!("connecting to NATS at {}", config.nats_url))?;
+    let js = jetstream::new(nats.clone());
+    config.layout.ensure(&js, &config.retention).await?;
+    let layout = &config.layout;
+    let sessions = js.get_stream(layout.sessions_stream()).await?;
+    let jobs_config = consumer::pull::Config {
+        durable_name: Some(layout.workers_consumer()),
+        filter_subject: format!("{}.session.>", layout.root()),
+        ack_policy: consumer::AckPolicy::Explicit,
+        ack_wait: config.ack_wait,
+        max_deliver: -1,
+        max_ack_pending: -1,
+        ..Default::default()
+    };
+    // Another worker may have created it already (possibly with another ack_wait:
+    // the first worker's settings win, as for any durable consumer).
+    let jobs: consumer::PullConsumer = match sessions.create_consumer(jobs_config).await {
+        Ok(jobs) => jobs,
+        Err(_) => sessions
+            .get_consumer(&layout.workers_consumer())
+            .await
+            .map_err(|e| anyhow::anyhow!("creating the workers' consumer on SESSIONS: {e}"))?,
+    };
+    let ctx = Arc::new(Ctx {
+        audio: js.get_stream(layout.audio_stream()).await?,
+        transcripts: js.get_stream(layout.transcripts_stream()).await?,
+        checkpoints: js.get_key_value(layout.checkpoints_bucket()).await?,
+        config: config.clone(),
+        nats,
+        js,
+        engine,
+        model_name,
+    });
+    info!(
+        model = ctx.model_name,
+        max_sessions = config.max_sessions,
+        ack_wait_s = config.ack_wait.as_secs_f32(),
+        "worker ready"
+    );
+    let _ = ready.send(true);
+
+    let (drain_tx, drain_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = drain_tx.send(true);
+    });
+    let slots = Arc::new(Semaphore::new(config.max_sessions));
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut drain = drain_rx.clone();
+    let mut backlog_tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        // A job is fetched only once a slot is free: natural load balancing.
+        let permit = tokio::select! {
+            permit = slots.clone().acquire_owned() => permit.context("slots closed")?,
+            () = crate::drained(&mut drain) => break,
+        };
+        let fetched = tokio::select! {
+            batch = jobs.batch().max_messages(1).expires(Duration::from_secs(5)).messages() => batch,
+            () = crate::drained(&mut drain) => break,
+            _ = backlog_tick.tick() => {
+                report_backlog(&jobs).await;
+                continue;
+            }
+        };
+        let mut batch = match fetched {
+            Ok(batch) => batch,
+            Err(error) => {
+                warn!(%error, "fetching a job failed; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let message = tokio::select! {
+            message = batch.next() => message,
+            () = crate::drained(&mut drain) => break,
+        };
+        match message {
+            Some(Ok(message)) => {
+                let ctx = ctx.clone();
+                let drain = drain_rx.clone();
+                tasks.spawn(async move {
+                    session::run(ctx, message, drain).await;
+                    drop(permit);
+                });
+            }
+            Some(Err(error)) => warn!(%error, "job message error"),
+            None => {} // no job within `expires`: ask again
+        }
+        while tasks.try_join_next().is_some() {}
+    }
+    info!(
+        running = tasks.len(),
+        "draining: handing running sessions back"
+    );
+    let deadline = tokio::time::sleep(config.drain_timeout);
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            next = tasks.join_next() => if next.is_none() { break },
+            () = &mut deadline => {
+                warn!(left = tasks.len(), "drain timeout: remaining sessions fail over by ack timeout");
+                break;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Resolves once draining starts (the watch guard is dropped before returning, so the
+/// future stays `Send`).
+pub(crate) async fn drained(drain: &mut watch::Receiver<bool>) {
+    let _ = drain.wait_for(|d| *d).await;
+}
+
+async fn report_backlog(jobs: &consumer::PullConsumer) {
+    let mut jobs = jobs.clone();
+    if let Ok(info) = jobs.info().await {
+        kiroku_core::metrics::metrics()
+            .sessions_backlog
+            .set(info.num_pending as i64);
+    }
+}

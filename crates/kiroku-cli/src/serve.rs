@@ -1,0 +1,230 @@
+//! `kiroku serve <role>`: one service in the foreground (what a container runs).
+//!
+//! Configuration comes from flags, each with an environment variable (the flag wins).
+//! On SIGTERM or Ctrl-C the service stops taking work and drains.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use kiroku_core::nats::{DEFAULT_NATS_URL, DEFAULT_ROOT, Layout};
+use tokio::net::TcpListener;
+
+use crate::InputError;
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Role {
+    /// The public gRPC gateway (StreamTranscribe, Transcribe, health, reflection).
+    Gateway(GatewayArgs),
+    /// A transcription worker (Whisper) pulling session jobs from NATS.
+    Worker(WorkerArgs),
+}
+
+/// Settings every role shares.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Common {
+    /// NATS server.
+    #[arg(long, env = "KIROKU_NATS_URL", default_value = DEFAULT_NATS_URL)]
+    pub nats: String,
+    /// Cluster root: prefixes every NATS subject and stream (see DESIGN.md).
+    #[arg(long, env = "KIROKU_CLUSTER", default_value = DEFAULT_ROOT)]
+    pub cluster: String,
+    /// How long a dropped stream may be resumed, in seconds.
+    #[arg(long, env = "KIROKU_RESUME_WINDOW_S", default_value_t = 120)]
+    pub resume_window_s: u64,
+}
+
+impl Common {
+    fn layout(&self) -> Result<Layout> {
+        Ok(Layout::new(&self.cluster).map_err(|e| InputError(e.to_string()))?)
+    }
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct GatewayArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// gRPC listen address (port 0 picks a free port; the bound one is printed).
+    #[arg(long, env = "KIROKU_GATEWAY_LISTEN", default_value = kiroku_gateway::DEFAULT_LISTEN)]
+    pub listen: String,
+    /// Admin HTTP address: /healthz, /readyz, /metrics.
+    #[arg(long, env = "KIROKU_GATEWAY_ADMIN_LISTEN", default_value = kiroku_gateway::DEFAULT_ADMIN_LISTEN)]
+    pub admin_listen: String,
+    /// Seconds without any client message before a stream is closed
+    /// (DEADLINE_EXCEEDED); clients send keep_alive while muted.
+    #[arg(long, env = "KIROKU_IDLE_TIMEOUT_S", default_value_t = 30)]
+    pub idle_timeout_s: u64,
+    /// Secret shared by all gateways of the cluster, for resume tokens (read from the
+    /// environment only, never a flag: flags show up in `ps`).
+    #[arg(skip)]
+    pub resume_secret: Option<String>,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct WorkerArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// ggml model file [default: $KIROKU_MODEL_DIR/ggml-tiny.en.bin].
+    #[arg(long, env = "KIROKU_MODEL")]
+    pub model: Option<PathBuf>,
+    /// Inference threads across all slots [default: all cores].
+    #[arg(long, env = "KIROKU_WORKER_THREADS")]
+    pub threads: Option<usize>,
+    /// Decodes at once (each gets threads/slots threads).
+    #[arg(long, env = "KIROKU_WORKER_SLOTS", default_value_t = 1)]
+    pub slots: usize,
+    /// Sessions this worker runs at once.
+    #[arg(long, env = "KIROKU_WORKER_SESSIONS", default_value_t = 4)]
+    pub sessions: usize,
+    /// Seconds without a progress ack before a job moves to another worker.
+    #[arg(long, env = "KIROKU_WORKER_ACK_WAIT_S", default_value_t = 10.0)]
+    pub ack_wait_s: f64,
+    /// Admin HTTP address (/healthz, /readyz, /metrics); port 0 picks a free one.
+    #[arg(
+        long,
+        env = "KIROKU_WORKER_ADMIN_LISTEN",
+        default_value = "127.0.0.1:0"
+    )]
+    pub admin_listen: String,
+    /// `whisper`, or `null-benchmark`: BENCHMARK ONLY, no inference (plumbing runs).
+    #[arg(long, default_value = "whisper")]
+    pub engine: String,
+}
+
+pub fn run(role: Role) -> Result<()> {
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async move {
+        match role {
+            Role::Gateway(args) => gateway(args).await,
+            Role::Worker(args) => worker(args).await,
+        }
+    })
+}
+
+async fn bind(address: &str, what: &str) -> Result<TcpListener> {
+    let address: SocketAddr = address
+        .parse()
+        .map_err(|_| InputError(format!("{what} address {address:?} is not HOST:PORT")))?;
+    TcpListener::bind(address)
+        .await
+        .with_context(|| format!("binding the {what} address {address}"))
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+async fn gateway(args: GatewayArgs) -> Result<()> {
+    let _telemetry = kiroku_core::telemetry::init_service("kiroku-gateway", "info,whisper_rs=off");
+    let secret = match args
+        .resume_secret
+        .or_else(|| std::env::var("KIROKU_RESUME_SECRET").ok())
+    {
+        Some(secret) if secret.len() >= 16 => secret.into_bytes(),
+        Some(_) => {
+            return Err(
+                InputError("KIROKU_RESUME_SECRET must be at least 16 characters".into()).into(),
+            );
+        }
+        None => {
+            tracing::warn!(
+                "KIROKU_RESUME_SECRET is unset: resume tokens work on this gateway only"
+            );
+            format!("{}{}", uuid::Uuid::new_v4(), uuid::Uuid::new_v4()).into_bytes()
+        }
+    };
+    let mut config = kiroku_gateway::GatewayConfig::new(
+        args.common.nats.clone(),
+        args.common.layout()?,
+        kiroku_gateway::ResumeKeys::new(secret),
+    );
+    config.resume_window = Duration::from_secs(args.common.resume_window_s);
+    if args.idle_timeout_s == 0 {
+        return Err(InputError("--idle-timeout-s must be at least 1".into()).into());
+    }
+    config.limits.idle_timeout = Duration::from_secs(args.idle_timeout_s);
+    let grpc = bind(&args.listen, "gRPC").await?;
+    let admin = bind(&args.admin_listen, "admin").await?;
+    // One line on stdout that scripts and tests read to find the ports.
+    println!(
+        "kiroku gateway grpc=http://{} admin=http://{}",
+        grpc.local_addr()?,
+        admin.local_addr()?
+    );
+    kiroku_gateway::serve(config, grpc, admin, shutdown_signal()).await
+}
+
+async fn worker(args: WorkerArgs) -> Result<()> {
+    let _telemetry = kiroku_core::telemetry::init_service("kiroku-worker", "info,whisper_rs=off");
+    let engine = match args.engine.as_str() {
+        "whisper" => {
+            let model_path = args
+                .model
+                .clone()
+                .unwrap_or_else(kiroku_engine::engine::default_model_path);
+            if !model_path.is_file() {
+                return Err(InputError(format!(
+                    "model file {} not found (run `kiroku model fetch` or pass --model PATH)",
+                    model_path.display()
+                ))
+                .into());
+            }
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            kiroku_worker::EngineKind::Whisper {
+                model_path,
+                threads: args.threads.unwrap_or(cores),
+                slots: args.slots,
+            }
+        }
+        "null-benchmark" => kiroku_worker::EngineKind::NullForBenchmarks,
+        other => {
+            return Err(InputError(format!(
+                "unknown engine {other:?}: use whisper or null-benchmark"
+            ))
+            .into());
+        }
+    };
+    if !(0.5..=3600.0).contains(&args.ack_wait_s) {
+        return Err(InputError("--ack-wait-s must be between 0.5 and 3600".into()).into());
+    }
+    let mut config =
+        kiroku_worker::WorkerConfig::new(args.common.nats.clone(), args.common.layout()?, engine);
+    config.max_sessions = args.sessions.max(1);
+    config.ack_wait = Duration::from_secs_f64(args.ack_wait_s);
+    config.resume_window = Duration::from_secs(args.common.resume_window_s);
+    let admin = bind(&args.admin_listen, "admin").await?;
+    println!("kiroku worker admin=http://{}", admin.local_addr()?);
+    let (ready_tx, ready_rx) = tokio::sync::watch::channel(false);
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(kiroku_core::admin::serve_admin(
+        admin,
+        ready_rx,
+        async move {
+            let _ = stop_rx.wait_for(|s| *s).await;
+        },
+    ));
+    let outcome = kiroku_worker::serve(config, ready_tx, shutdown_signal()).await;
+    let _ = stop_tx.send(true);
+    outcome
+}

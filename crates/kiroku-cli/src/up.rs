@@ -1,0 +1,360 @@
+//! `kiroku up`: the whole cluster on this machine (gateway + workers), each role as a
+//! child process of this one, exactly as `kiroku serve <role>` runs it in production.
+//!
+//! NATS at `KIROKU_NATS_URL` is used when it answers; otherwise a `nats-server -js` is
+//! started with its store under `.run/` (and installed from Debian's packages first when
+//! it is missing and we are root). Logs go to `.run/*.log`. Ctrl-C or SIGTERM stops
+//! everything cleanly: workers drain, then the gateway stops.
+
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, bail};
+use tokio::io::{AsyncBufReadExt as _, BufReader};
+use tokio::process::{Child, Command};
+
+use crate::InputError;
+use crate::serve::{Common, shutdown_signal};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    common: Common,
+    /// gRPC address of the gateway.
+    #[arg(long, default_value = kiroku_gateway::DEFAULT_LISTEN)]
+    listen: String,
+    /// Admin HTTP address of the gateway (/healthz, /readyz, /metrics).
+    #[arg(long, default_value = kiroku_gateway::DEFAULT_ADMIN_LISTEN)]
+    admin_listen: String,
+    /// Worker processes. They share the cores: threads are split between them.
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
+    /// ggml model file [default: $KIROKU_MODEL_DIR/ggml-tiny.en.bin].
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Inference threads in all [default: all cores].
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Worker engine: whisper, or null-benchmark (BENCHMARK ONLY: no inference).
+    #[arg(long, default_value = "whisper")]
+    engine: String,
+    /// Sessions per worker.
+    #[arg(long, default_value_t = 4)]
+    sessions: usize,
+    /// Where the local NATS store and the logs go.
+    #[arg(long, default_value = ".run")]
+    run_dir: PathBuf,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    if args.workers == 0 {
+        return Err(InputError("--workers must be at least 1".into()).into());
+    }
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(up(args))
+}
+
+async fn up(args: Args) -> Result<()> {
+    std::fs::create_dir_all(&args.run_dir)
+        .with_context(|| format!("creating {}", args.run_dir.display()))?;
+    let run_dir = args.run_dir.canonicalize()?;
+    let mut nats = ensure_nats(&args.common.nats, &run_dir).await?;
+    let exe = std::env::current_exe().context("finding the kiroku binary")?;
+    let secret = std::env::var("KIROKU_RESUME_SECRET").unwrap_or_else(|_| {
+        format!(
+            "{}{}",
+            uuid::Uuid::new_v4().simple(),
+            uuid::Uuid::new_v4().simple()
+        )
+    });
+    let common = |command: &mut Command| {
+        command
+            .env("KIROKU_NATS_URL", &args.common.nats)
+            .env("KIROKU_CLUSTER", &args.common.cluster)
+            .env(
+                "KIROKU_RESUME_WINDOW_S",
+                args.common.resume_window_s.to_string(),
+            )
+            .env("KIROKU_RESUME_SECRET", &secret)
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+    };
+
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = args.threads.unwrap_or(cores);
+    let per_worker = (threads / args.workers).max(1);
+    let mut workers = Vec::new();
+    for index in 0..args.workers {
+        let log = log_file(&run_dir, &format!("worker-{index}.log"))?;
+        let mut command = Command::new(&exe);
+        command.args([
+            "serve",
+            "worker",
+            "--threads",
+            &per_worker.to_string(),
+            "--engine",
+            &args.engine,
+            "--sessions",
+            &args.sessions.to_string(),
+        ]);
+        if let Some(model) = &args.model {
+            command.arg("--model").arg(model);
+        }
+        common(&mut command);
+        command.stdout(Stdio::piped()).stderr(log);
+        let mut worker = command.spawn().context("starting a worker")?;
+        let line = first_line(&mut worker).await;
+        let admin = line
+            .split_whitespace()
+            .find_map(|part| part.strip_prefix("admin=http://"))
+            .map(str::to_string);
+        let Some(admin) = admin else {
+            bail!(
+                "worker {index} did not start: see {}",
+                run_dir.join(format!("worker-{index}.log")).display()
+            );
+        };
+        workers.push((worker, admin));
+    }
+    // Ready = model loaded and the job consumer exists.
+    for (index, (worker, admin)) in workers.iter_mut().enumerate() {
+        let mut waited = Duration::ZERO;
+        while !ready(admin).await {
+            if let Ok(Some(status)) = worker.try_wait() {
+                bail!(
+                    "worker {index} exited ({status}): see {}",
+                    run_dir.join(format!("worker-{index}.log")).display()
+                );
+            }
+            if waited > Duration::from_secs(120) {
+                bail!("worker {index} is not ready after 2 minutes");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            waited += Duration::from_millis(200);
+        }
+    }
+    let mut workers: Vec<Child> = workers.into_iter().map(|(worker, _)| worker).collect();
+
+    let log = log_file(&run_dir, "gateway.log")?;
+    let mut command = Command::new(&exe);
+    command.args([
+        "serve",
+        "gateway",
+        "--listen",
+        &args.listen,
+        "--admin-listen",
+        &args.admin_listen,
+    ]);
+    common(&mut command);
+    command.stdout(Stdio::piped()).stderr(log);
+    let mut gateway = command.spawn().context("starting the gateway")?;
+    let endpoints = first_line(&mut gateway).await;
+    if endpoints.is_empty() {
+        bail!(
+            "the gateway did not start: see {}",
+            run_dir.join("gateway.log").display()
+        );
+    }
+    println!("kiroku up: {endpoints}");
+    println!(
+        "  nats={} cluster={} workers={} x {per_worker} threads",
+        args.common.nats, args.common.cluster, args.workers
+    );
+    println!("  logs in {}; Ctrl-C stops", run_dir.display());
+
+    let exited = tokio::select! {
+        () = shutdown_signal() => None,
+        status = gateway.wait() => Some(format!("the gateway exited ({})", status.map(|s| s.to_string()).unwrap_or_default())),
+        status = first_exit(&mut workers) => Some(format!("a worker exited ({status})")),
+    };
+    if let Some(why) = &exited {
+        eprintln!("kiroku up: {why}; stopping (logs in {})", run_dir.display());
+    }
+    // Workers first (they drain and hand sessions back), then the gateway, then NATS.
+    for worker in &mut workers {
+        terminate(worker);
+    }
+    for worker in &mut workers {
+        wait_or_kill(worker, Duration::from_secs(15)).await;
+    }
+    terminate(&mut gateway);
+    wait_or_kill(&mut gateway, Duration::from_secs(10)).await;
+    if let Some(nats) = &mut nats {
+        terminate(nats);
+        wait_or_kill(nats, Duration::from_secs(10)).await;
+    }
+    println!("kiroku up: stopped");
+    match exited {
+        Some(why) => bail!(why),
+        None => Ok(()),
+    }
+}
+
+/// The first line a child prints on stdout (its endpoints), or "" after 30 s.
+async fn first_line(child: &mut Child) -> String {
+    let Some(stdout) = child.stdout.take() else {
+        return String::new();
+    };
+    let mut reader = BufReader::new(stdout);
+    let mut line = String::new();
+    let read = tokio::time::timeout(Duration::from_secs(30), reader.read_line(&mut line)).await;
+    // Keep draining so the child never blocks on a full pipe.
+    tokio::spawn(async move {
+        let mut sink = String::new();
+        while matches!(reader.read_line(&mut sink).await, Ok(n) if n > 0) {
+            sink.clear();
+        }
+    });
+    match read {
+        Ok(Ok(n)) if n > 0 => line.trim().to_string(),
+        _ => String::new(),
+    }
+}
+
+/// `GET /readyz` on an admin address answers 200.
+async fn ready(admin: &str) -> bool {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let Ok(mut stream) = tokio::net::TcpStream::connect(admin).await else {
+        return false;
+    };
+    let request = format!("GET /readyz HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n");
+    if stream.write_all(request.as_bytes()).await.is_err() {
+        return false;
+    }
+    let mut response = String::new();
+    let _ =
+        tokio::time::timeout(Duration::from_secs(2), stream.read_to_string(&mut response)).await;
+    response.starts_with("HTTP/1.1 200") || response.starts_with("HTTP/1.0 200")
+}
+
+fn log_file(run_dir: &Path, name: &str) -> Result<std::fs::File> {
+    let path = run_dir.join(name);
+    std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))
+}
+
+async fn first_exit(children: &mut [Child]) -> String {
+    loop {
+        for child in children.iter_mut() {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.to_string();
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// SIGTERM: the child drains and exits on its own.
+fn terminate(child: &mut Child) {
+    if let Some(pid) = child.id() {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+}
+
+async fn wait_or_kill(child: &mut Child, grace: Duration) {
+    if tokio::time::timeout(grace, child.wait()).await.is_err() {
+        let _ = child.kill().await;
+    }
+}
+
+fn nats_address(url: &str) -> Result<SocketAddr> {
+    let host_port = url
+        .trim_start_matches("nats://")
+        .trim_start_matches("tls://")
+        .split(',')
+        .next()
+        .unwrap_or_default()
+        .rsplit('@')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    host_port
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut addresses| addresses.next())
+        .ok_or_else(|| InputError(format!("NATS URL {url:?} has no HOST:PORT")).into())
+}
+
+fn reachable(address: SocketAddr) -> bool {
+    TcpStream::connect_timeout(&address, Duration::from_millis(500)).is_ok()
+}
+
+/// Uses the NATS server at `url` when it answers, or starts a local one.
+async fn ensure_nats(url: &str, run_dir: &Path) -> Result<Option<Child>> {
+    let address = nats_address(url)?;
+    if reachable(address) {
+        return Ok(None);
+    }
+    if !address.ip().is_loopback() {
+        bail!("NATS at {url} does not answer (and is not local, so it cannot be started here)");
+    }
+    let binary = find_nats_server().await?;
+    let store = run_dir.join("nats");
+    std::fs::create_dir_all(&store)?;
+    println!("kiroku up: starting {} -js on {address}", binary.display());
+    let child = Command::new(&binary)
+        .arg("-js")
+        .arg("-a")
+        .arg(address.ip().to_string())
+        .arg("-p")
+        .arg(address.port().to_string())
+        .arg("-sd")
+        .arg(&store)
+        .arg("-l")
+        .arg(run_dir.join("nats.log"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {}", binary.display()))?;
+    for _ in 0..50 {
+        if reachable(address) {
+            return Ok(Some(child));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    bail!(
+        "nats-server did not start: see {}",
+        run_dir.join("nats.log").display()
+    )
+}
+
+async fn find_nats_server() -> Result<PathBuf> {
+    let candidates = std::env::var_os("PATH")
+        .map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/bin")])
+        .map(|dir| dir.join("nats-server"));
+    for candidate in candidates {
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+    }
+    if nix::unistd::Uid::effective().is_root() {
+        println!("kiroku up: installing nats-server (apt)");
+        for args in [
+            &["update", "-qq"][..],
+            &["install", "-y", "-qq", "nats-server"][..],
+        ] {
+            let status = Command::new("apt-get")
+                .args(args)
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .status()
+                .await
+                .context("running apt-get")?;
+            if !status.success() {
+                bail!("apt-get {} failed", args.join(" "));
+            }
+        }
+        return Ok(PathBuf::from("/usr/sbin/nats-server"));
+    }
+    bail!(
+        "nats-server is not installed and NATS does not answer: install nats-server or set KIROKU_NATS_URL"
+    )
+}

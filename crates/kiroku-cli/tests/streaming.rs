@@ -1,0 +1,492 @@
+//! End to end, live streaming: real `kiroku serve gateway|worker` processes, the real
+//! NATS JetStream server, the real model and real synthesized speech, driven by the
+//! real `kiroku stream` client (and a raw gRPC client for malformed input).
+
+#[path = "support/cluster.rs"]
+mod cluster;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use cluster::{Cluster, Options, StreamClient, check_finals_consistent, report_text};
+use kiroku_tests::speech::{meeting_sentences, synthesize};
+use kiroku_tests::wer::word_error_rate;
+
+/// Meeting speech: the given sentences, one WAV (espeak-ng pauses between them).
+fn meeting_wav(
+    dir: &Path,
+    name: &str,
+    sentences: &[&str],
+    rate: u32,
+    channels: u16,
+) -> (PathBuf, String) {
+    let text = sentences.join(" ");
+    let wav = synthesize(dir, name, &text, rate, channels, 0.5).expect("synthesize speech");
+    (wav, text)
+}
+
+fn assert_wer(report: &serde_json::Value, reference: &str, limit: f64) {
+    let text = report_text(report);
+    let wer = word_error_rate(reference, &text);
+    eprintln!("WER {wer:.3}: {text}");
+    assert!(
+        wer <= limit,
+        "WER {wer:.3} > {limit}\nreference: {reference}\nhypothesis: {text}"
+    );
+}
+
+#[test]
+fn live_stream_gives_finals_that_match_the_speech() {
+    let cluster = Cluster::start(1, 1, Options::default());
+    let sentences = meeting_sentences();
+    // 48 kHz stereo: the gateway's resampler and down-mix are on the path.
+    let (wav, reference) = meeting_wav(cluster.dir.path(), "meeting", &sentences[..4], 48_000, 2);
+    let client = StreamClient::spawn(cluster.dir.path(), "c", &wav, &cluster.gateway_url(0), 1.5);
+    let report = client.finish(Duration::from_secs(120));
+    check_finals_consistent(&report);
+    assert_wer(&report, &reference, 0.15);
+    assert!(
+        report["first_interim_ms"].as_f64().is_some(),
+        "no interim result arrived"
+    );
+    assert_eq!(report["reconnects"], 0);
+}
+
+#[test]
+fn concurrent_streams_each_get_their_own_transcript() {
+    let cluster = Cluster::start(1, 1, Options::default());
+    let sentences = meeting_sentences();
+    let groups = [&sentences[0..2], &sentences[4..6], &sentences[8..10]];
+    let clients: Vec<(StreamClient, String)> = groups
+        .iter()
+        .enumerate()
+        .map(|(i, group)| {
+            let (wav, text) = meeting_wav(cluster.dir.path(), &format!("m{i}"), group, 16_000, 1);
+            (
+                StreamClient::spawn(
+                    cluster.dir.path(),
+                    &format!("c{i}"),
+                    &wav,
+                    &cluster.gateway_url(0),
+                    1.0,
+                ),
+                text,
+            )
+        })
+        .collect();
+    for (client, reference) in clients {
+        let report = client.finish(Duration::from_secs(120));
+        check_finals_consistent(&report);
+        assert_wer(&report, &reference, 0.15);
+    }
+}
+
+#[test]
+fn worker_killed_mid_stream_fails_over_without_losing_or_doubling_finals() {
+    let mut cluster = Cluster::start(1, 2, Options::default());
+    let sentences = meeting_sentences();
+    let (wav, reference) = meeting_wav(cluster.dir.path(), "meeting", &sentences[..6], 16_000, 1);
+    let mut client =
+        StreamClient::spawn(cluster.dir.path(), "c", &wav, &cluster.gateway_url(0), 1.0);
+    client.wait_for_finals(2, Duration::from_secs(60));
+    // SIGKILL the worker running the session: no drain, no goodbye.
+    let owner = cluster
+        .workers
+        .iter()
+        .position(|w| w.log_text().contains("session started"))
+        .expect("a worker started the session");
+    cluster.workers[owner].child.kill().expect("SIGKILL");
+    let report = client.finish(Duration::from_secs(180));
+    let survivor = &cluster.workers[1 - owner];
+    assert!(
+        survivor.log_text().contains("taking over a session"),
+        "the other worker did not take over:\n{}",
+        cluster.logs()
+    );
+    check_finals_consistent(&report);
+    assert_wer(&report, &reference, 0.15);
+}
+
+#[test]
+fn client_resumes_on_a_second_gateway_and_misses_nothing() {
+    let mut cluster = Cluster::start(2, 1, Options::default());
+    let sentences = meeting_sentences();
+    let (wav, reference) = meeting_wav(cluster.dir.path(), "meeting", &sentences[2..7], 16_000, 1);
+    let gateways = format!("{},{}", cluster.gateway_url(0), cluster.gateway_url(1));
+    let mut client = StreamClient::spawn(cluster.dir.path(), "c", &wav, &gateways, 1.0);
+    client.wait_for_finals(2, Duration::from_secs(60));
+    // The first gateway dies: the client reconnects to the second with its token.
+    cluster.gateways[0].child.kill().expect("SIGKILL gateway");
+    let report = client.finish(Duration::from_secs(180));
+    assert_eq!(report["reconnects"], 1, "{}", cluster.logs());
+    assert!(
+        cluster.gateways[1].log_text().contains("session resumed"),
+        "the second gateway did not resume the session"
+    );
+    check_finals_consistent(&report);
+    assert_wer(&report, &reference, 0.15);
+}
+
+#[test]
+fn unary_transcribe_goes_through_the_cluster() {
+    use kiroku_proto::transcribe::v1 as api;
+    let cluster = Cluster::start(1, 1, Options::default());
+    let sentences = meeting_sentences();
+    let (wav, reference) = meeting_wav(cluster.dir.path(), "file", &sentences[..3], 22_050, 1);
+    let url = cluster.gateway_url(0);
+    let bytes = std::fs::read(&wav).expect("wav");
+    let response = cluster::block_on(async move {
+        let mut client = api::transcription_client::TranscriptionClient::connect(url)
+            .await
+            .expect("connect");
+        client
+            .transcribe(api::TranscribeRequest {
+                source: Some(api::transcribe_request::Source::Wav(bytes)),
+                ..Default::default()
+            })
+            .await
+    })
+    .expect("Transcribe");
+    let response = response.into_inner();
+    let wer = word_error_rate(&reference, &response.text);
+    assert!(wer <= 0.15, "WER {wer}: {}", response.text);
+    assert_eq!(response.language, "en");
+    assert!(response.segments.iter().all(|s| !s.words.is_empty()));
+}
+
+mod bad_input {
+    use super::*;
+    use api::stream_transcribe_request::Request as R;
+    use kiroku_proto::transcribe::v1 as api;
+    use tonic::Code;
+
+    fn config(rate: u32, channels: u32) -> R {
+        R::Config(api::StreamConfig {
+            audio_format: Some(api::AudioFormat {
+                encoding: api::AudioEncoding::Linear16 as i32,
+                sample_rate_hz: rate,
+                channels,
+            }),
+            interim_results: true,
+            ..Default::default()
+        })
+    }
+
+    fn audio(seq: u64, bytes: usize) -> R {
+        // A quiet tone, so the bytes are plausible audio.
+        let data = (0..bytes / 2)
+            .flat_map(|i| (((i as f32 * 0.1).sin() * 3000.0) as i16).to_le_bytes())
+            .collect::<Vec<u8>>();
+        let mut data = data;
+        data.resize(bytes, 0);
+        R::Audio(api::AudioFrame { data, seq })
+    }
+
+    fn end() -> R {
+        R::Control(api::Control {
+            action: Some(api::control::Action::EndOfStream(api::EndOfStream {})),
+        })
+    }
+
+    /// Sends `messages` (then keeps the request side open) and returns how the call
+    /// ended: Ok(responses) when the server closed it normally, or the status.
+    async fn call(
+        url: &str,
+        messages: Vec<R>,
+        hang_up: bool,
+    ) -> Result<Vec<api::StreamTranscribeResponse>, tonic::Status> {
+        let mut client = api::transcription_client::TranscriptionClient::connect(url.to_string())
+            .await
+            .expect("connect");
+        let requests = futures::stream::iter(
+            messages
+                .into_iter()
+                .map(|r| api::StreamTranscribeRequest { request: Some(r) }),
+        );
+        let requests: std::pin::Pin<Box<dyn futures::Stream<Item = _> + Send>> = if hang_up {
+            Box::pin(requests)
+        } else {
+            Box::pin(futures::StreamExt::chain(
+                requests,
+                futures::stream::pending(),
+            ))
+        };
+        let mut inbound = client.stream_transcribe(requests).await?.into_inner();
+        let mut responses = Vec::new();
+        loop {
+            match tokio::time::timeout(Duration::from_secs(60), inbound.message()).await {
+                Err(_) => panic!("no answer within 60 s"),
+                Ok(Ok(Some(response))) => responses.push(response),
+                Ok(Ok(None)) => return Ok(responses),
+                Ok(Err(status)) => return Err(status),
+            }
+        }
+    }
+
+    async fn expect_status(url: &str, messages: Vec<R>, code: Code, needle: &str) {
+        match call(url, messages, false).await {
+            Ok(responses) => {
+                panic!("expected {code:?} ({needle}), the call succeeded: {responses:?}")
+            }
+            Err(status) => {
+                assert_eq!(status.code(), code, "{status:?}");
+                assert!(
+                    status.message().contains(needle),
+                    "{needle:?} not in {:?}",
+                    status.message()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn bad_input_gets_precise_statuses_and_leaks_nothing() {
+        let options = Options {
+            resume_window_s: 3,
+            env: vec![("KIROKU_IDLE_TIMEOUT_S".into(), "2".into())],
+            ..Options::default()
+        };
+        let mut cluster = Cluster::start(1, 1, options);
+        let url = cluster.gateway_url(0);
+        let u = url.clone();
+        cluster::block_on(async move {
+            let url = u.as_str();
+            let ms100 = 16_000 / 10 * 2;
+            expect_status(
+                url,
+                vec![audio(1, ms100)],
+                Code::InvalidArgument,
+                "first message must be `config`",
+            )
+            .await;
+            expect_status(
+                url,
+                vec![config(22_050, 1)],
+                Code::InvalidArgument,
+                "sample rate 22050 Hz",
+            )
+            .await;
+            expect_status(
+                url,
+                vec![config(16_000, 3)],
+                Code::InvalidArgument,
+                "3 channels",
+            )
+            .await;
+            expect_status(
+                url,
+                vec![config(16_000, 1), audio(1, ms100 * 3)],
+                Code::InvalidArgument,
+                "at most 200 ms",
+            )
+            .await;
+            expect_status(
+                url,
+                vec![config(48_000, 2), audio(1, 4802)],
+                Code::InvalidArgument,
+                "whole 16-bit samples",
+            )
+            .await;
+            expect_status(
+                url,
+                vec![config(16_000, 1), audio(1, ms100), audio(3, ms100)],
+                Code::InvalidArgument,
+                "seqs must increase by one",
+            )
+            .await;
+            expect_status(
+                url,
+                vec![config(16_000, 1), config(16_000, 1)],
+                Code::InvalidArgument,
+                "only be sent once",
+            )
+            .await;
+            expect_status(
+                url,
+                vec![config(16_000, 1), end(), audio(1, ms100)],
+                Code::FailedPrecondition,
+                "after end_of_stream",
+            )
+            .await;
+            let mut resume = api::StreamConfig {
+                resume_token: "v1.default.nosuch.00".into(),
+                ..Default::default()
+            };
+            resume.audio_format = Some(api::AudioFormat {
+                encoding: 1,
+                sample_rate_hz: 16_000,
+                channels: 1,
+            });
+            expect_status(
+                url,
+                vec![R::Config(resume)],
+                Code::InvalidArgument,
+                "resume_token",
+            )
+            .await;
+            // Silence on the line: the idle limit (2 s here) answers DEADLINE_EXCEEDED.
+            expect_status(
+                url,
+                vec![config(16_000, 1), audio(1, ms100)],
+                Code::DeadlineExceeded,
+                "keep_alive",
+            )
+            .await;
+            // A client that vanishes mid-stream.
+            let _ = call(
+                url,
+                vec![config(16_000, 1), audio(1, ms100), audio(2, ms100)],
+                true,
+            )
+            .await;
+            // The gateway still serves: a short, silent stream closes normally with stats.
+            let responses = call(url, vec![config(16_000, 1), audio(1, ms100), end()], false)
+                .await
+                .expect("a good stream after bad ones");
+            assert!(matches!(
+                responses.first().and_then(|r| r.response.as_ref()),
+                Some(api::stream_transcribe_response::Response::Session(_))
+            ));
+            assert!(responses.iter().any(|r| matches!(
+                r.response,
+                Some(api::stream_transcribe_response::Response::Stats(_))
+            )));
+        });
+        assert!(cluster.gateways[0].is_running(), "the gateway crashed");
+        assert!(cluster.workers[0].is_running(), "the worker crashed");
+        // Every session ends (the vanished one after the 3 s resume window) and no
+        // consumer is left behind on AUDIO or TRANSCRIPTS.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let consumers = cluster.consumer_count();
+            if consumers == 0 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{consumers} consumers leaked\n{}",
+                cluster.logs()
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+}
+
+/// NATS itself restarts mid-stream (a private server: the shared one serves other
+/// tests). Documented behaviour: publishes are retried with their message ids for about
+/// 15 s, consumers are re-created, and clients resume if their stream fails; audio that
+/// was acknowledged is on disk (file storage) and every final arrives exactly once.
+#[test]
+fn nats_restart_mid_stream_loses_nothing_acknowledged() {
+    let store = tempfile::tempdir().expect("tempdir");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("free port")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let start_nats = || {
+        std::process::Command::new("nats-server")
+            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+            .arg(store.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("nats-server (make test installs it)")
+    };
+    let wait_up = || {
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("nats-server did not start");
+    };
+    let mut nats = start_nats();
+    wait_up();
+    let options = Options {
+        nats_url: format!("nats://127.0.0.1:{port}"),
+        ..Options::default()
+    };
+    let cluster = Cluster::start(1, 1, options);
+    let sentences = meeting_sentences();
+    let (wav, reference) = meeting_wav(cluster.dir.path(), "meeting", &sentences[..5], 16_000, 1);
+    let mut client =
+        StreamClient::spawn(cluster.dir.path(), "c", &wav, &cluster.gateway_url(0), 1.0);
+    client.wait_for_finals(1, Duration::from_secs(60));
+    nats.kill().expect("stop nats");
+    let _ = nats.wait();
+    std::thread::sleep(Duration::from_secs(2));
+    let mut nats = start_nats();
+    wait_up();
+    let report = client.finish(Duration::from_secs(180));
+    let _ = nats.kill();
+    let _ = nats.wait();
+    check_finals_consistent(&report);
+    assert_wer(&report, &reference, 0.15);
+}
+
+/// One stream is one trace: spans from the gateway and the worker processes arrive at
+/// an OTLP collector (in-process, the opentelemetry-proto server types) with one trace
+/// id, the worker's under the gateway's.
+#[test]
+fn one_stream_is_one_trace_across_gateway_and_worker() {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let collector = runtime
+        .block_on(kiroku_tests::otlp::OtlpCollector::start())
+        .expect("collector");
+    let options = Options {
+        env: vec![
+            ("OTEL_EXPORTER_OTLP_ENDPOINT".into(), collector.endpoint()),
+            ("OTEL_BSP_SCHEDULE_DELAY".into(), "200".into()),
+        ],
+        ..Options::default()
+    };
+    let mut cluster = Cluster::start(1, 1, options);
+    let sentences = meeting_sentences();
+    let (wav, _) = meeting_wav(cluster.dir.path(), "meeting", &sentences[..1], 16_000, 1);
+    let client = StreamClient::spawn(cluster.dir.path(), "c", &wav, &cluster.gateway_url(0), 2.0);
+    let report = client.finish(Duration::from_secs(60));
+    assert!(!report["finals"].as_array().expect("finals").is_empty());
+    // A normal stop flushes the exporters.
+    for proc in cluster.workers.iter().chain(&cluster.gateways) {
+        proc.signal(nix::sys::signal::Signal::SIGTERM);
+    }
+    for proc in cluster
+        .workers
+        .iter_mut()
+        .chain(cluster.gateways.iter_mut())
+    {
+        let _ = proc.child.wait();
+    }
+    let spans = runtime.block_on(collector.wait_for(
+        |spans| {
+            spans.iter().any(|g| {
+                g.service_name == "kiroku-gateway"
+                    && g.name == "gateway stream"
+                    && spans.iter().any(|w| {
+                        w.service_name == "kiroku-worker"
+                            && w.name == "worker decode"
+                            && w.trace_id == g.trace_id
+                    })
+            })
+        },
+        Duration::from_secs(20),
+    ));
+    let gateway = spans
+        .iter()
+        .find(|s| s.service_name == "kiroku-gateway" && s.name == "gateway stream")
+        .unwrap_or_else(|| panic!("no gateway stream span: {spans:?}"));
+    let worker_spans: Vec<_> = spans
+        .iter()
+        .filter(|s| s.service_name == "kiroku-worker" && s.trace_id == gateway.trace_id)
+        .collect();
+    assert!(
+        worker_spans.iter().any(|s| s.name == "worker session"),
+        "no worker session span in the gateway's trace: {spans:?}"
+    );
+    assert!(
+        worker_spans.iter().any(|s| s.name == "worker decode"),
+        "no worker decode span in the gateway's trace: {spans:?}"
+    );
+}

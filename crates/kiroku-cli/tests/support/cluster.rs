@@ -1,0 +1,449 @@
+//! A real Kiroku cluster for end-to-end tests: `kiroku serve gateway|worker` processes
+//! against the real NATS server, under a cluster root of their own (so tests running
+//! in parallel never share streams or jobs). Dropping the cluster kills the processes
+//! and deletes its streams.
+#![allow(dead_code)] // each test file uses a different part
+
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use kiroku_core::nats::Layout;
+
+pub const KIROKU: &str = env!("CARGO_BIN_EXE_kiroku");
+
+pub fn nats_url() -> String {
+    std::env::var("KIROKU_NATS_URL").unwrap_or_else(|_| kiroku_core::nats::DEFAULT_NATS_URL.into())
+}
+
+/// A child process whose stderr goes to a log file.
+#[derive(Debug)]
+pub struct Proc {
+    pub child: Child,
+    pub log: PathBuf,
+    /// gRPC URL (gateways) and admin URL.
+    pub grpc: Option<String>,
+    pub admin: String,
+}
+
+impl Proc {
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), signal);
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub ack_wait_s: f64,
+    pub resume_window_s: u64,
+    pub engine: &'static str,
+    pub nats_url: String,
+    pub worker_threads: usize,
+    pub worker_sessions: usize,
+    pub env: Vec<(String, String)>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            ack_wait_s: 3.0,
+            resume_window_s: 60,
+            engine: "whisper",
+            nats_url: nats_url(),
+            worker_threads: 2,
+            worker_sessions: 4,
+            env: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Cluster {
+    pub root: String,
+    pub options: Options,
+    pub dir: tempfile::TempDir,
+    pub gateways: Vec<Proc>,
+    pub workers: Vec<Proc>,
+    secret: String,
+}
+
+/// Reads the first stdout line of a child within `timeout`.
+fn first_line(child: &mut Child, timeout: Duration) -> String {
+    let stdout = child.stdout.take().expect("stdout piped");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut reader = BufReader::new(stdout);
+        let mut line = String::new();
+        let _ = reader.read_line(&mut line);
+        let _ = tx.send(line);
+        // Keep draining so the child never blocks on a full pipe.
+        let mut sink = Vec::new();
+        let _ = reader.read_to_end(&mut sink);
+    });
+    rx.recv_timeout(timeout).unwrap_or_default()
+}
+
+fn field(line: &str, key: &str) -> Option<String> {
+    line.split_whitespace()
+        .find_map(|part| part.strip_prefix(&format!("{key}=")).map(str::to_string))
+}
+
+/// GET on the admin port; (status, body).
+pub fn http_get(base: &str, path: &str) -> Option<(u16, String)> {
+    let address = base.trim_start_matches("http://");
+    let mut stream = TcpStream::connect(address).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or_default()
+        .to_string();
+    Some((status, body))
+}
+
+impl Cluster {
+    pub fn start(gateways: usize, workers: usize, options: Options) -> Cluster {
+        let root = format!("t{}", uuid::Uuid::new_v4().simple())[..13].to_string();
+        let mut cluster = Cluster {
+            root,
+            options,
+            dir: tempfile::tempdir().expect("tempdir"),
+            gateways: Vec::new(),
+            workers: Vec::new(),
+            secret: format!("{}", uuid::Uuid::new_v4().simple()),
+        };
+        for _ in 0..workers {
+            cluster.spawn_worker();
+        }
+        for _ in 0..gateways {
+            cluster.spawn_gateway();
+        }
+        cluster
+    }
+
+    fn command(&self, args: &[&str], log_name: &str) -> (Command, PathBuf) {
+        let log = self.dir.path().join(log_name);
+        let mut command = Command::new(KIROKU);
+        command
+            .args(args)
+            .env("KIROKU_NATS_URL", &self.options.nats_url)
+            .env("KIROKU_CLUSTER", &self.root)
+            .env("KIROKU_RESUME_SECRET", &self.secret)
+            .env(
+                "KIROKU_RESUME_WINDOW_S",
+                self.options.resume_window_s.to_string(),
+            )
+            .env(
+                "RUST_LOG",
+                "info,kiroku_worker=debug,kiroku_gateway=debug,whisper_rs=off",
+            )
+            .envs(self.options.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).expect("log file"));
+        (command, log)
+    }
+
+    pub fn spawn_gateway(&mut self) -> usize {
+        let index = self.gateways.len();
+        let (mut command, log) = self.command(
+            &[
+                "serve",
+                "gateway",
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+            ],
+            &format!("gateway-{index}.log"),
+        );
+        let mut child = command.spawn().expect("spawn gateway");
+        let line = first_line(&mut child, Duration::from_secs(30));
+        let (Some(grpc), Some(admin)) = (field(&line, "grpc"), field(&line, "admin")) else {
+            let _ = child.kill();
+            panic!(
+                "gateway did not start: {line:?}\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        };
+        self.gateways.push(Proc {
+            child,
+            log,
+            grpc: Some(grpc),
+            admin,
+        });
+        index
+    }
+
+    pub fn spawn_worker(&mut self) -> usize {
+        let index = self.workers.len();
+        let (mut command, log) = self.command(
+            &[
+                "serve",
+                "worker",
+                "--engine",
+                self.options.engine,
+                "--threads",
+                &self.options.worker_threads.to_string(),
+                "--sessions",
+                &self.options.worker_sessions.to_string(),
+                "--ack-wait-s",
+                &self.options.ack_wait_s.to_string(),
+            ],
+            &format!("worker-{index}.log"),
+        );
+        let mut child = command.spawn().expect("spawn worker");
+        let line = first_line(&mut child, Duration::from_secs(30));
+        let Some(admin) = field(&line, "admin") else {
+            let _ = child.kill();
+            panic!(
+                "worker did not start: {line:?}\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        };
+        // Ready = model loaded and the job consumer exists.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while http_get(&admin, "/readyz").map(|(s, _)| s) != Some(200) {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "worker exited ({status}):\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "worker not ready:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self.workers.push(Proc {
+            child,
+            log,
+            grpc: None,
+            admin,
+        });
+        index
+    }
+
+    pub fn gateway_url(&self, index: usize) -> String {
+        self.gateways[index].grpc.clone().expect("gateway url")
+    }
+
+    pub fn logs(&self) -> String {
+        self.gateways
+            .iter()
+            .chain(&self.workers)
+            .map(|p| format!("==== {}\n{}", p.log.display(), p.log_text()))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    pub fn layout(&self) -> Layout {
+        Layout::new(&self.root).expect("valid root")
+    }
+
+    /// Consumers on the cluster's TRANSCRIPTS and AUDIO streams (leak checks).
+    pub fn consumer_count(&self) -> usize {
+        let layout = self.layout();
+        let url = self.options.nats_url.clone();
+        block_on(async move {
+            let client = async_nats::connect(url).await.expect("nats");
+            let js = async_nats::jetstream::new(client);
+            let mut total = 0;
+            for name in [layout.transcripts_stream(), layout.audio_stream()] {
+                let mut stream = js.get_stream(name).await.expect("stream");
+                total += stream.info().await.expect("info").state.consumer_count;
+            }
+            total
+        })
+    }
+}
+
+pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(future)
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for proc in self.gateways.iter_mut().chain(self.workers.iter_mut()) {
+            let _ = proc.child.kill();
+            let _ = proc.child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("{}", self.logs());
+        }
+        let layout = self.layout();
+        let url = self.options.nats_url.clone();
+        block_on(async move {
+            if let Ok(Ok(client)) =
+                tokio::time::timeout(Duration::from_secs(3), async_nats::connect(url)).await
+            {
+                layout.destroy(&async_nats::jetstream::new(client)).await;
+            }
+        });
+    }
+}
+
+/// A running `kiroku stream` client.
+pub struct StreamClient {
+    pub child: Child,
+    pub report: PathBuf,
+    lines: mpsc::Receiver<String>,
+    pub stdout: Vec<String>,
+    stderr: PathBuf,
+}
+
+impl StreamClient {
+    pub fn spawn(dir: &Path, name: &str, wav: &Path, gateways: &str, speed: f64) -> StreamClient {
+        let report = dir.join(format!("{name}.report.json"));
+        let stderr = dir.join(format!("{name}.client.log"));
+        let mut child = Command::new(KIROKU)
+            .args([
+                "stream",
+                wav.to_str().expect("utf8"),
+                "--gateway",
+                gateways,
+                "--speed",
+                &speed.to_string(),
+                "--stats",
+                "--report",
+            ])
+            .arg(&report)
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&stderr).expect("client log"))
+            .spawn()
+            .expect("spawn kiroku stream");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        StreamClient {
+            child,
+            report,
+            lines,
+            stdout: Vec::new(),
+            stderr,
+        }
+    }
+
+    /// Waits until `n` final lines were printed.
+    pub fn wait_for_finals(&mut self, n: usize, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while self.stdout.len() < n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => self.stdout.push(line),
+                Err(_) => panic!(
+                    "only {} finals after {timeout:?}: {:?}\nclient: {}",
+                    self.stdout.len(),
+                    self.stdout,
+                    self.stderr_text()
+                ),
+            }
+        }
+    }
+
+    pub fn stderr_text(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// Waits for the client to exit successfully; its report.
+    pub fn finish(mut self, timeout: Duration) -> serde_json::Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.child.try_wait().expect("wait") {
+                Some(status) => {
+                    assert!(
+                        status.success(),
+                        "kiroku stream failed ({status}): {}",
+                        self.stderr_text()
+                    );
+                    break;
+                }
+                None if Instant::now() > deadline => {
+                    let _ = self.child.kill();
+                    panic!(
+                        "kiroku stream did not finish in {timeout:?}: {}",
+                        self.stderr_text()
+                    );
+                }
+                None => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+        let text = std::fs::read_to_string(&self.report).expect("report written");
+        serde_json::from_str(&text).expect("report is JSON")
+    }
+}
+
+/// The joined text of a report's finals.
+pub fn report_text(report: &serde_json::Value) -> String {
+    report["finals"]
+        .as_array()
+        .expect("finals")
+        .iter()
+        .map(|f| {
+            f["segment"]["text"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Finals are numbered 1, 2, 3… without gaps or repeats, and their audio spans and
+/// words are in order without overlap: nothing missing, nothing doubled.
+pub fn check_finals_consistent(report: &serde_json::Value) {
+    let finals = report["finals"].as_array().expect("finals");
+    assert!(!finals.is_empty(), "no finals");
+    let mut previous_end = 0u64;
+    for (index, final_) in finals.iter().enumerate() {
+        assert_eq!(
+            final_["result_seq"].as_u64(),
+            Some(index as u64 + 1),
+            "result seqs: {finals:?}"
+        );
+        for word in final_["segment"]["words"].as_array().expect("words") {
+            let start = word["start_ms"].as_u64().expect("start");
+            let end = word["end_ms"].as_u64().expect("end");
+            assert!(
+                start + 150 >= previous_end,
+                "word {word} overlaps the previous word ending at {previous_end}"
+            );
+            assert!(end >= start);
+            previous_end = previous_end.max(end);
+        }
+    }
+}

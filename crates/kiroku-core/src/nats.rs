@@ -1,0 +1,275 @@
+//! The NATS layout of a Kiroku cluster: subjects, JetStream streams and KV buckets
+//! (`shared/DESIGN.md`, "NATS layout"), and the code that creates them.
+//!
+//! Every name derives from one *cluster root* (default `kiroku`). The default root gives
+//! exactly the names of the design (`AUDIO`, subjects `kiroku.audio.<tenant>.<session>`);
+//! any other root prefixes every stream (`<ROOT>_AUDIO`) and subject (`<root>.audio…`), so
+//! several clusters (or parallel tests) can share one NATS server without seeing each
+//! other's jobs.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, stream};
+
+/// Where the services find NATS when `KIROKU_NATS_URL` is unset.
+pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
+/// The default cluster root.
+pub const DEFAULT_ROOT: &str = "kiroku";
+
+/// Retention settings of the cluster's streams.
+#[derive(Debug, Clone)]
+pub struct Retention {
+    /// How long session audio stays in `AUDIO` (resume and failover replay from it).
+    pub audio_max_age: Duration,
+    /// How long finals stay in `TRANSCRIPTS` (storage persists them long before).
+    pub transcripts_max_age: Duration,
+    /// Window in which a re-published frame or final (same message id) is dropped.
+    pub duplicate_window: Duration,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Self {
+            audio_max_age: Duration::from_secs(2 * 3600),
+            transcripts_max_age: Duration::from_secs(24 * 3600),
+            duplicate_window: Duration::from_secs(120),
+        }
+    }
+}
+
+/// Names of every subject, stream and bucket of one cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layout {
+    root: String,
+}
+
+/// NATS could not be reached or set up; the message says which step failed.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct NatsError(pub String);
+
+/// A name that cannot be a NATS subject token (empty, or containing `.`, `*`, `>`,
+/// whitespace).
+#[derive(Debug, thiserror::Error)]
+#[error("{what} {value:?} is not a valid NATS subject token (letters, digits, '-' and '_')")]
+pub struct InvalidToken {
+    pub what: &'static str,
+    pub value: String,
+}
+
+/// Checks that `value` can be one subject token: ids in subjects are built from these.
+pub fn check_token(what: &'static str, value: &str) -> Result<(), InvalidToken> {
+    let ok = !value.is_empty()
+        && value.len() <= 128
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(InvalidToken {
+            what,
+            value: value.to_string(),
+        })
+    }
+}
+
+impl Default for Layout {
+    fn default() -> Self {
+        Self {
+            root: DEFAULT_ROOT.to_string(),
+        }
+    }
+}
+
+impl Layout {
+    /// The layout under `root` (`KIROKU_CLUSTER`); see the module documentation.
+    pub fn new(root: &str) -> Result<Self, InvalidToken> {
+        check_token("cluster root", root)?;
+        Ok(Self {
+            root: root.to_string(),
+        })
+    }
+
+    pub fn root(&self) -> &str {
+        &self.root
+    }
+
+    fn stream_name(&self, base: &str) -> String {
+        if self.root == DEFAULT_ROOT {
+            base.to_string()
+        } else {
+            format!("{}_{base}", self.root.to_ascii_uppercase())
+        }
+    }
+
+    /// Stream of 16 kHz audio frames, one subject per session.
+    pub fn audio_stream(&self) -> String {
+        self.stream_name("AUDIO")
+    }
+    /// Work queue of session jobs.
+    pub fn sessions_stream(&self) -> String {
+        self.stream_name("SESSIONS")
+    }
+    /// Stream of final results, one subject per session.
+    pub fn transcripts_stream(&self) -> String {
+        self.stream_name("TRANSCRIPTS")
+    }
+    /// KV bucket of worker checkpoints, key = session id.
+    pub fn checkpoints_bucket(&self) -> String {
+        format!("{}-checkpoints", self.root)
+    }
+    /// Durable consumer through which workers share the session jobs.
+    pub fn workers_consumer(&self) -> String {
+        "workers".to_string()
+    }
+
+    pub fn audio_subject(&self, tenant: &str, session: &str) -> String {
+        format!("{}.audio.{tenant}.{session}", self.root)
+    }
+    pub fn session_subject(&self, tenant: &str) -> String {
+        format!("{}.session.{tenant}", self.root)
+    }
+    pub fn transcript_subject(&self, tenant: &str, session: &str) -> String {
+        format!("{}.transcript.{tenant}.{session}", self.root)
+    }
+    /// Core NATS (not persisted): unstable hypotheses.
+    pub fn interim_subject(&self, tenant: &str, session: &str) -> String {
+        format!("{}.interim.{tenant}.{session}", self.root)
+    }
+    /// Core NATS: a gateway says "this session's client is still here" (keep-alives
+    /// while muted), so the worker does not close it as abandoned.
+    pub fn presence_subject(&self, tenant: &str, session: &str) -> String {
+        format!("{}.presence.{tenant}.{session}", self.root)
+    }
+
+    /// `Nats-Msg-Id` of an audio frame: JetStream drops a re-published duplicate.
+    pub fn frame_msg_id(session: &str, seq: u64) -> String {
+        format!("{session}:{seq}")
+    }
+    /// `Nats-Msg-Id` of a final result.
+    pub fn result_msg_id(session: &str, result_seq: u64) -> String {
+        format!("{session}:r{result_seq}")
+    }
+
+    /// Creates (or updates to this configuration) every stream and bucket.
+    pub async fn ensure(
+        &self,
+        js: &jetstream::Context,
+        retention: &Retention,
+    ) -> Result<(), NatsError> {
+        let file = stream::StorageType::File;
+        js.create_or_update_stream(stream::Config {
+            name: self.audio_stream(),
+            subjects: vec![format!("{}.audio.>", self.root)],
+            storage: file,
+            max_age: retention.audio_max_age,
+            duplicate_window: retention.duplicate_window,
+            allow_direct: true,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| NatsError(format!("creating stream: {e}")))?;
+        js.create_or_update_stream(stream::Config {
+            name: self.sessions_stream(),
+            subjects: vec![format!("{}.session.>", self.root)],
+            retention: stream::RetentionPolicy::WorkQueue,
+            storage: file,
+            duplicate_window: retention.duplicate_window,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| NatsError(format!("creating stream: {e}")))?;
+        js.create_or_update_stream(stream::Config {
+            name: self.transcripts_stream(),
+            subjects: vec![format!("{}.transcript.>", self.root)],
+            storage: file,
+            max_age: retention.transcripts_max_age,
+            duplicate_window: retention.duplicate_window,
+            allow_direct: true,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| NatsError(format!("creating stream: {e}")))?;
+        // A KV bucket is a stream named `KV_<bucket>` on `$KV.<bucket>.>` with one
+        // message per subject. It is created as that stream (the settings async-nats'
+        // `create_key_value` uses) because `create_key_value` first reads the account
+        // info, whose reply from NATS 2.9 (Debian bookworm) async-nats 0.50 cannot parse.
+        let bucket = self.checkpoints_bucket();
+        js.create_or_update_stream(stream::Config {
+            name: format!("KV_{bucket}"),
+            subjects: vec![format!("$KV.{bucket}.>")],
+            max_messages_per_subject: 1,
+            max_age: retention.audio_max_age,
+            storage: file,
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            discard: stream::DiscardPolicy::New,
+            num_replicas: 1,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| NatsError(format!("creating KV bucket {bucket}: {e}")))?;
+        Ok(())
+    }
+
+    /// Deletes every stream and bucket of this cluster (tests, `kiroku up --fresh`).
+    pub async fn destroy(&self, js: &jetstream::Context) {
+        for name in [
+            self.audio_stream(),
+            self.sessions_stream(),
+            self.transcripts_stream(),
+        ] {
+            let _ = js.delete_stream(&name).await;
+        }
+        let _ = js
+            .delete_stream(format!("KV_{}", self.checkpoints_bucket()))
+            .await;
+    }
+}
+
+/// Connects to NATS with the options every Kiroku process uses: a name for
+/// monitoring, unlimited reconnects (a NATS restart is survived), and a bounded
+/// connection timeout so start-up fails clearly when nothing listens.
+pub async fn connect(url: &str, name: &str) -> Result<async_nats::Client, NatsError> {
+    async_nats::ConnectOptions::new()
+        .name(name)
+        .connection_timeout(Duration::from_secs(5))
+        .max_reconnects(None)
+        .connect(url)
+        .await
+        .map_err(|e| NatsError(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_root_gives_the_design_names() {
+        let layout = Layout::default();
+        assert_eq!(layout.audio_stream(), "AUDIO");
+        assert_eq!(layout.sessions_stream(), "SESSIONS");
+        assert_eq!(layout.transcripts_stream(), "TRANSCRIPTS");
+        assert_eq!(layout.checkpoints_bucket(), "kiroku-checkpoints");
+        assert_eq!(layout.audio_subject("t1", "s1"), "kiroku.audio.t1.s1");
+        assert_eq!(layout.session_subject("t1"), "kiroku.session.t1");
+        assert_eq!(Layout::frame_msg_id("s1", 7), "s1:7");
+    }
+
+    #[test]
+    fn other_roots_prefix_everything() {
+        let layout = Layout::new("test_42").expect("valid root");
+        assert_eq!(layout.audio_stream(), "TEST_42_AUDIO");
+        assert_eq!(layout.interim_subject("t", "s"), "test_42.interim.t.s");
+    }
+
+    #[test]
+    fn tokens_are_checked() {
+        for bad in ["", "a.b", "a*", ">", "a b", &"x".repeat(129)] {
+            assert!(check_token("id", bad).is_err(), "{bad:?} accepted");
+        }
+        check_token("id", "Tenant-1_a").expect("valid token");
+    }
+}

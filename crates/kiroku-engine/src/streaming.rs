@@ -1,0 +1,1317 @@
+//! The live streaming policy: which audio to decode when, and which words to commit.
+//!
+//! A sans-IO state machine (no threads, no clock, no engine): the worker feeds it audio
+//! with [`Policy::push_audio`], asks [`Policy::next_decode`] for work, runs that decode on
+//! the engine pool and hands the words back to [`Policy::on_decoded`], which returns the
+//! newly committed words ([`Final`]) and the unstable tail ([`Interim`]). Keeping the
+//! policy free of I/O makes every rule below testable with hand-made word lists.
+//!
+//! Each rule was measured in `shared/notes/streaming.md` (tiny.en on 2 cores):
+//! - **Energy VAD** on 20 ms blocks. Silence outside an utterance is dropped (a short
+//!   pre-roll is kept) and never decoded: Whisper invents "Thank you." on silence.
+//!   An utterance ends after [`PolicyConfig::finalize_silence_ms`] of silence, and its
+//!   whole hypothesis is then committed: sentence-final words need no agreement, and a
+//!   wavering word can no longer hold commits back for seconds.
+//! - **A rolling buffer** re-decoded every [`PolicyConfig::step_ms`] of new audio with the
+//!   encoder's audio context sized to the buffer (`ceil(s × 50) + 100` frames): a decode
+//!   drops from ~1.2 s to 0.1–0.4 s, and the 100-frame margin avoids the loops that a
+//!   tight context causes.
+//! - **LocalAgreement with a gap**: a word is committed once a hypothesis at least
+//!   [`PolicyConfig::agreement_gap_ms`] older agrees on it and on every word before it.
+//!   At short steps, agreeing with the previous hypothesis commits the still-changing
+//!   words at the audio's edge.
+//! - **De-duplication by text**: committed words still in the buffer come back in every
+//!   hypothesis; they are aligned by their text, never by timestamps (which jitter and
+//!   would delete real words).
+//! - **Trimming** at committed words, at the earlier of the last committed word's end and
+//!   the next word's start (else the next word loses its onset); a forced commit when
+//!   speech runs for [`PolicyConfig::max_buffer_ms`] without a pause.
+//! - **Loop guard**: decodes carry a token cap, and a hypothesis that repeats an n-gram or
+//!   holds more words than the audio can is discarded (cut before the loop when it must
+//!   be committed).
+//! - No previous text as a prompt: it shifted timestamps ~0.9 s late and cost accuracy.
+
+use std::collections::VecDeque;
+use std::time::Instant;
+
+use kiroku_core::transcript::Word;
+use serde::{Deserialize, Serialize};
+
+use crate::audio::WHISPER_SAMPLE_RATE_HZ;
+use crate::engine::{Engine, EngineError, TranscribeOptions};
+
+const SAMPLES_PER_MS: u64 = WHISPER_SAMPLE_RATE_HZ as u64 / 1000;
+/// VAD block: 20 ms, one encoder frame.
+const VAD_BLOCK_SAMPLES: usize = 320;
+/// Encoder frames per second of audio.
+const AUDIO_CTX_FRAMES_PER_S: f64 = 50.0;
+/// The model's full encoder context (30 s).
+const MAX_AUDIO_CTX: u32 = 1500;
+/// Shorter decodes are padded with silence: whisper.cpp skips input under 100 ms, and a
+/// few hundred milliseconds of context decode poorly.
+const MIN_DECODE_SAMPLES: usize = WHISPER_SAMPLE_RATE_HZ as usize;
+/// Earlier hypotheses kept for the agreement gap; a handful covers any sane gap/step.
+const HISTORY_LEN: usize = 8;
+/// A forced commit keeps the words ending this close to the buffer's edge uncommitted:
+/// they may still be cut mid-word.
+const FORCE_COMMIT_EDGE_MS: u64 = 1_000;
+/// A hypothesis covering an ended utterance's last speech plus this much is reused as
+/// its final hypothesis: the last word's tail is in it.
+const REUSE_MARGIN_MS: u32 = 200;
+/// Committed words remembered by text after their audio is trimmed: the buffer's start
+/// may still hold the end of the last one, which Whisper then hears again.
+const TRIMMED_TAIL_WORDS: usize = 2;
+/// A failed finalize decode is retried this many times before the utterance is closed
+/// without its uncommitted words (a persistent engine error must not stall the stream).
+const MAX_FINALIZE_FAILURES: u32 = 2;
+
+/// Tuning of the policy; units are in the names. `Default` is the best variant measured
+/// on a 2-core CPU worker (see the module docs).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PolicyConfig {
+    /// Decode again once this much new audio has arrived in an utterance.
+    ///
+    /// 250 ms (with a 500 ms agreement gap) is the notes' best variant: p50 commit
+    /// latency 0.91 s, WER 0.053–0.059, ~55% of 2 cores for one stream, two streams per
+    /// 2-core pool. 500 ms costs less CPU (~33%) but its p50 (0.96–1.04 s) sits on the
+    /// 1 s target; `tests/streaming.rs` re-measures both on real speech.
+    pub step_ms: u32,
+    /// Agree only with a hypothesis at least this much older (by the audio it covered).
+    pub agreement_gap_ms: u32,
+    /// Silence that ends an utterance; its whole hypothesis is then committed.
+    pub finalize_silence_ms: u32,
+    /// Audio kept before the first speech block: the VAD misses soft onsets ("h", "f").
+    pub preroll_ms: u32,
+    /// An utterance with less speech than this is noise (a click, a cough) and is
+    /// dropped without a decode.
+    pub min_speech_ms: u32,
+    /// Trim the buffer at committed words once it is longer than this: shorter buffers
+    /// decode faster, longer ones give Whisper context.
+    pub trim_after_ms: u32,
+    /// Commit all but the edge of the hypothesis once the buffer is this long (speech
+    /// without pauses). Must stay below 28 s: the encoder covers 30 s with the margin.
+    pub max_buffer_ms: u32,
+    /// A 20 ms block whose RMS is at or above this is speech (full scale 1.0). 0.01 is
+    /// −40 dBFS: conversational speech at normal microphone gain is −30 to −15 dBFS RMS,
+    /// a quiet room's noise floor below −50 dBFS.
+    pub vad_threshold_rms: f32,
+    /// Encoder frames added to the audio context beyond the buffer's own.
+    pub audio_ctx_margin_frames: u32,
+    /// Token cap per second of audio given to the decoder (speech is 3–5 tokens/s).
+    pub max_tokens_per_s: u32,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        Self {
+            step_ms: 250,
+            agreement_gap_ms: 500,
+            finalize_silence_ms: 300,
+            preroll_ms: 300,
+            min_speech_ms: 100,
+            trim_after_ms: 10_000,
+            max_buffer_ms: 20_000,
+            vad_threshold_rms: 0.01,
+            audio_ctx_margin_frames: 100,
+            max_tokens_per_s: 8,
+        }
+    }
+}
+
+/// What a successor needs to continue a session without repeating words.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// Where a resumed policy starts (ms from the session's start): the audio before it
+    /// is committed or silence.
+    pub committed_offset_ms: u64,
+    /// The words committed after `committed_offset_ms`, space-joined: a resumed policy
+    /// will hear them again and must not emit them twice.
+    pub committed_text_tail: String,
+}
+
+/// Audio to decode: run it with `TranscribeOptions { audio_ctx: Some(audio_ctx),
+/// max_tokens: Some(max_tokens), no_temperature_fallback: true, .. }` and hand the words
+/// back to [`Policy::on_decoded`] with `id`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DecodeRequest {
+    pub id: u64,
+    /// 16 kHz mono; at least 1 s (short audio is padded with silence).
+    pub samples: Vec<f32>,
+    /// Encoder context in 20 ms frames, sized to the audio (at most 1500).
+    pub audio_ctx: u32,
+    /// Absolute offset of `samples[0]` from the start of the session.
+    pub start_ms: u64,
+    /// Token cap per segment: the loop guard's first line.
+    pub max_tokens: u32,
+}
+
+/// Newly committed words: never revised, never emitted again by this policy or by one
+/// resumed from its [`Checkpoint`]. Successive finals are in time order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Final {
+    /// Words with absolute times (ms from the session's start).
+    pub words: Vec<Word>,
+    /// The words' texts joined by single spaces.
+    pub text: String,
+    pub start_ms: u64,
+    pub end_ms: u64,
+    /// The utterance ended (VAD silence or flush) with these words. A final that only
+    /// closes an utterance whose words were all committed earlier has no words and
+    /// `start_ms == end_ms` at the utterance's end.
+    pub utterance_end: bool,
+}
+
+/// The unstable tail of the latest hypothesis: what follows the committed words and may
+/// still change.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Interim {
+    pub words: Vec<Word>,
+    /// The words' texts joined by single spaces.
+    pub text: String,
+    pub start_ms: u64,
+    pub end_ms: u64,
+}
+
+/// What one decode produced.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PolicyOutput {
+    /// Newly committed words, oldest first.
+    pub finals: Vec<Final>,
+    /// The uncommitted tail now; `None` means there is none (clear the caption).
+    pub interim: Option<Interim>,
+}
+
+/// A decode handed out and not yet answered.
+#[derive(Debug, Clone, Copy)]
+struct InFlight {
+    id: u64,
+    /// Absolute samples covered (without padding).
+    start: u64,
+    end: u64,
+    finalize: bool,
+    force: bool,
+}
+
+/// The utterance being spoken: speech seen and not yet ended by silence or flush.
+#[derive(Debug, Clone, Copy)]
+struct OpenUtterance {
+    speech_start: u64,
+    /// End of the last speech block.
+    speech_end: u64,
+    speech_samples: u64,
+    silence_samples: u64,
+}
+
+/// An utterance ended by silence or flush, waiting for its finalizing decode.
+#[derive(Debug, Clone, Copy)]
+struct EndedUtterance {
+    /// Its last speech block's end.
+    speech_end: u64,
+    /// Where it ends: the audio up to here belongs to it.
+    end: u64,
+    failures: u32,
+}
+
+/// One decode's words, absolute times, and the end of the audio it covered.
+#[derive(Debug, Clone)]
+struct Hypothesis {
+    end: u64,
+    words: Vec<Word>,
+}
+
+/// The streaming policy of one session. See the module docs for the rules.
+#[derive(Debug)]
+pub struct Policy {
+    config: PolicyConfig,
+    /// Absolute sample the next pushed audio is expected at; earlier audio is a replay.
+    position: u64,
+    /// Samples after the last whole VAD block (not yet in `buffer`).
+    partial_block: Vec<f32>,
+    /// Audio from absolute sample `buffer_start` on, whole VAD blocks only.
+    buffer: Vec<f32>,
+    buffer_start: u64,
+    utterance: Option<OpenUtterance>,
+    ended: VecDeque<EndedUtterance>,
+    /// Committed words whose audio is still in the buffer, absolute times.
+    committed: Vec<Word>,
+    /// Committed words from a resume checkpoint (normalized text), before `committed`.
+    resumed_tail: Vec<String>,
+    /// The last committed words before `buffer_start` (normalized text).
+    trimmed_tail: Vec<String>,
+    history: VecDeque<Hypothesis>,
+    /// End of the audio covered by the last decode handed out.
+    last_decode_end: u64,
+    in_flight: Option<InFlight>,
+    next_id: u64,
+}
+
+impl Policy {
+    /// A policy at the start of a session, or resuming one from `resume`: audio before
+    /// the checkpoint's offset is then ignored and its committed words are not emitted
+    /// again.
+    pub fn new(config: PolicyConfig, resume: Option<Checkpoint>) -> Self {
+        let (start, resumed_tail) = match resume {
+            Some(checkpoint) => (
+                checkpoint.committed_offset_ms * SAMPLES_PER_MS,
+                normalized_words(&checkpoint.committed_text_tail),
+            ),
+            None => (0, Vec::new()),
+        };
+        Self {
+            config,
+            position: start,
+            partial_block: Vec::with_capacity(VAD_BLOCK_SAMPLES),
+            buffer: Vec::new(),
+            buffer_start: start,
+            utterance: None,
+            ended: VecDeque::new(),
+            committed: Vec::new(),
+            resumed_tail,
+            trimmed_tail: Vec::new(),
+            history: VecDeque::new(),
+            last_decode_end: start,
+            in_flight: None,
+            next_id: 1,
+        }
+    }
+
+    /// Adds 16 kHz mono audio starting at absolute sample `start_sample` (from the
+    /// session's start). Audio before the policy's position (a replay after a takeover,
+    /// overlapping chunks) is ignored; a gap is filled with silence so times stay
+    /// absolute (it is held in memory only while an utterance or decode needs it).
+    pub fn push_audio(&mut self, start_sample: u64, samples: &[f32]) {
+        let end = start_sample + samples.len() as u64;
+        if end <= self.position {
+            return;
+        }
+        while self.position < start_sample {
+            // Filled a second at a time: a long gap is trimmed as it is filled.
+            let gap = (start_sample - self.position).min(WHISPER_SAMPLE_RATE_HZ.into());
+            self.push_contiguous(&vec![0.0; gap as usize]);
+        }
+        let skip = (self.position - start_sample) as usize;
+        self.push_contiguous(&samples[skip..]);
+    }
+
+    fn push_contiguous(&mut self, samples: &[f32]) {
+        self.position += samples.len() as u64;
+        self.partial_block.extend_from_slice(samples);
+        let whole = self.partial_block.len() / VAD_BLOCK_SAMPLES * VAD_BLOCK_SAMPLES;
+        let blocks: Vec<f32> = self.partial_block.drain(..whole).collect();
+        for block in blocks.chunks(VAD_BLOCK_SAMPLES) {
+            self.push_block(block);
+        }
+    }
+
+    fn buffer_end(&self) -> u64 {
+        self.buffer_start + self.buffer.len() as u64
+    }
+
+    fn ms_to_samples(ms: u32) -> u64 {
+        u64::from(ms) * SAMPLES_PER_MS
+    }
+
+    fn push_block(&mut self, block: &[f32]) {
+        let energy = block.iter().map(|s| s * s).sum::<f32>() / block.len().max(1) as f32;
+        let speech = energy.sqrt() >= self.config.vad_threshold_rms;
+        self.buffer.extend_from_slice(block);
+        let end = self.buffer_end();
+        let length = block.len() as u64;
+        match self.utterance.as_mut() {
+            Some(utterance) if speech => {
+                utterance.speech_end = end;
+                utterance.speech_samples += length;
+                utterance.silence_samples = 0;
+            }
+            Some(utterance) => {
+                utterance.silence_samples += length;
+                if utterance.silence_samples
+                    >= Self::ms_to_samples(self.config.finalize_silence_ms)
+                {
+                    self.end_utterance();
+                }
+            }
+            None if speech => {
+                let speech_start = end - length;
+                self.utterance = Some(OpenUtterance {
+                    speech_start,
+                    speech_end: end,
+                    speech_samples: length,
+                    silence_samples: 0,
+                });
+                self.trim_idle();
+                // The first decode comes one step after speech starts.
+                self.last_decode_end = self.last_decode_end.max(speech_start);
+            }
+            None => self.trim_idle(),
+        }
+    }
+
+    /// Closes the open utterance at the buffer's end: it gets a finalizing decode, or is
+    /// dropped as noise when it holds too little speech.
+    fn end_utterance(&mut self) {
+        let Some(utterance) = self.utterance.take() else {
+            return;
+        };
+        if utterance.speech_samples >= Self::ms_to_samples(self.config.min_speech_ms) {
+            self.ended.push_back(EndedUtterance {
+                speech_end: utterance.speech_end,
+                end: self.buffer_end(),
+                failures: 0,
+            });
+        } else {
+            self.trim_idle();
+        }
+    }
+
+    /// Drops silence that no utterance or decode needs, keeping the pre-roll.
+    fn trim_idle(&mut self) {
+        if self.in_flight.is_some() || !self.ended.is_empty() {
+            return;
+        }
+        let preroll = Self::ms_to_samples(self.config.preroll_ms);
+        let keep_from = match &self.utterance {
+            // Before its speech there is only silence (or committed audio, before
+            // `buffer_start` already).
+            Some(utterance) => utterance.speech_start.saturating_sub(preroll),
+            None => self.buffer_end().saturating_sub(preroll),
+        };
+        if keep_from > self.buffer_start {
+            self.trim_to(keep_from);
+        }
+    }
+
+    /// Drops the audio before absolute sample `at`; the committed words that end there
+    /// are remembered by text only.
+    fn trim_to(&mut self, at: u64) {
+        let at = at.clamp(self.buffer_start, self.buffer_end());
+        self.buffer.drain(..(at - self.buffer_start) as usize);
+        self.buffer_start = at;
+        let at_ms = at / SAMPLES_PER_MS;
+        let kept = self.committed.iter().position(|w| w.end_ms > at_ms);
+        let gone: Vec<Word> = self
+            .committed
+            .drain(..kept.unwrap_or(self.committed.len()))
+            .collect();
+        if !gone.is_empty() {
+            // The resumed words came before every word committed here.
+            self.trimmed_tail.append(&mut self.resumed_tail);
+            self.trimmed_tail
+                .extend(gone.iter().map(|w| normalize(&w.text)));
+            let excess = self.trimmed_tail.len().saturating_sub(TRIMMED_TAIL_WORDS);
+            self.trimmed_tail.drain(..excess);
+        }
+    }
+
+    /// Finalizes the current utterance (push-to-talk release, end of stream): its next
+    /// decode commits everything it hears. Audio pushed later starts a new utterance.
+    pub fn flush(&mut self) {
+        if !self.partial_block.is_empty() {
+            // The partial block still belongs to the utterance.
+            let partial = std::mem::take(&mut self.partial_block);
+            self.push_block(&partial);
+        }
+        self.end_utterance();
+    }
+
+    /// True when there is nothing left to decode or commit: no open or ended utterance
+    /// and no decode in flight. The worker ends a stream once flushed and idle.
+    pub fn is_idle(&self) -> bool {
+        self.in_flight.is_none() && self.ended.is_empty() && self.utterance.is_none()
+    }
+
+    /// The decode to run now, if one is due and none is in flight: an ended utterance's
+    /// finalizing decode first, else a re-decode of the open utterance once `step_ms` of
+    /// new audio has arrived.
+    pub fn next_decode(&mut self) -> Option<DecodeRequest> {
+        if self.in_flight.is_some() {
+            return None;
+        }
+        let (end, finalize, force) = if let Some(ended) = self.ended.front() {
+            (ended.end, true, false)
+        } else {
+            let utterance = self.utterance.as_ref()?;
+            let end = self.buffer_end();
+            let step = Self::ms_to_samples(self.config.step_ms);
+            let min_speech = Self::ms_to_samples(self.config.min_speech_ms);
+            if end < self.last_decode_end + step || utterance.speech_samples < min_speech {
+                return None;
+            }
+            let force = end - self.buffer_start >= Self::ms_to_samples(self.config.max_buffer_ms);
+            (end, false, force)
+        };
+        // The encoder covers at most 30 s with the margin: a buffer beyond that (only
+        // when decodes keep failing) loses its oldest audio rather than failing forever.
+        let max_frames = MAX_AUDIO_CTX.saturating_sub(self.config.audio_ctx_margin_frames);
+        let max_samples = u64::from(max_frames) * VAD_BLOCK_SAMPLES as u64;
+        if end - self.buffer_start > max_samples {
+            tracing::warn!(
+                dropped_ms = (end - self.buffer_start - max_samples) / SAMPLES_PER_MS,
+                "streaming buffer over the encoder window, dropping its oldest audio"
+            );
+            self.trim_to(end - max_samples);
+            self.history.clear();
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        self.last_decode_end = self.last_decode_end.max(end);
+        self.in_flight = Some(InFlight {
+            id,
+            start: self.buffer_start,
+            end,
+            finalize,
+            force,
+        });
+        let mut samples = self.buffer[..(end - self.buffer_start) as usize].to_vec();
+        let audio_s = samples.len() as f64 / f64::from(WHISPER_SAMPLE_RATE_HZ);
+        if samples.len() < MIN_DECODE_SAMPLES {
+            samples.resize(MIN_DECODE_SAMPLES, 0.0);
+        }
+        let padded_s = samples.len() as f64 / f64::from(WHISPER_SAMPLE_RATE_HZ);
+        let audio_ctx = ((padded_s * AUDIO_CTX_FRAMES_PER_S).ceil() as u32)
+            .saturating_add(self.config.audio_ctx_margin_frames)
+            .min(MAX_AUDIO_CTX);
+        // A floor of 8 tokens: a short buffer still holds a word or two and timestamps.
+        let max_tokens = (audio_s * f64::from(self.config.max_tokens_per_s)).ceil() as u32 + 8;
+        Some(DecodeRequest {
+            id,
+            samples,
+            audio_ctx,
+            start_ms: self.buffer_start / SAMPLES_PER_MS,
+            max_tokens,
+        })
+    }
+
+    /// Takes the words of decode `id` (times relative to the request's samples) and
+    /// returns what is newly committed and the uncommitted tail. An unknown or stale
+    /// `id` is ignored (empty output).
+    pub fn on_decoded(&mut self, id: u64, words: Vec<Word>) -> PolicyOutput {
+        let Some(request) = self.in_flight.filter(|r| r.id == id) else {
+            return PolicyOutput::default();
+        };
+        self.in_flight = None;
+        let request_start_ms = request.start / SAMPLES_PER_MS;
+        let request_end_ms = request.end / SAMPLES_PER_MS;
+        let words: Vec<Word> = words
+            .into_iter()
+            .map(|mut word| {
+                word.start_ms += request_start_ms;
+                word.end_ms = (word.end_ms + request_start_ms).min(request_end_ms);
+                word
+            })
+            // The padding after the real audio holds no words.
+            .filter(|word| word.start_ms < request_end_ms && !normalize(&word.text).is_empty())
+            .collect();
+        let audio_s = (request.end - request.start) as f64 / f64::from(WHISPER_SAMPLE_RATE_HZ);
+        let (words, looped) = cut_loop(words, audio_s);
+
+        // The hypothesis already covers an ended utterance's speech: it is as good as
+        // the finalizing decode would be, so commit it now and save that decode.
+        let covers_ended = self.ended.front().is_some_and(|ended| {
+            ended.speech_end + Self::ms_to_samples(REUSE_MARGIN_MS) <= request.end
+        });
+        if request.finalize || (covers_ended && !looped) {
+            return self.finalize(words);
+        }
+        if looped {
+            // A looping hypothesis is no evidence for agreement; keep the last tail.
+            tracing::debug!(id, "streaming hypothesis discarded: repetition loop");
+            return PolicyOutput {
+                finals: Vec::new(),
+                interim: self.current_interim(),
+            };
+        }
+
+        let fresh = self.uncommitted(&words);
+        let gap = Self::ms_to_samples(self.config.agreement_gap_ms);
+        let agreed = self
+            .history
+            .iter()
+            .rev()
+            .find(|older| older.end + gap <= request.end)
+            .map_or(0, |older| common_prefix(&self.uncommitted(&older.words), &fresh));
+        let mut commit_count = agreed;
+        if request.force {
+            // Speech without a pause: commit all but the edge, where words may be cut.
+            let edge_ms = request_end_ms.saturating_sub(FORCE_COMMIT_EDGE_MS);
+            commit_count = commit_count.max(fresh.iter().take_while(|w| w.end_ms <= edge_ms).count());
+        }
+        let (commit, tail) = fresh.split_at(commit_count);
+        let mut output = PolicyOutput::default();
+        if let Some(final_) = make_final(commit.to_vec(), false) {
+            self.committed.extend_from_slice(commit);
+            output.finals.push(final_);
+        }
+        output.interim = make_interim(tail.to_vec());
+        self.history.push_back(Hypothesis {
+            end: request.end,
+            words,
+        });
+        while self.history.len() > HISTORY_LEN {
+            self.history.pop_front();
+        }
+        let buffer_ms = (self.buffer_end() - self.buffer_start) / SAMPLES_PER_MS;
+        if request.force || buffer_ms >= u64::from(self.config.trim_after_ms) {
+            self.trim_at_committed(tail.first(), request.force.then_some(request.end));
+        }
+        output
+    }
+
+    /// Tells the policy that decode `id` failed. A re-decode is simply due again later;
+    /// a finalizing decode is retried, then its utterance is closed without the
+    /// uncommitted words so that a persistent error cannot stall the stream.
+    pub fn on_decode_failed(&mut self, id: u64) -> PolicyOutput {
+        let Some(request) = self.in_flight.filter(|r| r.id == id) else {
+            return PolicyOutput::default();
+        };
+        self.in_flight = None;
+        if !request.finalize {
+            return PolicyOutput {
+                finals: Vec::new(),
+                interim: self.current_interim(),
+            };
+        }
+        let give_up = self.ended.front_mut().is_some_and(|ended| {
+            ended.failures += 1;
+            ended.failures >= MAX_FINALIZE_FAILURES
+        });
+        if give_up {
+            tracing::warn!(id, "streaming utterance closed after failed decodes");
+            return self.finalize(Vec::new());
+        }
+        PolicyOutput::default()
+    }
+
+    /// Commits all of `words` not yet committed and closes the oldest ended utterance.
+    fn finalize(&mut self, words: Vec<Word>) -> PolicyOutput {
+        let Some(ended) = self.ended.pop_front() else {
+            return PolicyOutput::default();
+        };
+        let end_ms = ended.end / SAMPLES_PER_MS;
+        let fresh: Vec<Word> = self
+            .uncommitted(&words)
+            .into_iter()
+            .filter(|w| w.start_ms < end_ms)
+            .collect();
+        let had_commits = !self.committed.is_empty();
+        let mut output = PolicyOutput::default();
+        match make_final(fresh, true) {
+            Some(final_) => output.finals.push(final_),
+            None if had_commits => output.finals.push(Final {
+                words: Vec::new(),
+                text: String::new(),
+                start_ms: end_ms,
+                end_ms,
+                utterance_end: true,
+            }),
+            None => {}
+        }
+        // Everything up to the utterance's end is done; later audio stays. The next
+        // utterance starts after a silence: no word of this one can be heard again.
+        self.trim_to(ended.end);
+        self.committed.clear();
+        self.resumed_tail.clear();
+        self.trimmed_tail.clear();
+        self.history.clear();
+        self.last_decode_end = self.last_decode_end.max(ended.end);
+        self.trim_idle();
+        output
+    }
+
+    /// The tail of the latest hypothesis that is not committed.
+    fn current_interim(&self) -> Option<Interim> {
+        let latest = self.history.back()?;
+        make_interim(self.uncommitted(&latest.words))
+    }
+
+    /// Trims the buffer at the committed words: at the earlier of the last committed
+    /// word's end and the next word's start. `fallback_end`: where to cut when nothing
+    /// is committed (a forced commit of audio that holds no words).
+    fn trim_at_committed(&mut self, next_word: Option<&Word>, fallback_end: Option<u64>) {
+        let cut_ms = match (self.committed.last(), next_word) {
+            (Some(last), Some(next)) => last.end_ms.min(next.start_ms),
+            (Some(last), None) => last.end_ms,
+            (None, _) => match fallback_end {
+                Some(end) => {
+                    end.saturating_sub(FORCE_COMMIT_EDGE_MS * SAMPLES_PER_MS) / SAMPLES_PER_MS
+                }
+                None => return,
+            },
+        };
+        let cut = cut_ms * SAMPLES_PER_MS;
+        if cut <= self.buffer_start {
+            return;
+        }
+        self.trim_to(cut);
+        // Older hypotheses covered audio that is gone: they no longer align.
+        self.history.clear();
+    }
+
+    /// The words of `hypothesis` after the committed ones it repeats, matched by text
+    /// (timestamps jitter; matching by time deletes real words).
+    ///
+    /// First, the end of a trimmed committed word heard again at the buffer's start: an
+    /// exact match of the last trimmed words only, since that audio is mostly gone.
+    /// Then the committed words still in the buffer, aligned by edit distance: the split
+    /// is the hypothesis prefix closest to them, preferring one that ends with the last
+    /// committed word, else the shortest (a duplicate is better than a lost word).
+    fn uncommitted(&self, hypothesis: &[Word]) -> Vec<Word> {
+        let heard: Vec<String> = hypothesis.iter().map(|w| normalize(&w.text)).collect();
+        let tail = &self.trimmed_tail;
+        let skip = (1..=tail.len().min(heard.len()))
+            .rev()
+            .find(|&k| heard[..k] == tail[tail.len() - k..])
+            .unwrap_or(0);
+        let (hypothesis, heard) = (&hypothesis[skip..], &heard[skip..]);
+        let committed: Vec<String> = self
+            .resumed_tail
+            .iter()
+            .cloned()
+            .chain(self.committed.iter().map(|w| normalize(&w.text)))
+            .collect();
+        if committed.is_empty() {
+            return hypothesis.to_vec();
+        }
+        let distances = prefix_distances(&committed, heard);
+        let best = distances.iter().copied().min().unwrap_or(0);
+        let last = committed.last();
+        let split = (1..distances.len())
+            .rev()
+            .find(|&j| distances[j] == best && heard.get(j - 1) == last)
+            .or_else(|| distances.iter().position(|&d| d == best))
+            .unwrap_or(0);
+        hypothesis[split..].to_vec()
+    }
+
+    /// Where a successor should resume (persist it after each final).
+    pub fn checkpoint(&self) -> Checkpoint {
+        let tail: Vec<String> = self
+            .resumed_tail
+            .iter()
+            .cloned()
+            .chain(self.committed.iter().map(|w| w.text.clone()))
+            .collect();
+        Checkpoint {
+            committed_offset_ms: self.buffer_start / SAMPLES_PER_MS,
+            committed_text_tail: tail.join(" "),
+        }
+    }
+}
+
+/// What agreement and de-duplication compare: lower case, letters and digits only, so
+/// "Hello," equals "hello". Works for any script (CJK characters are alphanumeric).
+fn normalize(word: &str) -> String {
+    word.chars()
+        .filter(|c| c.is_alphanumeric())
+        .flat_map(char::to_lowercase)
+        .collect()
+}
+
+fn normalized_words(text: &str) -> Vec<String> {
+    text.split_whitespace()
+        .map(normalize)
+        .filter(|w| !w.is_empty())
+        .collect()
+}
+
+/// Edit distance between `reference` and every prefix `heard[..j]`, for j = 0..=len.
+fn prefix_distances(reference: &[String], heard: &[String]) -> Vec<usize> {
+    // Row i holds the distances of reference[..i] to each prefix of `heard`.
+    let mut row: Vec<usize> = (0..=heard.len()).collect();
+    for (i, expected) in reference.iter().enumerate() {
+        let mut next = vec![i + 1; heard.len() + 1];
+        for (j, word) in heard.iter().enumerate() {
+            let substitution = row[j] + usize::from(expected != word);
+            next[j + 1] = substitution.min(row[j + 1] + 1).min(next[j] + 1);
+        }
+        row = next;
+    }
+    row
+}
+
+fn common_prefix(a: &[Word], b: &[Word]) -> usize {
+    a.iter()
+        .zip(b)
+        .take_while(|(x, y)| normalize(&x.text) == normalize(&y.text))
+        .count()
+}
+
+fn join_text(words: &[Word]) -> String {
+    words
+        .iter()
+        .map(|w| w.text.as_str())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn make_final(words: Vec<Word>, utterance_end: bool) -> Option<Final> {
+    let start_ms = words.first()?.start_ms;
+    let end_ms = words.last()?.end_ms;
+    Some(Final {
+        text: join_text(&words),
+        words,
+        start_ms,
+        end_ms,
+        utterance_end,
+    })
+}
+
+fn make_interim(words: Vec<Word>) -> Option<Interim> {
+    let start_ms = words.first()?.start_ms;
+    let end_ms = words.last()?.end_ms;
+    Some(Interim {
+        text: join_text(&words),
+        words,
+        start_ms,
+        end_ms,
+    })
+}
+
+/// Longest repeated n-gram checked by the loop guard (Whisper loops on short phrases).
+const MAX_LOOP_NGRAM: usize = 8;
+/// Speech holds ~3 words per second; more than this (plus slack) is a loop.
+const MAX_WORDS_PER_S: f64 = 6.0;
+
+/// Finds a repetition loop: an n-gram (2 ≤ n ≤ 8) repeated three times in a row, a single
+/// word four times (three is real speech: "no, no, no"), or more words than `audio_s` of
+/// speech can hold. Returns the words before the loop (the first occurrence kept) and
+/// whether one was found.
+fn cut_loop(words: Vec<Word>, audio_s: f64) -> (Vec<Word>, bool) {
+    let heard: Vec<String> = words.iter().map(|w| normalize(&w.text)).collect();
+    let mut cut = None;
+    'search: for start in 0..heard.len() {
+        for n in 1..=MAX_LOOP_NGRAM {
+            let repeats = if n == 1 { 4 } else { 3 };
+            if start + repeats * n > heard.len() {
+                break;
+            }
+            let gram = &heard[start..start + n];
+            if (1..repeats).all(|k| heard[start + k * n..start + (k + 1) * n] == *gram) {
+                cut = Some(start + n);
+                break 'search;
+            }
+        }
+    }
+    let max_words = (audio_s * MAX_WORDS_PER_S).ceil() as usize + 4;
+    let cut = match cut {
+        Some(at) => Some(at.min(max_words)),
+        None if words.len() > max_words => Some(max_words),
+        None => None,
+    };
+    match cut {
+        Some(at) => (words.into_iter().take(at).collect(), true),
+        None => (words, false),
+    }
+}
+
+/// The outcome of [`simulate`].
+#[derive(Debug, Clone, Default)]
+pub struct Simulation {
+    /// Every final, in the order the policy emitted them.
+    pub finals: Vec<Final>,
+    /// Decodes run.
+    pub decodes: usize,
+    /// For each committed word: simulated time of its commit minus its end in the
+    /// audio, in ms (Whisper's word end; it can run late or early by a few hundred ms).
+    pub commit_latency_ms: Vec<u64>,
+}
+
+/// Runs `config` over a whole recording as if it arrived live in `chunk_ms` chunks,
+/// decoding on `engine` whenever a decode is due.
+///
+/// With `paced`, the simulated clock advances by each decode's measured wall time and the
+/// audio that arrives meanwhile is pushed before the decode's result is handed back, as
+/// in the worker (so latencies include compute; numbers depend on the machine's load).
+/// Without, decodes take no time: deterministic given the engine's output.
+pub fn simulate(
+    engine: &Engine,
+    samples: &[f32],
+    config: PolicyConfig,
+    chunk_ms: u32,
+    paced: bool,
+) -> Result<Simulation, EngineError> {
+    let chunk = (u64::from(chunk_ms.max(1)) * SAMPLES_PER_MS) as usize;
+    let chunks: Vec<&[f32]> = samples.chunks(chunk).collect();
+    let arrival_ms = |index: usize| (index as u64 + 1) * u64::from(chunk_ms.max(1));
+    let mut policy = Policy::new(config, None);
+    let mut simulation = Simulation::default();
+    let mut clock_ms = 0u64;
+    let mut next_chunk = 0usize;
+    let mut flushed = false;
+    let deliver = |policy: &mut Policy, next_chunk: &mut usize, clock_ms: u64| {
+        while *next_chunk < chunks.len() && arrival_ms(*next_chunk) <= clock_ms {
+            policy.push_audio((*next_chunk * chunk) as u64, chunks[*next_chunk]);
+            *next_chunk += 1;
+        }
+    };
+    loop {
+        deliver(&mut policy, &mut next_chunk, clock_ms);
+        if let Some(request) = policy.next_decode() {
+            let options = TranscribeOptions {
+                audio_ctx: Some(request.audio_ctx),
+                no_temperature_fallback: true,
+                max_tokens: Some(request.max_tokens),
+                ..TranscribeOptions::default()
+            };
+            let started = Instant::now();
+            let transcript = engine.transcribe(request.samples, options, None)?;
+            simulation.decodes += 1;
+            if paced {
+                clock_ms += started.elapsed().as_millis() as u64;
+                deliver(&mut policy, &mut next_chunk, clock_ms);
+            }
+            let words = transcript
+                .segments
+                .into_iter()
+                .flat_map(|segment| segment.words)
+                .collect();
+            let output = policy.on_decoded(request.id, words);
+            for final_ in output.finals {
+                simulation.commit_latency_ms.extend(
+                    final_
+                        .words
+                        .iter()
+                        .map(|w| clock_ms.saturating_sub(w.end_ms)),
+                );
+                simulation.finals.push(final_);
+            }
+            continue;
+        }
+        if next_chunk < chunks.len() {
+            clock_ms = clock_ms.max(arrival_ms(next_chunk));
+        } else if !flushed {
+            policy.flush();
+            flushed = true;
+        } else {
+            // After the flush every due decode has run: the policy is idle.
+            break;
+        }
+    }
+    Ok(simulation)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn word(text: &str, start_ms: u64, end_ms: u64) -> Word {
+        Word {
+            text: text.to_string(),
+            start_ms,
+            end_ms,
+            probability: 0.9,
+        }
+    }
+
+    /// Hypothesis words given in absolute ms, made relative to the request.
+    fn heard(request: &DecodeRequest, words: &[(&str, u64, u64)]) -> Vec<Word> {
+        words
+            .iter()
+            .map(|&(text, start, end)| word(text, start - request.start_ms, end - request.start_ms))
+            .collect()
+    }
+
+    /// A loud tone: speech to the VAD.
+    fn speech(ms: u64) -> Vec<f32> {
+        (0..ms * SAMPLES_PER_MS)
+            .map(|i| 0.2 * (i as f32 * 0.05).sin())
+            .collect()
+    }
+
+    fn silence(ms: u64) -> Vec<f32> {
+        vec![0.0; (ms * SAMPLES_PER_MS) as usize]
+    }
+
+    fn texts(finals: &[Final]) -> Vec<&str> {
+        finals.iter().map(|f| f.text.as_str()).collect()
+    }
+
+    /// A policy that has heard `ms` of speech from 0 (no pre-roll to account for).
+    fn speaking(config: PolicyConfig, ms: u64) -> Policy {
+        let mut policy = Policy::new(config, None);
+        policy.push_audio(0, &speech(ms));
+        policy
+    }
+
+    fn push_speech(policy: &mut Policy, ms: u64) {
+        let at = policy.position;
+        policy.push_audio(at, &speech(ms));
+    }
+
+    fn step_500() -> PolicyConfig {
+        PolicyConfig {
+            step_ms: 500,
+            ..PolicyConfig::default()
+        }
+    }
+
+    #[test]
+    fn silence_is_never_decoded_and_only_the_preroll_is_kept() {
+        let mut policy = Policy::new(PolicyConfig::default(), None);
+        policy.push_audio(0, &silence(5_000));
+        assert!(policy.next_decode().is_none());
+        assert!(policy.is_idle());
+        assert_eq!(policy.buffer.len() as u64, 300 * SAMPLES_PER_MS);
+        assert_eq!(policy.checkpoint().committed_offset_ms, 4_700);
+        policy.flush();
+        assert!(policy.next_decode().is_none(), "flushing silence decodes nothing");
+
+        // Speech then starts with the pre-roll in front of it.
+        push_speech(&mut policy, 300);
+        let request = policy.next_decode().expect("one step of speech");
+        assert_eq!(request.start_ms, 4_700);
+        assert_eq!(request.samples.len(), MIN_DECODE_SAMPLES, "padded to 1 s");
+        assert_eq!(request.audio_ctx, 50 + 100);
+    }
+
+    #[test]
+    fn a_click_is_not_an_utterance() {
+        let mut policy = Policy::new(PolicyConfig::default(), None);
+        policy.push_audio(0, &speech(40));
+        policy.push_audio(640, &silence(1_000));
+        assert!(policy.next_decode().is_none());
+        assert!(policy.is_idle());
+    }
+
+    #[test]
+    fn agreement_commits_only_the_prefix_an_older_hypothesis_agrees_on() {
+        let mut policy = speaking(step_500(), 500);
+        let first = policy.next_decode().expect("first decode after one step");
+        let out = policy.on_decoded(first.id, heard(&first, &[("Hello", 100, 400)]));
+        assert!(out.finals.is_empty(), "nothing to agree with yet");
+        assert_eq!(out.interim.expect("interim").text, "Hello");
+
+        push_speech(&mut policy, 500);
+        let second = policy.next_decode().expect("due after one step");
+        let out = policy.on_decoded(
+            second.id,
+            heard(&second, &[("hello,", 100, 400), ("word", 450, 900)]),
+        );
+        // Agreement compares normalized text: "Hello" == "hello,".
+        assert_eq!(texts(&out.finals), ["hello,"]);
+        assert_eq!(out.interim.expect("interim").text, "word");
+
+        push_speech(&mut policy, 500);
+        let third = policy.next_decode().expect("due");
+        let out = policy.on_decoded(
+            third.id,
+            heard(
+                &third,
+                &[("Hello", 100, 400), ("world", 450, 900), ("how", 1_000, 1_300)],
+            ),
+        );
+        assert!(out.finals.is_empty(), "\"word\" != \"world\": nothing new agrees");
+        let interim = out.interim.expect("interim");
+        assert_eq!(interim.text, "world how");
+        assert_eq!((interim.start_ms, interim.end_ms), (450, 1_300));
+    }
+
+    #[test]
+    fn a_hypothesis_closer_than_the_gap_is_not_used_for_agreement() {
+        let config = PolicyConfig {
+            step_ms: 250,
+            agreement_gap_ms: 500,
+            ..PolicyConfig::default()
+        };
+        let mut policy = speaking(config, 1_000);
+        let a = policy.next_decode().expect("decode");
+        policy.on_decoded(a.id, heard(&a, &[("one", 100, 300)]));
+        push_speech(&mut policy, 250);
+        let b = policy.next_decode().expect("decode after 250 ms");
+        let out = policy.on_decoded(b.id, heard(&b, &[("one", 100, 300), ("two", 400, 600)]));
+        assert!(out.finals.is_empty(), "the only older hypothesis is 250 ms older");
+        push_speech(&mut policy, 250);
+        let c = policy.next_decode().expect("decode");
+        let out = policy.on_decoded(
+            c.id,
+            heard(&c, &[("one", 100, 300), ("two", 400, 600), ("three", 700, 900)]),
+        );
+        assert_eq!(
+            texts(&out.finals),
+            ["one"],
+            "agrees with the hypothesis 500 ms older, not with the one before"
+        );
+    }
+
+    #[test]
+    fn committed_words_are_recognised_by_text_even_when_heard_differently() {
+        let mut policy = speaking(step_500(), 1_000);
+        let a = policy.next_decode().expect("decode");
+        policy.on_decoded(a.id, heard(&a, &[("we", 100, 300), ("need", 350, 600)]));
+        push_speech(&mut policy, 500);
+        let b = policy.next_decode().expect("decode");
+        let out = policy.on_decoded(
+            b.id,
+            heard(&b, &[("we", 100, 300), ("need", 350, 600), ("two", 700, 900)]),
+        );
+        assert_eq!(texts(&out.finals), ["we need"]);
+        push_speech(&mut policy, 500);
+        let c = policy.next_decode().expect("decode");
+        // The committed words come back with shifted times and one of them heard
+        // differently; "two" agrees with the previous hypothesis. Time-based de-dup
+        // would drop "two" (it starts before the last committed end).
+        let out = policy.on_decoded(
+            c.id,
+            heard(
+                &c,
+                &[("We'll", 120, 280), ("need", 300, 650), ("two", 640, 900), ("more", 950, 1_200)],
+            ),
+        );
+        assert_eq!(texts(&out.finals), ["two"]);
+        assert_eq!(out.interim.expect("interim").text, "more");
+    }
+
+    #[test]
+    fn de_duplication_by_text_holds_after_the_buffer_is_trimmed() {
+        let config = PolicyConfig {
+            step_ms: 500,
+            trim_after_ms: 1_000,
+            ..PolicyConfig::default()
+        };
+        let mut policy = speaking(config, 1_000);
+        let a = policy.next_decode().expect("decode");
+        policy.on_decoded(a.id, heard(&a, &[("the", 100, 300), ("plan", 350, 700), ("is", 750, 950)]));
+        push_speech(&mut policy, 500);
+        let b = policy.next_decode().expect("decode");
+        let out = policy.on_decoded(
+            b.id,
+            heard(&b, &[("the", 100, 300), ("plan", 350, 700), ("is", 750, 950), ("ready", 1_000, 1_400)]),
+        );
+        assert_eq!(texts(&out.finals), ["the plan is"]);
+        // Trimmed at the earlier of "is" ending (950) and "ready" starting (1000).
+        assert_eq!(policy.checkpoint().committed_offset_ms, 950);
+        assert_eq!(policy.checkpoint().committed_text_tail, "");
+
+        push_speech(&mut policy, 500);
+        let c = policy.next_decode().expect("decode");
+        assert_eq!(c.start_ms, 950);
+        // The trimmed buffer still holds the end of "is", and Whisper hears it again.
+        let out = policy.on_decoded(c.id, heard(&c, &[("is", 950, 980), ("ready", 1_000, 1_400)]));
+        assert!(out.finals.is_empty(), "no older hypothesis of this buffer yet");
+        assert_eq!(out.interim.expect("interim").text, "ready");
+        push_speech(&mut policy, 500);
+        let d = policy.next_decode().expect("decode");
+        let out = policy.on_decoded(d.id, heard(&d, &[("ready", 1_000, 1_400), ("now", 1_500, 1_800)]));
+        assert_eq!(texts(&out.finals), ["ready"], "\"is\" is not committed twice");
+        policy.flush();
+        let e = policy.next_decode().expect("flush decode");
+        let out = policy.on_decoded(
+            e.id,
+            heard(&e, &[("is", 950, 990), ("ready", 1_000, 1_400), ("now", 1_500, 1_800)]),
+        );
+        assert_eq!(texts(&out.finals), ["now"]);
+    }
+
+    #[test]
+    fn silence_after_speech_finalizes_the_whole_utterance() {
+        let mut policy = speaking(step_500(), 800);
+        let a = policy.next_decode().expect("decode");
+        policy.on_decoded(a.id, heard(&a, &[("good", 50, 300)]));
+        policy.push_audio(12_800, &silence(280));
+        assert!(policy.next_decode().is_none(), "280 ms of silence is a pause");
+        policy.push_audio(12_800 + 280 * 16, &silence(40));
+        let b = policy.next_decode().expect("finalize after 300 ms of silence");
+        assert_eq!(b.start_ms, 0);
+        let out = policy.on_decoded(b.id, heard(&b, &[("good", 50, 300), ("morning.", 350, 750)]));
+        assert_eq!(texts(&out.finals), ["good morning."]);
+        assert!(out.finals[0].utterance_end);
+        assert!(out.interim.is_none());
+        assert!(policy.is_idle());
+        policy.push_audio(13_120 + 320 * 16, &silence(1_000));
+        assert!(policy.next_decode().is_none(), "silence is not decoded again");
+    }
+
+    #[test]
+    fn the_last_hypothesis_is_reused_when_it_already_covers_the_utterance() {
+        let mut policy = speaking(step_500(), 600);
+        policy.push_audio(9_600, &silence(240));
+        let a = policy.next_decode().expect("decode");
+        // While it runs, the silence grows to 300 ms and ends the utterance.
+        policy.push_audio(13_440, &silence(100));
+        let out = policy.on_decoded(a.id, heard(&a, &[("yes", 100, 500)]));
+        assert_eq!(texts(&out.finals), ["yes"]);
+        assert!(out.finals[0].utterance_end);
+        assert!(policy.is_idle(), "no extra finalizing decode");
+    }
+
+    #[test]
+    fn flush_commits_everything_and_the_stream_becomes_idle() {
+        let mut policy = speaking(step_500(), 700);
+        let a = policy.next_decode().expect("decode");
+        policy.on_decoded(a.id, heard(&a, &[("please", 50, 400)]));
+        push_speech(&mut policy, 10); // half a VAD block, kept by the flush
+        assert!(!policy.is_idle());
+        policy.flush();
+        let b = policy.next_decode().expect("flush decode");
+        assert_eq!(b.samples.len(), MIN_DECODE_SAMPLES);
+        let out = policy.on_decoded(b.id, heard(&b, &[("please", 50, 400), ("send", 420, 700)]));
+        assert_eq!(texts(&out.finals), ["please send"]);
+        assert!(policy.is_idle());
+        assert_eq!(policy.checkpoint().committed_offset_ms, 710);
+    }
+
+    #[test]
+    fn an_utterance_end_closes_already_committed_words() {
+        let mut policy = speaking(step_500(), 1_000);
+        let a = policy.next_decode().expect("decode");
+        policy.on_decoded(a.id, heard(&a, &[("okay", 100, 600)]));
+        push_speech(&mut policy, 500);
+        let b = policy.next_decode().expect("decode");
+        assert_eq!(texts(&policy.on_decoded(b.id, heard(&b, &[("okay", 100, 600)])).finals), ["okay"]);
+        policy.flush();
+        let c = policy.next_decode().expect("flush decode");
+        let out = policy.on_decoded(c.id, heard(&c, &[("Okay.", 100, 600)]));
+        assert_eq!(out.finals.len(), 1);
+        assert!(out.finals[0].words.is_empty() && out.finals[0].utterance_end);
+        assert_eq!(out.finals[0].start_ms, 1_500);
+    }
+
+    #[test]
+    fn a_long_buffer_without_pauses_is_force_committed_but_its_edge_is_not() {
+        let config = PolicyConfig {
+            max_buffer_ms: 3_000,
+            ..PolicyConfig::default()
+        };
+        let mut policy = speaking(config, 3_000);
+        let request = policy.next_decode().expect("decode");
+        let out = policy.on_decoded(
+            request.id,
+            heard(&request, &[("long", 100, 1_000), ("talk", 1_100, 1_900), ("with", 2_200, 2_900)]),
+        );
+        assert_eq!(texts(&out.finals), ["long talk"], "no agreement needed");
+        assert_eq!(out.interim.expect("interim").text, "with");
+        assert_eq!(policy.checkpoint().committed_offset_ms, 1_900, "trimmed at once");
+    }
+
+    #[test]
+    fn a_looping_hypothesis_is_discarded_or_cut_before_the_loop() {
+        let mut policy = speaking(step_500(), 1_000);
+        let a = policy.next_decode().expect("decode");
+        let looped: Vec<(&str, u64, u64)> = (0..6)
+            .map(|i| (if i % 2 == 0 { "good" } else { "morning" }, i * 100, i * 100 + 100))
+            .collect();
+        let out = policy.on_decoded(a.id, heard(&a, &looped));
+        assert!(out.finals.is_empty() && out.interim.is_none(), "discarded");
+        assert!(policy.history.is_empty(), "not kept for agreement");
+
+        policy.flush();
+        let b = policy.next_decode().expect("flush decode");
+        let out = policy.on_decoded(b.id, heard(&b, &looped));
+        assert_eq!(texts(&out.finals), ["good morning"], "committed up to the loop");
+    }
+
+    #[test]
+    fn too_many_words_for_the_audio_is_a_loop_but_three_repeats_of_a_word_are_speech() {
+        let no = |i: u64| word("no", i * 100, i * 100 + 90);
+        let (words, looped) = cut_loop((0..3).map(no).collect(), 1.0);
+        assert!(!looped && words.len() == 3, "\"no, no, no\"");
+        let (words, looped) = cut_loop((0..4).map(no).collect(), 1.0);
+        assert!(looped && words.len() == 1);
+        let many: Vec<Word> = (0..20).map(|i| word(&format!("w{i}"), i * 50, i * 50 + 40)).collect();
+        let (words, looped) = cut_loop(many, 1.0);
+        assert!(looped && words.len() == 10, "1 s holds at most 6 + 4 words");
+    }
+
+    #[test]
+    fn a_resumed_policy_skips_replayed_audio_and_committed_words() {
+        let mut policy = speaking(step_500(), 1_000);
+        let a = policy.next_decode().expect("decode");
+        policy.on_decoded(a.id, heard(&a, &[("budget", 100, 500), ("report", 550, 900)]));
+        push_speech(&mut policy, 500);
+        let b = policy.next_decode().expect("decode");
+        let out = policy.on_decoded(
+            b.id,
+            heard(&b, &[("budget", 100, 500), ("report", 550, 900), ("by", 1_000, 1_200)]),
+        );
+        assert_eq!(texts(&out.finals), ["budget report"]);
+        let checkpoint = policy.checkpoint();
+        assert_eq!(
+            checkpoint,
+            Checkpoint {
+                committed_offset_ms: 0,
+                committed_text_tail: "budget report".into()
+            }
+        );
+        let json = serde_json::to_string(&checkpoint).expect("serialize");
+        let restored: Checkpoint = serde_json::from_str(&json).expect("deserialize");
+
+        // A successor gets the session's audio again from the start, then more.
+        let mut successor = Policy::new(step_500(), Some(restored));
+        successor.push_audio(0, &speech(1_500));
+        successor.flush();
+        let request = successor.next_decode().expect("decode");
+        assert_eq!(request.start_ms, checkpoint.committed_offset_ms);
+        let out = successor.on_decoded(
+            request.id,
+            heard(
+                &request,
+                &[("Budget", 100, 500), ("report", 550, 900), ("by", 1_000, 1_200), ("Thursday.", 1_250, 1_450)],
+            ),
+        );
+        assert_eq!(texts(&out.finals), ["by Thursday."]);
+    }
+
+    #[test]
+    fn a_checkpoint_after_a_finalized_utterance_starts_after_it() {
+        let mut policy = speaking(step_500(), 800);
+        policy.flush();
+        let a = policy.next_decode().expect("decode");
+        policy.on_decoded(a.id, heard(&a, &[("done", 100, 700)]));
+        policy.push_audio(12_800, &silence(100));
+        let checkpoint = policy.checkpoint();
+        assert_eq!(checkpoint.committed_text_tail, "");
+        let mut successor = Policy::new(step_500(), Some(checkpoint));
+        successor.push_audio(0, &speech(800));
+        successor.flush();
+        assert!(successor.next_decode().is_none(), "the replayed utterance is not decoded");
+    }
+
+    #[test]
+    fn overlapping_chunks_and_stale_replies_are_ignored() {
+        let mut policy = Policy::new(step_500(), None);
+        policy.push_audio(0, &speech(600));
+        policy.push_audio(0, &speech(600)); // the same frames again
+        policy.push_audio(4_800, &speech(600)); // half new
+        assert_eq!(policy.position, 900 * SAMPLES_PER_MS);
+        let request = policy.next_decode().expect("decode");
+        assert_eq!(request.start_ms, 0);
+        assert!(policy.next_decode().is_none(), "one decode in flight at a time");
+        let stale = policy.on_decoded(request.id + 7, vec![word("x", 0, 100)]);
+        assert_eq!(stale, PolicyOutput::default());
+        assert!(!policy.is_idle(), "the real decode is still in flight");
+        policy.on_decoded(request.id, vec![word("real", 0, 500)]);
+        assert!(policy.in_flight.is_none());
+    }
+
+    #[test]
+    fn a_gap_in_the_audio_is_silence_and_ends_the_utterance() {
+        let mut policy = speaking(step_500(), 600);
+        policy.push_audio(16_000 * 60, &speech(100));
+        let request = policy.next_decode().expect("finalizing decode of the first utterance");
+        assert_eq!(request.start_ms, 0);
+        assert!(request.samples.len() < 2 * MIN_DECODE_SAMPLES, "not a minute of zeros");
+    }
+
+    #[test]
+    fn a_failing_finalize_is_retried_then_given_up() {
+        let mut policy = speaking(step_500(), 600);
+        policy.flush();
+        let a = policy.next_decode().expect("decode");
+        assert_eq!(policy.on_decode_failed(a.id), PolicyOutput::default());
+        let b = policy.next_decode().expect("retried");
+        assert_eq!(b.samples, a.samples);
+        policy.on_decode_failed(b.id);
+        assert!(policy.is_idle(), "closed after {MAX_FINALIZE_FAILURES} failures");
+    }
+
+    #[test]
+    fn alignment_prefers_the_split_after_the_last_committed_word() {
+        let strings = |s: &str| s.split(' ').map(str::to_string).collect::<Vec<_>>();
+        assert_eq!(prefix_distances(&strings("a b"), &strings("a b c")), [2, 1, 0, 1]);
+        let mut policy = Policy::new(PolicyConfig::default(), None);
+        policy.committed = vec![word("good", 0, 100), word("morning", 100, 200), word("everyone", 200, 300)];
+        let hypothesis = vec![word("good", 0, 100), word("morning", 100, 250), word("let", 300, 400), word("us", 400, 500)];
+        let rest = policy.uncommitted(&hypothesis);
+        assert_eq!(join_text(&rest), "let us", "a missing committed word costs no new word");
+    }
+}

@@ -1,0 +1,780 @@
+//! `StreamTranscribe`: one live stream from config to close.
+//!
+//! The loop multiplexes the client's messages, JetStream's publish acks (each turned
+//! into an `AudioAck` only once the frame is stored), the session's finals (an ordered
+//! consumer of its `TRANSCRIPTS` subject) and interims (core NATS). A client that
+//! vanishes ends only this loop: the session lives on in NATS for the resume window.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
+use async_nats::jetstream::message::PublishMessage as Publish;
+use bytes::Bytes;
+use futures::stream::FuturesOrdered;
+use futures::{FutureExt as _, StreamExt as _};
+use kiroku_core::nats::Layout;
+use kiroku_proto::events::v1 as events;
+use kiroku_proto::transcribe::v1::{
+    self as api, StreamTranscribeRequest, StreamTranscribeResponse, stream_transcribe_request,
+    stream_transcribe_response,
+};
+use prost::Message as _;
+use tokio::sync::mpsc;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{Instrument as _, debug, info, warn};
+
+use crate::resample::{OUTPUT_RATE_HZ, SUPPORTED_RATES_HZ, StreamResampler};
+use crate::{DEFAULT_TENANT, Limits, ResponseStream, Shared};
+
+type Out = mpsc::Sender<Result<StreamTranscribeResponse, Status>>;
+
+/// Validated audio format of a stream.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct AudioSpec {
+    pub rate_hz: u32,
+    pub channels: u32,
+}
+
+impl AudioSpec {
+    fn bytes_per_ms(&self) -> f64 {
+        f64::from(self.rate_hz) * f64::from(self.channels) * 2.0 / 1000.0
+    }
+}
+
+pub(crate) fn validate_format(format: Option<&api::AudioFormat>) -> Result<AudioSpec, Status> {
+    let format = format.ok_or_else(|| {
+        Status::invalid_argument("config.audio_format is required (LINEAR16, rate, channels)")
+    })?;
+    if format.encoding != api::AudioEncoding::Linear16 as i32 {
+        return Err(Status::invalid_argument(
+            "config.audio_format.encoding must be LINEAR16 (signed 16-bit little-endian PCM)",
+        ));
+    }
+    if !SUPPORTED_RATES_HZ.contains(&format.sample_rate_hz) {
+        return Err(Status::invalid_argument(format!(
+            "sample rate {} Hz is not supported; use one of {SUPPORTED_RATES_HZ:?}",
+            format.sample_rate_hz
+        )));
+    }
+    if !(1..=2).contains(&format.channels) {
+        return Err(Status::invalid_argument(format!(
+            "{} channels are not supported; send mono or stereo",
+            format.channels
+        )));
+    }
+    Ok(AudioSpec {
+        rate_hz: format.sample_rate_hz,
+        channels: format.channels,
+    })
+}
+
+pub(crate) fn validate_options(
+    options: Option<&api::RecognitionOptions>,
+    limits: &Limits,
+) -> Result<(), Status> {
+    let Some(options) = options else {
+        return Ok(());
+    };
+    let prompt_chars: usize = options.prompt.chars().count()
+        + options
+            .vocabulary
+            .iter()
+            .map(|v| v.chars().count())
+            .sum::<usize>();
+    if prompt_chars > limits.max_prompt_chars {
+        return Err(Status::invalid_argument(format!(
+            "vocabulary and prompt are {prompt_chars} characters; at most {} are allowed",
+            limits.max_prompt_chars
+        )));
+    }
+    let language = options.language.as_str();
+    let well_formed = language.len() <= 3 && language.bytes().all(|b| b.is_ascii_lowercase());
+    if !well_formed {
+        return Err(Status::invalid_argument(format!(
+            "language {language:?} is not an ISO 639-1 code such as \"en\" or \"ja\""
+        )));
+    }
+    if options.beam_size > 16 {
+        return Err(Status::invalid_argument(format!(
+            "beam size {} is above the maximum 16",
+            options.beam_size
+        )));
+    }
+    Ok(())
+}
+
+/// Reads the config, opens or resumes the session, and spawns the stream's loop.
+pub(crate) async fn start(
+    shared: Arc<Shared>,
+    request: Request<Streaming<StreamTranscribeRequest>>,
+) -> Result<Response<ResponseStream>, Status> {
+    let parent = kiroku_core::trace::extract_grpc(request.metadata());
+    let mut inbound = request.into_inner();
+    let limits = shared.config.limits.clone();
+    let first = match tokio::time::timeout(limits.idle_timeout, inbound.message()).await {
+        Err(_) => {
+            return Err(Status::deadline_exceeded(format!(
+                "no config message within {} s",
+                limits.idle_timeout.as_secs()
+            )));
+        }
+        Ok(Err(status)) => return Err(status),
+        Ok(Ok(None)) => {
+            return Err(Status::invalid_argument(
+                "the stream ended before its config message",
+            ));
+        }
+        Ok(Ok(Some(message))) => message,
+    };
+    let config = match first.request {
+        Some(stream_transcribe_request::Request::Config(config)) => config,
+        Some(_) => {
+            return Err(Status::invalid_argument(
+                "the first message must be `config`; audio and control come after it",
+            ));
+        }
+        None => return Err(Status::invalid_argument("empty message: expected `config`")),
+    };
+    let spec = validate_format(config.audio_format.as_ref())?;
+    validate_options(config.options.as_ref(), &limits)?;
+    if config.meeting_id.len() > 128 {
+        return Err(Status::invalid_argument(
+            "meeting_id is longer than 128 bytes",
+        ));
+    }
+
+    let span = tracing::info_span!(
+        "gateway.stream",
+        session = tracing::field::Empty,
+        tenant = DEFAULT_TENANT,
+        resumed = !config.resume_token.is_empty(),
+        otel.name = "gateway stream",
+    );
+    kiroku_core::trace::set_parent(&span, parent);
+    let session = async {
+        if config.resume_token.is_empty() {
+            Session::create(&shared, &config, spec, &span).await
+        } else {
+            Session::resume(&shared, &config, spec).await
+        }
+    }
+    .instrument(span.clone())
+    .await?;
+    span.record("session", session.id.as_str());
+
+    let (tx, rx) = mpsc::channel(256);
+    let info = StreamTranscribeResponse {
+        response: Some(stream_transcribe_response::Response::Session(
+            api::SessionInfo {
+                session_id: session.id.clone(),
+                resume_token: shared
+                    .config
+                    .resume_keys
+                    .issue(&session.tenant, &session.id),
+                resume_window: prost_types::Duration::try_from(shared.config.resume_window).ok(),
+                language: config
+                    .options
+                    .as_ref()
+                    .map(|o| o.language.clone())
+                    .unwrap_or_default(),
+                model: config
+                    .options
+                    .as_ref()
+                    .map(|o| o.model.clone())
+                    .unwrap_or_default(),
+                resumed: session.resumed,
+                started_at: Some(prost_types::Timestamp::from(std::time::SystemTime::now())),
+            },
+        )),
+    };
+    tx.send(Ok(info))
+        .await
+        .map_err(|_| Status::cancelled("client went away"))?;
+    kiroku_core::metrics::metrics().active_streams.inc();
+    tokio::spawn(
+        async move {
+            let outcome = session.run(&shared, inbound, &tx).await;
+            kiroku_core::metrics::metrics().active_streams.dec();
+            if let Err(status) = outcome {
+                kiroku_core::metrics::metrics().error(status.code());
+                info!(code = ?status.code(), message = status.message(), "stream ended with an error");
+                let _ = tx.send(Err(status)).await;
+            }
+        }
+        .instrument(span),
+    );
+    Ok(Response::new(Box::pin(
+        tokio_stream::wrappers::ReceiverStream::new(rx),
+    )))
+}
+
+/// One stream's state in this gateway.
+struct Session {
+    tenant: String,
+    id: String,
+    resumed: bool,
+    interim_results: bool,
+    spec: AudioSpec,
+    resampler: StreamResampler,
+    /// Last client frame seq published (or found in `AUDIO` on resume).
+    last_seq: u64,
+    /// 16 kHz samples published so far: the next frame's offset.
+    next_offset: u64,
+    /// End of stream already published.
+    ended: bool,
+    /// Finals up to this seq were delivered (or the client said it has them).
+    delivered_seq: u64,
+    /// When each published frame arrived, to measure final latency.
+    arrivals: VecDeque<(u64, Instant)>,
+    latencies_ms: Vec<u32>,
+    finals: u32,
+    started: Instant,
+    first_interim_seen: bool,
+}
+
+impl Session {
+    async fn create(
+        shared: &Shared,
+        config: &api::StreamConfig,
+        spec: AudioSpec,
+        span: &tracing::Span,
+    ) -> Result<Self, Status> {
+        let tenant = DEFAULT_TENANT.to_string();
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let job = events::SessionJob {
+            tenant_id: tenant.clone(),
+            session_id: id.clone(),
+            meeting_id: config.meeting_id.clone(),
+            options: config.options.clone(),
+            interim_results: config.interim_results,
+            created_at: Some(prost_types::Timestamp::from(std::time::SystemTime::now())),
+            traceparent: kiroku_core::trace::traceparent(span),
+            batch: false,
+        };
+        publish_job(shared, &job).await?;
+        info!(session = %id, "session opened");
+        Ok(Self::new(tenant, id, false, config, spec, 0, 0, false))
+    }
+
+    async fn resume(
+        shared: &Shared,
+        config: &api::StreamConfig,
+        spec: AudioSpec,
+    ) -> Result<Self, Status> {
+        let claim = shared
+            .config
+            .resume_keys
+            .verify(&config.resume_token)
+            .ok_or_else(|| {
+                Status::invalid_argument("resume_token is not valid for this cluster")
+            })?;
+        if claim.tenant != DEFAULT_TENANT {
+            return Err(Status::permission_denied(
+                "the resume token belongs to another tenant",
+            ));
+        }
+        let subject = shared
+            .config
+            .layout
+            .audio_subject(&claim.tenant, &claim.session);
+        let last = shared
+            .audio
+            .get_last_raw_message_by_subject(&subject)
+            .await
+            .map_err(|_| {
+                Status::not_found(format!(
+                    "session {} is unknown or its audio has expired",
+                    claim.session
+                ))
+            })?;
+        let frame = events::AudioFrame::decode(last.payload.as_ref())
+            .map_err(|e| Status::internal(format!("stored frame does not decode: {e}")))?;
+        let next_offset = frame.offset_samples + frame.pcm_s16le.len() as u64 / 2;
+        info!(session = %claim.session, last_seq = frame.seq, "session resumed");
+        let mut session = Self::new(
+            claim.tenant,
+            claim.session,
+            true,
+            config,
+            spec,
+            frame.seq,
+            next_offset,
+            frame.end_of_stream,
+        );
+        session.delivered_seq = config.resume_after_result_seq;
+        Ok(session)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        tenant: String,
+        id: String,
+        resumed: bool,
+        config: &api::StreamConfig,
+        spec: AudioSpec,
+        last_seq: u64,
+        next_offset: u64,
+        ended: bool,
+    ) -> Self {
+        // validate_format checked rate and channels, which is all `new` can refuse.
+        let resampler = StreamResampler::new(spec.rate_hz, spec.channels)
+            .unwrap_or_else(|e| unreachable!("validated format refused: {e}"));
+        Self {
+            tenant,
+            id,
+            resumed,
+            interim_results: config.interim_results,
+            spec,
+            resampler,
+            last_seq,
+            next_offset,
+            ended,
+            delivered_seq: 0,
+            arrivals: VecDeque::new(),
+            latencies_ms: Vec::new(),
+            finals: 0,
+            started: Instant::now(),
+            first_interim_seen: false,
+        }
+    }
+
+    async fn run(
+        mut self,
+        shared: &Shared,
+        mut inbound: Streaming<StreamTranscribeRequest>,
+        tx: &Out,
+    ) -> Result<(), Status> {
+        let layout = &shared.config.layout;
+        let limits = &shared.config.limits;
+        let consumer_name = format!("gw_{}_{}", self.id, uuid::Uuid::new_v4().simple());
+        let finals_consumer = shared
+            .transcripts
+            .create_consumer(OrderedConfig {
+                name: Some(consumer_name.clone()),
+                filter_subject: layout.transcript_subject(&self.tenant, &self.id),
+                deliver_policy: DeliverPolicy::All,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| {
+                Status::unavailable(format!("cannot follow the session's results: {e}"))
+            })?;
+        let mut finals = finals_consumer.messages().await.map_err(|e| {
+            Status::unavailable(format!("cannot follow the session's results: {e}"))
+        })?;
+        let mut interims = shared
+            .nats
+            .subscribe(layout.interim_subject(&self.tenant, &self.id))
+            .await
+            .map_err(|e| Status::unavailable(format!("cannot follow interim results: {e}")))?;
+        let presence_subject = layout.presence_subject(&self.tenant, &self.id);
+        let mut presence = tokio::time::interval(Duration::from_secs(5));
+        let mut acks = FuturesOrdered::new();
+        let idle = tokio::time::sleep(limits.idle_timeout);
+        tokio::pin!(idle);
+        let mut client_open = true;
+
+        let result = loop {
+            tokio::select! {
+                message = inbound.message(), if client_open => match message {
+                    Ok(Some(request)) => {
+                        idle.as_mut().reset(tokio::time::Instant::now() + limits.idle_timeout);
+                        match self.handle(shared, request, tx, &mut acks).await {
+                            Ok(()) => {}
+                            Err(status) => break Err(status),
+                        }
+                    }
+                    Ok(None) => {
+                        // Half-close without EndOfStream: the client is done sending.
+                        client_open = false;
+                        if !self.ended && let Err(status) = self.end_of_stream(shared, &mut acks).await {
+                            break Err(status);
+                        }
+                    }
+                    Err(status) => {
+                        debug!(message = status.message(), "client went away; the session waits for a resume");
+                        break Ok(());
+                    }
+                },
+                Some((seq, offset, outcome)) = acks.next() => match outcome {
+                    Ok(()) => {
+                        let ack = api::AudioAck { acked_seq: seq, acked_offset_ms: offset * 1000 / u64::from(OUTPUT_RATE_HZ) };
+                        if send(tx, stream_transcribe_response::Response::AudioAck(ack)).await.is_err() {
+                            break Ok(());
+                        }
+                    }
+                    Err(error) => break Err(Status::unavailable(format!(
+                        "the audio queue did not store frame {seq} ({error}); resume with the token and re-send unacknowledged frames"
+                    ))),
+                },
+                message = finals.next() => {
+                    let message = match message {
+                        Some(Ok(message)) => message,
+                        Some(Err(error)) => { warn!(%error, "results consumer error"); continue; }
+                        None => break Err(Status::unavailable(
+                            "the results stream was interrupted; resume with the token",
+                        )),
+                    };
+                    match self.relay_final(&message.payload, tx).await {
+                        Ok(true) => break Ok(()),
+                        Ok(false) => {}
+                        Err(status) => break Err(status),
+                    }
+                }
+                Some(message) = interims.next() => {
+                    if self.relay_interim(&message.payload, tx).await.is_err() {
+                        break Ok(());
+                    }
+                }
+                () = &mut idle, if client_open => {
+                    break Err(Status::deadline_exceeded(format!(
+                        "no message for {} s: send keep_alive while muted",
+                        limits.idle_timeout.as_secs()
+                    )));
+                }
+                _ = presence.tick() => {
+                    // Tells the worker the client is still here (muted streams too).
+                    let _ = shared.nats.publish(presence_subject.clone(), Bytes::new()).await;
+                }
+            }
+        };
+        drop(finals);
+        // The ordered consumer would expire on its own after 30 s of inactivity;
+        // deleting it now keeps the server's consumer count exact.
+        let _ = shared.transcripts.delete_consumer(&consumer_name).await;
+        result
+    }
+
+    async fn handle(
+        &mut self,
+        shared: &Shared,
+        request: StreamTranscribeRequest,
+        tx: &Out,
+        acks: &mut FuturesOrdered<AckFuture>,
+    ) -> Result<(), Status> {
+        use stream_transcribe_request::Request as R;
+        match request.request {
+            None => Err(Status::invalid_argument("empty message")),
+            Some(R::Config(_)) => Err(Status::invalid_argument(
+                "config may only be sent once, as the first message",
+            )),
+            Some(R::Audio(frame)) => self.audio(shared, frame, acks).await,
+            Some(R::Control(control)) => {
+                use api::control::Action;
+                match control.action {
+                    Some(Action::EndOfStream(_)) => {
+                        if self.ended {
+                            return Ok(());
+                        }
+                        self.end_of_stream(shared, acks).await
+                    }
+                    Some(Action::FlushUtterance(_)) => {
+                        let frame = self.frame(Vec::new(), false, true);
+                        let id = format!("{}:flush{}", self.id, self.last_seq);
+                        acks.push_back(
+                            publish_frame(shared, frame, id, self.last_seq, self.next_offset)
+                                .await?,
+                        );
+                        Ok(())
+                    }
+                    Some(Action::KeepAlive(_)) => {
+                        let subject = shared
+                            .config
+                            .layout
+                            .presence_subject(&self.tenant, &self.id);
+                        let _ = shared.nats.publish(subject, Bytes::new()).await;
+                        Ok(())
+                    }
+                    Some(Action::Bookmark(bookmark)) => {
+                        // Bookmarks are acknowledged with their resolved offset; storing
+                        // them as labels is the storage service's job (not built yet).
+                        let offset_ms = if bookmark.offset_ms == 0 {
+                            self.next_offset * 1000 / u64::from(OUTPUT_RATE_HZ)
+                        } else {
+                            bookmark.offset_ms
+                        };
+                        let ack = api::BookmarkAck {
+                            bookmark_id: uuid::Uuid::new_v4().simple().to_string(),
+                            offset_ms,
+                        };
+                        send(tx, stream_transcribe_response::Response::BookmarkAck(ack))
+                            .await
+                            .map_err(|_| Status::cancelled("client went away"))
+                    }
+                    None => Err(Status::invalid_argument("empty control message")),
+                }
+            }
+        }
+    }
+
+    async fn audio(
+        &mut self,
+        shared: &Shared,
+        frame: api::AudioFrame,
+        acks: &mut FuturesOrdered<AckFuture>,
+    ) -> Result<(), Status> {
+        let limits = &shared.config.limits;
+        if self.ended {
+            return Err(Status::failed_precondition(
+                "audio after end_of_stream: open a new stream",
+            ));
+        }
+        if frame.seq <= self.last_seq {
+            // A re-send after a reconnect: already stored, dropped here.
+            return Ok(());
+        }
+        if frame.seq != self.last_seq + 1 {
+            return Err(Status::invalid_argument(format!(
+                "frame seq {} follows {}: seqs must increase by one",
+                frame.seq, self.last_seq
+            )));
+        }
+        let bytes = frame.data.len();
+        let sample_frame = 2 * self.spec.channels as usize;
+        if bytes == 0 || !bytes.is_multiple_of(sample_frame) {
+            return Err(Status::invalid_argument(format!(
+                "frame {} has {bytes} bytes: not whole 16-bit samples for {} channel(s)",
+                frame.seq, self.spec.channels
+            )));
+        }
+        let max_bytes = (limits.max_frame.as_millis() as f64 * self.spec.bytes_per_ms()) as usize;
+        if bytes > limits.max_frame_bytes || bytes > max_bytes {
+            return Err(Status::invalid_argument(format!(
+                "frame {} holds {:.0} ms of audio ({bytes} bytes); at most {} ms and {} bytes per frame",
+                frame.seq,
+                bytes as f64 / self.spec.bytes_per_ms(),
+                limits.max_frame.as_millis(),
+                limits.max_frame_bytes
+            )));
+        }
+        let max_samples = limits.max_stream_audio.as_secs() * u64::from(OUTPUT_RATE_HZ);
+        if self.next_offset > max_samples {
+            return Err(Status::out_of_range(format!(
+                "the stream passed its limit of {} h of audio",
+                limits.max_stream_audio.as_secs() / 3600
+            )));
+        }
+        let pcm = self.resampler.push(&frame.data);
+        self.last_seq = frame.seq;
+        let event = self.frame(pcm, false, false);
+        self.next_offset += event.pcm_s16le.len() as u64 / 2;
+        self.arrivals.push_back((self.next_offset, Instant::now()));
+        kiroku_core::metrics::metrics()
+            .audio_seconds
+            .inc_by((event.pcm_s16le.len() / 2) as f64 / f64::from(OUTPUT_RATE_HZ));
+        let id = Layout::frame_msg_id(&self.id, frame.seq);
+        acks.push_back(publish_frame(shared, event, id, frame.seq, self.next_offset).await?);
+        Ok(())
+    }
+
+    async fn end_of_stream(
+        &mut self,
+        shared: &Shared,
+        acks: &mut FuturesOrdered<AckFuture>,
+    ) -> Result<(), Status> {
+        let tail = self.resampler.finish();
+        let event = self.frame(tail, true, false);
+        self.next_offset += event.pcm_s16le.len() as u64 / 2;
+        self.ended = true;
+        let id = format!("{}:eos", self.id);
+        acks.push_back(publish_frame(shared, event, id, self.last_seq, self.next_offset).await?);
+        Ok(())
+    }
+
+    fn frame(&self, pcm: Vec<i16>, end_of_stream: bool, flush: bool) -> events::AudioFrame {
+        let mut bytes = Vec::with_capacity(pcm.len() * 2);
+        for sample in pcm {
+            bytes.extend_from_slice(&sample.to_le_bytes());
+        }
+        events::AudioFrame {
+            tenant_id: self.tenant.clone(),
+            session_id: self.id.clone(),
+            seq: self.last_seq,
+            offset_ms: self.next_offset * 1000 / u64::from(OUTPUT_RATE_HZ),
+            pcm_s16le: bytes,
+            end_of_stream,
+            flush_utterance: flush,
+            offset_samples: self.next_offset,
+        }
+    }
+
+    /// Returns true when the session closed.
+    async fn relay_final(&mut self, payload: &[u8], tx: &Out) -> Result<bool, Status> {
+        let message = events::TranscriptResult::decode(payload)
+            .map_err(|e| Status::internal(format!("a stored result does not decode: {e}")))?;
+        if message.session_closed {
+            if let Some(error) = message.close_reason.strip_prefix("invalid: ") {
+                return Err(Status::invalid_argument(error.to_string()));
+            }
+            if let Some(error) = message.close_reason.strip_prefix("error: ") {
+                return Err(Status::internal(format!("the worker failed: {error}")));
+            }
+            let stats = self.stats();
+            let _ = send(tx, stream_transcribe_response::Response::Stats(stats)).await;
+            info!(
+                reason = message.close_reason,
+                finals = self.finals,
+                "session closed"
+            );
+            return Ok(true);
+        }
+        let Some(result) = message.result else {
+            return Ok(false);
+        };
+        if result.result_seq <= self.delivered_seq {
+            return Ok(false); // delivered before a resume, or a duplicate
+        }
+        self.delivered_seq = result.result_seq;
+        self.finals += 1;
+        self.observe_latency(result.segment.as_ref());
+        kiroku_core::metrics::metrics().finals.inc();
+        send(tx, stream_transcribe_response::Response::Result(result))
+            .await
+            .map_err(|_| Status::cancelled("client went away"))?;
+        Ok(false)
+    }
+
+    async fn relay_interim(&mut self, payload: &[u8], tx: &Out) -> Result<(), ()> {
+        let Ok(message) = events::TranscriptResult::decode(payload) else {
+            return Ok(()); // interims are best effort
+        };
+        let Some(result) = message.result else {
+            return Ok(());
+        };
+        // An interim precedes final `result_seq`: stale once that final was sent.
+        if !self.interim_results || result.result_seq <= self.delivered_seq {
+            return Ok(());
+        }
+        if !self.first_interim_seen {
+            self.first_interim_seen = true;
+            kiroku_core::metrics::metrics()
+                .first_interim_latency
+                .observe(self.started.elapsed().as_secs_f64());
+        }
+        send(tx, stream_transcribe_response::Response::Result(result)).await
+    }
+
+    /// Final latency per word: time the final arrived here − time the audio holding the
+    /// word's end arrived here. With real-time clients that is what the user waits.
+    fn observe_latency(&mut self, segment: Option<&api::Segment>) {
+        let Some(segment) = segment else { return };
+        let now = Instant::now();
+        for word in &segment.words {
+            let end = word.end_ms * u64::from(OUTPUT_RATE_HZ) / 1000;
+            if let Some((_, arrived)) = self.arrivals.iter().find(|(offset, _)| *offset >= end) {
+                let latency = now.duration_since(*arrived);
+                self.latencies_ms.push(latency.as_millis() as u32);
+                kiroku_core::metrics::metrics()
+                    .final_latency
+                    .observe(latency.as_secs_f64());
+            }
+        }
+        // Frames that end before this final's start will not be looked up again.
+        let start = segment.start_ms * u64::from(OUTPUT_RATE_HZ) / 1000;
+        while self.arrivals.len() > 1 && self.arrivals[1].0 <= start {
+            self.arrivals.pop_front();
+        }
+    }
+
+    fn stats(&self) -> api::StreamStats {
+        let mut sorted = self.latencies_ms.clone();
+        sorted.sort_unstable();
+        let pick = |q: f64| -> u32 {
+            if sorted.is_empty() {
+                0
+            } else {
+                sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+            }
+        };
+        api::StreamStats {
+            audio_received_ms: self.next_offset * 1000 / u64::from(OUTPUT_RATE_HZ),
+            audio_decoded_ms: self.next_offset * 1000 / u64::from(OUTPUT_RATE_HZ),
+            finals: self.finals,
+            final_latency_p50_ms: pick(0.5),
+            final_latency_p95_ms: pick(0.95),
+            // The decode speed is the worker's: see kiroku_real_time_factor on /metrics.
+            real_time_factor: 0.0,
+        }
+    }
+}
+
+async fn send(tx: &Out, response: stream_transcribe_response::Response) -> Result<(), ()> {
+    tx.send(Ok(StreamTranscribeResponse {
+        response: Some(response),
+    }))
+    .await
+    .map_err(|_| ())
+}
+
+pub(crate) async fn publish_job(shared: &Shared, job: &events::SessionJob) -> Result<(), Status> {
+    let subject = shared.config.layout.session_subject(&job.tenant_id);
+    let publish = Publish::build()
+        .payload(Bytes::from(job.encode_to_vec()))
+        .message_id(&job.session_id);
+    let ack = shared
+        .js
+        .send_publish(subject, publish)
+        .await
+        .map_err(|e| Status::unavailable(format!("cannot queue the session: {e}")))?;
+    ack.await
+        .map_err(|e| Status::unavailable(format!("cannot queue the session: {e}")))?;
+    Ok(())
+}
+
+/// Resolves to (client seq, end offset in samples, stored or why not).
+pub(crate) type AckFuture = futures::future::BoxFuture<'static, (u64, u64, Result<(), String>)>;
+
+/// Publishes one frame and returns the future of its acknowledgement. A failed or
+/// missing ack is retried with the same message id (JetStream drops duplicates) for
+/// about 15 s, which rides out a NATS restart; after that the stream fails with
+/// UNAVAILABLE and the client resumes.
+pub(crate) async fn publish_frame(
+    shared: &Shared,
+    frame: events::AudioFrame,
+    msg_id: String,
+    seq: u64,
+    end_offset: u64,
+) -> Result<AckFuture, Status> {
+    let subject = shared
+        .config
+        .layout
+        .audio_subject(&frame.tenant_id, &frame.session_id);
+    let payload = Bytes::from(frame.encode_to_vec());
+    let mut headers = async_nats::HeaderMap::new();
+    kiroku_core::trace::inject_nats(&tracing::Span::current(), &mut headers);
+    let build = {
+        let payload = payload.clone();
+        let msg_id = msg_id.clone();
+        let headers = headers.clone();
+        move || {
+            Publish::build()
+                .payload(payload.clone())
+                .message_id(&msg_id)
+                .headers(headers.clone())
+        }
+    };
+    let first = shared.js.send_publish(subject.clone(), build()).await;
+    let js = shared.js.clone();
+    Ok(async move {
+        let mut attempt = match first {
+            Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        let mut delay = Duration::from_millis(200);
+        for _ in 0..8 {
+            if attempt.is_ok() {
+                break;
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(3));
+            attempt = match js.send_publish(subject.clone(), build()).await {
+                Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+        }
+        (seq, end_offset, attempt)
+    }
+    .boxed())
+}

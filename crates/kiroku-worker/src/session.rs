@@ -1,0 +1,757 @@
+//! One session job, from recovery to close.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
+use async_nats::jetstream::message::AckKind;
+use async_nats::jetstream::message::PublishMessage as Publish;
+use bytes::Bytes;
+use futures::StreamExt as _;
+use kiroku_core::nats::Layout;
+use kiroku_core::transcript::Word;
+use kiroku_engine::TranscribeOptions;
+use kiroku_engine::streaming::{Checkpoint, DecodeRequest, Policy};
+use kiroku_proto::events::v1 as events;
+use kiroku_proto::transcribe::v1 as api;
+use prost::Message as _;
+use tokio::sync::watch;
+use tracing::{Instrument as _, debug, info, info_span, warn};
+
+use crate::Ctx;
+
+const RATE: u64 = 16_000;
+
+/// How a session task ended.
+enum Outcome {
+    /// Closed (end of stream, abandoned, or failed with a reported error): ack the job.
+    Closed,
+    /// Handed back while draining: NAK so another worker continues at once.
+    HandedBack,
+    /// Could not run now (NATS trouble): let JetStream redeliver it later.
+    Retry(String),
+}
+
+/// Runs one job message to its end, acking progress meanwhile.
+pub(crate) async fn run(
+    ctx: Arc<Ctx>,
+    message: async_nats::jetstream::Message,
+    drain: watch::Receiver<bool>,
+) {
+    let job = match events::SessionJob::decode(message.payload.as_ref()) {
+        Ok(job) => job,
+        Err(error) => {
+            warn!(%error, "undecodable session job: terminated");
+            let _ = message.ack_with(AckKind::Term).await;
+            return;
+        }
+    };
+    let span = info_span!(
+        "worker.session",
+        session = %job.session_id,
+        tenant = %job.tenant_id,
+        batch = job.batch,
+        otel.name = "worker session",
+    );
+    kiroku_core::trace::set_parent(
+        &span,
+        kiroku_core::trace::context_from_traceparent(&job.traceparent),
+    );
+    let message = Arc::new(message);
+    let heartbeat = {
+        let message = message.clone();
+        let every = ctx.config.ack_wait / 3;
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                if let Err(error) = message.ack_with(AckKind::Progress).await {
+                    debug!(%error, "progress ack failed");
+                }
+            }
+        })
+    };
+    let delivered = message.info().map(|i| i.delivered).unwrap_or(1);
+    let outcome = async {
+        if delivered > 1 {
+            info!(delivered, "taking over a session (redelivered job)");
+        } else {
+            info!("session started");
+        }
+        let mut session = Session::new(ctx.clone(), job);
+        let outcome = session.run(drain).await;
+        kiroku_core::metrics::metrics().active_streams.dec();
+        outcome
+    }
+    .instrument(span.clone())
+    .await;
+    heartbeat.abort();
+    let _enter = span.enter();
+    match outcome {
+        Outcome::Closed => {
+            if let Err(error) = message.double_ack().await {
+                warn!(%error, "ack of a closed session failed (it will be redelivered and closed again)");
+            }
+        }
+        Outcome::HandedBack => {
+            let _ = message.ack_with(AckKind::Nak(None)).await;
+            info!("session handed back for another worker");
+        }
+        Outcome::Retry(why) => {
+            warn!(why, "session could not run; retry in 2 s");
+            let _ = message
+                .ack_with(AckKind::Nak(Some(Duration::from_secs(2))))
+                .await;
+        }
+    }
+}
+
+struct Session {
+    ctx: Arc<Ctx>,
+    job: events::SessionJob,
+    /// Next final's seq.
+    next_result_seq: u64,
+    /// Last client frame seq that carried audio (replays and duplicates are skipped).
+    last_audio_seq: u64,
+    /// (JetStream sequence, end sample) of frames not yet fully committed.
+    frames: VecDeque<(u64, u64)>,
+    /// Stream sequence of the next frame to come (when `frames` is empty).
+    next_stream_seq: u64,
+    language: String,
+    checkpoint: events::SessionCheckpoint,
+}
+
+impl Session {
+    fn new(ctx: Arc<Ctx>, job: events::SessionJob) -> Self {
+        kiroku_core::metrics::metrics().active_streams.inc();
+        let language = job
+            .options
+            .as_ref()
+            .map(|o| o.language.clone())
+            .filter(|l| !l.is_empty())
+            .unwrap_or_else(|| "en".to_string());
+        Self {
+            ctx,
+            job,
+            next_result_seq: 1,
+            last_audio_seq: 0,
+            frames: VecDeque::new(),
+            next_stream_seq: 0,
+            language,
+            checkpoint: events::SessionCheckpoint::default(),
+        }
+    }
+
+    fn layout(&self) -> &Layout {
+        &self.ctx.config.layout
+    }
+
+    /// The newest checkpoint: KV, or the one inside the last final if that is newer
+    /// (the worker died between publishing a final and writing KV). `None` when the
+    /// session already closed.
+    async fn recover(&mut self) -> Result<Option<()>, String> {
+        let key = &self.job.session_id;
+        let mut checkpoint = match self.ctx.checkpoints.get(key).await {
+            Ok(Some(bytes)) => {
+                events::SessionCheckpoint::decode(bytes.as_ref()).unwrap_or_default()
+            }
+            Ok(None) => events::SessionCheckpoint::default(),
+            Err(error) => return Err(format!("reading the checkpoint: {error}")),
+        };
+        let subject = self.layout().transcript_subject(&self.job.tenant_id, key);
+        match self
+            .ctx
+            .transcripts
+            .get_last_raw_message_by_subject(&subject)
+            .await
+        {
+            Ok(last) => {
+                let last = events::TranscriptResult::decode(last.payload.as_ref())
+                    .map_err(|e| format!("the last final does not decode: {e}"))?;
+                if last.session_closed {
+                    return Ok(None);
+                }
+                if let Some(carried) = last.checkpoint
+                    && carried.last_result_seq > checkpoint.last_result_seq
+                {
+                    checkpoint = carried;
+                }
+            }
+            Err(error)
+                if error.kind()
+                    == async_nats::jetstream::stream::LastRawMessageErrorKind::NoMessageFound => {}
+            Err(error) => return Err(format!("reading the last final: {error}")),
+        }
+        self.next_result_seq = checkpoint.last_result_seq + 1;
+        self.last_audio_seq = checkpoint.last_audio_seq;
+        if !checkpoint.language.is_empty() {
+            self.language = checkpoint.language.clone();
+        }
+        self.checkpoint = checkpoint;
+        Ok(Some(()))
+    }
+
+    async fn run(&mut self, mut drain: watch::Receiver<bool>) -> Outcome {
+        match self.recover().await {
+            Ok(Some(())) => {}
+            Ok(None) => return Outcome::Closed,
+            Err(why) => return Outcome::Retry(why),
+        }
+        let resumed =
+            self.checkpoint.last_result_seq > 0 || self.checkpoint.committed_offset_ms > 0;
+        if resumed {
+            info!(
+                committed_ms = self.checkpoint.committed_offset_ms,
+                last_result_seq = self.checkpoint.last_result_seq,
+                "resuming from checkpoint"
+            );
+        }
+        let deliver_policy = if self.checkpoint.audio_stream_seq > 0 {
+            DeliverPolicy::ByStartSequence {
+                start_sequence: self.checkpoint.audio_stream_seq,
+            }
+        } else {
+            DeliverPolicy::All
+        };
+        let audio_subject = self
+            .layout()
+            .audio_subject(&self.job.tenant_id, &self.job.session_id);
+        let consumer_name = format!(
+            "wk_{}_{}",
+            self.job.session_id,
+            uuid::Uuid::new_v4().simple()
+        );
+        let consumer = match self
+            .ctx
+            .audio
+            .create_consumer(OrderedConfig {
+                name: Some(consumer_name.clone()),
+                filter_subject: audio_subject,
+                deliver_policy,
+                ..Default::default()
+            })
+            .await
+        {
+            Ok(consumer) => consumer,
+            Err(error) => return Outcome::Retry(format!("following the audio: {error}")),
+        };
+        let mut audio = match consumer.messages().await {
+            Ok(audio) => audio,
+            Err(error) => return Outcome::Retry(format!("following the audio: {error}")),
+        };
+        let outcome = if self.job.batch {
+            self.run_batch(&mut audio, &mut drain).await
+        } else if self.ctx.engine.is_none() {
+            self.run_null(&mut audio, &mut drain).await
+        } else {
+            self.run_live(&mut audio, &mut drain, resumed).await
+        };
+        drop(audio);
+        let _ = self.ctx.audio.delete_consumer(&consumer_name).await;
+        outcome
+    }
+
+    /// Reads the next frame; `Err` on a consumer failure.
+    fn take_frame(
+        &mut self,
+        message: &async_nats::jetstream::Message,
+    ) -> Result<events::AudioFrame, String> {
+        let frame = events::AudioFrame::decode(message.payload.as_ref())
+            .map_err(|e| format!("undecodable audio frame: {e}"))?;
+        let stream_seq = message.info().map(|i| i.stream_sequence).unwrap_or(0);
+        let end = frame.offset_samples + frame.pcm_s16le.len() as u64 / 2;
+        self.frames.push_back((stream_seq, end));
+        self.next_stream_seq = stream_seq + 1;
+        Ok(frame)
+    }
+
+    async fn run_live(
+        &mut self,
+        audio: &mut async_nats::jetstream::consumer::pull::Ordered,
+        drain: &mut watch::Receiver<bool>,
+        resumed: bool,
+    ) -> Outcome {
+        let Some(engine) = self.ctx.engine.clone() else {
+            return Outcome::Retry("no engine".into());
+        };
+        let resume = resumed.then(|| Checkpoint {
+            committed_offset_ms: self.checkpoint.committed_offset_ms,
+            committed_text_tail: self.checkpoint.committed_text_tail.clone(),
+        });
+        let mut policy = Policy::new(self.ctx.config.policy.clone(), resume);
+        let options = self.decode_options();
+        let presence_subject = self
+            .layout()
+            .presence_subject(&self.job.tenant_id, &self.job.session_id);
+        let mut presence = match self.ctx.nats.subscribe(presence_subject).await {
+            Ok(subscriber) => subscriber,
+            Err(error) => return Outcome::Retry(format!("presence subscription: {error}")),
+        };
+        let window = self.ctx.config.resume_window;
+        let idle = tokio::time::sleep(window);
+        tokio::pin!(idle);
+        let mut in_flight: Option<tokio::task::JoinHandle<Decoded>> = None;
+        let mut closing: Option<&'static str> = None;
+        let mut last_checkpoint_write = Instant::now();
+
+        loop {
+            if in_flight.is_none()
+                && let Some(request) = policy.next_decode()
+            {
+                in_flight = Some(spawn_decode(engine.clone(), request, options.clone()));
+            }
+            if let Some(reason) = closing
+                && in_flight.is_none()
+                && policy.is_idle()
+            {
+                return self.close(reason).await;
+            }
+            tokio::select! {
+                message = audio.next(), if closing.is_none() => {
+                    let message = match message {
+                        Some(Ok(message)) => message,
+                        Some(Err(error)) => { warn!(%error, "audio consumer error"); continue; }
+                        None => return Outcome::Retry("audio stream ended".into()),
+                    };
+                    let frame = match self.take_frame(&message) {
+                        Ok(frame) => frame,
+                        Err(error) => { warn!(error, "skipping frame"); continue; }
+                    };
+                    idle.as_mut().reset(tokio::time::Instant::now() + window);
+                    if !frame.pcm_s16le.is_empty() {
+                        // Replays after a takeover overlap committed audio: the policy
+                        // ignores samples before its position, so no seq check is needed.
+                        self.last_audio_seq = self.last_audio_seq.max(frame.seq);
+                        let samples: Vec<f32> = frame
+                            .pcm_s16le
+                            .chunks_exact(2)
+                            .map(|b| f32::from(i16::from_le_bytes([b[0], b[1]])) / 32768.0)
+                            .collect();
+                        policy.push_audio(frame.offset_samples, &samples);
+                    }
+                    if frame.flush_utterance {
+                        policy.flush();
+                    }
+                    if frame.end_of_stream {
+                        policy.flush();
+                        closing = Some("end_of_stream");
+                    }
+                }
+                decoded = join_in_flight(&mut in_flight), if in_flight.is_some() => {
+                    in_flight = None;
+                    let decoded = match decoded {
+                        Ok(decoded) => decoded,
+                        Err(error) => return self.close_with_error(format!("decode task: {error}")).await,
+                    };
+                    let words = match decoded.words {
+                        Ok(words) => words,
+                        Err(error) => return self.close_with_error(error).await,
+                    };
+                    let output = policy.on_decoded(decoded.id, words);
+                    for final_ in output.finals {
+                        if let Err(why) = self.publish_final(final_.start_ms, final_.end_ms, final_.text, final_.words, &policy.checkpoint()).await {
+                            return Outcome::Retry(why);
+                        }
+                        last_checkpoint_write = Instant::now();
+                    }
+                    if let Some(interim) = output.interim {
+                        self.publish_interim(interim.start_ms, interim.end_ms, interim.text, interim.words).await;
+                    }
+                    if last_checkpoint_write.elapsed() > Duration::from_secs(5) {
+                        // Silence moves the committed offset without finals.
+                        self.write_checkpoint(&policy.checkpoint()).await;
+                        last_checkpoint_write = Instant::now();
+                    }
+                }
+                Some(_) = presence.next() => {
+                    idle.as_mut().reset(tokio::time::Instant::now() + window);
+                }
+                () = &mut idle, if closing.is_none() => {
+                    info!(window_s = window.as_secs(), "no client within the resume window: closing");
+                    policy.flush();
+                    closing = Some("abandoned");
+                }
+                () = crate::drained(drain) => {
+                    if let Some(handle) = in_flight.take() {
+                        // Let the running decode finish: its words are not lost, they
+                        // are simply decoded again by the next worker.
+                        let _ = handle.await;
+                    }
+                    self.write_checkpoint(&policy.checkpoint()).await;
+                    return Outcome::HandedBack;
+                }
+            }
+        }
+    }
+
+    /// BENCHMARK ONLY (null engine): every audio frame becomes an interim whose text is
+    /// the frame's seq; end of stream closes. No inference, no policy.
+    async fn run_null(
+        &mut self,
+        audio: &mut async_nats::jetstream::consumer::pull::Ordered,
+        drain: &mut watch::Receiver<bool>,
+    ) -> Outcome {
+        loop {
+            tokio::select! {
+                message = audio.next() => {
+                    let Some(Ok(message)) = message else { return Outcome::Retry("audio stream ended".into()) };
+                    let Ok(frame) = self.take_frame(&message) else { continue };
+                    if frame.end_of_stream {
+                        return self.close("end_of_stream").await;
+                    }
+                    let ms = frame.offset_samples * 1000 / RATE;
+                    self.publish_interim(ms, ms, frame.seq.to_string(), Vec::new()).await;
+                }
+                () = crate::drained(drain) => return Outcome::HandedBack,
+            }
+        }
+    }
+
+    /// A whole file: collect all audio, decode once, publish each segment as a final.
+    async fn run_batch(
+        &mut self,
+        audio: &mut async_nats::jetstream::consumer::pull::Ordered,
+        drain: &mut watch::Receiver<bool>,
+    ) -> Outcome {
+        let mut samples: Vec<f32> = Vec::new();
+        loop {
+            tokio::select! {
+                message = audio.next() => {
+                    let Some(Ok(message)) = message else { return Outcome::Retry("audio stream ended".into()) };
+                    let Ok(frame) = self.take_frame(&message) else { continue };
+                    let start = frame.offset_samples as usize;
+                    let pcm: Vec<f32> = frame
+                        .pcm_s16le
+                        .chunks_exact(2)
+                        .map(|b| f32::from(i16::from_le_bytes([b[0], b[1]])) / 32768.0)
+                        .collect();
+                    if samples.len() < start + pcm.len() {
+                        samples.resize(start + pcm.len(), 0.0);
+                    }
+                    samples[start..start + pcm.len()].copy_from_slice(&pcm);
+                    if frame.end_of_stream {
+                        break;
+                    }
+                }
+                () = crate::drained(drain) => return Outcome::HandedBack,
+            }
+        }
+        if self.ctx.engine.is_none() || samples.is_empty() {
+            return self.close("end_of_stream").await;
+        }
+        let Some(engine) = self.ctx.engine.clone() else {
+            return self.close("end_of_stream").await;
+        };
+        let options = TranscribeOptions {
+            beam_size: self.job.options.as_ref().map_or(1, |o| o.beam_size.max(1)),
+            ..self.decode_options()
+        };
+        let duration = samples.len() as f64 / RATE as f64;
+        let started = Instant::now();
+        let span = info_span!(
+            "worker.decode",
+            batch = true,
+            audio_s = duration,
+            otel.name = "worker decode"
+        );
+        let transcript =
+            tokio::task::spawn_blocking(move || engine.transcribe(samples, options, None))
+                .instrument(span)
+                .await;
+        kiroku_core::metrics::metrics()
+            .real_time_factor
+            .observe(started.elapsed().as_secs_f64() / duration.max(0.001));
+        let transcript = match transcript {
+            Ok(Ok(transcript)) => transcript,
+            Ok(Err(kiroku_engine::EngineError::InvalidOption(why))) => {
+                return self.close_invalid(why).await;
+            }
+            Ok(Err(error)) => return self.close_with_error(error.to_string()).await,
+            Err(error) => return self.close_with_error(error.to_string()).await,
+        };
+        self.language = transcript.language.clone();
+        for segment in transcript.segments {
+            let checkpoint = Checkpoint {
+                committed_offset_ms: segment.end_ms,
+                committed_text_tail: String::new(),
+            };
+            if let Err(why) = self
+                .publish_final(
+                    segment.start_ms,
+                    segment.end_ms,
+                    segment.text,
+                    segment.words,
+                    &checkpoint,
+                )
+                .await
+            {
+                return Outcome::Retry(why);
+            }
+        }
+        self.close("end_of_stream").await
+    }
+
+    fn decode_options(&self) -> TranscribeOptions {
+        let options = self.job.options.clone().unwrap_or_default();
+        let mut prompt: Vec<String> = options.vocabulary.clone();
+        if !options.prompt.is_empty() {
+            prompt.push(options.prompt.clone());
+        }
+        TranscribeOptions {
+            language: (!options.language.is_empty()).then(|| options.language.clone()),
+            beam_size: 1,
+            prompt: (!prompt.is_empty()).then(|| prompt.join(", ")),
+            ..Default::default()
+        }
+    }
+
+    fn segment(start_ms: u64, end_ms: u64, text: String, words: Vec<Word>) -> api::Segment {
+        let confidence = if words.is_empty() {
+            0.0
+        } else {
+            words.iter().map(|w| w.probability).sum::<f32>() / words.len() as f32
+        };
+        api::Segment {
+            start_ms,
+            end_ms,
+            text,
+            words: words
+                .into_iter()
+                .map(|w| api::Word {
+                    text: w.text,
+                    start_ms: w.start_ms,
+                    end_ms: w.end_ms,
+                    probability: w.probability,
+                })
+                .collect(),
+            confidence,
+            speaker: String::new(),
+        }
+    }
+
+    fn checkpoint_message(
+        &mut self,
+        checkpoint: &Checkpoint,
+        last_result_seq: u64,
+    ) -> events::SessionCheckpoint {
+        let committed_samples = checkpoint.committed_offset_ms * RATE / 1000;
+        while let Some(&(_, end)) = self.frames.front() {
+            if end > committed_samples {
+                break;
+            }
+            self.frames.pop_front();
+        }
+        let audio_stream_seq = self
+            .frames
+            .front()
+            .map_or(self.next_stream_seq, |&(seq, _)| seq);
+        events::SessionCheckpoint {
+            committed_offset_ms: checkpoint.committed_offset_ms,
+            last_audio_seq: self.last_audio_seq,
+            last_result_seq,
+            committed_text_tail: checkpoint.committed_text_tail.clone(),
+            language: self.language.clone(),
+            audio_stream_seq,
+        }
+    }
+
+    async fn write_checkpoint(&mut self, checkpoint: &Checkpoint) {
+        let message = self.checkpoint_message(checkpoint, self.next_result_seq - 1);
+        if let Err(error) = self
+            .ctx
+            .checkpoints
+            .put(&self.job.session_id, Bytes::from(message.encode_to_vec()))
+            .await
+        {
+            warn!(%error, "checkpoint write failed");
+        }
+        self.checkpoint = message;
+    }
+
+    async fn publish_final(
+        &mut self,
+        start_ms: u64,
+        end_ms: u64,
+        text: String,
+        words: Vec<Word>,
+        checkpoint: &Checkpoint,
+    ) -> Result<(), String> {
+        let seq = self.next_result_seq;
+        let carried = self.checkpoint_message(checkpoint, seq);
+        let message = events::TranscriptResult {
+            tenant_id: self.job.tenant_id.clone(),
+            session_id: self.job.session_id.clone(),
+            meeting_id: self.job.meeting_id.clone(),
+            result: Some(api::StreamingResult {
+                result_seq: seq,
+                is_final: true,
+                segment: Some(Self::segment(start_ms, end_ms, text, words)),
+                stability: 1.0,
+                language: self.language.clone(),
+            }),
+            committed_offset_ms: carried.committed_offset_ms,
+            session_closed: false,
+            checkpoint: Some(carried.clone()),
+            close_reason: String::new(),
+        };
+        let id = Layout::result_msg_id(&self.job.session_id, seq);
+        self.publish_durable(message, id).await?;
+        self.next_result_seq += 1;
+        kiroku_core::metrics::metrics().finals.inc();
+        if let Err(error) = self
+            .ctx
+            .checkpoints
+            .put(&self.job.session_id, Bytes::from(carried.encode_to_vec()))
+            .await
+        {
+            // The final carries the same checkpoint: nothing is lost.
+            warn!(%error, "checkpoint write failed");
+        }
+        self.checkpoint = carried;
+        Ok(())
+    }
+
+    async fn publish_interim(&self, start_ms: u64, end_ms: u64, text: String, words: Vec<Word>) {
+        if !self.job.interim_results && self.ctx.engine.is_some() {
+            return;
+        }
+        let message = events::TranscriptResult {
+            tenant_id: self.job.tenant_id.clone(),
+            session_id: self.job.session_id.clone(),
+            meeting_id: self.job.meeting_id.clone(),
+            result: Some(api::StreamingResult {
+                result_seq: self.next_result_seq,
+                is_final: false,
+                segment: Some(Self::segment(start_ms, end_ms, text, words)),
+                stability: 0.5,
+                language: self.language.clone(),
+            }),
+            ..Default::default()
+        };
+        let subject = self
+            .layout()
+            .interim_subject(&self.job.tenant_id, &self.job.session_id);
+        let _ = self
+            .ctx
+            .nats
+            .publish(subject, Bytes::from(message.encode_to_vec()))
+            .await;
+    }
+
+    /// Publishes to `TRANSCRIPTS` and waits for the ack, retrying with the same
+    /// message id (duplicates are dropped by JetStream) for about 15 s.
+    async fn publish_durable(
+        &self,
+        message: events::TranscriptResult,
+        id: String,
+    ) -> Result<(), String> {
+        let subject = self
+            .layout()
+            .transcript_subject(&self.job.tenant_id, &self.job.session_id);
+        let payload = Bytes::from(message.encode_to_vec());
+        let mut headers = async_nats::HeaderMap::new();
+        kiroku_core::trace::inject_nats(&tracing::Span::current(), &mut headers);
+        let mut delay = Duration::from_millis(200);
+        let mut last_error = String::new();
+        for _ in 0..8 {
+            let publish = Publish::build()
+                .payload(payload.clone())
+                .message_id(&id)
+                .headers(headers.clone());
+            match self.ctx.js.send_publish(subject.clone(), publish).await {
+                Ok(ack) => match ack.await {
+                    Ok(_) => return Ok(()),
+                    Err(error) => last_error = error.to_string(),
+                },
+                Err(error) => last_error = error.to_string(),
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(3));
+        }
+        Err(format!("publishing a result: {last_error}"))
+    }
+
+    async fn close(&mut self, reason: &str) -> Outcome {
+        let message = events::TranscriptResult {
+            tenant_id: self.job.tenant_id.clone(),
+            session_id: self.job.session_id.clone(),
+            meeting_id: self.job.meeting_id.clone(),
+            result: None,
+            session_closed: true,
+            close_reason: reason.to_string(),
+            ..Default::default()
+        };
+        let id = format!("{}:closed", self.job.session_id);
+        match self.publish_durable(message, id).await {
+            Ok(()) => {
+                info!(reason, finals = self.next_result_seq - 1, "session closed");
+                let _ = self.ctx.checkpoints.delete(&self.job.session_id).await;
+                Outcome::Closed
+            }
+            Err(why) => Outcome::Retry(why),
+        }
+    }
+
+    async fn close_with_error(&mut self, error: String) -> Outcome {
+        warn!(error, "session failed");
+        self.close(&format!("error: {error}")).await
+    }
+
+    async fn close_invalid(&mut self, why: String) -> Outcome {
+        self.close(&format!("invalid: {why}")).await
+    }
+}
+
+/// The running decode's result; pending forever when none runs (guarded in `select!`).
+async fn join_in_flight(
+    in_flight: &mut Option<tokio::task::JoinHandle<Decoded>>,
+) -> Result<Decoded, tokio::task::JoinError> {
+    match in_flight {
+        Some(handle) => handle.await,
+        None => std::future::pending().await,
+    }
+}
+
+struct Decoded {
+    id: u64,
+    words: Result<Vec<Word>, String>,
+}
+
+fn spawn_decode(
+    engine: Arc<kiroku_engine::Engine>,
+    request: DecodeRequest,
+    options: TranscribeOptions,
+) -> tokio::task::JoinHandle<Decoded> {
+    let audio_s = request.samples.len() as f64 / RATE as f64;
+    let span = info_span!(
+        "worker.decode",
+        audio_s,
+        start_ms = request.start_ms,
+        otel.name = "worker decode"
+    );
+    let options = TranscribeOptions {
+        audio_ctx: Some(request.audio_ctx),
+        no_temperature_fallback: true,
+        max_tokens: Some(request.max_tokens),
+        ..options
+    };
+    let id = request.id;
+    tokio::task::spawn_blocking(move || {
+        let _enter = span.enter();
+        let started = Instant::now();
+        let result = engine.transcribe(request.samples, options, None);
+        let elapsed = started.elapsed().as_secs_f64();
+        kiroku_core::metrics::metrics()
+            .decode_seconds
+            .observe(elapsed);
+        kiroku_core::metrics::metrics()
+            .real_time_factor
+            .observe(elapsed / audio_s.max(0.001));
+        Decoded {
+            id,
+            words: result
+                .map(|t| t.segments.into_iter().flat_map(|s| s.words).collect())
+                .map_err(|e| e.to_string()),
+        }
+    })
+}

@@ -1,0 +1,211 @@
+#!/usr/bin/env python3
+"""`make bench-stream`: live streaming against the real local cluster.
+
+1. Synthesises meeting speech with espeak-ng (a long meeting for the single-stream run,
+   a shorter one for the concurrency sweep).
+2. `kiroku transcribe --format json` on each gives the batch WER and the reference
+   timeline: the end of every word in the audio (Whisper with the whole file's context).
+3. `kiroku up` (release binary, its own cluster root and ports) and `kiroku stream`
+   clients paced at real time. Per-word final latency = when the final holding the
+   word arrived at the client - when the word ended in the audio (reference timeline,
+   matched by text). First-interim latency is measured from the first frame.
+4. Concurrency sweep: N clients at once, N = 1, 2, ... until p95 passes 2 s; the
+   largest N with p95 <= 2 s is what this machine holds.
+5. Plumbing: the cluster again with workers on the BENCHMARK-ONLY null engine (no
+   inference), `kiroku bench-plumbing` with 10, 100 and 1000 concurrent streams: the
+   per-frame latency the plumbing adds (frame sent -> its echo back at the client).
+
+Usage: bench_stream.py KIROKU_BIN WORK_DIR
+"""
+import difflib
+import json
+import os
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import time
+
+SENTENCES_FILE = os.path.join(os.path.dirname(__file__), "..", "support", "meeting_sentences.txt")
+with open(SENTENCES_FILE, encoding="utf-8") as f:
+    SENTENCES = [line.strip() for line in f if line.strip()]
+
+GRPC = "127.0.0.1:50171"
+ADMIN = "127.0.0.1:9581"
+
+
+def normalize(text):
+    return [w for w in re.split(r"[^\w']+", text.lower()) if w]
+
+
+def wer(reference, hypothesis):
+    r, h = normalize(reference), normalize(hypothesis)
+    d = list(range(len(h) + 1))
+    for i in range(1, len(r) + 1):
+        prev, d[0] = d[0], i
+        for j in range(1, len(h) + 1):
+            cur = min(d[j] + 1, d[j - 1] + 1, prev + (r[i - 1] != h[j - 1]))
+            prev, d[j] = d[j], cur
+    return d[len(h)] / max(len(r), 1)
+
+
+def synthesize(work, name, text):
+    raw, out = os.path.join(work, name + ".raw.wav"), os.path.join(work, name + ".wav")
+    subprocess.run(["espeak-ng", "-v", "en-us", "-s", "155", "-w", raw, text], check=True)
+    subprocess.run(["sox", raw, "-b", "16", "-r", "16000", "-c", "1", out, "pad", "0.5", "0.5"], check=True)
+    return out
+
+
+def batch(kiroku, wav):
+    out = subprocess.run([kiroku, "transcribe", wav, "--format", "json"], check=True,
+                         capture_output=True, text=True).stdout
+    return json.loads(out)
+
+
+def reference_words(transcript):
+    return [(w["text"], w["end_ms"]) for s in transcript["segments"] for w in s["words"]]
+
+
+def word_latencies(report, ref_words):
+    """Latency (ms) of every streamed word matched by text to the batch timeline."""
+    streamed = [(w["text"], f["arrival_ms"]) for f in report["finals"] for w in f["segment"]["words"]]
+    a = [normalize(t)[0] if normalize(t) else "" for t, _ in ref_words]
+    b = [normalize(t)[0] if normalize(t) else "" for t, _ in streamed]
+    out = []
+    for block in difflib.SequenceMatcher(a=a, b=b, autojunk=False).get_matching_blocks():
+        for k in range(block.size):
+            out.append(streamed[block.b + k][1] - ref_words[block.a + k][1])
+    return out
+
+
+def pct(values, q):
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    return values[round((len(values) - 1) * q)]
+
+
+def start_cluster(kiroku, work, name, extra):
+    run_dir = os.path.join(work, "run-" + name)
+    log = open(os.path.join(work, f"up-{name}.log"), "w")
+    proc = subprocess.Popen([kiroku, "up", "--cluster", "bench" + name, "--listen", GRPC,
+                             "--admin-listen", ADMIN, "--run-dir", run_dir] + extra,
+                            stdout=log, stderr=subprocess.STDOUT)
+    for _ in range(300):
+        time.sleep(0.2)
+        with open(log.name) as f:
+            if "kiroku up: kiroku gateway" in f.read():
+                return proc
+        if proc.poll() is not None:
+            break
+    with open(log.name) as f:
+        sys.exit("kiroku up did not start:\n" + f.read())
+
+
+def stop_cluster(proc):
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def stream_clients(kiroku, work, wav, n, tag):
+    procs = []
+    for i in range(n):
+        report = os.path.join(work, f"{tag}-{i}.json")
+        p = subprocess.Popen([kiroku, "stream", wav, "--gateway", "http://" + GRPC, "--format", "json",
+                              "--report", report], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        procs.append((p, report))
+    reports = []
+    for p, report in procs:
+        _, err = p.communicate(timeout=600)
+        if p.returncode != 0:
+            sys.exit(f"kiroku stream failed: {err.decode()}")
+        with open(report) as f:
+            reports.append(json.load(f))
+    return reports
+
+
+def main():
+    kiroku, work = sys.argv[1], sys.argv[2]
+    os.makedirs(work, exist_ok=True)
+    long_text = " ".join(SENTENCES)
+    short_text = " ".join(SENTENCES[:5])
+    long_wav = synthesize(work, "meeting-long", long_text)
+    short_wav = synthesize(work, "meeting-short", short_text)
+    long_batch, short_batch = batch(kiroku, long_wav), batch(kiroku, short_wav)
+
+    rows = []
+    cluster = start_cluster(kiroku, work, "whisper", ["--workers", "1"])
+    try:
+        [report] = stream_clients(kiroku, work, long_wav, 1, "single")
+        lat = word_latencies(report, reference_words(long_batch))
+        stream_text = " ".join(f["segment"]["text"] for f in report["finals"])
+        single = {
+            "audio_s": long_batch["duration_ms"] / 1000,
+            "p50": pct(lat, 0.5), "p95": pct(lat, 0.95),
+            "first_interim": report["first_interim_ms"],
+            "stream_wer": wer(long_text, stream_text),
+            "batch_wer": wer(long_text, long_batch["text"]),
+        }
+        sweep = []
+        n = 1
+        while n <= 8:
+            reports = stream_clients(kiroku, work, short_wav, n, f"sweep{n}")
+            lat = []
+            for r in reports:
+                lat += word_latencies(r, reference_words(short_batch))
+            wers = [wer(short_text, " ".join(f["segment"]["text"] for f in r["finals"])) for r in reports]
+            sweep.append((n, pct(lat, 0.5), pct(lat, 0.95), max(wers)))
+            print(f"  {n} concurrent streams: p50 {pct(lat, 0.5):.0f} ms p95 {pct(lat, 0.95):.0f} ms worst WER {max(wers):.3f}",
+                  file=sys.stderr)
+            if pct(lat, 0.95) > 2000:
+                break
+            n += 1
+    finally:
+        stop_cluster(cluster)
+
+    plumbing = []
+    cluster = start_cluster(kiroku, work, "plumbing", ["--engine", "null-benchmark", "--sessions", "5000"])
+    try:
+        for streams in (10, 100, 1000):
+            out = subprocess.run([kiroku, "bench-plumbing", "--gateway", "http://" + GRPC, "--streams",
+                                  str(streams), "--seconds", "10"], capture_output=True, text=True)
+            if out.returncode != 0:
+                sys.exit(out.stderr)
+            plumbing.append(json.loads(out.stdout.strip().splitlines()[-1]))
+            print("  " + out.stderr.strip().splitlines()[0], file=sys.stderr)
+    finally:
+        stop_cluster(cluster)
+
+    held = max([n for n, _, p95, _ in sweep if p95 <= 2000], default=0)
+    print()
+    print(f"Streaming benchmark: tiny.en, release build, 2-core machine, audio paced at real time")
+    print(f"single stream, {single['audio_s']:.0f} s meeting:")
+    print(f"| metric | measured | goal |")
+    print(f"|---|---|---|")
+    print(f"| final latency p50 (word end -> final at client) | {single['p50'] / 1000:.2f} s | <= 1.0 s |")
+    print(f"| final latency p95 | {single['p95'] / 1000:.2f} s | <= 2.0 s |")
+    print(f"| first interim after stream start | {single['first_interim'] / 1000:.2f} s | |")
+    print(f"| streaming WER | {single['stream_wer']:.3f} | <= batch + 0.02 |")
+    print(f"| batch WER (`kiroku transcribe`, same audio) | {single['batch_wer']:.3f} | |")
+    print(f"| concurrent real-time streams with p95 <= 2 s | {held} | >= 4 |")
+    print()
+    print("concurrency sweep (short meeting, every stream at real time):")
+    print("| streams | p50 | p95 | worst WER |")
+    print("|---|---|---|---|")
+    for n, p50, p95, worst in sweep:
+        print(f"| {n} | {p50 / 1000:.2f} s | {p95 / 1000:.2f} s | {worst:.3f} |")
+    print()
+    print("plumbing (BENCHMARK-ONLY null engine, no inference; frame sent -> echo at client):")
+    print("| streams | frames answered | p50 | p99 | max | goal p99 |")
+    print("|---|---|---|---|---|---|")
+    for p in plumbing:
+        print(f"| {p['streams']} | {p['frames_answered']}/{p['frames_expected']} | {p['p50_ms']:.1f} ms | "
+              f"{p['p99_ms']:.1f} ms | {p['max_ms']:.1f} ms | <= 5 ms |")
+
+
+if __name__ == "__main__":
+    main()
