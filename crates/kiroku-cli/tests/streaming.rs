@@ -406,6 +406,9 @@ fn nats_restart_mid_stream_loses_nothing_acknowledged() {
     wait_up();
     let options = Options {
         nats_url: format!("nats://127.0.0.1:{port}"),
+        env: std::env::var("KIROKU_TEST_RUST_LOG")
+            .map(|l| vec![("RUST_LOG".to_string(), l)])
+            .unwrap_or_default(),
         ..Options::default()
     };
     let cluster = Cluster::start(1, 1, options);

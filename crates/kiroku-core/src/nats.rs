@@ -9,7 +9,9 @@
 
 use std::time::Duration;
 
+use async_nats::jetstream::consumer::{DeliverPolicy, pull::Ordered, pull::OrderedConfig};
 use async_nats::jetstream::{self, stream};
+use futures::StreamExt as _;
 
 /// Where the services find NATS when `KIROKU_NATS_URL` is unset.
 pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
@@ -240,6 +242,206 @@ pub async fn connect(url: &str, name: &str) -> Result<async_nats::Client, NatsEr
         .connect(url)
         .await
         .map_err(|e| NatsError(e.to_string()))
+}
+
+/// How long one publish waits for JetStream's ack before it is retried.
+const ACK_TIMEOUT: Duration = Duration::from_secs(4);
+/// Publish attempts before giving up (about 15 s of back-off in all).
+const PUBLISH_ATTEMPTS: usize = 8;
+
+/// Waits for a publish ack, at most [`ACK_TIMEOUT`].
+pub async fn await_ack(
+    ack: jetstream::context::PublishAckFuture,
+) -> Result<jetstream::publish::PublishAck, NatsError> {
+    match tokio::time::timeout(ACK_TIMEOUT, ack.into_future()).await {
+        Ok(Ok(ack)) => Ok(ack),
+        Ok(Err(error)) => Err(NatsError(error.to_string())),
+        Err(_) => Err(NatsError("no ack from JetStream in time".into())),
+    }
+}
+
+/// Publishes to JetStream until the message is stored: each attempt waits at most
+/// [`ACK_TIMEOUT`] for the ack, attempts back off from 200 ms to 3 s, about 15 s in
+/// all, which rides out a NATS restart. `message` must set a `Nats-Msg-Id`, so a
+/// retry of a message that was stored after all is dropped as a duplicate.
+/// `first` is the ack of an attempt the caller already sent (to keep publish order).
+pub async fn publish_durable(
+    js: &jetstream::Context,
+    subject: &str,
+    message: impl Fn() -> jetstream::message::PublishMessage,
+    first: Option<Result<jetstream::context::PublishAckFuture, NatsError>>,
+) -> Result<jetstream::publish::PublishAck, NatsError> {
+    let mut delay = Duration::from_millis(200);
+    let mut last = match first {
+        Some(Ok(ack)) => match await_ack(ack).await {
+            Ok(ack) => return Ok(ack),
+            Err(error) => error,
+        },
+        Some(Err(error)) => error,
+        None => NatsError("not sent yet".into()),
+    };
+    for attempt in 0..PUBLISH_ATTEMPTS {
+        if attempt > 0 || !last.0.starts_with("not sent") {
+            tracing::debug!(%subject, error = %last, attempt, "publish not acknowledged; retrying");
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(3));
+        }
+        match js.send_publish(subject.to_string(), message()).await {
+            Ok(ack) => match await_ack(ack).await {
+                Ok(ack) => return Ok(ack),
+                Err(error) => last = error,
+            },
+            Err(error) => last = NatsError(error.to_string()),
+        }
+    }
+    Err(last)
+}
+
+/// Follows one subject of a stream in order, from a start sequence, with an ordered
+/// consumer that is re-created from the last delivered sequence whenever NATS loses it.
+/// A server restart drops ephemeral consumers; async-nats' ordered stream notices only
+/// after missed heartbeats (15–30 s), or not at all, so the follower also re-creates its
+/// consumer as soon as the client has reconnected.
+pub struct Follower {
+    client: async_nats::Client,
+    /// The client's connect count when the consumer was created.
+    connects: u64,
+    stream: jetstream::stream::Stream,
+    subject: String,
+    prefix: String,
+    name: String,
+    next_seq: u64,
+    messages: Option<Ordered>,
+}
+
+impl std::fmt::Debug for Follower {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Follower")
+            .field("subject", &self.subject)
+            .field("consumer", &self.name)
+            .field("next_seq", &self.next_seq)
+            .finish()
+    }
+}
+
+impl Follower {
+    /// Follows `subject` from stream sequence `start_seq` (0: from the first message).
+    /// Consumer names start with `prefix` (for operators reading consumer lists).
+    pub async fn new(
+        client: async_nats::Client,
+        stream: jetstream::stream::Stream,
+        subject: String,
+        prefix: &str,
+        start_seq: u64,
+    ) -> Result<Self, NatsError> {
+        let mut follower = Self {
+            client,
+            connects: 0,
+            stream,
+            subject,
+            prefix: prefix.to_string(),
+            name: String::new(),
+            next_seq: start_seq,
+            messages: None,
+        };
+        follower.messages = Some(follower.open().await?);
+        Ok(follower)
+    }
+
+    fn connects(&self) -> u64 {
+        self.client
+            .statistics()
+            .connects
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    async fn open(&mut self) -> Result<Ordered, NatsError> {
+        self.connects = self.connects();
+        self.name = format!("{}_{}", self.prefix, uuid::Uuid::new_v4().simple());
+        let deliver_policy = if self.next_seq > 0 {
+            DeliverPolicy::ByStartSequence {
+                start_sequence: self.next_seq,
+            }
+        } else {
+            DeliverPolicy::All
+        };
+        let consumer = self
+            .stream
+            .create_consumer(OrderedConfig {
+                name: Some(self.name.clone()),
+                filter_subject: self.subject.clone(),
+                deliver_policy,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| NatsError(format!("following {}: {e}", self.subject)))?;
+        consumer
+            .messages()
+            .await
+            .map_err(|e| NatsError(format!("following {}: {e}", self.subject)))
+    }
+
+    /// The next message. Waits (and re-creates the consumer) through NATS outages;
+    /// cancel-safe, so it can sit in `select!`.
+    pub async fn next(&mut self) -> jetstream::Message {
+        loop {
+            let Some(messages) = self.messages.as_mut() else {
+                match self.open().await {
+                    Ok(messages) => self.messages = Some(messages),
+                    Err(error) => {
+                        tracing::debug!(%error, "re-creating a consumer failed; retrying");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+                continue;
+            };
+            let (client, seen) = (&self.client, self.connects);
+            let reconnected = async move {
+                loop {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    let now = client
+                        .statistics()
+                        .connects
+                        .load(std::sync::atomic::Ordering::Relaxed);
+                    if now != seen {
+                        return;
+                    }
+                }
+            };
+            let next = tokio::select! {
+                next = messages.next() => next,
+                () = reconnected => {
+                    tracing::info!(subject = %self.subject, "NATS reconnected; re-creating the consumer");
+                    self.messages = None;
+                    let _ = self.stream.delete_consumer(&self.name).await;
+                    continue;
+                }
+            };
+            match next {
+                Some(Ok(message)) => {
+                    if let Ok(info) = message.info() {
+                        self.next_seq = info.stream_sequence + 1;
+                    }
+                    return message;
+                }
+                Some(Err(error)) => {
+                    tracing::warn!(%error, subject = %self.subject, "consumer lost; re-creating it");
+                }
+                None => {
+                    tracing::warn!(subject = %self.subject, "consumer ended; re-creating it");
+                }
+            }
+            self.messages = None;
+            let _ = self.stream.delete_consumer(&self.name).await;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// Deletes the consumer now (it would otherwise expire after 30 s of inactivity).
+    pub async fn close(mut self) {
+        self.messages = None;
+        let _ = self.stream.delete_consumer(&self.name).await;
+    }
 }
 
 #[cfg(test)]

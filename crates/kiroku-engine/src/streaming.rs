@@ -145,7 +145,7 @@ pub struct DecodeRequest {
     pub max_tokens: u32,
 }
 
-/// Newly committed words: never revised, never emitted again by this policy or by one
+/// Newly committed words (at least one): never revised, never emitted again by this policy or by one
 /// resumed from its [`Checkpoint`]. Successive finals are in time order.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Final {
@@ -155,9 +155,8 @@ pub struct Final {
     pub text: String,
     pub start_ms: u64,
     pub end_ms: u64,
-    /// The utterance ended (VAD silence or flush) with these words. A final that only
-    /// closes an utterance whose words were all committed earlier has no words and
-    /// `start_ms == end_ms` at the utterance's end.
+    /// The utterance ended (VAD silence or flush) with these words. An utterance whose
+    /// words were all committed before it ended has no final with this flag.
     pub utterance_end: bool,
 }
 
@@ -239,6 +238,8 @@ pub struct Policy {
     /// The last committed words before `buffer_start` (normalized text).
     trimmed_tail: Vec<String>,
     history: VecDeque<Hypothesis>,
+    /// End of the last committed word (ms): committed times never go back before it.
+    committed_end_ms: u64,
     /// End of the audio covered by the last decode handed out.
     last_decode_end: u64,
     in_flight: Option<InFlight>,
@@ -269,6 +270,7 @@ impl Policy {
             resumed_tail,
             trimmed_tail: Vec::new(),
             history: VecDeque::new(),
+            committed_end_ms: start / SAMPLES_PER_MS,
             last_decode_end: start,
             in_flight: None,
             next_id: 1,
@@ -325,8 +327,7 @@ impl Policy {
             }
             Some(utterance) => {
                 utterance.silence_samples += length;
-                if utterance.silence_samples
-                    >= Self::ms_to_samples(self.config.finalize_silence_ms)
+                if utterance.silence_samples >= Self::ms_to_samples(self.config.finalize_silence_ms)
                 {
                     self.end_utterance();
                 }
@@ -428,7 +429,12 @@ impl Policy {
             return None;
         }
         let (end, finalize, force) = if let Some(ended) = self.ended.front() {
-            (ended.end, true, false)
+            // An ended utterance lies inside the buffer: only its finalize trims it.
+            (
+                ended.end.clamp(self.buffer_start, self.buffer_end()),
+                true,
+                false,
+            )
         } else {
             let utterance = self.utterance.as_ref()?;
             let end = self.buffer_end();
@@ -529,20 +535,22 @@ impl Policy {
             .iter()
             .rev()
             .find(|older| older.end + gap <= request.end)
-            .map_or(0, |older| common_prefix(&self.uncommitted(&older.words), &fresh));
+            .map_or(0, |older| {
+                common_prefix(&self.uncommitted(&older.words), &fresh)
+            });
         let mut commit_count = agreed;
         if request.force {
             // Speech without a pause: commit all but the edge, where words may be cut.
             let edge_ms = request_end_ms.saturating_sub(FORCE_COMMIT_EDGE_MS);
-            commit_count = commit_count.max(fresh.iter().take_while(|w| w.end_ms <= edge_ms).count());
+            commit_count =
+                commit_count.max(fresh.iter().take_while(|w| w.end_ms <= edge_ms).count());
         }
         let (commit, tail) = fresh.split_at(commit_count);
         let mut output = PolicyOutput::default();
-        if let Some(final_) = make_final(commit.to_vec(), false) {
-            self.committed.extend_from_slice(commit);
+        if let Some(final_) = self.commit(commit.to_vec(), false) {
             output.finals.push(final_);
         }
-        output.interim = make_interim(tail.to_vec());
+        output.interim = make_interim(self.after_committed(tail.to_vec()));
         self.history.push_back(Hypothesis {
             end: request.end,
             words,
@@ -593,19 +601,10 @@ impl Policy {
             .into_iter()
             .filter(|w| w.start_ms < end_ms)
             .collect();
-        let had_commits = !self.committed.is_empty();
-        let mut output = PolicyOutput::default();
-        match make_final(fresh, true) {
-            Some(final_) => output.finals.push(final_),
-            None if had_commits => output.finals.push(Final {
-                words: Vec::new(),
-                text: String::new(),
-                start_ms: end_ms,
-                end_ms,
-                utterance_end: true,
-            }),
-            None => {}
-        }
+        let output = PolicyOutput {
+            finals: self.commit(fresh, true).into_iter().collect(),
+            interim: None,
+        };
         // Everything up to the utterance's end is done; later audio stays. The next
         // utterance starts after a silence: no word of this one can be heard again.
         self.trim_to(ended.end);
@@ -621,7 +620,28 @@ impl Policy {
     /// The tail of the latest hypothesis that is not committed.
     fn current_interim(&self) -> Option<Interim> {
         let latest = self.history.back()?;
-        make_interim(self.uncommitted(&latest.words))
+        make_interim(self.after_committed(self.uncommitted(&latest.words)))
+    }
+
+    /// `words` moved to start no earlier than the last committed word's end: times from
+    /// different decodes jitter by tens of milliseconds, and finals promise time order.
+    fn after_committed(&self, mut words: Vec<Word>) -> Vec<Word> {
+        let mut floor_ms = self.committed_end_ms;
+        for word in &mut words {
+            word.start_ms = word.start_ms.max(floor_ms);
+            word.end_ms = word.end_ms.max(word.start_ms);
+            floor_ms = word.end_ms;
+        }
+        words
+    }
+
+    /// Commits `words`: the final to emit, if there are any.
+    fn commit(&mut self, words: Vec<Word>, utterance_end: bool) -> Option<Final> {
+        let words = self.after_committed(words);
+        let final_ = make_final(words, utterance_end)?;
+        self.committed_end_ms = final_.end_ms;
+        self.committed.extend_from_slice(&final_.words);
+        Some(final_)
     }
 
     /// Trims the buffer at the committed words: at the earlier of the last committed
@@ -954,7 +974,10 @@ mod tests {
         assert_eq!(policy.buffer.len() as u64, 300 * SAMPLES_PER_MS);
         assert_eq!(policy.checkpoint().committed_offset_ms, 4_700);
         policy.flush();
-        assert!(policy.next_decode().is_none(), "flushing silence decodes nothing");
+        assert!(
+            policy.next_decode().is_none(),
+            "flushing silence decodes nothing"
+        );
 
         // Speech then starts with the pre-roll in front of it.
         push_speech(&mut policy, 300);
@@ -997,10 +1020,17 @@ mod tests {
             third.id,
             heard(
                 &third,
-                &[("Hello", 100, 400), ("world", 450, 900), ("how", 1_000, 1_300)],
+                &[
+                    ("Hello", 100, 400),
+                    ("world", 450, 900),
+                    ("how", 1_000, 1_300),
+                ],
             ),
         );
-        assert!(out.finals.is_empty(), "\"word\" != \"world\": nothing new agrees");
+        assert!(
+            out.finals.is_empty(),
+            "\"word\" != \"world\": nothing new agrees"
+        );
         let interim = out.interim.expect("interim");
         assert_eq!(interim.text, "world how");
         assert_eq!((interim.start_ms, interim.end_ms), (450, 1_300));
@@ -1009,27 +1039,33 @@ mod tests {
     #[test]
     fn a_hypothesis_closer_than_the_gap_is_not_used_for_agreement() {
         let config = PolicyConfig {
-            step_ms: 250,
-            agreement_gap_ms: 500,
+            step_ms: 200,
+            agreement_gap_ms: 400,
             ..PolicyConfig::default()
         };
         let mut policy = speaking(config, 1_000);
         let a = policy.next_decode().expect("decode");
         policy.on_decoded(a.id, heard(&a, &[("one", 100, 300)]));
-        push_speech(&mut policy, 250);
-        let b = policy.next_decode().expect("decode after 250 ms");
+        push_speech(&mut policy, 200);
+        let b = policy.next_decode().expect("decode after 200 ms");
         let out = policy.on_decoded(b.id, heard(&b, &[("one", 100, 300), ("two", 400, 600)]));
-        assert!(out.finals.is_empty(), "the only older hypothesis is 250 ms older");
-        push_speech(&mut policy, 250);
+        assert!(
+            out.finals.is_empty(),
+            "the only older hypothesis is 200 ms older"
+        );
+        push_speech(&mut policy, 200);
         let c = policy.next_decode().expect("decode");
         let out = policy.on_decoded(
             c.id,
-            heard(&c, &[("one", 100, 300), ("two", 400, 600), ("three", 700, 900)]),
+            heard(
+                &c,
+                &[("one", 100, 300), ("two", 400, 600), ("three", 700, 900)],
+            ),
         );
         assert_eq!(
             texts(&out.finals),
             ["one"],
-            "agrees with the hypothesis 500 ms older, not with the one before"
+            "agrees with the hypothesis 400 ms older, not with the one before"
         );
     }
 
@@ -1042,7 +1078,10 @@ mod tests {
         let b = policy.next_decode().expect("decode");
         let out = policy.on_decoded(
             b.id,
-            heard(&b, &[("we", 100, 300), ("need", 350, 600), ("two", 700, 900)]),
+            heard(
+                &b,
+                &[("we", 100, 300), ("need", 350, 600), ("two", 700, 900)],
+            ),
         );
         assert_eq!(texts(&out.finals), ["we need"]);
         push_speech(&mut policy, 500);
@@ -1054,7 +1093,12 @@ mod tests {
             c.id,
             heard(
                 &c,
-                &[("We'll", 120, 280), ("need", 300, 650), ("two", 640, 900), ("more", 950, 1_200)],
+                &[
+                    ("We'll", 120, 280),
+                    ("need", 300, 650),
+                    ("two", 640, 900),
+                    ("more", 950, 1_200),
+                ],
             ),
         );
         assert_eq!(texts(&out.finals), ["two"]);
@@ -1070,12 +1114,26 @@ mod tests {
         };
         let mut policy = speaking(config, 1_000);
         let a = policy.next_decode().expect("decode");
-        policy.on_decoded(a.id, heard(&a, &[("the", 100, 300), ("plan", 350, 700), ("is", 750, 950)]));
+        policy.on_decoded(
+            a.id,
+            heard(
+                &a,
+                &[("the", 100, 300), ("plan", 350, 700), ("is", 750, 950)],
+            ),
+        );
         push_speech(&mut policy, 500);
         let b = policy.next_decode().expect("decode");
         let out = policy.on_decoded(
             b.id,
-            heard(&b, &[("the", 100, 300), ("plan", 350, 700), ("is", 750, 950), ("ready", 1_000, 1_400)]),
+            heard(
+                &b,
+                &[
+                    ("the", 100, 300),
+                    ("plan", 350, 700),
+                    ("is", 750, 950),
+                    ("ready", 1_000, 1_400),
+                ],
+            ),
         );
         assert_eq!(texts(&out.finals), ["the plan is"]);
         // Trimmed at the earlier of "is" ending (950) and "ready" starting (1000).
@@ -1086,18 +1144,32 @@ mod tests {
         let c = policy.next_decode().expect("decode");
         assert_eq!(c.start_ms, 950);
         // The trimmed buffer still holds the end of "is", and Whisper hears it again.
-        let out = policy.on_decoded(c.id, heard(&c, &[("is", 950, 980), ("ready", 1_000, 1_400)]));
-        assert!(out.finals.is_empty(), "no older hypothesis of this buffer yet");
+        let out = policy.on_decoded(
+            c.id,
+            heard(&c, &[("is", 950, 980), ("ready", 1_000, 1_400)]),
+        );
+        assert!(
+            out.finals.is_empty(),
+            "no older hypothesis of this buffer yet"
+        );
         assert_eq!(out.interim.expect("interim").text, "ready");
         push_speech(&mut policy, 500);
         let d = policy.next_decode().expect("decode");
-        let out = policy.on_decoded(d.id, heard(&d, &[("ready", 1_000, 1_400), ("now", 1_500, 1_800)]));
-        assert_eq!(texts(&out.finals), ["ready"], "\"is\" is not committed twice");
+        let out = policy.on_decoded(
+            d.id,
+            heard(&d, &[("ready", 1_000, 1_400), ("now", 1_500, 1_800)]),
+        );
+        assert_eq!(
+            texts(&out.finals),
+            ["ready"],
+            "\"is\" is not committed twice"
+        );
         policy.flush();
         let e = policy.next_decode().expect("flush decode");
+        assert_eq!(e.start_ms, 1_400, "trimmed again after \"ready\"");
         let out = policy.on_decoded(
             e.id,
-            heard(&e, &[("is", 950, 990), ("ready", 1_000, 1_400), ("now", 1_500, 1_800)]),
+            heard(&e, &[("ready", 1_400, 1_420), ("now", 1_500, 1_800)]),
         );
         assert_eq!(texts(&out.finals), ["now"]);
     }
@@ -1108,17 +1180,29 @@ mod tests {
         let a = policy.next_decode().expect("decode");
         policy.on_decoded(a.id, heard(&a, &[("good", 50, 300)]));
         policy.push_audio(12_800, &silence(280));
-        assert!(policy.next_decode().is_none(), "280 ms of silence is a pause");
+        assert!(
+            policy.next_decode().is_none(),
+            "280 ms of silence is a pause"
+        );
         policy.push_audio(12_800 + 280 * 16, &silence(40));
-        let b = policy.next_decode().expect("finalize after 300 ms of silence");
+        let b = policy
+            .next_decode()
+            .expect("finalize after 300 ms of silence");
         assert_eq!(b.start_ms, 0);
-        let out = policy.on_decoded(b.id, heard(&b, &[("good", 50, 300), ("morning.", 350, 750)]));
+        let out = policy.on_decoded(
+            b.id,
+            heard(&b, &[("good", 50, 300), ("morning.", 350, 750)]),
+        );
         assert_eq!(texts(&out.finals), ["good morning."]);
         assert!(out.finals[0].utterance_end);
         assert!(out.interim.is_none());
         assert!(policy.is_idle());
-        policy.push_audio(13_120 + 320 * 16, &silence(1_000));
-        assert!(policy.next_decode().is_none(), "silence is not decoded again");
+        let at = policy.position;
+        policy.push_audio(at, &silence(1_000));
+        assert!(
+            policy.next_decode().is_none(),
+            "silence is not decoded again"
+        );
     }
 
     #[test]
@@ -1151,22 +1235,6 @@ mod tests {
     }
 
     #[test]
-    fn an_utterance_end_closes_already_committed_words() {
-        let mut policy = speaking(step_500(), 1_000);
-        let a = policy.next_decode().expect("decode");
-        policy.on_decoded(a.id, heard(&a, &[("okay", 100, 600)]));
-        push_speech(&mut policy, 500);
-        let b = policy.next_decode().expect("decode");
-        assert_eq!(texts(&policy.on_decoded(b.id, heard(&b, &[("okay", 100, 600)])).finals), ["okay"]);
-        policy.flush();
-        let c = policy.next_decode().expect("flush decode");
-        let out = policy.on_decoded(c.id, heard(&c, &[("Okay.", 100, 600)]));
-        assert_eq!(out.finals.len(), 1);
-        assert!(out.finals[0].words.is_empty() && out.finals[0].utterance_end);
-        assert_eq!(out.finals[0].start_ms, 1_500);
-    }
-
-    #[test]
     fn a_long_buffer_without_pauses_is_force_committed_but_its_edge_is_not() {
         let config = PolicyConfig {
             max_buffer_ms: 3_000,
@@ -1176,11 +1244,22 @@ mod tests {
         let request = policy.next_decode().expect("decode");
         let out = policy.on_decoded(
             request.id,
-            heard(&request, &[("long", 100, 1_000), ("talk", 1_100, 1_900), ("with", 2_200, 2_900)]),
+            heard(
+                &request,
+                &[
+                    ("long", 100, 1_000),
+                    ("talk", 1_100, 1_900),
+                    ("with", 2_200, 2_900),
+                ],
+            ),
         );
         assert_eq!(texts(&out.finals), ["long talk"], "no agreement needed");
         assert_eq!(out.interim.expect("interim").text, "with");
-        assert_eq!(policy.checkpoint().committed_offset_ms, 1_900, "trimmed at once");
+        assert_eq!(
+            policy.checkpoint().committed_offset_ms,
+            1_900,
+            "trimmed at once"
+        );
     }
 
     #[test]
@@ -1188,7 +1267,13 @@ mod tests {
         let mut policy = speaking(step_500(), 1_000);
         let a = policy.next_decode().expect("decode");
         let looped: Vec<(&str, u64, u64)> = (0..6)
-            .map(|i| (if i % 2 == 0 { "good" } else { "morning" }, i * 100, i * 100 + 100))
+            .map(|i| {
+                (
+                    if i % 2 == 0 { "good" } else { "morning" },
+                    i * 100,
+                    i * 100 + 100,
+                )
+            })
             .collect();
         let out = policy.on_decoded(a.id, heard(&a, &looped));
         assert!(out.finals.is_empty() && out.interim.is_none(), "discarded");
@@ -1197,7 +1282,11 @@ mod tests {
         policy.flush();
         let b = policy.next_decode().expect("flush decode");
         let out = policy.on_decoded(b.id, heard(&b, &looped));
-        assert_eq!(texts(&out.finals), ["good morning"], "committed up to the loop");
+        assert_eq!(
+            texts(&out.finals),
+            ["good morning"],
+            "committed up to the loop"
+        );
     }
 
     #[test]
@@ -1207,7 +1296,9 @@ mod tests {
         assert!(!looped && words.len() == 3, "\"no, no, no\"");
         let (words, looped) = cut_loop((0..4).map(no).collect(), 1.0);
         assert!(looped && words.len() == 1);
-        let many: Vec<Word> = (0..20).map(|i| word(&format!("w{i}"), i * 50, i * 50 + 40)).collect();
+        let many: Vec<Word> = (0..20)
+            .map(|i| word(&format!("w{i}"), i * 50, i * 50 + 40))
+            .collect();
         let (words, looped) = cut_loop(many, 1.0);
         assert!(looped && words.len() == 10, "1 s holds at most 6 + 4 words");
     }
@@ -1216,12 +1307,22 @@ mod tests {
     fn a_resumed_policy_skips_replayed_audio_and_committed_words() {
         let mut policy = speaking(step_500(), 1_000);
         let a = policy.next_decode().expect("decode");
-        policy.on_decoded(a.id, heard(&a, &[("budget", 100, 500), ("report", 550, 900)]));
+        policy.on_decoded(
+            a.id,
+            heard(&a, &[("budget", 100, 500), ("report", 550, 900)]),
+        );
         push_speech(&mut policy, 500);
         let b = policy.next_decode().expect("decode");
         let out = policy.on_decoded(
             b.id,
-            heard(&b, &[("budget", 100, 500), ("report", 550, 900), ("by", 1_000, 1_200)]),
+            heard(
+                &b,
+                &[
+                    ("budget", 100, 500),
+                    ("report", 550, 900),
+                    ("by", 1_000, 1_200),
+                ],
+            ),
         );
         assert_eq!(texts(&out.finals), ["budget report"]);
         let checkpoint = policy.checkpoint();
@@ -1245,7 +1346,12 @@ mod tests {
             request.id,
             heard(
                 &request,
-                &[("Budget", 100, 500), ("report", 550, 900), ("by", 1_000, 1_200), ("Thursday.", 1_250, 1_450)],
+                &[
+                    ("Budget", 100, 500),
+                    ("report", 550, 900),
+                    ("by", 1_000, 1_200),
+                    ("Thursday.", 1_250, 1_450),
+                ],
             ),
         );
         assert_eq!(texts(&out.finals), ["by Thursday."]);
@@ -1263,7 +1369,10 @@ mod tests {
         let mut successor = Policy::new(step_500(), Some(checkpoint));
         successor.push_audio(0, &speech(800));
         successor.flush();
-        assert!(successor.next_decode().is_none(), "the replayed utterance is not decoded");
+        assert!(
+            successor.next_decode().is_none(),
+            "the replayed utterance is not decoded"
+        );
     }
 
     #[test]
@@ -1275,7 +1384,10 @@ mod tests {
         assert_eq!(policy.position, 900 * SAMPLES_PER_MS);
         let request = policy.next_decode().expect("decode");
         assert_eq!(request.start_ms, 0);
-        assert!(policy.next_decode().is_none(), "one decode in flight at a time");
+        assert!(
+            policy.next_decode().is_none(),
+            "one decode in flight at a time"
+        );
         let stale = policy.on_decoded(request.id + 7, vec![word("x", 0, 100)]);
         assert_eq!(stale, PolicyOutput::default());
         assert!(!policy.is_idle(), "the real decode is still in flight");
@@ -1287,9 +1399,14 @@ mod tests {
     fn a_gap_in_the_audio_is_silence_and_ends_the_utterance() {
         let mut policy = speaking(step_500(), 600);
         policy.push_audio(16_000 * 60, &speech(100));
-        let request = policy.next_decode().expect("finalizing decode of the first utterance");
+        let request = policy
+            .next_decode()
+            .expect("finalizing decode of the first utterance");
         assert_eq!(request.start_ms, 0);
-        assert!(request.samples.len() < 2 * MIN_DECODE_SAMPLES, "not a minute of zeros");
+        assert!(
+            request.samples.len() < 2 * MIN_DECODE_SAMPLES,
+            "not a minute of zeros"
+        );
     }
 
     #[test]
@@ -1301,17 +1418,36 @@ mod tests {
         let b = policy.next_decode().expect("retried");
         assert_eq!(b.samples, a.samples);
         policy.on_decode_failed(b.id);
-        assert!(policy.is_idle(), "closed after {MAX_FINALIZE_FAILURES} failures");
+        assert!(
+            policy.is_idle(),
+            "closed after {MAX_FINALIZE_FAILURES} failures"
+        );
     }
 
     #[test]
     fn alignment_prefers_the_split_after_the_last_committed_word() {
         let strings = |s: &str| s.split(' ').map(str::to_string).collect::<Vec<_>>();
-        assert_eq!(prefix_distances(&strings("a b"), &strings("a b c")), [2, 1, 0, 1]);
+        assert_eq!(
+            prefix_distances(&strings("a b"), &strings("a b c")),
+            [2, 1, 0, 1]
+        );
         let mut policy = Policy::new(PolicyConfig::default(), None);
-        policy.committed = vec![word("good", 0, 100), word("morning", 100, 200), word("everyone", 200, 300)];
-        let hypothesis = vec![word("good", 0, 100), word("morning", 100, 250), word("let", 300, 400), word("us", 400, 500)];
+        policy.committed = vec![
+            word("good", 0, 100),
+            word("morning", 100, 200),
+            word("everyone", 200, 300),
+        ];
+        let hypothesis = vec![
+            word("good", 0, 100),
+            word("morning", 100, 250),
+            word("let", 300, 400),
+            word("us", 400, 500),
+        ];
         let rest = policy.uncommitted(&hypothesis);
-        assert_eq!(join_text(&rest), "let us", "a missing committed word costs no new word");
+        assert_eq!(
+            join_text(&rest),
+            "let us",
+            "a missing committed word costs no new word"
+        );
     }
 }

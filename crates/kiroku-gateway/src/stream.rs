@@ -9,12 +9,11 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
 use async_nats::jetstream::message::PublishMessage as Publish;
 use bytes::Bytes;
 use futures::stream::FuturesOrdered;
 use futures::{FutureExt as _, StreamExt as _};
-use kiroku_core::nats::Layout;
+use kiroku_core::nats::{Follower, Layout};
 use kiroku_proto::events::v1 as events;
 use kiroku_proto::transcribe::v1::{
     self as api, StreamTranscribeRequest, StreamTranscribeResponse, stream_transcribe_request,
@@ -23,7 +22,7 @@ use kiroku_proto::transcribe::v1::{
 use prost::Message as _;
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
-use tracing::{Instrument as _, debug, info, warn};
+use tracing::{Instrument as _, debug, info};
 
 use crate::resample::{OUTPUT_RATE_HZ, SUPPORTED_RATES_HZ, StreamResampler};
 use crate::{DEFAULT_TENANT, Limits, ResponseStream, Shared};
@@ -348,22 +347,15 @@ impl Session {
     ) -> Result<(), Status> {
         let layout = &shared.config.layout;
         let limits = &shared.config.limits;
-        let consumer_name = format!("gw_{}_{}", self.id, uuid::Uuid::new_v4().simple());
-        let finals_consumer = shared
-            .transcripts
-            .create_consumer(OrderedConfig {
-                name: Some(consumer_name.clone()),
-                filter_subject: layout.transcript_subject(&self.tenant, &self.id),
-                deliver_policy: DeliverPolicy::All,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| {
-                Status::unavailable(format!("cannot follow the session's results: {e}"))
-            })?;
-        let mut finals = finals_consumer.messages().await.map_err(|e| {
-            Status::unavailable(format!("cannot follow the session's results: {e}"))
-        })?;
+        let mut finals = Follower::new(
+            shared.nats.clone(),
+            shared.transcripts.clone(),
+            layout.transcript_subject(&self.tenant, &self.id),
+            &format!("gw_{}", self.id),
+            0,
+        )
+        .await
+        .map_err(|e| Status::unavailable(format!("cannot follow the session's results: {e}")))?;
         let mut interims = shared
             .nats
             .subscribe(layout.interim_subject(&self.tenant, &self.id))
@@ -410,13 +402,6 @@ impl Session {
                     ))),
                 },
                 message = finals.next() => {
-                    let message = match message {
-                        Some(Ok(message)) => message,
-                        Some(Err(error)) => { warn!(%error, "results consumer error"); continue; }
-                        None => break Err(Status::unavailable(
-                            "the results stream was interrupted; resume with the token",
-                        )),
-                    };
                     match self.relay_final(&message.payload, tx).await {
                         Ok(true) => break Ok(()),
                         Ok(false) => {}
@@ -440,10 +425,7 @@ impl Session {
                 }
             }
         };
-        drop(finals);
-        // The ordered consumer would expire on its own after 30 s of inactivity;
-        // deleting it now keeps the server's consumer count exact.
-        let _ = shared.transcripts.delete_consumer(&consumer_name).await;
+        finals.close().await;
         result
     }
 
@@ -718,7 +700,8 @@ pub(crate) async fn publish_job(shared: &Shared, job: &events::SessionJob) -> Re
         .send_publish(subject, publish)
         .await
         .map_err(|e| Status::unavailable(format!("cannot queue the session: {e}")))?;
-    ack.await
+    kiroku_core::nats::await_ack(ack)
+        .await
         .map_err(|e| Status::unavailable(format!("cannot queue the session: {e}")))?;
     Ok(())
 }
@@ -755,26 +738,18 @@ pub(crate) async fn publish_frame(
                 .headers(headers.clone())
         }
     };
-    let first = shared.js.send_publish(subject.clone(), build()).await;
+    let first = shared
+        .js
+        .send_publish(subject.clone(), build())
+        .await
+        .map_err(|e| kiroku_core::nats::NatsError(e.to_string()));
     let js = shared.js.clone();
     Ok(async move {
-        let mut attempt = match first {
-            Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        };
-        let mut delay = Duration::from_millis(200);
-        for _ in 0..8 {
-            if attempt.is_ok() {
-                break;
-            }
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_secs(3));
-            attempt = match js.send_publish(subject.clone(), build()).await {
-                Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
-                Err(e) => Err(e.to_string()),
-            };
-        }
-        (seq, end_offset, attempt)
+        let outcome = kiroku_core::nats::publish_durable(&js, &subject, build, Some(first))
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string());
+        (seq, end_offset, outcome)
     }
     .boxed())
 }

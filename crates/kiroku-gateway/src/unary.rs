@@ -5,9 +5,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
-use futures::StreamExt as _;
-use kiroku_core::nats::Layout;
+use kiroku_core::nats::{Follower, Layout};
 use kiroku_engine::audio::{AudioError, decode_wav};
 use kiroku_proto::events::v1 as events;
 use kiroku_proto::transcribe::v1::{self as api, transcribe_request};
@@ -122,20 +120,15 @@ async fn run_batch(
     let tenant = DEFAULT_TENANT.to_string();
     let session = uuid::Uuid::new_v4().simple().to_string();
     let layout = &shared.config.layout;
-    let consumer_name = format!("gw_{session}");
-    let mut finals = shared
-        .transcripts
-        .create_consumer(OrderedConfig {
-            name: Some(consumer_name.clone()),
-            filter_subject: layout.transcript_subject(&tenant, &session),
-            deliver_policy: DeliverPolicy::All,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| Status::unavailable(format!("cannot follow results: {e}")))?
-        .messages()
-        .await
-        .map_err(|e| Status::unavailable(format!("cannot follow results: {e}")))?;
+    let mut finals = Follower::new(
+        shared.nats.clone(),
+        shared.transcripts.clone(),
+        layout.transcript_subject(&tenant, &session),
+        &format!("gw_{session}"),
+        0,
+    )
+    .await
+    .map_err(|e| Status::unavailable(format!("cannot follow results: {e}")))?;
 
     publish_job(
         shared,
@@ -183,20 +176,11 @@ async fn run_batch(
     let mut segments = Vec::new();
     let mut language = String::new();
     let outcome = loop {
-        let next = tokio::time::timeout_at(deadline, finals.next()).await;
-        let message = match next {
-            Err(_) => {
-                break Err(Status::deadline_exceeded(format!(
-                    "no transcript within {} s (are workers running?)",
-                    shared.config.transcribe_timeout.as_secs()
-                )));
-            }
-            Ok(None) => break Err(Status::unavailable("results stream ended")),
-            Ok(Some(Err(error))) => {
-                tracing::warn!(%error, "results consumer error");
-                continue;
-            }
-            Ok(Some(Ok(message))) => message,
+        let Ok(message) = tokio::time::timeout_at(deadline, finals.next()).await else {
+            break Err(Status::deadline_exceeded(format!(
+                "no transcript within {} s (are workers running?)",
+                shared.config.transcribe_timeout.as_secs()
+            )));
         };
         let result = events::TranscriptResult::decode(message.payload.as_ref())
             .map_err(|e| Status::internal(format!("a stored result does not decode: {e}")))?;
@@ -216,7 +200,6 @@ async fn run_batch(
             segments.extend(result.segment);
         }
     };
-    drop(finals);
-    let _ = shared.transcripts.delete_consumer(&consumer_name).await;
+    finals.close().await;
     outcome.map(|()| (segments, language))
 }

@@ -88,6 +88,10 @@ pub(crate) struct Ctx {
     pub checkpoints: jetstream::kv::Store,
     /// `None` for the benchmark-only null engine.
     pub engine: Option<Arc<Engine>>,
+    /// Sessions running here → their job's latest delivery.
+    pub active: std::sync::Mutex<
+        std::collections::HashMap<String, watch::Sender<Arc<async_nats::jetstream::Message>>>,
+    >,
     pub model_name: String,
 }
 
@@ -156,6 +160,7 @@ pub async fn serve(
         js,
         engine,
         model_name,
+        active: Default::default(),
     });
     info!(
         model = ctx.model_name,
@@ -202,12 +207,14 @@ pub async fn serve(
         };
         match message {
             Some(Ok(message)) => {
-                let ctx = ctx.clone();
-                let drain = drain_rx.clone();
-                tasks.spawn(async move {
-                    session::run(ctx, message, drain).await;
-                    drop(permit);
-                });
+                if let Some(message) = redelivered_here(&ctx, message) {
+                    let ctx = ctx.clone();
+                    let drain = drain_rx.clone();
+                    tasks.spawn(async move {
+                        session::run(ctx, message, drain).await;
+                        drop(permit);
+                    });
+                }
             }
             Some(Err(error)) => warn!(%error, "job message error"),
             None => {} // no job within `expires`: ask again
@@ -230,6 +237,30 @@ pub async fn serve(
         }
     }
     Ok(())
+}
+
+/// A job for a session this worker already runs (redelivered after a NATS outage
+/// interrupted its progress acks) goes to that session, which acks it from now on;
+/// otherwise the message comes back to be started.
+fn redelivered_here(
+    ctx: &Ctx,
+    message: async_nats::jetstream::Message,
+) -> Option<async_nats::jetstream::Message> {
+    use prost::Message as _;
+    let Ok(job) = kiroku_proto::events::v1::SessionJob::decode(message.payload.as_ref()) else {
+        return Some(message);
+    };
+    let Ok(active) = ctx.active.lock() else {
+        return Some(message);
+    };
+    match active.get(&job.session_id) {
+        Some(latest) => {
+            info!(session = %job.session_id, "job redelivered while running here: keeping it");
+            let _ = latest.send(Arc::new(message));
+            None
+        }
+        None => Some(message),
+    }
 }
 
 /// Resolves once draining starts (the watch guard is dropped before returning, so the

@@ -4,12 +4,11 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
 use async_nats::jetstream::message::AckKind;
 use async_nats::jetstream::message::PublishMessage as Publish;
 use bytes::Bytes;
 use futures::StreamExt as _;
-use kiroku_core::nats::Layout;
+use kiroku_core::nats::{Follower, Layout};
 use kiroku_core::transcript::Word;
 use kiroku_engine::TranscribeOptions;
 use kiroku_engine::streaming::{Checkpoint, DecodeRequest, Policy};
@@ -47,6 +46,7 @@ pub(crate) async fn run(
             return;
         }
     };
+    let job_session = job.session_id.clone();
     let span = info_span!(
         "worker.session",
         session = %job.session_id,
@@ -58,20 +58,26 @@ pub(crate) async fn run(
         &span,
         kiroku_core::trace::context_from_traceparent(&job.traceparent),
     );
-    let message = Arc::new(message);
+    // The job's latest delivery: a redelivery of a job this worker is already running
+    // (after a NATS outage) replaces it here instead of starting a second copy.
+    let delivered = message.info().map(|i| i.delivered).unwrap_or(1);
+    let (latest_tx, latest) = watch::channel(Arc::new(message));
+    if let Ok(mut active) = ctx.active.lock() {
+        active.insert(job.session_id.clone(), latest_tx);
+    }
     let heartbeat = {
-        let message = message.clone();
+        let latest = latest.clone();
         let every = ctx.config.ack_wait / 3;
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(every).await;
+                let message = latest.borrow().clone();
                 if let Err(error) = message.ack_with(AckKind::Progress).await {
                     debug!(%error, "progress ack failed");
                 }
             }
         })
     };
-    let delivered = message.info().map(|i| i.delivered).unwrap_or(1);
     let outcome = async {
         if delivered > 1 {
             info!(delivered, "taking over a session (redelivered job)");
@@ -86,6 +92,10 @@ pub(crate) async fn run(
     .instrument(span.clone())
     .await;
     heartbeat.abort();
+    if let Ok(mut active) = ctx.active.lock() {
+        active.remove(&job_session);
+    }
+    let message = latest.borrow().clone();
     let _enter = span.enter();
     match outcome {
         Outcome::Closed => {
@@ -206,38 +216,20 @@ impl Session {
                 "resuming from checkpoint"
             );
         }
-        let deliver_policy = if self.checkpoint.audio_stream_seq > 0 {
-            DeliverPolicy::ByStartSequence {
-                start_sequence: self.checkpoint.audio_stream_seq,
-            }
-        } else {
-            DeliverPolicy::All
-        };
         let audio_subject = self
             .layout()
             .audio_subject(&self.job.tenant_id, &self.job.session_id);
-        let consumer_name = format!(
-            "wk_{}_{}",
-            self.job.session_id,
-            uuid::Uuid::new_v4().simple()
-        );
-        let consumer = match self
-            .ctx
-            .audio
-            .create_consumer(OrderedConfig {
-                name: Some(consumer_name.clone()),
-                filter_subject: audio_subject,
-                deliver_policy,
-                ..Default::default()
-            })
-            .await
+        let mut audio = match Follower::new(
+            self.ctx.nats.clone(),
+            self.ctx.audio.clone(),
+            audio_subject,
+            &format!("wk_{}", self.job.session_id),
+            self.checkpoint.audio_stream_seq,
+        )
+        .await
         {
-            Ok(consumer) => consumer,
-            Err(error) => return Outcome::Retry(format!("following the audio: {error}")),
-        };
-        let mut audio = match consumer.messages().await {
             Ok(audio) => audio,
-            Err(error) => return Outcome::Retry(format!("following the audio: {error}")),
+            Err(error) => return Outcome::Retry(error.to_string()),
         };
         let outcome = if self.job.batch {
             self.run_batch(&mut audio, &mut drain).await
@@ -246,8 +238,7 @@ impl Session {
         } else {
             self.run_live(&mut audio, &mut drain, resumed).await
         };
-        drop(audio);
-        let _ = self.ctx.audio.delete_consumer(&consumer_name).await;
+        audio.close().await;
         outcome
     }
 
@@ -267,7 +258,7 @@ impl Session {
 
     async fn run_live(
         &mut self,
-        audio: &mut async_nats::jetstream::consumer::pull::Ordered,
+        audio: &mut Follower,
         drain: &mut watch::Receiver<bool>,
         resumed: bool,
     ) -> Outcome {
@@ -308,11 +299,6 @@ impl Session {
             }
             tokio::select! {
                 message = audio.next(), if closing.is_none() => {
-                    let message = match message {
-                        Some(Ok(message)) => message,
-                        Some(Err(error)) => { warn!(%error, "audio consumer error"); continue; }
-                        None => return Outcome::Retry("audio stream ended".into()),
-                    };
                     let frame = match self.take_frame(&message) {
                         Ok(frame) => frame,
                         Err(error) => { warn!(error, "skipping frame"); continue; }
@@ -388,13 +374,12 @@ impl Session {
     /// the frame's seq; end of stream closes. No inference, no policy.
     async fn run_null(
         &mut self,
-        audio: &mut async_nats::jetstream::consumer::pull::Ordered,
+        audio: &mut Follower,
         drain: &mut watch::Receiver<bool>,
     ) -> Outcome {
         loop {
             tokio::select! {
                 message = audio.next() => {
-                    let Some(Ok(message)) = message else { return Outcome::Retry("audio stream ended".into()) };
                     let Ok(frame) = self.take_frame(&message) else { continue };
                     if frame.end_of_stream {
                         return self.close("end_of_stream").await;
@@ -410,14 +395,13 @@ impl Session {
     /// A whole file: collect all audio, decode once, publish each segment as a final.
     async fn run_batch(
         &mut self,
-        audio: &mut async_nats::jetstream::consumer::pull::Ordered,
+        audio: &mut Follower,
         drain: &mut watch::Receiver<bool>,
     ) -> Outcome {
         let mut samples: Vec<f32> = Vec::new();
         loop {
             tokio::select! {
                 message = audio.next() => {
-                    let Some(Ok(message)) = message else { return Outcome::Retry("audio stream ended".into()) };
                     let Ok(frame) = self.take_frame(&message) else { continue };
                     let start = frame.offset_samples as usize;
                     let pcm: Vec<f32> = frame
@@ -651,24 +635,16 @@ impl Session {
         let payload = Bytes::from(message.encode_to_vec());
         let mut headers = async_nats::HeaderMap::new();
         kiroku_core::trace::inject_nats(&tracing::Span::current(), &mut headers);
-        let mut delay = Duration::from_millis(200);
-        let mut last_error = String::new();
-        for _ in 0..8 {
-            let publish = Publish::build()
+        let message = || {
+            Publish::build()
                 .payload(payload.clone())
                 .message_id(&id)
-                .headers(headers.clone());
-            match self.ctx.js.send_publish(subject.clone(), publish).await {
-                Ok(ack) => match ack.await {
-                    Ok(_) => return Ok(()),
-                    Err(error) => last_error = error.to_string(),
-                },
-                Err(error) => last_error = error.to_string(),
-            }
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_secs(3));
-        }
-        Err(format!("publishing a result: {last_error}"))
+                .headers(headers.clone())
+        };
+        kiroku_core::nats::publish_durable(&self.ctx.js, &subject, message, None)
+            .await
+            .map(|_| ())
+            .map_err(|e| format!("publishing a result: {e}"))
     }
 
     async fn close(&mut self, reason: &str) -> Outcome {
