@@ -14,7 +14,7 @@ parts=()
 n=0
 while IFS='|' read -r speaker line; do
   [[ -z "$speaker" || "$speaker" == \#* ]] && continue
-  voice=en-us; [[ "$speaker" == B ]] && voice=en-us+f3
+  voice=en-us; [[ "$speaker" == B ]] && voice=en-gb
   n=$((n + 1))
   espeak-ng -v "$voice" -s 150 -w "$OUT/line$n.raw.wav" "$line"
   sox "$OUT/line$n.raw.wav" -r 16000 -c 1 -b 16 "$OUT/line$n.wav" pad 0 0.7

@@ -289,6 +289,13 @@ impl Session {
             if in_flight.is_none()
                 && let Some(request) = policy.next_decode()
             {
+                debug!(
+                    id = request.id,
+                    start_ms = request.start_ms,
+                    audio_ms = request.samples.len() as u64 / 16,
+                    audio_ctx = request.audio_ctx,
+                    "decode"
+                );
                 in_flight = Some(spawn_decode(engine.clone(), request, options.clone()));
             }
             if let Some(reason) = closing
@@ -334,6 +341,13 @@ impl Session {
                         Err(error) => return self.close_with_error(error).await,
                     };
                     let output = policy.on_decoded(decoded.id, words);
+                    debug!(
+                        id = decoded.id,
+                        finals = output.finals.len(),
+                        interim = output.interim.as_ref().map(|i| i.text.as_str()).unwrap_or(""),
+                        idle = policy.is_idle(),
+                        "decoded"
+                    );
                     for final_ in output.finals {
                         if let Err(why) = self.publish_final(final_.start_ms, final_.end_ms, final_.text, final_.words, &policy.checkpoint()).await {
                             return Outcome::Retry(why);
