@@ -87,6 +87,10 @@ pub struct WorkerArgs {
         default_value = "127.0.0.1:0"
     )]
     pub admin_listen: String,
+    /// Streaming policy: decode again after this much new audio (ms). Shorter commits
+    /// sooner and costs more CPU per stream.
+    #[arg(long, env = "KIROKU_WORKER_STEP_MS")]
+    pub step_ms: Option<u32>,
     /// `whisper`, or `null-benchmark`: BENCHMARK ONLY, no inference (plumbing runs).
     #[arg(long, default_value = "whisper")]
     pub engine: String,
@@ -213,6 +217,12 @@ async fn worker(args: WorkerArgs) -> Result<()> {
     config.max_sessions = args.sessions.max(1);
     config.ack_wait = Duration::from_secs_f64(args.ack_wait_s);
     config.resume_window = Duration::from_secs(args.common.resume_window_s);
+    if let Some(step_ms) = args.step_ms {
+        if !(100..=5_000).contains(&step_ms) {
+            return Err(InputError("--step-ms must be between 100 and 5000".into()).into());
+        }
+        config.policy.step_ms = step_ms;
+    }
     let admin = bind(&args.admin_listen, "admin").await?;
     println!("kiroku worker admin=http://{}", admin.local_addr()?);
     let (ready_tx, ready_rx) = tokio::sync::watch::channel(false);
