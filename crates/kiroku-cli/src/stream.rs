@@ -153,7 +153,92 @@ struct Progress {
     first_interim_ms: Option<f64>,
     server_stats: Option<ServerStats>,
     language: String,
-    interim_shown: bool,
+    captions: Captions,
+}
+
+/// Caption lines on stdout. Finals of one utterance join into one line (a final that
+/// starts within 600 ms of the previous one's end continues it). On a terminal the open
+/// line is redrawn in place with the interim tail dimmed after it; otherwise each line
+/// is printed once complete.
+#[derive(Debug, Default)]
+struct Captions {
+    enabled: bool,
+    tty: bool,
+    /// (start ms, end ms, text) of the open line.
+    line: Option<(u64, u64, String)>,
+    interim: String,
+}
+
+impl Captions {
+    fn add_final(&mut self, segment: &Segment) {
+        if !self.enabled {
+            return;
+        }
+        match &mut self.line {
+            Some((_, end, text)) if segment.start_ms <= *end + 600 => {
+                *end = segment.end_ms;
+                text.push(' ');
+                text.push_str(&segment.text);
+            }
+            _ => {
+                self.finish_line();
+                self.line = Some((segment.start_ms, segment.end_ms, segment.text.clone()));
+            }
+        }
+        self.interim.clear();
+        self.redraw();
+    }
+
+    fn set_interim(&mut self, text: String) {
+        if !self.enabled || !self.tty {
+            return;
+        }
+        self.interim = text;
+        self.redraw();
+    }
+
+    fn redraw(&self) {
+        if !self.tty {
+            return;
+        }
+        let mut shown = String::new();
+        if let Some((start, _, text)) = &self.line {
+            shown = format!("[{}] {text}", clock(*start));
+        }
+        // One terminal row: the newest 100 characters.
+        let tail = |text: &str| -> String {
+            let count = text.chars().count();
+            text.chars().skip(count.saturating_sub(100)).collect()
+        };
+        let line = tail(&shown);
+        let room = 100usize.saturating_sub(line.chars().count());
+        let interim = tail(&self.interim);
+        let interim: String = interim
+            .chars()
+            .skip(interim.chars().count().saturating_sub(room))
+            .collect();
+        print!("\r\x1b[K{line} \x1b[2m{interim}\x1b[0m");
+        let _ = std::io::stdout().flush();
+    }
+
+    /// Prints the open line for good.
+    fn finish_line(&mut self) {
+        if self.tty {
+            print!("\r\x1b[K");
+        }
+        if let Some((start, end, text)) = self.line.take() {
+            println!("[{} → {}] {text}", clock(start), clock(end));
+        }
+        let _ = std::io::stdout().flush();
+    }
+
+    /// Ends the display (before other output, and at the end).
+    fn close(&mut self) {
+        if self.enabled {
+            self.interim.clear();
+            self.finish_line();
+        }
+    }
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -192,13 +277,17 @@ async fn stream(args: Args, audio: ClientAudio) -> Result<()> {
         first_interim_ms: None,
         server_stats: None,
         language: String::new(),
-        interim_shown: false,
+        captions: Captions {
+            enabled: args.format == OutputFormat::Txt,
+            tty,
+            ..Captions::default()
+        },
     };
     let origin = Instant::now();
     let mut reconnects = 0u32;
     loop {
         let gateway = &gateways[reconnects as usize % gateways.len()];
-        match attempt(&args, &audio, gateway, origin, &mut progress, tty).await {
+        match attempt(&args, &audio, gateway, origin, &mut progress).await {
             Ok(Attempt::Closed) => break,
             Ok(Attempt::Reconnect(why)) => {
                 if reconnects >= args.max_reconnects {
@@ -206,17 +295,17 @@ async fn stream(args: Args, audio: ClientAudio) -> Result<()> {
                 }
                 reconnects += 1;
                 let next = &gateways[reconnects as usize % gateways.len()];
-                clear_interim(&mut progress, tty);
+                progress.captions.close();
                 eprintln!("kiroku stream: {why}; reconnecting to {next} (attempt {reconnects})");
                 tokio::time::sleep(Duration::from_millis(300 * u64::from(reconnects.min(5)))).await;
             }
             Err(error) => {
-                clear_interim(&mut progress, tty);
+                progress.captions.close();
                 return Err(error);
             }
         }
     }
-    clear_interim(&mut progress, tty);
+    progress.captions.close();
     let transcript = Transcript {
         duration_ms: audio.duration_ms,
         text: progress
@@ -255,7 +344,6 @@ async fn attempt(
     gateway: &str,
     origin: Instant,
     progress: &mut Progress,
-    tty: bool,
 ) -> Result<Attempt> {
     let endpoint = tonic::transport::Endpoint::from_shared(gateway.to_string())
         .map_err(|_| InputError(format!("gateway URL {gateway:?} is not valid")))?
@@ -355,15 +443,7 @@ async fn attempt(
                             progress.language = result.language.clone();
                         }
                         let segment = to_segment(result.segment.unwrap_or_default());
-                        clear_interim(progress, tty);
-                        if args.format == OutputFormat::Txt {
-                            println!(
-                                "[{} → {}] {}",
-                                clock(segment.start_ms),
-                                clock(segment.end_ms),
-                                segment.text
-                            );
-                        }
+                        progress.captions.add_final(&segment);
                         progress.finals.push(ReceivedFinal {
                             result_seq: result.result_seq,
                             arrival_ms: origin.elapsed().as_secs_f64() * 1000.0,
@@ -374,20 +454,9 @@ async fn attempt(
                         progress
                             .first_interim_ms
                             .get_or_insert(origin.elapsed().as_secs_f64() * 1000.0);
-                        if tty && args.format == OutputFormat::Txt {
-                            let text = interim.segment.map(|s| s.text).unwrap_or_default();
-                            let shown: String = text
-                                .chars()
-                                .rev()
-                                .take(100)
-                                .collect::<Vec<_>>()
-                                .into_iter()
-                                .rev()
-                                .collect();
-                            print!("\r\x1b[K\x1b[2m… {shown}\x1b[0m");
-                            let _ = std::io::stdout().flush();
-                            progress.interim_shown = true;
-                        }
+                        progress
+                            .captions
+                            .set_interim(interim.segment.map(|s| s.text).unwrap_or_default());
                     }
                     Some(R::Stats(stats)) => {
                         progress.server_stats = Some(ServerStats {
@@ -423,14 +492,6 @@ fn classify(status: tonic::Status) -> Result<String> {
             .into())
         }
         code => bail!("stream failed: {code:?}: {}", status.message()),
-    }
-}
-
-fn clear_interim(progress: &mut Progress, tty: bool) {
-    if tty && progress.interim_shown {
-        print!("\r\x1b[K");
-        let _ = std::io::stdout().flush();
-        progress.interim_shown = false;
     }
 }
 
