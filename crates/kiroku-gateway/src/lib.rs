@@ -153,14 +153,20 @@ impl Transcription for Gateway {
         &self,
         request: Request<Streaming<StreamTranscribeRequest>>,
     ) -> Result<Response<Self::StreamTranscribeStream>, Status> {
-        stream::start(self.inner.clone(), request).await
+        // Refusals before the stream starts are counted here; those inside the
+        // stream's loop where they happen.
+        stream::start(self.inner.clone(), request)
+            .await
+            .inspect_err(|status| kiroku_core::metrics::metrics().error(status.code()))
     }
 
     async fn transcribe(
         &self,
         request: Request<TranscribeRequest>,
     ) -> Result<Response<TranscribeResponse>, Status> {
-        unary::transcribe(self.inner.clone(), request).await
+        unary::transcribe(self.inner.clone(), request)
+            .await
+            .inspect_err(|status| kiroku_core::metrics::metrics().error(status.code()))
     }
 }
 

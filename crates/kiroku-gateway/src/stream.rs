@@ -367,8 +367,13 @@ impl Session {
         let idle = tokio::time::sleep(limits.idle_timeout);
         tokio::pin!(idle);
         let mut client_open = true;
+        let mut finish_by: Option<tokio::time::Instant> = None;
+        let far_future = || tokio::time::Instant::now() + Duration::from_secs(86_400);
 
         let result = loop {
+            if self.ended && finish_by.is_none() {
+                finish_by = Some(tokio::time::Instant::now() + shared.config.transcribe_timeout);
+            }
             tokio::select! {
                 message = inbound.message(), if client_open => match message {
                     Ok(Some(request)) => {
@@ -413,10 +418,19 @@ impl Session {
                         break Ok(());
                     }
                 }
-                () = &mut idle, if client_open => {
+                () = &mut idle, if client_open && !self.ended => {
                     break Err(Status::deadline_exceeded(format!(
                         "no message for {} s: send keep_alive while muted",
                         limits.idle_timeout.as_secs()
+                    )));
+                }
+                // After end of stream the client waits for us, not the other way round:
+                // the idle limit no longer applies, a generous deadline for the workers
+                // does.
+                () = tokio::time::sleep_until(finish_by.unwrap_or_else(far_future)), if finish_by.is_some() => {
+                    break Err(Status::deadline_exceeded(format!(
+                        "no worker finished the session within {} s of its end (are workers running?)",
+                        shared.config.transcribe_timeout.as_secs()
                     )));
                 }
                 _ = presence.tick() => {
@@ -744,12 +758,20 @@ pub(crate) async fn publish_frame(
         .await
         .map_err(|e| kiroku_core::nats::NatsError(e.to_string()));
     let js = shared.js.clone();
-    Ok(async move {
+    // The ack wait runs as its own task: a pending ack holds one of the JetStream
+    // context's in-flight permits, and a stream's loop that waited for a permit while
+    // its own acks sat unpolled would deadlock with every other stream (seen with 1,000
+    // streams). The loop still takes the results in publish order.
+    let task = tokio::spawn(async move {
         let outcome = kiroku_core::nats::publish_durable(&js, &subject, build, Some(first))
             .await
             .map(|_| ())
             .map_err(|e| e.to_string());
         (seq, end_offset, outcome)
+    });
+    Ok(async move {
+        task.await
+            .unwrap_or_else(|error| (seq, end_offset, Err(error.to_string())))
     }
     .boxed())
 }
