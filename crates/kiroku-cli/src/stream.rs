@@ -156,10 +156,10 @@ struct Progress {
     captions: Captions,
 }
 
-/// Caption lines on stdout. Finals of one utterance join into one line (a final that
-/// starts within 600 ms of the previous one's end continues it). On a terminal the open
-/// line is redrawn in place with the interim tail dimmed after it; otherwise each line
-/// is printed once complete.
+/// Caption lines on stdout. On a terminal, finals of one utterance join into one line
+/// (a final that starts within 600 ms of the previous one's end continues it), redrawn in
+/// place with the interim tail dimmed after it. Piped, each final is its own line, printed
+/// as it arrives.
 #[derive(Debug, Default)]
 struct Captions {
     enabled: bool,
@@ -172,6 +172,17 @@ struct Captions {
 impl Captions {
     fn add_final(&mut self, segment: &Segment) {
         if !self.enabled {
+            return;
+        }
+        if !self.tty {
+            // Piped: one line per final as soon as it arrives (scripts and tests read it).
+            println!(
+                "[{} → {}] {}",
+                clock(segment.start_ms),
+                clock(segment.end_ms),
+                segment.text
+            );
+            let _ = std::io::stdout().flush();
             return;
         }
         match &mut self.line {

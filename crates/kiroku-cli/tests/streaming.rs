@@ -14,12 +14,18 @@ use kiroku_tests::wer::word_error_rate;
 
 /// The meeting sentences without the two whose numbers ("twelve percent", "at ten")
 /// Whisper writes as digits, which a word-level WER counts as errors, and the one with
-/// "Osaka", which tiny.en mishears with a streaming buffer's short context (see README,
-/// streaming benchmark): these tests measure the streaming, not the model.
+/// "Osaka" and "The customer asked", which tiny.en often mishears with a streaming
+/// buffer's short context ("The cost customer", see README, streaming benchmark): these
+/// tests measure the streaming (nothing lost, nothing doubled), not the model.
 fn sentences() -> Vec<&'static str> {
     meeting_sentences()
         .into_iter()
-        .filter(|s| !s.contains("twelve percent") && !s.contains("at ten") && !s.contains("Osaka"))
+        .filter(|s| {
+            !s.contains("twelve percent")
+                && !s.contains("at ten")
+                && !s.contains("Osaka")
+                && !s.contains("customer asked")
+        })
         .collect()
 }
 
@@ -67,7 +73,7 @@ fn live_stream_gives_finals_that_match_the_speech() {
 fn concurrent_streams_each_get_their_own_transcript() {
     let cluster = Cluster::start(1, 1, Options::default());
     let sentences = sentences();
-    let groups = [&sentences[0..3], &sentences[3..6], &sentences[5..8]];
+    let groups = [&sentences[0..3], &sentences[3..6], &sentences[4..7]];
     let clients: Vec<(StreamClient, String)> = groups
         .iter()
         .enumerate()
@@ -127,7 +133,7 @@ fn a_draining_worker_hands_its_session_to_another_at_once() {
     };
     let cluster = Cluster::start(1, 2, options);
     let sentences = sentences();
-    let (wav, reference) = meeting_wav(cluster.dir.path(), "meeting", &sentences[2..7], 16_000, 1);
+    let (wav, reference) = meeting_wav(cluster.dir.path(), "meeting", &sentences[1..6], 16_000, 1);
     let mut client =
         StreamClient::spawn(cluster.dir.path(), "c", &wav, &cluster.gateway_url(0), 1.0);
     client.wait_for_finals(1, Duration::from_secs(60));
