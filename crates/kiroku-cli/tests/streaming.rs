@@ -493,7 +493,15 @@ fn nats_restart_mid_stream_loses_nothing_acknowledged() {
         }
         panic!("nats-server did not start");
     };
-    let mut nats = start_nats();
+    /// Kills the private server even when an assertion fails first.
+    struct KillOnDrop(std::process::Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut nats = KillOnDrop(start_nats());
     wait_up();
     let options = Options {
         nats_url: format!("nats://127.0.0.1:{port}"),
@@ -508,14 +516,13 @@ fn nats_restart_mid_stream_loses_nothing_acknowledged() {
     let mut client =
         StreamClient::spawn(cluster.dir.path(), "c", &wav, &cluster.gateway_url(0), 1.0);
     client.wait_for_finals(1, Duration::from_secs(60));
-    nats.kill().expect("stop nats");
-    let _ = nats.wait();
+    nats.0.kill().expect("stop nats");
+    let _ = nats.0.wait();
     std::thread::sleep(Duration::from_secs(2));
-    let mut nats = start_nats();
+    nats = KillOnDrop(start_nats());
     wait_up();
     let report = client.finish(Duration::from_secs(180));
-    let _ = nats.kill();
-    let _ = nats.wait();
+    drop(nats);
     check_finals_consistent(&report);
     assert_wer(&report, &reference, 0.15);
 }
