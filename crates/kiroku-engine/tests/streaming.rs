@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use kiroku_engine::audio::decode_wav;
 use kiroku_engine::engine::default_model_path;
 use kiroku_engine::streaming::{PolicyConfig, Simulation, simulate};
-use kiroku_engine::{Engine, EngineConfig, TranscribeOptions};
+use kiroku_engine::{Engine, EngineConfig};
 use kiroku_tests::speech::{meeting_sentences, synthesize};
 use kiroku_tests::wer::word_error_rate;
 
@@ -53,14 +53,6 @@ fn load_engine() -> Engine {
     Engine::load(&EngineConfig::new(model_path())).expect("load model")
 }
 
-fn percentile(values: &[u64], p: f64) -> u64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_unstable();
-    let index = ((sorted.len().saturating_sub(1)) as f64 * p).round() as usize;
-    sorted.get(index).copied().unwrap_or(0)
-}
-
-/// Joined text and WER of a run; asserts the time-order promise of finals.
 fn check(simulation: &Simulation, reference: &str, audio_ms: u64) -> (String, f64) {
     let mut previous_end_ms = 0;
     for final_ in &simulation.finals {
@@ -121,46 +113,4 @@ fn streamed_meeting_speech_is_committed_accurately_and_in_time_order() {
         "{} decodes for {speech_steps} steps of audio",
         simulation.decodes
     );
-}
-
-/// Compute-aware comparison of step sizes (decode time delays commits, as in the
-/// worker): run with `cargo test -p kiroku-engine --test streaming -- --ignored
-/// --nocapture` on an otherwise idle machine; the figures depend on its load.
-#[test]
-#[ignore = "a measurement: slow, and its latencies depend on the machine's load"]
-fn step_sizes_measured_with_decode_time() {
-    let engine = load_engine();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (samples, reference) = meeting_audio(dir.path());
-    let audio_ms = samples.len() as u64 / 16;
-    // The offline level: the whole recording in one batch decode.
-    let batch = engine
-        .transcribe(samples.clone(), TranscribeOptions::default(), None)
-        .expect("batch decode");
-    eprintln!(
-        "batch: WER {:.3}: {}",
-        word_error_rate(&reference, &batch.text),
-        batch.text
-    );
-    for step_ms in [250, 500] {
-        let config = PolicyConfig {
-            step_ms,
-            ..PolicyConfig::default()
-        };
-        let started = std::time::Instant::now();
-        let simulation = simulate(&engine, &samples, config, CHUNK_MS, true).expect("simulate");
-        let busy_ms = started.elapsed().as_millis();
-        let (text, wer) = check(&simulation, &reference, audio_ms);
-        let latency = &simulation.commit_latency_ms;
-        eprintln!(
-            "step {step_ms} ms: {} decodes, WER {wer:.3}, commit latency p50 {} ms p95 {} ms, wall {busy_ms} ms for {audio_ms} ms of audio",
-            simulation.decodes,
-            percentile(latency, 0.5),
-            percentile(latency, 0.95),
-        );
-        assert!(
-            wer <= 0.15,
-            "step {step_ms}: WER {wer:.3}\nhypothesis: {text}"
-        );
-    }
 }

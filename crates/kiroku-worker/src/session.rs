@@ -315,12 +315,7 @@ impl Session {
                         // Replays after a takeover overlap committed audio: the policy
                         // ignores samples before its position, so no seq check is needed.
                         self.last_audio_seq = self.last_audio_seq.max(frame.seq);
-                        let samples: Vec<f32> = frame
-                            .pcm_s16le
-                            .chunks_exact(2)
-                            .map(|b| f32::from(i16::from_le_bytes([b[0], b[1]])) / 32768.0)
-                            .collect();
-                        policy.push_audio(frame.offset_samples, &samples);
+                        policy.push_audio(frame.offset_samples, &to_f32(&frame.pcm_s16le));
                     }
                     if frame.flush_utterance {
                         policy.flush();
@@ -418,11 +413,7 @@ impl Session {
                 message = audio.next() => {
                     let Ok(frame) = self.take_frame(&message) else { continue };
                     let start = frame.offset_samples as usize;
-                    let pcm: Vec<f32> = frame
-                        .pcm_s16le
-                        .chunks_exact(2)
-                        .map(|b| f32::from(i16::from_le_bytes([b[0], b[1]])) / 32768.0)
-                        .collect();
+                    let pcm = to_f32(&frame.pcm_s16le);
                     if samples.len() < start + pcm.len() {
                         samples.resize(start + pcm.len(), 0.0);
                     }
@@ -690,6 +681,14 @@ impl Session {
     async fn close_invalid(&mut self, why: String) -> Outcome {
         self.close(&format!("invalid: {why}")).await
     }
+}
+
+/// 16-bit little-endian PCM as the engine's f32 samples.
+fn to_f32(pcm_s16le: &[u8]) -> Vec<f32> {
+    pcm_s16le
+        .chunks_exact(2)
+        .map(|b| f32::from(i16::from_le_bytes([b[0], b[1]])) / 32768.0)
+        .collect()
 }
 
 /// The running decode's result; pending forever when none runs (guarded in `select!`).
