@@ -3,6 +3,8 @@
 //! lives in the service crates.
 
 pub mod admin;
+pub mod audit;
+pub mod status;
 pub mod metrics;
 pub mod nats;
 pub mod telemetry;

@@ -25,6 +25,8 @@ pub struct Retention {
     pub audio_max_age: Duration,
     /// How long finals stay in `TRANSCRIPTS` (storage persists them long before).
     pub transcripts_max_age: Duration,
+    /// How long audit events stay in `AUDIT` (the audit service stores them for good).
+    pub audit_max_age: Duration,
     /// Window in which a re-published frame or final (same message id) is dropped.
     pub duplicate_window: Duration,
 }
@@ -34,6 +36,7 @@ impl Default for Retention {
         Self {
             audio_max_age: Duration::from_secs(2 * 3600),
             transcripts_max_age: Duration::from_secs(24 * 3600),
+            audit_max_age: Duration::from_secs(30 * 24 * 3600),
             duplicate_window: Duration::from_secs(120),
         }
     }
@@ -117,6 +120,10 @@ impl Layout {
     pub fn transcripts_stream(&self) -> String {
         self.stream_name("TRANSCRIPTS")
     }
+    /// Stream of audit events (`events.v1.AuditEvent`), one subject per tenant and action.
+    pub fn audit_stream(&self) -> String {
+        self.stream_name("AUDIT")
+    }
     /// KV bucket of worker checkpoints, key = session id.
     pub fn checkpoints_bucket(&self) -> String {
         format!("{}-checkpoints", self.root)
@@ -143,6 +150,16 @@ impl Layout {
     /// while muted), so the worker does not close it as abandoned.
     pub fn presence_subject(&self, tenant: &str, session: &str) -> String {
         format!("{}.presence.{tenant}.{session}", self.root)
+    }
+
+    /// JetStream: one audit event; `action` is the dotted action name (`login.failed`).
+    pub fn audit_subject(&self, tenant: &str, action: &str) -> String {
+        format!("{}.audit.{tenant}.{action}", self.root)
+    }
+    /// Core NATS: the account service tells every gateway that a user's (or a whole
+    /// tenant's) credentials were revoked, so their live streams end at once.
+    pub fn revocation_subject(&self) -> String {
+        format!("{}.account.revoked", self.root)
     }
 
     /// `Nats-Msg-Id` of an audio frame: JetStream drops a re-published duplicate.
@@ -193,6 +210,16 @@ impl Layout {
         })
         .await
         .map_err(|e| NatsError(format!("creating stream: {e}")))?;
+        js.create_or_update_stream(stream::Config {
+            name: self.audit_stream(),
+            subjects: vec![format!("{}.audit.>", self.root)],
+            storage: file,
+            max_age: retention.audit_max_age,
+            duplicate_window: retention.duplicate_window,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| NatsError(format!("creating stream: {e}")))?;
         // A KV bucket is a stream named `KV_<bucket>` on `$KV.<bucket>.>` with one
         // message per subject. It is created as that stream (the settings async-nats'
         // `create_key_value` uses) because `create_key_value` first reads the account
@@ -222,6 +249,7 @@ impl Layout {
             self.audio_stream(),
             self.sessions_stream(),
             self.transcripts_stream(),
+            self.audit_stream(),
         ] {
             let _ = js.delete_stream(&name).await;
         }

@@ -7,6 +7,12 @@ pub mod transcribe {
     }
 }
 
+pub mod account {
+    pub mod v1 {
+        tonic::include_proto!("kiroku.account.v1");
+    }
+}
+
 pub mod events {
     pub mod v1 {
         tonic::include_proto!("kiroku.events.v1");

@@ -1,0 +1,172 @@
+//! The account service (`kiroku serve account`): tenants, users and roles, passwords,
+//! TOTP MFA, access and refresh tokens, tenant API keys and recording consent.
+//!
+//! Data lives in the service's own PostgreSQL schema, reached as a non-owner role with
+//! row-level security forced on every table ([`db`]); Redis holds revocations and
+//! sign-in throttles ([`auth`], [`throttle`]); every security event goes to JetStream
+//! `AUDIT`. The [`auth`] and [`tokens`] modules are also what gateways use to check
+//! credentials.
+
+pub mod auth;
+pub mod db;
+pub mod error;
+pub mod password;
+mod service;
+pub mod throttle;
+pub mod tokens;
+pub mod totp;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use async_nats::jetstream;
+use kiroku_core::audit::AuditEmitter;
+use kiroku_core::nats::{Layout, Retention};
+use kiroku_proto::account::v1::account_service_server::AccountServiceServer;
+use tokio::net::TcpListener;
+
+pub use service::{Accounts, METHODS, TokenLifetimes, access};
+
+/// Default gRPC address of the account service.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:50053";
+/// Default admin HTTP address (`/healthz`, `/readyz`, `/metrics`).
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9466";
+/// Where the services find Redis when `KIROKU_REDIS_URL` is unset.
+pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
+/// Where the services find PostgreSQL when `KIROKU_DATABASE_URL` is unset.
+pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/kiroku";
+
+/// The Redis key prefix of a cluster: every key a Kiroku cluster writes starts with it.
+pub fn redis_prefix(layout: &Layout) -> String {
+    format!("kiroku:{}", layout.root())
+}
+
+/// Everything the account service needs.
+#[derive(Debug, Clone)]
+pub struct AccountConfig {
+    pub database: db::DatabaseConfig,
+    /// Run migrations (as `database.owner_url`) at start-up.
+    pub migrate: bool,
+    pub redis_url: String,
+    pub nats_url: String,
+    pub layout: Layout,
+    /// Ed25519 signing key (PKCS#8 DER), created when missing; share it between
+    /// replicas.
+    pub signing_key_file: PathBuf,
+    pub lifetimes: TokenLifetimes,
+    pub throttle: throttle::ThrottleConfig,
+}
+
+impl AccountConfig {
+    pub fn new(database: db::DatabaseConfig, signing_key_file: PathBuf) -> Self {
+        Self {
+            database,
+            migrate: true,
+            redis_url: DEFAULT_REDIS_URL.into(),
+            nats_url: kiroku_core::nats::DEFAULT_NATS_URL.into(),
+            layout: Layout::default(),
+            signing_key_file,
+            lifetimes: TokenLifetimes::default(),
+            throttle: throttle::ThrottleConfig::default(),
+        }
+    }
+}
+
+/// Bound sockets and what they serve.
+#[derive(Debug, Clone, Copy)]
+pub struct Endpoints {
+    pub grpc: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+/// Migrates, connects to PostgreSQL, Redis and NATS, then serves gRPC (with health and
+/// reflection) and the admin port until `shutdown` resolves.
+pub async fn serve(
+    config: AccountConfig,
+    grpc: TcpListener,
+    admin: TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    if config.migrate {
+        db::migrate(&config.database).await?;
+    }
+    let db = db::Db::connect(&config.database).await?;
+    let signer = tokens::Signer::load_or_create(&config.signing_key_file)?;
+    let verifier = tokens::Verifier::new([signer.public_key().as_slice()]);
+    let redis = auth::connect_redis(&config.redis_url).await?;
+    let prefix = redis_prefix(&config.layout);
+    let revocations = auth::Revocations::new(redis.clone(), &prefix, config.lifetimes.access);
+    let throttle = throttle::Throttle::new(redis, &prefix, config.throttle.clone());
+    let nats = kiroku_core::nats::connect(&config.nats_url, "kiroku-account")
+        .await
+        .with_context(|| format!("connecting to NATS at {}", config.nats_url))?;
+    let js = jetstream::new(nats.clone());
+    config
+        .layout
+        .ensure(&js, &Retention::default())
+        .await
+        .context("creating the JetStream streams")?;
+    let accounts = Accounts::new(service::State {
+        db: db.clone(),
+        signer,
+        verifier,
+        revocations,
+        throttle,
+        audit: AuditEmitter::new(js, config.layout.clone()),
+        nats: nats.clone(),
+        layout: config.layout.clone(),
+        lifetimes: config.lifetimes.clone(),
+    });
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<AccountServiceServer<Accounts>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(kiroku_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("building the reflection service")?;
+
+    let (ready_tx, ready_rx) = tokio::sync::watch::channel(false);
+    let ready_nats = nats.clone();
+    let ready_db = db.clone();
+    tokio::spawn(async move {
+        // Ready while NATS is connected and PostgreSQL answers.
+        loop {
+            let db_ok = sqlx::query("SELECT 1")
+                .execute(ready_db.pool_without_tenant())
+                .await
+                .is_ok();
+            let nats_ok = ready_nats.connection_state() == async_nats::connection::State::Connected;
+            if ready_tx.send(db_ok && nats_ok).is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    });
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let wait_stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let admin_task = tokio::spawn(kiroku_core::admin::serve_admin(
+        admin,
+        ready_rx,
+        wait_stop(stop_rx.clone()),
+    ));
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc);
+    tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(AccountServiceServer::new(accounts))
+        .serve_with_incoming_shutdown(incoming, wait_stop(stop_rx))
+        .await
+        .context("gRPC server")?;
+    admin_task.abort();
+    db.close().await;
+    Ok(())
+}

@@ -1,0 +1,199 @@
+//! Publishing audit events (`events.v1.AuditEvent`) to JetStream `AUDIT`.
+//!
+//! Every service that performs something a customer must be able to see later (sign-ins,
+//! role changes, API keys, consent, streams) emits one event through [`AuditEmitter`].
+//! The event id doubles as the `Nats-Msg-Id`, so a retried publish is stored once; the
+//! audit service (its own issue) de-duplicates on it too.
+
+use std::collections::HashMap;
+use std::time::SystemTime;
+
+use async_nats::jetstream;
+use kiroku_proto::events::v1::{ActorKind, AuditEvent, Outcome};
+use prost::Message as _;
+
+use crate::nats::{Layout, NatsError, publish_durable};
+
+/// Who performed an audited action.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Actor {
+    pub id: String,
+    pub kind: ActorKind,
+}
+
+impl Actor {
+    pub fn user(id: impl ToString) -> Self {
+        Self {
+            id: id.to_string(),
+            kind: ActorKind::User,
+        }
+    }
+    pub fn api_key(id: impl ToString) -> Self {
+        Self {
+            id: id.to_string(),
+            kind: ActorKind::ApiKey,
+        }
+    }
+    /// Someone not yet identified (a failed sign-in), or the service itself.
+    pub fn system() -> Self {
+        Self {
+            id: "system".into(),
+            kind: ActorKind::System,
+        }
+    }
+}
+
+/// One audited action, built by the service and sent with [`AuditEmitter::emit`].
+#[derive(Debug, Clone)]
+pub struct AuditRecord {
+    pub tenant_id: String,
+    pub actor: Actor,
+    /// Dotted action name, e.g. `login.failed`; one NATS subject token per part.
+    pub action: &'static str,
+    pub target: String,
+    pub success: bool,
+    pub source_ip: String,
+    pub details: HashMap<String, String>,
+}
+
+impl AuditRecord {
+    pub fn new(tenant_id: impl ToString, actor: Actor, action: &'static str) -> Self {
+        Self {
+            tenant_id: tenant_id.to_string(),
+            actor,
+            action,
+            target: String::new(),
+            success: true,
+            source_ip: String::new(),
+            details: HashMap::new(),
+        }
+    }
+    pub fn target(mut self, target: impl Into<String>) -> Self {
+        self.target = target.into();
+        self
+    }
+    pub fn failed(mut self) -> Self {
+        self.success = false;
+        self
+    }
+    pub fn source_ip(mut self, ip: impl Into<String>) -> Self {
+        self.source_ip = ip.into();
+        self
+    }
+    pub fn detail(mut self, key: &str, value: impl Into<String>) -> Self {
+        self.details.insert(key.to_string(), value.into());
+        self
+    }
+}
+
+/// Publishes audit events of one cluster.
+#[derive(Debug, Clone)]
+pub struct AuditEmitter {
+    js: jetstream::Context,
+    layout: Layout,
+}
+
+impl AuditEmitter {
+    pub fn new(js: jetstream::Context, layout: Layout) -> Self {
+        Self { js, layout }
+    }
+
+    /// Publishes `record` and waits until JetStream stored it (retrying through a NATS
+    /// outage for a while). Returns the event id.
+    pub async fn emit(&self, record: AuditRecord) -> Result<String, NatsError> {
+        let event_id = uuid::Uuid::new_v4().simple().to_string();
+        let event = AuditEvent {
+            event_id: event_id.clone(),
+            tenant_id: record.tenant_id.clone(),
+            occurred_at: Some(prost_types::Timestamp::from(SystemTime::now())),
+            actor_id: record.actor.id,
+            actor_kind: record.actor.kind as i32,
+            action: record.action.to_string(),
+            target: record.target,
+            outcome: if record.success {
+                Outcome::Success
+            } else {
+                Outcome::Failure
+            } as i32,
+            source_ip: record.source_ip,
+            user_agent: String::new(),
+            details: record.details,
+            trace_id: crate::trace::trace_id(&tracing::Span::current()).unwrap_or_default(),
+        };
+        let subject = self.layout.audit_subject(&record.tenant_id, record.action);
+        let payload = bytes::Bytes::from(event.encode_to_vec());
+        let message = || {
+            jetstream::message::PublishMessage::build()
+                .payload(payload.clone())
+                .message_id(&event_id)
+        };
+        publish_durable(&self.js, &subject, message, None).await?;
+        Ok(event_id)
+    }
+
+    /// Emits without making the caller wait or fail: a lost NATS connection must not
+    /// fail a sign-in, but the loss is logged loudly.
+    pub fn spawn_emit(&self, record: AuditRecord) {
+        let emitter = self.clone();
+        tokio::spawn(async move {
+            let action = record.action;
+            if let Err(error) = emitter.emit(record).await {
+                tracing::error!(action, %error, "audit event not published");
+            }
+        });
+    }
+}
+
+/// The one list of audited actions. Every emitted event uses one of these names; the
+/// audit service's tests check each appears exactly once when performed.
+pub mod actions {
+    pub const TENANT_REGISTERED: &str = "tenant.registered";
+    pub const LOGIN_SUCCEEDED: &str = "login.succeeded";
+    pub const LOGIN_FAILED: &str = "login.failed";
+    pub const LOGIN_THROTTLED: &str = "login.throttled";
+    pub const LOGOUT: &str = "logout";
+    pub const TOKEN_REUSE_DETECTED: &str = "token.reuse_detected";
+    pub const PASSWORD_CHANGED: &str = "password.changed";
+    pub const MFA_ENROLLED: &str = "mfa.enrolled";
+    pub const MFA_USED: &str = "mfa.used";
+    pub const MFA_FAILED: &str = "mfa.failed";
+    pub const USER_INVITED: &str = "user.invited";
+    pub const USER_JOINED: &str = "user.joined";
+    pub const USER_DISABLED: &str = "user.disabled";
+    pub const USER_DELETED: &str = "user.deleted";
+    pub const ROLE_CHANGED: &str = "role.changed";
+    pub const APIKEY_CREATED: &str = "apikey.created";
+    pub const APIKEY_REVOKED: &str = "apikey.revoked";
+    pub const CONSENT_POLICY_CHANGED: &str = "consent.policy_changed";
+    pub const CONSENT_PARTICIPANTS_SET: &str = "consent.participants_set";
+    pub const CONSENT_GIVEN: &str = "consent.given";
+    pub const STREAM_STARTED: &str = "stream.started";
+    pub const STREAM_REFUSED: &str = "stream.refused";
+    pub const STREAM_ENDED: &str = "stream.ended";
+
+    pub const ALL: &[&str] = &[
+        TENANT_REGISTERED,
+        LOGIN_SUCCEEDED,
+        LOGIN_FAILED,
+        LOGIN_THROTTLED,
+        LOGOUT,
+        TOKEN_REUSE_DETECTED,
+        PASSWORD_CHANGED,
+        MFA_ENROLLED,
+        MFA_USED,
+        MFA_FAILED,
+        USER_INVITED,
+        USER_JOINED,
+        USER_DISABLED,
+        USER_DELETED,
+        ROLE_CHANGED,
+        APIKEY_CREATED,
+        APIKEY_REVOKED,
+        CONSENT_POLICY_CHANGED,
+        CONSENT_PARTICIPANTS_SET,
+        CONSENT_GIVEN,
+        STREAM_STARTED,
+        STREAM_REFUSED,
+        STREAM_ENDED,
+    ];
+}
