@@ -814,9 +814,8 @@ impl State {
             tokens::unix_now(),
             user.totp_last_step,
         ) else {
-            return Err(AccountError::Unauthenticated(
-                "totp code wrong or expired".into(),
-            ));
+            // The caller is signed in; what is wrong is the code.
+            return Err(AccountError::Invalid("totp code wrong or expired".into()));
         };
         sqlx::query("UPDATE users SET totp_enabled = true, totp_last_step = $2 WHERE id = $1")
             .bind(user.id)

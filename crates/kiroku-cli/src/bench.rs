@@ -119,6 +119,7 @@ async fn one_stream(
     frame_ms: u64,
 ) -> Result<Vec<f64>> {
     let mut client = TranscriptionClient::new(channel);
+    let credential = crate::credentials::credential().await?;
     let (tx, rx) = mpsc::channel(16);
     let request = |r| StreamTranscribeRequest { request: Some(r) };
     let config = api::StreamConfig {
@@ -169,7 +170,11 @@ async fn one_stream(
         })
     };
     let mut inbound = client
-        .stream_transcribe(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .stream_transcribe({
+            let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+            crate::credentials::attach(request.metadata_mut(), &credential);
+            request
+        })
         .await?
         .into_inner();
     let mut latencies = Vec::new();

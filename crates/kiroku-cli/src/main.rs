@@ -3,7 +3,9 @@
 //! Exit codes: 0 success, 2 bad input or usage (the message says which), 1 anything
 //! else. Errors are printed as one `error: ...` line on stderr.
 
+mod account;
 mod bench;
+mod credentials;
 mod model;
 mod serve;
 mod stream;
@@ -39,6 +41,31 @@ enum Command {
     Up(up::Args),
     /// Stream a WAV file to a gateway in real time and show live captions.
     Stream(stream::Args),
+    /// Sign in and cache the login (~/.config/kiroku, mode 0600).
+    Login(account::LoginArgs),
+    /// Sign out: revoke the cached session and delete it.
+    Logout,
+    /// Show who the cached login (or KIROKU_API_KEY) is.
+    Whoami(account::AccountUrl),
+    /// Join a tenant with an invitation token.
+    AcceptInvite {
+        #[command(flatten)]
+        url: account::AccountUrl,
+        token: String,
+        #[arg(long)]
+        name: String,
+        #[command(flatten)]
+        password: account::PasswordInput,
+    },
+    /// Two-factor sign-in (TOTP) for your user.
+    #[command(subcommand)]
+    Mfa(account::MfaCommand),
+    /// Recording consent of meeting participants.
+    #[command(subcommand)]
+    Consent(account::ConsentCommand),
+    /// Tenant administration (admins with MFA).
+    #[command(subcommand)]
+    Admin(account::AdminCommand),
     /// Plumbing benchmark against null-benchmark workers (see `make bench-stream`).
     #[command(hide = true)]
     BenchPlumbing(bench::Args),
@@ -64,6 +91,18 @@ fn main() -> ExitCode {
         Command::Up(args) => up::run(args),
         Command::Stream(args) => stream::run(args),
         Command::BenchPlumbing(args) => bench::run(args),
+        Command::Login(args) => account::login(args),
+        Command::Logout => account::logout(),
+        Command::Whoami(url) => account::whoami(url),
+        Command::AcceptInvite {
+            url,
+            token,
+            name,
+            password,
+        } => account::accept_invite(url, token, name, password),
+        Command::Mfa(command) => account::mfa(command),
+        Command::Consent(command) => account::consent(command),
+        Command::Admin(command) => account::admin(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -19,6 +19,8 @@ pub enum Role {
     Gateway(GatewayArgs),
     /// A transcription worker (Whisper) pulling session jobs from NATS.
     Worker(WorkerArgs),
+    /// The account service (tenants, users, MFA, tokens, API keys, consent).
+    Account(AccountArgs),
 }
 
 /// Settings every role shares.
@@ -59,6 +61,62 @@ pub struct GatewayArgs {
     /// environment only, never a flag: flags show up in `ps`).
     #[arg(skip)]
     pub resume_secret: Option<String>,
+    /// The account service (signing keys, API keys, consent).
+    #[arg(long, env = "KIROKU_ACCOUNT_URL", default_value = DEFAULT_ACCOUNT_URL)]
+    pub account_url: String,
+    /// Redis: revocations, quotas and rate limits.
+    #[arg(long, env = "KIROKU_REDIS_URL", default_value = kiroku_account::DEFAULT_REDIS_URL)]
+    pub redis: String,
+    /// Live streams a tenant may have open at once.
+    #[arg(long, env = "KIROKU_STREAMS_PER_TENANT", default_value_t = 20)]
+    pub streams_per_tenant: u32,
+    /// Stream starts and file transcriptions per second per tenant (burst: 20x).
+    #[arg(long, env = "KIROKU_TENANT_RATE", default_value_t = 2.0)]
+    pub tenant_rate: f64,
+}
+
+/// Where clients and gateways find the account service by default.
+pub const DEFAULT_ACCOUNT_URL: &str = "http://127.0.0.1:50053";
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct AccountArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// gRPC listen address.
+    #[arg(long, env = "KIROKU_ACCOUNT_LISTEN", default_value = kiroku_account::DEFAULT_LISTEN)]
+    pub listen: String,
+    /// Admin HTTP address: /healthz, /readyz, /metrics.
+    #[arg(long, env = "KIROKU_ACCOUNT_ADMIN_LISTEN", default_value = kiroku_account::DEFAULT_ADMIN_LISTEN)]
+    pub admin_listen: String,
+    /// PostgreSQL as the schema owner: creates the database, role and schema and runs
+    /// migrations at start-up. The service itself connects as the role
+    /// `kiroku_account` (see --app-database-url).
+    #[arg(long, env = "KIROKU_DATABASE_URL", default_value = kiroku_account::DEFAULT_DATABASE_URL)]
+    pub database_url: String,
+    /// The service's own connection (role `kiroku_account`) [default: the owner URL
+    /// with that user name, enough where PostgreSQL trusts local connections].
+    #[arg(long, env = "KIROKU_ACCOUNT_DATABASE_URL")]
+    pub app_database_url: Option<String>,
+    /// Schema of the account tables.
+    #[arg(long, env = "KIROKU_ACCOUNT_SCHEMA", default_value = "account")]
+    pub schema: String,
+    /// Redis: revocations and sign-in throttling.
+    #[arg(long, env = "KIROKU_REDIS_URL", default_value = kiroku_account::DEFAULT_REDIS_URL)]
+    pub redis: String,
+    /// Ed25519 token signing key (PKCS#8 DER), created when missing. Every replica
+    /// needs the same file.
+    #[arg(
+        long,
+        env = "KIROKU_SIGNING_KEY_FILE",
+        default_value = ".run/account-signing-key.der"
+    )]
+    pub signing_key_file: PathBuf,
+    /// Access-token lifetime in seconds.
+    #[arg(long, env = "KIROKU_ACCESS_TOKEN_TTL_S", default_value_t = 900)]
+    pub access_ttl_s: u64,
+    /// Failed sign-ins per account per 15 minutes before sign-in is refused.
+    #[arg(long, env = "KIROKU_LOGIN_ATTEMPTS", default_value_t = 5)]
+    pub login_attempts: u32,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -102,6 +160,7 @@ pub fn run(role: Role) -> Result<()> {
         match role {
             Role::Gateway(args) => gateway(args).await,
             Role::Worker(args) => worker(args).await,
+            Role::Account(args) => account(args).await,
         }
     })
 }
@@ -162,7 +221,20 @@ async fn gateway(args: GatewayArgs) -> Result<()> {
         args.common.nats.clone(),
         args.common.layout()?,
         kiroku_gateway::ResumeKeys::new(secret),
+        args.account_url.clone(),
     );
+    config.redis_url = args.redis.clone();
+    if args.streams_per_tenant == 0 || !(0.01..=10_000.0).contains(&args.tenant_rate) {
+        return Err(InputError(
+            "--streams-per-tenant must be at least 1 and --tenant-rate within 0.01..10000".into(),
+        )
+        .into());
+    }
+    config.quotas.streams_per_tenant = args.streams_per_tenant;
+    config.quotas.tenant_rate = kiroku_gateway::Rate {
+        burst: (args.tenant_rate * 20.0).ceil() as u32,
+        per_second: args.tenant_rate,
+    };
     config.resume_window = Duration::from_secs(args.common.resume_window_s);
     if args.idle_timeout_s == 0 {
         return Err(InputError("--idle-timeout-s must be at least 1".into()).into());
@@ -237,4 +309,27 @@ async fn worker(args: WorkerArgs) -> Result<()> {
     let outcome = kiroku_worker::serve(config, ready_tx, shutdown_signal()).await;
     let _ = stop_tx.send(true);
     outcome
+}
+
+async fn account(args: AccountArgs) -> Result<()> {
+    let _telemetry = kiroku_core::telemetry::init_service("kiroku-account", "info");
+    let mut database = kiroku_account::db::DatabaseConfig::new(&args.database_url, &args.schema);
+    database.app_url = args.app_database_url.clone();
+    let mut config = kiroku_account::AccountConfig::new(database, args.signing_key_file.clone());
+    config.redis_url = args.redis.clone();
+    config.nats_url = args.common.nats.clone();
+    config.layout = args.common.layout()?;
+    if !(30..=86_400).contains(&args.access_ttl_s) {
+        return Err(InputError("--access-ttl-s must be between 30 and 86400".into()).into());
+    }
+    config.lifetimes.access = Duration::from_secs(args.access_ttl_s);
+    config.throttle.per_account = args.login_attempts.max(1);
+    let grpc = bind(&args.listen, "gRPC").await?;
+    let admin = bind(&args.admin_listen, "admin").await?;
+    println!(
+        "kiroku account grpc=http://{} admin=http://{}",
+        grpc.local_addr()?,
+        admin.local_addr()?
+    );
+    kiroku_account::serve(config, grpc, admin, shutdown_signal()).await
 }

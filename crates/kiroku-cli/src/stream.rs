@@ -422,9 +422,11 @@ async fn attempt(
         tx.closed().await;
     });
 
-    let response = client
-        .stream_transcribe(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await;
+    // Fetched per attempt: a long meeting outlives an access token.
+    let credential = crate::credentials::credential().await?;
+    let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    crate::credentials::attach(request.metadata_mut(), &credential);
+    let response = client.stream_transcribe(request).await;
     let mut inbound = match response {
         Ok(response) => response.into_inner(),
         Err(status) => {

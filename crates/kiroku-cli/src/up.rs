@@ -1,5 +1,12 @@
-//! `kiroku up`: the whole cluster on this machine (gateway + workers), each role as a
-//! child process of this one, exactly as `kiroku serve <role>` runs it in production.
+//! `kiroku up`: the whole cluster on this machine (account service, gateway, workers),
+//! each role as a child process of this one, exactly as `kiroku serve <role>` runs it
+//! in production. It bootstraps a `demo` tenant (password in `.run/demo-password`) and
+//! caches its owner's login exactly as `kiroku login` would, so `kiroku stream` works
+//! right away.
+//!
+//! PostgreSQL (`KIROKU_DATABASE_URL`) and Redis (`KIROKU_REDIS_URL`) must answer;
+//! `make services` starts local ones (a local `redis-server` is started here when none
+//! answers and the binary exists).
 //!
 //! NATS at `KIROKU_NATS_URL` is used when it answers; otherwise a `nats-server -js` is
 //! started with its store under `.run/` (and installed from Debian's packages first when
@@ -43,6 +50,15 @@ pub struct Args {
     /// Sessions per worker.
     #[arg(long, default_value_t = 4)]
     sessions: usize,
+    /// PostgreSQL as the schema owner (the account service migrates its schema).
+    #[arg(long, env = "KIROKU_DATABASE_URL", default_value = kiroku_account::DEFAULT_DATABASE_URL)]
+    database_url: String,
+    /// Redis.
+    #[arg(long, env = "KIROKU_REDIS_URL", default_value = kiroku_account::DEFAULT_REDIS_URL)]
+    redis: String,
+    /// gRPC address of the account service.
+    #[arg(long, default_value = kiroku_account::DEFAULT_LISTEN)]
+    account_listen: String,
     /// Where the local NATS store and the logs go.
     #[arg(long, default_value = ".run")]
     run_dir: PathBuf,
@@ -78,9 +94,42 @@ async fn up(args: Args) -> Result<()> {
                 args.common.resume_window_s.to_string(),
             )
             .env("KIROKU_RESUME_SECRET", &secret)
+            .env("KIROKU_DATABASE_URL", &args.database_url)
+            .env("KIROKU_REDIS_URL", &args.redis)
             .stdin(Stdio::null())
             .kill_on_drop(true);
     };
+
+    let mut redis = ensure_redis(&args.redis, &run_dir).await?;
+
+    let log = log_file(&run_dir, "account.log")?;
+    let mut command = Command::new(&exe);
+    command.args([
+        "serve",
+        "account",
+        "--listen",
+        &args.account_listen,
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--signing-key-file",
+    ]);
+    command.arg(run_dir.join("account-signing-key.der"));
+    common(&mut command);
+    command.stdout(Stdio::piped()).stderr(log);
+    let mut account = command.spawn().context("starting the account service")?;
+    let account_line = first_line(&mut account).await;
+    let account_url = account_line
+        .split_whitespace()
+        .find_map(|part| part.strip_prefix("grpc="))
+        .map(str::to_string);
+    let Some(account_url) = account_url else {
+        bail!(
+            "the account service did not start (is PostgreSQL at {} up? `make services`): see {}",
+            args.database_url,
+            run_dir.join("account.log").display()
+        );
+    };
+    let demo = bootstrap_demo(&account_url, &run_dir).await?;
 
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let threads = args.threads.unwrap_or(cores);
@@ -146,6 +195,8 @@ async fn up(args: Args) -> Result<()> {
         &args.listen,
         "--admin-listen",
         &args.admin_listen,
+        "--account-url",
+        &account_url,
     ]);
     common(&mut command);
     command.stdout(Stdio::piped()).stderr(log);
@@ -158,6 +209,8 @@ async fn up(args: Args) -> Result<()> {
         );
     }
     println!("kiroku up: {endpoints}");
+    println!("  account={account_url}");
+    println!("  {demo}");
     println!(
         "  nats={} cluster={} workers={} x {per_worker} threads",
         args.common.nats, args.common.cluster, args.workers
@@ -166,6 +219,7 @@ async fn up(args: Args) -> Result<()> {
 
     let exited = tokio::select! {
         () = shutdown_signal() => None,
+        status = account.wait() => Some(format!("the account service exited ({})", status.map(|s| s.to_string()).unwrap_or_default())),
         status = gateway.wait() => Some(format!("the gateway exited ({})", status.map(|s| s.to_string()).unwrap_or_default())),
         status = first_exit(&mut workers) => Some(format!("a worker exited ({status})")),
     };
@@ -181,6 +235,12 @@ async fn up(args: Args) -> Result<()> {
     }
     terminate(&mut gateway);
     wait_or_kill(&mut gateway, Duration::from_secs(10)).await;
+    terminate(&mut account);
+    wait_or_kill(&mut account, Duration::from_secs(10)).await;
+    if let Some(redis) = &mut redis {
+        terminate(redis);
+        wait_or_kill(redis, Duration::from_secs(5)).await;
+    }
     if let Some(nats) = &mut nats {
         terminate(nats);
         wait_or_kill(nats, Duration::from_secs(10)).await;
@@ -281,6 +341,115 @@ fn nats_address(url: &str) -> Result<SocketAddr> {
 
 fn reachable(address: SocketAddr) -> bool {
     TcpStream::connect_timeout(&address, Duration::from_millis(500)).is_ok()
+}
+
+/// The demo tenant's slug and owner (`make demo` streams as this tenant).
+const DEMO_SLUG: &str = "demo";
+const DEMO_EMAIL: &str = "owner@demo.kiroku.local";
+
+/// Registers the `demo` tenant on first start (a random password kept in
+/// `.run/demo-password`, mode 0600), signs its owner in, and caches the login.
+async fn bootstrap_demo(account_url: &str, run_dir: &Path) -> Result<String> {
+    use kiroku_proto::account::v1 as pb;
+    let password_file = run_dir.join("demo-password");
+    let password = match std::fs::read_to_string(&password_file) {
+        Ok(password) => password.trim().to_string(),
+        Err(_) => {
+            let password = format!("demo-{}", uuid::Uuid::new_v4().simple());
+            kiroku_account::tokens::write_private(&password_file, password.as_bytes())?;
+            password
+        }
+    };
+    let mut client = crate::credentials::account_client(account_url).await?;
+    let registered = client
+        .register(pb::RegisterRequest {
+            tenant_slug: DEMO_SLUG.into(),
+            tenant_name: "Demo".into(),
+            email: DEMO_EMAIL.into(),
+            display_name: "Demo owner".into(),
+            password: password.clone(),
+        })
+        .await;
+    let pair = match registered {
+        Ok(response) => response.into_inner().tokens,
+        Err(status) if status.code() == tonic::Code::AlreadyExists => None,
+        Err(status) => bail!("registering the demo tenant: {}", status.message()),
+    };
+    let pair = match pair {
+        Some(pair) => pair,
+        None => client
+            .login(pb::LoginRequest {
+                tenant_slug: DEMO_SLUG.into(),
+                email: DEMO_EMAIL.into(),
+                password: password.clone(),
+                totp_code: String::new(),
+            })
+            .await
+            .map_err(|status| {
+                anyhow::anyhow!(
+                    "signing in to the demo tenant ({}): delete {} and the database's \
+                     account schema to start over",
+                    status.message(),
+                    password_file.display()
+                )
+            })?
+            .into_inner(),
+    };
+    let path = crate::credentials::Login::from_pair(account_url, &pair)?.save()?;
+    Ok(format!(
+        "demo tenant: {DEMO_SLUG} / {DEMO_EMAIL} / password {password} (login cached in {})",
+        path.display()
+    ))
+}
+
+/// Uses the Redis at `url` when it answers, or starts a local `redis-server`.
+async fn ensure_redis(url: &str, run_dir: &Path) -> Result<Option<Child>> {
+    let rest = url
+        .strip_prefix("redis://")
+        .ok_or_else(|| InputError(format!("redis url {url:?} must start with redis://")))?;
+    let host_port = rest
+        .rsplit('@')
+        .next()
+        .unwrap_or(rest)
+        .split('/')
+        .next()
+        .unwrap_or(rest);
+    let address = host_port
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .ok_or_else(|| InputError(format!("redis url {url:?}: cannot resolve {host_port}")))?;
+    if reachable(address) {
+        return Ok(None);
+    }
+    if !address.ip().is_loopback() {
+        bail!("Redis at {url} does not answer (and is not local, so it cannot be started here)");
+    }
+    println!("kiroku up: starting redis-server on {address}");
+    let child = Command::new("redis-server")
+        .args([
+            "--bind",
+            &address.ip().to_string(),
+            "--port",
+            &address.port().to_string(),
+        ])
+        .args(["--save", "", "--appendonly", "no", "--dir"])
+        .arg(run_dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .context(
+            "starting redis-server (install it: apt-get install redis-server, or `make services`)",
+        )?;
+    for _ in 0..50 {
+        if reachable(address) {
+            return Ok(Some(child));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("redis-server did not start on {address}")
 }
 
 /// Uses the NATS server at `url` when it answers, or starts a local one.

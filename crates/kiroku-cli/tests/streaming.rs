@@ -105,7 +105,10 @@ fn concurrent_streams_each_get_their_own_transcript() {
         for (j, other) in references.iter().enumerate() {
             if j != i {
                 let wer = word_error_rate(other, &text);
-                assert!(wer > 0.7, "stream {i} resembles stream {j}'s speech: WER {wer:.3}: {text}");
+                assert!(
+                    wer > 0.7,
+                    "stream {i} resembles stream {j}'s speech: WER {wer:.3}: {text}"
+                );
             }
         }
     }
@@ -200,16 +203,20 @@ fn unary_transcribe_goes_through_the_cluster() {
     let sentences = sentences();
     let (wav, reference) = meeting_wav(cluster.dir.path(), "file", &sentences[..3], 22_050, 1);
     let url = cluster.gateway_url(0);
+    let token = cluster.access_token();
     let bytes = std::fs::read(&wav).expect("wav");
     let response = cluster::block_on(async move {
         let mut client = api::transcription_client::TranscriptionClient::connect(url)
             .await
             .expect("connect");
         client
-            .transcribe(api::TranscribeRequest {
-                source: Some(api::transcribe_request::Source::Wav(bytes)),
-                ..Default::default()
-            })
+            .transcribe(cluster::authorized(
+                api::TranscribeRequest {
+                    source: Some(api::transcribe_request::Source::Wav(bytes)),
+                    ..Default::default()
+                },
+                &token,
+            ))
             .await
     })
     .expect("Transcribe");
@@ -256,14 +263,21 @@ mod bad_input {
 
     /// Sends `messages` (then keeps the request side open) and returns how the call
     /// ended: Ok(responses) when the server closed it normally, or the status.
+    /// A gateway and the bearer token to call it with.
+    struct Target {
+        url: String,
+        token: String,
+    }
+
     async fn call(
-        url: &str,
+        target: &Target,
         messages: Vec<R>,
         hang_up: bool,
     ) -> Result<Vec<api::StreamTranscribeResponse>, tonic::Status> {
-        let mut client = api::transcription_client::TranscriptionClient::connect(url.to_string())
-            .await
-            .expect("connect");
+        let mut client =
+            api::transcription_client::TranscriptionClient::connect(target.url.clone())
+                .await
+                .expect("connect");
         let requests = futures::stream::iter(
             messages
                 .into_iter()
@@ -277,7 +291,10 @@ mod bad_input {
                 futures::stream::pending(),
             ))
         };
-        let mut inbound = client.stream_transcribe(requests).await?.into_inner();
+        let mut inbound = client
+            .stream_transcribe(cluster::authorized(requests, &target.token))
+            .await?
+            .into_inner();
         let mut responses = Vec::new();
         loop {
             match tokio::time::timeout(Duration::from_secs(60), inbound.message()).await {
@@ -289,7 +306,7 @@ mod bad_input {
         }
     }
 
-    async fn expect_status(url: &str, messages: Vec<R>, code: Code, needle: &str) {
+    async fn expect_status(url: &Target, messages: Vec<R>, code: Code, needle: &str) {
         match call(url, messages, false).await {
             Ok(responses) => {
                 panic!("expected {code:?} ({needle}), the call succeeded: {responses:?}")
@@ -313,10 +330,12 @@ mod bad_input {
             ..Options::default()
         };
         let mut cluster = Cluster::start(1, 1, options);
-        let url = cluster.gateway_url(0);
-        let u = url.clone();
+        let u = Target {
+            url: cluster.gateway_url(0),
+            token: cluster.access_token(),
+        };
         cluster::block_on(async move {
-            let url = u.as_str();
+            let url = &u;
             let ms100 = 16_000 / 10 * 2;
             expect_status(
                 url,
@@ -420,7 +439,7 @@ mod bad_input {
         });
         assert!(cluster.gateways[0].is_running(), "the gateway crashed");
         // Health, and the refusals counted by status on /metrics.
-        let u = url.clone();
+        let u = cluster.gateway_url(0);
         let health = cluster::block_on(async move {
             let channel = tonic::transport::Endpoint::from_shared(u)
                 .expect("url")

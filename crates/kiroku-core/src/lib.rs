@@ -4,9 +4,9 @@
 
 pub mod admin;
 pub mod audit;
-pub mod status;
 pub mod metrics;
 pub mod nats;
+pub mod status;
 pub mod telemetry;
 pub mod trace;
 pub mod transcript;

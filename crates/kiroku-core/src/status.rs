@@ -37,6 +37,10 @@ mod tests {
         let status = resource_exhausted("stream quota of 2 reached", Duration::from_secs(5));
         assert_eq!(status.code(), Code::ResourceExhausted);
         assert_eq!(retry_after(&status), Some(Duration::from_secs(5)));
-        assert!(status.message().contains("retry in 5 s"), "{}", status.message());
+        assert!(
+            status.message().contains("retry in 5 s"),
+            "{}",
+            status.message()
+        );
     }
 }

@@ -8,6 +8,8 @@
 //!
 //! Limits (also in the proto header and README): see [`Limits`].
 
+mod access;
+mod admission;
 mod resample;
 mod stream;
 mod token;
@@ -27,6 +29,8 @@ use kiroku_proto::transcribe::v1::{
 use tokio::net::TcpListener;
 use tonic::{Request, Response, Status, Streaming};
 
+pub use access::METHODS;
+pub use admission::{Quotas, Rate};
 pub use resample::{OUTPUT_RATE_HZ, SUPPORTED_RATES_HZ};
 pub use token::{ResumeClaim, ResumeKeys};
 
@@ -34,8 +38,6 @@ pub use token::{ResumeClaim, ResumeKeys};
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
 /// Default admin HTTP address (`/healthz`, `/readyz`, `/metrics`).
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9464";
-/// The tenant of every stream until accounts exist (issue "Accounts and access").
-pub const DEFAULT_TENANT: &str = "default";
 
 /// Public limits, enforced per stream and documented in the proto and README.
 #[derive(Debug, Clone)]
@@ -81,11 +83,24 @@ pub struct GatewayConfig {
     pub limits: Limits,
     /// How long a gateway waits, at most, for a file transcription's results.
     pub transcribe_timeout: Duration,
+    /// The account service (token keys, API keys, consent).
+    pub account_url: String,
+    /// Redis: revocations, the API-key cache, quotas and rate limits.
+    pub redis_url: String,
+    pub quotas: Quotas,
 }
 
 impl GatewayConfig {
-    pub fn new(nats_url: impl Into<String>, layout: Layout, resume_keys: ResumeKeys) -> Self {
+    pub fn new(
+        nats_url: impl Into<String>,
+        layout: Layout,
+        resume_keys: ResumeKeys,
+        account_url: impl Into<String>,
+    ) -> Self {
         Self {
+            account_url: account_url.into(),
+            redis_url: kiroku_account::DEFAULT_REDIS_URL.into(),
+            quotas: Quotas::default(),
             nats_url: nats_url.into(),
             layout,
             retention: Retention::default(),
@@ -110,6 +125,9 @@ struct Shared {
     js: jetstream::Context,
     audio: jetstream::stream::Stream,
     transcripts: jetstream::stream::Stream,
+    gatekeeper: Arc<access::Gatekeeper>,
+    admission: Arc<admission::Admission>,
+    audit: kiroku_core::audit::AuditEmitter,
 }
 
 impl Gateway {
@@ -126,6 +144,23 @@ impl Gateway {
             .context("creating the JetStream streams")?;
         let audio = js.get_stream(config.layout.audio_stream()).await?;
         let transcripts = js.get_stream(config.layout.transcripts_stream()).await?;
+        let redis = kiroku_account::auth::connect_redis(&config.redis_url).await?;
+        let prefix = kiroku_account::redis_prefix(&config.layout);
+        let revocations = kiroku_account::auth::Revocations::new(
+            redis.clone(),
+            &prefix,
+            kiroku_account::TokenLifetimes::default().access,
+        );
+        let gatekeeper = access::Gatekeeper::start(
+            &config.account_url,
+            revocations,
+            nats.clone(),
+            config.layout.revocation_subject(),
+            Duration::from_secs(30),
+        )
+        .await?;
+        let admission = admission::Admission::new(redis, &prefix, config.quotas.clone());
+        let audit = kiroku_core::audit::AuditEmitter::new(js.clone(), config.layout.clone());
         Ok(Self {
             inner: Arc::new(Shared {
                 config,
@@ -133,6 +168,9 @@ impl Gateway {
                 js,
                 audio,
                 transcripts,
+                gatekeeper,
+                admission,
+                audit,
             }),
         })
     }

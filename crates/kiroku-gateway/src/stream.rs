@@ -24,8 +24,12 @@ use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument as _, debug, info};
 
+use crate::access::StreamWatch;
+use crate::admission::StreamLease;
 use crate::resample::{OUTPUT_RATE_HZ, SUPPORTED_RATES_HZ, StreamResampler};
-use crate::{DEFAULT_TENANT, Limits, ResponseStream, Shared};
+use crate::{Limits, ResponseStream, Shared};
+use kiroku_account::auth::Principal;
+use kiroku_core::audit::{AuditRecord, actions};
 
 type Out = mpsc::Sender<Result<StreamTranscribeResponse, Status>>;
 
@@ -110,6 +114,13 @@ pub(crate) async fn start(
     request: Request<Streaming<StreamTranscribeRequest>>,
 ) -> Result<Response<ResponseStream>, Status> {
     let parent = kiroku_core::trace::extract_grpc(request.metadata());
+    // Credential first: nothing of an unauthenticated caller is read.
+    let metadata = request.metadata().clone();
+    let principal = shared
+        .gatekeeper
+        .admit(&metadata, "StreamTranscribe")
+        .await?;
+    shared.admission.admit_request(&principal).await?;
     let mut inbound = request.into_inner();
     let limits = shared.config.limits.clone();
     let first = match tokio::time::timeout(limits.idle_timeout, inbound.message()).await {
@@ -144,19 +155,32 @@ pub(crate) async fn start(
         ));
     }
 
+    if config.resume_token.is_empty() {
+        // Control CLD.6.3.1: no consent, no session, no frame published.
+        shared
+            .gatekeeper
+            .check_consent(&metadata, &config.meeting_id)
+            .await?;
+    }
+    let lease = shared
+        .admission
+        .acquire_stream(&principal, &uuid::Uuid::new_v4().simple().to_string())
+        .await?;
+    let watch = shared.gatekeeper.watch(&principal);
+
     let span = tracing::info_span!(
         "gateway.stream",
         session = tracing::field::Empty,
-        tenant = DEFAULT_TENANT,
+        tenant = %principal.tenant_token(),
         resumed = !config.resume_token.is_empty(),
         otel.name = "gateway stream",
     );
     kiroku_core::trace::set_parent(&span, parent);
     let session = async {
         if config.resume_token.is_empty() {
-            Session::create(&shared, &config, spec, &span).await
+            Session::create(&shared, &principal, &config, spec, &span).await
         } else {
-            Session::resume(&shared, &config, spec).await
+            Session::resume(&shared, &principal, &config, spec).await
         }
     }
     .instrument(span.clone())
@@ -192,9 +216,27 @@ pub(crate) async fn start(
         .await
         .map_err(|_| Status::cancelled("client went away"))?;
     kiroku_core::metrics::metrics().active_streams.inc();
+    let audit_start = |action| {
+        AuditRecord::new(principal.tenant_token(), principal.actor(), action)
+            .target(format!("session/{}", session.id))
+            .detail("meeting", config.meeting_id.clone())
+    };
+    shared.audit.spawn_emit(
+        audit_start(actions::STREAM_STARTED).detail("resumed", session.resumed.to_string()),
+    );
+    let ended = audit_start(actions::STREAM_ENDED);
+    let guard = Guard {
+        principal,
+        lease,
+        watch,
+    };
     tokio::spawn(
         async move {
-            let outcome = session.run(&shared, inbound, &tx).await;
+            let outcome = session.run(&shared, inbound, &tx, guard).await;
+            shared.audit.spawn_emit(match &outcome {
+                Ok(()) => ended,
+                Err(status) => ended.failed().detail("code", format!("{:?}", status.code())),
+            });
             kiroku_core::metrics::metrics().active_streams.dec();
             if let Err(status) = outcome {
                 kiroku_core::metrics::metrics().error(status.code());
@@ -207,6 +249,15 @@ pub(crate) async fn start(
     Ok(Response::new(Box::pin(
         tokio_stream::wrappers::ReceiverStream::new(rx),
     )))
+}
+
+/// What a running stream holds on behalf of its caller.
+struct Guard {
+    principal: Principal,
+    /// The tenant's concurrent-stream slot, renewed while the stream runs.
+    lease: StreamLease,
+    /// Flips when the caller's credentials are revoked.
+    watch: StreamWatch,
 }
 
 /// One stream's state in this gateway.
@@ -236,11 +287,12 @@ struct Session {
 impl Session {
     async fn create(
         shared: &Shared,
+        principal: &Principal,
         config: &api::StreamConfig,
         spec: AudioSpec,
         span: &tracing::Span,
     ) -> Result<Self, Status> {
-        let tenant = DEFAULT_TENANT.to_string();
+        let tenant = principal.tenant_token();
         let id = uuid::Uuid::new_v4().simple().to_string();
         let job = events::SessionJob {
             tenant_id: tenant.clone(),
@@ -259,6 +311,7 @@ impl Session {
 
     async fn resume(
         shared: &Shared,
+        principal: &Principal,
         config: &api::StreamConfig,
         spec: AudioSpec,
     ) -> Result<Self, Status> {
@@ -269,10 +322,12 @@ impl Session {
             .ok_or_else(|| {
                 Status::invalid_argument("resume_token is not valid for this cluster")
             })?;
-        if claim.tenant != DEFAULT_TENANT {
-            return Err(Status::permission_denied(
-                "the resume token belongs to another tenant",
-            ));
+        if claim.tenant != principal.tenant_token() {
+            // Another tenant's session does not exist for this caller.
+            return Err(Status::not_found(format!(
+                "session {} is unknown or its audio has expired",
+                claim.session
+            )));
         }
         let subject = shared
             .config
@@ -344,6 +399,7 @@ impl Session {
         shared: &Shared,
         mut inbound: Streaming<StreamTranscribeRequest>,
         tx: &Out,
+        mut guard: Guard,
     ) -> Result<(), Status> {
         let layout = &shared.config.layout;
         let limits = &shared.config.limits;
@@ -436,11 +492,30 @@ impl Session {
                 _ = presence.tick() => {
                     // Tells the worker the client is still here (muted streams too).
                     let _ = shared.nats.publish(presence_subject.clone(), Bytes::new()).await;
+                    guard.lease.renew().await;
+                    // A revocation broadcast may have been missed: ask Redis too.
+                    if !shared.gatekeeper.still_valid(&guard.principal).await {
+                        break Err(self.revoked(shared, &mut acks).await);
+                    }
+                }
+                Ok(()) = guard.watch.revoked.changed() => {
+                    if *guard.watch.revoked.borrow() {
+                        break Err(self.revoked(shared, &mut acks).await);
+                    }
                 }
             }
         };
         finals.close().await;
         result
+    }
+
+    /// The caller's credentials were revoked: what was received is finalized (the
+    /// session ends), and the client is told why.
+    async fn revoked(&mut self, shared: &Shared, acks: &mut FuturesOrdered<AckFuture>) -> Status {
+        if !self.ended {
+            let _ = self.end_of_stream(shared, acks).await;
+        }
+        Status::unauthenticated("credentials revoked: the stream was ended")
     }
 
     async fn handle(

@@ -13,9 +13,9 @@ use prost::Message as _;
 use tonic::{Request, Response, Status};
 use tracing::{Instrument as _, info};
 
+use crate::Shared;
 use crate::resample::{OUTPUT_RATE_HZ, StreamResampler};
 use crate::stream::{publish_frame, publish_job, validate_format, validate_options};
-use crate::{DEFAULT_TENANT, Shared};
 
 /// Samples per published frame (200 ms, the largest frame a live client may send).
 const FRAME_SAMPLES: usize = OUTPUT_RATE_HZ as usize / 5;
@@ -25,6 +25,15 @@ pub(crate) async fn transcribe(
     request: Request<api::TranscribeRequest>,
 ) -> Result<Response<api::TranscribeResponse>, Status> {
     let parent = kiroku_core::trace::extract_grpc(request.metadata());
+    let principal = shared
+        .gatekeeper
+        .admit(request.metadata(), "Transcribe")
+        .await?;
+    shared.admission.admit_request(&principal).await?;
+    shared
+        .gatekeeper
+        .check_consent(request.metadata(), &request.get_ref().meeting_id)
+        .await?;
     let request = request.into_inner();
     let limits = &shared.config.limits;
     validate_options(request.options.as_ref(), limits)?;
@@ -76,7 +85,7 @@ pub(crate) async fn transcribe(
     );
     kiroku_core::trace::set_parent(&span, parent);
     let started = Instant::now();
-    let (segments, language) = run_batch(&shared, request, pcm, &span)
+    let (segments, language) = run_batch(&shared, &principal.tenant_token(), request, pcm, &span)
         .instrument(span.clone())
         .await?;
     let processing = started.elapsed();
@@ -113,11 +122,12 @@ fn check_size(bytes: usize, max: usize) -> Result<(), Status> {
 
 async fn run_batch(
     shared: &Shared,
+    tenant: &str,
     request: api::TranscribeRequest,
     pcm: Vec<i16>,
     span: &tracing::Span,
 ) -> Result<(Vec<api::Segment>, String), Status> {
-    let tenant = DEFAULT_TENANT.to_string();
+    let tenant = tenant.to_string();
     let session = uuid::Uuid::new_v4().simple().to_string();
     let layout = &shared.config.layout;
     let mut finals = Follower::new(

@@ -15,6 +15,19 @@ use kiroku_core::nats::Layout;
 
 pub const KIROKU: &str = env!("CARGO_BIN_EXE_kiroku");
 
+/// PostgreSQL as the schema owner (each cluster migrates a schema of its own).
+pub fn database_url() -> String {
+    std::env::var("KIROKU_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/kiroku_test".into())
+}
+
+pub fn redis_url() -> String {
+    std::env::var("KIROKU_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// The password of every test tenant's owner.
+pub const OWNER_PASSWORD: &str = "correct horse battery staple";
+
 pub fn nats_url() -> String {
     std::env::var("KIROKU_NATS_URL").unwrap_or_else(|_| kiroku_core::nats::DEFAULT_NATS_URL.into())
 }
@@ -75,6 +88,10 @@ pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub gateways: Vec<Proc>,
     pub workers: Vec<Proc>,
+    pub account: Option<Proc>,
+    /// The tenant the cluster registered, whose owner login is cached in `config_dir`.
+    pub tenant_slug: String,
+    pub owner_email: String,
     secret: String,
 }
 
@@ -129,8 +146,13 @@ impl Cluster {
             dir: tempfile::tempdir().expect("tempdir"),
             gateways: Vec::new(),
             workers: Vec::new(),
+            account: None,
+            tenant_slug: String::new(),
+            owner_email: String::new(),
             secret: format!("{}", uuid::Uuid::new_v4().simple()),
         };
+        cluster.spawn_account();
+        cluster.register_tenant();
         for _ in 0..workers {
             cluster.spawn_worker();
         }
@@ -138,6 +160,105 @@ impl Cluster {
             cluster.spawn_gateway();
         }
         cluster
+    }
+
+    /// Where the CLI of this cluster caches its login (`KIROKU_CONFIG_DIR`).
+    pub fn config_dir(&self) -> PathBuf {
+        self.dir.path().join("config")
+    }
+
+    pub fn account_url(&self) -> String {
+        self.account
+            .as_ref()
+            .and_then(|a| a.grpc.clone())
+            .expect("account url")
+    }
+
+    /// A `kiroku` client command signed in as this cluster's cached login.
+    pub fn cli(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(KIROKU);
+        command
+            .args(args)
+            .env("KIROKU_CONFIG_DIR", self.config_dir())
+            .env("KIROKU_ACCOUNT_URL", self.account_url())
+            .env_remove("KIROKU_API_KEY");
+        command
+    }
+
+    /// The cached owner login's access token (fresh: tests are shorter than its life).
+    pub fn access_token(&self) -> String {
+        let login: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(self.config_dir().join("credentials.json")).expect("cached login"),
+        )
+        .expect("login json");
+        login["access_token"]
+            .as_str()
+            .expect("access token")
+            .to_string()
+    }
+
+    pub fn spawn_account(&mut self) {
+        let key = self.dir.path().join("signing-key.der");
+        let (mut command, log) = self.command(
+            &[
+                "serve",
+                "account",
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+                "--schema",
+                &self.root,
+                "--signing-key-file",
+                key.to_str().expect("utf-8 path"),
+            ],
+            "account.log",
+        );
+        let mut child = command.spawn().expect("spawn account service");
+        let line = first_line(&mut child, Duration::from_secs(60));
+        let (Some(grpc), Some(admin)) = (field(&line, "grpc"), field(&line, "admin")) else {
+            let _ = child.kill();
+            panic!(
+                "account service did not start: {line:?}\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        };
+        self.account = Some(Proc {
+            child,
+            log,
+            grpc: Some(grpc),
+            admin,
+        });
+    }
+
+    /// Registers the cluster's tenant and caches its owner's login.
+    fn register_tenant(&mut self) {
+        self.tenant_slug = format!("tenant-{}", &self.root[1..9]);
+        self.owner_email = format!("owner@{}.example.com", self.tenant_slug);
+        let output = self
+            .cli(&[
+                "admin",
+                "tenant",
+                "create",
+                "--slug",
+                &self.tenant_slug,
+                "--name",
+                "Test tenant",
+                "--owner-email",
+                &self.owner_email,
+            ])
+            .env("KIROKU_PASSWORD", OWNER_PASSWORD)
+            .output()
+            .expect("run kiroku admin tenant create");
+        assert!(
+            output.status.success(),
+            "tenant create failed: {}\n{}",
+            String::from_utf8_lossy(&output.stderr),
+            self.account
+                .as_ref()
+                .map(Proc::log_text)
+                .unwrap_or_default()
+        );
     }
 
     fn command(&self, args: &[&str], log_name: &str) -> (Command, PathBuf) {
@@ -148,6 +269,8 @@ impl Cluster {
             .env("KIROKU_NATS_URL", &self.options.nats_url)
             .env("KIROKU_CLUSTER", &self.root)
             .env("KIROKU_RESUME_SECRET", &self.secret)
+            .env("KIROKU_DATABASE_URL", database_url())
+            .env("KIROKU_REDIS_URL", redis_url())
             .env(
                 "KIROKU_RESUME_WINDOW_S",
                 self.options.resume_window_s.to_string(),
@@ -173,6 +296,8 @@ impl Cluster {
                 "127.0.0.1:0",
                 "--admin-listen",
                 "127.0.0.1:0",
+                "--account-url",
+                &self.account_url(),
             ],
             &format!("gateway-{index}.log"),
         );
@@ -256,6 +381,7 @@ impl Cluster {
         self.gateways
             .iter()
             .chain(&self.workers)
+            .chain(&self.account)
             .map(|p| format!("==== {}\n{}", p.log.display(), p.log_text()))
             .collect::<Vec<_>>()
             .join("\n")
@@ -282,6 +408,16 @@ impl Cluster {
     }
 }
 
+/// A request carrying `authorization: Bearer <token>`.
+pub fn authorized<T>(body: T, token: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(body);
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("header value"),
+    );
+    request
+}
+
 pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -292,13 +428,29 @@ pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        for proc in self.gateways.iter_mut().chain(self.workers.iter_mut()) {
+        for proc in self
+            .gateways
+            .iter_mut()
+            .chain(self.workers.iter_mut())
+            .chain(self.account.iter_mut())
+        {
             let _ = proc.child.kill();
             let _ = proc.child.wait();
         }
         if std::thread::panicking() {
             eprintln!("{}", self.logs());
         }
+        // The account schema of this cluster.
+        let _ = Command::new("psql")
+            .arg(database_url())
+            .args([
+                "-q",
+                "-c",
+                &format!("DROP SCHEMA IF EXISTS \"{}\" CASCADE", self.root),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
         let layout = self.layout();
         let url = self.options.nats_url.clone();
         block_on(async move {
@@ -336,6 +488,9 @@ impl StreamClient {
                 "--report",
             ])
             .arg(&report)
+            // The cluster's owner login (`Cluster::config_dir`); dir is the cluster's.
+            .env("KIROKU_CONFIG_DIR", dir.join("config"))
+            .env_remove("KIROKU_API_KEY")
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&stderr).expect("client log"))
             .spawn()

@@ -1,0 +1,931 @@
+//! Accounts and access, end to end: real `kiroku serve account|gateway|worker`
+//! processes against the real PostgreSQL, Redis and NATS. Each test names the
+//! ISO 27017 control it proves (`../shared/SECURITY-CONTROLS.md`).
+
+#[path = "support/cluster.rs"]
+mod cluster;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cluster::{Cluster, OWNER_PASSWORD, Options, authorized, block_on};
+use kiroku_account::totp;
+use kiroku_proto::account::v1 as pb;
+use kiroku_proto::account::v1::account_service_client::AccountServiceClient;
+use kiroku_proto::transcribe::v1 as api;
+use tonic::Code;
+use tonic::transport::Channel;
+
+const PASSWORD: &str = "minutes of the weekly meeting";
+
+async fn account(cluster_url: &str) -> AccountServiceClient<Channel> {
+    AccountServiceClient::connect(cluster_url.to_string())
+        .await
+        .expect("connect to the account service")
+}
+
+fn now() -> u64 {
+    kiroku_account::tokens::unix_now()
+}
+
+/// One signed-in caller.
+#[derive(Clone, Debug)]
+struct Caller {
+    name: &'static str,
+    token: String,
+    #[allow(dead_code)]
+    refresh: String,
+    user_id: String,
+}
+
+fn with_key<T>(body: T, key: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(body);
+    request
+        .metadata_mut()
+        .insert("x-api-key", key.parse().expect("header"));
+    request
+}
+
+async fn login(
+    client: &mut AccountServiceClient<Channel>,
+    slug: &str,
+    email: &str,
+    password: &str,
+    totp: &str,
+) -> Result<pb::TokenPair, tonic::Status> {
+    client
+        .login(pb::LoginRequest {
+            tenant_slug: slug.into(),
+            email: email.into(),
+            password: password.into(),
+            totp_code: totp.into(),
+        })
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+fn caller(name: &'static str, pair: &pb::TokenPair) -> Caller {
+    Caller {
+        name,
+        token: pair.access_token.clone(),
+        refresh: pair.refresh_token.clone(),
+        user_id: pair
+            .principal
+            .as_ref()
+            .map(|p| p.subject.clone())
+            .unwrap_or_default(),
+    }
+}
+
+/// Enrolls TOTP for the caller; returns the secret and an MFA session.
+async fn enroll_mfa(client: &mut AccountServiceClient<Channel>, who: &Caller) -> (Vec<u8>, Caller) {
+    let enrollment = client
+        .enroll_mfa(authorized(pb::EnrollMfaRequest {}, &who.token))
+        .await
+        .expect("enroll")
+        .into_inner();
+    let secret = base32_decode(&enrollment.secret);
+    let code = totp::code_at(&secret, now()).expect("code");
+    let pair = client
+        .confirm_mfa(authorized(
+            pb::ConfirmMfaRequest { totp_code: code },
+            &who.token,
+        ))
+        .await
+        .expect("confirm mfa")
+        .into_inner();
+    (secret, caller(who.name, &pair))
+}
+
+fn base32_decode(text: &str) -> Vec<u8> {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+    let mut bits = 0u64;
+    let mut count = 0;
+    let mut out = Vec::new();
+    for c in text.trim_end_matches('=').bytes() {
+        let value = ALPHABET.iter().position(|a| *a == c).expect("base32") as u64;
+        bits = (bits << 5) | value;
+        count += 5;
+        if count >= 8 {
+            count -= 8;
+            out.push((bits >> count) as u8);
+        }
+    }
+    out
+}
+
+/// A tenant with one caller per role (admins and owner with MFA sessions) and API keys.
+struct Tenant {
+    slug: String,
+    owner: Caller,
+    admin_no_mfa: Caller,
+    admin: Caller,
+    member: Caller,
+    viewer: Caller,
+    transcribe_key: String,
+    transcribe_key_id: String,
+    consent_key: String,
+}
+
+async fn invite(
+    client: &mut AccountServiceClient<Channel>,
+    by: &Caller,
+    slug: &str,
+    name: &'static str,
+    role: pb::Role,
+) -> Caller {
+    let email = format!("{name}@{slug}.example.com");
+    let invitation = client
+        .invite_user(authorized(
+            pb::InviteUserRequest {
+                email: email.clone(),
+                role: role as i32,
+            },
+            &by.token,
+        ))
+        .await
+        .expect("invite")
+        .into_inner();
+    let pair = client
+        .accept_invitation(pb::AcceptInvitationRequest {
+            invitation_token: invitation.invitation_token,
+            display_name: name.into(),
+            password: PASSWORD.into(),
+        })
+        .await
+        .expect("accept invitation")
+        .into_inner();
+    caller(name, &pair)
+}
+
+async fn tenant(client: &mut AccountServiceClient<Channel>, slug: &str) -> Tenant {
+    let registered = client
+        .register(pb::RegisterRequest {
+            tenant_slug: slug.into(),
+            tenant_name: slug.into(),
+            email: format!("owner@{slug}.example.com"),
+            display_name: "Owner".into(),
+            password: PASSWORD.into(),
+        })
+        .await
+        .expect("register")
+        .into_inner();
+    let owner = caller("owner", registered.tokens.as_ref().expect("tokens"));
+    let (_, owner) = enroll_mfa(client, &owner).await;
+    let admin_no_mfa = invite(client, &owner, slug, "admin", pb::Role::Admin).await;
+    let (_, admin) = enroll_mfa(client, &admin_no_mfa).await;
+    let member = invite(client, &owner, slug, "member", pb::Role::Member).await;
+    let viewer = invite(client, &owner, slug, "viewer", pb::Role::Viewer).await;
+    let key = |scope: &str| pb::CreateApiKeyRequest {
+        name: format!("{scope} service"),
+        scopes: vec![scope.into()],
+    };
+    let transcribe = client
+        .create_api_key(authorized(key("transcribe"), &owner.token))
+        .await
+        .expect("api key")
+        .into_inner();
+    let consent = client
+        .create_api_key(authorized(key("consent"), &owner.token))
+        .await
+        .expect("api key")
+        .into_inner();
+    Tenant {
+        slug: slug.into(),
+        owner,
+        admin_no_mfa,
+        admin,
+        member,
+        viewer,
+        transcribe_key_id: transcribe.key.expect("key").key_id,
+        transcribe_key: transcribe.api_key,
+        consent_key: consent.api_key,
+    }
+}
+
+/// A refusal by the access rules (as opposed to a refusal of the request's content).
+fn denied_by_access(status: &tonic::Status) -> bool {
+    status.code() == Code::Unauthenticated
+        || (status.code() == Code::PermissionDenied
+            && (status.message().contains("not allow")
+                || status.message().contains("mfa required")))
+}
+
+/// Calls `method` of the account service or the gateway with a harmless body.
+async fn call(
+    account: &mut AccountServiceClient<Channel>,
+    gateway: &mut api::transcription_client::TranscriptionClient<Channel>,
+    method: &str,
+    credential: &Credential,
+) -> Result<(), tonic::Status> {
+    macro_rules! req {
+        ($body:expr) => {
+            credential.request($body)
+        };
+    }
+    let missing = uuid::Uuid::new_v4().to_string();
+    match method {
+        "WhoAmI" => account.who_am_i(req!(pb::WhoAmIRequest {})).await.map(drop),
+        "ChangePassword" => account
+            .change_password(req!(pb::ChangePasswordRequest {
+                current_password: "not the password at all".into(),
+                new_password: "x".into(),
+            }))
+            .await
+            .map(drop),
+        "EnrollMfa" => account
+            .enroll_mfa(req!(pb::EnrollMfaRequest {}))
+            .await
+            .map(drop),
+        "ConfirmMfa" => account
+            .confirm_mfa(req!(pb::ConfirmMfaRequest {
+                totp_code: "000000".into()
+            }))
+            .await
+            .map(drop),
+        "InviteUser" => account
+            .invite_user(req!(pb::InviteUserRequest {
+                email: "not an email".into(),
+                role: pb::Role::Member as i32,
+            }))
+            .await
+            .map(drop),
+        "ListUsers" => account
+            .list_users(req!(pb::ListUsersRequest {}))
+            .await
+            .map(drop),
+        "DisableUser" => account
+            .disable_user(req!(pb::UserRef {
+                user_id: missing.clone()
+            }))
+            .await
+            .map(drop),
+        "DeleteUser" => account
+            .delete_user(req!(pb::UserRef {
+                user_id: missing.clone()
+            }))
+            .await
+            .map(drop),
+        "SetRole" => account
+            .set_role(req!(pb::SetRoleRequest {
+                user_id: missing.clone(),
+                role: pb::Role::Viewer as i32,
+            }))
+            .await
+            .map(drop),
+        "CreateApiKey" => account
+            .create_api_key(req!(pb::CreateApiKeyRequest {
+                name: String::new(),
+                scopes: vec![],
+            }))
+            .await
+            .map(drop),
+        "RevokeApiKey" => account
+            .revoke_api_key(req!(pb::RevokeApiKeyRequest {
+                key_id: missing.clone()
+            }))
+            .await
+            .map(drop),
+        "ListApiKeys" => account
+            .list_api_keys(req!(pb::ListApiKeysRequest {}))
+            .await
+            .map(drop),
+        "VerifyApiKey" => account
+            .verify_api_key(req!(pb::VerifyApiKeyRequest {}))
+            .await
+            .map(drop),
+        "SetConsentPolicy" => account
+            .set_consent_policy(req!(pb::SetConsentPolicyRequest { policy: 0 }))
+            .await
+            .map(drop),
+        "SetMeetingParticipants" => account
+            .set_meeting_participants(req!(pb::SetMeetingParticipantsRequest {
+                meeting_id: "matrix".into(),
+                participants: vec![],
+            }))
+            .await
+            .map(drop),
+        "RecordConsent" => account
+            .record_consent(req!(pb::RecordConsentRequest {
+                meeting_id: "matrix".into(),
+                participant: "Ana".into(),
+                method: "verbal".into(),
+            }))
+            .await
+            .map(drop),
+        "CheckConsent" => account
+            .check_consent(req!(pb::CheckConsentRequest {
+                meeting_id: "matrix".into()
+            }))
+            .await
+            .map(drop),
+        // The gateway: an empty request is refused as INVALID_ARGUMENT once access passed.
+        "Transcribe" => gateway
+            .transcribe(req!(api::TranscribeRequest::default()))
+            .await
+            .map(drop),
+        other => panic!("no call for {other}"),
+    }
+}
+
+enum Credential {
+    Bearer(String),
+    ApiKey(String),
+}
+
+impl Credential {
+    fn request<T>(&self, body: T) -> tonic::Request<T> {
+        match self {
+            Self::Bearer(token) => authorized(body, token),
+            Self::ApiKey(key) => with_key(body, key),
+        }
+    }
+}
+
+/// control 9.2.2 (and 9.2.3): deny-by-default RBAC, method x role, over every RPC
+/// that needs a credential, on both the account service and the gateway.
+#[test]
+fn control_9_2_2_method_by_role_matrix() {
+    let cluster = Cluster::start(1, 0, Options::default());
+    let account_url = cluster.account_url();
+    let gateway_url = cluster.gateway_url(0);
+    block_on(async move {
+        let mut client = account(&account_url).await;
+        let mut gateway = api::transcription_client::TranscriptionClient::connect(gateway_url)
+            .await
+            .expect("gateway");
+        let t = tenant(&mut client, "matrix-a").await;
+        // caller -> (credential, the methods it may call)
+        let signed_in = ["WhoAmI", "ChangePassword", "EnrollMfa", "ConfirmMfa"];
+        let member = [
+            "SetMeetingParticipants",
+            "RecordConsent",
+            "CheckConsent",
+            "Transcribe",
+        ];
+        let admin = [
+            "InviteUser",
+            "ListUsers",
+            "DisableUser",
+            "DeleteUser",
+            "SetRole",
+            "CreateApiKey",
+            "RevokeApiKey",
+            "ListApiKeys",
+            "SetConsentPolicy",
+        ];
+        let all: Vec<&str> = signed_in
+            .iter()
+            .chain(&member)
+            .chain(&admin)
+            .chain(&["VerifyApiKey"])
+            .copied()
+            .collect();
+        let allowed_for = |name: &str| -> Vec<&str> {
+            match name {
+                "viewer" => signed_in.to_vec(),
+                "member" | "admin without mfa" => {
+                    signed_in.iter().chain(&member).copied().collect()
+                }
+                "admin" | "owner" => signed_in
+                    .iter()
+                    .chain(&member)
+                    .chain(&admin)
+                    .copied()
+                    .collect(),
+                "transcribe key" => vec!["CheckConsent", "Transcribe", "VerifyApiKey"],
+                "consent key" => vec!["SetMeetingParticipants", "RecordConsent", "VerifyApiKey"],
+                "nobody" => vec![],
+                other => panic!("{other}"),
+            }
+        };
+        let callers = [
+            ("viewer", Credential::Bearer(t.viewer.token.clone())),
+            ("member", Credential::Bearer(t.member.token.clone())),
+            (
+                "admin without mfa",
+                Credential::Bearer(t.admin_no_mfa.token.clone()),
+            ),
+            ("admin", Credential::Bearer(t.admin.token.clone())),
+            ("owner", Credential::Bearer(t.owner.token.clone())),
+            (
+                "transcribe key",
+                Credential::ApiKey(t.transcribe_key.clone()),
+            ),
+            ("consent key", Credential::ApiKey(t.consent_key.clone())),
+            ("nobody", Credential::Bearer("not-a-token".into())),
+        ];
+        let mut failures = Vec::new();
+        for (name, credential) in &callers {
+            let allowed = allowed_for(name);
+            for method in &all {
+                let outcome = call(&mut client, &mut gateway, method, credential).await;
+                let refused = matches!(&outcome, Err(status) if denied_by_access(status));
+                if refused == allowed.contains(method) {
+                    failures.push(format!("{name} {method}: {outcome:?}"));
+                }
+            }
+        }
+        assert!(
+            failures.is_empty(),
+            "matrix mismatches:\n{}",
+            failures.join("\n")
+        );
+    });
+}
+
+/// control 13.1.3: tenant B's admin gets NOT_FOUND for every id of tenant A, and
+/// sees none of A's users or consent records.
+#[test]
+fn control_13_1_3_cross_tenant_ids_are_not_found() {
+    let cluster = Cluster::start(0, 0, Options::default());
+    let account_url = cluster.account_url();
+    block_on(async move {
+        let mut client = account(&account_url).await;
+        let a = tenant(&mut client, "cross-a").await;
+        let b = tenant(&mut client, "cross-b").await;
+        client
+            .record_consent(authorized(
+                pb::RecordConsentRequest {
+                    meeting_id: "board".into(),
+                    participant: "Ana".into(),
+                    method: "written".into(),
+                },
+                &a.member.token,
+            ))
+            .await
+            .expect("consent in A");
+        let b_admin = &b.admin.token;
+        let victim = a.member.user_id.clone();
+        let outcomes = [
+            (
+                "DisableUser",
+                client
+                    .disable_user(authorized(
+                        pb::UserRef {
+                            user_id: victim.clone(),
+                        },
+                        b_admin,
+                    ))
+                    .await
+                    .map(drop),
+            ),
+            (
+                "DeleteUser",
+                client
+                    .delete_user(authorized(
+                        pb::UserRef {
+                            user_id: victim.clone(),
+                        },
+                        b_admin,
+                    ))
+                    .await
+                    .map(drop),
+            ),
+            (
+                "SetRole",
+                client
+                    .set_role(authorized(
+                        pb::SetRoleRequest {
+                            user_id: victim.clone(),
+                            role: pb::Role::Viewer as i32,
+                        },
+                        b_admin,
+                    ))
+                    .await
+                    .map(drop),
+            ),
+            (
+                "RevokeApiKey",
+                client
+                    .revoke_api_key(authorized(
+                        pb::RevokeApiKeyRequest {
+                            key_id: a.transcribe_key_id.clone(),
+                        },
+                        b_admin,
+                    ))
+                    .await
+                    .map(drop),
+            ),
+        ];
+        for (method, outcome) in outcomes {
+            let status = outcome.expect_err(method);
+            assert_eq!(status.code(), Code::NotFound, "{method}: {status:?}");
+        }
+        let users = client
+            .list_users(authorized(pb::ListUsersRequest {}, b_admin))
+            .await
+            .expect("list")
+            .into_inner()
+            .users;
+        assert!(
+            users
+                .iter()
+                .all(|u| u.user_id != victim && u.email.contains("cross-b"))
+        );
+        let keys = client
+            .list_api_keys(authorized(pb::ListApiKeysRequest {}, b_admin))
+            .await
+            .expect("keys")
+            .into_inner()
+            .keys;
+        assert!(keys.iter().all(|k| k.key_id != a.transcribe_key_id));
+        let consent = client
+            .check_consent(authorized(
+                pb::CheckConsentRequest {
+                    meeting_id: "board".into(),
+                },
+                &b.member.token,
+            ))
+            .await
+            .expect("consent in B")
+            .into_inner();
+        assert!(consent.participants.is_empty() && consent.consents.is_empty());
+        // A's member is untouched and A's key still works.
+        let me = client
+            .verify_api_key(with_key(pb::VerifyApiKeyRequest {}, &a.transcribe_key))
+            .await
+            .expect("A's key still valid")
+            .into_inner();
+        assert_eq!(me.tenant_slug, a.slug);
+    });
+}
+
+fn psql(url: &str, sql: &str) -> String {
+    let output = Command::new("psql")
+        .arg(url)
+        .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql])
+        .stderr(Stdio::piped())
+        .output()
+        .expect("psql");
+    assert!(
+        output.status.success(),
+        "psql {sql}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
+}
+
+/// control 13.1.3: every table with a tenant_id (and the tenants table) has row-level
+/// security ENABLED and FORCED, the service role owns none of them, and a query
+/// without tenant context returns zero rows.
+#[test]
+fn control_13_1_3_every_tenant_table_forces_row_level_security() {
+    let cluster = Cluster::start(0, 0, Options::default());
+    let account_url = cluster.account_url();
+    block_on(async move {
+        let mut client = account(&account_url).await;
+        tenant(&mut client, "rls-a").await;
+    });
+    let owner = cluster::database_url();
+    let schema = &cluster.root;
+    let tables = psql(
+        &owner,
+        &format!(
+            "SELECT c.relname || ':' || c.relrowsecurity || ':' || c.relforcerowsecurity || ':' \
+             || pg_get_userbyid(c.relowner) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = '{schema}' AND c.relkind = 'r' AND (c.relname = 'tenants' OR EXISTS \
+             (SELECT 1 FROM information_schema.columns k WHERE k.table_schema = n.nspname \
+              AND k.table_name = c.relname AND k.column_name = 'tenant_id')) ORDER BY 1"
+        ),
+    );
+    let rows: Vec<&str> = tables.lines().collect();
+    assert!(rows.len() >= 7, "tenant tables: {rows:?}");
+    for row in &rows {
+        let parts: Vec<&str> = row.split(':').collect();
+        assert_eq!(
+            parts[1..3],
+            ["true", "true"],
+            "RLS not enabled and forced: {row}"
+        );
+        assert_ne!(parts[3], "kiroku_account", "the service role owns {row}");
+    }
+    // Rows exist (the owner sees them)...
+    let users: u32 = psql(&owner, &format!("SELECT count(*) FROM \"{schema}\".users"))
+        .parse()
+        .expect("count");
+    assert!(users >= 4, "{users}");
+    // ...and the service role without a tenant set sees none, in every table.
+    let app = owner.replacen("postgres@", "kiroku_account@", 1);
+    for row in &rows {
+        let table = row.split(':').next().expect("name");
+        let seen = psql(&app, &format!("SELECT count(*) FROM \"{schema}\".{table}"));
+        assert_eq!(seen, "0", "{table} visible without tenant context");
+    }
+}
+
+/// Reliability promise 6 and control 9.2.3: forged, tampered, expired-by-logout and
+/// missing credentials are refused by the gateway.
+#[test]
+fn gateway_refuses_missing_forged_and_revoked_credentials() {
+    let cluster = Cluster::start(1, 0, Options::default());
+    let account_url = cluster.account_url();
+    let gateway_url = cluster.gateway_url(0);
+    block_on(async move {
+        let mut client = account(&account_url).await;
+        let mut gateway = api::transcription_client::TranscriptionClient::connect(gateway_url)
+            .await
+            .expect("gateway");
+        let pair = client
+            .register(pb::RegisterRequest {
+                tenant_slug: "attacks".into(),
+                tenant_name: "attacks".into(),
+                email: "owner@attacks.example.com".into(),
+                display_name: "Owner".into(),
+                password: PASSWORD.into(),
+            })
+            .await
+            .expect("register")
+            .into_inner()
+            .tokens
+            .expect("tokens");
+        let token = pair.access_token.clone();
+        // A valid token reaches the request checks (empty request: INVALID_ARGUMENT).
+        let ok = gateway
+            .transcribe(authorized(api::TranscribeRequest::default(), &token))
+            .await
+            .expect_err("empty request");
+        assert_eq!(ok.code(), Code::InvalidArgument, "{ok:?}");
+
+        let mut parts: Vec<String> = token.split('.').map(str::to_string).collect();
+        let last = parts[2].pop().expect("signature");
+        parts[2].push(if last == 'A' { 'B' } else { 'A' });
+        let tampered = parts.join(".");
+        let header_none = format!(
+            "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.{}.",
+            token.split('.').nth(1).expect("payload")
+        );
+        for (what, credential) in [
+            ("tampered signature", tampered),
+            ("alg none", header_none),
+            ("garbage", "abc".to_string()),
+        ] {
+            let status = gateway
+                .transcribe(authorized(api::TranscribeRequest::default(), &credential))
+                .await
+                .expect_err(what);
+            assert_eq!(status.code(), Code::Unauthenticated, "{what}: {status:?}");
+        }
+        let status = gateway
+            .transcribe(tonic::Request::new(api::TranscribeRequest::default()))
+            .await
+            .expect_err("no credential");
+        assert_eq!(status.code(), Code::Unauthenticated);
+        // Logout revokes the session: its still-unexpired access token is refused.
+        client
+            .logout(pb::LogoutRequest {
+                refresh_token: pair.refresh_token.clone(),
+            })
+            .await
+            .expect("logout");
+        let status = gateway
+            .transcribe(authorized(api::TranscribeRequest::default(), &token))
+            .await
+            .expect_err("revoked");
+        assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+        assert!(status.message().contains("revoked"), "{status:?}");
+    });
+}
+
+/// control 9.2.3: admin calls need MFA; a TOTP code works once; drift of one step.
+#[test]
+fn control_9_2_3_admin_calls_need_mfa_and_codes_are_single_use() {
+    let cluster = Cluster::start(0, 0, Options::default());
+    let account_url = cluster.account_url();
+    block_on(async move {
+        let mut client = account(&account_url).await;
+        let slug = "mfa-a";
+        let email = "owner@mfa-a.example.com";
+        let pair = client
+            .register(pb::RegisterRequest {
+                tenant_slug: slug.into(),
+                tenant_name: slug.into(),
+                email: email.into(),
+                display_name: "Owner".into(),
+                password: PASSWORD.into(),
+            })
+            .await
+            .expect("register")
+            .into_inner()
+            .tokens
+            .expect("tokens");
+        let owner = caller("owner", &pair);
+        let status = client
+            .list_users(authorized(pb::ListUsersRequest {}, &owner.token))
+            .await
+            .expect_err("no mfa yet");
+        assert_eq!(status.code(), Code::PermissionDenied);
+        assert!(status.message().contains("mfa required"), "{status:?}");
+
+        let (secret, with_mfa) = enroll_mfa(&mut client, &owner).await;
+        client
+            .list_users(authorized(pb::ListUsersRequest {}, &with_mfa.token))
+            .await
+            .expect("admin call with mfa");
+        // Sign-in now needs a code; the confirmation's code is spent; the next step's
+        // code (one step of drift) works once.
+        let status = login(&mut client, slug, email, PASSWORD, "")
+            .await
+            .expect_err("no code");
+        assert_eq!(status.code(), Code::Unauthenticated);
+        let next = totp::code_at(&secret, now() + 30).expect("code");
+        let pair = login(&mut client, slug, email, PASSWORD, &next)
+            .await
+            .expect("drift");
+        assert!(pair.principal.expect("principal").mfa);
+        let replay = login(&mut client, slug, email, PASSWORD, &next)
+            .await
+            .expect_err("replay");
+        assert_eq!(replay.code(), Code::Unauthenticated, "{replay:?}");
+        let far = totp::code_at(&secret, now() + 90).expect("code");
+        let status = login(&mut client, slug, email, PASSWORD, &far)
+            .await
+            .expect_err("drift 3");
+        assert_eq!(status.code(), Code::Unauthenticated);
+    });
+}
+
+/// control 9.2.4: change needs the current password, applies the rules, and revokes
+/// the user's other sessions; refresh tokens rotate and a reused one ends the session.
+#[test]
+fn control_9_2_4_password_change_and_refresh_rotation() {
+    let cluster = Cluster::start(0, 0, Options::default());
+    let account_url = cluster.account_url();
+    block_on(async move {
+        let mut client = account(&account_url).await;
+        let slug = "pw-a";
+        let email = "owner@pw-a.example.com";
+        client
+            .register(pb::RegisterRequest {
+                tenant_slug: slug.into(),
+                tenant_name: slug.into(),
+                email: email.into(),
+                display_name: "Owner".into(),
+                password: "password".into(),
+            })
+            .await
+            .expect_err("common password refused at registration");
+        client
+            .register(pb::RegisterRequest {
+                tenant_slug: slug.into(),
+                tenant_name: slug.into(),
+                email: email.into(),
+                display_name: "Owner".into(),
+                password: PASSWORD.into(),
+            })
+            .await
+            .expect("register");
+        let first = login(&mut client, slug, email, PASSWORD, "")
+            .await
+            .expect("session 1");
+        let second = login(&mut client, slug, email, PASSWORD, "")
+            .await
+            .expect("session 2");
+
+        // Refresh rotation: the old refresh token is spent; reusing it ends session 2.
+        let rotated = client
+            .refresh(pb::RefreshRequest {
+                refresh_token: second.refresh_token.clone(),
+            })
+            .await
+            .expect("refresh")
+            .into_inner();
+        let reuse = client
+            .refresh(pb::RefreshRequest {
+                refresh_token: second.refresh_token.clone(),
+            })
+            .await
+            .expect_err("reuse");
+        assert_eq!(reuse.code(), Code::Unauthenticated);
+        let after_reuse = client
+            .refresh(pb::RefreshRequest {
+                refresh_token: rotated.refresh_token.clone(),
+            })
+            .await
+            .expect_err("family revoked after reuse");
+        assert_eq!(after_reuse.code(), Code::Unauthenticated);
+        let status = client
+            .who_am_i(authorized(pb::WhoAmIRequest {}, &rotated.access_token))
+            .await
+            .expect_err("session 2 revoked");
+        assert_eq!(status.code(), Code::Unauthenticated);
+
+        let third = login(&mut client, slug, email, PASSWORD, "")
+            .await
+            .expect("session 3");
+        let change = |current: &str, new: &str| pb::ChangePasswordRequest {
+            current_password: current.into(),
+            new_password: new.into(),
+        };
+        let wrong = client
+            .change_password(authorized(
+                change("wrong password!", "a new long passphrase"),
+                &first.access_token,
+            ))
+            .await
+            .expect_err("wrong current password");
+        assert_eq!(wrong.code(), Code::PermissionDenied);
+        for (new, why) in [("short", "at least 8"), ("12345678", "commonly used")] {
+            let status = client
+                .change_password(authorized(change(PASSWORD, new), &first.access_token))
+                .await
+                .expect_err(why);
+            assert_eq!(status.code(), Code::InvalidArgument);
+            assert!(status.message().contains(why), "{status:?}");
+        }
+        let fresh = client
+            .change_password(authorized(
+                change(PASSWORD, "a new long passphrase"),
+                &first.access_token,
+            ))
+            .await
+            .expect("change")
+            .into_inner();
+        for (what, token) in [
+            ("session 1", &first.access_token),
+            ("session 3", &third.access_token),
+        ] {
+            let status = client
+                .who_am_i(authorized(pb::WhoAmIRequest {}, token))
+                .await
+                .expect_err(what);
+            assert_eq!(status.code(), Code::Unauthenticated, "{what}");
+        }
+        client
+            .refresh(pb::RefreshRequest {
+                refresh_token: third.refresh_token.clone(),
+            })
+            .await
+            .expect_err("session 3's refresh token");
+        client
+            .who_am_i(authorized(pb::WhoAmIRequest {}, &fresh.access_token))
+            .await
+            .expect("the new pair works");
+        login(&mut client, slug, email, PASSWORD, "")
+            .await
+            .expect_err("old password");
+        login(&mut client, slug, email, "a new long passphrase", "")
+            .await
+            .expect("new password");
+    });
+}
+
+/// Sign-in throttling per account: after 5 failures even the right password is
+/// refused with RESOURCE_EXHAUSTED and a retry delay; failures are audited.
+#[test]
+fn failed_sign_ins_are_throttled_and_audited() {
+    let cluster = Cluster::start(0, 0, Options::default());
+    let account_url = cluster.account_url();
+    let layout = cluster.layout();
+    let slug = cluster.tenant_slug.clone();
+    let email = cluster.owner_email.clone();
+    block_on(async move {
+        let mut client = account(&account_url).await;
+        for _ in 0..5 {
+            let status = login(&mut client, &slug, &email, "wrong password!", "")
+                .await
+                .expect_err("wrong password");
+            assert_eq!(status.code(), Code::Unauthenticated);
+        }
+        let status = login(&mut client, &slug, &email, OWNER_PASSWORD, "")
+            .await
+            .expect_err("throttled");
+        assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+        let retry = kiroku_core::status::retry_after(&status).expect("retry info");
+        assert!(retry > Duration::from_secs(60), "{retry:?}");
+
+        // The events reached JetStream AUDIT.
+        let nats = async_nats::connect(cluster::nats_url())
+            .await
+            .expect("nats");
+        let js = async_nats::jetstream::new(nats);
+        let mut stream = js.get_stream(layout.audit_stream()).await.expect("AUDIT");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let messages = stream.info().await.expect("info").state.messages;
+            let mut subjects = stream
+                .info_with_subjects(format!("{}.audit.>", layout.root()))
+                .await
+                .expect("subjects");
+            let mut failed = 0;
+            let mut throttled = 0;
+            while let Some(Ok((subject, count))) = futures::StreamExt::next(&mut subjects).await {
+                if subject.ends_with(".login.failed") {
+                    failed += count;
+                }
+                if subject.ends_with(".login.throttled") {
+                    throttled += count;
+                }
+            }
+            if failed == 5 && throttled == 1 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "audit events: {failed} failed, {throttled} throttled ({} messages)",
+                messages
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+}
