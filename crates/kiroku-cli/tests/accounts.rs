@@ -929,3 +929,614 @@ fn failed_sign_ins_are_throttled_and_audited() {
         }
     });
 }
+
+/// 100 ms of a quiet tone at 16 kHz mono.
+fn tone_frame(seq: u64) -> api::StreamTranscribeRequest {
+    let data = (0..1600)
+        .flat_map(|i| ((((seq * 1600 + i) as f32 * 0.05).sin() * 2000.0) as i16).to_le_bytes())
+        .collect();
+    api::StreamTranscribeRequest {
+        request: Some(api::stream_transcribe_request::Request::Audio(
+            api::AudioFrame { data, seq },
+        )),
+    }
+}
+
+fn stream_config(meeting: &str) -> api::StreamTranscribeRequest {
+    api::StreamTranscribeRequest {
+        request: Some(api::stream_transcribe_request::Request::Config(
+            api::StreamConfig {
+                audio_format: Some(api::AudioFormat {
+                    encoding: api::AudioEncoding::Linear16 as i32,
+                    sample_rate_hz: 16_000,
+                    channels: 1,
+                }),
+                meeting_id: meeting.into(),
+                ..Default::default()
+            },
+        )),
+    }
+}
+
+/// A live stream that sends a frame every 100 ms until dropped.
+struct LiveStream {
+    responses: tonic::Streaming<api::StreamTranscribeResponse>,
+    sender: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for LiveStream {
+    fn drop(&mut self) {
+        self.sender.abort();
+    }
+}
+
+async fn open_stream(
+    gateway_url: &str,
+    credential: &Credential,
+    meeting: &str,
+) -> Result<LiveStream, tonic::Status> {
+    let mut gateway =
+        api::transcription_client::TranscriptionClient::connect(gateway_url.to_string())
+            .await
+            .expect("gateway");
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    tx.send(stream_config(meeting)).await.expect("config");
+    let sender = tokio::spawn(async move {
+        for seq in 1.. {
+            if tx.send(tone_frame(seq)).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let request = credential.request(tokio_stream::wrappers::ReceiverStream::new(rx));
+    let mut responses = match gateway.stream_transcribe(request).await {
+        Ok(response) => response.into_inner(),
+        Err(status) => {
+            sender.abort();
+            return Err(status);
+        }
+    };
+    // The first answer is the session, or the refusal.
+    match tokio::time::timeout(Duration::from_secs(10), responses.message()).await {
+        Ok(Ok(Some(first))) => {
+            assert!(matches!(
+                first.response,
+                Some(api::stream_transcribe_response::Response::Session(_))
+            ));
+            Ok(LiveStream { responses, sender })
+        }
+        Ok(Ok(None)) => panic!("stream closed without a session"),
+        Ok(Err(status)) => {
+            sender.abort();
+            Err(status)
+        }
+        Err(_) => panic!("no session within 10 s"),
+    }
+}
+
+impl LiveStream {
+    /// Waits for the stream to end; its final status (Ok when closed normally).
+    async fn ended_within(&mut self, limit: Duration) -> Result<(), tonic::Status> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            match tokio::time::timeout_at(deadline, self.responses.message()).await {
+                Err(_) => panic!("the stream still runs after {limit:?}"),
+                Ok(Ok(Some(_))) => {}
+                Ok(Ok(None)) => return Ok(()),
+                Ok(Err(status)) => return Err(status),
+            }
+        }
+    }
+
+    /// Audio acks keep coming for `period`: the stream is alive.
+    async fn keeps_acking(&mut self, period: Duration) {
+        let until = tokio::time::Instant::now() + period;
+        let mut acks = 0;
+        while tokio::time::Instant::now() < until {
+            match tokio::time::timeout(Duration::from_secs(3), self.responses.message()).await {
+                Ok(Ok(Some(response))) => {
+                    if matches!(
+                        response.response,
+                        Some(api::stream_transcribe_response::Response::AudioAck(_))
+                    ) {
+                        acks += 1;
+                    }
+                }
+                other => panic!("the running stream stopped: {other:?}"),
+            }
+        }
+        assert!(acks > 0, "no audio acks");
+    }
+}
+
+/// control 9.2.1: disabling a user ends their live stream within seconds and their
+/// token is refused afterwards; deleting a user does the same for their sessions.
+#[test]
+fn control_9_2_1_disabled_users_stream_is_cut() {
+    let cluster = Cluster::start(1, 0, Options::default());
+    let account_url = cluster.account_url();
+    let gateway_url = cluster.gateway_url(0);
+    block_on(async move {
+        let mut client = account(&account_url).await;
+        let t = tenant(&mut client, "cut-a").await;
+        let member = Credential::Bearer(t.member.token.clone());
+        let mut stream = open_stream(&gateway_url, &member, "standup")
+            .await
+            .expect("stream");
+        stream.keeps_acking(Duration::from_millis(500)).await;
+        client
+            .disable_user(authorized(
+                pb::UserRef {
+                    user_id: t.member.user_id.clone(),
+                },
+                &t.admin.token,
+            ))
+            .await
+            .expect("disable");
+        let status = stream
+            .ended_within(Duration::from_secs(10))
+            .await
+            .expect_err("cut");
+        assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+        assert!(status.message().contains("revoked"), "{status:?}");
+        let status = open_stream(&gateway_url, &member, "standup")
+            .await
+            .err()
+            .expect("token refused");
+        assert_eq!(status.code(), Code::Unauthenticated);
+        login(
+            &mut client,
+            "cut-a",
+            "member@cut-a.example.com",
+            PASSWORD,
+            "",
+        )
+        .await
+        .expect_err("a disabled user cannot sign in");
+
+        // Deleting: the viewer's session ends too (and the user is gone from the list).
+        client
+            .delete_user(authorized(
+                pb::UserRef {
+                    user_id: t.viewer.user_id.clone(),
+                },
+                &t.admin.token,
+            ))
+            .await
+            .expect("delete");
+        let status = client
+            .who_am_i(authorized(pb::WhoAmIRequest {}, &t.viewer.token))
+            .await
+            .expect_err("deleted");
+        assert_eq!(status.code(), Code::Unauthenticated);
+        let users = client
+            .list_users(authorized(pb::ListUsersRequest {}, &t.admin.token))
+            .await
+            .expect("list")
+            .into_inner()
+            .users;
+        assert!(users.iter().all(|u| u.user_id != t.viewer.user_id));
+        assert!(
+            users
+                .iter()
+                .any(|u| u.user_id == t.member.user_id && u.disabled)
+        );
+    });
+}
+
+/// Messages stored in one of the cluster's streams.
+async fn stored_messages(stream: String) -> u64 {
+    let nats = async_nats::connect(cluster::nats_url())
+        .await
+        .expect("nats");
+    let js = async_nats::jetstream::new(nats);
+    let mut stream = js.get_stream(stream).await.expect("stream");
+    stream.info().await.expect("info").state.messages
+}
+
+/// control CLD.6.3.1: under the all-participants policy, a stream for a meeting whose
+/// participants have not all consented is refused with FAILED_PRECONDITION and not a
+/// frame (nor a session job) is published; with every consent recorded it runs.
+#[test]
+fn control_cld_6_3_1_no_consent_no_recording() {
+    let cluster = Cluster::start(1, 0, Options::default());
+    let account_url = cluster.account_url();
+    let gateway_url = cluster.gateway_url(0);
+    let layout = cluster.layout();
+    block_on(async move {
+        let mut client = account(&account_url).await;
+        let t = tenant(&mut client, "consent-a").await;
+        let member = Credential::Bearer(t.member.token.clone());
+        client
+            .set_consent_policy(authorized(
+                pb::SetConsentPolicyRequest {
+                    policy: pb::ConsentPolicy::AllParticipants as i32,
+                },
+                &t.admin.token,
+            ))
+            .await
+            .expect("policy");
+        for meeting in ["", "board"] {
+            let status = open_stream(&gateway_url, &member, meeting)
+                .await
+                .err()
+                .expect("refused");
+            assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+            assert!(status.message().contains("consent"), "{status:?}");
+        }
+        client
+            .set_meeting_participants(authorized(
+                pb::SetMeetingParticipantsRequest {
+                    meeting_id: "board".into(),
+                    participants: vec!["Ana".into(), "Ben".into()],
+                },
+                &t.member.token,
+            ))
+            .await
+            .expect("participants");
+        client
+            .record_consent(authorized(
+                pb::RecordConsentRequest {
+                    meeting_id: "board".into(),
+                    participant: "Ana".into(),
+                    method: "verbal".into(),
+                },
+                &t.member.token,
+            ))
+            .await
+            .expect("Ana consents");
+        let status = open_stream(&gateway_url, &member, "board")
+            .await
+            .err()
+            .expect("Ben has not consented");
+        assert_eq!(status.code(), Code::FailedPrecondition);
+        assert!(status.message().contains("Ben"), "{status:?}");
+        assert_eq!(
+            stored_messages(layout.audio_stream()).await,
+            0,
+            "frames published"
+        );
+        assert_eq!(
+            stored_messages(layout.sessions_stream()).await,
+            0,
+            "jobs published"
+        );
+
+        // Ben consents through a service's API key (scope "consent"): now it records.
+        let status = client
+            .record_consent(with_key(
+                pb::RecordConsentRequest {
+                    meeting_id: "board".into(),
+                    participant: "Ben".into(),
+                    method: "click".into(),
+                },
+                &t.consent_key,
+            ))
+            .await
+            .expect("Ben consents")
+            .into_inner();
+        assert!(status.satisfied, "{status:?}");
+        let mut stream = open_stream(&gateway_url, &member, "board")
+            .await
+            .expect("stream");
+        stream.keeps_acking(Duration::from_millis(500)).await;
+        assert!(stored_messages(layout.audio_stream()).await > 0);
+    });
+}
+
+/// Per-tenant concurrent-stream quota: RESOURCE_EXHAUSTED with retry info; the slot
+/// comes back when the stream ends. Another tenant is not affected.
+#[test]
+fn stream_quota_is_per_tenant_and_answers_with_retry_info() {
+    let options = Options {
+        env: vec![("KIROKU_STREAMS_PER_TENANT".into(), "1".into())],
+        ..Options::default()
+    };
+    let cluster = Cluster::start(1, 0, options);
+    let account_url = cluster.account_url();
+    let gateway_url = cluster.gateway_url(0);
+    block_on(async move {
+        let mut client = account(&account_url).await;
+        let a = tenant(&mut client, "quota-a").await;
+        let b = tenant(&mut client, "quota-b").await;
+        let first = open_stream(
+            &gateway_url,
+            &Credential::Bearer(a.member.token.clone()),
+            "",
+        )
+        .await
+        .expect("first stream");
+        let status = open_stream(
+            &gateway_url,
+            &Credential::ApiKey(a.transcribe_key.clone()),
+            "",
+        )
+        .await
+        .err()
+        .expect("over quota");
+        assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+        assert!(
+            kiroku_core::status::retry_after(&status).is_some(),
+            "{status:?}"
+        );
+        let _other_tenant = open_stream(
+            &gateway_url,
+            &Credential::Bearer(b.member.token.clone()),
+            "",
+        )
+        .await
+        .expect("tenant B has its own quota");
+        drop(first);
+        // The client went away: the gateway ends the stream and frees the slot.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match open_stream(
+                &gateway_url,
+                &Credential::Bearer(a.member.token.clone()),
+                "",
+            )
+            .await
+            {
+                Ok(_) => break,
+                Err(status)
+                    if status.code() == Code::ResourceExhausted && Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(status) => panic!("slot not freed: {status:?}"),
+            }
+        }
+    });
+}
+
+/// A private redis-server on a free port, killed on drop.
+struct PrivateRedis {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl PrivateRedis {
+    fn start(port: u16) -> Self {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server (make test installs it)");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self { child, port }
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// Reliability promise 7 and the documented Redis-down behaviour: with Redis gone,
+/// new calls fail closed (UNAVAILABLE, never accepted unchecked), running streams
+/// continue, and everything works again once Redis is back.
+#[test]
+fn redis_down_fails_closed_for_new_calls_and_running_streams_continue() {
+    let port = free_port();
+    let mut redis = PrivateRedis::start(port);
+    let options = Options {
+        env: vec![(
+            "KIROKU_REDIS_URL".into(),
+            format!("redis://127.0.0.1:{port}"),
+        )],
+        ..Options::default()
+    };
+    let cluster = Cluster::start(1, 0, options);
+    let account_url = cluster.account_url();
+    let gateway_url = cluster.gateway_url(0);
+    let token = cluster.access_token();
+    let slug = cluster.tenant_slug.clone();
+    let email = cluster.owner_email.clone();
+    let credential = Credential::Bearer(token.clone());
+    // One runtime for the whole test: the stream's connection lives in it.
+    block_on(async {
+        let mut stream = open_stream(&gateway_url, &credential, "")
+            .await
+            .expect("stream");
+        let _ = redis.child.kill();
+        let _ = redis.child.wait();
+        // Past a presence tick (5 s), whose revocation re-check now fails: still acking.
+        stream.keeps_acking(Duration::from_secs(7)).await;
+        let mut gateway =
+            api::transcription_client::TranscriptionClient::connect(gateway_url.clone())
+                .await
+                .expect("gateway");
+        let status = gateway
+            .transcribe(authorized(api::TranscribeRequest::default(), &token))
+            .await
+            .expect_err("fail closed");
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+        let mut client = account(&account_url).await;
+        let status = login(&mut client, &slug, &email, OWNER_PASSWORD, "")
+            .await
+            .expect_err("sign-in fails closed without its throttle");
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+        drop(stream);
+        let _redis = PrivateRedis::start(redis.port);
+        let mut gateway = api::transcription_client::TranscriptionClient::connect(gateway_url)
+            .await
+            .expect("gateway");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let status = gateway
+                .transcribe(authorized(api::TranscribeRequest::default(), &token))
+                .await
+                .expect_err("empty request");
+            if status.code() == Code::InvalidArgument {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "not back after Redis returned: {status:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    });
+}
+
+fn run_cli(cluster: &Cluster, args: &[&str], password: Option<&str>) -> (bool, String, String) {
+    let mut command = cluster.cli(args);
+    if let Some(password) = password {
+        command.env("KIROKU_PASSWORD", password);
+    }
+    let output = command.output().expect("run kiroku");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).to_string(),
+        String::from_utf8_lossy(&output.stderr).to_string(),
+    )
+}
+
+/// The admin CLI end to end: login cached with mode 0600, admin commands refused
+/// until MFA, then invite / accept / list / role / disable and API keys.
+#[test]
+fn admin_cli_manages_users_and_keys_after_mfa() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let cluster = Cluster::start(0, 0, Options::default());
+    let slug = cluster.tenant_slug.clone();
+    let email = cluster.owner_email.clone();
+    let (ok, out, err) = run_cli(
+        &cluster,
+        &["login", "--tenant", &slug, "--email", &email],
+        Some(OWNER_PASSWORD),
+    );
+    assert!(ok, "{out}{err}");
+    let credentials = cluster.config_dir().join("credentials.json");
+    let mode = std::fs::metadata(&credentials)
+        .expect("cached")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "credentials mode {mode:o}");
+    let (ok, out, _) = run_cli(&cluster, &["whoami"], None);
+    assert!(ok && out.contains(&email) && out.contains("owner"), "{out}");
+
+    let (ok, _, err) = run_cli(&cluster, &["admin", "user", "list"], None);
+    assert!(!ok && err.contains("mfa required"), "{err}");
+
+    let (ok, uri, err) = run_cli(&cluster, &["mfa", "enroll"], None);
+    assert!(ok, "{err}");
+    let secret = uri
+        .split("secret=")
+        .nth(1)
+        .and_then(|s| s.split('&').next())
+        .expect("secret in the otpauth uri");
+    let code = totp::code_at(&base32_decode(secret), now()).expect("code");
+    let (ok, out, err) = run_cli(&cluster, &["mfa", "confirm", &code], None);
+    assert!(ok, "{out}{err}");
+
+    let (ok, token, err) = run_cli(
+        &cluster,
+        &[
+            "admin",
+            "user",
+            "invite",
+            "ana@example.com",
+            "--role",
+            "member",
+        ],
+        None,
+    );
+    assert!(ok, "{err}");
+    // Ana accepts in her own config folder.
+    let ana_dir = cluster.dir.path().join("ana");
+    let output = Command::new(cluster::KIROKU)
+        .args([
+            "accept-invite",
+            token.trim(),
+            "--name",
+            "Ana",
+            "--password-stdin",
+        ])
+        .env("KIROKU_CONFIG_DIR", &ana_dir)
+        .env("KIROKU_ACCOUNT_URL", cluster.account_url())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write as _;
+            child
+                .stdin
+                .take()
+                .expect("stdin")
+                .write_all(b"a long enough passphrase\n")?;
+            child.wait_with_output()
+        })
+        .expect("accept-invite");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let (ok, list, _) = run_cli(&cluster, &["admin", "user", "list"], None);
+    assert!(ok && list.contains("ana@example.com"), "{list}");
+    let ana_id = list
+        .lines()
+        .find(|l| l.contains("ana@example.com"))
+        .and_then(|l| l.split_whitespace().next())
+        .expect("ana's id")
+        .to_string();
+    let (ok, out, err) = run_cli(
+        &cluster,
+        &["admin", "user", "role", &ana_id, "viewer"],
+        None,
+    );
+    assert!(ok && out.contains("viewer"), "{out}{err}");
+    let (ok, out, err) = run_cli(&cluster, &["admin", "user", "disable", &ana_id], None);
+    assert!(ok && out.contains("disabled"), "{out}{err}");
+    let (ok, _, err) = run_cli(&cluster, &["admin", "user", "role", &ana_id, "chief"], None);
+    assert!(
+        !ok && err.contains("viewer, member, admin or owner"),
+        "{err}"
+    );
+
+    let (ok, key, err) = run_cli(
+        &cluster,
+        &["admin", "apikey", "create", "minutes-bot"],
+        None,
+    );
+    assert!(ok && key.trim().starts_with("kk_"), "{key}{err}");
+    let (ok, keys, _) = run_cli(&cluster, &["admin", "apikey", "list"], None);
+    assert!(
+        ok && keys.contains("minutes-bot") && keys.contains("active"),
+        "{keys}"
+    );
+    assert!(!keys.contains(key.trim()), "the secret is shown once only");
+    let key_id = keys.split_whitespace().next().expect("key id").to_string();
+    let (ok, _, err) = run_cli(&cluster, &["admin", "apikey", "revoke", &key_id], None);
+    assert!(ok, "{err}");
+    let (_, keys, _) = run_cli(&cluster, &["admin", "apikey", "list"], None);
+    assert!(keys.contains("revoked"), "{keys}");
+
+    let (ok, _, _) = run_cli(&cluster, &["logout"], None);
+    assert!(ok && !credentials.exists());
+}
