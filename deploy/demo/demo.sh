@@ -33,7 +33,7 @@ for _ in $(seq 1 100); do
   if ! kill -0 "$UP" 2>/dev/null; then cat "$OUT/up.log"; exit 1; fi
   sleep 0.2
 done
-sed -n '1,3p' "$OUT/up.log"
+sed -n '1,5p' "$OUT/up.log"
 
 
 # 3. Live captions: interims rewrite the line in place, finals stay.

@@ -91,7 +91,11 @@ def start_cluster(kiroku, work, name, extra, env=None):
     log = open(os.path.join(work, f"up-{name}.log"), "w")
     proc = subprocess.Popen([kiroku, "up", "--cluster", f"bench{name}{os.getpid()}", "--listen", GRPC,
                              "--admin-listen", ADMIN, "--run-dir", run_dir] + extra,
-                            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+                            stdout=log, stderr=subprocess.STDOUT,
+                            # Quotas and rate limits off the path: this measures streaming.
+                            env={**os.environ, "KIROKU_STREAMS_PER_TENANT": "100000",
+                                 "KIROKU_TENANT_RATE": "10000", "KIROKU_CALLER_RATE": "10000",
+                                 **(env or {})})
     for _ in range(300):
         time.sleep(0.2)
         with open(log.name) as f:

@@ -73,6 +73,9 @@ pub struct GatewayArgs {
     /// Stream starts and file transcriptions per second per tenant (burst: 20x).
     #[arg(long, env = "KIROKU_TENANT_RATE", default_value_t = 2.0)]
     pub tenant_rate: f64,
+    /// The same per user or API key (burst: 20x).
+    #[arg(long, env = "KIROKU_CALLER_RATE", default_value_t = 1.0)]
+    pub caller_rate: f64,
 }
 
 /// Where clients and gateways find the account service by default.
@@ -224,9 +227,12 @@ async fn gateway(args: GatewayArgs) -> Result<()> {
         args.account_url.clone(),
     );
     config.redis_url = args.redis.clone();
-    if args.streams_per_tenant == 0 || !(0.01..=10_000.0).contains(&args.tenant_rate) {
+    let rates = [args.tenant_rate, args.caller_rate];
+    if args.streams_per_tenant == 0 || rates.iter().any(|r| !(0.01..=10_000.0).contains(r)) {
         return Err(InputError(
-            "--streams-per-tenant must be at least 1 and --tenant-rate within 0.01..10000".into(),
+            "--streams-per-tenant must be at least 1, --tenant-rate and --caller-rate within \
+             0.01..10000"
+                .into(),
         )
         .into());
     }
@@ -234,6 +240,10 @@ async fn gateway(args: GatewayArgs) -> Result<()> {
     config.quotas.tenant_rate = kiroku_gateway::Rate {
         burst: (args.tenant_rate * 20.0).ceil() as u32,
         per_second: args.tenant_rate,
+    };
+    config.quotas.caller_rate = kiroku_gateway::Rate {
+        burst: (args.caller_rate * 20.0).ceil() as u32,
+        per_second: args.caller_rate,
     };
     config.resume_window = Duration::from_secs(args.common.resume_window_s);
     if args.idle_timeout_s == 0 {

@@ -508,7 +508,7 @@ fn classify(status: tonic::Status) -> Result<String> {
     }
 }
 
-fn to_segment(segment: api::Segment) -> Segment {
+pub(crate) fn to_segment(segment: api::Segment) -> Segment {
     Segment {
         start_ms: segment.start_ms,
         end_ms: segment.end_ms,

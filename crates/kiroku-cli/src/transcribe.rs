@@ -42,9 +42,101 @@ pub struct Args {
     /// Print load and decode times and the real-time factor to stderr.
     #[arg(long)]
     timings: bool,
+    /// Send the file to a Kiroku cluster instead of decoding here: the gateway URL
+    /// [default when given without a value: http://127.0.0.1:50051]. Signs in with the
+    /// cached login or KIROKU_API_KEY. Files up to 64 MiB.
+    #[arg(long, num_args = 0..=1, default_missing_value = "http://127.0.0.1:50051")]
+    remote: Option<String>,
+    /// The meeting the file belongs to (remote only; its consent policy applies).
+    #[arg(long, requires = "remote")]
+    meeting: Option<String>,
+}
+
+/// The gateway's limit on one file (`Limits::max_file_bytes`).
+const MAX_REMOTE_BYTES: u64 = 64 * 1024 * 1024;
+
+fn remote(args: &Args, gateway: &str) -> Result<()> {
+    use kiroku_proto::transcribe::v1 as api;
+    let size = std::fs::metadata(&args.file)
+        .map_err(|e| InputError(format!("cannot open {}: {e}", args.file.display())))?
+        .len();
+    if size > MAX_REMOTE_BYTES {
+        return Err(InputError(format!(
+            "{} is {size} bytes; the gateway takes files up to {MAX_REMOTE_BYTES} bytes",
+            args.file.display()
+        ))
+        .into());
+    }
+    let wav = std::fs::read(&args.file)
+        .map_err(|e| InputError(format!("cannot read {}: {e}", args.file.display())))?;
+    let request = api::TranscribeRequest {
+        source: Some(api::transcribe_request::Source::Wav(wav)),
+        options: Some(api::RecognitionOptions {
+            language: args.language.clone().unwrap_or_default(),
+            prompt: args.prompt.clone().unwrap_or_default(),
+            beam_size: args.beam,
+            word_timestamps: true,
+            ..Default::default()
+        }),
+        meeting_id: args.meeting.clone().unwrap_or_default(),
+        ..Default::default()
+    };
+    let runtime = tokio::runtime::Runtime::new()?;
+    let response = runtime.block_on(async {
+        let credential = crate::credentials::credential().await?;
+        let channel = tonic::transport::Endpoint::from_shared(gateway.to_string())
+            .map_err(|_| InputError(format!("gateway URL {gateway:?} is not valid")))?
+            .connect_timeout(std::time::Duration::from_secs(3))
+            .connect()
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot connect to {gateway}: {e}"))?;
+        let mut client = api::transcription_client::TranscriptionClient::new(channel)
+            .max_decoding_message_size(64 * 1024 * 1024)
+            .max_encoding_message_size(MAX_REMOTE_BYTES as usize + 64 * 1024);
+        let mut request = tonic::Request::new(request);
+        crate::credentials::attach(request.metadata_mut(), &credential);
+        client.transcribe(request).await.map_err(|status| {
+            let message = format!("{:?}: {}", status.code(), status.message());
+            match status.code() {
+                tonic::Code::InvalidArgument
+                | tonic::Code::FailedPrecondition
+                | tonic::Code::PermissionDenied
+                | tonic::Code::Unauthenticated
+                | tonic::Code::ResourceExhausted => anyhow::Error::new(InputError(message)),
+                _ => anyhow::anyhow!(message),
+            }
+        })
+    })?;
+    let response = response.into_inner();
+    let transcript = kiroku_core::transcript::Transcript {
+        duration_ms: response.duration_ms,
+        text: response.text,
+        language: response.language,
+        segments: response
+            .segments
+            .into_iter()
+            .map(crate::stream::to_segment)
+            .collect(),
+    };
+    print!("{}", transcript.render(args.format));
+    if args.timings
+        && let Some(stats) = response.stats
+    {
+        eprintln!(
+            "timings: audio_s={:.2} processing_ms={} rtf={:.4} model={}",
+            transcript.duration_ms as f64 / 1000.0,
+            stats.processing_ms,
+            stats.real_time_factor,
+            stats.model
+        );
+    }
+    Ok(())
 }
 
 pub fn run(args: Args) -> Result<()> {
+    if let Some(gateway) = args.remote.clone() {
+        return remote(&args, &gateway);
+    }
     let started = Instant::now();
     let file = std::fs::File::open(&args.file)
         .map_err(|e| InputError(format!("cannot open {}: {e}", args.file.display())))?;

@@ -111,6 +111,8 @@ async fn up(args: Args) -> Result<()> {
         &args.account_listen,
         "--admin-listen",
         "127.0.0.1:0",
+        "--schema",
+        &account_schema(&args.common.cluster),
         "--signing-key-file",
     ]);
     command.arg(run_dir.join("account-signing-key.der"));
@@ -341,6 +343,15 @@ fn nats_address(url: &str) -> Result<SocketAddr> {
 
 fn reachable(address: SocketAddr) -> bool {
     TcpStream::connect_timeout(&address, Duration::from_millis(500)).is_ok()
+}
+
+/// Each cluster root keeps its accounts in a schema of its own.
+fn account_schema(cluster: &str) -> String {
+    if cluster == kiroku_core::nats::DEFAULT_ROOT {
+        "account".into()
+    } else {
+        format!("account_{}", cluster.to_ascii_lowercase().replace('-', "_"))
+    }
 }
 
 /// The demo tenant's slug and owner (`make demo` streams as this tenant).

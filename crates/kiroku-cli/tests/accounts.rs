@@ -1540,3 +1540,58 @@ fn admin_cli_manages_users_and_keys_after_mfa() {
     let (ok, _, _) = run_cli(&cluster, &["logout"], None);
     assert!(ok && !credentials.exists());
 }
+
+/// `kiroku transcribe --remote` signs in with `KIROKU_API_KEY` (or the cached login);
+/// a revoked key is refused at once.
+#[test]
+fn transcribe_remote_uses_the_api_key_and_a_revoked_key_is_refused() {
+    let cluster = Cluster::start(1, 1, Options::default());
+    let wav = kiroku_tests::speech::synthesize(
+        cluster.dir.path(),
+        "file",
+        "Good morning everyone, let us start the weekly planning meeting.",
+        16_000,
+        1,
+        0.5,
+    )
+    .expect("speech");
+    let account_url = cluster.account_url();
+    let (key, key_id, admin_token) = block_on(async move {
+        let mut client = account(&account_url).await;
+        let t = tenant(&mut client, "remote-a").await;
+        (t.transcribe_key, t.transcribe_key_id, t.admin.token)
+    });
+    let gateway = cluster.gateway_url(0);
+    let transcribe = |api_key: Option<&str>| {
+        let mut command = cluster.cli(&["transcribe", "--remote", &gateway]);
+        command.arg(&wav);
+        if let Some(key) = api_key {
+            command.env("KIROKU_API_KEY", key);
+        }
+        command.output().expect("kiroku transcribe --remote")
+    };
+    for (what, api_key) in [("api key", Some(key.as_str())), ("cached login", None)] {
+        let output = transcribe(api_key);
+        let text = String::from_utf8_lossy(&output.stdout).to_lowercase();
+        assert!(
+            output.status.success() && text.contains("planning meeting"),
+            "{what}: {text} {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let account_url = cluster.account_url();
+    block_on(async move {
+        account(&account_url)
+            .await
+            .revoke_api_key(authorized(pb::RevokeApiKeyRequest { key_id }, &admin_token))
+            .await
+            .expect("revoke");
+    });
+    let output = transcribe(Some(&key));
+    assert_eq!(output.status.code(), Some(2), "revoked key accepted");
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("Unauthenticated"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
