@@ -120,6 +120,9 @@ pub struct AccountArgs {
     /// Failed sign-ins per account per 15 minutes before sign-in is refused.
     #[arg(long, env = "KIROKU_LOGIN_ATTEMPTS", default_value_t = 5)]
     pub login_attempts: u32,
+    /// Failed sign-ins per client address per 15 minutes.
+    #[arg(long, env = "KIROKU_LOGIN_ATTEMPTS_PER_IP", default_value_t = 50)]
+    pub login_attempts_per_ip: u32,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -334,6 +337,7 @@ async fn account(args: AccountArgs) -> Result<()> {
     }
     config.lifetimes.access = Duration::from_secs(args.access_ttl_s);
     config.throttle.per_account = args.login_attempts.max(1);
+    config.throttle.per_ip = args.login_attempts_per_ip.max(1);
     let grpc = bind(&args.listen, "gRPC").await?;
     let admin = bind(&args.admin_listen, "admin").await?;
     println!(

@@ -605,6 +605,17 @@ fn control_13_1_3_every_tenant_table_forces_row_level_security() {
         .parse()
         .expect("count");
     assert!(users >= 4, "{users}");
+    // control 10.1.1: the stored hashes are argon2id with at least OWASP's parameters.
+    let hashes = psql(
+        &owner,
+        &format!("SELECT password_hash FROM \"{schema}\".users"),
+    );
+    for hash in hashes.lines() {
+        assert!(
+            hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"),
+            "{hash}"
+        );
+    }
     // ...and the service role without a tenant set sees none, in every table.
     let app = owner.replacen("postgres@", "kiroku_account@", 1);
     for row in &rows {
@@ -612,6 +623,59 @@ fn control_13_1_3_every_tenant_table_forces_row_level_security() {
         let seen = psql(&app, &format!("SELECT count(*) FROM \"{schema}\".{table}"));
         assert_eq!(seen, "0", "{table} visible without tenant context");
     }
+}
+
+/// Production shape: the schema owner is an ordinary role (no superuser, so FORCE RLS
+/// binds it too). Migrations, registration and sign-in (the slug lookup runs as the
+/// owner) still work, and the tables belong to that role, not to the service role.
+#[test]
+fn control_13_1_3_works_with_a_non_superuser_schema_owner() {
+    let admin = cluster::database_url();
+    // The database exists once any cluster has started; create it here otherwise.
+    let _ = Command::new("psql")
+        .arg(
+            admin
+                .rsplit_once('/')
+                .map(|(base, _)| format!("{base}/postgres"))
+                .expect("url"),
+        )
+        .args(["-q", "-c", "CREATE DATABASE kiroku_test"])
+        .stderr(Stdio::null())
+        .status();
+    let database = admin.rsplit('/').next().expect("database name").to_string();
+    for statement in [
+        "CREATE ROLE kiroku_owner_test LOGIN CREATEROLE NOSUPERUSER".to_string(),
+        format!("GRANT CREATE ON DATABASE \"{database}\" TO kiroku_owner_test"),
+    ] {
+        let _ = Command::new("psql")
+            .arg(&admin)
+            .args(["-q", "-c", &statement])
+            .stderr(Stdio::null())
+            .status();
+    }
+    let owner_url = admin.replacen("postgres@", "kiroku_owner_test@", 1);
+    let options = Options {
+        env: vec![("KIROKU_DATABASE_URL".into(), owner_url)],
+        ..Options::default()
+    };
+    let cluster = Cluster::start(0, 0, options);
+    let account_url = cluster.account_url();
+    let slug = cluster.tenant_slug.clone();
+    let email = cluster.owner_email.clone();
+    block_on(async move {
+        let mut client = account(&account_url).await;
+        login(&mut client, &slug, &email, OWNER_PASSWORD, "")
+            .await
+            .expect("sign-in finds the tenant by slug");
+    });
+    let owners = psql(
+        &admin,
+        &format!(
+            "SELECT DISTINCT tableowner FROM pg_tables WHERE schemaname = '{}'",
+            cluster.root
+        ),
+    );
+    assert_eq!(owners, "kiroku_owner_test");
 }
 
 /// Reliability promise 6 and control 9.2.3: forged, tampered, expired-by-logout and
@@ -867,6 +931,39 @@ fn control_9_2_4_password_change_and_refresh_rotation() {
         login(&mut client, slug, email, "a new long passphrase", "")
             .await
             .expect("new password");
+    });
+}
+
+/// Sign-in throttling per client address: failures spread over many accounts still
+/// lock the address out (here the limit is 3 per address).
+#[test]
+fn failed_sign_ins_from_one_address_are_throttled_across_accounts() {
+    let options = Options {
+        env: vec![("KIROKU_LOGIN_ATTEMPTS_PER_IP".into(), "3".into())],
+        ..Options::default()
+    };
+    let cluster = Cluster::start(0, 0, options);
+    let account_url = cluster.account_url();
+    let slug = cluster.tenant_slug.clone();
+    let email = cluster.owner_email.clone();
+    block_on(async move {
+        let mut client = account(&account_url).await;
+        for i in 0..3 {
+            let status = login(
+                &mut client,
+                &slug,
+                &format!("nobody{i}@example.com"),
+                "wrong password!",
+                "",
+            )
+            .await
+            .expect_err("unknown user");
+            assert_eq!(status.code(), Code::Unauthenticated);
+        }
+        let status = login(&mut client, &slug, &email, OWNER_PASSWORD, "")
+            .await
+            .expect_err("address locked");
+        assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
     });
 }
 

@@ -61,11 +61,15 @@ mod tests {
         let packages: Vec<_> = set.file.iter().filter_map(|f| f.package.clone()).collect();
         assert!(packages.contains(&"kiroku.transcribe.v1".to_string()));
         assert!(packages.contains(&"kiroku.events.v1".to_string()));
+        assert!(packages.contains(&"kiroku.account.v1".to_string()));
         let services: Vec<_> = set
             .file
             .iter()
             .flat_map(|f| f.service.iter().filter_map(|s| s.name.clone()))
             .collect();
-        assert_eq!(services, vec!["Transcription".to_string()]);
+        assert_eq!(
+            services,
+            vec!["Transcription".to_string(), "AccountService".to_string()]
+        );
     }
 }
