@@ -287,6 +287,25 @@ impl Revocations {
             user.simple()
         )
     }
+    fn api_key_revoked_key(&self, tenant: Uuid, key: Uuid) -> String {
+        format!(
+            "{}:t:{}:revoked:key:{}",
+            self.prefix,
+            tenant.simple(),
+            key.simple()
+        )
+    }
+
+    /// Marks an API key revoked for as long as a stream it opened can last (4 h) and
+    /// more: gateways check it on every call and every few seconds in live streams.
+    pub async fn revoke_api_key(&self, tenant: Uuid, key: Uuid) -> redis::RedisResult<()> {
+        let key = self.api_key_revoked_key(tenant, key);
+        self.redis
+            .clone()
+            .set_ex::<_, _, ()>(key, 1, 5 * 3600)
+            .await
+    }
+
     fn session_key(&self, tenant: Uuid, session: Uuid) -> String {
         format!(
             "{}:t:{}:revoked:sid:{}",
@@ -356,6 +375,10 @@ impl Revocations {
     /// Whether the token's user or session is revoked. An error means "unknown": the
     /// caller fails closed.
     pub async fn is_revoked(&self, principal: &Principal) -> redis::RedisResult<bool> {
+        if principal.api_key {
+            let key = self.api_key_revoked_key(principal.tenant_id, principal.subject);
+            return self.redis.clone().exists(key).await;
+        }
         let mut keys = vec![self.user_key(principal.tenant_id, principal.subject)];
         if let Some(session) = principal.session {
             keys.push(self.session_key(principal.tenant_id, session));
@@ -365,18 +388,33 @@ impl Revocations {
     }
 }
 
+/// `url` with its password replaced by `***`, for messages and logs.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let credentials = &url[scheme + 3..at];
+            match credentials.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
 /// Connects to Redis with a manager that reconnects in the background and bounds every
 /// command, so a dead Redis answers with an error in about a second instead of hanging.
 pub async fn connect_redis(url: &str) -> anyhow::Result<redis::aio::ConnectionManager> {
     use anyhow::Context as _;
-    let client = redis::Client::open(url).with_context(|| format!("redis url {url}"))?;
+    let shown = redact_url(url);
+    let client = redis::Client::open(url).with_context(|| format!("redis url {shown}"))?;
     let config = redis::aio::ConnectionManagerConfig::new()
         .set_connection_timeout(Duration::from_secs(1))
         .set_response_timeout(Duration::from_secs(1))
         .set_number_of_retries(1);
     redis::aio::ConnectionManager::new_with_config(client, config)
         .await
-        .with_context(|| format!("connecting to Redis at {url}"))
+        .with_context(|| format!("connecting to Redis at {shown}"))
 }
 
 #[cfg(test)]
@@ -422,6 +460,22 @@ mod tests {
         assert!(authorize(&key, consent).is_err());
         assert!(authorize(&key, Access::SignedIn).is_err());
         assert!(authorize(&key, Access::Admin).is_err());
+    }
+
+    #[test]
+    fn passwords_in_urls_are_redacted() {
+        assert_eq!(
+            redact_url("postgres://svc:s3cret@db:5432/kiroku"),
+            "postgres://svc:***@db:5432/kiroku"
+        );
+        assert_eq!(
+            redact_url("redis://127.0.0.1:6379"),
+            "redis://127.0.0.1:6379"
+        );
+        assert_eq!(
+            redact_url("postgres://svc@db/kiroku"),
+            "postgres://svc@db/kiroku"
+        );
     }
 
     #[test]

@@ -56,10 +56,12 @@ async fn ensure_database(url: &str) -> anyhow::Result<()> {
         return Ok(());
     }
     let maintenance = options.clone().database("postgres");
-    let mut connection = maintenance
-        .connect()
-        .await
-        .with_context(|| format!("connecting to PostgreSQL at {url}"))?;
+    let mut connection = maintenance.connect().await.with_context(|| {
+        format!(
+            "connecting to PostgreSQL at {}",
+            crate::auth::redact_url(url)
+        )
+    })?;
     let create = format!("CREATE DATABASE \"{}\"", name.replace('"', ""));
     match sqlx::query(&create).execute(&mut connection).await {
         Ok(_) => Ok(()),

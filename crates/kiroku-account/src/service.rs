@@ -216,7 +216,20 @@ fn parse_role(value: i32) -> Result<Role> {
         .ok_or_else(|| AccountError::Invalid("role must be viewer, member, admin or owner".into()))
 }
 
+/// At most this many argon2 computations at once (each holds 19 MiB for tens of ms):
+/// a flood of sign-ins queues here instead of exhausting memory.
+fn argon2_permits() -> &'static tokio::sync::Semaphore {
+    static PERMITS: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
+    PERMITS.get_or_init(|| {
+        tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(2, |n| n.get()))
+    })
+}
+
 async fn hash_password(password: String) -> Result<String> {
+    let _permit = argon2_permits()
+        .acquire()
+        .await
+        .map_err(|e| AccountError::Internal(e.to_string()))?;
     tokio::task::spawn_blocking(move || password::hash(&password))
         .await
         .map_err(|e| AccountError::Internal(format!("hashing task: {e}")))?
@@ -224,6 +237,10 @@ async fn hash_password(password: String) -> Result<String> {
 }
 
 async fn verify_password(password: String, stored: String) -> Result<bool> {
+    let _permit = argon2_permits()
+        .acquire()
+        .await
+        .map_err(|e| AccountError::Internal(e.to_string()))?;
     tokio::task::spawn_blocking(move || password::verify(&password, &stored))
         .await
         .map_err(|e| AccountError::Internal(format!("verify task: {e}")))
@@ -390,6 +407,15 @@ impl State {
         let now = SystemTime::now();
         let refresh_expires = now + self.lifetimes.refresh;
         sqlx::query(
+            "INSERT INTO sessions (id, tenant_id, user_id) VALUES ($1, $2, $3)
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(family)
+        .bind(user.tenant_id)
+        .bind(user.id)
+        .execute(&mut **tx)
+        .await?;
+        sqlx::query(
             "INSERT INTO refresh_tokens (id, tenant_id, user_id, family_id, token_hash, mfa, expires_at)
              VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
@@ -459,16 +485,36 @@ impl State {
         tx: &mut Transaction<'static, Postgres>,
         user: Uuid,
     ) -> Result<Vec<Uuid>> {
-        let mut families: Vec<Uuid> = sqlx::query_scalar(
-            "UPDATE refresh_tokens SET revoked_at = now()
-             WHERE user_id = $1 AND revoked_at IS NULL RETURNING family_id",
+        // Sessions first (the lock order refresh uses too), then their tokens.
+        let families: Vec<Uuid> = sqlx::query_scalar(
+            "UPDATE sessions SET revoked_at = now()
+             WHERE user_id = $1 AND revoked_at IS NULL RETURNING id",
         )
         .bind(user)
         .fetch_all(&mut **tx)
         .await?;
-        families.sort();
-        families.dedup();
+        sqlx::query(
+            "UPDATE refresh_tokens SET revoked_at = now() WHERE user_id = $1 AND revoked_at IS NULL",
+        )
+        .bind(user)
+        .execute(&mut **tx)
+        .await?;
         Ok(families)
+    }
+
+    /// Revokes one session and its refresh tokens (sessions first: the lock order).
+    async fn revoke_family(tx: &mut Transaction<'static, Postgres>, family: Uuid) -> Result<()> {
+        sqlx::query("UPDATE sessions SET revoked_at = coalesce(revoked_at, now()) WHERE id = $1")
+            .bind(family)
+            .execute(&mut **tx)
+            .await?;
+        sqlx::query(
+            "UPDATE refresh_tokens SET revoked_at = now() WHERE family_id = $1 AND revoked_at IS NULL",
+        )
+        .bind(family)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
     }
 
     async fn register(
@@ -481,6 +527,12 @@ impl State {
         let email = check_email(&request.email)?;
         let display_name = check_text("display name", &request.display_name, 200)?;
         check_password(&request.password, &email)?;
+        if let Err(throttled) = self.throttle.reserve_registration(ip).await? {
+            return Err(AccountError::Throttled {
+                message: "too many registrations from this address".into(),
+                retry_after: throttled.0,
+            });
+        }
         let hash = hash_password(request.password).await?;
         let tenant = Uuid::new_v4();
         let mut tx = self.db.tenant_tx(tenant).await?;
@@ -535,7 +587,7 @@ impl State {
         let slug = request.tenant_slug.trim().to_string();
         let email = request.email.trim().to_lowercase();
         let ip_text = ip.map(|ip| ip.to_string()).unwrap_or_default();
-        if let Err(throttled) = self.throttle.check(&slug, &email, ip).await? {
+        if let Err(throttled) = self.throttle.reserve_login(&slug, &email, ip).await? {
             if let Ok(Some(tenant)) = self.db.tenant_for_slug(&slug).await {
                 self.audit(
                     AuditRecord::new(tenant.simple(), Actor::system(), actions::LOGIN_THROTTLED)
@@ -572,7 +624,6 @@ impl State {
             .unwrap_or_else(|| password::decoy_hash().to_string());
         let password_ok = verify_password(request.password, stored).await? && user.is_some();
         let (Some(tenant), Some(user), true) = (tenant, user, password_ok) else {
-            self.throttle.failed(&slug, &email, ip).await?;
             if let Some(tenant) = tenant {
                 self.audit(
                     AuditRecord::new(tenant.simple(), Actor::system(), actions::LOGIN_FAILED)
@@ -616,7 +667,6 @@ impl State {
                 };
             if !accepted {
                 tx.rollback().await?;
-                self.throttle.failed(&slug, &email, ip).await?;
                 self.audit(
                     AuditRecord::new(tenant.simple(), Actor::user(user.id), actions::MFA_FAILED)
                         .failed()
@@ -632,7 +682,7 @@ impl State {
             .issue(&mut tx, &user, &slug, mfa, Uuid::new_v4())
             .await?;
         tx.commit().await?;
-        self.throttle.succeeded(&slug, &email).await?;
+        self.throttle.succeeded(&slug, &email, ip).await?;
         let mut record = AuditRecord::new(
             tenant.simple(),
             Actor::user(user.id),
@@ -655,11 +705,28 @@ impl State {
             || AccountError::Unauthenticated("refresh token invalid, expired or revoked".into());
         let tenant = secret_tenant("rt", &request.refresh_token).ok_or_else(refused)?;
         let mut tx = self.db.tenant_tx(tenant).await?;
+        let hash = secret_hash(&request.refresh_token);
+        // Lock order: the session row, then the token row (revocations use the same),
+        // so a refresh racing a revocation never leaves a live token behind.
+        let family: Option<Uuid> =
+            sqlx::query_scalar("SELECT family_id FROM refresh_tokens WHERE token_hash = $1")
+                .bind(&hash)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let family = family.ok_or_else(refused)?;
+        let session_revoked: Option<Option<DateTime<Utc>>> =
+            sqlx::query_scalar("SELECT revoked_at FROM sessions WHERE id = $1 FOR UPDATE")
+                .bind(family)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if !matches!(session_revoked, Some(None)) {
+            return Err(refused());
+        }
         let row: Option<RefreshRow> = sqlx::query_as(
             "SELECT id, user_id, family_id, mfa, expires_at, used_at, revoked_at
                  FROM refresh_tokens WHERE token_hash = $1 FOR UPDATE",
         )
-        .bind(secret_hash(&request.refresh_token))
+        .bind(&hash)
         .fetch_optional(&mut *tx)
         .await?;
         let RefreshRow {
@@ -674,10 +741,7 @@ impl State {
         if used_at.is_some() && revoked_at.is_none() {
             // Reuse: an old token of the family came back. Somebody holds a copy; end
             // the whole session for both.
-            sqlx::query("UPDATE refresh_tokens SET revoked_at = now() WHERE family_id = $1 AND revoked_at IS NULL")
-                .bind(family)
-                .execute(&mut *tx)
-                .await?;
+            Self::revoke_family(&mut tx, family).await?;
             tx.commit().await?;
             self.revoke_sessions(tenant, &[family]).await?;
             warn!(tenant = %tenant, user = %user_id, "refresh token reuse detected; session revoked");
@@ -719,10 +783,7 @@ impl State {
                 .fetch_optional(&mut *tx)
                 .await?;
         let (user, family) = row.ok_or_else(refused)?;
-        sqlx::query("UPDATE refresh_tokens SET revoked_at = now() WHERE family_id = $1 AND revoked_at IS NULL")
-            .bind(family)
-            .execute(&mut *tx)
-            .await?;
+        Self::revoke_family(&mut tx, family).await?;
         tx.commit().await?;
         self.revoke_sessions(tenant, &[family]).await?;
         self.audit(AuditRecord::new(
@@ -774,11 +835,18 @@ impl State {
         Ok(tokens)
     }
 
-    async fn enroll_mfa(&self, caller: Principal) -> Result<pb::EnrollMfaResponse> {
+    async fn enroll_mfa(
+        &self,
+        caller: Principal,
+        request: pb::EnrollMfaRequest,
+    ) -> Result<pb::EnrollMfaResponse> {
         let mut tx = self.db.tenant_tx(caller.tenant_id).await?;
         let user = user_by_id(&mut tx, caller.subject).await?;
         if user.totp_enabled {
             return Err(AccountError::Precondition("mfa is already enrolled".into()));
+        }
+        if !verify_password(request.current_password, user.password_hash.clone()).await? {
+            return Err(AccountError::Denied("current password is wrong".into()));
         }
         let secret = totp::new_secret().map_err(AccountError::Internal)?;
         let (uri, base32) =
@@ -822,10 +890,14 @@ impl State {
             .bind(step)
             .execute(&mut *tx)
             .await?;
+        // Sessions opened before MFA end: from now on every session of this user
+        // passed TOTP.
+        let families = Self::revoke_user_families(&mut tx, user.id).await?;
         let tokens = self
             .issue(&mut tx, &user, &caller.tenant_slug, true, Uuid::new_v4())
             .await?;
         tx.commit().await?;
+        self.revoke_sessions(caller.tenant_id, &families).await?;
         self.audit(AuditRecord::new(
             caller.tenant_token(),
             caller.actor(),
@@ -1120,6 +1192,9 @@ impl State {
         .fetch_one(&mut *tx)
         .await?;
         tx.commit().await?;
+        self.revocations
+            .revoke_api_key(caller.tenant_id, id)
+            .await?;
         self.revocations.forget_api_key(&hash).await?;
         self.broadcast(RevocationEvent {
             tenant_id: caller.tenant_id,
@@ -1292,11 +1367,16 @@ impl State {
         let participant = check_text("participant", &request.participant, 200)?;
         let method = check_text("consent method", &request.method, 40)?;
         let mut tx = self.db.tenant_tx(caller.tenant_id).await?;
-        let declared: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM meeting_participants WHERE meeting_id = $1")
-                .bind(&meeting)
-                .fetch_one(&mut *tx)
-                .await?;
+        // The limit applies to new participants only.
+        let declared: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM meeting_participants WHERE meeting_id = $1
+             AND NOT EXISTS (SELECT 1 FROM meeting_participants
+                             WHERE meeting_id = $1 AND participant = $2)",
+        )
+        .bind(&meeting)
+        .bind(&participant)
+        .fetch_one(&mut *tx)
+        .await?;
         if declared >= 100 {
             return Err(AccountError::Invalid(
                 "at most 100 participants per meeting".into(),
@@ -1439,7 +1519,7 @@ impl AccountService for Accounts {
     ) -> Result<Response<pb::EnrollMfaResponse>, Status> {
         authorized!(self, request, "EnrollMfa", |caller, body| self
             .state
-            .enroll_mfa(caller))
+            .enroll_mfa(caller, body))
     }
 
     async fn confirm_mfa(

@@ -6,7 +6,6 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use redis::AsyncCommands as _;
 use sha2::{Digest as _, Sha256};
 
 #[derive(Debug, Clone)]
@@ -47,6 +46,28 @@ impl std::fmt::Debug for Throttle {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Throttled(pub Duration);
 
+/// Counts one attempt against every key (each with its limit) atomically; when a key
+/// is over its limit the attempt is taken back and the key's remaining window (ms) is
+/// returned, else 0. Counting before the password is checked means parallel requests
+/// cannot slip past the limit.
+const RESERVE: &str = r"
+local window_ms = ARGV[#KEYS + 1]
+for i, key in ipairs(KEYS) do
+  local n = redis.call('INCR', key)
+  if n == 1 then redis.call('PEXPIRE', key, window_ms) end
+  if n > tonumber(ARGV[i]) then
+    for j = 1, i do redis.call('DECR', KEYS[j]) end
+    local ttl = redis.call('PTTL', key)
+    if ttl < 1 then ttl = 1 end
+    return ttl
+  end
+end
+return 0
+";
+
+/// Registrations per client address per hour.
+pub const REGISTRATIONS_PER_IP_PER_HOUR: u32 = 10;
+
 impl Throttle {
     pub fn new(redis: redis::aio::ConnectionManager, prefix: &str, config: ThrottleConfig) -> Self {
         Self {
@@ -56,64 +77,97 @@ impl Throttle {
         }
     }
 
-    fn keys(&self, tenant_slug: &str, email: &str, ip: Option<IpAddr>) -> (String, Option<String>) {
-        // The account key holds a hash, not the email.
+    fn account_key(&self, tenant_slug: &str, email: &str) -> String {
+        // The key holds a hash, not the email.
         let account = Sha256::digest(format!("{tenant_slug}\n{}", email.to_lowercase()));
-        (
-            format!(
-                "{}:login:account:{}",
-                self.prefix,
-                hex::encode(&account[..16])
-            ),
-            ip.map(|ip| format!("{}:login:ip:{ip}", self.prefix)),
+        format!(
+            "{}:login:account:{}",
+            self.prefix,
+            hex::encode(&account[..16])
         )
     }
 
-    /// `Err(Throttled)` when either counter is at its limit.
-    pub async fn check(
+    fn ip_key(&self, ip: IpAddr) -> String {
+        format!("{}:login:ip:{ip}", self.prefix)
+    }
+
+    async fn reserve(
+        &self,
+        keys: &[(String, u32)],
+        window: Duration,
+    ) -> redis::RedisResult<Result<(), Throttled>> {
+        let script = redis::Script::new(RESERVE);
+        let mut invocation = script.prepare_invoke();
+        for (key, _) in keys {
+            invocation.key(key);
+        }
+        for (_, limit) in keys {
+            invocation.arg(*limit);
+        }
+        invocation.arg(window.as_millis() as u64);
+        let wait_ms: u64 = invocation.invoke_async(&mut self.redis.clone()).await?;
+        Ok(if wait_ms == 0 {
+            Ok(())
+        } else {
+            Err(Throttled(Duration::from_millis(wait_ms)))
+        })
+    }
+
+    /// Counts a sign-in attempt before the password is checked; `Err(Throttled)` when
+    /// the account or the address is at its limit.
+    pub async fn reserve_login(
         &self,
         tenant_slug: &str,
         email: &str,
         ip: Option<IpAddr>,
     ) -> redis::RedisResult<Result<(), Throttled>> {
-        let (account, ip_key) = self.keys(tenant_slug, email, ip);
-        let mut redis = self.redis.clone();
-        for (key, limit) in [
-            (Some(account), self.config.per_account),
-            (ip_key, self.config.per_ip),
-        ] {
-            let Some(key) = key else { continue };
-            let count: Option<u32> = redis.get(&key).await?;
-            if count.unwrap_or(0) >= limit {
-                let ttl: i64 = redis.ttl(&key).await?;
-                let wait = Duration::from_secs(ttl.max(1) as u64);
-                return Ok(Err(Throttled(wait)));
-            }
+        let mut keys = vec![(
+            self.account_key(tenant_slug, email),
+            self.config.per_account,
+        )];
+        if let Some(ip) = ip {
+            keys.push((self.ip_key(ip), self.config.per_ip));
         }
-        Ok(Ok(()))
+        self.reserve(&keys, self.config.window).await
     }
 
-    /// Counts a failed attempt against the account and the address.
-    pub async fn failed(
+    /// A successful sign-in: the account's counter is cleared and the attempt is given
+    /// back to the address (only failures count against it).
+    pub async fn succeeded(
         &self,
         tenant_slug: &str,
         email: &str,
         ip: Option<IpAddr>,
     ) -> redis::RedisResult<()> {
-        let (account, ip_key) = self.keys(tenant_slug, email, ip);
-        let window = self.config.window.as_secs() as i64;
-        let mut pipe = redis::pipe();
-        for key in [Some(account), ip_key].into_iter().flatten() {
-            pipe.incr(&key, 1).ignore();
-            // Fixed window from the first failure.
-            pipe.cmd("EXPIRE").arg(&key).arg(window).arg("NX").ignore();
+        // DECR only a live counter: one that expired meanwhile must not come back
+        // without a TTL.
+        let script = redis::Script::new(
+            r"redis.call('DEL', KEYS[1])
+              if KEYS[2] and redis.call('EXISTS', KEYS[2]) == 1 then redis.call('DECR', KEYS[2]) end
+              return 0",
+        );
+        let mut invocation = script.prepare_invoke();
+        invocation.key(self.account_key(tenant_slug, email));
+        if let Some(ip) = ip {
+            invocation.key(self.ip_key(ip));
         }
-        pipe.query_async::<()>(&mut self.redis.clone()).await
+        invocation
+            .invoke_async::<i64>(&mut self.redis.clone())
+            .await
+            .map(drop)
     }
 
-    /// A successful sign-in clears the account's counter (not the address's).
-    pub async fn succeeded(&self, tenant_slug: &str, email: &str) -> redis::RedisResult<()> {
-        let (account, _) = self.keys(tenant_slug, email, None);
-        self.redis.clone().del::<_, ()>(account).await
+    /// Counts a self-registration from `ip` ([`REGISTRATIONS_PER_IP_PER_HOUR`]).
+    pub async fn reserve_registration(
+        &self,
+        ip: Option<IpAddr>,
+    ) -> redis::RedisResult<Result<(), Throttled>> {
+        let Some(ip) = ip else { return Ok(Ok(())) };
+        let key = format!("{}:register:ip:{ip}", self.prefix);
+        self.reserve(
+            &[(key, REGISTRATIONS_PER_IP_PER_HOUR)],
+            Duration::from_secs(3600),
+        )
+        .await
     }
 }

@@ -75,8 +75,14 @@ pub struct LoginArgs {
 
 #[derive(Debug, clap::Subcommand)]
 pub enum MfaCommand {
-    /// Start TOTP enrollment: prints the otpauth:// URI and secret for your app.
-    Enroll(AccountUrl),
+    /// Start TOTP enrollment (needs your password again): prints the otpauth:// URI
+    /// and secret for your app.
+    Enroll {
+        #[command(flatten)]
+        url: AccountUrl,
+        #[command(flatten)]
+        password: PasswordInput,
+    },
     /// Finish enrollment with a first code; the cached login then carries MFA.
     Confirm {
         #[command(flatten)]
@@ -351,9 +357,10 @@ pub fn accept_invite(
 pub fn mfa(command: MfaCommand) -> Result<()> {
     runtime()?.block_on(async move {
         match command {
-            MfaCommand::Enroll(url) => {
+            MfaCommand::Enroll { url, password } => {
+                let current_password = password.read()?;
                 let mut session = Session::open(&url).await?;
-                let request = session.request(pb::EnrollMfaRequest {});
+                let request = session.request(pb::EnrollMfaRequest { current_password });
                 let enrollment = session.client.enroll_mfa(request).await.map_err(refused)?.into_inner();
                 println!("{}", enrollment.otpauth_uri);
                 eprintln!(

@@ -372,39 +372,45 @@ async fn bootstrap_demo(account_url: &str, run_dir: &Path) -> Result<String> {
         }
     };
     let mut client = crate::credentials::account_client(account_url).await?;
-    let registered = client
-        .register(pb::RegisterRequest {
+    // Sign in first: registering again on every start would spend the address's
+    // registration allowance.
+    let login = client
+        .login(pb::LoginRequest {
             tenant_slug: DEMO_SLUG.into(),
-            tenant_name: "Demo".into(),
             email: DEMO_EMAIL.into(),
-            display_name: "Demo owner".into(),
             password: password.clone(),
+            totp_code: String::new(),
         })
         .await;
-    let pair = match registered {
-        Ok(response) => response.into_inner().tokens,
-        Err(status) if status.code() == tonic::Code::AlreadyExists => None,
-        Err(status) => bail!("registering the demo tenant: {}", status.message()),
-    };
-    let pair = match pair {
-        Some(pair) => pair,
-        None => client
-            .login(pb::LoginRequest {
-                tenant_slug: DEMO_SLUG.into(),
-                email: DEMO_EMAIL.into(),
-                password: password.clone(),
-                totp_code: String::new(),
-            })
-            .await
-            .map_err(|status| {
-                anyhow::anyhow!(
-                    "signing in to the demo tenant ({}): delete {} and the database's \
-                     account schema to start over",
-                    status.message(),
-                    password_file.display()
-                )
-            })?
-            .into_inner(),
+    let pair = match login {
+        Ok(pair) => pair.into_inner(),
+        Err(status) if status.code() == tonic::Code::Unauthenticated => {
+            let registered = client
+                .register(pb::RegisterRequest {
+                    tenant_slug: DEMO_SLUG.into(),
+                    tenant_name: "Demo".into(),
+                    email: DEMO_EMAIL.into(),
+                    display_name: "Demo owner".into(),
+                    password: password.clone(),
+                })
+                .await
+                .map_err(|status| {
+                    if status.code() == tonic::Code::AlreadyExists {
+                        anyhow::anyhow!(
+                            "the demo tenant exists but its password is not the one in {}: \
+                             drop the database's account schema to start over",
+                            password_file.display()
+                        )
+                    } else {
+                        anyhow::anyhow!("registering the demo tenant: {}", status.message())
+                    }
+                })?;
+            registered
+                .into_inner()
+                .tokens
+                .context("registration returned no tokens")?
+        }
+        Err(status) => bail!("signing in to the demo tenant: {}", status.message()),
     };
     let path = crate::credentials::Login::from_pair(account_url, &pair)?.save()?;
     Ok(format!(

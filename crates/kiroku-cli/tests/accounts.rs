@@ -80,7 +80,12 @@ fn caller(name: &'static str, pair: &pb::TokenPair) -> Caller {
 /// Enrolls TOTP for the caller; returns the secret and an MFA session.
 async fn enroll_mfa(client: &mut AccountServiceClient<Channel>, who: &Caller) -> (Vec<u8>, Caller) {
     let enrollment = client
-        .enroll_mfa(authorized(pb::EnrollMfaRequest {}, &who.token))
+        .enroll_mfa(authorized(
+            pb::EnrollMfaRequest {
+                current_password: PASSWORD.into(),
+            },
+            &who.token,
+        ))
         .await
         .expect("enroll")
         .into_inner();
@@ -172,8 +177,10 @@ async fn tenant(client: &mut AccountServiceClient<Channel>, slug: &str) -> Tenan
         .into_inner();
     let owner = caller("owner", registered.tokens.as_ref().expect("tokens"));
     let (_, owner) = enroll_mfa(client, &owner).await;
-    let admin_no_mfa = invite(client, &owner, slug, "admin", pb::Role::Admin).await;
-    let (_, admin) = enroll_mfa(client, &admin_no_mfa).await;
+    // (Confirming MFA ends the user's other sessions: two admins, one with MFA.)
+    let admin = invite(client, &owner, slug, "admin", pb::Role::Admin).await;
+    let (_, admin) = enroll_mfa(client, &admin).await;
+    let admin_no_mfa = invite(client, &owner, slug, "admin2", pb::Role::Admin).await;
     let member = invite(client, &owner, slug, "member", pb::Role::Member).await;
     let viewer = invite(client, &owner, slug, "viewer", pb::Role::Viewer).await;
     let key = |scope: &str| pb::CreateApiKeyRequest {
@@ -234,7 +241,9 @@ async fn call(
             .await
             .map(drop),
         "EnrollMfa" => account
-            .enroll_mfa(req!(pb::EnrollMfaRequest {}))
+            .enroll_mfa(req!(pb::EnrollMfaRequest {
+                current_password: "not the password at all".into(),
+            }))
             .await
             .map(drop),
         "ConfirmMfa" => account
@@ -1219,6 +1228,62 @@ fn control_9_2_1_disabled_users_stream_is_cut() {
                 .iter()
                 .any(|u| u.user_id == t.member.user_id && u.disabled)
         );
+
+        // A revoked API key's live stream ends too.
+        let key = Credential::ApiKey(t.transcribe_key.clone());
+        let mut stream = open_stream(&gateway_url, &key, "standup")
+            .await
+            .expect("key stream");
+        stream.keeps_acking(Duration::from_millis(300)).await;
+        client
+            .revoke_api_key(authorized(
+                pb::RevokeApiKeyRequest {
+                    key_id: t.transcribe_key_id.clone(),
+                },
+                &t.admin.token,
+            ))
+            .await
+            .expect("revoke");
+        let status = stream
+            .ended_within(Duration::from_secs(10))
+            .await
+            .expect_err("cut");
+        assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+        let status = open_stream(&gateway_url, &key, "standup")
+            .await
+            .err()
+            .expect("revoked key refused");
+        assert_eq!(status.code(), Code::Unauthenticated);
+    });
+}
+
+/// Self-registration is limited per client address (10 an hour).
+#[test]
+fn registrations_from_one_address_are_limited() {
+    let cluster = Cluster::start(0, 0, Options::default());
+    let account_url = cluster.account_url();
+    block_on(async move {
+        let mut client = account(&account_url).await;
+        // The cluster registered its own tenant already: 9 more are allowed.
+        let register = |i: usize| pb::RegisterRequest {
+            tenant_slug: format!("reg-{i}"),
+            tenant_name: "r".into(),
+            email: format!("owner@reg-{i}.example.com"),
+            display_name: "Owner".into(),
+            password: PASSWORD.into(),
+        };
+        for i in 0..9 {
+            client
+                .register(register(i))
+                .await
+                .expect("within the limit");
+        }
+        let status = client
+            .register(register(9))
+            .await
+            .expect_err("over the limit");
+        assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+        assert!(kiroku_core::status::retry_after(&status).is_some());
     });
 }
 
@@ -1539,7 +1604,9 @@ fn admin_cli_manages_users_and_keys_after_mfa() {
     let (ok, _, err) = run_cli(&cluster, &["admin", "user", "list"], None);
     assert!(!ok && err.contains("mfa required"), "{err}");
 
-    let (ok, uri, err) = run_cli(&cluster, &["mfa", "enroll"], None);
+    let (ok, _, err) = run_cli(&cluster, &["mfa", "enroll"], Some("wrong password"));
+    assert!(!ok && err.contains("current password is wrong"), "{err}");
+    let (ok, uri, err) = run_cli(&cluster, &["mfa", "enroll"], Some(OWNER_PASSWORD));
     assert!(ok, "{err}");
     let secret = uri
         .split("secret=")

@@ -199,24 +199,24 @@ impl Gatekeeper {
                     .map_err(|_| Status::internal("internal error"))?
                     .verify(&token)
                     .map_err(|e| Status::unauthenticated(e.to_string()))?;
-                let principal = Principal::from_claims(&claims);
-                match self.revocations.is_revoked(&principal).await {
-                    Ok(false) => principal,
-                    Ok(true) => {
-                        return Err(Status::unauthenticated(
-                            "access token revoked; sign in again",
-                        ));
-                    }
-                    Err(error) => {
-                        warn!(%error, "redis unavailable: refusing the call (fail closed)");
-                        return Err(Status::unavailable(
-                            "authentication temporarily unavailable; retry shortly",
-                        ));
-                    }
-                }
+                Principal::from_claims(&claims)
             }
             Credential::ApiKey(key) => self.api_key(metadata, &key).await?,
         };
+        // Revoked users, sessions and keys (a key's cache entry may predate its
+        // revocation by a moment: the marker wins).
+        match self.revocations.is_revoked(&principal).await {
+            Ok(false) => {}
+            Ok(true) => {
+                return Err(Status::unauthenticated("credential revoked; sign in again"));
+            }
+            Err(error) => {
+                warn!(%error, "redis unavailable: refusing the call (fail closed)");
+                return Err(Status::unavailable(
+                    "authentication temporarily unavailable; retry shortly",
+                ));
+            }
+        }
         auth::authorize(&principal, rule)?;
         Ok(principal)
     }
@@ -314,10 +314,6 @@ impl Gatekeeper {
     /// Whether `principal` is still valid per Redis. When Redis cannot answer, a
     /// running stream continues (revocations still arrive over NATS).
     pub async fn still_valid(&self, principal: &Principal) -> bool {
-        if principal.api_key {
-            // Revoked keys are broadcast; the cache is dropped on revocation.
-            return true;
-        }
         !matches!(self.revocations.is_revoked(principal).await, Ok(true))
     }
 
