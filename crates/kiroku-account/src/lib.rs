@@ -8,6 +8,7 @@
 //! credentials.
 
 pub mod auth;
+pub mod checker;
 pub mod db;
 pub mod error;
 pub mod password;
@@ -90,7 +91,7 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     if config.migrate {
-        db::migrate(&config.database).await?;
+        kiroku_core::db::migrate(&config.database, &db::MIGRATOR).await?;
     }
     let db = db::Db::connect(&config.database).await?;
     let signer = tokens::Signer::load_or_create(&config.signing_key_file)?;

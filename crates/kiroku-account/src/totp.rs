@@ -42,6 +42,13 @@ pub fn enrollment(secret: &[u8], account: &str) -> Result<(String, String), Stri
     Ok((totp.get_url(), totp.get_secret_base32()))
 }
 
+/// The raw secret of a base32 one (as shown at enrollment).
+pub fn decode_secret(base32: &str) -> Result<Vec<u8>, String> {
+    totp_rs::Secret::Encoded(base32.to_string())
+        .to_bytes()
+        .map_err(|e| format!("secret is not base32: {e:?}"))
+}
+
 /// The code for the step containing `unix_seconds` (tests and `kiroku mfa code`).
 pub fn code_at(secret: &[u8], unix_seconds: u64) -> Result<String, String> {
     Ok(totp(secret, "x")?.generate(unix_seconds))
@@ -138,5 +145,6 @@ mod tests {
         );
         assert!(uri.contains(&format!("secret={base32}")), "{uri}");
         assert!(uri.contains("issuer=Kiroku"), "{uri}");
+        assert_eq!(decode_secret(&base32).expect("decode"), secret);
     }
 }

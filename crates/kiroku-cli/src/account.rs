@@ -126,6 +126,9 @@ pub enum AdminCommand {
     User(UserCommand),
     #[command(subcommand)]
     Apikey(ApiKeyCommand),
+    /// The tenant's audit log: list, verify, export, time zone.
+    #[command(subcommand)]
+    Audit(crate::audit::AuditCommand),
     /// Set the tenant's recording-consent policy: none | all-participants.
     ConsentPolicy {
         #[command(flatten)]
@@ -449,6 +452,9 @@ pub fn consent(command: ConsentCommand) -> Result<()> {
 }
 
 pub fn admin(command: AdminCommand) -> Result<()> {
+    if let AdminCommand::Audit(command) = command {
+        return crate::audit::run(command);
+    }
     runtime()?.block_on(async move {
         match command {
             AdminCommand::Tenant(TenantCommand::Create {
@@ -485,6 +491,7 @@ pub fn admin(command: AdminCommand) -> Result<()> {
             }
             AdminCommand::User(command) => user(command).await?,
             AdminCommand::Apikey(command) => apikey(command).await?,
+            AdminCommand::Audit(_) => unreachable!("handled before the runtime starts"),
             AdminCommand::ConsentPolicy { url, policy } => {
                 let policy = match policy.as_str() {
                     "none" => pb::ConsentPolicy::None,

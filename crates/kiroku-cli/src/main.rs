@@ -4,6 +4,7 @@
 //! else. Errors are printed as one `error: ...` line on stderr.
 
 mod account;
+mod audit;
 mod bench;
 mod credentials;
 mod model;

@@ -21,6 +21,37 @@ pub enum Role {
     Worker(WorkerArgs),
     /// The account service (tenants, users, MFA, tokens, API keys, consent).
     Account(AccountArgs),
+    /// The audit service (the hash-chained tenant audit log).
+    Audit(AuditArgs),
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct AuditArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// gRPC listen address.
+    #[arg(long, env = "KIROKU_AUDIT_LISTEN", default_value = kiroku_audit::DEFAULT_LISTEN)]
+    pub listen: String,
+    /// Admin HTTP address: /healthz, /readyz, /metrics.
+    #[arg(long, env = "KIROKU_AUDIT_ADMIN_LISTEN", default_value = kiroku_audit::DEFAULT_ADMIN_LISTEN)]
+    pub admin_listen: String,
+    /// PostgreSQL as the schema owner (migrations at start-up); the service connects as
+    /// the role `kiroku_audit` (INSERT and SELECT only).
+    #[arg(long, env = "KIROKU_DATABASE_URL", default_value = kiroku_account::DEFAULT_DATABASE_URL)]
+    pub database_url: String,
+    /// The service's own connection (role `kiroku_audit`) [default: the owner URL with
+    /// that user name].
+    #[arg(long, env = "KIROKU_AUDIT_DATABASE_URL")]
+    pub app_database_url: Option<String>,
+    /// Schema of the audit tables.
+    #[arg(long, env = "KIROKU_AUDIT_SCHEMA", default_value = "audit")]
+    pub schema: String,
+    /// Redis (token revocations).
+    #[arg(long, env = "KIROKU_REDIS_URL", default_value = kiroku_account::DEFAULT_REDIS_URL)]
+    pub redis: String,
+    /// The account service (token keys).
+    #[arg(long, env = "KIROKU_ACCOUNT_URL", default_value = DEFAULT_ACCOUNT_URL)]
+    pub account_url: String,
 }
 
 /// Settings every role shares.
@@ -167,6 +198,7 @@ pub fn run(role: Role) -> Result<()> {
             Role::Gateway(args) => gateway(args).await,
             Role::Worker(args) => worker(args).await,
             Role::Account(args) => account(args).await,
+            Role::Audit(args) => audit(args).await,
         }
     })
 }
@@ -326,7 +358,7 @@ async fn worker(args: WorkerArgs) -> Result<()> {
 
 async fn account(args: AccountArgs) -> Result<()> {
     let _telemetry = kiroku_core::telemetry::init_service("kiroku-account", "info");
-    let mut database = kiroku_account::db::DatabaseConfig::new(&args.database_url, &args.schema);
+    let mut database = kiroku_account::db::config(&args.database_url, &args.schema);
     database.app_url = args.app_database_url.clone();
     let mut config = kiroku_account::AccountConfig::new(database, args.signing_key_file.clone());
     config.redis_url = args.redis.clone();
@@ -346,4 +378,22 @@ async fn account(args: AccountArgs) -> Result<()> {
         admin.local_addr()?
     );
     kiroku_account::serve(config, grpc, admin, shutdown_signal()).await
+}
+
+async fn audit(args: AuditArgs) -> Result<()> {
+    let _telemetry = kiroku_core::telemetry::init_service("kiroku-audit", "info");
+    let mut config =
+        kiroku_audit::AuditConfig::new(&args.database_url, &args.schema, &args.account_url);
+    config.database.app_url = args.app_database_url.clone();
+    config.redis_url = args.redis.clone();
+    config.nats_url = args.common.nats.clone();
+    config.layout = args.common.layout()?;
+    let grpc = bind(&args.listen, "gRPC").await?;
+    let admin = bind(&args.admin_listen, "admin").await?;
+    println!(
+        "kiroku audit grpc=http://{} admin=http://{}",
+        grpc.local_addr()?,
+        admin.local_addr()?
+    );
+    kiroku_audit::serve(config, grpc, admin, shutdown_signal()).await
 }

@@ -59,6 +59,9 @@ pub struct Args {
     /// gRPC address of the account service.
     #[arg(long, default_value = kiroku_account::DEFAULT_LISTEN)]
     account_listen: String,
+    /// gRPC address of the audit service.
+    #[arg(long, default_value = kiroku_audit::DEFAULT_LISTEN)]
+    audit_listen: String,
     /// Where the local NATS store and the logs go.
     #[arg(long, default_value = ".run")]
     run_dir: PathBuf,
@@ -132,6 +135,35 @@ async fn up(args: Args) -> Result<()> {
         );
     };
     let demo = bootstrap_demo(&account_url, &run_dir).await?;
+
+    let log = log_file(&run_dir, "audit.log")?;
+    let mut command = Command::new(&exe);
+    command.args([
+        "serve",
+        "audit",
+        "--listen",
+        &args.audit_listen,
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--account-url",
+        &account_url,
+        "--schema",
+        &account_schema(&args.common.cluster).replacen("account", "audit", 1),
+    ]);
+    common(&mut command);
+    command.stdout(Stdio::piped()).stderr(log);
+    let mut audit = command.spawn().context("starting the audit service")?;
+    let audit_line = first_line(&mut audit).await;
+    let Some(audit_url) = audit_line
+        .split_whitespace()
+        .find_map(|part| part.strip_prefix("grpc="))
+        .map(str::to_string)
+    else {
+        bail!(
+            "the audit service did not start: see {}",
+            run_dir.join("audit.log").display()
+        );
+    };
 
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let threads = args.threads.unwrap_or(cores);
@@ -211,7 +243,7 @@ async fn up(args: Args) -> Result<()> {
         );
     }
     println!("kiroku up: {endpoints}");
-    println!("  account={account_url}");
+    println!("  account={account_url} audit={audit_url}");
     println!("  {demo}");
     println!(
         "  nats={} cluster={} workers={} x {per_worker} threads",
@@ -221,6 +253,7 @@ async fn up(args: Args) -> Result<()> {
 
     let exited = tokio::select! {
         () = shutdown_signal() => None,
+        status = audit.wait() => Some(format!("the audit service exited ({})", status.map(|s| s.to_string()).unwrap_or_default())),
         status = account.wait() => Some(format!("the account service exited ({})", status.map(|s| s.to_string()).unwrap_or_default())),
         status = gateway.wait() => Some(format!("the gateway exited ({})", status.map(|s| s.to_string()).unwrap_or_default())),
         status = first_exit(&mut workers) => Some(format!("a worker exited ({status})")),
@@ -237,6 +270,8 @@ async fn up(args: Args) -> Result<()> {
     }
     terminate(&mut gateway);
     wait_or_kill(&mut gateway, Duration::from_secs(10)).await;
+    terminate(&mut audit);
+    wait_or_kill(&mut audit, Duration::from_secs(10)).await;
     terminate(&mut account);
     wait_or_kill(&mut account, Duration::from_secs(10)).await;
     if let Some(redis) = &mut redis {

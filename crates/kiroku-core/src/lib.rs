@@ -4,9 +4,43 @@
 
 pub mod admin;
 pub mod audit;
+pub mod db;
 pub mod metrics;
 pub mod nats;
 pub mod status;
 pub mod telemetry;
 pub mod trace;
 pub mod transcript;
+
+/// `url` with its password replaced by `***`, for messages and logs.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let credentials = &url[scheme + 3..at];
+            match credentials.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn passwords_in_urls_are_redacted() {
+        assert_eq!(
+            super::redact_url("postgres://svc:s3cret@db:5432/kiroku"),
+            "postgres://svc:***@db:5432/kiroku"
+        );
+        assert_eq!(
+            super::redact_url("redis://127.0.0.1:6379"),
+            "redis://127.0.0.1:6379"
+        );
+        assert_eq!(
+            super::redact_url("postgres://svc@db/kiroku"),
+            "postgres://svc@db/kiroku"
+        );
+    }
+}

@@ -13,6 +13,12 @@ pub mod account {
     }
 }
 
+pub mod audit {
+    pub mod v1 {
+        tonic::include_proto!("kiroku.audit.v1");
+    }
+}
+
 pub mod events {
     pub mod v1 {
         tonic::include_proto!("kiroku.events.v1");
@@ -69,7 +75,11 @@ mod tests {
             .collect();
         assert_eq!(
             services,
-            vec!["Transcription".to_string(), "AccountService".to_string()]
+            vec![
+                "Transcription".to_string(),
+                "AccountService".to_string(),
+                "AuditService".to_string()
+            ]
         );
     }
 }

@@ -65,6 +65,8 @@ pub struct Options {
     pub worker_threads: usize,
     pub worker_sessions: usize,
     pub env: Vec<(String, String)>,
+    /// Also run the audit service.
+    pub audit: bool,
 }
 
 impl Default for Options {
@@ -77,6 +79,7 @@ impl Default for Options {
             worker_threads: 2,
             worker_sessions: 4,
             env: Vec::new(),
+            audit: false,
         }
     }
 }
@@ -89,6 +92,7 @@ pub struct Cluster {
     pub gateways: Vec<Proc>,
     pub workers: Vec<Proc>,
     pub account: Option<Proc>,
+    pub audit: Option<Proc>,
     /// The tenant the cluster registered, whose owner login is cached in `config_dir`.
     pub tenant_slug: String,
     pub owner_email: String,
@@ -147,12 +151,16 @@ impl Cluster {
             gateways: Vec::new(),
             workers: Vec::new(),
             account: None,
+            audit: None,
             tenant_slug: String::new(),
             owner_email: String::new(),
             secret: format!("{}", uuid::Uuid::new_v4().simple()),
         };
         cluster.spawn_account();
         cluster.register_tenant();
+        if cluster.options.audit {
+            cluster.spawn_audit();
+        }
         for _ in 0..workers {
             cluster.spawn_worker();
         }
@@ -229,6 +237,93 @@ impl Cluster {
             grpc: Some(grpc),
             admin,
         });
+    }
+
+    /// Signs the owner in through gRPC, enrolls TOTP and returns an access token whose
+    /// session passed MFA (what admin calls need).
+    pub fn owner_token_with_mfa(&self) -> String {
+        use kiroku_proto::account::v1 as pb;
+        let url = self.account_url();
+        let (slug, email) = (self.tenant_slug.clone(), self.owner_email.clone());
+        block_on(async move {
+            let mut client = pb::account_service_client::AccountServiceClient::connect(url)
+                .await
+                .expect("account service");
+            let pair = client
+                .login(pb::LoginRequest {
+                    tenant_slug: slug,
+                    email,
+                    password: OWNER_PASSWORD.into(),
+                    totp_code: String::new(),
+                })
+                .await
+                .expect("owner login")
+                .into_inner();
+            let enrollment = client
+                .enroll_mfa(authorized(
+                    pb::EnrollMfaRequest {
+                        current_password: OWNER_PASSWORD.into(),
+                    },
+                    &pair.access_token,
+                ))
+                .await
+                .expect("enroll")
+                .into_inner();
+            let secret = kiroku_account::totp::decode_secret(&enrollment.secret).expect("secret");
+            let code = kiroku_account::totp::code_at(&secret, kiroku_account::tokens::unix_now())
+                .expect("code");
+            client
+                .confirm_mfa(authorized(
+                    pb::ConfirmMfaRequest { totp_code: code },
+                    &pair.access_token,
+                ))
+                .await
+                .expect("confirm")
+                .into_inner()
+                .access_token
+        })
+    }
+
+    pub fn spawn_audit(&mut self) {
+        let schema = format!("{}_audit", self.root);
+        let account_url = self.account_url();
+        let (mut command, log) = self.command(
+            &[
+                "serve",
+                "audit",
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+                "--schema",
+                &schema,
+                "--account-url",
+                &account_url,
+            ],
+            "audit.log",
+        );
+        let mut child = command.spawn().expect("spawn audit service");
+        let line = first_line(&mut child, Duration::from_secs(60));
+        let (Some(grpc), Some(admin)) = (field(&line, "grpc"), field(&line, "admin")) else {
+            let _ = child.kill();
+            panic!(
+                "audit service did not start: {line:?}\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        };
+        self.audit = Some(Proc {
+            child,
+            log,
+            grpc: Some(grpc),
+            admin,
+        });
+    }
+
+    pub fn audit_url(&self) -> String {
+        self.audit
+            .as_ref()
+            .and_then(|a| a.grpc.clone())
+            .expect("audit url")
     }
 
     /// Registers the cluster's tenant and caches its owner's login.
@@ -382,6 +477,7 @@ impl Cluster {
             .iter()
             .chain(&self.workers)
             .chain(&self.account)
+            .chain(&self.audit)
             .map(|p| format!("==== {}\n{}", p.log.display(), p.log_text()))
             .collect::<Vec<_>>()
             .join("\n")
@@ -433,6 +529,7 @@ impl Drop for Cluster {
             .iter_mut()
             .chain(self.workers.iter_mut())
             .chain(self.account.iter_mut())
+            .chain(self.audit.iter_mut())
         {
             let _ = proc.child.kill();
             let _ = proc.child.wait();
@@ -446,7 +543,11 @@ impl Drop for Cluster {
             .args([
                 "-q",
                 "-c",
-                &format!("DROP SCHEMA IF EXISTS \"{}\" CASCADE", self.root),
+                &format!(
+                    "DROP SCHEMA IF EXISTS \"{0}\" CASCADE; \
+                     DROP SCHEMA IF EXISTS \"{0}_audit\" CASCADE",
+                    self.root
+                ),
             ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())

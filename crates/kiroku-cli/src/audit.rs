@@ -1,0 +1,246 @@
+//! `kiroku admin audit list|verify|export|time-zone`: the tenant's audit log (admins
+//! with MFA), timestamps in the tenant's zone (Asia/Tokyo unless set).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use kiroku_proto::audit::v1 as pb;
+use kiroku_proto::audit::v1::audit_service_client::AuditServiceClient;
+
+use crate::InputError;
+use crate::credentials::{attach, credential};
+
+/// Where the CLI finds the audit service by default.
+pub const DEFAULT_AUDIT_URL: &str = "http://127.0.0.1:50054";
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct AuditUrl {
+    /// The audit service.
+    #[arg(long, env = "KIROKU_AUDIT_URL", default_value = DEFAULT_AUDIT_URL)]
+    pub audit: String,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct FilterArgs {
+    /// From this time (RFC 3339, e.g. 2026-11-26T09:00:00+09:00).
+    #[arg(long)]
+    pub from: Option<String>,
+    /// Before this time (RFC 3339).
+    #[arg(long)]
+    pub to: Option<String>,
+    /// Only this actor (user or API key id).
+    #[arg(long)]
+    pub actor: Option<String>,
+    /// Only this action, e.g. login.failed.
+    #[arg(long)]
+    pub action: Option<String>,
+    /// Only this meeting.
+    #[arg(long)]
+    pub meeting: Option<String>,
+    /// Render times in this IANA zone instead of the tenant's.
+    #[arg(long)]
+    pub zone: Option<String>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum AuditCommand {
+    /// Newest first.
+    List {
+        #[command(flatten)]
+        url: AuditUrl,
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// Entries to show.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// Check the tenant's hash chain; exit 1 naming the first broken entry.
+    Verify(AuditUrl),
+    /// Write the log as CSV or JSON (stdout unless --out).
+    Export {
+        #[command(flatten)]
+        url: AuditUrl,
+        #[command(flatten)]
+        filter: FilterArgs,
+        #[arg(long, default_value = "csv")]
+        format: String,
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Set the zone the tenant's timestamps are shown in (IANA name).
+    TimeZone {
+        #[command(flatten)]
+        url: AuditUrl,
+        zone: String,
+    },
+}
+
+fn timestamp(text: &Option<String>, what: &str) -> Result<Option<prost_types::Timestamp>> {
+    let Some(text) = text else { return Ok(None) };
+    let time = chrono::DateTime::parse_from_rfc3339(text)
+        .map_err(|_| InputError(format!("--{what} {text:?} is not an RFC 3339 time")))?;
+    Ok(Some(prost_types::Timestamp {
+        seconds: time.timestamp(),
+        nanos: time.timestamp_subsec_nanos() as i32,
+    }))
+}
+
+impl FilterArgs {
+    fn filter(&self) -> Result<pb::Filter> {
+        Ok(pb::Filter {
+            from: timestamp(&self.from, "from")?,
+            to: timestamp(&self.to, "to")?,
+            actor_id: self.actor.clone().unwrap_or_default(),
+            action: self.action.clone().unwrap_or_default(),
+            meeting_id: self.meeting.clone().unwrap_or_default(),
+        })
+    }
+}
+
+fn refused(status: tonic::Status) -> anyhow::Error {
+    use tonic::Code;
+    let message = format!("{:?}: {}", status.code(), status.message());
+    match status.code() {
+        Code::InvalidArgument
+        | Code::PermissionDenied
+        | Code::Unauthenticated
+        | Code::OutOfRange
+        | Code::FailedPrecondition => InputError(message).into(),
+        _ => anyhow::anyhow!(message),
+    }
+}
+
+pub fn run(command: AuditCommand) -> Result<()> {
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let url = match &command {
+            AuditCommand::List { url, .. }
+            | AuditCommand::Verify(url)
+            | AuditCommand::Export { url, .. }
+            | AuditCommand::TimeZone { url, .. } => url.audit.clone(),
+        };
+        let credential = credential().await?;
+        let channel = tonic::transport::Endpoint::from_shared(url.clone())
+            .map_err(|_| InputError(format!("audit service url {url:?} is not a URL")))?
+            .connect_timeout(Duration::from_secs(3))
+            .connect()
+            .await
+            .with_context(|| format!("connecting to the audit service at {url}"))?;
+        let mut client = AuditServiceClient::new(channel).max_decoding_message_size(256 << 20);
+        fn authed<T>(
+            body: T,
+            credential: &(&'static str, tonic::metadata::AsciiMetadataValue),
+        ) -> tonic::Request<T> {
+            let mut request = tonic::Request::new(body);
+            attach(request.metadata_mut(), credential);
+            request
+        }
+        let cred = &credential;
+        match command {
+            AuditCommand::List { filter, limit, .. } => {
+                let mut shown = 0u32;
+                let mut page_token = String::new();
+                while shown < limit {
+                    let page = client
+                        .list_events(authed(
+                            pb::ListEventsRequest {
+                                filter: Some(filter.filter()?),
+                                page_size: (limit - shown).min(kiroku_audit::MAX_PAGE),
+                                page_token: page_token.clone(),
+                                time_zone: filter.zone.clone().unwrap_or_default(),
+                            },
+                            cred,
+                        ))
+                        .await
+                        .map_err(refused)?
+                        .into_inner();
+                    for e in &page.entries {
+                        println!(
+                            "{:>6}  {}  {:<24} {:<8} {:<9} {}:{}  {}",
+                            e.seq,
+                            e.occurred_at,
+                            e.action,
+                            e.outcome,
+                            e.actor_kind,
+                            e.actor_id,
+                            if e.target.is_empty() { "-" } else { &e.target },
+                            e.source_ip
+                        );
+                        shown += 1;
+                    }
+                    if page.next_page_token.is_empty() {
+                        break;
+                    }
+                    page_token = page.next_page_token;
+                }
+            }
+            AuditCommand::Verify(_) => {
+                let result = client
+                    .verify_chain(authed(pb::VerifyChainRequest {}, cred))
+                    .await
+                    .map_err(refused)?
+                    .into_inner();
+                if result.intact {
+                    println!(
+                        "audit chain intact: {} entries verified",
+                        result.entries_checked
+                    );
+                } else {
+                    anyhow::bail!(
+                        "audit chain BROKEN at entry {}: {} ({} entries verified before it)",
+                        result.first_broken_seq,
+                        result.problem,
+                        result.entries_checked
+                    );
+                }
+            }
+            AuditCommand::Export {
+                filter,
+                format,
+                out,
+                ..
+            } => {
+                let format = match format.as_str() {
+                    "csv" => pb::ExportFormat::Csv,
+                    "json" => pb::ExportFormat::Json,
+                    other => {
+                        return Err(InputError(format!("format {other:?}: use csv or json")).into());
+                    }
+                };
+                let export = client
+                    .export_events(authed(
+                        pb::ExportEventsRequest {
+                            filter: Some(filter.filter()?),
+                            format: format as i32,
+                            time_zone: filter.zone.clone().unwrap_or_default(),
+                        },
+                        cred,
+                    ))
+                    .await
+                    .map_err(refused)?
+                    .into_inner();
+                match out {
+                    Some(path) => {
+                        std::fs::write(&path, &export.data)
+                            .with_context(|| format!("writing {}", path.display()))?;
+                        eprintln!("{} entries written to {}", export.entries, path.display());
+                    }
+                    None => {
+                        use std::io::Write as _;
+                        std::io::stdout().write_all(&export.data)?;
+                    }
+                }
+            }
+            AuditCommand::TimeZone { zone, .. } => {
+                let set = client
+                    .set_time_zone(authed(pb::SetTimeZoneRequest { time_zone: zone }, cred))
+                    .await
+                    .map_err(refused)?
+                    .into_inner();
+                println!("audit times are shown in {}", set.time_zone);
+            }
+        }
+        Ok(())
+    })
+}

@@ -1,0 +1,539 @@
+//! The audit log end to end: real account, audit (and gateway) processes against the
+//! real NATS JetStream and PostgreSQL; events published to `AUDIT` as every service
+//! publishes them. Tests name the controls they prove (12.4.1, 12.4.4).
+
+#[path = "support/cluster.rs"]
+mod cluster;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cluster::{Cluster, Options, authorized, block_on};
+use kiroku_core::audit::{Actor, AuditEmitter, AuditRecord};
+use kiroku_proto::audit::v1 as pb;
+use kiroku_proto::audit::v1::audit_service_client::AuditServiceClient;
+use tonic::Code;
+use tonic::transport::Channel;
+
+fn options() -> Options {
+    Options {
+        audit: true,
+        ..Options::default()
+    }
+}
+
+async fn audit(url: &str) -> AuditServiceClient<Channel> {
+    AuditServiceClient::connect(url.to_string())
+        .await
+        .expect("audit service")
+        .max_decoding_message_size(256 << 20)
+}
+
+async fn emitter(cluster_root: &str) -> AuditEmitter {
+    let nats = async_nats::connect(cluster::nats_url())
+        .await
+        .expect("nats");
+    AuditEmitter::new(
+        async_nats::jetstream::new(nats),
+        kiroku_core::nats::Layout::new(cluster_root).expect("layout"),
+    )
+}
+
+/// The tenant id (simple form, as events carry it) of a token.
+async fn tenant_of(account_url: &str, token: &str) -> String {
+    use kiroku_proto::account::v1 as account;
+    let me =
+        account::account_service_client::AccountServiceClient::connect(account_url.to_string())
+            .await
+            .expect("account")
+            .who_am_i(authorized(account::WhoAmIRequest {}, token))
+            .await
+            .expect("whoami")
+            .into_inner();
+    uuid::Uuid::try_parse(&me.tenant_id)
+        .expect("uuid")
+        .simple()
+        .to_string()
+}
+
+async fn verify(client: &mut AuditServiceClient<Channel>, token: &str) -> pb::VerifyChainResponse {
+    client
+        .verify_chain(authorized(pb::VerifyChainRequest {}, token))
+        .await
+        .expect("verify")
+        .into_inner()
+}
+
+/// Waits until the tenant's chain holds at least `n` entries; returns the verification.
+async fn wait_for_entries(
+    client: &mut AuditServiceClient<Channel>,
+    token: &str,
+    n: u64,
+) -> pb::VerifyChainResponse {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let result = verify(client, token).await;
+        if result.entries_checked >= n || !result.intact {
+            return result;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {n} entries stored",
+            result.entries_checked
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn psql(url: &str, sql: &str) -> (bool, String) {
+    let output = Command::new("psql")
+        .arg(url)
+        .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql])
+        .stderr(Stdio::piped())
+        .output()
+        .expect("psql");
+    (
+        output.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout).trim(),
+            String::from_utf8_lossy(&output.stderr).trim()
+        ),
+    )
+}
+
+/// control 12.4.1: thousands of events form an intact chain, stored once each (a
+/// re-published event id is not stored twice); the service role cannot change rows; an
+/// edited row and a deleted row are each reported at their position.
+#[test]
+fn control_12_4_1_the_chain_holds_thousands_and_shows_tampering() {
+    let cluster = Cluster::start(0, 0, options());
+    let token = cluster_owner_token(&cluster);
+    let (audit_url, account_url, root) = (
+        cluster.audit_url(),
+        cluster.account_url(),
+        cluster.root.clone(),
+    );
+    let total = block_on({
+        let token = token.clone();
+        async move {
+            let tenant = tenant_of(&account_url, &token).await;
+            let emitter = emitter(&root).await;
+            let mut client = audit(&audit_url).await;
+            // The security events of the set-up (registration, sign-ins, MFA) come first.
+            let before = wait_for_entries(&mut client, &token, 3)
+                .await
+                .entries_checked;
+            let publishes = (0..2000).map(|i| {
+                let record = AuditRecord::new(&tenant, Actor::user("load"), "test.load")
+                    .target(format!("item/{i}"))
+                    .detail("i", i.to_string());
+                let emitter = emitter.clone();
+                async move { emitter.emit(record).await.expect("publish") }
+            });
+            futures::future::join_all(publishes).await;
+            // The same event twice, under two different NATS message ids (so JetStream's
+            // de-duplication does not hide it): the audit store keeps one.
+            let event = kiroku_proto::events::v1::AuditEvent {
+                event_id: "duplicate-event".into(),
+                tenant_id: tenant.clone(),
+                action: "test.duplicate".into(),
+                ..Default::default()
+            };
+            let js = async_nats::jetstream::new(
+                async_nats::connect(cluster::nats_url())
+                    .await
+                    .expect("nats"),
+            );
+            let subject = kiroku_core::nats::Layout::new(&root)
+                .expect("layout")
+                .audit_subject(&tenant, "test.duplicate");
+            for msg_id in ["a", "b"] {
+                let message = async_nats::jetstream::message::PublishMessage::build()
+                    .payload(prost::Message::encode_to_vec(&event).into())
+                    .message_id(msg_id);
+                js.send_publish(subject.clone(), message)
+                    .await
+                    .expect("publish")
+                    .await
+                    .expect("ack");
+            }
+            let expected = before + 2001;
+            let result = wait_for_entries(&mut client, &token, expected).await;
+            assert!(result.intact, "{result:?}");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let result = verify(&mut client, &token).await;
+            assert_eq!(
+                result.entries_checked, expected,
+                "the duplicate was stored twice"
+            );
+            let duplicates = client
+                .list_events(authorized(
+                    pb::ListEventsRequest {
+                        filter: Some(pb::Filter {
+                            action: "test.duplicate".into(),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    },
+                    &token,
+                ))
+                .await
+                .expect("list")
+                .into_inner()
+                .entries;
+            assert_eq!(duplicates.len(), 1);
+            expected
+        }
+    });
+
+    let owner = cluster::database_url();
+    let table = format!("\"{}_audit\".audit_log", cluster.root);
+    let service = owner.replacen("postgres@", "kiroku_audit@", 1);
+    for statement in [
+        format!("UPDATE {table} SET action = 'x' WHERE seq = 5"),
+        format!("DELETE FROM {table} WHERE seq = 5"),
+    ] {
+        let (ok, output) = psql(&service, &statement);
+        assert!(
+            !ok && output.contains("permission denied"),
+            "{statement}: {output}"
+        );
+    }
+    // control 13.1.3: forced RLS on every audit table; no rows without a tenant.
+    let (ok, flags) = psql(
+        &owner,
+        &format!(
+            "SELECT string_agg(c.relname || ':' || c.relrowsecurity || c.relforcerowsecurity, ',' \
+             ORDER BY c.relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = '{}_audit' AND c.relkind = 'r' AND c.relname <> '_sqlx_migrations'",
+            cluster.root
+        ),
+    );
+    assert!(ok, "{flags}");
+    assert_eq!(flags, "audit_log:truetrue,tenant_settings:truetrue");
+    let (ok, seen) = psql(&service, &format!("SELECT count(*) FROM {table}"));
+    assert!(ok && seen == "0", "rows visible without a tenant: {seen}");
+    // Someone with the owner's rights edits entry 1234, then deletes entry 700.
+    let audit_url = cluster.audit_url();
+    let (ok, output) = psql(
+        &owner,
+        &format!("UPDATE {table} SET action = 'login.succeeded' WHERE seq = 1234"),
+    );
+    assert!(ok, "{output}");
+    let result = block_on({
+        let (audit_url, token) = (audit_url.clone(), token.clone());
+        async move { verify(&mut audit(&audit_url).await, &token).await }
+    });
+    assert!(!result.intact);
+    assert_eq!(result.first_broken_seq, 1234, "{result:?}");
+    assert_eq!(result.entries_checked, 1233);
+    let (ok, output) = psql(&owner, &format!("DELETE FROM {table} WHERE seq = 700"));
+    assert!(ok, "{output}");
+    let result = block_on(async move { verify(&mut audit(&audit_url).await, &token).await });
+    assert_eq!(result.first_broken_seq, 700, "{result:?}");
+    assert!(result.problem.contains("missing"), "{result:?}");
+    assert!(total > 2000);
+}
+
+/// The MFA token of the cluster's owner, made once per cluster (enrolling again is
+/// refused), kept in the cluster folder.
+fn cluster_owner_token(cluster: &Cluster) -> String {
+    let path = cluster.dir.path().join("owner-mfa-token");
+    if let Ok(token) = std::fs::read_to_string(&path) {
+        return token;
+    }
+    let token = cluster.owner_token_with_mfa();
+    std::fs::write(&path, &token).expect("write token");
+    token
+}
+
+/// control 12.4.4 and 12.4.1: filters, newest-first pagination without gaps or
+/// repeats, times in +09:00 by default, the tenant's own zone when set, CSV and JSON
+/// exports of exactly the filtered entries.
+#[test]
+fn control_12_4_4_listing_filters_pages_and_renders_in_jst() {
+    let cluster = Cluster::start(0, 0, options());
+    let token = cluster_owner_token(&cluster);
+    let (audit_url, account_url, root) = (
+        cluster.audit_url(),
+        cluster.account_url(),
+        cluster.root.clone(),
+    );
+    block_on(async move {
+        let tenant = tenant_of(&account_url, &token).await;
+        let emitter = emitter(&root).await;
+        for i in 0..25 {
+            let actor = if i % 5 == 0 { "alice" } else { "bot" };
+            emitter
+                .emit(
+                    AuditRecord::new(&tenant, Actor::user(actor), "test.ping")
+                        .target(format!("meeting/m{}", i % 2))
+                        .detail("n", i.to_string()),
+                )
+                .await
+                .expect("publish");
+        }
+        let mut client = audit(&audit_url).await;
+        wait_for_entries(&mut client, &token, 25).await;
+        let list = |filter: pb::Filter, page_size: u32, page_token: String, zone: &str| {
+            authorized(
+                pb::ListEventsRequest {
+                    filter: Some(filter),
+                    page_size,
+                    page_token,
+                    time_zone: zone.into(),
+                },
+                &token,
+            )
+        };
+        let pings = pb::Filter {
+            action: "test.ping".into(),
+            ..Default::default()
+        };
+        let mut seen = Vec::new();
+        let mut page_token = String::new();
+        let mut pages = 0;
+        loop {
+            let page = client
+                .list_events(list(pings.clone(), 10, page_token.clone(), ""))
+                .await
+                .expect("page")
+                .into_inner();
+            pages += 1;
+            assert_eq!(page.time_zone, "Asia/Tokyo");
+            for entry in &page.entries {
+                assert!(
+                    entry.occurred_at.ends_with("+09:00"),
+                    "{}",
+                    entry.occurred_at
+                );
+                assert_eq!(entry.action, "test.ping");
+            }
+            seen.extend(page.entries.iter().map(|e| e.seq));
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            page_token = page.next_page_token;
+        }
+        assert_eq!(pages, 3);
+        assert_eq!(seen.len(), 25);
+        assert!(
+            seen.windows(2).all(|w| w[0] > w[1]),
+            "newest first, no repeats: {seen:?}"
+        );
+
+        let by_actor = client
+            .list_events(list(
+                pb::Filter {
+                    actor_id: "alice".into(),
+                    ..pings.clone()
+                },
+                100,
+                String::new(),
+                "",
+            ))
+            .await
+            .expect("actor filter")
+            .into_inner()
+            .entries;
+        assert_eq!(by_actor.len(), 5);
+        let by_meeting = client
+            .list_events(list(
+                pb::Filter {
+                    meeting_id: "m1".into(),
+                    ..pings.clone()
+                },
+                100,
+                String::new(),
+                "",
+            ))
+            .await
+            .expect("meeting filter")
+            .into_inner()
+            .entries;
+        assert_eq!(by_meeting.len(), 12);
+        let future = client
+            .list_events(list(
+                pb::Filter {
+                    from: Some(prost_types::Timestamp::from(
+                        std::time::SystemTime::now() + Duration::from_secs(3600),
+                    )),
+                    ..pings.clone()
+                },
+                100,
+                String::new(),
+                "",
+            ))
+            .await
+            .expect("time filter")
+            .into_inner()
+            .entries;
+        assert!(future.is_empty());
+
+        // The request's zone, then the tenant's setting.
+        let utc = client
+            .list_events(list(pings.clone(), 1, String::new(), "UTC"))
+            .await
+            .expect("utc")
+            .into_inner();
+        assert!(
+            utc.entries[0].occurred_at.ends_with("+00:00"),
+            "{:?}",
+            utc.entries[0]
+        );
+        let bad = client
+            .list_events(list(pings.clone(), 1, String::new(), "Mars/Olympus"))
+            .await
+            .expect_err("bad zone");
+        assert_eq!(bad.code(), Code::InvalidArgument);
+        client
+            .set_time_zone(authorized(
+                pb::SetTimeZoneRequest {
+                    time_zone: "America/New_York".into(),
+                },
+                &token,
+            ))
+            .await
+            .expect("set zone");
+        let ny = client
+            .list_events(list(pings.clone(), 1, String::new(), ""))
+            .await
+            .expect("ny")
+            .into_inner();
+        assert_eq!(ny.time_zone, "America/New_York");
+        assert!(
+            ny.entries[0].occurred_at.ends_with("-05:00"),
+            "{:?}",
+            ny.entries[0]
+        );
+
+        for (format, content) in [
+            (pb::ExportFormat::Csv, "text/csv"),
+            (pb::ExportFormat::Json, "application/json"),
+        ] {
+            let export = client
+                .export_events(authorized(
+                    pb::ExportEventsRequest {
+                        filter: Some(pings.clone()),
+                        format: format as i32,
+                        time_zone: "Asia/Tokyo".into(),
+                    },
+                    &token,
+                ))
+                .await
+                .expect("export")
+                .into_inner();
+            assert_eq!(export.entries, 25);
+            assert_eq!(export.content_type, content);
+            let text = String::from_utf8(export.data).expect("utf-8");
+            if format == pb::ExportFormat::Csv {
+                let mut reader = csv::Reader::from_reader(text.as_bytes());
+                assert_eq!(reader.headers().expect("header").get(0), Some("seq"));
+                let rows: Vec<_> = reader.records().map(|r| r.expect("row")).collect();
+                assert_eq!(rows.len(), 25);
+                assert!(rows.iter().all(|r| r[1].ends_with("+09:00")));
+            } else {
+                let rows: Vec<serde_json::Value> = serde_json::from_str(&text).expect("json");
+                assert_eq!(rows.len(), 25);
+                assert!(
+                    rows[0]["seq"].as_u64() < rows[24]["seq"].as_u64(),
+                    "oldest first"
+                );
+            }
+        }
+    });
+}
+
+/// control 12.4.1 and 13.1.3: a tenant's admin never sees another tenant's entries, and
+/// the log is for admins with MFA only.
+#[test]
+fn control_12_4_1_tenants_see_only_their_own_log() {
+    let cluster_a = Cluster::start(0, 0, options());
+    let token_a = cluster_owner_token(&cluster_a);
+    // Tenant B: registered on the same cluster's account service.
+    let account_url = cluster_a.account_url();
+    let audit_url = cluster_a.audit_url();
+    let root = cluster_a.root.clone();
+    block_on(async move {
+        use kiroku_proto::account::v1 as account;
+        let mut accounts =
+            account::account_service_client::AccountServiceClient::connect(account_url.clone())
+                .await
+                .expect("account");
+        let registered = accounts
+            .register(account::RegisterRequest {
+                tenant_slug: "audit-b".into(),
+                tenant_name: "B".into(),
+                email: "owner@audit-b.example.com".into(),
+                display_name: "B".into(),
+                password: "another long passphrase".into(),
+            })
+            .await
+            .expect("register B")
+            .into_inner();
+        let b_plain = registered.tokens.expect("tokens").access_token;
+        let mut client = audit(&audit_url).await;
+        let denied = client
+            .list_events(authorized(pb::ListEventsRequest::default(), &b_plain))
+            .await
+            .expect_err("no mfa");
+        assert_eq!(denied.code(), Code::PermissionDenied);
+        let enrollment = accounts
+            .enroll_mfa(authorized(
+                account::EnrollMfaRequest {
+                    current_password: "another long passphrase".into(),
+                },
+                &b_plain,
+            ))
+            .await
+            .expect("enroll")
+            .into_inner();
+        let secret = kiroku_account::totp::decode_secret(&enrollment.secret).expect("secret");
+        let code = kiroku_account::totp::code_at(&secret, kiroku_account::tokens::unix_now())
+            .expect("code");
+        let token_b = accounts
+            .confirm_mfa(authorized(
+                account::ConfirmMfaRequest { totp_code: code },
+                &b_plain,
+            ))
+            .await
+            .expect("confirm")
+            .into_inner()
+            .access_token;
+
+        let tenant_a = tenant_of(&account_url, &token_a).await;
+        let emitter = emitter(&root).await;
+        for _ in 0..5 {
+            emitter
+                .emit(AuditRecord::new(
+                    &tenant_a,
+                    Actor::user("a"),
+                    "test.secret-of-a",
+                ))
+                .await
+                .expect("publish");
+        }
+        wait_for_entries(&mut client, &token_a, 5).await;
+        let a_entries = client
+            .list_events(authorized(pb::ListEventsRequest::default(), &token_a))
+            .await
+            .expect("A")
+            .into_inner()
+            .entries;
+        let b_entries = client
+            .list_events(authorized(pb::ListEventsRequest::default(), &token_b))
+            .await
+            .expect("B")
+            .into_inner()
+            .entries;
+        assert!(a_entries.iter().any(|e| e.action == "test.secret-of-a"));
+        assert!(!b_entries.is_empty(), "B's own sign-up events");
+        assert!(b_entries.iter().all(|e| e.action != "test.secret-of-a"));
+        let a_ids: Vec<_> = a_entries.iter().map(|e| &e.event_id).collect();
+        assert!(b_entries.iter().all(|e| !a_ids.contains(&&e.event_id)));
+        // Each tenant's chain starts at 1 and verifies on its own.
+        assert!(verify(&mut client, &token_b).await.intact);
+        assert_eq!(b_entries.iter().map(|e| e.seq).min(), Some(1));
+    });
+}
