@@ -537,3 +537,90 @@ fn control_12_4_1_tenants_see_only_their_own_log() {
         assert_eq!(b_entries.iter().map(|e| e.seq).min(), Some(1));
     });
 }
+
+fn cli(cluster: &Cluster, args: &[&str], password: Option<&str>) -> (bool, String, String) {
+    let mut command = cluster.cli(args);
+    command.env("KIROKU_AUDIT_URL", cluster.audit_url());
+    if let Some(password) = password {
+        command.env("KIROKU_PASSWORD", password);
+    }
+    let output = command.output().expect("kiroku");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).to_string(),
+        String::from_utf8_lossy(&output.stderr).to_string(),
+    )
+}
+
+/// `kiroku admin audit list|verify|export|time-zone` as an admin signed in with MFA.
+#[test]
+fn admin_audit_cli_lists_verifies_and_exports() {
+    let cluster = Cluster::start(0, 0, options());
+    let (ok, _, err) = cli(&cluster, &["admin", "audit", "list"], None);
+    assert!(!ok && err.contains("mfa required"), "{err}");
+    let (ok, uri, err) = cli(&cluster, &["mfa", "enroll"], Some(cluster::OWNER_PASSWORD));
+    assert!(ok, "{err}");
+    let secret = uri
+        .split("secret=")
+        .nth(1)
+        .and_then(|s| s.split('&').next())
+        .expect("secret");
+    let secret = kiroku_account::totp::decode_secret(secret).expect("base32");
+    let code =
+        kiroku_account::totp::code_at(&secret, kiroku_account::tokens::unix_now()).expect("code");
+    let (ok, _, err) = cli(&cluster, &["mfa", "confirm", &code], None);
+    assert!(ok, "{err}");
+
+    // The set-up's own events: registration, sign-in, MFA enrolment.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (ok, out, err) = cli(
+            &cluster,
+            &["admin", "audit", "list", "--action", "mfa.enrolled"],
+            None,
+        );
+        assert!(ok, "{err}");
+        if out.contains("mfa.enrolled") {
+            assert!(out.contains("+09:00"), "{out}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "mfa.enrolled never listed: {out}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (ok, out, err) = cli(&cluster, &["admin", "audit", "verify"], None);
+    assert!(ok && out.contains("intact"), "{out}{err}");
+    let file = cluster.dir.path().join("audit.csv");
+    let (ok, _, err) = cli(
+        &cluster,
+        &[
+            "admin",
+            "audit",
+            "export",
+            "--format",
+            "csv",
+            "--out",
+            file.to_str().expect("utf-8"),
+        ],
+        None,
+    );
+    assert!(ok, "{err}");
+    let csv = std::fs::read_to_string(&file).expect("export written");
+    assert!(csv.starts_with("seq,occurred_at,"), "{csv}");
+    assert!(
+        csv.contains("tenant.registered") && csv.contains("mfa.enrolled"),
+        "{csv}"
+    );
+    let (ok, out, _) = cli(&cluster, &["admin", "audit", "time-zone", "UTC"], None);
+    assert!(ok && out.contains("UTC"), "{out}");
+    let (ok, out, _) = cli(&cluster, &["admin", "audit", "list", "--limit", "1"], None);
+    assert!(ok && out.contains("+00:00"), "{out}");
+    let (ok, _, err) = cli(
+        &cluster,
+        &["admin", "audit", "export", "--format", "xml"],
+        None,
+    );
+    assert!(!ok && err.contains("use csv or json"), "{err}");
+}
