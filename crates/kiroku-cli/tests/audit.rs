@@ -624,3 +624,337 @@ fn admin_audit_cli_lists_verifies_and_exports() {
     );
     assert!(!ok && err.contains("use csv or json"), "{err}");
 }
+
+/// Opens a live stream as `token` (no worker needed), waits for its session, then hangs
+/// up; or returns the refusal.
+async fn stream_once(gateway_url: &str, token: &str, meeting: &str) -> Result<(), tonic::Status> {
+    use kiroku_proto::transcribe::v1 as api;
+    let mut client =
+        api::transcription_client::TranscriptionClient::connect(gateway_url.to_string())
+            .await
+            .expect("gateway");
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let config = api::StreamTranscribeRequest {
+        request: Some(api::stream_transcribe_request::Request::Config(
+            api::StreamConfig {
+                audio_format: Some(api::AudioFormat {
+                    encoding: api::AudioEncoding::Linear16 as i32,
+                    sample_rate_hz: 16_000,
+                    channels: 1,
+                }),
+                meeting_id: meeting.into(),
+                ..Default::default()
+            },
+        )),
+    };
+    tx.send(config).await.expect("config");
+    let mut responses = client
+        .stream_transcribe(authorized(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+            token,
+        ))
+        .await?
+        .into_inner();
+    responses.message().await?.expect("session");
+    drop(tx);
+    drop(responses);
+    Ok(())
+}
+
+/// control 12.4.1: every action of the one list (`kiroku_core::audit::actions::ALL`) is
+/// performed, and the log holds each exactly as many times as it was performed.
+#[test]
+fn control_12_4_1_every_audited_action_is_logged_exactly_once_per_occurrence() {
+    use std::collections::BTreeMap;
+
+    use kiroku_core::audit::actions as a;
+    use kiroku_proto::account::v1 as account;
+    let cluster = Cluster::start(1, 0, options());
+    let (account_url, audit_url, gateway_url) = (
+        cluster.account_url(),
+        cluster.audit_url(),
+        cluster.gateway_url(0),
+    );
+    let (slug, email) = (cluster.tenant_slug.clone(), cluster.owner_email.clone());
+    block_on(async move {
+        let mut expected: BTreeMap<&str, u64> = BTreeMap::new();
+        let mut did = |action: &'static str| *expected.entry(action).or_default() += 1;
+        did(a::TENANT_REGISTERED); // the cluster's own registration
+        let mut accounts =
+            account::account_service_client::AccountServiceClient::connect(account_url.clone())
+                .await
+                .expect("account");
+        let login = |email: &str, password: &str, code: &str| account::LoginRequest {
+            tenant_slug: slug.clone(),
+            email: email.into(),
+            password: password.into(),
+            totp_code: code.into(),
+        };
+        let pw = cluster::OWNER_PASSWORD;
+        accounts
+            .login(login(&email, "wrong password!", ""))
+            .await
+            .expect_err("wrong");
+        did(a::LOGIN_FAILED);
+        let owner = accounts
+            .login(login(&email, pw, ""))
+            .await
+            .expect("login")
+            .into_inner();
+        did(a::LOGIN_SUCCEEDED);
+        let enrollment = accounts
+            .enroll_mfa(authorized(
+                account::EnrollMfaRequest {
+                    current_password: pw.into(),
+                },
+                &owner.access_token,
+            ))
+            .await
+            .expect("enroll")
+            .into_inner();
+        let secret = kiroku_account::totp::decode_secret(&enrollment.secret).expect("secret");
+        let now = kiroku_account::tokens::unix_now();
+        let code =
+            |offset: u64| kiroku_account::totp::code_at(&secret, now + offset).expect("code");
+        accounts
+            .confirm_mfa(authorized(
+                account::ConfirmMfaRequest { totp_code: code(0) },
+                &owner.access_token,
+            ))
+            .await
+            .expect("confirm");
+        did(a::MFA_ENROLLED);
+        accounts
+            .login(login(&email, pw, "000000"))
+            .await
+            .expect_err("wrong code");
+        did(a::MFA_FAILED);
+        let owner = accounts
+            .login(login(&email, pw, &code(30)))
+            .await
+            .expect("mfa login")
+            .into_inner();
+        did(a::LOGIN_SUCCEEDED);
+        did(a::MFA_USED);
+        let admin = owner.access_token.clone();
+
+        let invitation = accounts
+            .invite_user(authorized(
+                account::InviteUserRequest {
+                    email: "ben@example.com".into(),
+                    role: account::Role::Member as i32,
+                },
+                &admin,
+            ))
+            .await
+            .expect("invite")
+            .into_inner();
+        did(a::USER_INVITED);
+        let ben = accounts
+            .accept_invitation(account::AcceptInvitationRequest {
+                invitation_token: invitation.invitation_token,
+                display_name: "Ben".into(),
+                password: "bens long passphrase".into(),
+            })
+            .await
+            .expect("accept")
+            .into_inner();
+        did(a::USER_JOINED);
+        let ben_id = ben.principal.clone().expect("principal").subject;
+        let ben = accounts
+            .change_password(authorized(
+                account::ChangePasswordRequest {
+                    current_password: "bens long passphrase".into(),
+                    new_password: "bens new passphrase".into(),
+                },
+                &ben.access_token,
+            ))
+            .await
+            .expect("change")
+            .into_inner();
+        did(a::PASSWORD_CHANGED);
+        let rotated = accounts
+            .refresh(account::RefreshRequest {
+                refresh_token: ben.refresh_token.clone(),
+            })
+            .await
+            .expect("refresh")
+            .into_inner();
+        accounts
+            .refresh(account::RefreshRequest {
+                refresh_token: ben.refresh_token.clone(),
+            })
+            .await
+            .expect_err("reuse");
+        did(a::TOKEN_REUSE_DETECTED);
+        let _ = rotated;
+        let session = accounts
+            .login(login("ben@example.com", "bens new passphrase", ""))
+            .await
+            .expect("ben")
+            .into_inner();
+        did(a::LOGIN_SUCCEEDED);
+        accounts
+            .logout(account::LogoutRequest {
+                refresh_token: session.refresh_token,
+            })
+            .await
+            .expect("logout");
+        did(a::LOGOUT);
+        for _ in 0..5 {
+            accounts
+                .login(login("ben@example.com", "not bens password", ""))
+                .await
+                .expect_err("wrong");
+            did(a::LOGIN_FAILED);
+        }
+        accounts
+            .login(login("ben@example.com", "bens new passphrase", ""))
+            .await
+            .expect_err("throttled");
+        did(a::LOGIN_THROTTLED);
+        accounts
+            .set_role(authorized(
+                account::SetRoleRequest {
+                    user_id: ben_id.clone(),
+                    role: account::Role::Viewer as i32,
+                },
+                &admin,
+            ))
+            .await
+            .expect("role");
+        did(a::ROLE_CHANGED);
+        accounts
+            .disable_user(authorized(
+                account::UserRef {
+                    user_id: ben_id.clone(),
+                },
+                &admin,
+            ))
+            .await
+            .expect("disable");
+        did(a::USER_DISABLED);
+        accounts
+            .delete_user(authorized(account::UserRef { user_id: ben_id }, &admin))
+            .await
+            .expect("delete");
+        did(a::USER_DELETED);
+        let key = accounts
+            .create_api_key(authorized(
+                account::CreateApiKeyRequest {
+                    name: "bot".into(),
+                    scopes: vec!["transcribe".into()],
+                },
+                &admin,
+            ))
+            .await
+            .expect("key")
+            .into_inner();
+        did(a::APIKEY_CREATED);
+        accounts
+            .revoke_api_key(authorized(
+                account::RevokeApiKeyRequest {
+                    key_id: key.key.expect("key").key_id,
+                },
+                &admin,
+            ))
+            .await
+            .expect("revoke");
+        did(a::APIKEY_REVOKED);
+
+        stream_once(&gateway_url, &admin, "standup")
+            .await
+            .expect("stream");
+        did(a::STREAM_STARTED);
+        did(a::STREAM_ENDED);
+        accounts
+            .set_consent_policy(authorized(
+                account::SetConsentPolicyRequest {
+                    policy: account::ConsentPolicy::AllParticipants as i32,
+                },
+                &admin,
+            ))
+            .await
+            .expect("policy");
+        did(a::CONSENT_POLICY_CHANGED);
+        let refused = stream_once(&gateway_url, &admin, "board")
+            .await
+            .expect_err("no consent");
+        assert_eq!(refused.code(), Code::FailedPrecondition);
+        did(a::STREAM_REFUSED);
+        accounts
+            .set_meeting_participants(authorized(
+                account::SetMeetingParticipantsRequest {
+                    meeting_id: "board".into(),
+                    participants: vec!["Ana".into()],
+                },
+                &admin,
+            ))
+            .await
+            .expect("participants");
+        did(a::CONSENT_PARTICIPANTS_SET);
+        accounts
+            .record_consent(authorized(
+                account::RecordConsentRequest {
+                    meeting_id: "board".into(),
+                    participant: "Ana".into(),
+                    method: "verbal".into(),
+                },
+                &admin,
+            ))
+            .await
+            .expect("consent");
+        did(a::CONSENT_GIVEN);
+
+        for action in a::ALL {
+            assert!(
+                expected.contains_key(action),
+                "the test does not perform {action}"
+            );
+        }
+        // Wait for the stream's end event (the gateway notices the hang-up), then count.
+        let mut audit = audit(&audit_url).await;
+        let total: u64 = expected.values().sum();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let stored = verify(&mut audit, &admin).await.entries_checked;
+            if stored >= total {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{stored} of {total} events stored"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+        let mut page_token = String::new();
+        loop {
+            let page = audit
+                .list_events(authorized(
+                    pb::ListEventsRequest {
+                        page_size: 1000,
+                        page_token: page_token.clone(),
+                        ..Default::default()
+                    },
+                    &admin,
+                ))
+                .await
+                .expect("list")
+                .into_inner();
+            for entry in &page.entries {
+                *counts.entry(entry.action.clone()).or_default() += 1;
+            }
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            page_token = page.next_page_token;
+        }
+        let expected: BTreeMap<String, u64> = expected
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+        assert_eq!(counts, expected);
+    });
+}

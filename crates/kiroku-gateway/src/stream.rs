@@ -157,10 +157,25 @@ pub(crate) async fn start(
 
     if config.resume_token.is_empty() {
         // Control CLD.6.3.1: no consent, no session, no frame published.
-        shared
+        if let Err(status) = shared
             .gatekeeper
             .check_consent(&metadata, &config.meeting_id)
-            .await?;
+            .await
+        {
+            if status.code() == tonic::Code::FailedPrecondition {
+                shared.audit.spawn_emit(
+                    AuditRecord::new(
+                        principal.tenant_token(),
+                        principal.actor(),
+                        actions::STREAM_REFUSED,
+                    )
+                    .failed()
+                    .target(format!("meeting/{}", config.meeting_id))
+                    .detail("reason", "consent"),
+                );
+            }
+            return Err(status);
+        }
     }
     let lease = shared
         .admission
