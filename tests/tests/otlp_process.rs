@@ -5,7 +5,6 @@
 
 use std::time::Duration;
 
-use kiroku_core::{telemetry, trace};
 use kiroku_tests::otlp::OtlpCollector;
 
 const CHILD_ENV: &str = "KIROKU_OTLP_TEST_TRACEPARENT";
@@ -14,9 +13,8 @@ const PARENT_TRACEPARENT: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn service_process_exports_its_spans_before_it_exits() {
     let collector = OtlpCollector::start().await.expect("start the collector");
-    let test_binary = std::env::current_exe().expect("path of this test binary");
-    let output = tokio::process::Command::new(test_binary)
-        .args(["service_process", "--exact", "--ignored", "--nocapture"])
+    // The service is src/bin/otlp-service.rs.
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_otlp-service"))
         .env("OTEL_EXPORTER_OTLP_ENDPOINT", collector.endpoint())
         .env(CHILD_ENV, PARENT_TRACEPARENT)
         .env("RUST_LOG", "info")
@@ -52,33 +50,4 @@ async fn service_process_exports_its_spans_before_it_exits() {
         .wait_for(|spans| spans.len() > 2, Duration::from_millis(500))
         .await;
     assert_eq!(later.len(), 2, "{later:#?}");
-}
-
-/// The "service": run only by the test above, in a child process.
-#[test]
-#[ignore = "a child process of service_process_exports_its_spans_before_it_exits"]
-fn service_process() {
-    let Ok(parent) = std::env::var(CHILD_ENV) else {
-        return;
-    };
-    let runtime = tokio::runtime::Runtime::new().expect("start the runtime");
-    runtime.block_on(async move {
-        let telemetry = telemetry::init_service("kiroku-test-worker", "info");
-        assert!(
-            telemetry.is_exporting(),
-            "OTEL_EXPORTER_OTLP_ENDPOINT turns export on"
-        );
-        let session = tracing::info_span!("session");
-        trace::set_parent(&session, trace::context_from_traceparent(&parent));
-        let decode = tracing::Instrument::instrument(
-            async {
-                let decode = tracing::info_span!("decode");
-                let _entered = decode.enter();
-                tracing::info!("decoding");
-            },
-            session,
-        );
-        decode.await;
-        // The guard drops here, inside the async context, as in `kiroku serve`.
-    });
 }
