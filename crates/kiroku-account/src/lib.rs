@@ -19,7 +19,6 @@ pub mod totp;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use anyhow::Context as _;
 use async_nats::jetstream;
@@ -121,53 +120,25 @@ pub async fn serve(
         lifetimes: config.lifetimes.clone(),
     });
 
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<AccountServiceServer<Accounts>>().await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(kiroku_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .context("building the reflection service")?;
-
-    let (ready_tx, ready_rx) = tokio::sync::watch::channel(false);
-    let ready_nats = nats.clone();
     let ready_db = db.clone();
-    tokio::spawn(async move {
-        // Ready while NATS is connected and PostgreSQL answers.
-        loop {
-            let db_ok = sqlx::query("SELECT 1")
-                .execute(ready_db.pool_without_tenant())
-                .await
-                .is_ok();
-            let nats_ok = ready_nats.connection_state() == async_nats::connection::State::Connected;
-            if ready_tx.send(db_ok && nats_ok).is_err() {
-                return;
-            }
-            tokio::time::sleep(Duration::from_secs(1)).await;
+    let ready = kiroku_core::admin::poll_readiness(move || {
+        let (db, nats) = (ready_db.clone(), nats.clone());
+        // Ready while PostgreSQL answers and NATS is connected.
+        async move {
+            db.is_ready().await
+                && nats.connection_state() == async_nats::connection::State::Connected
         }
     });
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        shutdown.await;
-        let _ = stop_tx.send(true);
-    });
-    let wait_stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|stop| *stop).await;
-    };
-    let admin_task = tokio::spawn(kiroku_core::admin::serve_admin(
+    kiroku_core::admin::serve_grpc(
+        <AccountServiceServer<Accounts> as tonic::server::NamedService>::NAME,
+        tonic::service::Routes::new(AccountServiceServer::new(accounts)),
+        tonic::transport::Server::builder(),
+        grpc,
         admin,
-        ready_rx,
-        wait_stop(stop_rx.clone()),
-    ));
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc);
-    tonic::transport::Server::builder()
-        .add_service(health_service)
-        .add_service(reflection)
-        .add_service(AccountServiceServer::new(accounts))
-        .serve_with_incoming_shutdown(incoming, wait_stop(stop_rx))
-        .await
-        .context("gRPC server")?;
-    admin_task.abort();
+        ready,
+        shutdown,
+    )
+    .await?;
     db.close().await;
     Ok(())
 }

@@ -89,7 +89,7 @@ async fn enroll_mfa(client: &mut AccountServiceClient<Channel>, who: &Caller) ->
         .await
         .expect("enroll")
         .into_inner();
-    let secret = base32_decode(&enrollment.secret);
+    let secret = totp::decode_secret(&enrollment.secret).expect("base32");
     let code = totp::code_at(&secret, now()).expect("code");
     let pair = client
         .confirm_mfa(authorized(
@@ -100,23 +100,6 @@ async fn enroll_mfa(client: &mut AccountServiceClient<Channel>, who: &Caller) ->
         .expect("confirm mfa")
         .into_inner();
     (secret, caller(who.name, &pair))
-}
-
-fn base32_decode(text: &str) -> Vec<u8> {
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
-    let mut bits = 0u64;
-    let mut count = 0;
-    let mut out = Vec::new();
-    for c in text.trim_end_matches('=').bytes() {
-        let value = ALPHABET.iter().position(|a| *a == c).expect("base32") as u64;
-        bits = (bits << 5) | value;
-        count += 5;
-        if count >= 8 {
-            count -= 8;
-            out.push((bits >> count) as u8);
-        }
-    }
-    out
 }
 
 /// A tenant with one caller per role (admins and owner with MFA sessions) and API keys.
@@ -561,18 +544,9 @@ fn control_13_1_3_cross_tenant_ids_are_not_found() {
 }
 
 fn psql(url: &str, sql: &str) -> String {
-    let output = Command::new("psql")
-        .arg(url)
-        .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql])
-        .stderr(Stdio::piped())
-        .output()
-        .expect("psql");
-    assert!(
-        output.status.success(),
-        "psql {sql}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).trim().to_string()
+    let (ok, output) = cluster::psql(url, sql);
+    assert!(ok, "psql {sql}: {output}");
+    output
 }
 
 /// control 13.1.3: every table with a tenant_id (and the tenants table) has row-level
@@ -1565,19 +1539,6 @@ fn redis_down_fails_closed_for_new_calls_and_running_streams_continue() {
     });
 }
 
-fn run_cli(cluster: &Cluster, args: &[&str], password: Option<&str>) -> (bool, String, String) {
-    let mut command = cluster.cli(args);
-    if let Some(password) = password {
-        command.env("KIROKU_PASSWORD", password);
-    }
-    let output = command.output().expect("run kiroku");
-    (
-        output.status.success(),
-        String::from_utf8_lossy(&output.stdout).to_string(),
-        String::from_utf8_lossy(&output.stderr).to_string(),
-    )
-}
-
 /// The admin CLI end to end: login cached with mode 0600, admin commands refused
 /// until MFA, then invite / accept / list / role / disable and API keys.
 #[test]
@@ -1586,8 +1547,7 @@ fn admin_cli_manages_users_and_keys_after_mfa() {
     let cluster = Cluster::start(0, 0, Options::default());
     let slug = cluster.tenant_slug.clone();
     let email = cluster.owner_email.clone();
-    let (ok, out, err) = run_cli(
-        &cluster,
+    let (ok, out, err) = cluster.run_cli(
         &["login", "--tenant", &slug, "--email", &email],
         Some(OWNER_PASSWORD),
     );
@@ -1598,27 +1558,26 @@ fn admin_cli_manages_users_and_keys_after_mfa() {
         .permissions()
         .mode();
     assert_eq!(mode & 0o777, 0o600, "credentials mode {mode:o}");
-    let (ok, out, _) = run_cli(&cluster, &["whoami"], None);
+    let (ok, out, _) = cluster.run_cli(&["whoami"], None);
     assert!(ok && out.contains(&email) && out.contains("owner"), "{out}");
 
-    let (ok, _, err) = run_cli(&cluster, &["admin", "user", "list"], None);
+    let (ok, _, err) = cluster.run_cli(&["admin", "user", "list"], None);
     assert!(!ok && err.contains("mfa required"), "{err}");
 
-    let (ok, _, err) = run_cli(&cluster, &["mfa", "enroll"], Some("wrong password"));
+    let (ok, _, err) = cluster.run_cli(&["mfa", "enroll"], Some("wrong password"));
     assert!(!ok && err.contains("current password is wrong"), "{err}");
-    let (ok, uri, err) = run_cli(&cluster, &["mfa", "enroll"], Some(OWNER_PASSWORD));
+    let (ok, uri, err) = cluster.run_cli(&["mfa", "enroll"], Some(OWNER_PASSWORD));
     assert!(ok, "{err}");
     let secret = uri
         .split("secret=")
         .nth(1)
         .and_then(|s| s.split('&').next())
         .expect("secret in the otpauth uri");
-    let code = totp::code_at(&base32_decode(secret), now()).expect("code");
-    let (ok, out, err) = run_cli(&cluster, &["mfa", "confirm", &code], None);
+    let code = totp::code_at(&totp::decode_secret(secret).expect("base32"), now()).expect("code");
+    let (ok, out, err) = cluster.run_cli(&["mfa", "confirm", &code], None);
     assert!(ok, "{out}{err}");
 
-    let (ok, token, err) = run_cli(
-        &cluster,
+    let (ok, token, err) = cluster.run_cli(
         &[
             "admin",
             "user",
@@ -1661,7 +1620,7 @@ fn admin_cli_manages_users_and_keys_after_mfa() {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let (ok, list, _) = run_cli(&cluster, &["admin", "user", "list"], None);
+    let (ok, list, _) = cluster.run_cli(&["admin", "user", "list"], None);
     assert!(ok && list.contains("ana@example.com"), "{list}");
     let ana_id = list
         .lines()
@@ -1669,39 +1628,31 @@ fn admin_cli_manages_users_and_keys_after_mfa() {
         .and_then(|l| l.split_whitespace().next())
         .expect("ana's id")
         .to_string();
-    let (ok, out, err) = run_cli(
-        &cluster,
-        &["admin", "user", "role", &ana_id, "viewer"],
-        None,
-    );
+    let (ok, out, err) = cluster.run_cli(&["admin", "user", "role", &ana_id, "viewer"], None);
     assert!(ok && out.contains("viewer"), "{out}{err}");
-    let (ok, out, err) = run_cli(&cluster, &["admin", "user", "disable", &ana_id], None);
+    let (ok, out, err) = cluster.run_cli(&["admin", "user", "disable", &ana_id], None);
     assert!(ok && out.contains("disabled"), "{out}{err}");
-    let (ok, _, err) = run_cli(&cluster, &["admin", "user", "role", &ana_id, "chief"], None);
+    let (ok, _, err) = cluster.run_cli(&["admin", "user", "role", &ana_id, "chief"], None);
     assert!(
         !ok && err.contains("viewer, member, admin or owner"),
         "{err}"
     );
 
-    let (ok, key, err) = run_cli(
-        &cluster,
-        &["admin", "apikey", "create", "minutes-bot"],
-        None,
-    );
+    let (ok, key, err) = cluster.run_cli(&["admin", "apikey", "create", "minutes-bot"], None);
     assert!(ok && key.trim().starts_with("kk_"), "{key}{err}");
-    let (ok, keys, _) = run_cli(&cluster, &["admin", "apikey", "list"], None);
+    let (ok, keys, _) = cluster.run_cli(&["admin", "apikey", "list"], None);
     assert!(
         ok && keys.contains("minutes-bot") && keys.contains("active"),
         "{keys}"
     );
     assert!(!keys.contains(key.trim()), "the secret is shown once only");
     let key_id = keys.split_whitespace().next().expect("key id").to_string();
-    let (ok, _, err) = run_cli(&cluster, &["admin", "apikey", "revoke", &key_id], None);
+    let (ok, _, err) = cluster.run_cli(&["admin", "apikey", "revoke", &key_id], None);
     assert!(ok, "{err}");
-    let (_, keys, _) = run_cli(&cluster, &["admin", "apikey", "list"], None);
+    let (_, keys, _) = cluster.run_cli(&["admin", "apikey", "list"], None);
     assert!(keys.contains("revoked"), "{keys}");
 
-    let (ok, _, _) = run_cli(&cluster, &["logout"], None);
+    let (ok, _, _) = cluster.run_cli(&["logout"], None);
     assert!(ok && !credentials.exists());
 }
 

@@ -5,7 +5,6 @@
 #[path = "support/cluster.rs"]
 mod cluster;
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use cluster::{Cluster, Options, authorized, block_on};
@@ -83,23 +82,6 @@ async fn wait_for_entries(
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-}
-
-fn psql(url: &str, sql: &str) -> (bool, String) {
-    let output = Command::new("psql")
-        .arg(url)
-        .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql])
-        .stderr(Stdio::piped())
-        .output()
-        .expect("psql");
-    (
-        output.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&output.stdout).trim(),
-            String::from_utf8_lossy(&output.stderr).trim()
-        ),
-    )
 }
 
 /// control 12.4.1: thousands of events form an intact chain, stored once each (a
@@ -194,14 +176,14 @@ fn control_12_4_1_the_chain_holds_thousands_and_shows_tampering() {
         format!("UPDATE {table} SET action = 'x' WHERE seq = 5"),
         format!("DELETE FROM {table} WHERE seq = 5"),
     ] {
-        let (ok, output) = psql(&service, &statement);
+        let (ok, output) = cluster::psql(&service, &statement);
         assert!(
             !ok && output.contains("permission denied"),
             "{statement}: {output}"
         );
     }
     // control 13.1.3: forced RLS on every audit table; no rows without a tenant.
-    let (ok, flags) = psql(
+    let (ok, flags) = cluster::psql(
         &owner,
         &format!(
             "SELECT string_agg(c.relname || ':' || c.relrowsecurity || c.relforcerowsecurity, ',' \
@@ -212,11 +194,11 @@ fn control_12_4_1_the_chain_holds_thousands_and_shows_tampering() {
     );
     assert!(ok, "{flags}");
     assert_eq!(flags, "audit_log:truetrue,tenant_settings:truetrue");
-    let (ok, seen) = psql(&service, &format!("SELECT count(*) FROM {table}"));
+    let (ok, seen) = cluster::psql(&service, &format!("SELECT count(*) FROM {table}"));
     assert!(ok && seen == "0", "rows visible without a tenant: {seen}");
     // Someone with the owner's rights edits entry 1234, then deletes entry 700.
     let audit_url = cluster.audit_url();
-    let (ok, output) = psql(
+    let (ok, output) = cluster::psql(
         &owner,
         &format!("UPDATE {table} SET action = 'login.succeeded' WHERE seq = 1234"),
     );
@@ -228,7 +210,7 @@ fn control_12_4_1_the_chain_holds_thousands_and_shows_tampering() {
     assert!(!result.intact);
     assert_eq!(result.first_broken_seq, 1234, "{result:?}");
     assert_eq!(result.entries_checked, 1233);
-    let (ok, output) = psql(&owner, &format!("DELETE FROM {table} WHERE seq = 700"));
+    let (ok, output) = cluster::psql(&owner, &format!("DELETE FROM {table} WHERE seq = 700"));
     assert!(ok, "{output}");
     let result = block_on(async move { verify(&mut audit(&audit_url).await, &token).await });
     assert_eq!(result.first_broken_seq, 700, "{result:?}");
@@ -538,27 +520,13 @@ fn control_12_4_1_tenants_see_only_their_own_log() {
     });
 }
 
-fn cli(cluster: &Cluster, args: &[&str], password: Option<&str>) -> (bool, String, String) {
-    let mut command = cluster.cli(args);
-    command.env("KIROKU_AUDIT_URL", cluster.audit_url());
-    if let Some(password) = password {
-        command.env("KIROKU_PASSWORD", password);
-    }
-    let output = command.output().expect("kiroku");
-    (
-        output.status.success(),
-        String::from_utf8_lossy(&output.stdout).to_string(),
-        String::from_utf8_lossy(&output.stderr).to_string(),
-    )
-}
-
 /// `kiroku admin audit list|verify|export|time-zone` as an admin signed in with MFA.
 #[test]
 fn admin_audit_cli_lists_verifies_and_exports() {
     let cluster = Cluster::start(0, 0, options());
-    let (ok, _, err) = cli(&cluster, &["admin", "audit", "list"], None);
+    let (ok, _, err) = cluster.run_cli(&["admin", "audit", "list"], None);
     assert!(!ok && err.contains("mfa required"), "{err}");
-    let (ok, uri, err) = cli(&cluster, &["mfa", "enroll"], Some(cluster::OWNER_PASSWORD));
+    let (ok, uri, err) = cluster.run_cli(&["mfa", "enroll"], Some(cluster::OWNER_PASSWORD));
     assert!(ok, "{err}");
     let secret = uri
         .split("secret=")
@@ -568,14 +536,13 @@ fn admin_audit_cli_lists_verifies_and_exports() {
     let secret = kiroku_account::totp::decode_secret(secret).expect("base32");
     let code =
         kiroku_account::totp::code_at(&secret, kiroku_account::tokens::unix_now()).expect("code");
-    let (ok, _, err) = cli(&cluster, &["mfa", "confirm", &code], None);
+    let (ok, _, err) = cluster.run_cli(&["mfa", "confirm", &code], None);
     assert!(ok, "{err}");
 
     // The set-up's own events: registration, sign-in, MFA enrolment.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let (ok, out, err) = cli(
-            &cluster,
+        let (ok, out, err) = cluster.run_cli(
             &["admin", "audit", "list", "--action", "mfa.enrolled"],
             None,
         );
@@ -590,11 +557,10 @@ fn admin_audit_cli_lists_verifies_and_exports() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    let (ok, out, err) = cli(&cluster, &["admin", "audit", "verify"], None);
+    let (ok, out, err) = cluster.run_cli(&["admin", "audit", "verify"], None);
     assert!(ok && out.contains("intact"), "{out}{err}");
     let file = cluster.dir.path().join("audit.csv");
-    let (ok, _, err) = cli(
-        &cluster,
+    let (ok, _, err) = cluster.run_cli(
         &[
             "admin",
             "audit",
@@ -613,15 +579,11 @@ fn admin_audit_cli_lists_verifies_and_exports() {
         csv.contains("tenant.registered") && csv.contains("mfa.enrolled"),
         "{csv}"
     );
-    let (ok, out, _) = cli(&cluster, &["admin", "audit", "time-zone", "UTC"], None);
+    let (ok, out, _) = cluster.run_cli(&["admin", "audit", "time-zone", "UTC"], None);
     assert!(ok && out.contains("UTC"), "{out}");
-    let (ok, out, _) = cli(&cluster, &["admin", "audit", "list", "--limit", "1"], None);
+    let (ok, out, _) = cluster.run_cli(&["admin", "audit", "list", "--limit", "1"], None);
     assert!(ok && out.contains("+00:00"), "{out}");
-    let (ok, _, err) = cli(
-        &cluster,
-        &["admin", "audit", "export", "--format", "xml"],
-        None,
-    );
+    let (ok, _, err) = cluster.run_cli(&["admin", "audit", "export", "--format", "xml"], None);
     assert!(!ok && err.contains("use csv or json"), "{err}");
 }
 

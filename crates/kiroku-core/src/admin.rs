@@ -52,6 +52,66 @@ async fn metrics() -> impl IntoResponse {
     )
 }
 
+/// Readiness from a probe polled every 500 ms (dependencies connected, and so on).
+pub fn poll_readiness<F, Fut>(probe: F) -> watch::Receiver<bool>
+where
+    F: Fn() -> Fut + Send + 'static,
+    Fut: Future<Output = bool> + Send,
+{
+    let (ready_tx, ready_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        loop {
+            if ready_tx.send(probe().await).is_err() {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        }
+    });
+    ready_rx
+}
+
+/// How every Kiroku gRPC service runs: `routes` (reported as serving under
+/// `service_name`) plus gRPC health and server reflection on `grpc`, the admin routes
+/// on `admin`, both until `shutdown` resolves.
+pub async fn serve_grpc(
+    service_name: &'static str,
+    routes: tonic::service::Routes,
+    mut server: tonic::transport::Server,
+    grpc: TcpListener,
+    admin: TcpListener,
+    ready: watch::Receiver<bool>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_service_status(service_name, tonic_health::ServingStatus::Serving)
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(kiroku_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("building the reflection service")?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let wait_stop = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let admin_task = tokio::spawn(serve_admin(admin, ready, wait_stop(stop_rx.clone())));
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc);
+    let routes = routes.add_service(health_service).add_service(reflection);
+    server
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(incoming, wait_stop(stop_rx))
+        .await
+        .context("gRPC server")?;
+    admin_task.abort();
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};

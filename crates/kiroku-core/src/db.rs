@@ -166,6 +166,11 @@ impl Db {
             .await
     }
 
+    /// Whether PostgreSQL answers (readiness).
+    pub async fn is_ready(&self) -> bool {
+        sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
+    }
+
     /// The pool without a tenant: used only by tests to show that such queries see
     /// nothing.
     pub fn pool_without_tenant(&self) -> &PgPool {

@@ -224,52 +224,27 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let gateway = Gateway::connect(config).await?;
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<TranscriptionServer<Gateway>>().await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(kiroku_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .context("building the reflection service")?;
-
-    let (ready_tx, ready_rx) = tokio::sync::watch::channel(gateway.is_ready());
     let ready_gateway = gateway.clone();
-    tokio::spawn(async move {
-        // Readiness follows the NATS connection: a gateway without NATS cannot stream.
-        loop {
-            if ready_tx.send(ready_gateway.is_ready()).is_err() {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
+    // Readiness follows the NATS connection: a gateway without NATS cannot stream.
+    let ready = kiroku_core::admin::poll_readiness(move || {
+        let ready = ready_gateway.is_ready();
+        async move { ready }
     });
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        shutdown.await;
-        let _ = stop_tx.send(true);
-    });
-    let wait_stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|stop| *stop).await;
-    };
-    let admin_task = tokio::spawn(kiroku_core::admin::serve_admin(
-        admin,
-        ready_rx,
-        wait_stop(stop_rx.clone()),
-    ));
-
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc);
-    tonic::transport::Server::builder()
+    let mut server = tonic::transport::Server::builder();
+    server = server
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        .add_service(health_service)
-        .add_service(reflection)
-        .add_service(
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)));
+    kiroku_core::admin::serve_grpc(
+        <TranscriptionServer<Gateway> as tonic::server::NamedService>::NAME,
+        tonic::service::Routes::new(
             TranscriptionServer::new(gateway)
                 .max_decoding_message_size(64 * 1024 * 1024 + 64 * 1024),
-        )
-        .serve_with_incoming_shutdown(incoming, wait_stop(stop_rx))
-        .await
-        .context("gRPC server")?;
-    admin_task.abort();
-    Ok(())
+        ),
+        server,
+        grpc,
+        admin,
+        ready,
+        shutdown,
+    )
+    .await
 }

@@ -205,6 +205,24 @@ impl Cluster {
             .to_string()
     }
 
+    /// Runs the `kiroku` CLI signed in as the cached login (`KIROKU_PASSWORD` set when
+    /// given); (succeeded, stdout, stderr).
+    pub fn run_cli(&self, args: &[&str], password: Option<&str>) -> (bool, String, String) {
+        let mut command = self.cli(args);
+        if let Some(audit) = &self.audit {
+            command.env("KIROKU_AUDIT_URL", audit.grpc.clone().unwrap_or_default());
+        }
+        if let Some(password) = password {
+            command.env("KIROKU_PASSWORD", password);
+        }
+        let output = command.output().expect("run kiroku");
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).to_string(),
+            String::from_utf8_lossy(&output.stderr).to_string(),
+        )
+    }
+
     pub fn spawn_account(&mut self) {
         let key = self.dir.path().join("signing-key.der");
         let (mut command, log) = self.command(
@@ -502,6 +520,24 @@ impl Cluster {
             total
         })
     }
+}
+
+/// Runs one SQL statement with psql; (succeeded, stdout and stderr).
+pub fn psql(url: &str, sql: &str) -> (bool, String) {
+    let output = Command::new("psql")
+        .arg(url)
+        .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql])
+        .stderr(Stdio::piped())
+        .output()
+        .expect("psql");
+    (
+        output.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout).trim(),
+            String::from_utf8_lossy(&output.stderr).trim()
+        ),
+    )
 }
 
 /// A request carrying `authorization: Bearer <token>`.
