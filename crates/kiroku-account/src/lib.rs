@@ -57,6 +57,9 @@ pub struct AccountConfig {
     pub signing_key_file: PathBuf,
     pub lifetimes: TokenLifetimes,
     pub throttle: throttle::ThrottleConfig,
+    /// The service operator's token (notice recipients); operator calls are refused
+    /// when it is not configured.
+    pub operator: auth::OperatorToken,
 }
 
 impl AccountConfig {
@@ -70,6 +73,7 @@ impl AccountConfig {
             signing_key_file,
             lifetimes: TokenLifetimes::default(),
             throttle: throttle::ThrottleConfig::default(),
+            operator: auth::OperatorToken::default(),
         }
     }
 }
@@ -118,6 +122,7 @@ pub async fn serve(
         nats: nats.clone(),
         layout: config.layout.clone(),
         lifetimes: config.lifetimes.clone(),
+        operator: config.operator.clone(),
     });
 
     let ready_db = db.clone();

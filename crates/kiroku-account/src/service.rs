@@ -68,6 +68,7 @@ pub const METHODS: &[(&str, Access)] = &[
         },
     ),
     ("VerifyApiKey", Access::ApiKey),
+    ("ListNoticeRecipients", Access::Operator),
 ];
 
 /// The access rule of `method`, if it has one.
@@ -106,6 +107,7 @@ pub(crate) struct State {
     pub nats: async_nats::Client,
     pub layout: Layout,
     pub lifetimes: TokenLifetimes,
+    pub operator: crate::auth::OperatorToken,
 }
 
 /// The gRPC service.
@@ -1026,6 +1028,49 @@ impl State {
         })
     }
 
+    /// Every active admin and owner address of the tenants asked for (ids or slugs;
+    /// none: all). An unknown tenant is `NOT_FOUND`, so a typo never mails nobody.
+    async fn notice_recipients(
+        &self,
+        request: pb::ListNoticeRecipientsRequest,
+    ) -> Result<pb::ListNoticeRecipientsResponse> {
+        let directory: Vec<(Uuid, String)> =
+            sqlx::query_as("SELECT id, slug FROM kiroku_tenant_directory()")
+                .fetch_all(self.db.pool_without_tenant())
+                .await?;
+        let mut wanted = Vec::new();
+        for name in &request.tenants {
+            let name = name.trim();
+            let found = directory
+                .iter()
+                .find(|(id, slug)| slug == name || id.to_string() == name)
+                .ok_or(AccountError::NotFound("tenant"))?;
+            if !wanted.contains(found) {
+                wanted.push(found.clone());
+            }
+        }
+        if request.tenants.is_empty() {
+            wanted = directory;
+        }
+        let mut tenants = Vec::with_capacity(wanted.len());
+        for (id, slug) in wanted {
+            let mut tx = self.db.tenant_tx(id).await?;
+            let emails: Vec<String> = sqlx::query_scalar(
+                "SELECT email FROM users WHERE role >= $1 AND NOT disabled ORDER BY email",
+            )
+            .bind(Role::Admin.to_db())
+            .fetch_all(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            tenants.push(pb::TenantRecipients {
+                tenant_id: id.to_string(),
+                tenant_slug: slug,
+                emails,
+            });
+        }
+        Ok(pb::ListNoticeRecipientsResponse { tenants })
+    }
+
     /// Loads the target of an admin action on a user and applies the rules every such
     /// action shares: not yourself, and owners only by owners.
     async fn admin_target(
@@ -1659,6 +1704,18 @@ impl AccountService for Accounts {
         authorized!(self, request, "CheckConsent", |caller, body| self
             .state
             .check_consent(caller, body))
+    }
+
+    async fn list_notice_recipients(
+        &self,
+        request: Request<pb::ListNoticeRecipientsRequest>,
+    ) -> Result<Response<pb::ListNoticeRecipientsResponse>, Status> {
+        self.state.operator.check(request.metadata())?;
+        self.state
+            .notice_recipients(request.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(Status::from)
     }
 
     async fn get_signing_keys(

@@ -3,29 +3,35 @@
 //! ([`chain`]) in its own PostgreSQL schema, and tenant admins read, verify and export
 //! it through `kiroku.audit.v1.AuditService`, timestamps in JST by default.
 //!
-//! Not yet here (next steps of the same issue): notices by web and mail, the per-tenant
-//! usage view.
+//! The same service shows each tenant its usage (streams, audio minutes, errors,
+//! latency per day, from the log) and carries the operator's notices ([`notice`]): listed
+//! through `kiroku.audit.v1.NoticeService` and mailed over SMTP to every tenant admin.
 
 pub mod chain;
+pub mod notice;
 pub mod render;
 mod service;
 pub mod store;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use async_nats::jetstream;
 use async_nats::jetstream::consumer::pull;
 use futures::StreamExt as _;
+use kiroku_core::audit::AuditEmitter;
 use kiroku_core::db::{DatabaseConfig, Db};
 use kiroku_core::nats::{Layout, Retention};
+use kiroku_proto::account::v1::account_service_client::AccountServiceClient;
 use kiroku_proto::audit::v1::audit_service_server::AuditServiceServer;
+use kiroku_proto::audit::v1::notice_service_server::NoticeServiceServer;
 use kiroku_proto::events::v1::AuditEvent;
 use prost::Message as _;
 use tokio::net::TcpListener;
 use tracing::{error, info, warn};
 
-pub use service::{Audit, MAX_EXPORT, MAX_PAGE, METHODS};
+pub use service::{Audit, MAX_EXPORT, MAX_PAGE, METHODS, NOTICE_METHODS, Notices};
 
 /// Default gRPC address of the audit service.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50054";
@@ -46,6 +52,12 @@ pub struct AuditConfig {
     pub layout: Layout,
     pub redis_url: String,
     pub account_url: String,
+    /// The operator token: publishes notices, and asks the account service for their
+    /// recipients.
+    pub operator: kiroku_account::auth::OperatorToken,
+    /// Where notice mail goes; without it notices are stored and listed, and their
+    /// deliveries wait (pending) until a server is configured.
+    pub smtp: Option<notice::SmtpConfig>,
 }
 
 impl AuditConfig {
@@ -57,6 +69,8 @@ impl AuditConfig {
             layout: Layout::default(),
             redis_url: kiroku_account::DEFAULT_REDIS_URL.into(),
             account_url: account_url.into(),
+            operator: kiroku_account::auth::OperatorToken::default(),
+            smtp: None,
         }
     }
 }
@@ -156,8 +170,43 @@ pub async fn serve(
         .ensure(&js, &Retention::default())
         .await
         .context("creating the JetStream streams")?;
-    let consumer = tokio::spawn(consume(db.clone(), js, config.layout.clone()));
+    let consumer = tokio::spawn(consume(db.clone(), js.clone(), config.layout.clone()));
     info!("audit consumer started");
+
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let mailer = match &config.smtp {
+        Some(smtp) => {
+            let mailer = notice::Mailer::new(smtp).map_err(anyhow::Error::msg)?;
+            info!(host = %smtp.host, port = smtp.port, tls = ?smtp.tls, "notice mailer started");
+            Some(tokio::spawn(notice::run_mailer(
+                db.clone(),
+                mailer,
+                wake.clone(),
+            )))
+        }
+        None => {
+            warn!(
+                "SMTP is not configured (KIROKU_SMTP_HOST): notices are stored and listed, their mail waits"
+            );
+            None
+        }
+    };
+    if !config.operator.is_configured() {
+        warn!("KIROKU_OPERATOR_TOKEN is not set: notices cannot be published");
+    }
+    let accounts = AccountServiceClient::new(
+        tonic::transport::Endpoint::from_shared(config.account_url.clone())
+            .with_context(|| format!("account URL {}", config.account_url))?
+            .connect_lazy(),
+    );
+    let notices = Notices::new(
+        db.clone(),
+        checker.clone(),
+        config.operator.clone(),
+        accounts,
+        AuditEmitter::new(js, config.layout.clone()),
+        wake,
+    );
 
     let ready_db = db.clone();
     let ready = kiroku_core::admin::poll_readiness(move || {
@@ -169,7 +218,8 @@ pub async fn serve(
     });
     kiroku_core::admin::serve_grpc(
         <AuditServiceServer<Audit> as tonic::server::NamedService>::NAME,
-        tonic::service::Routes::new(AuditServiceServer::new(Audit::new(db.clone(), checker))),
+        tonic::service::Routes::new(AuditServiceServer::new(Audit::new(db.clone(), checker)))
+            .add_service(NoticeServiceServer::new(notices)),
         tonic::transport::Server::builder(),
         grpc,
         admin,
@@ -178,6 +228,9 @@ pub async fn serve(
     )
     .await?;
     consumer.abort();
+    if let Some(mailer) = mailer {
+        mailer.abort();
+    }
     db.close().await;
     Ok(())
 }

@@ -234,3 +234,77 @@ pub async fn set_time_zone(db: &Db, tenant: Uuid, zone: &str) -> Result<(), sqlx
     .await?;
     tx.commit().await
 }
+
+/// One row of the usage view: a day in the requested zone, or the total (`date` None).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct UsageRow {
+    pub date: Option<String>,
+    pub streams: i64,
+    pub failed_streams: i64,
+    pub refused_streams: i64,
+    pub audio_ms: i64,
+    pub finals: i64,
+    pub latency_p50_ms: Option<i32>,
+    pub latency_p95_ms: Option<i32>,
+}
+
+/// The tenant's stream usage in `[from, to)`, per day in `zone` plus the total (last),
+/// from the `stream.*` entries the gateway writes. Numeric details are read only when
+/// they are plain digits, so a malformed entry cannot fail the view.
+pub async fn usage(
+    db: &Db,
+    tenant: Uuid,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    zone: &str,
+) -> Result<Vec<UsageRow>, sqlx::Error> {
+    let mut tx = db.tenant_tx(tenant).await?;
+    let rows = sqlx::query(
+        "WITH e AS (
+             SELECT to_char(occurred_at AT TIME ZONE $3, 'YYYY-MM-DD') AS day, action, outcome,
+                    details->>'resumed' AS resumed,
+                    CASE WHEN details->>'audio_ms' ~ '^[0-9]{1,15}$'
+                         THEN (details->>'audio_ms')::bigint END AS audio_ms,
+                    CASE WHEN details->>'finals' ~ '^[0-9]{1,9}$'
+                         THEN (details->>'finals')::bigint END AS finals,
+                    CASE WHEN details->>'latency_p50_ms' ~ '^[0-9]{1,9}$'
+                         THEN (details->>'latency_p50_ms')::int END AS p50,
+                    CASE WHEN details->>'latency_p95_ms' ~ '^[0-9]{1,9}$'
+                         THEN (details->>'latency_p95_ms')::int END AS p95
+             FROM audit_log
+             WHERE action IN ('stream.started', 'stream.ended', 'stream.refused')
+               AND occurred_at >= $1 AND occurred_at < $2)
+         SELECT day,
+                count(*) FILTER (WHERE action = 'stream.started'
+                                   AND coalesce(resumed, '') <> 'true') AS streams,
+                count(*) FILTER (WHERE action = 'stream.ended' AND outcome = 'failure') AS failed,
+                count(*) FILTER (WHERE action = 'stream.refused') AS refused,
+                coalesce(sum(audio_ms) FILTER (WHERE action = 'stream.ended'), 0)::bigint AS audio_ms,
+                coalesce(sum(finals) FILTER (WHERE action = 'stream.ended'), 0)::bigint AS finals,
+                percentile_disc(0.5) WITHIN GROUP (ORDER BY p50)
+                    FILTER (WHERE action = 'stream.ended') AS p50,
+                percentile_disc(0.95) WITHIN GROUP (ORDER BY p95)
+                    FILTER (WHERE action = 'stream.ended') AS p95
+         FROM e GROUP BY ROLLUP (day) ORDER BY day NULLS LAST",
+    )
+    .bind(from)
+    .bind(to)
+    .bind(zone)
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    rows.iter()
+        .map(|row| {
+            Ok(UsageRow {
+                date: row.try_get("day")?,
+                streams: row.try_get("streams")?,
+                failed_streams: row.try_get("failed")?,
+                refused_streams: row.try_get("refused")?,
+                audio_ms: row.try_get("audio_ms")?,
+                finals: row.try_get("finals")?,
+                latency_p50_ms: row.try_get("p50")?,
+                latency_p95_ms: row.try_get("p95")?,
+            })
+        })
+        .collect()
+}

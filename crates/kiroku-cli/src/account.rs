@@ -129,6 +129,11 @@ pub enum AdminCommand {
     /// The tenant's audit log: list, verify, export, time zone.
     #[command(subcommand)]
     Audit(crate::audit::AuditCommand),
+    /// The tenant's usage per day: streams, audio minutes, errors, final latency.
+    Usage(crate::audit::UsageArgs),
+    /// Service notices: the operator publishes; every tenant user lists theirs.
+    #[command(subcommand)]
+    Notice(crate::notice::NoticeCommand),
     /// Set the tenant's recording-consent policy: none | all-participants.
     ConsentPolicy {
         #[command(flatten)]
@@ -452,9 +457,14 @@ pub fn consent(command: ConsentCommand) -> Result<()> {
 }
 
 pub fn admin(command: AdminCommand) -> Result<()> {
-    if let AdminCommand::Audit(command) = command {
-        return crate::audit::run(command);
-    }
+    let command = match command {
+        AdminCommand::Audit(command) => return crate::audit::run(command),
+        AdminCommand::Usage(args) => {
+            return crate::audit::run(crate::audit::AuditCommand::Usage(args));
+        }
+        AdminCommand::Notice(command) => return crate::notice::run(command),
+        command => command,
+    };
     runtime()?.block_on(async move {
         match command {
             AdminCommand::Tenant(TenantCommand::Create {
@@ -491,7 +501,9 @@ pub fn admin(command: AdminCommand) -> Result<()> {
             }
             AdminCommand::User(command) => user(command).await?,
             AdminCommand::Apikey(command) => apikey(command).await?,
-            AdminCommand::Audit(_) => unreachable!("handled before the runtime starts"),
+            AdminCommand::Audit(_) | AdminCommand::Usage(_) | AdminCommand::Notice(_) => {
+                unreachable!("handled before the runtime starts")
+            }
             AdminCommand::ConsentPolicy { url, policy } => {
                 let policy = match policy.as_str() {
                     "none" => pb::ConsentPolicy::None,

@@ -74,9 +74,28 @@ pub enum AuditCommand {
         url: AuditUrl,
         zone: String,
     },
+    /// Usage per day (`kiroku admin usage`).
+    #[command(skip)]
+    Usage(UsageArgs),
 }
 
-fn timestamp(text: &Option<String>, what: &str) -> Result<Option<prost_types::Timestamp>> {
+/// `kiroku admin usage`: streams, audio minutes, errors and final latency per day.
+#[derive(Debug, Clone, clap::Args)]
+pub struct UsageArgs {
+    #[command(flatten)]
+    pub url: AuditUrl,
+    /// From this time (RFC 3339) [default: 30 days before --to].
+    #[arg(long)]
+    pub from: Option<String>,
+    /// Before this time (RFC 3339) [default: now].
+    #[arg(long)]
+    pub to: Option<String>,
+    /// Cut days in this IANA zone instead of the tenant's.
+    #[arg(long)]
+    pub zone: Option<String>,
+}
+
+pub fn timestamp(text: &Option<String>, what: &str) -> Result<Option<prost_types::Timestamp>> {
     let Some(text) = text else { return Ok(None) };
     let time = chrono::DateTime::parse_from_rfc3339(text)
         .map_err(|_| InputError(format!("--{what} {text:?} is not an RFC 3339 time")))?;
@@ -98,7 +117,7 @@ impl FilterArgs {
     }
 }
 
-fn refused(status: tonic::Status) -> anyhow::Error {
+pub fn refused(status: tonic::Status) -> anyhow::Error {
     use tonic::Code;
     let message = format!("{:?}: {}", status.code(), status.message());
     match status.code() {
@@ -118,24 +137,12 @@ pub fn run(command: AuditCommand) -> Result<()> {
             AuditCommand::List { url, .. }
             | AuditCommand::Verify(url)
             | AuditCommand::Export { url, .. }
-            | AuditCommand::TimeZone { url, .. } => url.audit.clone(),
+            | AuditCommand::TimeZone { url, .. }
+            | AuditCommand::Usage(UsageArgs { url, .. }) => url.audit.clone(),
         };
         let credential = credential().await?;
-        let channel = tonic::transport::Endpoint::from_shared(url.clone())
-            .map_err(|_| InputError(format!("audit service url {url:?} is not a URL")))?
-            .connect_timeout(Duration::from_secs(3))
-            .connect()
-            .await
-            .with_context(|| format!("connecting to the audit service at {url}"))?;
-        let mut client = AuditServiceClient::new(channel).max_decoding_message_size(256 << 20);
-        fn authed<T>(
-            body: T,
-            credential: &(&'static str, tonic::metadata::AsciiMetadataValue),
-        ) -> tonic::Request<T> {
-            let mut request = tonic::Request::new(body);
-            attach(request.metadata_mut(), credential);
-            request
-        }
+        let mut client =
+            AuditServiceClient::new(connect(&url).await?).max_decoding_message_size(256 << 20);
         let cred = &credential;
         match command {
             AuditCommand::List { filter, limit, .. } => {
@@ -240,7 +247,76 @@ pub fn run(command: AuditCommand) -> Result<()> {
                     .into_inner();
                 println!("audit times are shown in {}", set.time_zone);
             }
+            AuditCommand::Usage(args) => {
+                let usage = client
+                    .get_usage(authed(
+                        pb::GetUsageRequest {
+                            from: timestamp(&args.from, "from")?,
+                            to: timestamp(&args.to, "to")?,
+                            time_zone: args.zone.clone().unwrap_or_default(),
+                        },
+                        cred,
+                    ))
+                    .await
+                    .map_err(refused)?
+                    .into_inner();
+                print_usage(&usage);
+            }
         }
         Ok(())
     })
+}
+
+/// Connects to the audit service (notices use it too).
+pub async fn connect(url: &str) -> Result<tonic::transport::Channel> {
+    tonic::transport::Endpoint::from_shared(url.to_string())
+        .map_err(|_| InputError(format!("audit service url {url:?} is not a URL")))?
+        .connect_timeout(Duration::from_secs(3))
+        .connect()
+        .await
+        .with_context(|| format!("connecting to the audit service at {url}"))
+}
+
+/// A request carrying the caller's credential.
+pub fn authed<T>(
+    body: T,
+    credential: &(&'static str, tonic::metadata::AsciiMetadataValue),
+) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(body);
+    attach(request.metadata_mut(), credential);
+    request
+}
+
+fn print_usage(usage: &pb::GetUsageResponse) {
+    println!(
+        "{:<10}  {:>7}  {:>6}  {:>7}  {:>9}  {:>6}  {:>11}  {:>11}",
+        "day", "streams", "failed", "refused", "audio min", "finals", "latency p50", "latency p95"
+    );
+    let line = |label: &str, u: &pb::Usage| {
+        let ms = |v: u32| {
+            if v == 0 {
+                "-".to_string()
+            } else {
+                format!("{v} ms")
+            }
+        };
+        println!(
+            "{:<10}  {:>7}  {:>6}  {:>7}  {:>9.1}  {:>6}  {:>11}  {:>11}",
+            label,
+            u.streams,
+            u.failed_streams,
+            u.refused_streams,
+            u.audio_minutes,
+            u.finals,
+            ms(u.final_latency_p50_ms),
+            ms(u.final_latency_p95_ms)
+        );
+    };
+    for day in &usage.days {
+        line(&day.date, day);
+    }
+    if let Some(total) = &usage.total {
+        line("total", total);
+    }
+    println!("(days in {})", usage.time_zone);
 }

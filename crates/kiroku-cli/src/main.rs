@@ -8,6 +8,7 @@ mod audit;
 mod bench;
 mod credentials;
 mod model;
+mod notice;
 mod serve;
 mod stream;
 mod transcribe;

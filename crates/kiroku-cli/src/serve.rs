@@ -52,6 +52,50 @@ pub struct AuditArgs {
     /// The account service (token keys).
     #[arg(long, env = "KIROKU_ACCOUNT_URL", default_value = DEFAULT_ACCOUNT_URL)]
     pub account_url: String,
+    /// SMTP server for notice mail; unset: notices are stored and listed, mail waits.
+    #[arg(long, env = "KIROKU_SMTP_HOST")]
+    pub smtp_host: Option<String>,
+    /// SMTP port (587 for STARTTLS, 465 for TLS, 25 for a local relay).
+    #[arg(long, env = "KIROKU_SMTP_PORT", default_value_t = 587)]
+    pub smtp_port: u16,
+    /// Transport security: starttls, tls, or none (a relay on this host or a test sink).
+    #[arg(long, env = "KIROKU_SMTP_TLS", default_value = "starttls")]
+    pub smtp_tls: String,
+    /// The From address of notice mail.
+    #[arg(
+        long,
+        env = "KIROKU_SMTP_FROM",
+        default_value = "Kiroku <notices@kiroku.invalid>"
+    )]
+    pub smtp_from: String,
+    /// SMTP user name (the password comes from KIROKU_SMTP_PASSWORD only).
+    #[arg(long, env = "KIROKU_SMTP_USERNAME")]
+    pub smtp_username: Option<String>,
+}
+
+/// The operator token from the environment (`KIROKU_OPERATOR_TOKEN` or
+/// `KIROKU_OPERATOR_TOKEN_FILE`), never from a flag: flags show in `ps`.
+fn operator_token() -> Result<kiroku_account::auth::OperatorToken> {
+    Ok(kiroku_account::auth::OperatorToken::from_env().map_err(InputError)?)
+}
+
+fn smtp_config(args: &AuditArgs) -> Result<Option<kiroku_audit::notice::SmtpConfig>> {
+    let Some(host) = args.smtp_host.clone().filter(|h| !h.trim().is_empty()) else {
+        return Ok(None);
+    };
+    let tls = args.smtp_tls.parse().map_err(InputError)?;
+    let from = args
+        .smtp_from
+        .parse()
+        .map_err(|e| InputError(format!("--smtp-from {:?}: {e}", args.smtp_from)))?;
+    Ok(Some(kiroku_audit::notice::SmtpConfig {
+        host,
+        port: args.smtp_port,
+        tls,
+        from,
+        username: args.smtp_username.clone(),
+        password: std::env::var("KIROKU_SMTP_PASSWORD").ok(),
+    }))
 }
 
 /// Settings every role shares.
@@ -370,6 +414,7 @@ async fn account(args: AccountArgs) -> Result<()> {
     config.lifetimes.access = Duration::from_secs(args.access_ttl_s);
     config.throttle.per_account = args.login_attempts.max(1);
     config.throttle.per_ip = args.login_attempts_per_ip.max(1);
+    config.operator = operator_token()?;
     let grpc = bind(&args.listen, "gRPC").await?;
     let admin = bind(&args.admin_listen, "admin").await?;
     println!(
@@ -388,6 +433,8 @@ async fn audit(args: AuditArgs) -> Result<()> {
     config.redis_url = args.redis.clone();
     config.nats_url = args.common.nats.clone();
     config.layout = args.common.layout()?;
+    config.operator = operator_token()?;
+    config.smtp = smtp_config(&args)?;
     let grpc = bind(&args.listen, "gRPC").await?;
     let admin = bind(&args.admin_listen, "admin").await?;
     println!(

@@ -193,7 +193,10 @@ fn control_12_4_1_the_chain_holds_thousands_and_shows_tampering() {
         ),
     );
     assert!(ok, "{flags}");
-    assert_eq!(flags, "audit_log:truetrue,tenant_settings:truetrue");
+    assert_eq!(
+        flags,
+        "audit_log:truetrue,notice_deliveries:truetrue,notices:truetrue,tenant_settings:truetrue"
+    );
     let (ok, seen) = cluster::psql(&service, &format!("SELECT count(*) FROM {table}"));
     assert!(ok && seen == "0", "rows visible without a tenant: {seen}");
     // Someone with the owner's rights edits entry 1234, then deletes entry 700.
@@ -867,6 +870,24 @@ fn control_12_4_1_every_audited_action_is_logged_exactly_once_per_occurrence() {
             .await
             .expect("consent");
         did(a::CONSENT_GIVEN);
+        let mut publish = tonic::Request::new(pb::PublishNoticeRequest {
+            kind: pb::NoticeKind::Change as i32,
+            title: "New default model".into(),
+            body: "base replaces tiny.en on 1 December.".into(),
+            tenants: vec![slug.clone()],
+            detected_at: None,
+        });
+        publish.metadata_mut().insert(
+            "x-kiroku-operator-token",
+            cluster::OPERATOR_TOKEN.parse().expect("ascii"),
+        );
+        pb::notice_service_client::NoticeServiceClient::connect(audit_url.clone())
+            .await
+            .expect("notices")
+            .publish_notice(publish)
+            .await
+            .expect("publish");
+        did(a::NOTICE_PUBLISHED);
 
         for action in a::ALL {
             assert!(
@@ -919,4 +940,135 @@ fn control_12_4_1_every_audited_action_is_logged_exactly_once_per_occurrence() {
             .collect();
         assert_eq!(counts, expected);
     });
+}
+
+/// control CLD.12.4.5: the per-tenant usage view counts a real streamed meeting (its
+/// audio minutes, finals and final latency) and a refused stream, per day in JST.
+#[test]
+fn control_cld_12_4_5_usage_view_counts_streams_audio_errors_and_latency() {
+    use kiroku_proto::account::v1 as account;
+    let cluster = Cluster::start(1, 1, options());
+    let wav = kiroku_tests::speech::synthesize(
+        cluster.dir.path(),
+        "usage",
+        "The quarterly budget review starts now. Please share your updates.",
+        16_000,
+        1,
+        0.5,
+    )
+    .expect("speech");
+    let seconds = {
+        let reader = hound::WavReader::open(&wav).expect("wav");
+        f64::from(reader.duration()) / f64::from(reader.spec().sample_rate)
+    };
+    let client =
+        cluster::StreamClient::spawn(cluster.dir.path(), "u", &wav, &cluster.gateway_url(0), 1.0);
+    let report = client.finish(Duration::from_secs(120));
+    let finals = report["finals"].as_array().expect("finals").len() as u64;
+    assert!(finals >= 1);
+    let admin = cluster.owner_token_with_mfa();
+    let (account_url, audit_url, gateway_url) = (
+        cluster.account_url(),
+        cluster.audit_url(),
+        cluster.gateway_url(0),
+    );
+    let today = || {
+        chrono::Utc::now()
+            .with_timezone(&chrono_tz::Asia::Tokyo)
+            .format("%Y-%m-%d")
+            .to_string()
+    };
+    let day_before = today();
+    block_on(async move {
+        account::account_service_client::AccountServiceClient::connect(account_url)
+            .await
+            .expect("account")
+            .set_consent_policy(authorized(
+                account::SetConsentPolicyRequest {
+                    policy: account::ConsentPolicy::AllParticipants as i32,
+                },
+                &admin,
+            ))
+            .await
+            .expect("policy");
+        let refused = stream_once(&gateway_url, &admin, "board")
+            .await
+            .expect_err("no consent");
+        assert_eq!(refused.code(), Code::FailedPrecondition);
+
+        let mut audit = audit(&audit_url).await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let usage = loop {
+            let usage = audit
+                .get_usage(usage_in("", &admin))
+                .await
+                .expect("usage")
+                .into_inner();
+            let total = usage.total.clone().expect("total");
+            if total.refused_streams == 1 && total.finals > 0 {
+                break usage;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "usage never showed both streams: {usage:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        eprintln!("{usage:?}");
+        assert_eq!(usage.time_zone, "Asia/Tokyo");
+        let total = usage.total.expect("total");
+        assert_eq!(total.streams, 1, "the refused stream never started");
+        assert_eq!(total.failed_streams, 0);
+        assert_eq!(total.finals, finals);
+        let minutes = seconds / 60.0;
+        assert!(
+            (total.audio_minutes - minutes).abs() <= minutes * 0.05,
+            "{} audio minutes for {seconds:.1} s",
+            total.audio_minutes
+        );
+        assert!(total.final_latency_p50_ms > 0);
+        assert!(total.final_latency_p95_ms >= total.final_latency_p50_ms);
+        assert_eq!(usage.days.len(), 1);
+        assert!(
+            [day_before, today()].contains(&usage.days[0].date),
+            "{:?}",
+            usage.days
+        );
+        assert_eq!(usage.days[0].streams, 1);
+
+        let utc = audit
+            .get_usage(usage_in("UTC", &admin))
+            .await
+            .expect("utc")
+            .into_inner();
+        assert_eq!(utc.time_zone, "UTC");
+        let backwards = audit
+            .get_usage(authorized(
+                pb::GetUsageRequest {
+                    from: Some(prost_types::Timestamp {
+                        seconds: 2_000_000_000,
+                        nanos: 0,
+                    }),
+                    to: Some(prost_types::Timestamp {
+                        seconds: 1_000_000_000,
+                        nanos: 0,
+                    }),
+                    time_zone: String::new(),
+                },
+                &admin,
+            ))
+            .await
+            .expect_err("from after to");
+        assert_eq!(backwards.code(), Code::InvalidArgument);
+    });
+}
+
+fn usage_in(zone: &str, token: &str) -> tonic::Request<pb::GetUsageRequest> {
+    authorized(
+        pb::GetUsageRequest {
+            time_zone: zone.into(),
+            ..Default::default()
+        },
+        token,
+    )
 }

@@ -34,6 +34,13 @@ impl Actor {
             kind: ActorKind::ApiKey,
         }
     }
+    /// The service operator (notices).
+    pub fn operator() -> Self {
+        Self {
+            id: "operator".into(),
+            kind: ActorKind::Operator,
+        }
+    }
     /// Someone not yet identified (a failed sign-in), or the service itself.
     pub fn system() -> Self {
         Self {
@@ -170,6 +177,7 @@ pub mod actions {
     pub const STREAM_STARTED: &str = "stream.started";
     pub const STREAM_REFUSED: &str = "stream.refused";
     pub const STREAM_ENDED: &str = "stream.ended";
+    pub const NOTICE_PUBLISHED: &str = "notice.published";
 
     pub const ALL: &[&str] = &[
         TENANT_REGISTERED,
@@ -195,5 +203,6 @@ pub mod actions {
         STREAM_STARTED,
         STREAM_REFUSED,
         STREAM_ENDED,
+        NOTICE_PUBLISHED,
     ];
 }

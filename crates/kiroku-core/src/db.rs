@@ -157,6 +157,17 @@ impl Db {
         Ok(tx)
     }
 
+    /// A transaction acting for the service operator across tenants (`kiroku.operator`
+    /// set, no tenant): only tables whose policies admit `kiroku_operator()` open up to
+    /// it (the audit service's notices); every tenant table still shows nothing.
+    pub async fn operator_tx(&self) -> sqlx::Result<Transaction<'static, Postgres>> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT set_config('kiroku.operator', 'on', true)")
+            .execute(&mut *tx)
+            .await?;
+        Ok(tx)
+    }
+
     /// The tenant id for a slug (through the owner's `SECURITY DEFINER` function: the
     /// service role cannot list tenants).
     pub async fn tenant_for_slug(&self, slug: &str) -> sqlx::Result<Option<Uuid>> {

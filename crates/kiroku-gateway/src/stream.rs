@@ -247,7 +247,10 @@ pub(crate) async fn start(
     };
     tokio::spawn(
         async move {
-            let outcome = session.run(&shared, inbound, &tx, guard).await;
+            let (outcome, usage) = session.run(&shared, inbound, &tx, guard).await;
+            let ended = usage
+                .into_iter()
+                .fold(ended, |record, (key, value)| record.detail(key, value));
             shared.audit.spawn_emit(match &outcome {
                 Ok(()) => ended,
                 Err(status) => ended.failed().detail("code", format!("{:?}", status.code())),
@@ -287,6 +290,8 @@ struct Session {
     last_seq: u64,
     /// 16 kHz samples published so far: the next frame's offset.
     next_offset: u64,
+    /// `next_offset` when this connection began (not 0 for a resumed session).
+    start_offset: u64,
     /// End of stream already published.
     ended: bool,
     /// Finals up to this seq were delivered (or the client said it has them).
@@ -399,6 +404,7 @@ impl Session {
             resampler,
             last_seq,
             next_offset,
+            start_offset: next_offset,
             ended,
             delivered_seq: 0,
             arrivals: VecDeque::new(),
@@ -409,8 +415,32 @@ impl Session {
         }
     }
 
+    /// Runs the stream to its end; returns how it ended and what it carried (for the
+    /// `stream.ended` audit event, from which the per-tenant usage view is computed).
     async fn run(
         mut self,
+        shared: &Shared,
+        inbound: Streaming<StreamTranscribeRequest>,
+        tx: &Out,
+        guard: Guard,
+    ) -> (Result<(), Status>, Vec<(&'static str, String)>) {
+        let outcome = self.run_until_end(shared, inbound, tx, guard).await;
+        let stats = self.stats();
+        let audio_ms = (self.next_offset - self.start_offset.min(self.next_offset)) * 1000
+            / u64::from(OUTPUT_RATE_HZ);
+        let mut usage = vec![
+            ("audio_ms", audio_ms.to_string()),
+            ("finals", stats.finals.to_string()),
+        ];
+        if stats.finals > 0 {
+            usage.push(("latency_p50_ms", stats.final_latency_p50_ms.to_string()));
+            usage.push(("latency_p95_ms", stats.final_latency_p95_ms.to_string()));
+        }
+        (outcome, usage)
+    }
+
+    async fn run_until_end(
+        &mut self,
         shared: &Shared,
         mut inbound: Streaming<StreamTranscribeRequest>,
         tx: &Out,

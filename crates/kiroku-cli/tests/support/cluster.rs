@@ -56,6 +56,9 @@ impl Proc {
     }
 }
 
+/// The service operator's token every test cluster is configured with.
+pub const OPERATOR_TOKEN: &str = "test-operator-token-0123456789abcdef";
+
 #[derive(Debug, Clone)]
 pub struct Options {
     pub ack_wait_s: f64,
@@ -384,6 +387,7 @@ impl Cluster {
             .env("KIROKU_RESUME_SECRET", &self.secret)
             .env("KIROKU_DATABASE_URL", database_url())
             .env("KIROKU_REDIS_URL", redis_url())
+            .env("KIROKU_OPERATOR_TOKEN", OPERATOR_TOKEN)
             .env(
                 "KIROKU_RESUME_WINDOW_S",
                 self.options.resume_window_s.to_string(),
