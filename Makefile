@@ -81,13 +81,24 @@ test: deps services model pyenv ## run every test (unit, converter, end-to-end w
 	  cargo test --workspace -- --test-threads=1; \
 	fi
 
-lint: ## rustfmt check, clippy (deny warnings), cargo-deny
+# cargo-deny's copy of the RustSec database (the directory it derives from the default URL).
+ADVISORY_DB := $(or $(CARGO_HOME),$(HOME)/.cargo)/advisory-dbs/advisory-db-3157b0e258782691
+
+lint: deps ## rustfmt, clippy (deny warnings), cargo-deny (advisories, licences, sources), chart and image checks
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
-	@command -v cargo-deny >/dev/null || cargo install --locked cargo-deny
-	# Advisories need the RustSec database from GitHub: checked where it is reachable.
-	if timeout 10 git ls-remote https://github.com/rustsec/advisory-db >/dev/null 2>&1; then \
-	  cargo deny check; else cargo deny check licenses bans sources; fi
+	@command -v cargo-deny >/dev/null || cargo install --locked cargo-deny@0.20.2
+	@if timeout 10 git ls-remote https://github.com/rustsec/advisory-db >/dev/null 2>&1; then \
+	  cargo deny check; \
+	elif [ -d "$(ADVISORY_DB)/.git" ]; then \
+	  echo "RustSec database unreachable: advisories checked against the local copy of $$(git -C '$(ADVISORY_DB)' log -1 --format=%cs)"; \
+	  cargo deny --offline check; \
+	else \
+	  echo "WARNING: RustSec database unreachable and no local copy: advisories NOT checked"; \
+	  cargo deny check licenses bans sources; \
+	fi
+	bash tests/deny/check.sh
+	bash tests/chart/check.sh
 
 fmt: ## format the code
 	cargo fmt --all

@@ -36,8 +36,10 @@ pub const MAX_TITLE: usize = 200;
 pub const MAX_BODY: usize = 20_000;
 /// Most tenants one notice may name.
 pub const MAX_TENANTS: usize = 1000;
-/// Mail attempts per recipient before a delivery is marked failed.
-pub const MAX_ATTEMPTS: i32 = 8;
+/// Mail attempts per recipient before a delivery is marked failed: back-off doubles from
+/// 2 s to at most 10 minutes, so this is about three days of a mail server being down.
+/// A permanent refusal (SMTP 5xx, e.g. an unknown mailbox) fails at once.
+pub const MAX_ATTEMPTS: i32 = 440;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -556,14 +558,15 @@ pub async fn deliver_due(db: &Db, mailer: &Mailer, batch: i64) -> Result<usize, 
             detected_at: row.try_get("detected_at")?,
             deadline: row.try_get("deadline")?,
         };
+        // Err((problem, permanent)).
         let outcome = match compose(&mailer.from, &email, &mail, zone) {
             Ok(message) => mailer
                 .transport
                 .send(message)
                 .await
                 .map(|_| ())
-                .map_err(|e| e.to_string()),
-            Err(problem) => Err(problem),
+                .map_err(|e| (e.to_string(), e.is_permanent())),
+            Err(problem) => Err((problem, true)),
         };
         match outcome {
             Ok(()) => {
@@ -579,15 +582,15 @@ pub async fn deliver_due(db: &Db, mailer: &Mailer, batch: i64) -> Result<usize, 
                 .execute(&mut *tx)
                 .await?;
             }
-            Err(problem) => {
+            Err((problem, permanent)) => {
                 let attempts = attempts + 1;
-                let state = if attempts >= MAX_ATTEMPTS {
+                let state = if permanent || attempts >= MAX_ATTEMPTS {
                     "failed"
                 } else {
                     "pending"
                 };
                 // 2, 4, 8 … seconds, at most ten minutes.
-                let backoff = 2f64.powi(attempts).min(600.0);
+                let backoff = 2f64.powi(attempts.min(10)).min(600.0);
                 warn!(%notice_id, %tenant, attempts, problem = %problem, "notice mail not sent");
                 sqlx::query(
                     "UPDATE notice_deliveries SET state = $4, attempts = $5, last_error = $6,

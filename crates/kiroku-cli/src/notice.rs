@@ -54,9 +54,25 @@ pub enum NoticeCommand {
     },
 }
 
+/// The operator token from `KIROKU_OPERATOR_TOKEN`, or the file `KIROKU_OPERATOR_TOKEN_FILE`
+/// names (`kiroku up` writes `.run/operator-token`).
 fn operator_credential() -> Result<(&'static str, tonic::metadata::AsciiMetadataValue)> {
-    let token = std::env::var(OperatorToken::ENV)
-        .map_err(|_| InputError(format!("set {} to act as the operator", OperatorToken::ENV)))?;
+    let token = match (
+        std::env::var(OperatorToken::ENV),
+        std::env::var(OperatorToken::FILE_ENV),
+    ) {
+        (Ok(token), _) => token,
+        (Err(_), Ok(path)) => std::fs::read_to_string(&path)
+            .with_context(|| format!("reading the operator token from {path}"))?,
+        _ => {
+            return Err(InputError(format!(
+                "set {} (or {}) to act as the operator",
+                OperatorToken::ENV,
+                OperatorToken::FILE_ENV
+            ))
+            .into());
+        }
+    };
     let value = token.trim().parse().map_err(|_| {
         InputError(format!(
             "{} is not a valid header value",

@@ -88,8 +88,29 @@ async fn up(args: Args) -> Result<()> {
             uuid::Uuid::new_v4().simple()
         )
     });
+    // The local operator token (notices): kept in `.run/operator-token` (0600), unless
+    // the environment gives one.
+    let operator_file = run_dir.join("operator-token");
+    let operator_env = match std::env::var(kiroku_account::auth::OperatorToken::ENV) {
+        Ok(token) => (kiroku_account::auth::OperatorToken::ENV, token),
+        Err(_) => {
+            if !operator_file.is_file() {
+                let token = format!(
+                    "{}{}",
+                    uuid::Uuid::new_v4().simple(),
+                    uuid::Uuid::new_v4().simple()
+                );
+                kiroku_account::tokens::write_private(&operator_file, token.as_bytes())?;
+            }
+            (
+                kiroku_account::auth::OperatorToken::FILE_ENV,
+                operator_file.display().to_string(),
+            )
+        }
+    };
     let common = |command: &mut Command| {
         command
+            .env(operator_env.0, &operator_env.1)
             .env("KIROKU_NATS_URL", &args.common.nats)
             .env("KIROKU_CLUSTER", &args.common.cluster)
             .env(
@@ -249,6 +270,12 @@ async fn up(args: Args) -> Result<()> {
         "  nats={} cluster={} workers={} x {per_worker} threads",
         args.common.nats, args.common.cluster, args.workers
     );
+    if operator_env.0 == kiroku_account::auth::OperatorToken::FILE_ENV {
+        println!(
+            "  operator token (notices): KIROKU_OPERATOR_TOKEN_FILE={}",
+            operator_file.display()
+        );
+    }
     println!("  logs in {}; Ctrl-C stops", run_dir.display());
 
     let exited = tokio::select! {

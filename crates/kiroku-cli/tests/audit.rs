@@ -524,11 +524,8 @@ fn control_12_4_1_tenants_see_only_their_own_log() {
 }
 
 /// `kiroku admin audit list|verify|export|time-zone` as an admin signed in with MFA.
-#[test]
-fn admin_audit_cli_lists_verifies_and_exports() {
-    let cluster = Cluster::start(0, 0, options());
-    let (ok, _, err) = cluster.run_cli(&["admin", "audit", "list"], None);
-    assert!(!ok && err.contains("mfa required"), "{err}");
+/// The cached CLI login of the owner enrolls TOTP (its session then carries MFA).
+fn enroll_mfa_with_cli(cluster: &Cluster) {
     let (ok, uri, err) = cluster.run_cli(&["mfa", "enroll"], Some(cluster::OWNER_PASSWORD));
     assert!(ok, "{err}");
     let secret = uri
@@ -541,6 +538,14 @@ fn admin_audit_cli_lists_verifies_and_exports() {
         kiroku_account::totp::code_at(&secret, kiroku_account::tokens::unix_now()).expect("code");
     let (ok, _, err) = cluster.run_cli(&["mfa", "confirm", &code], None);
     assert!(ok, "{err}");
+}
+
+#[test]
+fn admin_audit_cli_lists_verifies_and_exports() {
+    let cluster = Cluster::start(0, 0, options());
+    let (ok, _, err) = cluster.run_cli(&["admin", "audit", "list"], None);
+    assert!(!ok && err.contains("mfa required"), "{err}");
+    enroll_mfa_with_cli(&cluster);
 
     // The set-up's own events: registration, sign-in, MFA enrolment.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -966,7 +971,8 @@ fn control_cld_12_4_5_usage_view_counts_streams_audio_errors_and_latency() {
     let report = client.finish(Duration::from_secs(120));
     let finals = report["finals"].as_array().expect("finals").len() as u64;
     assert!(finals >= 1);
-    let admin = cluster.owner_token_with_mfa();
+    enroll_mfa_with_cli(&cluster);
+    let admin = cluster.access_token();
     let (account_url, audit_url, gateway_url) = (
         cluster.account_url(),
         cluster.audit_url(),
@@ -1061,6 +1067,16 @@ fn control_cld_12_4_5_usage_view_counts_streams_audio_errors_and_latency() {
             .expect_err("from after to");
         assert_eq!(backwards.code(), Code::InvalidArgument);
     });
+    let (ok, out, err) = cluster.run_cli(&["admin", "usage"], None);
+    eprintln!("{out}");
+    assert!(ok, "{err}");
+    let total = out
+        .lines()
+        .find(|line| line.starts_with("total"))
+        .expect("total row");
+    let cells: Vec<&str> = total.split_whitespace().collect();
+    assert_eq!(&cells[1..4], &["1", "0", "1"], "{out}");
+    assert!(out.contains("(days in Asia/Tokyo)"), "{out}");
 }
 
 fn usage_in(zone: &str, token: &str) -> tonic::Request<pb::GetUsageRequest> {
