@@ -12,6 +12,7 @@ pub mod checker;
 pub mod db;
 pub mod error;
 pub mod password;
+pub mod proxy;
 mod service;
 pub mod throttle;
 pub mod tokens;
@@ -60,6 +61,8 @@ pub struct AccountConfig {
     /// The service operator's token (notice recipients); operator calls are refused
     /// when it is not configured.
     pub operator: auth::OperatorToken,
+    /// Gateways whose `x-forwarded-for` names the client (sign-in throttles, audit).
+    pub trusted_proxies: proxy::TrustedProxies,
 }
 
 impl AccountConfig {
@@ -74,6 +77,7 @@ impl AccountConfig {
             lifetimes: TokenLifetimes::default(),
             throttle: throttle::ThrottleConfig::default(),
             operator: auth::OperatorToken::default(),
+            trusted_proxies: proxy::TrustedProxies::default(),
         }
     }
 }
@@ -123,6 +127,7 @@ pub async fn serve(
         layout: config.layout.clone(),
         lifetimes: config.lifetimes.clone(),
         operator: config.operator.clone(),
+        trusted_proxies: config.trusted_proxies.clone(),
     });
 
     let ready_db = db.clone();

@@ -108,6 +108,7 @@ pub(crate) struct State {
     pub layout: Layout,
     pub lifetimes: TokenLifetimes,
     pub operator: crate::auth::OperatorToken,
+    pub trusted_proxies: crate::proxy::TrustedProxies,
 }
 
 /// The gRPC service.
@@ -139,10 +140,6 @@ impl Accounts {
         crate::auth::authorize(&principal, rule)?;
         Ok(principal)
     }
-}
-
-fn peer_ip<T>(request: &Request<T>) -> Option<IpAddr> {
-    request.remote_addr().map(|addr| addr.ip())
 }
 
 fn timestamp(time: DateTime<Utc>) -> prost_types::Timestamp {
@@ -1499,7 +1496,7 @@ impl AccountService for Accounts {
         &self,
         request: Request<pb::RegisterRequest>,
     ) -> Result<Response<pb::RegisterResponse>, Status> {
-        let ip = peer_ip(&request);
+        let ip = self.state.trusted_proxies.client_ip(&request);
         self.state
             .register(request.into_inner(), ip)
             .await
@@ -1511,7 +1508,7 @@ impl AccountService for Accounts {
         &self,
         request: Request<pb::LoginRequest>,
     ) -> Result<Response<pb::TokenPair>, Status> {
-        let ip = peer_ip(&request);
+        let ip = self.state.trusted_proxies.client_ip(&request);
         self.state
             .login(request.into_inner(), ip)
             .await

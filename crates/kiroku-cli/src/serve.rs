@@ -136,9 +136,12 @@ pub struct GatewayArgs {
     /// environment only, never a flag: flags show up in `ps`).
     #[arg(skip)]
     pub resume_secret: Option<String>,
-    /// The account service (signing keys, API keys, consent).
+    /// The account service (signing keys, API keys, consent; its API is forwarded).
     #[arg(long, env = "KIROKU_ACCOUNT_URL", default_value = DEFAULT_ACCOUNT_URL)]
     pub account_url: String,
+    /// The audit service, whose API (audit log, usage, notices) the gateway forwards.
+    #[arg(long, env = "KIROKU_AUDIT_URL", default_value = crate::audit::DEFAULT_AUDIT_URL)]
+    pub audit_url: String,
     /// Redis: revocations, quotas and rate limits.
     #[arg(long, env = "KIROKU_REDIS_URL", default_value = kiroku_account::DEFAULT_REDIS_URL)]
     pub redis: String,
@@ -198,6 +201,10 @@ pub struct AccountArgs {
     /// Failed sign-ins per client address per 15 minutes.
     #[arg(long, env = "KIROKU_LOGIN_ATTEMPTS_PER_IP", default_value_t = 50)]
     pub login_attempts_per_ip: u32,
+    /// Gateways (addresses or CIDR networks, comma-separated) whose x-forwarded-for
+    /// names the client; everyone else is known by the connection's address.
+    #[arg(long, env = "KIROKU_TRUSTED_PROXIES", default_value = kiroku_account::proxy::TrustedProxies::DEFAULT)]
+    pub trusted_proxies: String,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -305,6 +312,7 @@ async fn gateway(args: GatewayArgs) -> Result<()> {
         kiroku_gateway::ResumeKeys::new(secret),
         args.account_url.clone(),
     );
+    config.audit_url = Some(args.audit_url.clone());
     config.redis_url = args.redis.clone();
     let rates = [args.tenant_rate, args.caller_rate];
     if args.streams_per_tenant == 0 || rates.iter().any(|r| !(0.01..=10_000.0).contains(r)) {
@@ -414,6 +422,8 @@ async fn account(args: AccountArgs) -> Result<()> {
     config.lifetimes.access = Duration::from_secs(args.access_ttl_s);
     config.throttle.per_account = args.login_attempts.max(1);
     config.throttle.per_ip = args.login_attempts_per_ip.max(1);
+    config.trusted_proxies =
+        kiroku_account::proxy::TrustedProxies::parse(&args.trusted_proxies).map_err(InputError)?;
     config.operator = operator_token()?;
     let grpc = bind(&args.listen, "gRPC").await?;
     let admin = bind(&args.admin_listen, "admin").await?;

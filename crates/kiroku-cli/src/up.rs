@@ -252,6 +252,8 @@ async fn up(args: Args) -> Result<()> {
         &args.admin_listen,
         "--account-url",
         &account_url,
+        "--audit-url",
+        &audit_url,
     ]);
     common(&mut command);
     command.stdout(Stdio::piped()).stderr(log);

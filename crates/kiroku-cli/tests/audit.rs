@@ -1088,3 +1088,86 @@ fn usage_in(zone: &str, token: &str) -> tonic::Request<pb::GetUsageRequest> {
         token,
     )
 }
+
+/// The gateway is the one public address: the account, audit and notice APIs answer
+/// through it unchanged, and the client's address reaches the account service from the
+/// connection (a client-supplied `x-forwarded-for` is replaced), while a trusted proxy's
+/// header is believed (control 12.4.1: the audit log records who, and from where).
+#[test]
+fn the_gateway_forwards_account_audit_and_notice_apis_with_the_client_address() {
+    use kiroku_proto::account::v1 as account;
+    let cluster = Cluster::start(1, 0, options());
+    let admin = cluster.owner_token_with_mfa();
+    let (gateway_url, account_url) = (cluster.gateway_url(0), cluster.account_url());
+    let (slug, email) = (cluster.tenant_slug.clone(), cluster.owner_email.clone());
+    block_on(async move {
+        let wrong_login = |ip: &str| {
+            let mut request = tonic::Request::new(account::LoginRequest {
+                tenant_slug: slug.clone(),
+                email: email.clone(),
+                password: "not the password".into(),
+                totp_code: String::new(),
+            });
+            request
+                .metadata_mut()
+                .insert("x-forwarded-for", ip.parse().expect("ascii"));
+            request
+        };
+        let mut through_gateway =
+            account::account_service_client::AccountServiceClient::connect(gateway_url.clone())
+                .await
+                .expect("gateway");
+        let status = through_gateway
+            .login(wrong_login("203.0.113.9"))
+            .await
+            .expect_err("wrong password");
+        assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+        let me = through_gateway
+            .who_am_i(authorized(account::WhoAmIRequest {}, &admin))
+            .await
+            .expect("whoami through the gateway")
+            .into_inner();
+        assert!(me.mfa);
+        // Directly from a trusted proxy address (loopback by default): believed.
+        account::account_service_client::AccountServiceClient::connect(account_url)
+            .await
+            .expect("account")
+            .login(wrong_login("198.51.100.7"))
+            .await
+            .expect_err("wrong password");
+
+        let mut audit = audit(&gateway_url).await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let sources = loop {
+            let entries = audit
+                .list_events(authorized(
+                    pb::ListEventsRequest {
+                        filter: Some(pb::Filter {
+                            action: "login.failed".into(),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    },
+                    &admin,
+                ))
+                .await
+                .expect("audit through the gateway")
+                .into_inner()
+                .entries;
+            if entries.len() >= 2 {
+                break entries.into_iter().map(|e| e.source_ip).collect::<Vec<_>>();
+            }
+            assert!(Instant::now() < deadline, "{entries:?}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        assert_eq!(sources, vec!["198.51.100.7", "127.0.0.1"], "newest first");
+        let notices = pb::notice_service_client::NoticeServiceClient::connect(gateway_url)
+            .await
+            .expect("gateway")
+            .list_notices(authorized(pb::ListNoticesRequest::default(), &admin))
+            .await
+            .expect("notices through the gateway")
+            .into_inner();
+        assert!(notices.notices.is_empty());
+    });
+}

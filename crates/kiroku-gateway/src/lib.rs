@@ -10,6 +10,7 @@
 
 mod access;
 mod admission;
+pub mod forward;
 mod resample;
 mod stream;
 mod token;
@@ -83,8 +84,12 @@ pub struct GatewayConfig {
     pub limits: Limits,
     /// How long a gateway waits, at most, for a file transcription's results.
     pub transcribe_timeout: Duration,
-    /// The account service (token keys, API keys, consent).
+    /// The account service (token keys, API keys, consent); its public API is also
+    /// forwarded ([`forward`]).
     pub account_url: String,
+    /// The audit service, whose public API (audit log, usage, notices) the gateway
+    /// forwards; `None`: not forwarded (`UNIMPLEMENTED`).
+    pub audit_url: Option<String>,
     /// Redis: revocations, the API-key cache, quotas and rate limits.
     pub redis_url: String,
     pub quotas: Quotas,
@@ -99,6 +104,7 @@ impl GatewayConfig {
     ) -> Self {
         Self {
             account_url: account_url.into(),
+            audit_url: None,
             redis_url: kiroku_account::DEFAULT_REDIS_URL.into(),
             quotas: Quotas::default(),
             nats_url: nats_url.into(),
@@ -223,6 +229,28 @@ pub async fn serve(
     admin: TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let mut forwards = Vec::new();
+    let channel = |url: &str| -> anyhow::Result<tonic::transport::Channel> {
+        use anyhow::Context as _;
+        Ok(tonic::transport::Endpoint::from_shared(url.to_string())
+            .with_context(|| format!("service URL {url:?}"))?
+            .connect_timeout(Duration::from_secs(3))
+            .connect_lazy())
+    };
+    let account = channel(&config.account_url)?;
+    forwards.push(forward::Forward::new(
+        "kiroku.account.v1.AccountService",
+        account,
+    ));
+    if let Some(url) = &config.audit_url {
+        let audit = channel(url)?;
+        for service in [
+            "kiroku.audit.v1.AuditService",
+            "kiroku.audit.v1.NoticeService",
+        ] {
+            forwards.push(forward::Forward::new(service, audit.clone()));
+        }
+    }
     let gateway = Gateway::connect(config).await?;
     let ready_gateway = gateway.clone();
     // Readiness follows the NATS connection: a gateway without NATS cannot stream.
@@ -236,9 +264,12 @@ pub async fn serve(
         .http2_keepalive_timeout(Some(Duration::from_secs(10)));
     kiroku_core::admin::serve_grpc(
         <TranscriptionServer<Gateway> as tonic::server::NamedService>::NAME,
-        tonic::service::Routes::new(
-            TranscriptionServer::new(gateway)
-                .max_decoding_message_size(64 * 1024 * 1024 + 64 * 1024),
+        forward::add(
+            tonic::service::Routes::new(
+                TranscriptionServer::new(gateway)
+                    .max_decoding_message_size(64 * 1024 * 1024 + 64 * 1024),
+            ),
+            &forwards,
         ),
         server,
         grpc,

@@ -405,6 +405,12 @@ impl Cluster {
 
     pub fn spawn_gateway(&mut self) -> usize {
         let index = self.gateways.len();
+        // Without an audit service the forwarded audit API answers UNAVAILABLE.
+        let audit_url = self
+            .audit
+            .as_ref()
+            .and_then(|a| a.grpc.clone())
+            .unwrap_or_else(|| "http://127.0.0.1:9".into());
         let (mut command, log) = self.command(
             &[
                 "serve",
@@ -415,6 +421,8 @@ impl Cluster {
                 "127.0.0.1:0",
                 "--account-url",
                 &self.account_url(),
+                "--audit-url",
+                &audit_url,
             ],
             &format!("gateway-{index}.log"),
         );

@@ -1,0 +1,85 @@
+//! The gateway is the one public address: besides transcription it forwards the public
+//! gRPC services of the account service (`kiroku.account.v1.AccountService`) and of the
+//! audit service (`kiroku.audit.v1.AuditService`, `NoticeService`) unchanged — method,
+//! metadata, messages and status pass through; each service authenticates the caller
+//! itself. The caller's address travels as `x-forwarded-for`, set here from the
+//! connection (never taken from the client), so per-address sign-in throttles and audit
+//! entries see the client, not the gateway (the services trust it from the addresses in
+//! `KIROKU_TRUSTED_PROXIES`).
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tonic::transport::Channel;
+use tonic::transport::server::TcpConnectInfo;
+use tower::ServiceExt as _;
+
+/// The header carrying the client's address to the services behind the gateway.
+pub const FORWARDED_FOR: &str = "x-forwarded-for";
+
+/// Forwards every method of one gRPC service to `channel`.
+#[derive(Clone, Debug)]
+pub struct Forward {
+    service: &'static str,
+    channel: Channel,
+}
+
+impl Forward {
+    pub fn new(service: &'static str, channel: Channel) -> Self {
+        Self { service, channel }
+    }
+
+    /// The route pattern this forwarder answers.
+    pub fn route(&self) -> String {
+        format!("/{}/{{*method}}", self.service)
+    }
+}
+
+impl tower::Service<http::Request<axum::body::Body>> for Forward {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<axum::body::Body>) -> Self::Future {
+        let (service, channel) = (self.service, self.channel.clone());
+        let peer = request
+            .extensions()
+            .get::<TcpConnectInfo>()
+            .and_then(TcpConnectInfo::remote_addr)
+            .map(|addr| addr.ip());
+        let (mut parts, body) = request.into_parts();
+        // Only the gateway says who the client is.
+        parts.headers.remove(FORWARDED_FOR);
+        if let Some(value) = peer.and_then(|ip| http::HeaderValue::try_from(ip.to_string()).ok()) {
+            parts.headers.insert(FORWARDED_FOR, value);
+        }
+        let request = http::Request::from_parts(parts, tonic::body::Body::new(body));
+        Box::pin(async move {
+            match channel.oneshot(request).await {
+                Ok(response) => Ok(response.map(tonic::body::Body::new)),
+                Err(error) => {
+                    tracing::warn!(%error, service, "forwarding failed");
+                    Ok(tonic::Status::unavailable(format!(
+                        "{service} is unreachable through this gateway; retry shortly"
+                    ))
+                    .into_http())
+                }
+            }
+        })
+    }
+}
+
+/// Adds forwarders to `routes`.
+pub fn add(routes: tonic::service::Routes, forwards: &[Forward]) -> tonic::service::Routes {
+    let mut router = routes.into_axum_router();
+    for forward in forwards {
+        router = router.route_service(&forward.route(), forward.clone());
+    }
+    tonic::service::Routes::from(router)
+}
