@@ -10,7 +10,7 @@ export KIROKU_MODEL_DIR ?= $(HOME)/.cache/kiroku/models
 BUILD := $(CURDIR)/build
 KIROKU := $(CURDIR)/target/debug/kiroku
 KIROKU_RELEASE := $(CURDIR)/target/release/kiroku
-APT_PACKAGES := cmake espeak-ng sox python3-venv nats-server redis-server postgresql
+APT_PACKAGES := cmake espeak-ng sox python3-venv nats-server redis-server postgresql libreoffice-writer-nogui
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: help demo deps nats services model test lint fmt bench bench-stream build pyenv
@@ -74,7 +74,7 @@ $(BUILD)/pyenv/.ok: Makefile
 pyenv: $(BUILD)/pyenv/.ok
 
 test: deps services model pyenv ## run every test (unit, converter, end-to-end with real speech)
-	@export KIROKU_TEST_PYTHON=$(BUILD)/pyenv/bin/python; \
+	@export KIROKU_TEST_PYTHON=$(BUILD)/pyenv/bin/python KIROKU_TEST_LIBREOFFICE=$$(command -v soffice); \
 	if cargo nextest --version >/dev/null 2>&1; then \
 	  cargo nextest run --workspace --profile ci; \
 	else \

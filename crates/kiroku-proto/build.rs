@@ -11,6 +11,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         root.join("kiroku/events/v1/events.proto"),
         root.join("kiroku/account/v1/account.proto"),
         root.join("kiroku/audit/v1/audit.proto"),
+        root.join("kiroku/storage/v1/storage.proto"),
     ];
     for file in &files {
         println!("cargo:rerun-if-changed={}", file.display());

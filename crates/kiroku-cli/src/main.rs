@@ -7,6 +7,7 @@ mod account;
 mod audit;
 mod bench;
 mod credentials;
+mod minutes;
 mod model;
 mod notice;
 mod serve;
@@ -68,6 +69,14 @@ enum Command {
     /// Tenant administration (admins with MFA).
     #[command(subcommand)]
     Admin(account::AdminCommand),
+    /// The minutes: list, show and search meetings.
+    #[command(subcommand)]
+    Meetings(minutes::MeetingsCommand),
+    /// Export a meeting as txt, srt, vtt, json or docx (stdout unless --out).
+    Export(minutes::ExportArgs),
+    /// Tags, bookmarks and memos on meetings.
+    #[command(subcommand)]
+    Label(minutes::LabelCommand),
     /// Plumbing benchmark against null-benchmark workers (see `make bench-stream`).
     #[command(hide = true)]
     BenchPlumbing(bench::Args),
@@ -105,6 +114,9 @@ fn main() -> ExitCode {
         Command::Mfa(command) => account::mfa(command),
         Command::Consent(command) => account::consent(command),
         Command::Admin(command) => account::admin(command),
+        Command::Meetings(command) => minutes::meetings(command),
+        Command::Export(args) => minutes::export(args),
+        Command::Label(command) => minutes::label(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

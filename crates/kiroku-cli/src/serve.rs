@@ -21,8 +21,39 @@ pub enum Role {
     Worker(WorkerArgs),
     /// The account service (tenants, users, MFA, tokens, API keys, consent).
     Account(AccountArgs),
-    /// The audit service (the hash-chained tenant audit log).
+    /// The audit service (the hash-chained tenant audit log, usage, notices).
     Audit(AuditArgs),
+    /// The storage service (the minutes: encrypted, searchable, labelled, exportable).
+    Storage(StorageArgs),
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct StorageArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// gRPC listen address.
+    #[arg(long, env = "KIROKU_STORAGE_LISTEN", default_value = kiroku_storage::DEFAULT_LISTEN)]
+    pub listen: String,
+    /// Admin HTTP address: /healthz, /readyz, /metrics.
+    #[arg(long, env = "KIROKU_STORAGE_ADMIN_LISTEN", default_value = kiroku_storage::DEFAULT_ADMIN_LISTEN)]
+    pub admin_listen: String,
+    /// PostgreSQL as the schema owner (migrations at start-up); the service connects as
+    /// the role `kiroku_storage`.
+    #[arg(long, env = "KIROKU_DATABASE_URL", default_value = kiroku_account::DEFAULT_DATABASE_URL)]
+    pub database_url: String,
+    /// The service's own connection (role `kiroku_storage`) [default: the owner URL with
+    /// that user name].
+    #[arg(long, env = "KIROKU_STORAGE_DATABASE_URL")]
+    pub app_database_url: Option<String>,
+    /// Schema of the storage tables.
+    #[arg(long, env = "KIROKU_STORAGE_SCHEMA", default_value = "storage")]
+    pub schema: String,
+    /// Redis (token revocations).
+    #[arg(long, env = "KIROKU_REDIS_URL", default_value = kiroku_account::DEFAULT_REDIS_URL)]
+    pub redis: String,
+    /// The account service (token keys).
+    #[arg(long, env = "KIROKU_ACCOUNT_URL", default_value = DEFAULT_ACCOUNT_URL)]
+    pub account_url: String,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -142,6 +173,9 @@ pub struct GatewayArgs {
     /// The audit service, whose API (audit log, usage, notices) the gateway forwards.
     #[arg(long, env = "KIROKU_AUDIT_URL", default_value = crate::audit::DEFAULT_AUDIT_URL)]
     pub audit_url: String,
+    /// The storage service, whose API (minutes, search, labels, exports) it forwards.
+    #[arg(long, env = "KIROKU_STORAGE_URL", default_value = crate::minutes::DEFAULT_STORAGE_URL)]
+    pub storage_url: String,
     /// Redis: revocations, quotas and rate limits.
     #[arg(long, env = "KIROKU_REDIS_URL", default_value = kiroku_account::DEFAULT_REDIS_URL)]
     pub redis: String,
@@ -250,6 +284,7 @@ pub fn run(role: Role) -> Result<()> {
             Role::Worker(args) => worker(args).await,
             Role::Account(args) => account(args).await,
             Role::Audit(args) => audit(args).await,
+            Role::Storage(args) => storage(args).await,
         }
     })
 }
@@ -313,6 +348,7 @@ async fn gateway(args: GatewayArgs) -> Result<()> {
         args.account_url.clone(),
     );
     config.audit_url = Some(args.audit_url.clone());
+    config.storage_url = Some(args.storage_url.clone());
     config.redis_url = args.redis.clone();
     let rates = [args.tenant_rate, args.caller_rate];
     if args.streams_per_tenant == 0 || rates.iter().any(|r| !(0.01..=10_000.0).contains(r)) {
@@ -453,4 +489,33 @@ async fn audit(args: AuditArgs) -> Result<()> {
         admin.local_addr()?
     );
     kiroku_audit::serve(config, grpc, admin, shutdown_signal()).await
+}
+
+async fn storage(args: StorageArgs) -> Result<()> {
+    let _telemetry = kiroku_core::telemetry::init_service("kiroku-storage", "info");
+    // The master key wraps every tenant's data key: from KIROKU_MASTER_KEY_FILE (or
+    // KIROKU_MASTER_KEY), never a flag.
+    let keys = kiroku_storage::crypto::LocalKeyProvider::from_env().map_err(|e| {
+        InputError(format!(
+            "{e} (64 hex characters, e.g. `openssl rand -hex 32` into a 0600 file)"
+        ))
+    })?;
+    let mut config = kiroku_storage::StorageConfig::new(
+        &args.database_url,
+        &args.schema,
+        &args.account_url,
+        std::sync::Arc::new(keys),
+    );
+    config.database.app_url = args.app_database_url.clone();
+    config.redis_url = args.redis.clone();
+    config.nats_url = args.common.nats.clone();
+    config.layout = args.common.layout()?;
+    let grpc = bind(&args.listen, "gRPC").await?;
+    let admin = bind(&args.admin_listen, "admin").await?;
+    println!(
+        "kiroku storage grpc=http://{} admin=http://{}",
+        grpc.local_addr()?,
+        admin.local_addr()?
+    );
+    kiroku_storage::serve(config, grpc, admin, shutdown_signal()).await
 }

@@ -62,6 +62,9 @@ pub struct Args {
     /// gRPC address of the audit service.
     #[arg(long, default_value = kiroku_audit::DEFAULT_LISTEN)]
     audit_listen: String,
+    /// gRPC address of the storage service.
+    #[arg(long, default_value = kiroku_storage::DEFAULT_LISTEN)]
+    storage_listen: String,
     /// Where the local NATS store and the logs go.
     #[arg(long, default_value = ".run")]
     run_dir: PathBuf,
@@ -157,34 +160,45 @@ async fn up(args: Args) -> Result<()> {
     };
     let demo = bootstrap_demo(&account_url, &run_dir).await?;
 
-    let log = log_file(&run_dir, "audit.log")?;
-    let mut command = Command::new(&exe);
-    command.args([
-        "serve",
+    let schema = |role: &str| account_schema(&args.common.cluster).replacen("account", role, 1);
+    let (mut audit, audit_url) = spawn_service(
+        &exe,
+        &run_dir,
         "audit",
-        "--listen",
         &args.audit_listen,
-        "--admin-listen",
-        "127.0.0.1:0",
-        "--account-url",
         &account_url,
-        "--schema",
-        &account_schema(&args.common.cluster).replacen("account", "audit", 1),
-    ]);
-    common(&mut command);
-    command.stdout(Stdio::piped()).stderr(log);
-    let mut audit = command.spawn().context("starting the audit service")?;
-    let audit_line = first_line(&mut audit).await;
-    let Some(audit_url) = audit_line
-        .split_whitespace()
-        .find_map(|part| part.strip_prefix("grpc="))
-        .map(str::to_string)
-    else {
-        bail!(
-            "the audit service did not start: see {}",
-            run_dir.join("audit.log").display()
-        );
+        &schema("audit"),
+        &common,
+    )
+    .await?;
+    // The storage master key: the environment's, else `.run/master-key` (0600).
+    let master_key_file = run_dir.join("master-key");
+    let storage_env = |command: &mut Command| {
+        common(command);
+        if std::env::var(kiroku_storage::crypto::LocalKeyProvider::ENV).is_err()
+            && std::env::var(kiroku_storage::crypto::LocalKeyProvider::FILE_ENV).is_err()
+        {
+            command.env(
+                kiroku_storage::crypto::LocalKeyProvider::FILE_ENV,
+                &master_key_file,
+            );
+        }
     };
+    if !master_key_file.is_file() {
+        let key = kiroku_storage::crypto::LocalKeyProvider::generate_hex()
+            .map_err(|e| anyhow::anyhow!("generating a master key: {e}"))?;
+        kiroku_account::tokens::write_private(&master_key_file, key.as_bytes())?;
+    }
+    let (mut storage, storage_url) = spawn_service(
+        &exe,
+        &run_dir,
+        "storage",
+        &args.storage_listen,
+        &account_url,
+        &schema("storage"),
+        &storage_env,
+    )
+    .await?;
 
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let threads = args.threads.unwrap_or(cores);
@@ -254,6 +268,8 @@ async fn up(args: Args) -> Result<()> {
         &account_url,
         "--audit-url",
         &audit_url,
+        "--storage-url",
+        &storage_url,
     ]);
     common(&mut command);
     command.stdout(Stdio::piped()).stderr(log);
@@ -266,7 +282,7 @@ async fn up(args: Args) -> Result<()> {
         );
     }
     println!("kiroku up: {endpoints}");
-    println!("  account={account_url} audit={audit_url}");
+    println!("  account={account_url} audit={audit_url} storage={storage_url}");
     println!("  {demo}");
     println!(
         "  nats={} cluster={} workers={} x {per_worker} threads",
@@ -283,6 +299,7 @@ async fn up(args: Args) -> Result<()> {
     let exited = tokio::select! {
         () = shutdown_signal() => None,
         status = audit.wait() => Some(format!("the audit service exited ({})", status.map(|s| s.to_string()).unwrap_or_default())),
+        status = storage.wait() => Some(format!("the storage service exited ({})", status.map(|s| s.to_string()).unwrap_or_default())),
         status = account.wait() => Some(format!("the account service exited ({})", status.map(|s| s.to_string()).unwrap_or_default())),
         status = gateway.wait() => Some(format!("the gateway exited ({})", status.map(|s| s.to_string()).unwrap_or_default())),
         status = first_exit(&mut workers) => Some(format!("a worker exited ({status})")),
@@ -299,6 +316,8 @@ async fn up(args: Args) -> Result<()> {
     }
     terminate(&mut gateway);
     wait_or_kill(&mut gateway, Duration::from_secs(10)).await;
+    terminate(&mut storage);
+    wait_or_kill(&mut storage, Duration::from_secs(10)).await;
     terminate(&mut audit);
     wait_or_kill(&mut audit, Duration::from_secs(10)).await;
     terminate(&mut account);
@@ -319,6 +338,50 @@ async fn up(args: Args) -> Result<()> {
 }
 
 /// The first line a child prints on stdout (its endpoints), or "" after 30 s.
+/// Starts `kiroku serve <role>` (audit, storage) beside the account service; the child
+/// and its gRPC URL.
+async fn spawn_service(
+    exe: &Path,
+    run_dir: &Path,
+    role: &str,
+    listen: &str,
+    account_url: &str,
+    schema: &str,
+    env: &dyn Fn(&mut Command),
+) -> Result<(Child, String)> {
+    let log = log_file(run_dir, &format!("{role}.log"))?;
+    let mut command = Command::new(exe);
+    command.args([
+        "serve",
+        role,
+        "--listen",
+        listen,
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--account-url",
+        account_url,
+        "--schema",
+        schema,
+    ]);
+    env(&mut command);
+    command.stdout(Stdio::piped()).stderr(log);
+    let mut child = command
+        .spawn()
+        .with_context(|| format!("starting the {role} service"))?;
+    let line = first_line(&mut child).await;
+    let Some(url) = line
+        .split_whitespace()
+        .find_map(|part| part.strip_prefix("grpc="))
+        .map(str::to_string)
+    else {
+        bail!(
+            "the {role} service did not start: see {}",
+            run_dir.join(format!("{role}.log")).display()
+        );
+    };
+    Ok((child, url))
+}
+
 async fn first_line(child: &mut Child) -> String {
     let Some(stdout) = child.stdout.take() else {
         return String::new();

@@ -639,13 +639,21 @@ fn control_12_4_1_every_audited_action_is_logged_exactly_once_per_occurrence() {
 
     use kiroku_core::audit::actions as a;
     use kiroku_proto::account::v1 as account;
-    let cluster = Cluster::start(1, 0, options());
+    let cluster = Cluster::start(
+        1,
+        0,
+        Options {
+            storage: true,
+            ..options()
+        },
+    );
     let (account_url, audit_url, gateway_url) = (
         cluster.account_url(),
         cluster.audit_url(),
         cluster.gateway_url(0),
     );
     let (slug, email) = (cluster.tenant_slug.clone(), cluster.owner_email.clone());
+    let (root, storage_url) = (cluster.root.clone(), cluster.storage_url());
     block_on(async move {
         let mut expected: BTreeMap<&str, u64> = BTreeMap::new();
         let mut did = |action: &'static str| *expected.entry(action).or_default() += 1;
@@ -893,6 +901,85 @@ fn control_12_4_1_every_audited_action_is_logged_exactly_once_per_occurrence() {
             .await
             .expect("publish");
         did(a::NOTICE_PUBLISHED);
+
+        // The minutes: a final as a worker publishes it, then label and export.
+        use kiroku_proto::storage::v1 as storage;
+        let tenant = tenant_of(&account_url, &admin).await;
+        let layout = kiroku_core::nats::Layout::new(&root).expect("layout");
+        let final_ = kiroku_proto::events::v1::TranscriptResult {
+            tenant_id: tenant.clone(),
+            session_id: "s-audit".into(),
+            meeting_id: "minutes-1".into(),
+            result: Some(kiroku_proto::transcribe::v1::StreamingResult {
+                result_seq: 1,
+                is_final: true,
+                segment: Some(kiroku_proto::transcribe::v1::Segment {
+                    end_ms: 1000,
+                    text: " hello".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        async_nats::jetstream::new(
+            async_nats::connect(cluster::nats_url())
+                .await
+                .expect("nats"),
+        )
+        .publish(
+            layout.transcript_subject(&tenant, "s-audit"),
+            prost::Message::encode_to_vec(&final_).into(),
+        )
+        .await
+        .expect("publish")
+        .await
+        .expect("ack");
+        let mut minutes = storage::storage_client::StorageClient::connect(storage_url)
+            .await
+            .expect("storage");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let label = loop {
+            match minutes
+                .add_label(authorized(
+                    storage::AddLabelRequest {
+                        meeting_id: "minutes-1".into(),
+                        kind: storage::LabelKind::Tag as i32,
+                        text: "finance".into(),
+                        ..Default::default()
+                    },
+                    &admin,
+                ))
+                .await
+            {
+                Ok(label) => break label.into_inner(),
+                Err(status) => assert_eq!(status.code(), Code::NotFound),
+            }
+            assert!(Instant::now() < deadline, "the final was never stored");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        did(a::LABEL_ADDED);
+        minutes
+            .remove_label(authorized(
+                storage::RemoveLabelRequest {
+                    label_id: label.label_id,
+                },
+                &admin,
+            ))
+            .await
+            .expect("remove");
+        did(a::LABEL_REMOVED);
+        minutes
+            .export_meeting(authorized(
+                storage::ExportMeetingRequest {
+                    meeting_id: "minutes-1".into(),
+                    format: storage::ExportFormat::Srt as i32,
+                },
+                &admin,
+            ))
+            .await
+            .expect("export");
+        did(a::MEETING_EXPORTED);
 
         for action in a::ALL {
             assert!(

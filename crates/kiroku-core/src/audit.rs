@@ -178,6 +178,9 @@ pub mod actions {
     pub const STREAM_REFUSED: &str = "stream.refused";
     pub const STREAM_ENDED: &str = "stream.ended";
     pub const NOTICE_PUBLISHED: &str = "notice.published";
+    pub const MEETING_EXPORTED: &str = "meeting.exported";
+    pub const LABEL_ADDED: &str = "label.added";
+    pub const LABEL_REMOVED: &str = "label.removed";
 
     pub const ALL: &[&str] = &[
         TENANT_REGISTERED,
@@ -204,5 +207,8 @@ pub mod actions {
         STREAM_REFUSED,
         STREAM_ENDED,
         NOTICE_PUBLISHED,
+        MEETING_EXPORTED,
+        LABEL_ADDED,
+        LABEL_REMOVED,
     ];
 }

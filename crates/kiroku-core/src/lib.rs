@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod audit;
 pub mod db;
+pub mod docx;
 pub mod metrics;
 pub mod nats;
 pub mod status;

@@ -90,6 +90,9 @@ pub struct GatewayConfig {
     /// The audit service, whose public API (audit log, usage, notices) the gateway
     /// forwards; `None`: not forwarded (`UNIMPLEMENTED`).
     pub audit_url: Option<String>,
+    /// The storage service, whose public API (minutes, search, labels, exports) the
+    /// gateway forwards; `None`: not forwarded.
+    pub storage_url: Option<String>,
     /// Redis: revocations, the API-key cache, quotas and rate limits.
     pub redis_url: String,
     pub quotas: Quotas,
@@ -105,6 +108,7 @@ impl GatewayConfig {
         Self {
             account_url: account_url.into(),
             audit_url: None,
+            storage_url: None,
             redis_url: kiroku_account::DEFAULT_REDIS_URL.into(),
             quotas: Quotas::default(),
             nats_url: nats_url.into(),
@@ -250,6 +254,12 @@ pub async fn serve(
         ] {
             forwards.push(forward::Forward::new(service, audit.clone()));
         }
+    }
+    if let Some(url) = &config.storage_url {
+        forwards.push(forward::Forward::new(
+            "kiroku.storage.v1.Storage",
+            channel(url)?,
+        ));
     }
     let gateway = Gateway::connect(config).await?;
     let ready_gateway = gateway.clone();

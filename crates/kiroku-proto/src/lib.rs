@@ -19,6 +19,12 @@ pub mod audit {
     }
 }
 
+pub mod storage {
+    pub mod v1 {
+        tonic::include_proto!("kiroku.storage.v1");
+    }
+}
+
 pub mod events {
     pub mod v1 {
         tonic::include_proto!("kiroku.events.v1");
@@ -78,7 +84,9 @@ mod tests {
             vec![
                 "Transcription".to_string(),
                 "AccountService".to_string(),
-                "AuditService".to_string()
+                "AuditService".to_string(),
+                "NoticeService".to_string(),
+                "Storage".to_string()
             ]
         );
     }

@@ -70,6 +70,8 @@ pub struct Options {
     pub env: Vec<(String, String)>,
     /// Also run the audit service.
     pub audit: bool,
+    /// Also run the storage service.
+    pub storage: bool,
 }
 
 impl Default for Options {
@@ -83,6 +85,7 @@ impl Default for Options {
             worker_sessions: 4,
             env: Vec::new(),
             audit: false,
+            storage: false,
         }
     }
 }
@@ -96,10 +99,13 @@ pub struct Cluster {
     pub workers: Vec<Proc>,
     pub account: Option<Proc>,
     pub audit: Option<Proc>,
+    pub storage: Option<Proc>,
     /// The tenant the cluster registered, whose owner login is cached in `config_dir`.
     pub tenant_slug: String,
     pub owner_email: String,
     secret: String,
+    /// 64 hex characters: the storage service's master key.
+    master_key: String,
 }
 
 /// Reads the first stdout line of a child within `timeout`.
@@ -155,14 +161,23 @@ impl Cluster {
             workers: Vec::new(),
             account: None,
             audit: None,
+            storage: None,
             tenant_slug: String::new(),
             owner_email: String::new(),
             secret: format!("{}", uuid::Uuid::new_v4().simple()),
+            master_key: format!(
+                "{}{}",
+                uuid::Uuid::new_v4().simple(),
+                uuid::Uuid::new_v4().simple()
+            ),
         };
         cluster.spawn_account();
         cluster.register_tenant();
         if cluster.options.audit {
             cluster.spawn_audit();
+        }
+        if cluster.options.storage {
+            cluster.spawn_storage();
         }
         for _ in 0..workers {
             cluster.spawn_worker();
@@ -214,6 +229,12 @@ impl Cluster {
         let mut command = self.cli(args);
         if let Some(audit) = &self.audit {
             command.env("KIROKU_AUDIT_URL", audit.grpc.clone().unwrap_or_default());
+        }
+        if let Some(storage) = &self.storage {
+            command.env(
+                "KIROKU_STORAGE_URL",
+                storage.grpc.clone().unwrap_or_default(),
+            );
         }
         if let Some(password) = password {
             command.env("KIROKU_PASSWORD", password);
@@ -305,13 +326,14 @@ impl Cluster {
         })
     }
 
-    pub fn spawn_audit(&mut self) {
-        let schema = format!("{}_audit", self.root);
+    /// Starts `kiroku serve <role>` on free ports with its own schema `<root>_<role>`.
+    fn spawn_service(&self, role: &str) -> Proc {
+        let schema = format!("{}_{role}", self.root);
         let account_url = self.account_url();
         let (mut command, log) = self.command(
             &[
                 "serve",
-                "audit",
+                role,
                 "--listen",
                 "127.0.0.1:0",
                 "--admin-listen",
@@ -321,23 +343,39 @@ impl Cluster {
                 "--account-url",
                 &account_url,
             ],
-            "audit.log",
+            &format!("{role}.log"),
         );
-        let mut child = command.spawn().expect("spawn audit service");
+        let mut child = command.spawn().expect("spawn service");
         let line = first_line(&mut child, Duration::from_secs(60));
         let (Some(grpc), Some(admin)) = (field(&line, "grpc"), field(&line, "admin")) else {
             let _ = child.kill();
             panic!(
-                "audit service did not start: {line:?}\n{}",
+                "{role} service did not start: {line:?}\n{}",
                 std::fs::read_to_string(&log).unwrap_or_default()
             );
         };
-        self.audit = Some(Proc {
+        Proc {
             child,
             log,
             grpc: Some(grpc),
             admin,
-        });
+        }
+    }
+
+    pub fn spawn_audit(&mut self) {
+        self.audit = Some(self.spawn_service("audit"));
+    }
+
+    /// The storage service, with this cluster's master key.
+    pub fn spawn_storage(&mut self) {
+        self.storage = Some(self.spawn_service("storage"));
+    }
+
+    pub fn storage_url(&self) -> String {
+        self.storage
+            .as_ref()
+            .and_then(|s| s.grpc.clone())
+            .expect("storage url")
     }
 
     pub fn audit_url(&self) -> String {
@@ -388,6 +426,7 @@ impl Cluster {
             .env("KIROKU_DATABASE_URL", database_url())
             .env("KIROKU_REDIS_URL", redis_url())
             .env("KIROKU_OPERATOR_TOKEN", OPERATOR_TOKEN)
+            .env("KIROKU_MASTER_KEY", &self.master_key)
             .env(
                 "KIROKU_RESUME_WINDOW_S",
                 self.options.resume_window_s.to_string(),
@@ -411,6 +450,11 @@ impl Cluster {
             .as_ref()
             .and_then(|a| a.grpc.clone())
             .unwrap_or_else(|| "http://127.0.0.1:9".into());
+        let storage_url = self
+            .storage
+            .as_ref()
+            .and_then(|s| s.grpc.clone())
+            .unwrap_or_else(|| "http://127.0.0.1:9".into());
         let (mut command, log) = self.command(
             &[
                 "serve",
@@ -423,6 +467,8 @@ impl Cluster {
                 &self.account_url(),
                 "--audit-url",
                 &audit_url,
+                "--storage-url",
+                &storage_url,
             ],
             &format!("gateway-{index}.log"),
         );
@@ -508,6 +554,7 @@ impl Cluster {
             .chain(&self.workers)
             .chain(&self.account)
             .chain(&self.audit)
+            .chain(&self.storage)
             .map(|p| format!("==== {}\n{}", p.log.display(), p.log_text()))
             .collect::<Vec<_>>()
             .join("\n")
@@ -578,6 +625,7 @@ impl Drop for Cluster {
             .chain(self.workers.iter_mut())
             .chain(self.account.iter_mut())
             .chain(self.audit.iter_mut())
+            .chain(self.storage.iter_mut())
         {
             let _ = proc.child.kill();
             let _ = proc.child.wait();
@@ -593,7 +641,8 @@ impl Drop for Cluster {
                 "-c",
                 &format!(
                     "DROP SCHEMA IF EXISTS \"{0}\" CASCADE; \
-                     DROP SCHEMA IF EXISTS \"{0}_audit\" CASCADE",
+                     DROP SCHEMA IF EXISTS \"{0}_audit\" CASCADE; \
+                     DROP SCHEMA IF EXISTS \"{0}_storage\" CASCADE",
                     self.root
                 ),
             ])

@@ -1,0 +1,569 @@
+//! The minutes end to end: real account, storage (and gateway, worker) processes against
+//! the real NATS JetStream and PostgreSQL. Finals are published to `TRANSCRIPTS` as the
+//! worker publishes them, or come from real speech streamed through the cluster. Tests
+//! name the controls they prove (8.2.2, 10.1.1, 13.1.3).
+
+#[path = "support/cluster.rs"]
+mod cluster;
+
+use std::time::{Duration, Instant};
+
+use cluster::{Cluster, Options, authorized, block_on};
+use kiroku_proto::events::v1::TranscriptResult;
+use kiroku_proto::storage::v1 as pb;
+use kiroku_proto::storage::v1::storage_client::StorageClient;
+use kiroku_proto::transcribe::v1 as api;
+use prost::Message as _;
+use tonic::Code;
+use tonic::transport::Channel;
+
+fn options() -> Options {
+    Options {
+        storage: true,
+        ..Options::default()
+    }
+}
+
+async fn storage(url: &str) -> StorageClient<Channel> {
+    StorageClient::connect(url.to_string())
+        .await
+        .expect("storage service")
+}
+
+/// The tenant id (simple form, as the gateway and worker write it) of a token.
+async fn tenant_of(account_url: &str, token: &str) -> String {
+    use kiroku_proto::account::v1 as account;
+    let me =
+        account::account_service_client::AccountServiceClient::connect(account_url.to_string())
+            .await
+            .expect("account")
+            .who_am_i(authorized(account::WhoAmIRequest {}, token))
+            .await
+            .expect("whoami")
+            .into_inner();
+    uuid::Uuid::try_parse(&me.tenant_id)
+        .expect("uuid")
+        .simple()
+        .to_string()
+}
+
+fn segment(start_ms: u64, text: &str) -> api::Segment {
+    let words: Vec<&str> = text.split_whitespace().collect();
+    let step = 400;
+    api::Segment {
+        start_ms,
+        end_ms: start_ms + step * words.len() as u64,
+        text: format!(" {text}"),
+        words: words
+            .iter()
+            .enumerate()
+            .map(|(i, w)| api::Word {
+                text: format!(" {w}"),
+                start_ms: start_ms + step * i as u64,
+                end_ms: start_ms + step * (i as u64 + 1),
+                probability: 0.9,
+            })
+            .collect(),
+        confidence: 0.9,
+        speaker: String::new(),
+    }
+}
+
+/// A final as the worker publishes it.
+fn final_result(
+    tenant: &str,
+    session: &str,
+    meeting: &str,
+    seq: u64,
+    segment: api::Segment,
+) -> TranscriptResult {
+    TranscriptResult {
+        tenant_id: tenant.into(),
+        session_id: session.into(),
+        meeting_id: meeting.into(),
+        result: Some(api::StreamingResult {
+            result_seq: seq,
+            is_final: true,
+            segment: Some(segment),
+            stability: 1.0,
+            language: "en".into(),
+        }),
+        ..Default::default()
+    }
+}
+
+/// Publishes to `TRANSCRIPTS` under `msg_id` (the worker uses `<session>:r<seq>`).
+async fn publish(
+    js: &async_nats::jetstream::Context,
+    layout: &kiroku_core::nats::Layout,
+    message: &TranscriptResult,
+    msg_id: &str,
+) {
+    js.send_publish(
+        layout.transcript_subject(&message.tenant_id, &message.session_id),
+        async_nats::jetstream::message::PublishMessage::build()
+            .payload(message.encode_to_vec().into())
+            .message_id(msg_id),
+    )
+    .await
+    .expect("publish")
+    .await
+    .expect("ack");
+}
+
+async fn wait_for_segments(
+    client: &mut StorageClient<Channel>,
+    token: &str,
+    meeting: &str,
+    n: usize,
+) -> pb::Meeting {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match client
+            .get_meeting(authorized(
+                pb::GetMeetingRequest {
+                    meeting_id: meeting.into(),
+                },
+                token,
+            ))
+            .await
+        {
+            Ok(m) if m.get_ref().segments.len() >= n => return m.into_inner(),
+            Ok(_) => {}
+            Err(status) => assert_eq!(status.code(), Code::NotFound, "{status:?}"),
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{meeting}: fewer than {n} segments"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// control 10.1.1 and 13.1.3: finals published twice (a worker retry after a lost ack,
+/// a failover re-publishing) and out of order are stored once each, in order; the
+/// database holds only ciphertext (no transcript word in any stored byte) and keyed
+/// search hashes; a flipped ciphertext bit is reported as data loss, never returned as
+/// text; forced row-level security on every table.
+#[test]
+fn control_10_1_1_finals_stored_once_encrypted_and_tamper_evident() {
+    let cluster = Cluster::start(0, 0, options());
+    let token = cluster.access_token();
+    let (account_url, storage_url, root) = (
+        cluster.account_url(),
+        cluster.storage_url(),
+        cluster.root.clone(),
+    );
+    let schema = format!("{root}_storage");
+    block_on(async move {
+        let tenant = tenant_of(&account_url, &token).await;
+        let js = async_nats::jetstream::new(
+            async_nats::connect(cluster::nats_url())
+                .await
+                .expect("nats"),
+        );
+        let lines = [
+            "the quarterly budget review starts now",
+            "marketing spent twelve thousand on the launch",
+            "we approve the budget for next year",
+        ];
+        // Out of order, and seq 2 twice under different message ids (JetStream's own
+        // de-duplication cannot catch it: storage must).
+        let layout = kiroku_core::nats::Layout::new(&root).expect("layout");
+        for (seq, id) in [(2, "s1:r2"), (1, "s1:r1"), (2, "s1:r2-retry"), (3, "s1:r3")] {
+            let start = (seq - 1) * 4000;
+            let message = final_result(
+                &tenant,
+                "s1",
+                "budget-review",
+                seq,
+                segment(start, lines[seq as usize - 1]),
+            );
+            publish(&js, &layout, &message, id).await;
+        }
+        let mut client = storage(&storage_url).await;
+        wait_for_segments(&mut client, &token, "budget-review", 3).await;
+        // Give a wrongly stored duplicate time to show up.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let meeting = wait_for_segments(&mut client, &token, "budget-review", 3).await;
+        let texts: Vec<&str> = meeting.segments.iter().map(|s| s.text.trim()).collect();
+        assert_eq!(texts, lines.to_vec(), "once each, in order");
+        let summary = meeting.summary.expect("summary");
+        assert_eq!((summary.segments, summary.language.as_str()), (3, "en"));
+        assert_eq!(summary.duration_ms, 8000 + 7 * 400);
+        assert_eq!(meeting.segments[1].words.len(), 7, "word timings kept");
+
+        let owner = cluster::database_url();
+        let (ok, found) = cluster::psql(
+            &owner,
+            &format!(
+                "SELECT count(*) FROM \"{schema}\".segments \
+                 WHERE position('budget'::bytea IN sealed) > 0 \
+                    OR array_to_string(search_terms, ' ') LIKE '%budget%'"
+            ),
+        );
+        assert!(ok && found == "0", "plaintext at rest: {found}");
+        let (ok, flags) = cluster::psql(
+            &owner,
+            &format!(
+                "SELECT string_agg(c.relname || ':' || c.relrowsecurity || c.relforcerowsecurity, \
+                 ',' ORDER BY c.relname) FROM pg_class c JOIN pg_namespace n ON \
+                 n.oid = c.relnamespace WHERE n.nspname = '{schema}' AND c.relkind = 'r' \
+                 AND c.relname <> '_sqlx_migrations'"
+            ),
+        );
+        assert!(ok, "{flags}");
+        assert_eq!(
+            flags,
+            "data_keys:truetrue,labels:truetrue,meetings:truetrue,segments:truetrue,sessions:truetrue"
+        );
+        let service = owner.replacen("postgres@", "kiroku_storage@", 1);
+        let (ok, seen) = cluster::psql(
+            &service,
+            &format!("SELECT count(*) FROM \"{schema}\".segments"),
+        );
+        assert!(ok && seen == "0", "rows visible without a tenant: {seen}");
+
+        // Someone with database access flips one bit of the second final.
+        let (ok, out) = cluster::psql(
+            &owner,
+            &format!(
+                "UPDATE \"{schema}\".segments SET sealed = set_bit(sealed, 200, 1 - get_bit(sealed, 200)) \
+                 WHERE result_seq = 2"
+            ),
+        );
+        assert!(ok, "{out}");
+        let status = client
+            .get_meeting(authorized(
+                pb::GetMeetingRequest {
+                    meeting_id: "budget-review".into(),
+                },
+                &token,
+            ))
+            .await
+            .expect_err("tampered");
+        assert_eq!(status.code(), Code::DataLoss, "{status:?}");
+    });
+}
+
+/// control 8.2.2 and 13.1.3: real speech streamed through the cluster is stored with the
+/// meeting, found by search, tagged, bookmarked and annotated (a memo with `<script>`
+/// stays inert text), listed by tag, exported in every format; another tenant sees none
+/// of it on any storage call.
+#[test]
+fn control_8_2_2_a_streamed_meeting_is_searchable_labelled_and_exportable() {
+    let mut cluster = Cluster::start(1, 1, options());
+    let wav = kiroku_tests::speech::synthesize(
+        cluster.dir.path(),
+        "standup",
+        "The quarterly budget review starts now. Please share your updates.",
+        16_000,
+        1,
+        0.5,
+    )
+    .expect("speech");
+    let output = cluster
+        .cli(&[
+            "stream",
+            wav.to_str().expect("utf-8"),
+            "--gateway",
+            &cluster.gateway_url(0),
+            "--meeting",
+            "standup-1126",
+            "--speed",
+            "4",
+        ])
+        .output()
+        .expect("kiroku stream");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // The client has gone: the finals are stored all the same. Everything below goes
+    // through the gateway, the one public address.
+    let gateway = cluster.gateway_url(0);
+    cluster.storage.as_mut().expect("storage").grpc = Some(gateway.clone());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (ok, out, err) = cluster.run_cli(&["meetings", "search", "budget"], None);
+        assert!(ok, "{err}");
+        if out.contains("standup-1126") {
+            assert!(out.to_lowercase().contains("budget"), "{out}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "never found: {out}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let (ok, out, err) = cluster.run_cli(&["meetings", "list"], None);
+    assert!(ok && out.starts_with("standup-1126"), "{out}{err}");
+
+    let label = |args: &[&str]| {
+        let mut all = vec!["label", "add", "standup-1126"];
+        all.extend_from_slice(args);
+        let (ok, out, err) = cluster.run_cli(&all, None);
+        assert!(ok, "{args:?}: {err}");
+        out
+    };
+    label(&["--tag", "Finance"]);
+    label(&["--bookmark", "00:02", "--note", "decision"]);
+    label(&[
+        "--memo",
+        "<script>alert(1)</script> follow up",
+        "--from",
+        "1s",
+        "--to",
+        "3s",
+    ]);
+    let (ok, out, err) = cluster.run_cli(&["label", "list", "standup-1126"], None);
+    assert!(ok, "{err}");
+    assert!(out.contains("tag  Finance"), "{out}");
+    assert!(out.contains("bookmark [00:00:02]  decision"), "{out}");
+    assert!(
+        out.contains("memo [00:00:01–00:00:03]  <script>alert(1)</script>"),
+        "{out}"
+    );
+    let (ok, out, _) = cluster.run_cli(&["meetings", "list", "--tag", "finance"], None);
+    assert!(
+        ok && out.contains("standup-1126") && out.contains("[Finance]"),
+        "{out}"
+    );
+    let (ok, out, _) = cluster.run_cli(&["meetings", "list", "--tag", "legal"], None);
+    assert!(ok && out.contains("no meetings"), "{out}");
+
+    let dir = cluster.dir.path().to_path_buf();
+    for format in ["txt", "srt", "vtt", "json", "docx"] {
+        let file = dir.join(format!("standup.{format}"));
+        let (ok, _, err) = cluster.run_cli(
+            &[
+                "export",
+                "standup-1126",
+                "--format",
+                format,
+                "--out",
+                file.to_str().expect("utf-8"),
+            ],
+            None,
+        );
+        assert!(ok, "{format}: {err}");
+        let bytes = std::fs::read(&file).expect("export");
+        assert!(!bytes.is_empty(), "{format}");
+        if format != "docx" {
+            let text = String::from_utf8(bytes).expect("utf-8");
+            assert!(text.to_lowercase().contains("budget"), "{format}: {text}");
+        }
+    }
+    let srt = std::fs::read_to_string(dir.join("standup.srt")).expect("srt");
+    assert!(srt.starts_with("1\n00:00:"), "{srt}");
+    let vtt = std::fs::read_to_string(dir.join("standup.vtt")).expect("vtt");
+    assert!(vtt.starts_with("WEBVTT\n\n00:00:"), "{vtt}");
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("standup.json")).expect("json"))
+            .expect("valid json");
+    assert!(!json["segments"].as_array().expect("segments").is_empty());
+    if let Ok(python) = std::env::var("KIROKU_TEST_PYTHON") {
+        // The subtitle files parse with independent parsers.
+        let check = std::process::Command::new(python)
+            .arg("-c")
+            .arg(
+                "import sys, srt, webvtt; \
+                 assert list(srt.parse(open(sys.argv[1]).read())); \
+                 assert list(webvtt.read(sys.argv[2]))",
+            )
+            .arg(dir.join("standup.srt"))
+            .arg(dir.join("standup.vtt"))
+            .output()
+            .expect("python");
+        assert!(
+            check.status.success(),
+            "{}",
+            String::from_utf8_lossy(&check.stderr)
+        );
+    }
+    // The DOCX holds the memo as text, never as markup.
+    let docx = std::fs::read(dir.join("standup.docx")).expect("docx");
+    let document = {
+        let mut zip = zip::ZipArchive::new(std::io::Cursor::new(docx)).expect("a zip");
+        let mut xml = String::new();
+        std::io::Read::read_to_string(
+            &mut zip.by_name("word/document.xml").expect("document.xml"),
+            &mut xml,
+        )
+        .expect("utf-8");
+        xml
+    };
+    assert!(
+        document.contains("&lt;script&gt;alert(1)&lt;/script&gt;"),
+        "{document}"
+    );
+    assert!(!document.contains("<script"));
+    if let Ok(soffice) = std::env::var("KIROKU_TEST_LIBREOFFICE") {
+        let out = std::process::Command::new(soffice)
+            .args(["--headless", "--convert-to", "pdf", "--outdir"])
+            .arg(&dir)
+            .arg(dir.join("standup.docx"))
+            .env("HOME", &dir)
+            .output()
+            .expect("libreoffice");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let pdf = std::fs::read(dir.join("standup.pdf")).expect("pdf written");
+        assert!(pdf.starts_with(b"%PDF"), "LibreOffice opened the DOCX");
+    }
+
+    // Another tenant: nothing of this meeting exists for it (control 13.1.3).
+    let storage_url = cluster.storage_url();
+    let account_url = cluster.account_url();
+    let slug = format!("{}-b", cluster.tenant_slug);
+    let owner = cluster.access_token();
+    block_on(async move {
+        use kiroku_proto::account::v1 as account;
+        let other = account::account_service_client::AccountServiceClient::connect(account_url)
+            .await
+            .expect("account")
+            .register(account::RegisterRequest {
+                tenant_slug: slug,
+                tenant_name: "Other".into(),
+                email: "eve@other.example".into(),
+                display_name: "Eve".into(),
+                password: "eves long passphrase".into(),
+            })
+            .await
+            .expect("register")
+            .into_inner()
+            .tokens
+            .expect("tokens")
+            .access_token;
+        let mut client = storage(&storage_url).await;
+        let labels = client
+            .list_labels(authorized(
+                pb::ListLabelsRequest {
+                    meeting_id: "standup-1126".into(),
+                },
+                &owner,
+            ))
+            .await
+            .expect("owner labels")
+            .into_inner()
+            .labels;
+        let label_id = labels[0].label_id.clone();
+        let meeting = || "standup-1126".to_string();
+        let not_found = |result: Result<tonic::Status, String>| {
+            let status = result.expect("refused");
+            assert_eq!(status.code(), Code::NotFound, "{status:?}");
+        };
+        not_found(
+            client
+                .get_meeting(authorized(
+                    pb::GetMeetingRequest {
+                        meeting_id: meeting(),
+                    },
+                    &other,
+                ))
+                .await
+                .map(|_| String::new())
+                .err()
+                .ok_or("get".into()),
+        );
+        not_found(
+            client
+                .export_meeting(authorized(
+                    pb::ExportMeetingRequest {
+                        meeting_id: meeting(),
+                        format: pb::ExportFormat::Txt as i32,
+                    },
+                    &other,
+                ))
+                .await
+                .map(|_| String::new())
+                .err()
+                .ok_or("export".into()),
+        );
+        not_found(
+            client
+                .list_labels(authorized(
+                    pb::ListLabelsRequest {
+                        meeting_id: meeting(),
+                    },
+                    &other,
+                ))
+                .await
+                .map(|_| String::new())
+                .err()
+                .ok_or("labels".into()),
+        );
+        not_found(
+            client
+                .add_label(authorized(
+                    pb::AddLabelRequest {
+                        meeting_id: meeting(),
+                        kind: pb::LabelKind::Tag as i32,
+                        text: "mine".into(),
+                        ..Default::default()
+                    },
+                    &other,
+                ))
+                .await
+                .map(|_| String::new())
+                .err()
+                .ok_or("add".into()),
+        );
+        not_found(
+            client
+                .remove_label(authorized(pb::RemoveLabelRequest { label_id }, &other))
+                .await
+                .map(|_| String::new())
+                .err()
+                .ok_or("remove".into()),
+        );
+        let hits = client
+            .search(authorized(
+                pb::SearchRequest {
+                    query: "budget".into(),
+                    limit: 0,
+                },
+                &other,
+            ))
+            .await
+            .expect("search")
+            .into_inner()
+            .hits;
+        assert!(hits.is_empty());
+        let listed = client
+            .list_meetings(authorized(pb::ListMeetingsRequest::default(), &other))
+            .await
+            .expect("list")
+            .into_inner()
+            .meetings;
+        assert!(listed.is_empty());
+        // Bad input gets precise statuses.
+        let status = client
+            .search(authorized(
+                pb::SearchRequest {
+                    query: " ... ".into(),
+                    limit: 0,
+                },
+                &owner,
+            ))
+            .await
+            .expect_err("no words");
+        assert_eq!(status.code(), Code::InvalidArgument);
+        let status = client
+            .add_label(authorized(
+                pb::AddLabelRequest {
+                    meeting_id: meeting(),
+                    kind: pb::LabelKind::Memo as i32,
+                    text: "backwards".into(),
+                    at_ms: 5000,
+                    end_ms: 1000,
+                },
+                &owner,
+            ))
+            .await
+            .expect_err("backwards memo");
+        assert_eq!(status.code(), Code::InvalidArgument);
+    });
+}

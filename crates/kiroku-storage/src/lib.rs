@@ -1,0 +1,247 @@
+//! The storage service (`kiroku serve storage`): the minutes. A durable JetStream
+//! consumer of `TRANSCRIPTS` persists every final exactly once (a final's identity is its
+//! session and result seq), whether or not its client is still connected; meetings,
+//! their segments and labels live in the service's own PostgreSQL schema under forced
+//! row-level security, sealed with the tenant's data key ([`crypto`]); users search,
+//! label and export them through `kiroku.storage.v1.Storage`.
+//!
+//! Not yet here (same issue, next steps): DOCX export, live bookmarks from the stream,
+//! tenant export and erasure, backup and restore, the `region` setting, key rotation.
+
+pub mod crypto;
+pub mod search;
+mod service;
+pub mod store;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use async_nats::jetstream;
+use async_nats::jetstream::consumer::pull;
+use futures::StreamExt as _;
+use kiroku_core::audit::AuditEmitter;
+use kiroku_core::db::{DatabaseConfig, Db};
+use kiroku_core::nats::{Layout, Retention};
+use kiroku_proto::events::v1::TranscriptResult;
+use kiroku_proto::storage::v1::storage_server::StorageServer;
+use prost::Message as _;
+use tokio::net::TcpListener;
+use tracing::{error, info, warn};
+use uuid::Uuid;
+
+pub use service::{METHODS, StorageService, transcript};
+pub use store::Keys;
+
+/// Default gRPC address of the storage service.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:50055";
+/// Default admin HTTP address.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9468";
+/// The role the storage service connects as.
+pub const APP_ROLE: &str = "kiroku_storage";
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+/// The durable consumer through which storage replicas share `TRANSCRIPTS`.
+pub const CONSUMER: &str = "storage";
+
+#[derive(Debug, Clone)]
+pub struct StorageConfig {
+    pub database: DatabaseConfig,
+    pub migrate: bool,
+    pub nats_url: String,
+    pub layout: Layout,
+    pub redis_url: String,
+    pub account_url: String,
+    /// Wraps the tenants' data keys.
+    pub keys: Arc<dyn crypto::KeyProvider>,
+}
+
+impl StorageConfig {
+    pub fn new(
+        owner_url: &str,
+        schema: &str,
+        account_url: &str,
+        keys: Arc<dyn crypto::KeyProvider>,
+    ) -> Self {
+        Self {
+            database: DatabaseConfig::new(owner_url, schema, APP_ROLE),
+            migrate: true,
+            nats_url: kiroku_core::nats::DEFAULT_NATS_URL.into(),
+            layout: Layout::default(),
+            redis_url: kiroku_account::DEFAULT_REDIS_URL.into(),
+            account_url: account_url.into(),
+            keys,
+        }
+    }
+}
+
+/// Persists one `TRANSCRIPTS` message; `Err` leaves it unacknowledged (redelivered).
+async fn persist(
+    db: &Db,
+    keys: &Keys,
+    message: &TranscriptResult,
+) -> Result<(), store::StoreError> {
+    let tenant = Uuid::try_parse(&message.tenant_id).map_err(|_| {
+        sqlx::Error::Protocol(format!("tenant id {:?} is not a uuid", message.tenant_id))
+    })?;
+    if let Some(result) = &message.result
+        && result.is_final
+        && let Some(segment) = &result.segment
+    {
+        let meeting = if message.meeting_id.trim().is_empty() {
+            message.session_id.as_str()
+        } else {
+            message.meeting_id.trim()
+        };
+        store::persist_final(
+            db,
+            keys,
+            &store::Final {
+                tenant,
+                session_id: &message.session_id,
+                meeting_id: meeting,
+                result_seq: result.result_seq,
+                language: &result.language,
+                segment,
+            },
+        )
+        .await?;
+    }
+    if message.session_closed {
+        store::close_session(db, tenant, &message.session_id).await?;
+    }
+    Ok(())
+}
+
+/// Stores finals from `TRANSCRIPTS` until the task is dropped; each message is
+/// acknowledged only after its row is committed.
+async fn consume(db: Db, keys: Keys, js: jetstream::Context, layout: Layout) -> anyhow::Result<()> {
+    let stream = js.get_stream(layout.transcripts_stream()).await?;
+    let consumer = stream
+        .get_or_create_consumer(
+            CONSUMER,
+            pull::Config {
+                durable_name: Some(CONSUMER.into()),
+                ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                ack_wait: Duration::from_secs(30),
+                max_ack_pending: 1000,
+                ..Default::default()
+            },
+        )
+        .await?;
+    loop {
+        let mut messages = match consumer.messages().await {
+            Ok(messages) => messages,
+            Err(error) => {
+                warn!(%error, "storage consumer: retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        while let Some(message) = messages.next().await {
+            let message = match message {
+                Ok(message) => message,
+                Err(error) => {
+                    warn!(%error, "storage consumer: message error");
+                    break;
+                }
+            };
+            let result = match TranscriptResult::decode(message.payload.as_ref()) {
+                Ok(result) => result,
+                Err(error) => {
+                    error!(%error, subject = %message.subject, "undecodable transcript dropped");
+                    let _ = message.ack_with(jetstream::AckKind::Term).await;
+                    continue;
+                }
+            };
+            match persist(&db, &keys, &result).await {
+                Ok(()) => {
+                    if let Err(error) = message.ack().await {
+                        warn!(%error, "storage ack failed; the final will be redelivered and skipped");
+                    }
+                }
+                Err(store::StoreError::Database(sqlx::Error::Protocol(problem))) => {
+                    error!(%problem, "invalid transcript message dropped");
+                    let _ = message.ack_with(jetstream::AckKind::Term).await;
+                }
+                Err(error) => {
+                    error!(%error, "final not stored; will be redelivered");
+                    let _ = message
+                        .ack_with(jetstream::AckKind::Nak(Some(Duration::from_secs(1))))
+                        .await;
+                }
+            }
+        }
+    }
+}
+
+pub async fn serve(
+    config: StorageConfig,
+    grpc: TcpListener,
+    admin: TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    if config.migrate {
+        kiroku_core::db::migrate(&config.database, &MIGRATOR).await?;
+    }
+    let db = Db::connect(&config.database).await?;
+    let keys = Keys::new(config.keys.clone());
+    let redis = kiroku_account::auth::connect_redis(&config.redis_url).await?;
+    let revocations = kiroku_account::auth::Revocations::new(
+        redis,
+        &kiroku_account::redis_prefix(&config.layout),
+        kiroku_account::TokenLifetimes::default().access,
+    );
+    let checker = kiroku_account::checker::Checker::connect(
+        &config.account_url,
+        revocations,
+        Duration::from_secs(30),
+    )
+    .await?;
+    let nats = kiroku_core::nats::connect(&config.nats_url, "kiroku-storage")
+        .await
+        .with_context(|| format!("connecting to NATS at {}", config.nats_url))?;
+    let js = jetstream::new(nats.clone());
+    config
+        .layout
+        .ensure(&js, &Retention::default())
+        .await
+        .context("creating the JetStream streams")?;
+    let consumer = tokio::spawn(consume(
+        db.clone(),
+        keys.clone(),
+        js.clone(),
+        config.layout.clone(),
+    ));
+    info!(
+        master_key = config.keys.key_id(),
+        "storage consumer started"
+    );
+
+    let ready_db = db.clone();
+    let ready = kiroku_core::admin::poll_readiness(move || {
+        let (db, nats) = (ready_db.clone(), nats.clone());
+        async move {
+            db.is_ready().await
+                && nats.connection_state() == async_nats::connection::State::Connected
+        }
+    });
+    let service = StorageService::new(
+        db.clone(),
+        keys,
+        checker,
+        AuditEmitter::new(js, config.layout.clone()),
+    );
+    kiroku_core::admin::serve_grpc(
+        <StorageServer<StorageService> as tonic::server::NamedService>::NAME,
+        tonic::service::Routes::new(StorageServer::new(service)),
+        tonic::transport::Server::builder(),
+        grpc,
+        admin,
+        ready,
+        shutdown,
+    )
+    .await?;
+    consumer.abort();
+    db.close().await;
+    Ok(())
+}

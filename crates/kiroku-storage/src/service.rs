@@ -1,0 +1,523 @@
+//! `kiroku.storage.v1.Storage`: a tenant's users read, search, label and export their
+//! minutes. The tenant is the credential's; another tenant's meetings do not exist.
+
+use std::sync::Arc;
+
+use kiroku_account::auth::{Access, Principal, SCOPE_TRANSCRIBE};
+use kiroku_account::checker::Checker;
+use kiroku_core::audit::{AuditEmitter, AuditRecord, actions};
+use kiroku_core::db::Db;
+use kiroku_core::docx;
+use kiroku_core::transcript::{self, Format, Transcript};
+use kiroku_proto::storage::v1 as pb;
+use kiroku_proto::storage::v1::storage_server::Storage as StorageApi;
+use kiroku_proto::transcribe::v1 as api;
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
+
+use crate::store::{self, Keys, LabelRow, MeetingRow, StoreError};
+
+/// Who may call each method (deny by default).
+pub const METHODS: &[(&str, Access)] = &[
+    ("ListMeetings", Access::SignedIn),
+    ("GetMeeting", Access::SignedIn),
+    ("Search", Access::SignedIn),
+    ("ExportMeeting", Access::SignedIn),
+    ("ListLabels", Access::SignedIn),
+    (
+        "AddLabel",
+        Access::Member {
+            api_scope: SCOPE_TRANSCRIBE,
+        },
+    ),
+    (
+        "RemoveLabel",
+        Access::Member {
+            api_scope: SCOPE_TRANSCRIBE,
+        },
+    ),
+];
+
+pub const MAX_PAGE: u32 = 200;
+pub const MAX_HITS: u32 = 100;
+pub const MAX_QUERY_CHARS: usize = 200;
+pub const MAX_LABEL_CHARS: usize = 2000;
+
+#[derive(Clone)]
+pub struct StorageService {
+    db: Db,
+    keys: Keys,
+    checker: Arc<Checker>,
+    audit: AuditEmitter,
+}
+
+impl std::fmt::Debug for StorageService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StorageService").finish_non_exhaustive()
+    }
+}
+
+fn internal(error: StoreError) -> Status {
+    tracing::error!(%error, "storage error");
+    match error {
+        StoreError::Crypto(_) => Status::data_loss("stored data does not decrypt"),
+        _ => Status::internal("internal error"),
+    }
+}
+
+fn not_found(what: &str) -> Status {
+    Status::not_found(format!("{what} not found"))
+}
+
+fn timestamp(time: chrono::DateTime<chrono::Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: time.timestamp(),
+        nanos: time.timestamp_subsec_nanos() as i32,
+    }
+}
+
+fn meeting_id(value: &str) -> Result<String, Status> {
+    let id = value.trim();
+    if id.is_empty() || id.len() > 128 {
+        return Err(Status::invalid_argument(
+            "meeting_id must be 1 to 128 bytes",
+        ));
+    }
+    Ok(id.to_string())
+}
+
+fn summary(row: &MeetingRow, labels: &[LabelRow]) -> pb::MeetingSummary {
+    pb::MeetingSummary {
+        meeting_id: row.meeting_id.clone(),
+        title: row.title.clone(),
+        started_at: Some(timestamp(row.started_at)),
+        ended_at: row.ended_at.map(timestamp),
+        language: row.language.clone(),
+        duration_ms: row.duration_ms.max(0) as u64,
+        segments: row.segments.clamp(0, i64::from(u32::MAX)) as u32,
+        tags: labels
+            .iter()
+            .filter(|l| l.kind == "tag")
+            .map(|l| l.text.clone())
+            .collect(),
+    }
+}
+
+fn kind_name(kind: i32) -> Option<&'static str> {
+    match pb::LabelKind::try_from(kind).ok()? {
+        pb::LabelKind::Tag => Some("tag"),
+        pb::LabelKind::Bookmark => Some("bookmark"),
+        pb::LabelKind::Memo => Some("memo"),
+        pb::LabelKind::Unspecified => None,
+    }
+}
+
+fn label(row: &LabelRow) -> pb::Label {
+    let kind = match row.kind.as_str() {
+        "tag" => pb::LabelKind::Tag,
+        "bookmark" => pb::LabelKind::Bookmark,
+        _ => pb::LabelKind::Memo,
+    };
+    pb::Label {
+        label_id: row.label_id.to_string(),
+        meeting_id: row.meeting_id.clone(),
+        kind: kind as i32,
+        text: row.text.clone(),
+        at_ms: row.at_ms.max(0) as u64,
+        end_ms: row.end_ms.max(0) as u64,
+        created_by: row.created_by.clone(),
+        created_at: Some(timestamp(row.created_at)),
+    }
+}
+
+/// The stored segments as a transcript for the renderers.
+pub fn transcript(row: &MeetingRow, segments: &[api::Segment]) -> Transcript {
+    let segments: Vec<transcript::Segment> = segments
+        .iter()
+        .map(|s| transcript::Segment {
+            start_ms: s.start_ms,
+            end_ms: s.end_ms,
+            text: s.text.clone(),
+            words: s
+                .words
+                .iter()
+                .map(|w| transcript::Word {
+                    text: w.text.clone(),
+                    start_ms: w.start_ms,
+                    end_ms: w.end_ms,
+                    probability: w.probability,
+                })
+                .collect(),
+        })
+        .collect();
+    Transcript {
+        duration_ms: segments.iter().map(|s| s.end_ms).max().unwrap_or(0),
+        text: segments
+            .iter()
+            .map(|s| s.text.trim())
+            .filter(|t| !t.is_empty())
+            .collect::<Vec<_>>()
+            .join(" "),
+        language: row.language.clone(),
+        segments,
+    }
+}
+
+impl StorageService {
+    pub fn new(db: Db, keys: Keys, checker: Arc<Checker>, audit: AuditEmitter) -> Self {
+        Self {
+            db,
+            keys,
+            checker,
+            audit,
+        }
+    }
+
+    async fn caller<T>(&self, request: &Request<T>, method: &str) -> Result<Principal, Status> {
+        let rule = METHODS
+            .iter()
+            .find(|(name, _)| *name == method)
+            .map(|(_, rule)| *rule)
+            .ok_or_else(|| Status::permission_denied("method not allowed"))?;
+        self.checker.admit(request.metadata(), rule).await
+    }
+}
+
+#[tonic::async_trait]
+impl StorageApi for StorageService {
+    async fn list_meetings(
+        &self,
+        request: Request<pb::ListMeetingsRequest>,
+    ) -> Result<Response<pb::ListMeetingsResponse>, Status> {
+        let caller = self.caller(&request, "ListMeetings").await?;
+        let request = request.into_inner();
+        let page_size = match request.page_size {
+            0 => 50,
+            n if n > MAX_PAGE => {
+                return Err(Status::invalid_argument(format!(
+                    "page_size is at most {MAX_PAGE}"
+                )));
+            }
+            n => n,
+        };
+        let after = if request.page_token.is_empty() {
+            None
+        } else {
+            let (micros, id) = request
+                .page_token
+                .split_once(':')
+                .and_then(|(t, id)| Some((t.parse::<i64>().ok()?, id.to_string())))
+                .ok_or_else(|| Status::invalid_argument("page_token is not one we issued"))?;
+            let time = chrono::DateTime::from_timestamp_micros(micros)
+                .ok_or_else(|| Status::invalid_argument("page_token is not one we issued"))?;
+            Some((time, id))
+        };
+        let tag = Some(request.tag.trim()).filter(|t| !t.is_empty());
+        let mut rows = store::list_meetings(
+            &self.db,
+            &self.keys,
+            caller.tenant_id,
+            after,
+            tag,
+            i64::from(page_size) + 1,
+        )
+        .await
+        .map_err(internal)?;
+        let more = rows.len() > page_size as usize;
+        rows.truncate(page_size as usize);
+        let mut meetings = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let labels = store::labels(&self.db, &self.keys, caller.tenant_id, &row.meeting_id)
+                .await
+                .map_err(internal)?
+                .unwrap_or_default();
+            meetings.push(summary(row, &labels));
+        }
+        Ok(Response::new(pb::ListMeetingsResponse {
+            next_page_token: match (more, rows.last()) {
+                (true, Some(last)) => {
+                    format!("{}:{}", last.started_at.timestamp_micros(), last.meeting_id)
+                }
+                _ => String::new(),
+            },
+            meetings,
+        }))
+    }
+
+    async fn get_meeting(
+        &self,
+        request: Request<pb::GetMeetingRequest>,
+    ) -> Result<Response<pb::Meeting>, Status> {
+        let caller = self.caller(&request, "GetMeeting").await?;
+        let id = meeting_id(&request.into_inner().meeting_id)?;
+        let (row, segments) = store::meeting(&self.db, &self.keys, caller.tenant_id, &id)
+            .await
+            .map_err(internal)?
+            .ok_or_else(|| not_found("meeting"))?;
+        let labels = store::labels(&self.db, &self.keys, caller.tenant_id, &id)
+            .await
+            .map_err(internal)?
+            .unwrap_or_default();
+        Ok(Response::new(pb::Meeting {
+            summary: Some(summary(&row, &labels)),
+            segments,
+            labels: labels.iter().map(label).collect(),
+        }))
+    }
+
+    async fn search(
+        &self,
+        request: Request<pb::SearchRequest>,
+    ) -> Result<Response<pb::SearchResponse>, Status> {
+        let caller = self.caller(&request, "Search").await?;
+        let request = request.into_inner();
+        let query = request.query.trim();
+        if query.is_empty() || query.chars().count() > MAX_QUERY_CHARS {
+            return Err(Status::invalid_argument(format!(
+                "query must be 1 to {MAX_QUERY_CHARS} characters"
+            )));
+        }
+        if crate::search::query_terms(query).is_empty() {
+            return Err(Status::invalid_argument("query has no words to search for"));
+        }
+        let limit = match request.limit {
+            0 => 20,
+            n => n.min(MAX_HITS),
+        };
+        let hits = store::search(
+            &self.db,
+            &self.keys,
+            caller.tenant_id,
+            query,
+            i64::from(limit),
+        )
+        .await
+        .map_err(internal)?;
+        Ok(Response::new(pb::SearchResponse {
+            hits: hits
+                .into_iter()
+                .map(|(meeting_id, title, segment)| pb::SearchHit {
+                    meeting_id,
+                    title,
+                    segment: Some(segment),
+                })
+                .collect(),
+        }))
+    }
+
+    async fn export_meeting(
+        &self,
+        request: Request<pb::ExportMeetingRequest>,
+    ) -> Result<Response<pb::ExportMeetingResponse>, Status> {
+        let caller = self.caller(&request, "ExportMeeting").await?;
+        let request = request.into_inner();
+        let id = meeting_id(&request.meeting_id)?;
+        let format = pb::ExportFormat::try_from(request.format)
+            .ok()
+            .filter(|f| *f != pb::ExportFormat::Unspecified)
+            .ok_or_else(|| {
+                Status::invalid_argument("format must be TXT, SRT, VTT, JSON or DOCX")
+            })?;
+        let (row, segments) = store::meeting(&self.db, &self.keys, caller.tenant_id, &id)
+            .await
+            .map_err(internal)?
+            .ok_or_else(|| not_found("meeting"))?;
+        let transcript = transcript(&row, &segments);
+        let (data, content_type, extension) = match format {
+            pb::ExportFormat::Txt => (
+                transcript.render(Format::Txt).into_bytes(),
+                "text/plain; charset=utf-8",
+                "txt",
+            ),
+            pb::ExportFormat::Srt => (
+                transcript.render(Format::Srt).into_bytes(),
+                "application/x-subrip",
+                "srt",
+            ),
+            pb::ExportFormat::Vtt => (
+                transcript.render(Format::Vtt).into_bytes(),
+                "text/vtt",
+                "vtt",
+            ),
+            pb::ExportFormat::Json => (
+                transcript.render(Format::Json).into_bytes(),
+                "application/json",
+                "json",
+            ),
+            _ => {
+                let labels = store::labels(&self.db, &self.keys, caller.tenant_id, &id)
+                    .await
+                    .map_err(internal)?
+                    .unwrap_or_default();
+                let labels: Vec<docx::Label<'_>> = labels
+                    .iter()
+                    .map(|l| docx::Label {
+                        kind: &l.kind,
+                        at_ms: (l.kind != "tag").then_some(l.at_ms.max(0) as u64),
+                        end_ms: (l.kind == "memo").then_some(l.end_ms.max(0) as u64),
+                        text: &l.text,
+                    })
+                    .collect();
+                // Minutes show Japan time (the service's market); the audit log's
+                // per-tenant zone setting is the audit service's.
+                let jst = chrono::FixedOffset::east_opt(9 * 3600)
+                    .ok_or_else(|| Status::internal("time zone"))?;
+                let started = row
+                    .started_at
+                    .with_timezone(&jst)
+                    .format("%Y-%m-%d %H:%M JST")
+                    .to_string();
+                let data = docx::render(&docx::Minutes {
+                    title: &row.title,
+                    started_at: &started,
+                    participants: &[],
+                    transcript: &transcript,
+                    labels: &labels,
+                })
+                .map_err(|e| {
+                    tracing::error!(error = %e, "docx");
+                    Status::internal("internal error")
+                })?;
+                (
+                    data,
+                    "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+                    "docx",
+                )
+            }
+        };
+        let record = AuditRecord::new(
+            caller.tenant_token(),
+            caller.actor(),
+            actions::MEETING_EXPORTED,
+        )
+        .target(format!("meeting/{id}"))
+        .detail("format", extension);
+        if let Err(error) = self.audit.emit(record).await {
+            // The customer must be able to see every export: none without its entry.
+            tracing::error!(%error, "meeting.exported not audited: export refused");
+            return Err(Status::unavailable("the audit log is unavailable; retry"));
+        }
+        let safe: String = id
+            .chars()
+            .map(|c| {
+                if c.is_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        Ok(Response::new(pb::ExportMeetingResponse {
+            data,
+            content_type: content_type.into(),
+            file_name: format!("{safe}.{extension}"),
+        }))
+    }
+
+    async fn add_label(
+        &self,
+        request: Request<pb::AddLabelRequest>,
+    ) -> Result<Response<pb::Label>, Status> {
+        let caller = self.caller(&request, "AddLabel").await?;
+        let request = request.into_inner();
+        let id = meeting_id(&request.meeting_id)?;
+        let kind = kind_name(request.kind)
+            .ok_or_else(|| Status::invalid_argument("kind must be TAG, BOOKMARK or MEMO"))?;
+        let text = request.text.trim();
+        let chars = text.chars().count();
+        if chars > MAX_LABEL_CHARS || (kind != "bookmark" && chars == 0) {
+            return Err(Status::invalid_argument(format!(
+                "label text must be {} to {MAX_LABEL_CHARS} characters",
+                if kind == "bookmark" { 0 } else { 1 }
+            )));
+        }
+        if kind == "tag" && (chars > 64 || text.contains(char::is_control)) {
+            return Err(Status::invalid_argument(
+                "a tag is one line of at most 64 characters",
+            ));
+        }
+        if text
+            .chars()
+            .any(|c| c.is_control() && !matches!(c, '\n' | '\t'))
+        {
+            return Err(Status::invalid_argument(
+                "label text must not contain control characters",
+            ));
+        }
+        let (at_ms, end_ms) = match kind {
+            "tag" => (0, 0),
+            "bookmark" => (request.at_ms, request.at_ms),
+            _ => {
+                if request.end_ms < request.at_ms {
+                    return Err(Status::invalid_argument(
+                        "a memo's end_ms must not be before its at_ms",
+                    ));
+                }
+                (request.at_ms, request.end_ms)
+            }
+        };
+        if at_ms > i64::MAX as u64 || end_ms > i64::MAX as u64 {
+            return Err(Status::invalid_argument("time out of range"));
+        }
+        let row = store::add_label(
+            &self.db,
+            &self.keys,
+            caller.tenant_id,
+            Uuid::new_v4(),
+            &id,
+            kind,
+            text,
+            at_ms as i64,
+            end_ms as i64,
+            &caller.subject.to_string(),
+        )
+        .await
+        .map_err(internal)?
+        .ok_or_else(|| not_found("meeting"))?;
+        self.audit.spawn_emit(
+            AuditRecord::new(caller.tenant_token(), caller.actor(), actions::LABEL_ADDED)
+                .target(format!("meeting/{id}"))
+                .detail("label", row.label_id.to_string())
+                .detail("kind", kind),
+        );
+        Ok(Response::new(label(&row)))
+    }
+
+    async fn list_labels(
+        &self,
+        request: Request<pb::ListLabelsRequest>,
+    ) -> Result<Response<pb::ListLabelsResponse>, Status> {
+        let caller = self.caller(&request, "ListLabels").await?;
+        let id = meeting_id(&request.into_inner().meeting_id)?;
+        let rows = store::labels(&self.db, &self.keys, caller.tenant_id, &id)
+            .await
+            .map_err(internal)?
+            .ok_or_else(|| not_found("meeting"))?;
+        Ok(Response::new(pb::ListLabelsResponse {
+            labels: rows.iter().map(label).collect(),
+        }))
+    }
+
+    async fn remove_label(
+        &self,
+        request: Request<pb::RemoveLabelRequest>,
+    ) -> Result<Response<pb::RemoveLabelResponse>, Status> {
+        let caller = self.caller(&request, "RemoveLabel").await?;
+        let label_id = Uuid::try_parse(request.into_inner().label_id.trim())
+            .map_err(|_| not_found("label"))?;
+        let meeting = store::remove_label(&self.db, caller.tenant_id, label_id)
+            .await
+            .map_err(internal)?
+            .ok_or_else(|| not_found("label"))?;
+        self.audit.spawn_emit(
+            AuditRecord::new(
+                caller.tenant_token(),
+                caller.actor(),
+                actions::LABEL_REMOVED,
+            )
+            .target(format!("meeting/{meeting}"))
+            .detail("label", label_id.to_string()),
+        );
+        Ok(Response::new(pb::RemoveLabelResponse {}))
+    }
+}
