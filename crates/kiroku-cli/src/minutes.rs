@@ -341,7 +341,7 @@ pub fn label(command: LabelCommand) -> Result<()> {
                         kind: pb::LabelKind::Bookmark as i32,
                         text: note.unwrap_or_default(),
                         at_ms: parse_time(&at)?,
-                        end_ms: 0,
+                        ..Default::default()
                     },
                     (None, None, Some(text)) => pb::AddLabelRequest {
                         meeting_id: meeting,
@@ -349,6 +349,7 @@ pub fn label(command: LabelCommand) -> Result<()> {
                         text,
                         at_ms: parse_time(from.as_deref().unwrap_or("0"))?,
                         end_ms: parse_time(to.as_deref().unwrap_or("0"))?,
+                        ..Default::default()
                     },
                     _ => {
                         return Err(InputError(

@@ -559,11 +559,90 @@ fn control_8_2_2_a_streamed_meeting_is_searchable_labelled_and_exportable() {
                     text: "backwards".into(),
                     at_ms: 5000,
                     end_ms: 1000,
+                    live: false,
                 },
                 &owner,
             ))
             .await
             .expect_err("backwards memo");
         assert_eq!(status.code(), Code::InvalidArgument);
+    });
+}
+
+/// control 8.2.2: a bookmark set live from the stream (its Bookmark control message) is
+/// stored as a label of the meeting with the caller's credentials, even before the
+/// meeting's first final, and acknowledged with its label id.
+#[test]
+fn control_8_2_2_a_live_bookmark_from_the_stream_is_stored() {
+    let cluster = Cluster::start(1, 0, options());
+    let (gateway, token) = (cluster.gateway_url(0), cluster.access_token());
+    block_on(async move {
+        use api::stream_transcribe_request::Request as R;
+        let mut client = api::transcription_client::TranscriptionClient::connect(gateway.clone())
+            .await
+            .expect("gateway");
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        tx.send(api::StreamTranscribeRequest {
+            request: Some(R::Config(api::StreamConfig {
+                audio_format: Some(api::AudioFormat {
+                    encoding: api::AudioEncoding::Linear16 as i32,
+                    sample_rate_hz: 16_000,
+                    channels: 1,
+                }),
+                meeting_id: "live-bookmarks".into(),
+                ..Default::default()
+            })),
+        })
+        .await
+        .expect("config");
+        let mut responses = client
+            .stream_transcribe(authorized(
+                tokio_stream::wrappers::ReceiverStream::new(rx),
+                &token,
+            ))
+            .await
+            .expect("stream")
+            .into_inner();
+        responses.message().await.expect("session").expect("info");
+        tx.send(api::StreamTranscribeRequest {
+            request: Some(R::Control(api::Control {
+                action: Some(api::control::Action::Bookmark(api::Bookmark {
+                    offset_ms: 1500,
+                    note: "kickoff <b>decision</b>".into(),
+                })),
+            })),
+        })
+        .await
+        .expect("bookmark");
+        let ack = loop {
+            let message = responses.message().await.expect("response").expect("open");
+            if let Some(api::stream_transcribe_response::Response::BookmarkAck(ack)) =
+                message.response
+            {
+                break ack;
+            }
+        };
+        assert!(!ack.bookmark_id.is_empty(), "not stored: {ack:?}");
+        assert_eq!(ack.offset_ms, 1500);
+        drop(tx);
+        let labels = storage(&gateway)
+            .await
+            .list_labels(authorized(
+                pb::ListLabelsRequest {
+                    meeting_id: "live-bookmarks".into(),
+                },
+                &token,
+            ))
+            .await
+            .expect("labels")
+            .into_inner()
+            .labels;
+        assert_eq!(labels.len(), 1, "{labels:?}");
+        assert_eq!(labels[0].label_id, ack.bookmark_id);
+        assert_eq!(labels[0].kind, pb::LabelKind::Bookmark as i32);
+        assert_eq!(
+            (labels[0].at_ms, labels[0].text.as_str()),
+            (1500, "kickoff <b>decision</b>")
+        );
     });
 }

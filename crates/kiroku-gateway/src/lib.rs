@@ -138,6 +138,9 @@ struct Shared {
     gatekeeper: Arc<access::Gatekeeper>,
     admission: Arc<admission::Admission>,
     audit: kiroku_core::audit::AuditEmitter,
+    /// Where live bookmarks are stored (the caller's own credentials go along).
+    storage:
+        Option<kiroku_proto::storage::v1::storage_client::StorageClient<tonic::transport::Channel>>,
 }
 
 impl Gateway {
@@ -171,8 +174,20 @@ impl Gateway {
         .await?;
         let admission = admission::Admission::new(redis, &prefix, config.quotas.clone());
         let audit = kiroku_core::audit::AuditEmitter::new(js.clone(), config.layout.clone());
+        let storage = match &config.storage_url {
+            Some(url) => Some(
+                kiroku_proto::storage::v1::storage_client::StorageClient::new(
+                    tonic::transport::Endpoint::from_shared(url.clone())
+                        .with_context(|| format!("storage URL {url:?}"))?
+                        .connect_timeout(Duration::from_secs(3))
+                        .connect_lazy(),
+                ),
+            ),
+            None => None,
+        };
         Ok(Self {
             inner: Arc::new(Shared {
+                storage,
                 config,
                 nats,
                 js,

@@ -15,6 +15,8 @@ use futures::stream::FuturesOrdered;
 use futures::{FutureExt as _, StreamExt as _};
 use kiroku_core::nats::{Follower, Layout};
 use kiroku_proto::events::v1 as events;
+use kiroku_proto::storage::v1 as storage_api;
+use kiroku_proto::storage::v1::storage_client::StorageClient;
 use kiroku_proto::transcribe::v1::{
     self as api, StreamTranscribeRequest, StreamTranscribeResponse, stream_transcribe_request,
     stream_transcribe_response,
@@ -22,7 +24,7 @@ use kiroku_proto::transcribe::v1::{
 use prost::Message as _;
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
-use tracing::{Instrument as _, debug, info};
+use tracing::{Instrument as _, debug, info, warn};
 
 use crate::access::StreamWatch;
 use crate::admission::StreamLease;
@@ -200,6 +202,17 @@ pub(crate) async fn start(
     }
     .instrument(span.clone())
     .await?;
+    let mut session = session;
+    session.meeting = if config.meeting_id.trim().is_empty() {
+        session.id.clone()
+    } else {
+        config.meeting_id.trim().to_string()
+    };
+    for header in ["authorization", kiroku_account::auth::API_KEY_HEADER] {
+        if let Some(value) = metadata.get(header) {
+            session.credentials.insert(header, value.clone());
+        }
+    }
     span.record("session", session.id.as_str());
 
     let (tx, rx) = mpsc::channel(256);
@@ -292,6 +305,10 @@ struct Session {
     next_offset: u64,
     /// `next_offset` when this connection began (not 0 for a resumed session).
     start_offset: u64,
+    /// The meeting (the config's, else the session id), for bookmarks.
+    meeting: String,
+    /// The caller's credential headers, sent along when a bookmark is stored.
+    credentials: tonic::metadata::MetadataMap,
     /// End of stream already published.
     ended: bool,
     /// Finals up to this seq were delivered (or the client said it has them).
@@ -405,6 +422,8 @@ impl Session {
             last_seq,
             next_offset,
             start_offset: next_offset,
+            meeting: String::new(),
+            credentials: tonic::metadata::MetadataMap::new(),
             ended,
             delivered_seq: 0,
             arrivals: VecDeque::new(),
@@ -604,20 +623,27 @@ impl Session {
                         Ok(())
                     }
                     Some(Action::Bookmark(bookmark)) => {
-                        // Bookmarks are acknowledged with their resolved offset; storing
-                        // them as labels is the storage service's job (not built yet).
                         let offset_ms = if bookmark.offset_ms == 0 {
                             self.next_offset * 1000 / u64::from(OUTPUT_RATE_HZ)
                         } else {
                             bookmark.offset_ms
                         };
-                        let ack = api::BookmarkAck {
-                            bookmark_id: uuid::Uuid::new_v4().simple().to_string(),
+                        if bookmark.note.chars().count() > 2000 {
+                            return Err(Status::invalid_argument(
+                                "a bookmark note is at most 2000 characters",
+                            ));
+                        }
+                        // Stored as a label by the storage service, with the caller's
+                        // own credentials, off the audio path; acknowledged once stored.
+                        tokio::spawn(store_bookmark(
+                            shared.storage.clone(),
+                            self.credentials.clone(),
+                            self.meeting.clone(),
+                            bookmark.note,
                             offset_ms,
-                        };
-                        send(tx, stream_transcribe_response::Response::BookmarkAck(ack))
-                            .await
-                            .map_err(|_| Status::cancelled("client went away"))
+                            tx.clone(),
+                        ));
+                        Ok(())
                     }
                     None => Err(Status::invalid_argument("empty control message")),
                 }
@@ -814,6 +840,53 @@ impl Session {
             real_time_factor: 0.0,
         }
     }
+}
+
+/// Stores a live bookmark (three tries over a few seconds) and acknowledges it; an empty
+/// `bookmark_id` in the acknowledgement means it could not be stored.
+async fn store_bookmark(
+    storage: Option<StorageClient<tonic::transport::Channel>>,
+    credentials: tonic::metadata::MetadataMap,
+    meeting: String,
+    note: String,
+    offset_ms: u64,
+    tx: Out,
+) {
+    let mut bookmark_id = String::new();
+    if let Some(storage) = storage {
+        for attempt in 0..3u32 {
+            let mut request = Request::new(storage_api::AddLabelRequest {
+                meeting_id: meeting.clone(),
+                kind: storage_api::LabelKind::Bookmark as i32,
+                text: note.clone(),
+                at_ms: offset_ms,
+                end_ms: 0,
+                live: true,
+            });
+            *request.metadata_mut() = credentials.clone();
+            match storage.clone().add_label(request).await {
+                Ok(label) => {
+                    bookmark_id = label.into_inner().label_id;
+                    break;
+                }
+                Err(status) => {
+                    warn!(code = ?status.code(), message = status.message(), attempt, "bookmark not stored");
+                    if !matches!(
+                        status.code(),
+                        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded
+                    ) {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(500 << attempt)).await;
+                }
+            }
+        }
+    }
+    let ack = api::BookmarkAck {
+        bookmark_id,
+        offset_ms,
+    };
+    let _ = send(&tx, stream_transcribe_response::Response::BookmarkAck(ack)).await;
 }
 
 async fn send(tx: &Out, response: stream_transcribe_response::Response) -> Result<(), ()> {

@@ -5,8 +5,8 @@
 //! row-level security, sealed with the tenant's data key ([`crypto`]); users search,
 //! label and export them through `kiroku.storage.v1.Storage`.
 //!
-//! Not yet here (same issue, next steps): DOCX export, live bookmarks from the stream,
-//! tenant export and erasure, backup and restore, the `region` setting, key rotation.
+//! Not yet here (same issue, next steps): tenant export and erasure, backup and restore,
+//! the `region` setting, master-key rotation, the storage benchmark.
 
 pub mod crypto;
 pub mod search;

@@ -459,17 +459,21 @@ impl StorageApi for StorageService {
         if at_ms > i64::MAX as u64 || end_ms > i64::MAX as u64 {
             return Err(Status::invalid_argument("time out of range"));
         }
+        let created_by = caller.subject.to_string();
         let row = store::add_label(
             &self.db,
             &self.keys,
             caller.tenant_id,
-            Uuid::new_v4(),
-            &id,
-            kind,
-            text,
-            at_ms as i64,
-            end_ms as i64,
-            &caller.subject.to_string(),
+            &store::NewLabel {
+                label_id: Uuid::new_v4(),
+                meeting_id: &id,
+                kind,
+                text,
+                at_ms: at_ms as i64,
+                end_ms: end_ms as i64,
+                created_by: &created_by,
+                create_meeting: request.live && kind == "bookmark",
+            },
         )
         .await
         .map_err(internal)?

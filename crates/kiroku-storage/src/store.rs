@@ -385,21 +385,48 @@ pub struct LabelRow {
     pub created_at: DateTime<Utc>,
 }
 
-/// Adds a label to an existing meeting (`None`: no such meeting for this tenant).
-#[allow(clippy::too_many_arguments)]
+/// A label to add.
+#[derive(Debug, Clone)]
+pub struct NewLabel<'a> {
+    pub label_id: Uuid,
+    pub meeting_id: &'a str,
+    pub kind: &'a str,
+    pub text: &'a str,
+    pub at_ms: i64,
+    pub end_ms: i64,
+    pub created_by: &'a str,
+    /// Create the meeting when it has no row yet (a live bookmark before the first final).
+    pub create_meeting: bool,
+}
+
+/// Adds a label to a meeting (`None`: no such meeting for this tenant).
 pub async fn add_label(
     db: &Db,
     keys: &Keys,
     tenant: Uuid,
-    label_id: Uuid,
-    meeting_id: &str,
-    kind: &str,
-    text: &str,
-    at_ms: i64,
-    end_ms: i64,
-    created_by: &str,
+    label: &NewLabel<'_>,
 ) -> Result<Option<LabelRow>> {
+    let NewLabel {
+        label_id,
+        meeting_id,
+        kind,
+        text,
+        at_ms,
+        end_ms,
+        created_by,
+        create_meeting,
+    } = *label;
     let mut tx = db.tenant_tx(tenant).await?;
+    if create_meeting {
+        sqlx::query(
+            "INSERT INTO meetings (tenant_id, meeting_id, title) VALUES ($1, $2, $2)
+             ON CONFLICT (tenant_id, meeting_id) DO NOTHING",
+        )
+        .bind(tenant)
+        .bind(meeting_id)
+        .execute(&mut *tx)
+        .await?;
+    }
     let exists: Option<i32> = sqlx::query_scalar("SELECT 1 FROM meetings WHERE meeting_id = $1")
         .bind(meeting_id)
         .fetch_optional(&mut *tx)
