@@ -144,6 +144,23 @@ pub enum AdminCommand {
 
 #[derive(Debug, clap::Subcommand)]
 pub enum TenantCommand {
+    /// Write every meeting of the tenant (JSON + WebVTT, labels) and a SHA-256 manifest
+    /// into a new directory (admins with MFA).
+    Export {
+        #[command(flatten)]
+        url: crate::minutes::StorageUrl,
+        #[arg(long)]
+        out: std::path::PathBuf,
+    },
+    /// Erase the tenant's minutes: its data key is destroyed first (no copy decrypts any
+    /// more), then its meetings are deleted (owners with MFA).
+    Erase {
+        #[command(flatten)]
+        url: crate::minutes::StorageUrl,
+        /// Your tenant's slug, to confirm.
+        #[arg(long)]
+        confirm: String,
+    },
     /// Register a new tenant and its owner, and sign in as the owner.
     Create {
         #[command(flatten)]
@@ -463,6 +480,12 @@ pub fn admin(command: AdminCommand) -> Result<()> {
             return crate::audit::run(crate::audit::AuditCommand::Usage(args));
         }
         AdminCommand::Notice(command) => return crate::notice::run(command),
+        AdminCommand::Tenant(TenantCommand::Export { url, out }) => {
+            return crate::minutes::tenant_export(url, out);
+        }
+        AdminCommand::Tenant(TenantCommand::Erase { url, confirm }) => {
+            return crate::minutes::tenant_erase(url, confirm);
+        }
         command => command,
     };
     runtime()?.block_on(async move {
@@ -501,7 +524,10 @@ pub fn admin(command: AdminCommand) -> Result<()> {
             }
             AdminCommand::User(command) => user(command).await?,
             AdminCommand::Apikey(command) => apikey(command).await?,
-            AdminCommand::Audit(_) | AdminCommand::Usage(_) | AdminCommand::Notice(_) => {
+            AdminCommand::Audit(_)
+            | AdminCommand::Usage(_)
+            | AdminCommand::Notice(_)
+            | AdminCommand::Tenant(TenantCommand::Export { .. } | TenantCommand::Erase { .. }) => {
                 unreachable!("handled before the runtime starts")
             }
             AdminCommand::ConsentPolicy { url, policy } => {

@@ -419,3 +419,101 @@ mod tests {
         assert!(parse_time("-5s").is_err());
     }
 }
+
+/// `kiroku admin tenant export --out DIR`: the bundle, written file by file, then every
+/// file checked against the manifest's SHA-256.
+pub fn tenant_export(url: StorageUrl, out: PathBuf) -> Result<()> {
+    if out.exists()
+        && std::fs::read_dir(&out)
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(true)
+    {
+        return Err(InputError(format!(
+            "{} exists and is not empty: export into a new directory",
+            out.display()
+        ))
+        .into());
+    }
+    runtime()?.block_on(async move {
+        use futures::StreamExt as _;
+        use sha2::Digest as _;
+        let cred = credential().await?;
+        let mut files = client(&url.storage)
+            .await?
+            .export_tenant(authed(pb::ExportTenantRequest {}, &cred))
+            .await
+            .map_err(refused)?
+            .into_inner();
+        let mut written = Vec::new();
+        while let Some(file) = files.next().await {
+            let file = file.map_err(refused)?;
+            // Paths come from the server: only plain relative names are written.
+            let relative = std::path::Path::new(&file.path);
+            if file.path.is_empty()
+                || relative.is_absolute()
+                || relative
+                    .components()
+                    .any(|c| !matches!(c, std::path::Component::Normal(_)))
+            {
+                anyhow::bail!("the bundle holds an unsafe path {:?}", file.path);
+            }
+            let path = out.join(relative);
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("creating {}", dir.display()))?;
+            }
+            std::fs::write(&path, &file.data)
+                .with_context(|| format!("writing {}", path.display()))?;
+            eprint!("\r{} files", written.len() + 1);
+            written.push(file.path);
+        }
+        eprintln!();
+        let manifest: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(out.join("manifest.json")).context("the bundle has no manifest")?,
+        )
+        .context("manifest.json is not JSON")?;
+        let listed = manifest["files"]
+            .as_array()
+            .context("manifest without files")?;
+        for entry in listed {
+            let path = entry["path"]
+                .as_str()
+                .context("manifest entry without path")?;
+            let data = std::fs::read(out.join(path)).with_context(|| format!("{path} missing"))?;
+            let digest = hex::encode(sha2::Sha256::digest(&data));
+            if Some(digest.as_str()) != entry["sha256"].as_str() {
+                anyhow::bail!("{path}: SHA-256 does not match the manifest");
+            }
+        }
+        println!(
+            "{} meetings exported to {} ({} files, SHA-256 verified)",
+            manifest["meetings"],
+            out.display(),
+            listed.len() + 1
+        );
+        Ok(())
+    })
+}
+
+/// `kiroku admin tenant erase --confirm SLUG`.
+pub fn tenant_erase(url: StorageUrl, confirm: String) -> Result<()> {
+    runtime()?.block_on(async move {
+        let cred = credential().await?;
+        let erased = client(&url.storage)
+            .await?
+            .erase_tenant(authed(
+                pb::EraseTenantRequest {
+                    confirm_tenant_slug: confirm,
+                },
+                &cred,
+            ))
+            .await
+            .map_err(refused)?
+            .into_inner();
+        println!(
+            "data key destroyed; erased {} meetings, {} segments, {} labels",
+            erased.meetings, erased.segments, erased.labels
+        );
+        Ok(())
+    })
+}

@@ -524,28 +524,12 @@ fn control_12_4_1_tenants_see_only_their_own_log() {
 }
 
 /// `kiroku admin audit list|verify|export|time-zone` as an admin signed in with MFA.
-/// The cached CLI login of the owner enrolls TOTP (its session then carries MFA).
-fn enroll_mfa_with_cli(cluster: &Cluster) {
-    let (ok, uri, err) = cluster.run_cli(&["mfa", "enroll"], Some(cluster::OWNER_PASSWORD));
-    assert!(ok, "{err}");
-    let secret = uri
-        .split("secret=")
-        .nth(1)
-        .and_then(|s| s.split('&').next())
-        .expect("secret");
-    let secret = kiroku_account::totp::decode_secret(secret).expect("base32");
-    let code =
-        kiroku_account::totp::code_at(&secret, kiroku_account::tokens::unix_now()).expect("code");
-    let (ok, _, err) = cluster.run_cli(&["mfa", "confirm", &code], None);
-    assert!(ok, "{err}");
-}
-
 #[test]
 fn admin_audit_cli_lists_verifies_and_exports() {
     let cluster = Cluster::start(0, 0, options());
     let (ok, _, err) = cluster.run_cli(&["admin", "audit", "list"], None);
     assert!(!ok && err.contains("mfa required"), "{err}");
-    enroll_mfa_with_cli(&cluster);
+    cluster.enroll_owner_mfa_with_cli();
 
     // The set-up's own events: registration, sign-in, MFA enrolment.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -980,6 +964,23 @@ fn control_12_4_1_every_audited_action_is_logged_exactly_once_per_occurrence() {
             .await
             .expect("export");
         did(a::MEETING_EXPORTED);
+        let mut bundle = minutes
+            .export_tenant(authorized(storage::ExportTenantRequest {}, &admin))
+            .await
+            .expect("tenant export")
+            .into_inner();
+        while bundle.message().await.expect("bundle").is_some() {}
+        did(a::TENANT_EXPORTED);
+        minutes
+            .erase_tenant(authorized(
+                storage::EraseTenantRequest {
+                    confirm_tenant_slug: slug.clone(),
+                },
+                &admin,
+            ))
+            .await
+            .expect("erase");
+        did(a::TENANT_ERASED);
 
         for action in a::ALL {
             assert!(
@@ -1058,7 +1059,7 @@ fn control_cld_12_4_5_usage_view_counts_streams_audio_errors_and_latency() {
     let report = client.finish(Duration::from_secs(120));
     let finals = report["finals"].as_array().expect("finals").len() as u64;
     assert!(finals >= 1);
-    enroll_mfa_with_cli(&cluster);
+    cluster.enroll_owner_mfa_with_cli();
     let admin = cluster.access_token();
     let (account_url, audit_url, gateway_url) = (
         cluster.account_url(),

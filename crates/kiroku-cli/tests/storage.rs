@@ -646,3 +646,204 @@ fn control_8_2_2_a_live_bookmark_from_the_stream_is_stored() {
         );
     });
 }
+
+/// control CLD.8.1.5: the tenant's minutes leave as a bundle (JSON + WebVTT per meeting,
+/// labels, a SHA-256 manifest), and erasure destroys the data key first: a copy of the
+/// sealed rows taken before (a backup) and put back afterwards no longer decrypts.
+#[test]
+fn control_cld_8_1_5_tenant_export_and_crypto_shredding_erasure() {
+    let cluster = Cluster::start(0, 0, options());
+    cluster.enroll_owner_mfa_with_cli();
+    let token = cluster.access_token();
+    let (account_url, storage_url, root) = (
+        cluster.account_url(),
+        cluster.storage_url(),
+        cluster.root.clone(),
+    );
+    let schema = format!("{root}_storage");
+    let tenant = block_on({
+        let (token, storage_url) = (token.clone(), storage_url.clone());
+        async move {
+            let tenant = tenant_of(&account_url, &token).await;
+            let js = async_nats::jetstream::new(
+                async_nats::connect(cluster::nats_url())
+                    .await
+                    .expect("nats"),
+            );
+            let layout = kiroku_core::nats::Layout::new(&root).expect("layout");
+            let finals = [
+                ("s1", "weekly sync", 1, "the budget is approved"),
+                ("s1", "weekly sync", 2, "next meeting on friday"),
+                ("s2", "board/2026 Q4", 1, "予算会議は金曜日です"),
+            ];
+            for (session, meeting, seq, text) in finals {
+                let message = final_result(&tenant, session, meeting, seq, segment(0, text));
+                publish(&js, &layout, &message, &format!("{session}:r{seq}")).await;
+            }
+            let mut client = storage(&storage_url).await;
+            wait_for_segments(&mut client, &token, "weekly sync", 2).await;
+            wait_for_segments(&mut client, &token, "board/2026 Q4", 1).await;
+            client
+                .add_label(authorized(
+                    pb::AddLabelRequest {
+                        meeting_id: "weekly sync".into(),
+                        kind: pb::LabelKind::Memo as i32,
+                        text: "ask finance".into(),
+                        at_ms: 0,
+                        end_ms: 1000,
+                        live: false,
+                    },
+                    &token,
+                ))
+                .await
+                .expect("memo");
+            tenant
+        }
+    });
+
+    let out = cluster.dir.path().join("bundle");
+    let (ok, printed, err) = cluster.run_cli(
+        &[
+            "admin",
+            "tenant",
+            "export",
+            "--out",
+            out.to_str().expect("utf-8"),
+        ],
+        None,
+    );
+    assert!(ok, "{printed}{err}");
+    assert!(printed.contains("2 meetings exported"), "{printed}");
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("manifest.json")).expect("manifest"))
+            .expect("json");
+    let mut paths: Vec<&str> = manifest["files"]
+        .as_array()
+        .expect("files")
+        .iter()
+        .map(|f| f["path"].as_str().expect("path"))
+        .collect();
+    paths.sort_unstable();
+    assert_eq!(
+        paths,
+        vec![
+            "meetings/board_2026_Q4.json",
+            "meetings/board_2026_Q4.vtt",
+            "meetings/weekly_sync.json",
+            "meetings/weekly_sync.vtt"
+        ]
+    );
+    let weekly: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(out.join("meetings/weekly_sync.json")).expect("meeting"),
+    )
+    .expect("json");
+    assert_eq!(weekly["meeting_id"], "weekly sync");
+    assert_eq!(
+        weekly["transcript"]["segments"]
+            .as_array()
+            .expect("segments")
+            .len(),
+        2
+    );
+    assert_eq!(weekly["labels"][0]["text"], "ask finance");
+    let vtt = std::fs::read_to_string(out.join("meetings/board_2026_Q4.vtt")).expect("vtt");
+    assert!(
+        vtt.starts_with("WEBVTT") && vtt.contains("予算会議"),
+        "{vtt}"
+    );
+    let (ok, _, err) = cluster.run_cli(
+        &[
+            "admin",
+            "tenant",
+            "export",
+            "--out",
+            out.to_str().expect("utf-8"),
+        ],
+        None,
+    );
+    assert!(!ok && err.contains("not empty"), "{err}");
+
+    // A copy of the sealed rows, as a backup would hold them.
+    let owner = cluster::database_url();
+    let copy = |table: &str| {
+        let (ok, out) = cluster::psql(
+            &owner,
+            &format!(
+                "CREATE TABLE \"{schema}\".{table}_copy AS SELECT * FROM \"{schema}\".{table}"
+            ),
+        );
+        assert!(ok, "{out}");
+    };
+    for table in ["meetings", "sessions", "segments"] {
+        copy(table);
+    }
+    let (ok, _, err) = cluster.run_cli(&["admin", "tenant", "erase", "--confirm", "wrong"], None);
+    assert!(!ok && err.contains("FailedPrecondition"), "{err}");
+    let (ok, printed, err) = cluster.run_cli(
+        &[
+            "admin",
+            "tenant",
+            "erase",
+            "--confirm",
+            &cluster.tenant_slug,
+        ],
+        None,
+    );
+    assert!(ok, "{err}");
+    assert!(
+        printed.contains("erased 2 meetings, 3 segments, 1 labels"),
+        "{printed}"
+    );
+    let (ok, keys) = cluster::psql(
+        &owner,
+        &format!("SELECT count(*) FROM \"{schema}\".data_keys WHERE tenant_id = '{tenant}'"),
+    );
+    assert!(ok && keys == "0", "{keys}");
+    let (ok, out, _) = cluster.run_cli(&["meetings", "list"], None);
+    assert!(ok && out.contains("no meetings"), "{out}");
+    // The old copy is put back: without its key it is unreadable, even once the tenant
+    // has a new key.
+    for table in ["meetings", "sessions", "segments"] {
+        let (ok, out) = cluster::psql(
+            &owner,
+            &format!("INSERT INTO \"{schema}\".{table} SELECT * FROM \"{schema}\".{table}_copy"),
+        );
+        assert!(ok, "{out}");
+    }
+    block_on(async move {
+        let mut client = storage(&storage_url).await;
+        let status = client
+            .get_meeting(authorized(
+                pb::GetMeetingRequest {
+                    meeting_id: "weekly sync".into(),
+                },
+                &token,
+            ))
+            .await
+            .expect_err("no key");
+        assert_eq!(status.code(), Code::DataLoss, "{status:?}");
+        // A new final creates a new key; the old ciphertext still does not open.
+        client
+            .add_label(authorized(
+                pb::AddLabelRequest {
+                    meeting_id: "weekly sync".into(),
+                    kind: pb::LabelKind::Tag as i32,
+                    text: "after".into(),
+                    ..Default::default()
+                },
+                &token,
+            ))
+            .await
+            .expect("a new key for new data");
+        let status = client
+            .get_meeting(authorized(
+                pb::GetMeetingRequest {
+                    meeting_id: "weekly sync".into(),
+                },
+                &token,
+            ))
+            .await
+            .expect_err("old data, new key");
+        assert_eq!(status.code(), Code::DataLoss, "{status:?}");
+    });
+}

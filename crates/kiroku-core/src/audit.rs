@@ -181,6 +181,8 @@ pub mod actions {
     pub const MEETING_EXPORTED: &str = "meeting.exported";
     pub const LABEL_ADDED: &str = "label.added";
     pub const LABEL_REMOVED: &str = "label.removed";
+    pub const TENANT_EXPORTED: &str = "tenant.exported";
+    pub const TENANT_ERASED: &str = "tenant.erased";
 
     pub const ALL: &[&str] = &[
         TENANT_REGISTERED,
@@ -210,5 +212,7 @@ pub mod actions {
         MEETING_EXPORTED,
         LABEL_ADDED,
         LABEL_REMOVED,
+        TENANT_EXPORTED,
+        TENANT_ERASED,
     ];
 }

@@ -36,6 +36,9 @@ pub const METHODS: &[(&str, Access)] = &[
             api_scope: SCOPE_TRANSCRIBE,
         },
     ),
+    ("ExportTenant", Access::Admin),
+    // Owners only: checked in the method on top of this rule.
+    ("EraseTenant", Access::Admin),
 ];
 
 pub const MAX_PAGE: u32 = 200;
@@ -183,8 +186,166 @@ impl StorageService {
     }
 }
 
+/// A file name from a meeting id (ids are free text).
+fn file_stem(id: &str) -> String {
+    id.chars()
+        .map(|c| {
+            if c.is_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// The tenant bundle's files, manifest last.
+async fn bundle(
+    service: &StorageService,
+    tenant: Uuid,
+    tenant_slug: &str,
+) -> Result<Vec<pb::BundleFile>, StoreError> {
+    use sha2::Digest as _;
+    let mut meetings = Vec::new();
+    let mut after = None;
+    loop {
+        let page =
+            store::list_meetings(&service.db, &service.keys, tenant, after.clone(), None, 200)
+                .await?;
+        let Some(last) = page.last() else { break };
+        after = Some((last.started_at, last.meeting_id.clone()));
+        meetings.extend(page);
+    }
+    let mut files = Vec::new();
+    let mut stems = std::collections::HashSet::new();
+    for row in &meetings {
+        let Some((row, segments)) =
+            store::meeting(&service.db, &service.keys, tenant, &row.meeting_id).await?
+        else {
+            continue;
+        };
+        let labels = store::labels(&service.db, &service.keys, tenant, &row.meeting_id)
+            .await?
+            .unwrap_or_default();
+        // Two ids may map to one file name: number the later ones.
+        let mut stem = file_stem(&row.meeting_id);
+        let base = stem.clone();
+        let mut n = 1;
+        while !stems.insert(stem.clone()) {
+            n += 1;
+            stem = format!("{base}-{n}");
+        }
+        let transcript = transcript(&row, &segments);
+        let json = serde_json::json!({
+            "meeting_id": row.meeting_id,
+            "title": row.title,
+            "started_at": row.started_at.to_rfc3339(),
+            "ended_at": row.ended_at.map(|t| t.to_rfc3339()),
+            "language": row.language,
+            "duration_ms": row.duration_ms,
+            "transcript": transcript,
+            "labels": labels.iter().map(|l| serde_json::json!({
+                "label_id": l.label_id.to_string(),
+                "kind": l.kind,
+                "text": l.text,
+                "at_ms": l.at_ms,
+                "end_ms": l.end_ms,
+                "created_by": l.created_by,
+                "created_at": l.created_at.to_rfc3339(),
+            })).collect::<Vec<_>>(),
+        });
+        files.push(pb::BundleFile {
+            path: format!("meetings/{stem}.json"),
+            data: serde_json::to_vec_pretty(&json).unwrap_or_default(),
+        });
+        files.push(pb::BundleFile {
+            path: format!("meetings/{stem}.vtt"),
+            data: transcript.render(Format::Vtt).into_bytes(),
+        });
+    }
+    let manifest = serde_json::json!({
+        "format": "kiroku-tenant-export/1",
+        "tenant_id": tenant.to_string(),
+        "tenant_slug": tenant_slug,
+        "exported_at": chrono::Utc::now().to_rfc3339(),
+        "meetings": meetings.len(),
+        "files": files.iter().map(|f| serde_json::json!({
+            "path": f.path,
+            "bytes": f.data.len(),
+            "sha256": hex::encode(sha2::Sha256::digest(&f.data)),
+        })).collect::<Vec<_>>(),
+    });
+    files.push(pb::BundleFile {
+        path: "manifest.json".into(),
+        data: serde_json::to_vec_pretty(&manifest).unwrap_or_default(),
+    });
+    Ok(files)
+}
+
 #[tonic::async_trait]
 impl StorageApi for StorageService {
+    type ExportTenantStream =
+        std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::BundleFile, Status>> + Send>>;
+
+    async fn export_tenant(
+        &self,
+        request: Request<pb::ExportTenantRequest>,
+    ) -> Result<Response<Self::ExportTenantStream>, Status> {
+        let caller = self.caller(&request, "ExportTenant").await?;
+        let files = bundle(self, caller.tenant_id, &caller.tenant_slug)
+            .await
+            .map_err(internal)?;
+        let record = AuditRecord::new(
+            caller.tenant_token(),
+            caller.actor(),
+            actions::TENANT_EXPORTED,
+        )
+        .detail("files", files.len().to_string());
+        if let Err(error) = self.audit.emit(record).await {
+            tracing::error!(%error, "tenant.exported not audited: export refused");
+            return Err(Status::unavailable("the audit log is unavailable; retry"));
+        }
+        Ok(Response::new(Box::pin(futures::stream::iter(
+            files.into_iter().map(Ok),
+        ))))
+    }
+
+    async fn erase_tenant(
+        &self,
+        request: Request<pb::EraseTenantRequest>,
+    ) -> Result<Response<pb::EraseTenantResponse>, Status> {
+        let caller = self.caller(&request, "EraseTenant").await?;
+        if caller.role != kiroku_account::auth::Role::Owner {
+            return Err(Status::permission_denied(
+                "only an owner can erase the tenant's minutes",
+            ));
+        }
+        if request.into_inner().confirm_tenant_slug.trim() != caller.tenant_slug {
+            return Err(Status::failed_precondition(
+                "confirm_tenant_slug must be your tenant's slug",
+            ));
+        }
+        let erased = store::erase_tenant(&self.db, caller.tenant_id)
+            .await
+            .map_err(internal)?;
+        self.audit.spawn_emit(
+            AuditRecord::new(
+                caller.tenant_token(),
+                caller.actor(),
+                actions::TENANT_ERASED,
+            )
+            .detail("meetings", erased.meetings.to_string())
+            .detail("segments", erased.segments.to_string())
+            .detail("labels", erased.labels.to_string()),
+        );
+        tracing::info!(tenant = %caller.tenant_id, ?erased, "tenant minutes erased");
+        Ok(Response::new(pb::EraseTenantResponse {
+            meetings: erased.meetings,
+            segments: erased.segments,
+            labels: erased.labels,
+        }))
+    }
+
     async fn list_meetings(
         &self,
         request: Request<pb::ListMeetingsRequest>,

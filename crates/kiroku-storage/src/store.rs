@@ -1,8 +1,7 @@
 //! The storage tables: tenant data keys, meetings and their finals (sealed), labels.
 //! Every function works inside one tenant's transaction (row-level security).
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use kiroku_core::db::Db;
@@ -26,27 +25,21 @@ pub enum StoreError {
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
-/// Tenant data keys: created on first use, wrapped by the master key, cached unwrapped.
+/// Tenant data keys: created on first use, stored wrapped by the master key, unwrapped
+/// per transaction. Not cached: an erased tenant's key must stop working on every
+/// replica at once (unwrapping 32 bytes costs microseconds).
 #[derive(Debug, Clone)]
 pub struct Keys {
     provider: Arc<dyn KeyProvider>,
-    cache: Arc<Mutex<HashMap<Uuid, Arc<DataKey>>>>,
 }
 
 impl Keys {
     pub fn new(provider: Arc<dyn KeyProvider>) -> Self {
-        Self {
-            provider,
-            cache: Arc::default(),
-        }
+        Self { provider }
     }
 
     fn context(tenant: Uuid) -> Vec<u8> {
         format!("kiroku/v1/data-key/{tenant}").into_bytes()
-    }
-
-    fn cached(&self, tenant: Uuid) -> Option<Arc<DataKey>> {
-        self.cache.lock().ok()?.get(&tenant).cloned()
     }
 
     /// The tenant's key, created (and stored wrapped) when it has none; `create: false`
@@ -57,9 +50,6 @@ impl Keys {
         tenant: Uuid,
         create: bool,
     ) -> Result<Option<Arc<DataKey>>> {
-        if let Some(key) = self.cached(tenant) {
-            return Ok(Some(key));
-        }
         let stored: Option<Vec<u8>> =
             sqlx::query_scalar("SELECT wrapped FROM data_keys WHERE tenant_id = $1")
                 .bind(tenant)
@@ -93,12 +83,47 @@ impl Keys {
             }
             None => return Ok(None),
         };
-        let key = Arc::new(key);
-        if let Ok(mut cache) = self.cache.lock() {
-            cache.insert(tenant, key.clone());
-        }
-        Ok(Some(key))
+        Ok(Some(Arc::new(key)))
     }
+}
+
+/// What an erasure removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Erased {
+    pub meetings: u64,
+    pub segments: u64,
+    pub labels: u64,
+}
+
+/// Crypto-shredding (control CLD.8.1.5): the tenant's data key is destroyed and
+/// committed first — from then on no copy of its sealed data anywhere decrypts — and
+/// only then are its rows purged.
+pub async fn erase_tenant(db: &Db, tenant: Uuid) -> Result<Erased> {
+    let mut tx = db.tenant_tx(tenant).await?;
+    sqlx::query("DELETE FROM data_keys WHERE tenant_id = $1")
+        .bind(tenant)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    let mut tx = db.tenant_tx(tenant).await?;
+    let mut erased = Erased::default();
+    erased.labels = sqlx::query("DELETE FROM labels")
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    erased.segments = sqlx::query("DELETE FROM segments")
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    sqlx::query("DELETE FROM sessions")
+        .execute(&mut *tx)
+        .await?;
+    erased.meetings = sqlx::query("DELETE FROM meetings")
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    tx.commit().await?;
+    Ok(erased)
 }
 
 /// One final as the worker published it.

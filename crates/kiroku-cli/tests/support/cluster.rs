@@ -281,6 +281,23 @@ impl Cluster {
         });
     }
 
+    /// The cached CLI login of the owner enrolls TOTP (its session then carries MFA, and
+    /// `access_token` returns an admin-capable token).
+    pub fn enroll_owner_mfa_with_cli(&self) {
+        let (ok, uri, err) = self.run_cli(&["mfa", "enroll"], Some(OWNER_PASSWORD));
+        assert!(ok, "{err}");
+        let secret = uri
+            .split("secret=")
+            .nth(1)
+            .and_then(|s| s.split('&').next())
+            .expect("secret");
+        let secret = kiroku_account::totp::decode_secret(secret).expect("base32");
+        let code = kiroku_account::totp::code_at(&secret, kiroku_account::tokens::unix_now())
+            .expect("code");
+        let (ok, _, err) = self.run_cli(&["mfa", "confirm", &code], None);
+        assert!(ok, "{err}");
+    }
+
     /// Signs the owner in through gRPC, enrolls TOTP and returns an access token whose
     /// session passed MFA (what admin calls need).
     pub fn owner_token_with_mfa(&self) -> String {
