@@ -106,22 +106,26 @@ pub async fn erase_tenant(db: &Db, tenant: Uuid) -> Result<Erased> {
         .await?;
     tx.commit().await?;
     let mut tx = db.tenant_tx(tenant).await?;
-    let mut erased = Erased::default();
-    erased.labels = sqlx::query("DELETE FROM labels")
+    let labels = sqlx::query("DELETE FROM labels")
         .execute(&mut *tx)
         .await?
         .rows_affected();
-    erased.segments = sqlx::query("DELETE FROM segments")
+    let segments = sqlx::query("DELETE FROM segments")
         .execute(&mut *tx)
         .await?
         .rows_affected();
     sqlx::query("DELETE FROM sessions")
         .execute(&mut *tx)
         .await?;
-    erased.meetings = sqlx::query("DELETE FROM meetings")
+    let meetings = sqlx::query("DELETE FROM meetings")
         .execute(&mut *tx)
         .await?
         .rows_affected();
+    let erased = Erased {
+        meetings,
+        segments,
+        labels,
+    };
     tx.commit().await?;
     Ok(erased)
 }
