@@ -405,21 +405,6 @@ pub fn label(command: LabelCommand) -> Result<()> {
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn times_parse_in_the_usual_forms() {
-        assert_eq!(parse_time("90s").expect("s"), 90_000);
-        assert_eq!(parse_time("01:30").expect("mm:ss"), 90_000);
-        assert_eq!(parse_time("1:02:03.5").expect("h:mm:ss"), 3_723_500);
-        assert_eq!(parse_time("42").expect("seconds"), 42_000);
-        assert!(parse_time("soon").is_err());
-        assert!(parse_time("-5s").is_err());
-    }
-}
-
 /// `kiroku admin tenant export --out DIR`: the bundle, written file by file, then every
 /// file checked against the manifest's SHA-256.
 pub fn tenant_export(url: StorageUrl, out: PathBuf) -> Result<()> {
@@ -516,4 +501,19 @@ pub fn tenant_erase(url: StorageUrl, confirm: String) -> Result<()> {
         );
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_parse_in_the_usual_forms() {
+        assert_eq!(parse_time("90s").expect("s"), 90_000);
+        assert_eq!(parse_time("01:30").expect("mm:ss"), 90_000);
+        assert_eq!(parse_time("1:02:03.5").expect("h:mm:ss"), 3_723_500);
+        assert_eq!(parse_time("42").expect("seconds"), 42_000);
+        assert!(parse_time("soon").is_err());
+        assert!(parse_time("-5s").is_err());
+    }
 }
