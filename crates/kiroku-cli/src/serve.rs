@@ -141,11 +141,39 @@ pub struct Common {
     /// How long a dropped stream may be resumed, in seconds.
     #[arg(long, env = "KIROKU_RESUME_WINDOW_S", default_value_t = 120)]
     pub resume_window_s: u64,
+    /// The region this service runs in (control 6.1.3).
+    #[arg(long, env = "KIROKU_REGION", default_value = kiroku_core::region::DEFAULT_REGION)]
+    pub region: String,
+    /// Regions customer data may be kept in, comma-separated.
+    #[arg(long, env = "KIROKU_ALLOWED_REGIONS", default_value = kiroku_core::region::DEFAULT_REGION)]
+    pub allowed_regions: String,
+    /// Region of the NATS JetStream servers (audio, transcripts) [default: --region].
+    #[arg(long, env = "KIROKU_NATS_REGION")]
+    pub nats_region: Option<String>,
+    /// Region of PostgreSQL [default: --region].
+    #[arg(long, env = "KIROKU_DATABASE_REGION")]
+    pub database_region: Option<String>,
 }
 
 impl Common {
     fn layout(&self) -> Result<Layout> {
         Ok(Layout::new(&self.cluster).map_err(|e| InputError(e.to_string()))?)
+    }
+
+    /// Refuses to start when a place this role keeps data is outside the allowed
+    /// regions (control 6.1.3).
+    fn check_location(&self, database: bool) -> Result<()> {
+        let location = kiroku_core::region::DataLocation::new(&self.region, &self.allowed_regions)
+            .map_err(InputError)?;
+        location
+            .check("NATS JetStream", self.nats_region.as_deref())
+            .map_err(InputError)?;
+        if database {
+            location
+                .check("PostgreSQL", self.database_region.as_deref())
+                .map_err(InputError)?;
+        }
+        Ok(())
     }
 }
 
@@ -323,6 +351,7 @@ pub async fn shutdown_signal() {
 }
 
 async fn gateway(args: GatewayArgs) -> Result<()> {
+    args.common.check_location(false)?;
     let _telemetry = kiroku_core::telemetry::init_service("kiroku-gateway", "info,whisper_rs=off");
     let secret = match args
         .resume_secret
@@ -385,6 +414,7 @@ async fn gateway(args: GatewayArgs) -> Result<()> {
 }
 
 async fn worker(args: WorkerArgs) -> Result<()> {
+    args.common.check_location(false)?;
     let _telemetry = kiroku_core::telemetry::init_service("kiroku-worker", "info,whisper_rs=off");
     let engine = match args.engine.as_str() {
         "whisper" => {
@@ -445,6 +475,7 @@ async fn worker(args: WorkerArgs) -> Result<()> {
 }
 
 async fn account(args: AccountArgs) -> Result<()> {
+    args.common.check_location(true)?;
     let _telemetry = kiroku_core::telemetry::init_service("kiroku-account", "info");
     let mut database = kiroku_account::db::config(&args.database_url, &args.schema);
     database.app_url = args.app_database_url.clone();
@@ -472,6 +503,7 @@ async fn account(args: AccountArgs) -> Result<()> {
 }
 
 async fn audit(args: AuditArgs) -> Result<()> {
+    args.common.check_location(true)?;
     let _telemetry = kiroku_core::telemetry::init_service("kiroku-audit", "info");
     let mut config =
         kiroku_audit::AuditConfig::new(&args.database_url, &args.schema, &args.account_url);
@@ -492,6 +524,7 @@ async fn audit(args: AuditArgs) -> Result<()> {
 }
 
 async fn storage(args: StorageArgs) -> Result<()> {
+    args.common.check_location(true)?;
     let _telemetry = kiroku_core::telemetry::init_service("kiroku-storage", "info");
     // The master key wraps every tenant's data key: from KIROKU_MASTER_KEY_FILE (or
     // KIROKU_MASTER_KEY), never a flag.

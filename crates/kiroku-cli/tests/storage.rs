@@ -847,3 +847,42 @@ fn control_cld_8_1_5_tenant_export_and_crypto_shredding_erasure() {
         assert_eq!(status.code(), Code::DataLoss, "{status:?}");
     });
 }
+
+/// control 6.1.3: a service whose storage targets are outside the allowed regions (Japan
+/// by default) refuses to start, saying which and why.
+#[test]
+fn control_6_1_3_storage_outside_the_allowed_regions_is_refused_at_start() {
+    for (role, variable, value, target) in [
+        (
+            "storage",
+            "KIROKU_DATABASE_REGION",
+            "us-east-1",
+            "PostgreSQL",
+        ),
+        ("audit", "KIROKU_NATS_REGION", "eu-west-1", "NATS JetStream"),
+        ("gateway", "KIROKU_REGION", "us-east-1", "this service"),
+    ] {
+        let output = std::process::Command::new(cluster::KIROKU)
+            .args([
+                "serve",
+                role,
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+            ])
+            .env("KIROKU_MASTER_KEY", "ab".repeat(32))
+            .env_remove("KIROKU_ALLOWED_REGIONS")
+            .env(variable, value)
+            .output()
+            .expect("kiroku");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{role}: {stderr}");
+        assert!(
+            stderr.contains(target)
+                && stderr.contains(&format!("{value:?}"))
+                && stderr.contains("outside the allowed regions [jp]"),
+            "{role}: {stderr}"
+        );
+    }
+}

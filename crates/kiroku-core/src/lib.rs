@@ -8,6 +8,7 @@ pub mod db;
 pub mod docx;
 pub mod metrics;
 pub mod nats;
+pub mod region;
 pub mod status;
 pub mod telemetry;
 pub mod trace;
