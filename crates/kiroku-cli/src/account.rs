@@ -134,6 +134,9 @@ pub enum AdminCommand {
     /// Service notices: the operator publishes; every tenant user lists theirs.
     #[command(subcommand)]
     Notice(crate::notice::NoticeCommand),
+    /// Storage operations of the service operator (KIROKU_OPERATOR_TOKEN).
+    #[command(subcommand)]
+    Storage(crate::minutes::StorageAdminCommand),
     /// Set the tenant's recording-consent policy: none | all-participants.
     ConsentPolicy {
         #[command(flatten)]
@@ -480,6 +483,7 @@ pub fn admin(command: AdminCommand) -> Result<()> {
             return crate::audit::run(crate::audit::AuditCommand::Usage(args));
         }
         AdminCommand::Notice(command) => return crate::notice::run(command),
+        AdminCommand::Storage(command) => return crate::minutes::storage_admin(command),
         AdminCommand::Tenant(TenantCommand::Export { url, out }) => {
             return crate::minutes::tenant_export(url, out);
         }
@@ -527,6 +531,7 @@ pub fn admin(command: AdminCommand) -> Result<()> {
             AdminCommand::Audit(_)
             | AdminCommand::Usage(_)
             | AdminCommand::Notice(_)
+            | AdminCommand::Storage(_)
             | AdminCommand::Tenant(TenantCommand::Export { .. } | TenantCommand::Erase { .. }) => {
                 unreachable!("handled before the runtime starts")
             }

@@ -503,6 +503,37 @@ pub fn tenant_erase(url: StorageUrl, confirm: String) -> Result<()> {
     })
 }
 
+#[derive(Debug, clap::Subcommand)]
+pub enum StorageAdminCommand {
+    /// Re-wrap every tenant's data key under the current master key (run after deploying
+    /// a new KIROKU_MASTER_KEY with the old one as KIROKU_PREVIOUS_MASTER_KEY).
+    RotateMasterKey(StorageUrl),
+}
+
+pub fn storage_admin(command: StorageAdminCommand) -> Result<()> {
+    let StorageAdminCommand::RotateMasterKey(url) = command;
+    let credential = crate::notice::operator_credential()?;
+    runtime()?.block_on(async move {
+        let result = client(&url.storage)
+            .await?
+            .rotate_master_key(authed(pb::RotateMasterKeyRequest {}, &credential))
+            .await
+            .map_err(refused)?
+            .into_inner();
+        println!(
+            "{} data keys re-wrapped under master key {}",
+            result.rewrapped, result.master_key_id
+        );
+        if result.failed > 0 {
+            anyhow::bail!(
+                "{} data keys open with neither the current nor the previous master key: keep the previous key configured and investigate",
+                result.failed
+            );
+        }
+        Ok(())
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

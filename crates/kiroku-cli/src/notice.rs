@@ -56,7 +56,7 @@ pub enum NoticeCommand {
 
 /// The operator token from `KIROKU_OPERATOR_TOKEN`, or the file `KIROKU_OPERATOR_TOKEN_FILE`
 /// names (`kiroku up` writes `.run/operator-token`).
-fn operator_credential() -> Result<(&'static str, tonic::metadata::AsciiMetadataValue)> {
+pub fn operator_credential() -> Result<(&'static str, tonic::metadata::AsciiMetadataValue)> {
     let token = match (
         std::env::var(OperatorToken::ENV),
         std::env::var(OperatorToken::FILE_ENV),

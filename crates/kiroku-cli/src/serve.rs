@@ -528,7 +528,7 @@ async fn storage(args: StorageArgs) -> Result<()> {
     let _telemetry = kiroku_core::telemetry::init_service("kiroku-storage", "info");
     // The master key wraps every tenant's data key: from KIROKU_MASTER_KEY_FILE (or
     // KIROKU_MASTER_KEY), never a flag.
-    let keys = kiroku_storage::crypto::LocalKeyProvider::from_env().map_err(|e| {
+    let keys = kiroku_storage::crypto::MasterKeys::from_env().map_err(|e| {
         InputError(format!(
             "{e} (64 hex characters, e.g. `openssl rand -hex 32` into a 0600 file)"
         ))
@@ -543,6 +543,7 @@ async fn storage(args: StorageArgs) -> Result<()> {
     config.redis_url = args.redis.clone();
     config.nats_url = args.common.nats.clone();
     config.layout = args.common.layout()?;
+    config.operator = operator_token()?;
     let grpc = bind(&args.listen, "gRPC").await?;
     let admin = bind(&args.admin_listen, "admin").await?;
     println!(

@@ -886,3 +886,93 @@ fn control_6_1_3_storage_outside_the_allowed_regions_is_refused_at_start() {
         );
     }
 }
+
+/// control 10.1.1: the master key is rotated without downtime or re-encrypting the
+/// minutes — the new key is deployed with the old one as previous, the operator
+/// re-wraps every tenant's data key, and then the old master key is no longer needed.
+#[test]
+fn control_10_1_1_master_key_rotation_rewraps_every_data_key() {
+    let mut cluster = Cluster::start(0, 0, options());
+    let token = cluster.access_token();
+    let (account_url, root) = (cluster.account_url(), cluster.root.clone());
+    let schema = format!("{root}_storage");
+    let read = |url: String, token: String| {
+        block_on(async move {
+            storage(&url)
+                .await
+                .get_meeting(authorized(
+                    pb::GetMeetingRequest {
+                        meeting_id: "rotation".into(),
+                    },
+                    &token,
+                ))
+                .await
+                .map(|m| m.into_inner().segments.len())
+        })
+    };
+    block_on({
+        let (url, token) = (cluster.storage_url(), token.clone());
+        async move {
+            let tenant = tenant_of(&account_url, &token).await;
+            let js = async_nats::jetstream::new(
+                async_nats::connect(cluster::nats_url())
+                    .await
+                    .expect("nats"),
+            );
+            let layout = kiroku_core::nats::Layout::new(&root).expect("layout");
+            let message = final_result(&tenant, "s1", "rotation", 1, segment(0, "key rotation"));
+            publish(&js, &layout, &message, "s1:r1").await;
+            wait_for_segments(&mut storage(&url).await, &token, "rotation", 1).await;
+        }
+    });
+    let old = cluster.master_key();
+    let new = "5a".repeat(32);
+    cluster.restart_storage(&[
+        ("KIROKU_MASTER_KEY", new.as_str()),
+        ("KIROKU_PREVIOUS_MASTER_KEY", old.as_str()),
+    ]);
+    assert_eq!(
+        read(cluster.storage_url(), token.clone()).expect("via the previous key"),
+        1
+    );
+    let rotate = |cluster: &Cluster| {
+        let output = cluster
+            .cli(&["admin", "storage", "rotate-master-key"])
+            .env("KIROKU_STORAGE_URL", cluster.storage_url())
+            .env("KIROKU_OPERATOR_TOKEN", cluster::OPERATOR_TOKEN)
+            .output()
+            .expect("kiroku");
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).to_string(),
+            String::from_utf8_lossy(&output.stderr).to_string(),
+        )
+    };
+    let (ok, out, err) = rotate(&cluster);
+    assert!(
+        ok && out.starts_with("1 data keys re-wrapped"),
+        "{out}{err}"
+    );
+    let (ok, out, _) = rotate(&cluster);
+    assert!(
+        ok && out.starts_with("0 data keys re-wrapped"),
+        "idempotent: {out}"
+    );
+    let (ok, ids) = cluster::psql(
+        &cluster::database_url(),
+        &format!("SELECT DISTINCT key_id FROM \"{schema}\".data_keys"),
+    );
+    assert!(
+        ok && ids.starts_with("local:") && !ids.contains('\n'),
+        "{ids}"
+    );
+    // The new key alone now opens everything; the old key alone opens nothing.
+    cluster.restart_storage(&[("KIROKU_MASTER_KEY", new.as_str())]);
+    assert_eq!(
+        read(cluster.storage_url(), token.clone()).expect("new key only"),
+        1
+    );
+    cluster.restart_storage(&[("KIROKU_MASTER_KEY", old.as_str())]);
+    let status = read(cluster.storage_url(), token).expect_err("old key only");
+    assert_eq!(status.code(), Code::DataLoss, "{status:?}");
+}

@@ -182,8 +182,9 @@ impl Db {
         sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
     }
 
-    /// The pool without a tenant: used only by tests to show that such queries see
-    /// nothing.
+    /// The pool without a tenant: tenant tables show nothing through it. For the
+    /// owner's `SECURITY DEFINER` directory functions, and for tests that show the
+    /// isolation.
     pub fn pool_without_tenant(&self) -> &PgPool {
         &self.pool
     }

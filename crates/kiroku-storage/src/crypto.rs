@@ -203,6 +203,54 @@ impl KeyProvider for LocalKeyProvider {
     }
 }
 
+/// The current master key and the ones it replaced: keys wrapped by a previous master
+/// key still unwrap (until rotation re-wraps them under the current one).
+#[derive(Debug)]
+pub struct MasterKeys {
+    current: LocalKeyProvider,
+    previous: Vec<LocalKeyProvider>,
+}
+
+impl MasterKeys {
+    pub const PREVIOUS_ENV: &'static str = "KIROKU_PREVIOUS_MASTER_KEY";
+    pub const PREVIOUS_FILE_ENV: &'static str = "KIROKU_PREVIOUS_MASTER_KEY_FILE";
+
+    pub fn new(current: LocalKeyProvider, previous: Vec<LocalKeyProvider>) -> Self {
+        Self { current, previous }
+    }
+
+    /// The current key from `KIROKU_MASTER_KEY(_FILE)`, the previous one (if any) from
+    /// `KIROKU_PREVIOUS_MASTER_KEY(_FILE)`.
+    pub fn from_env() -> Result<Self, CryptoError> {
+        let current = LocalKeyProvider::from_env()?;
+        let previous = if let Ok(text) = std::env::var(Self::PREVIOUS_ENV) {
+            vec![LocalKeyProvider::from_hex(&text)?]
+        } else if let Ok(path) = std::env::var(Self::PREVIOUS_FILE_ENV) {
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| CryptoError::MasterKey(format!("{path}: {e}")))?;
+            vec![LocalKeyProvider::from_hex(&text)?]
+        } else {
+            Vec::new()
+        };
+        Ok(Self::new(current, previous))
+    }
+}
+
+impl KeyProvider for MasterKeys {
+    fn key_id(&self) -> &str {
+        self.current.key_id()
+    }
+    fn wrap(&self, key: &DataKey, context: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        self.current.wrap(key, context)
+    }
+    fn unwrap(&self, wrapped: &[u8], context: &[u8]) -> Result<DataKey, CryptoError> {
+        std::iter::once(&self.current)
+            .chain(&self.previous)
+            .find_map(|key| key.unwrap(wrapped, context).ok())
+            .ok_or(CryptoError::Decrypt)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -263,6 +311,21 @@ mod tests {
         assert!(!format!("{master:?}").contains("abab"));
         assert!(LocalKeyProvider::from_hex("abcd").is_err());
         assert!(LocalKeyProvider::from_hex(&"zz".repeat(32)).is_err());
+    }
+
+    #[test]
+    fn a_previous_master_key_still_unwraps_until_rotation() {
+        let old = master();
+        let key = DataKey::generate().expect("key");
+        let wrapped = old.wrap(&key, b"t").expect("wrap");
+        let new = LocalKeyProvider::from_hex(&"cd".repeat(32)).expect("new");
+        let both = MasterKeys::new(new, vec![master()]);
+        let back = both.unwrap(&wrapped, b"t").expect("via the previous key");
+        assert_eq!(back.0, key.0);
+        let rewrapped = both.wrap(&back, b"t").expect("rewrap");
+        let only_new = LocalKeyProvider::from_hex(&"cd".repeat(32)).expect("new");
+        assert!(only_new.unwrap(&rewrapped, b"t").is_ok());
+        assert!(only_new.unwrap(&wrapped, b"t").is_err());
     }
 
     #[test]

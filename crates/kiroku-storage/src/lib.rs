@@ -53,6 +53,8 @@ pub struct StorageConfig {
     pub account_url: String,
     /// Wraps the tenants' data keys.
     pub keys: Arc<dyn crypto::KeyProvider>,
+    /// The operator token (master-key rotation).
+    pub operator: kiroku_account::auth::OperatorToken,
 }
 
 impl StorageConfig {
@@ -70,6 +72,7 @@ impl StorageConfig {
             redis_url: kiroku_account::DEFAULT_REDIS_URL.into(),
             account_url: account_url.into(),
             keys,
+            operator: kiroku_account::auth::OperatorToken::default(),
         }
     }
 }
@@ -230,6 +233,7 @@ pub async fn serve(
         keys,
         checker,
         AuditEmitter::new(js, config.layout.clone()),
+        config.operator.clone(),
     );
     kiroku_core::admin::serve_grpc(
         <StorageServer<StorageService> as tonic::server::NamedService>::NAME,

@@ -39,6 +39,7 @@ pub const METHODS: &[(&str, Access)] = &[
     ("ExportTenant", Access::Admin),
     // Owners only: checked in the method on top of this rule.
     ("EraseTenant", Access::Admin),
+    ("RotateMasterKey", Access::Operator),
 ];
 
 pub const MAX_PAGE: u32 = 200;
@@ -52,6 +53,7 @@ pub struct StorageService {
     keys: Keys,
     checker: Arc<Checker>,
     audit: AuditEmitter,
+    operator: kiroku_account::auth::OperatorToken,
 }
 
 impl std::fmt::Debug for StorageService {
@@ -167,12 +169,19 @@ pub fn transcript(row: &MeetingRow, segments: &[api::Segment]) -> Transcript {
 }
 
 impl StorageService {
-    pub fn new(db: Db, keys: Keys, checker: Arc<Checker>, audit: AuditEmitter) -> Self {
+    pub fn new(
+        db: Db,
+        keys: Keys,
+        checker: Arc<Checker>,
+        audit: AuditEmitter,
+        operator: kiroku_account::auth::OperatorToken,
+    ) -> Self {
         Self {
             db,
             keys,
             checker,
             audit,
+            operator,
         }
     }
 
@@ -308,6 +317,27 @@ impl StorageApi for StorageService {
         Ok(Response::new(Box::pin(futures::stream::iter(
             files.into_iter().map(Ok),
         ))))
+    }
+
+    async fn rotate_master_key(
+        &self,
+        request: Request<pb::RotateMasterKeyRequest>,
+    ) -> Result<Response<pb::RotateMasterKeyResponse>, Status> {
+        self.operator.check(request.metadata())?;
+        let (rewrapped, failed) = store::rewrap_keys(&self.db, self.keys.provider())
+            .await
+            .map_err(internal)?;
+        tracing::info!(
+            rewrapped,
+            failed,
+            master_key = self.keys.provider().key_id(),
+            "master key rotation"
+        );
+        Ok(Response::new(pb::RotateMasterKeyResponse {
+            rewrapped,
+            failed,
+            master_key_id: self.keys.provider().key_id().to_string(),
+        }))
     }
 
     async fn erase_tenant(

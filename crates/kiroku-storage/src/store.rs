@@ -38,6 +38,10 @@ impl Keys {
         Self { provider }
     }
 
+    pub fn provider(&self) -> &dyn KeyProvider {
+        self.provider.as_ref()
+    }
+
     fn context(tenant: Uuid) -> Vec<u8> {
         format!("kiroku/v1/data-key/{tenant}").into_bytes()
     }
@@ -85,6 +89,44 @@ impl Keys {
         };
         Ok(Some(Arc::new(key)))
     }
+}
+
+/// Re-wraps every data key that another master key wrapped under the current one;
+/// (re-wrapped, still under another key because it would not unwrap).
+pub async fn rewrap_keys(db: &Db, provider: &dyn KeyProvider) -> Result<(u64, u64)> {
+    let tenants: Vec<Uuid> =
+        sqlx::query_scalar("SELECT tenant_id FROM kiroku_tenants_to_rewrap($1)")
+            .bind(provider.key_id())
+            .fetch_all(db.pool_without_tenant())
+            .await?;
+    let (mut done, mut failed) = (0, 0);
+    for tenant in tenants {
+        let mut tx = db.tenant_tx(tenant).await?;
+        let wrapped: Option<Vec<u8>> =
+            sqlx::query_scalar("SELECT wrapped FROM data_keys WHERE tenant_id = $1 FOR UPDATE")
+                .bind(tenant)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let Some(wrapped) = wrapped else { continue };
+        let context = Keys::context(tenant);
+        match provider.unwrap(&wrapped, &context) {
+            Ok(key) => {
+                sqlx::query("UPDATE data_keys SET wrapped = $2, key_id = $3 WHERE tenant_id = $1")
+                    .bind(tenant)
+                    .bind(provider.wrap(&key, &context)?)
+                    .bind(provider.key_id())
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                done += 1;
+            }
+            Err(_) => {
+                tracing::error!(%tenant, "data key wrapped by an unknown master key: not re-wrapped");
+                failed += 1;
+            }
+        }
+    }
+    Ok((done, failed))
 }
 
 /// What an erasure removed.

@@ -388,6 +388,26 @@ impl Cluster {
         self.storage = Some(self.spawn_service("storage"));
     }
 
+    /// Stops the storage service and starts it again with `env` added (other master
+    /// keys, say).
+    pub fn restart_storage(&mut self, env: &[(&str, &str)]) {
+        if let Some(mut old) = self.storage.take() {
+            let _ = old.child.kill();
+            let _ = old.child.wait();
+        }
+        let saved = self.options.env.clone();
+        self.options
+            .env
+            .extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        self.storage = Some(self.spawn_service("storage"));
+        self.options.env = saved;
+    }
+
+    /// The storage master key this cluster starts with (64 hex characters).
+    pub fn master_key(&self) -> String {
+        self.master_key.clone()
+    }
+
     pub fn storage_url(&self) -> String {
         self.storage
             .as_ref()
