@@ -124,6 +124,22 @@ impl Checker {
 
     /// Authenticates the caller and applies `rule` (deny by default: callers pass the
     /// rule from their own method table, and a method without one is refused there).
+    /// Admits the caller of `method` by its rule in a service's access table
+    /// (deny by default: a method missing there is refused).
+    pub async fn admit_method(
+        &self,
+        metadata: &MetadataMap,
+        methods: &[(&str, Access)],
+        method: &str,
+    ) -> Result<Principal, Status> {
+        let rule = methods
+            .iter()
+            .find(|(name, _)| *name == method)
+            .map(|(_, rule)| *rule)
+            .ok_or_else(|| Status::permission_denied("method not allowed"))?;
+        self.admit(metadata, rule).await
+    }
+
     pub async fn admit(&self, metadata: &MetadataMap, rule: Access) -> Result<Principal, Status> {
         let principal = match auth::credential(metadata)? {
             Credential::Bearer(token) => {

@@ -18,8 +18,6 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use async_nats::jetstream;
-use async_nats::jetstream::consumer::pull;
-use futures::StreamExt as _;
 use kiroku_core::audit::AuditEmitter;
 use kiroku_core::db::{DatabaseConfig, Db};
 use kiroku_core::nats::{Layout, Retention};
@@ -29,7 +27,7 @@ use kiroku_proto::audit::v1::notice_service_server::NoticeServiceServer;
 use kiroku_proto::events::v1::AuditEvent;
 use prost::Message as _;
 use tokio::net::TcpListener;
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 pub use service::{Audit, MAX_EXPORT, MAX_PAGE, METHODS, NOTICE_METHODS, Notices};
 
@@ -79,64 +77,22 @@ impl AuditConfig {
 /// only after its row is committed; a redelivered or re-published event is stored once
 /// (the event id is unique per tenant).
 async fn consume(db: Db, js: jetstream::Context, layout: Layout) -> anyhow::Result<()> {
-    let stream = js.get_stream(layout.audit_stream()).await?;
-    let consumer = stream
-        .get_or_create_consumer(
-            CONSUMER,
-            pull::Config {
-                durable_name: Some(CONSUMER.into()),
-                ack_policy: jetstream::consumer::AckPolicy::Explicit,
-                ack_wait: Duration::from_secs(30),
-                max_ack_pending: 1000,
-                ..Default::default()
-            },
-        )
-        .await?;
-    loop {
-        let mut messages = match consumer.messages().await {
-            Ok(messages) => messages,
-            Err(error) => {
-                warn!(%error, "audit consumer: retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-        };
-        while let Some(message) = messages.next().await {
-            let message = match message {
-                Ok(message) => message,
-                Err(error) => {
-                    warn!(%error, "audit consumer: message error");
-                    break;
-                }
-            };
-            let event = match AuditEvent::decode(message.payload.as_ref()) {
+    use kiroku_core::nats::Handled;
+    kiroku_core::nats::consume_durable(&js, &layout.audit_stream(), CONSUMER, |payload| {
+        let db = db.clone();
+        async move {
+            let event = match AuditEvent::decode(payload.as_ref()) {
                 Ok(event) => event,
-                Err(error) => {
-                    error!(%error, subject = %message.subject, "undecodable audit event dropped");
-                    let _ = message.ack_with(jetstream::AckKind::Term).await;
-                    continue;
-                }
+                Err(error) => return Handled::Invalid(format!("undecodable audit event: {error}")),
             };
             match store::append(&db, &event).await {
-                Ok(_) => {
-                    if let Err(error) = message.ack().await {
-                        warn!(%error, "audit ack failed; the event will be redelivered and skipped");
-                    }
-                }
-                Err(sqlx::Error::Protocol(problem)) => {
-                    error!(%problem, "invalid audit event dropped");
-                    let _ = message.ack_with(jetstream::AckKind::Term).await;
-                }
-                Err(error) => {
-                    // Not acknowledged: JetStream redelivers it after ack_wait.
-                    error!(%error, "audit event not stored; will be redelivered");
-                    let _ = message
-                        .ack_with(jetstream::AckKind::Nak(Some(Duration::from_secs(1))))
-                        .await;
-                }
+                Ok(_) => Handled::Done,
+                Err(sqlx::Error::Protocol(problem)) => Handled::Invalid(problem),
+                Err(error) => Handled::Retry(error.to_string()),
             }
         }
-    }
+    })
+    .await
 }
 
 pub async fn serve(

@@ -77,12 +77,9 @@ impl Audit {
     }
 
     async fn caller<T>(&self, request: &Request<T>, method: &str) -> Result<Principal, Status> {
-        let rule = METHODS
-            .iter()
-            .find(|(name, _)| *name == method)
-            .map(|(_, rule)| *rule)
-            .ok_or_else(|| Status::permission_denied("method not allowed"))?;
-        self.checker.admit(request.metadata(), rule).await
+        self.checker
+            .admit_method(request.metadata(), METHODS, method)
+            .await
     }
 
     /// The zone to render in: the request's, else the tenant's, else Asia/Tokyo.

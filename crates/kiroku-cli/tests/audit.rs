@@ -38,23 +38,6 @@ async fn emitter(cluster_root: &str) -> AuditEmitter {
     )
 }
 
-/// The tenant id (simple form, as events carry it) of a token.
-async fn tenant_of(account_url: &str, token: &str) -> String {
-    use kiroku_proto::account::v1 as account;
-    let me =
-        account::account_service_client::AccountServiceClient::connect(account_url.to_string())
-            .await
-            .expect("account")
-            .who_am_i(authorized(account::WhoAmIRequest {}, token))
-            .await
-            .expect("whoami")
-            .into_inner();
-    uuid::Uuid::try_parse(&me.tenant_id)
-        .expect("uuid")
-        .simple()
-        .to_string()
-}
-
 async fn verify(client: &mut AuditServiceClient<Channel>, token: &str) -> pb::VerifyChainResponse {
     client
         .verify_chain(authorized(pb::VerifyChainRequest {}, token))
@@ -99,7 +82,7 @@ fn control_12_4_1_the_chain_holds_thousands_and_shows_tampering() {
     let total = block_on({
         let token = token.clone();
         async move {
-            let tenant = tenant_of(&account_url, &token).await;
+            let tenant = cluster::tenant_of(&account_url, &token).await;
             let emitter = emitter(&root).await;
             let mut client = audit(&audit_url).await;
             // The security events of the set-up (registration, sign-ins, MFA) come first.
@@ -246,7 +229,7 @@ fn control_12_4_4_listing_filters_pages_and_renders_in_jst() {
         cluster.root.clone(),
     );
     block_on(async move {
-        let tenant = tenant_of(&account_url, &token).await;
+        let tenant = cluster::tenant_of(&account_url, &token).await;
         let emitter = emitter(&root).await;
         for i in 0..25 {
             let actor = if i % 5 == 0 { "alice" } else { "bot" };
@@ -487,7 +470,7 @@ fn control_12_4_1_tenants_see_only_their_own_log() {
             .into_inner()
             .access_token;
 
-        let tenant_a = tenant_of(&account_url, &token_a).await;
+        let tenant_a = cluster::tenant_of(&account_url, &token_a).await;
         let emitter = emitter(&root).await;
         for _ in 0..5 {
             emitter
@@ -888,7 +871,7 @@ fn control_12_4_1_every_audited_action_is_logged_exactly_once_per_occurrence() {
 
         // The minutes: a final as a worker publishes it, then label and export.
         use kiroku_proto::storage::v1 as storage;
-        let tenant = tenant_of(&account_url, &admin).await;
+        let tenant = cluster::tenant_of(&account_url, &admin).await;
         let layout = kiroku_core::nats::Layout::new(&root).expect("layout");
         let final_ = kiroku_proto::events::v1::TranscriptResult {
             tenant_id: tenant.clone(),

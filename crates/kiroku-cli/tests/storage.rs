@@ -30,23 +30,6 @@ async fn storage(url: &str) -> StorageClient<Channel> {
         .expect("storage service")
 }
 
-/// The tenant id (simple form, as the gateway and worker write it) of a token.
-async fn tenant_of(account_url: &str, token: &str) -> String {
-    use kiroku_proto::account::v1 as account;
-    let me =
-        account::account_service_client::AccountServiceClient::connect(account_url.to_string())
-            .await
-            .expect("account")
-            .who_am_i(authorized(account::WhoAmIRequest {}, token))
-            .await
-            .expect("whoami")
-            .into_inner();
-    uuid::Uuid::try_parse(&me.tenant_id)
-        .expect("uuid")
-        .simple()
-        .to_string()
-}
-
 fn segment(start_ms: u64, text: &str) -> api::Segment {
     let words: Vec<&str> = text.split_whitespace().collect();
     let step = 400;
@@ -156,7 +139,7 @@ fn control_10_1_1_finals_stored_once_encrypted_and_tamper_evident() {
     );
     let schema = format!("{root}_storage");
     block_on(async move {
-        let tenant = tenant_of(&account_url, &token).await;
+        let tenant = cluster::tenant_of(&account_url, &token).await;
         let js = async_nats::jetstream::new(
             async_nats::connect(cluster::nats_url())
                 .await
@@ -664,7 +647,7 @@ fn control_cld_8_1_5_tenant_export_and_crypto_shredding_erasure() {
     let tenant = block_on({
         let (token, storage_url) = (token.clone(), storage_url.clone());
         async move {
-            let tenant = tenant_of(&account_url, &token).await;
+            let tenant = cluster::tenant_of(&account_url, &token).await;
             let js = async_nats::jetstream::new(
                 async_nats::connect(cluster::nats_url())
                     .await
@@ -913,7 +896,7 @@ fn control_10_1_1_master_key_rotation_rewraps_every_data_key() {
     block_on({
         let (url, token) = (cluster.storage_url(), token.clone());
         async move {
-            let tenant = tenant_of(&account_url, &token).await;
+            let tenant = cluster::tenant_of(&account_url, &token).await;
             let js = async_nats::jetstream::new(
                 async_nats::connect(cluster::nats_url())
                     .await

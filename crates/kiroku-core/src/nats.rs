@@ -259,6 +259,84 @@ impl Layout {
     }
 }
 
+/// What a durable consumer's handler made of one message.
+#[derive(Debug)]
+pub enum Handled {
+    /// Stored (or already stored): acknowledge.
+    Done,
+    /// Can never be stored (undecodable, invalid): logged and terminated, not redelivered.
+    Invalid(String),
+    /// Not stored now (database down): redelivered after a second.
+    Retry(String),
+}
+
+/// Runs the durable pull consumer `name` of `stream` until the task is dropped (the
+/// audit and storage services' way of storing everything exactly once): each message's
+/// payload goes to `handle`, and it is acknowledged only once `handle` says it is
+/// stored; redeliveries are the handler's to recognize (idempotent stores).
+pub async fn consume_durable<F, Fut>(
+    js: &jetstream::Context,
+    stream: &str,
+    name: &str,
+    handle: F,
+) -> anyhow::Result<()>
+where
+    F: Fn(bytes::Bytes) -> Fut,
+    Fut: std::future::Future<Output = Handled>,
+{
+    use jetstream::consumer::pull;
+    let consumer = js
+        .get_stream(stream)
+        .await?
+        .get_or_create_consumer(
+            name,
+            pull::Config {
+                durable_name: Some(name.into()),
+                ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                ack_wait: Duration::from_secs(30),
+                max_ack_pending: 1000,
+                ..Default::default()
+            },
+        )
+        .await?;
+    loop {
+        let mut messages = match consumer.messages().await {
+            Ok(messages) => messages,
+            Err(error) => {
+                tracing::warn!(%error, consumer = name, "consumer: retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        while let Some(message) = messages.next().await {
+            let message = match message {
+                Ok(message) => message,
+                Err(error) => {
+                    tracing::warn!(%error, consumer = name, "consumer: message error");
+                    break;
+                }
+            };
+            match handle(message.payload.clone()).await {
+                Handled::Done => {
+                    if let Err(error) = message.ack().await {
+                        tracing::warn!(%error, consumer = name, "ack failed; the message will be redelivered and skipped");
+                    }
+                }
+                Handled::Invalid(problem) => {
+                    tracing::error!(%problem, subject = %message.subject, consumer = name, "invalid message dropped");
+                    let _ = message.ack_with(jetstream::AckKind::Term).await;
+                }
+                Handled::Retry(problem) => {
+                    tracing::error!(%problem, consumer = name, "not stored; will be redelivered");
+                    let _ = message
+                        .ack_with(jetstream::AckKind::Nak(Some(Duration::from_secs(1))))
+                        .await;
+                }
+            }
+        }
+    }
+}
+
 /// Connects to NATS with the options every Kiroku process uses: a name for
 /// monitoring, unlimited reconnects (a NATS restart is survived), and a bounded
 /// connection timeout so start-up fails clearly when nothing listens.

@@ -18,8 +18,6 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use async_nats::jetstream;
-use async_nats::jetstream::consumer::pull;
-use futures::StreamExt as _;
 use kiroku_core::audit::AuditEmitter;
 use kiroku_core::db::{DatabaseConfig, Db};
 use kiroku_core::nats::{Layout, Retention};
@@ -27,7 +25,7 @@ use kiroku_proto::events::v1::TranscriptResult;
 use kiroku_proto::storage::v1::storage_server::StorageServer;
 use prost::Message as _;
 use tokio::net::TcpListener;
-use tracing::{error, info, warn};
+use tracing::info;
 use uuid::Uuid;
 
 pub use service::{METHODS, StorageService, transcript};
@@ -118,63 +116,24 @@ async fn persist(
 /// Stores finals from `TRANSCRIPTS` until the task is dropped; each message is
 /// acknowledged only after its row is committed.
 async fn consume(db: Db, keys: Keys, js: jetstream::Context, layout: Layout) -> anyhow::Result<()> {
-    let stream = js.get_stream(layout.transcripts_stream()).await?;
-    let consumer = stream
-        .get_or_create_consumer(
-            CONSUMER,
-            pull::Config {
-                durable_name: Some(CONSUMER.into()),
-                ack_policy: jetstream::consumer::AckPolicy::Explicit,
-                ack_wait: Duration::from_secs(30),
-                max_ack_pending: 1000,
-                ..Default::default()
-            },
-        )
-        .await?;
-    loop {
-        let mut messages = match consumer.messages().await {
-            Ok(messages) => messages,
-            Err(error) => {
-                warn!(%error, "storage consumer: retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-        };
-        while let Some(message) = messages.next().await {
-            let message = match message {
-                Ok(message) => message,
-                Err(error) => {
-                    warn!(%error, "storage consumer: message error");
-                    break;
-                }
-            };
-            let result = match TranscriptResult::decode(message.payload.as_ref()) {
+    use kiroku_core::nats::Handled;
+    kiroku_core::nats::consume_durable(&js, &layout.transcripts_stream(), CONSUMER, |payload| {
+        let (db, keys) = (db.clone(), keys.clone());
+        async move {
+            let result = match TranscriptResult::decode(payload.as_ref()) {
                 Ok(result) => result,
-                Err(error) => {
-                    error!(%error, subject = %message.subject, "undecodable transcript dropped");
-                    let _ = message.ack_with(jetstream::AckKind::Term).await;
-                    continue;
-                }
+                Err(error) => return Handled::Invalid(format!("undecodable transcript: {error}")),
             };
             match persist(&db, &keys, &result).await {
-                Ok(()) => {
-                    if let Err(error) = message.ack().await {
-                        warn!(%error, "storage ack failed; the final will be redelivered and skipped");
-                    }
-                }
+                Ok(()) => Handled::Done,
                 Err(store::StoreError::Database(sqlx::Error::Protocol(problem))) => {
-                    error!(%problem, "invalid transcript message dropped");
-                    let _ = message.ack_with(jetstream::AckKind::Term).await;
+                    Handled::Invalid(problem)
                 }
-                Err(error) => {
-                    error!(%error, "final not stored; will be redelivered");
-                    let _ = message
-                        .ack_with(jetstream::AckKind::Nak(Some(Duration::from_secs(1))))
-                        .await;
-                }
+                Err(error) => Handled::Retry(error.to_string()),
             }
         }
-    }
+    })
+    .await
 }
 
 pub async fn serve(

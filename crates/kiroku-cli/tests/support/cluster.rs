@@ -837,3 +837,20 @@ pub fn check_finals_consistent(report: &serde_json::Value) {
         }
     }
 }
+
+/// The tenant id of a token, in the simple form events and subjects carry.
+pub async fn tenant_of(account_url: &str, token: &str) -> String {
+    use kiroku_proto::account::v1 as account;
+    let me =
+        account::account_service_client::AccountServiceClient::connect(account_url.to_string())
+            .await
+            .expect("account")
+            .who_am_i(authorized(account::WhoAmIRequest {}, token))
+            .await
+            .expect("whoami")
+            .into_inner();
+    uuid::Uuid::try_parse(&me.tenant_id)
+        .expect("uuid")
+        .simple()
+        .to_string()
+}
