@@ -116,7 +116,14 @@ fn concurrent_streams_each_get_their_own_transcript() {
 
 #[test]
 fn worker_killed_mid_stream_fails_over_without_losing_or_doubling_finals() {
-    let mut cluster = Cluster::start(1, 2, Options::default());
+    let mut cluster = Cluster::start(
+        1,
+        2,
+        Options {
+            storage: true,
+            ..Options::default()
+        },
+    );
     let sentences = sentences();
     let (wav, reference) = meeting_wav(cluster.dir.path(), "meeting", &sentences[..6], 16_000, 1);
     let mut client =
@@ -138,6 +145,44 @@ fn worker_killed_mid_stream_fails_over_without_losing_or_doubling_finals() {
     );
     check_finals_consistent(&report);
     assert_wer(&report, &reference, 0.15);
+    // The stored minutes are the client's finals: no gap, no double (storage issue).
+    let finals: Vec<String> = report["finals"]
+        .as_array()
+        .expect("finals")
+        .iter()
+        .map(|f| {
+            f["segment"]["text"]
+                .as_str()
+                .unwrap_or_default()
+                .trim()
+                .to_string()
+        })
+        .collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (ok, list, err) = cluster.run_cli(&["meetings", "list"], None);
+        assert!(ok, "{err}");
+        let meeting = list
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        let (ok, shown, err) = cluster.run_cli(&["meetings", "show", &meeting], None);
+        assert!(ok || err.contains("NotFound"), "{err}");
+        let stored: Vec<String> = shown
+            .lines()
+            .filter_map(|line| line.strip_prefix('[').and_then(|l| l.split_once("] ")))
+            .map(|(_, text)| text.trim().to_string())
+            .collect();
+        if stored == finals {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "stored {stored:?}\nclient {finals:?}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
 }
 
 #[test]
