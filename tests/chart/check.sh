@@ -173,6 +173,10 @@ chart_refuses() {
         "cluster.root=bad.root"
         "worker.keda.trigger=cpu"
         "image.digest=sha256:short"
+        "secrets.storageMasterKey.name="
+        "dataLocation.region=us"
+        "dataLocation.allowedRegions={}"
+        "dataLocation.databaseRegion=us"
     )
     for case in "${cases[@]}"; do
         if "$HELM" template kiroku "$CHART" --set "$case" > /dev/null 2>&1; then

@@ -31,14 +31,9 @@ CRD_KINDS = {
 
 # Environment variables a container may get that no KIROKU_ flag of today's code reads.
 STANDARD_ENV = {"HOME", "RUST_LOG", "RUST_BACKTRACE", "OTEL_EXPORTER_OTLP_ENDPOINT", "PIP_NO_INPUT", "PIP_INDEX_URL"}
-# Read by code that is not written yet (the storage service): allowed, and
-# reported once the code reads them (then they leave this list).
-PENDING_ENV = {
-    "KIROKU_STORAGE_LISTEN": "storage service",
-    "KIROKU_STORAGE_ADMIN_LISTEN": "storage service",
-    "KIROKU_STORAGE_SCHEMA": "storage service",
-    "KIROKU_MASTER_KEY_FILE": "storage service",
-}
+# Read by code that is not written yet: allowed, and reported once the code reads them
+# (then they leave this list). Empty while the chart sets only flags the code reads.
+PENDING_ENV: dict[str, str] = {}
 
 
 def env_names_in_code() -> set[str]:

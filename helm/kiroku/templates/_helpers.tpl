@@ -101,6 +101,21 @@ app.kubernetes.io/component: {{ .role }}
 KIROKU_CLUSTER: {{ .Values.cluster.root | quote }}
 KIROKU_RESUME_WINDOW_S: {{ .Values.cluster.resumeWindowSeconds | quote }}
 KIROKU_LOG_FORMAT: {{ .Values.telemetry.logFormat | quote }}
+{{- with .Values.dataLocation }}
+{{- range $target := list .region .natsRegion .databaseRegion }}
+{{- if and $target (not (has $target $.Values.dataLocation.allowedRegions)) }}
+{{- fail (printf "dataLocation: region %q is not in allowedRegions %v (every role would refuse to start)" $target $.Values.dataLocation.allowedRegions) }}
+{{- end }}
+{{- end }}
+KIROKU_REGION: {{ .region | quote }}
+KIROKU_ALLOWED_REGIONS: {{ join "," .allowedRegions | quote }}
+{{- with .natsRegion }}
+KIROKU_NATS_REGION: {{ . | quote }}
+{{- end }}
+{{- with .databaseRegion }}
+KIROKU_DATABASE_REGION: {{ . | quote }}
+{{- end }}
+{{- end }}
 {{- if not .Values.nats.urlSecret.name }}
 KIROKU_NATS_URL: {{ .Values.nats.url | quote }}
 {{- end }}
