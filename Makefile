@@ -13,7 +13,7 @@ KIROKU_RELEASE := $(CURDIR)/target/release/kiroku
 APT_PACKAGES := cmake espeak-ng sox python3-venv nats-server redis-server postgresql libreoffice-writer-nogui
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help demo deps nats services model test lint fmt bench bench-stream build pyenv
+.PHONY: help demo deps nats services model test lint fmt bench bench-stream bench-storage build pyenv
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -115,3 +115,7 @@ bench: deps model $(BUILD)/bench-venv/.ok ## kiroku vs faster-whisper, same audi
 bench-stream: deps model ## live streaming on the local cluster: latency, concurrency, WER, plumbing
 	cargo build --release -p kiroku-cli
 	python3 tests/bench/bench_stream.py $(KIROKU_RELEASE) $(BUILD)/bench-stream
+
+bench-storage: services ## minutes storage: finals persisted per second, search p50/p95 over 1,000 one-hour meetings
+	cargo build --release -p kiroku-storage --bin kiroku-bench-storage
+	$(CURDIR)/target/release/kiroku-bench-storage $(BENCH_STORAGE_ARGS)
