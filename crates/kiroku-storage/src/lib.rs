@@ -5,8 +5,9 @@
 //! row-level security, sealed with the tenant's data key ([`crypto`]); users search,
 //! label and export them through `kiroku.storage.v1.Storage`.
 //!
-//! Not yet here (same issue, next steps): tenant export and erasure, backup and restore,
-//! the `region` setting, master-key rotation, the storage benchmark.
+//! Also here: tenant export and crypto-shredding erasure, master-key rotation, and
+//! `kiroku-bench-storage` (`make bench-storage`). Not yet: importing a bundle, backup and
+//! restore (see the README).
 
 pub mod crypto;
 pub mod search;
