@@ -63,6 +63,22 @@ async fn fetch_verifier(account: &mut AccountServiceClient<Channel>) -> Result<V
 impl Checker {
     /// Connects to the account service at `account_url`, waiting up to `wait` for its
     /// signing keys, and keeps the keys fresh (key rotation) while the checker lives.
+    /// The checker a service behind the gateway uses: revocations in `redis_url` under
+    /// the cluster's prefix, keys from the account service (waiting up to 30 s for it).
+    pub async fn for_service(
+        account_url: &str,
+        redis_url: &str,
+        layout: &kiroku_core::nats::Layout,
+    ) -> anyhow::Result<Arc<Self>> {
+        let redis = crate::auth::connect_redis(redis_url).await?;
+        let revocations = Revocations::new(
+            redis,
+            &crate::redis_prefix(layout),
+            crate::TokenLifetimes::default().access,
+        );
+        Self::connect(account_url, revocations, Duration::from_secs(30)).await
+    }
+
     pub async fn connect(
         account_url: &str,
         revocations: Revocations,

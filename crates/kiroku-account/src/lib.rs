@@ -21,10 +21,8 @@ pub mod totp;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use anyhow::Context as _;
-use async_nats::jetstream;
 use kiroku_core::audit::AuditEmitter;
-use kiroku_core::nats::{Layout, Retention};
+use kiroku_core::nats::Layout;
 use kiroku_proto::account::v1::account_service_server::AccountServiceServer;
 use tokio::net::TcpListener;
 
@@ -107,15 +105,9 @@ pub async fn serve(
     let prefix = redis_prefix(&config.layout);
     let revocations = auth::Revocations::new(redis.clone(), &prefix, config.lifetimes.access);
     let throttle = throttle::Throttle::new(redis, &prefix, config.throttle.clone());
-    let nats = kiroku_core::nats::connect(&config.nats_url, "kiroku-account")
-        .await
-        .with_context(|| format!("connecting to NATS at {}", config.nats_url))?;
-    let js = jetstream::new(nats.clone());
-    config
-        .layout
-        .ensure(&js, &Retention::default())
-        .await
-        .context("creating the JetStream streams")?;
+    let (nats, js) =
+        kiroku_core::nats::connect_and_ensure(&config.nats_url, "kiroku-account", &config.layout)
+            .await?;
     let accounts = Accounts::new(service::State {
         db: db.clone(),
         signer,
@@ -130,15 +122,7 @@ pub async fn serve(
         trusted_proxies: config.trusted_proxies.clone(),
     });
 
-    let ready_db = db.clone();
-    let ready = kiroku_core::admin::poll_readiness(move || {
-        let (db, nats) = (ready_db.clone(), nats.clone());
-        // Ready while PostgreSQL answers and NATS is connected.
-        async move {
-            db.is_ready().await
-                && nats.connection_state() == async_nats::connection::State::Connected
-        }
-    });
+    let ready = kiroku_core::admin::db_and_nats_readiness(db.clone(), nats.clone());
     kiroku_core::admin::serve_grpc(
         <AccountServiceServer<Accounts> as tonic::server::NamedService>::NAME,
         tonic::service::Routes::new(AccountServiceServer::new(accounts)),

@@ -14,13 +14,12 @@ mod service;
 pub mod store;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context as _;
 use async_nats::jetstream;
 use kiroku_core::audit::AuditEmitter;
 use kiroku_core::db::{DatabaseConfig, Db};
-use kiroku_core::nats::{Layout, Retention};
+use kiroku_core::nats::Layout;
 use kiroku_proto::account::v1::account_service_client::AccountServiceClient;
 use kiroku_proto::audit::v1::audit_service_server::AuditServiceServer;
 use kiroku_proto::audit::v1::notice_service_server::NoticeServiceServer;
@@ -105,27 +104,15 @@ pub async fn serve(
         kiroku_core::db::migrate(&config.database, &MIGRATOR).await?;
     }
     let db = Db::connect(&config.database).await?;
-    let redis = kiroku_account::auth::connect_redis(&config.redis_url).await?;
-    let revocations = kiroku_account::auth::Revocations::new(
-        redis,
-        &kiroku_account::redis_prefix(&config.layout),
-        kiroku_account::TokenLifetimes::default().access,
-    );
-    let checker = kiroku_account::checker::Checker::connect(
+    let checker = kiroku_account::checker::Checker::for_service(
         &config.account_url,
-        revocations,
-        Duration::from_secs(30),
+        &config.redis_url,
+        &config.layout,
     )
     .await?;
-    let nats = kiroku_core::nats::connect(&config.nats_url, "kiroku-audit")
-        .await
-        .with_context(|| format!("connecting to NATS at {}", config.nats_url))?;
-    let js = jetstream::new(nats.clone());
-    config
-        .layout
-        .ensure(&js, &Retention::default())
-        .await
-        .context("creating the JetStream streams")?;
+    let (nats, js) =
+        kiroku_core::nats::connect_and_ensure(&config.nats_url, "kiroku-audit", &config.layout)
+            .await?;
     let consumer = tokio::spawn(consume(db.clone(), js.clone(), config.layout.clone()));
     info!("audit consumer started");
 
@@ -164,14 +151,7 @@ pub async fn serve(
         wake,
     );
 
-    let ready_db = db.clone();
-    let ready = kiroku_core::admin::poll_readiness(move || {
-        let (db, nats) = (ready_db.clone(), nats.clone());
-        async move {
-            db.is_ready().await
-                && nats.connection_state() == async_nats::connection::State::Connected
-        }
-    });
+    let ready = kiroku_core::admin::db_and_nats_readiness(db.clone(), nats);
     kiroku_core::admin::serve_grpc(
         <AuditServiceServer<Audit> as tonic::server::NamedService>::NAME,
         tonic::service::Routes::new(AuditServiceServer::new(Audit::new(db.clone(), checker)))

@@ -434,8 +434,7 @@ fn control_8_2_2_a_streamed_meeting_is_searchable_labelled_and_exportable() {
             .labels;
         let label_id = labels[0].label_id.clone();
         let meeting = || "standup-1126".to_string();
-        let not_found = |result: Result<tonic::Status, String>| {
-            let status = result.expect("refused");
+        let not_found = |status: tonic::Status| {
             assert_eq!(status.code(), Code::NotFound, "{status:?}");
         };
         not_found(
@@ -447,9 +446,7 @@ fn control_8_2_2_a_streamed_meeting_is_searchable_labelled_and_exportable() {
                     &other,
                 ))
                 .await
-                .map(|_| String::new())
-                .err()
-                .ok_or("get".into()),
+                .expect_err("get"),
         );
         not_found(
             client
@@ -461,9 +458,7 @@ fn control_8_2_2_a_streamed_meeting_is_searchable_labelled_and_exportable() {
                     &other,
                 ))
                 .await
-                .map(|_| String::new())
-                .err()
-                .ok_or("export".into()),
+                .expect_err("export"),
         );
         not_found(
             client
@@ -474,9 +469,7 @@ fn control_8_2_2_a_streamed_meeting_is_searchable_labelled_and_exportable() {
                     &other,
                 ))
                 .await
-                .map(|_| String::new())
-                .err()
-                .ok_or("labels".into()),
+                .expect_err("labels"),
         );
         not_found(
             client
@@ -490,17 +483,13 @@ fn control_8_2_2_a_streamed_meeting_is_searchable_labelled_and_exportable() {
                     &other,
                 ))
                 .await
-                .map(|_| String::new())
-                .err()
-                .ok_or("add".into()),
+                .expect_err("add"),
         );
         not_found(
             client
                 .remove_label(authorized(pb::RemoveLabelRequest { label_id }, &other))
                 .await
-                .map(|_| String::new())
-                .err()
-                .ok_or("remove".into()),
+                .expect_err("remove"),
         );
         let hits = client
             .search(authorized(

@@ -70,6 +70,18 @@ where
     ready_rx
 }
 
+/// Ready while PostgreSQL answers and NATS is connected (the account, audit and storage
+/// services' readiness).
+pub fn db_and_nats_readiness(db: crate::db::Db, nats: async_nats::Client) -> watch::Receiver<bool> {
+    poll_readiness(move || {
+        let (db, nats) = (db.clone(), nats.clone());
+        async move {
+            db.is_ready().await
+                && nats.connection_state() == async_nats::connection::State::Connected
+        }
+    })
+}
+
 /// How every Kiroku gRPC service runs: `routes` (reported as serving under
 /// `service_name`) plus gRPC health and server reflection on `grpc`, the admin routes
 /// on `admin`, both until `shutdown` resolves.

@@ -259,6 +259,25 @@ impl Layout {
     }
 }
 
+/// Connects as `name` and makes sure the cluster's streams and buckets exist (with the
+/// default retention): what every service but the gateway does first.
+pub async fn connect_and_ensure(
+    url: &str,
+    name: &str,
+    layout: &Layout,
+) -> anyhow::Result<(async_nats::Client, jetstream::Context)> {
+    use anyhow::Context as _;
+    let nats = connect(url, name)
+        .await
+        .with_context(|| format!("connecting to NATS at {url}"))?;
+    let js = jetstream::new(nats.clone());
+    layout
+        .ensure(&js, &Retention::default())
+        .await
+        .context("creating the JetStream streams")?;
+    Ok((nats, js))
+}
+
 /// What a durable consumer's handler made of one message.
 #[derive(Debug)]
 pub enum Handled {

@@ -15,13 +15,11 @@ mod service;
 pub mod store;
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use anyhow::Context as _;
 use async_nats::jetstream;
 use kiroku_core::audit::AuditEmitter;
 use kiroku_core::db::{DatabaseConfig, Db};
-use kiroku_core::nats::{Layout, Retention};
+use kiroku_core::nats::Layout;
 use kiroku_proto::events::v1::TranscriptResult;
 use kiroku_proto::storage::v1::storage_server::StorageServer;
 use prost::Message as _;
@@ -148,27 +146,15 @@ pub async fn serve(
     }
     let db = Db::connect(&config.database).await?;
     let keys = Keys::new(config.keys.clone());
-    let redis = kiroku_account::auth::connect_redis(&config.redis_url).await?;
-    let revocations = kiroku_account::auth::Revocations::new(
-        redis,
-        &kiroku_account::redis_prefix(&config.layout),
-        kiroku_account::TokenLifetimes::default().access,
-    );
-    let checker = kiroku_account::checker::Checker::connect(
+    let checker = kiroku_account::checker::Checker::for_service(
         &config.account_url,
-        revocations,
-        Duration::from_secs(30),
+        &config.redis_url,
+        &config.layout,
     )
     .await?;
-    let nats = kiroku_core::nats::connect(&config.nats_url, "kiroku-storage")
-        .await
-        .with_context(|| format!("connecting to NATS at {}", config.nats_url))?;
-    let js = jetstream::new(nats.clone());
-    config
-        .layout
-        .ensure(&js, &Retention::default())
-        .await
-        .context("creating the JetStream streams")?;
+    let (nats, js) =
+        kiroku_core::nats::connect_and_ensure(&config.nats_url, "kiroku-storage", &config.layout)
+            .await?;
     let consumer = tokio::spawn(consume(
         db.clone(),
         keys.clone(),
@@ -180,14 +166,7 @@ pub async fn serve(
         "storage consumer started"
     );
 
-    let ready_db = db.clone();
-    let ready = kiroku_core::admin::poll_readiness(move || {
-        let (db, nats) = (ready_db.clone(), nats.clone());
-        async move {
-            db.is_ready().await
-                && nats.connection_state() == async_nats::connection::State::Connected
-        }
-    });
+    let ready = kiroku_core::admin::db_and_nats_readiness(db.clone(), nats);
     let service = StorageService::new(
         db.clone(),
         keys,

@@ -91,7 +91,7 @@ fn meeting_id(value: &str) -> Result<String, Status> {
     Ok(id.to_string())
 }
 
-fn summary(row: &MeetingRow, labels: &[LabelRow]) -> pb::MeetingSummary {
+fn summary(row: &MeetingRow, tags: Vec<String>) -> pb::MeetingSummary {
     pb::MeetingSummary {
         meeting_id: row.meeting_id.clone(),
         title: row.title.clone(),
@@ -100,11 +100,7 @@ fn summary(row: &MeetingRow, labels: &[LabelRow]) -> pb::MeetingSummary {
         language: row.language.clone(),
         duration_ms: row.duration_ms.max(0) as u64,
         segments: row.segments.clamp(0, i64::from(u32::MAX)) as u32,
-        tags: labels
-            .iter()
-            .filter(|l| l.kind == "tag")
-            .map(|l| l.text.clone())
-            .collect(),
+        tags,
     }
 }
 
@@ -413,14 +409,14 @@ impl StorageApi for StorageService {
         .map_err(internal)?;
         let more = rows.len() > page_size as usize;
         rows.truncate(page_size as usize);
-        let mut meetings = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let labels = store::labels(&self.db, &self.keys, caller.tenant_id, &row.meeting_id)
-                .await
-                .map_err(internal)?
-                .unwrap_or_default();
-            meetings.push(summary(row, &labels));
-        }
+        let ids: Vec<String> = rows.iter().map(|r| r.meeting_id.clone()).collect();
+        let mut tags = store::tags(&self.db, &self.keys, caller.tenant_id, &ids)
+            .await
+            .map_err(internal)?;
+        let meetings: Vec<pb::MeetingSummary> = rows
+            .iter()
+            .map(|row| summary(row, tags.remove(&row.meeting_id).unwrap_or_default()))
+            .collect();
         Ok(Response::new(pb::ListMeetingsResponse {
             next_page_token: match (more, rows.last()) {
                 (true, Some(last)) => {
@@ -447,7 +443,14 @@ impl StorageApi for StorageService {
             .map_err(internal)?
             .unwrap_or_default();
         Ok(Response::new(pb::Meeting {
-            summary: Some(summary(&row, &labels)),
+            summary: Some(summary(
+                &row,
+                labels
+                    .iter()
+                    .filter(|l| l.kind == "tag")
+                    .map(|l| l.text.clone())
+                    .collect(),
+            )),
             segments,
             labels: labels.iter().map(label).collect(),
         }))

@@ -590,6 +590,40 @@ pub async fn labels(
     Ok(Some(labels))
 }
 
+/// The tag texts of several meetings, in one transaction (a meeting list page).
+pub async fn tags(
+    db: &Db,
+    keys: &Keys,
+    tenant: Uuid,
+    meeting_ids: &[String],
+) -> Result<std::collections::HashMap<String, Vec<String>>> {
+    let mut tags: std::collections::HashMap<String, Vec<String>> = Default::default();
+    let mut tx = db.tenant_tx(tenant).await?;
+    let rows = sqlx::query(
+        "SELECT label_id, meeting_id, sealed_text FROM labels
+         WHERE kind = 'tag' AND meeting_id = ANY($1) ORDER BY created_at, label_id",
+    )
+    .bind(meeting_ids)
+    .fetch_all(&mut *tx)
+    .await?;
+    if !rows.is_empty() {
+        let key = keys
+            .get(&mut tx, tenant, false)
+            .await?
+            .ok_or(CryptoError::Decrypt)?;
+        for row in &rows {
+            let label_id: Uuid = row.try_get("label_id")?;
+            let sealed: Vec<u8> = row.try_get("sealed_text")?;
+            let text = key.open(&sealed, &label_aad(tenant, label_id))?;
+            tags.entry(row.try_get("meeting_id")?)
+                .or_default()
+                .push(String::from_utf8_lossy(&text).into_owned());
+        }
+    }
+    tx.commit().await?;
+    Ok(tags)
+}
+
 /// Removes a label; `None` when the tenant has no such label.
 pub async fn remove_label(db: &Db, tenant: Uuid, label_id: Uuid) -> Result<Option<String>> {
     let mut tx = db.tenant_tx(tenant).await?;
