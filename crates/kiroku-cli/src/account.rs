@@ -152,8 +152,19 @@ pub enum TenantCommand {
     Export {
         #[command(flatten)]
         url: crate::minutes::StorageUrl,
+        #[command(flatten)]
+        audit: crate::audit::AuditUrl,
         #[arg(long)]
         out: std::path::PathBuf,
+    },
+    /// Import a bundle written by `export` into your tenant (admins with MFA): every file
+    /// is checked against the manifest first; all meetings or none are imported, and a
+    /// meeting id the tenant already has stops the import.
+    Import {
+        #[command(flatten)]
+        url: crate::minutes::StorageUrl,
+        /// The bundle's directory.
+        dir: std::path::PathBuf,
     },
     /// Erase the tenant's minutes: its data key is destroyed first (no copy decrypts any
     /// more), then its meetings are deleted (owners with MFA).
@@ -484,8 +495,11 @@ pub fn admin(command: AdminCommand) -> Result<()> {
         }
         AdminCommand::Notice(command) => return crate::notice::run(command),
         AdminCommand::Storage(command) => return crate::minutes::storage_admin(command),
-        AdminCommand::Tenant(TenantCommand::Export { url, out }) => {
-            return crate::minutes::tenant_export(url, out);
+        AdminCommand::Tenant(TenantCommand::Export { url, audit, out }) => {
+            return crate::minutes::tenant_export(url, audit, out);
+        }
+        AdminCommand::Tenant(TenantCommand::Import { url, dir }) => {
+            return crate::minutes::tenant_import(url, dir);
         }
         AdminCommand::Tenant(TenantCommand::Erase { url, confirm }) => {
             return crate::minutes::tenant_erase(url, confirm);
@@ -532,7 +546,11 @@ pub fn admin(command: AdminCommand) -> Result<()> {
             | AdminCommand::Usage(_)
             | AdminCommand::Notice(_)
             | AdminCommand::Storage(_)
-            | AdminCommand::Tenant(TenantCommand::Export { .. } | TenantCommand::Erase { .. }) => {
+            | AdminCommand::Tenant(
+                TenantCommand::Export { .. }
+                | TenantCommand::Import { .. }
+                | TenantCommand::Erase { .. },
+            ) => {
                 unreachable!("handled before the runtime starts")
             }
             AdminCommand::ConsentPolicy { url, policy } => {

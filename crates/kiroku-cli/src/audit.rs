@@ -320,3 +320,23 @@ fn print_usage(usage: &pb::GetUsageResponse) {
     }
     println!("(days in {})", usage.time_zone);
 }
+
+/// The tenant's whole audit log as JSON (oldest first), for the tenant bundle.
+pub async fn export_all(
+    url: &str,
+    credential: &(&'static str, tonic::metadata::AsciiMetadataValue),
+) -> Result<pb::ExportEventsResponse> {
+    AuditServiceClient::new(connect(url).await?)
+        .max_decoding_message_size(256 << 20)
+        .export_events(authed(
+            pb::ExportEventsRequest {
+                filter: None,
+                format: pb::ExportFormat::Json as i32,
+                time_zone: String::new(),
+            },
+            credential,
+        ))
+        .await
+        .map(tonic::Response::into_inner)
+        .map_err(refused)
+}

@@ -405,9 +405,11 @@ pub fn label(command: LabelCommand) -> Result<()> {
     })
 }
 
-/// `kiroku admin tenant export --out DIR`: the bundle, written file by file, then every
-/// file checked against the manifest's SHA-256.
-pub fn tenant_export(url: StorageUrl, out: PathBuf) -> Result<()> {
+/// `kiroku admin tenant export --out DIR`: the storage bundle, written file by file and
+/// checked against its manifest, then the tenant's audit log (`audit/log.json`) added to
+/// the bundle and its manifest.
+pub fn tenant_export(url: StorageUrl, audit: crate::audit::AuditUrl, out: PathBuf) -> Result<()> {
+    use kiroku_storage::bundle;
     if out.exists()
         && std::fs::read_dir(&out)
             .map(|mut d| d.next().is_some())
@@ -419,9 +421,20 @@ pub fn tenant_export(url: StorageUrl, out: PathBuf) -> Result<()> {
         ))
         .into());
     }
+    let write = |path: &str, data: &[u8]| -> Result<()> {
+        // Paths come from the server: only plain relative names are written.
+        if !bundle::safe_path(path) {
+            anyhow::bail!("the bundle holds an unsafe path {path:?}");
+        }
+        let path = out.join(path);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        std::fs::write(&path, data).with_context(|| format!("writing {}", path.display()))
+    };
+    let out = &out;
     runtime()?.block_on(async move {
         use futures::StreamExt as _;
-        use sha2::Digest as _;
         let cred = credential().await?;
         let mut files = client(&url.storage)
             .await?
@@ -429,52 +442,97 @@ pub fn tenant_export(url: StorageUrl, out: PathBuf) -> Result<()> {
             .await
             .map_err(refused)?
             .into_inner();
-        let mut written = Vec::new();
+        let mut received = Vec::new();
+        let mut manifest = None;
         while let Some(file) = files.next().await {
             let file = file.map_err(refused)?;
-            // Paths come from the server: only plain relative names are written.
-            let relative = std::path::Path::new(&file.path);
-            if file.path.is_empty()
-                || relative.is_absolute()
-                || relative
-                    .components()
-                    .any(|c| !matches!(c, std::path::Component::Normal(_)))
-            {
-                anyhow::bail!("the bundle holds an unsafe path {:?}", file.path);
+            if file.path == bundle::MANIFEST {
+                manifest = Some(bundle::Manifest::parse(&file.data)?);
+                continue;
             }
-            let path = out.join(relative);
-            if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir)
-                    .with_context(|| format!("creating {}", dir.display()))?;
-            }
-            std::fs::write(&path, &file.data)
-                .with_context(|| format!("writing {}", path.display()))?;
-            eprint!("\r{} files", written.len() + 1);
-            written.push(file.path);
+            write(&file.path, &file.data)?;
+            received.push(bundle::ManifestFile::of(&file.path, &file.data));
+            eprint!("\r{} files", received.len());
         }
         eprintln!();
-        let manifest: serde_json::Value = serde_json::from_slice(
-            &std::fs::read(out.join("manifest.json")).context("the bundle has no manifest")?,
-        )
-        .context("manifest.json is not JSON")?;
-        let listed = manifest["files"]
-            .as_array()
-            .context("manifest without files")?;
-        for entry in listed {
-            let path = entry["path"]
-                .as_str()
-                .context("manifest entry without path")?;
-            let data = std::fs::read(out.join(path)).with_context(|| format!("{path} missing"))?;
-            let digest = hex::encode(sha2::Sha256::digest(&data));
-            if Some(digest.as_str()) != entry["sha256"].as_str() {
-                anyhow::bail!("{path}: SHA-256 does not match the manifest");
+        let mut manifest = manifest.context("the storage service sent no manifest")?;
+        let mut checker = bundle::Checker::new(&manifest);
+        for file in &received {
+            let listed = manifest.files.iter().find(|f| f.path == file.path);
+            if listed != Some(file) {
+                anyhow::bail!("{}: size or SHA-256 differs from the manifest", file.path);
             }
+            checker.check(&file.path, &std::fs::read(out.join(&file.path))?)?;
         }
+        checker.finish()?;
+        let log = crate::audit::export_all(&audit.audit, &cred).await?;
+        write(bundle::AUDIT_LOG, &log.data)?;
+        manifest
+            .files
+            .push(bundle::ManifestFile::of(bundle::AUDIT_LOG, &log.data));
+        write(bundle::MANIFEST, &serde_json::to_vec_pretty(&manifest)?)?;
         println!(
-            "{} meetings exported to {} ({} files, SHA-256 verified)",
-            manifest["meetings"],
+            "{} meetings and {} audit entries exported to {} ({} files, SHA-256 verified)",
+            manifest.meetings,
+            log.entries,
             out.display(),
-            listed.len() + 1
+            manifest.files.len() + 1
+        );
+        Ok(())
+    })
+}
+
+/// `kiroku admin tenant import DIR`: every file checked against the manifest here, then
+/// sent (manifest first) to be imported into the caller's tenant, all or nothing.
+pub fn tenant_import(url: StorageUrl, dir: PathBuf) -> Result<()> {
+    use kiroku_storage::bundle;
+    let manifest_data = std::fs::read(dir.join(bundle::MANIFEST)).map_err(|e| {
+        InputError(format!(
+            "{}: {e} (not a bundle written by `kiroku admin tenant export`?)",
+            dir.join(bundle::MANIFEST).display()
+        ))
+    })?;
+    let manifest =
+        bundle::Manifest::parse(&manifest_data).map_err(|e| InputError(e.to_string()))?;
+    let mut checker = bundle::Checker::new(&manifest);
+    for file in &manifest.files {
+        let data = std::fs::read(dir.join(&file.path))
+            .map_err(|e| InputError(format!("{}: {e}", file.path)))?;
+        checker
+            .check(&file.path, &data)
+            .map_err(|e| InputError(e.to_string()))?;
+    }
+    checker.finish().map_err(|e| InputError(e.to_string()))?;
+    let total = manifest.files.len();
+    runtime()?.block_on(async move {
+        use futures::StreamExt as _;
+        let cred = credential().await?;
+        let first = futures::stream::once(async move {
+            pb::BundleFile {
+                path: bundle::MANIFEST.into(),
+                data: manifest_data,
+            }
+        });
+        // Checked above; a file that changes on disk meanwhile fails on the server.
+        let rest =
+            futures::stream::iter(manifest.files.into_iter().enumerate()).map(move |(n, file)| {
+                eprint!("\r{}/{total} files", n + 1);
+                pb::BundleFile {
+                    data: std::fs::read(dir.join(&file.path)).unwrap_or_default(),
+                    path: file.path,
+                }
+            });
+        let imported = client(&url.storage)
+            .await?
+            .max_encoding_message_size(kiroku_storage::MAX_BUNDLE_FILE_BYTES)
+            .import_tenant(authed(first.chain(rest), &cred))
+            .await
+            .map_err(refused)?
+            .into_inner();
+        eprintln!();
+        println!(
+            "imported {} meetings, {} segments, {} labels ({} files checked)",
+            imported.meetings, imported.segments, imported.labels, imported.files
         );
         Ok(())
     })

@@ -182,6 +182,7 @@ pub mod actions {
     pub const LABEL_ADDED: &str = "label.added";
     pub const LABEL_REMOVED: &str = "label.removed";
     pub const TENANT_EXPORTED: &str = "tenant.exported";
+    pub const TENANT_IMPORTED: &str = "tenant.imported";
     pub const TENANT_ERASED: &str = "tenant.erased";
 
     pub const ALL: &[&str] = &[
@@ -213,6 +214,7 @@ pub mod actions {
         LABEL_ADDED,
         LABEL_REMOVED,
         TENANT_EXPORTED,
+        TENANT_IMPORTED,
         TENANT_ERASED,
     ];
 }

@@ -5,10 +5,10 @@
 //! row-level security, sealed with the tenant's data key ([`crypto`]); users search,
 //! label and export them through `kiroku.storage.v1.Storage`.
 //!
-//! Also here: tenant export and crypto-shredding erasure, master-key rotation, and
-//! `kiroku-bench-storage` (`make bench-storage`). Not yet: importing a bundle, backup and
-//! restore (see the README).
+//! Also here: tenant export, import and crypto-shredding erasure ([`bundle`]),
+//! master-key rotation, and `kiroku-bench-storage` (`make bench-storage`).
 
+pub mod bundle;
 pub mod crypto;
 pub mod search;
 mod service;
@@ -37,6 +37,9 @@ pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9468";
 /// The role the storage service connects as.
 pub const APP_ROLE: &str = "kiroku_storage";
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+/// The largest bundle file `ImportTenant` takes (one meeting's JSON; an hour of speech
+/// with word timings is about 1 MiB).
+pub const MAX_BUNDLE_FILE_BYTES: usize = 64 << 20;
 /// The durable consumer through which storage replicas share `TRANSCRIPTS`.
 pub const CONSUMER: &str = "storage";
 
@@ -176,7 +179,9 @@ pub async fn serve(
     );
     kiroku_core::admin::serve_grpc(
         <StorageServer<StorageService> as tonic::server::NamedService>::NAME,
-        tonic::service::Routes::new(StorageServer::new(service)),
+        tonic::service::Routes::new(
+            StorageServer::new(service).max_decoding_message_size(MAX_BUNDLE_FILE_BYTES),
+        ),
         tonic::transport::Server::builder(),
         grpc,
         admin,

@@ -15,6 +15,7 @@ use kiroku_proto::transcribe::v1 as api;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
+use crate::bundle;
 use crate::store::{self, Keys, LabelRow, MeetingRow, StoreError};
 
 /// Who may call each method (deny by default).
@@ -37,6 +38,7 @@ pub const METHODS: &[(&str, Access)] = &[
         },
     ),
     ("ExportTenant", Access::Admin),
+    ("ImportTenant", Access::Admin),
     // Owners only: checked in the method on top of this rule.
     ("EraseTenant", Access::Admin),
     ("RotateMasterKey", Access::Operator),
@@ -207,7 +209,6 @@ async fn bundle(
     tenant: Uuid,
     tenant_slug: &str,
 ) -> Result<Vec<pb::BundleFile>, StoreError> {
-    use sha2::Digest as _;
     let mut meetings = Vec::new();
     let mut after = None;
     loop {
@@ -238,50 +239,103 @@ async fn bundle(
             stem = format!("{base}-{n}");
         }
         let transcript = transcript(&row, &segments);
-        let json = serde_json::json!({
-            "meeting_id": row.meeting_id,
-            "title": row.title,
-            "started_at": row.started_at.to_rfc3339(),
-            "ended_at": row.ended_at.map(|t| t.to_rfc3339()),
-            "language": row.language,
-            "duration_ms": row.duration_ms,
-            "transcript": transcript,
-            "labels": labels.iter().map(|l| serde_json::json!({
-                "label_id": l.label_id.to_string(),
-                "kind": l.kind,
-                "text": l.text,
-                "at_ms": l.at_ms,
-                "end_ms": l.end_ms,
-                "created_by": l.created_by,
-                "created_at": l.created_at.to_rfc3339(),
-            })).collect::<Vec<_>>(),
-        });
+        let meeting = bundle::BundleMeeting {
+            meeting_id: row.meeting_id.clone(),
+            title: row.title.clone(),
+            started_at: row.started_at,
+            ended_at: row.ended_at,
+            language: row.language.clone(),
+            duration_ms: row.duration_ms,
+            text: transcript.text.clone(),
+            segments: segments.iter().map(bundle::BundleSegment::from).collect(),
+            labels: labels
+                .into_iter()
+                .map(|l| bundle::BundleLabel {
+                    label_id: l.label_id,
+                    kind: l.kind,
+                    text: l.text,
+                    at_ms: l.at_ms,
+                    end_ms: l.end_ms,
+                    created_by: l.created_by,
+                    created_at: l.created_at,
+                })
+                .collect(),
+        };
         files.push(pb::BundleFile {
             path: format!("meetings/{stem}.json"),
-            data: serde_json::to_vec_pretty(&json).unwrap_or_default(),
+            data: serde_json::to_vec_pretty(&meeting).unwrap_or_default(),
         });
         files.push(pb::BundleFile {
             path: format!("meetings/{stem}.vtt"),
             data: transcript.render(Format::Vtt).into_bytes(),
         });
     }
-    let manifest = serde_json::json!({
-        "format": "kiroku-tenant-export/1",
-        "tenant_id": tenant.to_string(),
-        "tenant_slug": tenant_slug,
-        "exported_at": chrono::Utc::now().to_rfc3339(),
-        "meetings": meetings.len(),
-        "files": files.iter().map(|f| serde_json::json!({
-            "path": f.path,
-            "bytes": f.data.len(),
-            "sha256": hex::encode(sha2::Sha256::digest(&f.data)),
-        })).collect::<Vec<_>>(),
-    });
+    let manifest = bundle::Manifest {
+        format: bundle::FORMAT.into(),
+        tenant_id: tenant.to_string(),
+        tenant_slug: tenant_slug.into(),
+        exported_at: chrono::Utc::now(),
+        meetings: meetings.len() as u64,
+        files: files
+            .iter()
+            .map(|f| bundle::ManifestFile::of(&f.path, &f.data))
+            .collect(),
+    };
     files.push(pb::BundleFile {
-        path: "manifest.json".into(),
+        path: bundle::MANIFEST.into(),
         data: serde_json::to_vec_pretty(&manifest).unwrap_or_default(),
     });
     Ok(files)
+}
+
+fn bundle_status(error: bundle::BundleError) -> Status {
+    match error {
+        bundle::BundleError::Invalid(problem) => Status::invalid_argument(problem),
+        bundle::BundleError::Corrupt(problem) => Status::data_loss(problem),
+    }
+}
+
+impl StorageService {
+    /// Reads a bundle (manifest first) into one import transaction; commits only when
+    /// every listed file came and matched and the import is audited.
+    async fn import(
+        &self,
+        caller: &Principal,
+        mut files: tonic::Streaming<pb::BundleFile>,
+    ) -> Result<(store::Imported, u64), Status> {
+        let first = files.message().await?.ok_or_else(|| {
+            Status::invalid_argument(format!("empty bundle: send {} first", bundle::MANIFEST))
+        })?;
+        if first.path != bundle::MANIFEST {
+            return Err(Status::invalid_argument(format!(
+                "the first file must be {}, not {:?}",
+                bundle::MANIFEST,
+                first.path
+            )));
+        }
+        let manifest = bundle::Manifest::parse(&first.data).map_err(bundle_status)?;
+        let mut checker = bundle::Checker::new(&manifest);
+        let mut import = store::Import::begin(&self.db, &self.keys, caller.tenant_id)
+            .await
+            .map_err(internal)?;
+        while let Some(file) = files.message().await? {
+            checker
+                .check(&file.path, &file.data)
+                .map_err(bundle_status)?;
+            if !bundle::is_meeting(&file.path) {
+                continue;
+            }
+            let meeting: bundle::BundleMeeting = serde_json::from_slice(&file.data)
+                .map_err(|e| Status::invalid_argument(format!("{}: {e}", file.path)))?;
+            import.meeting(&meeting).await.map_err(|e| match e {
+                StoreError::Exists(_) => Status::already_exists(e.to_string()),
+                StoreError::Invalid(_) => Status::invalid_argument(format!("{}: {e}", file.path)),
+                e => internal(e),
+            })?;
+        }
+        let checked = checker.finish().map_err(bundle_status)?;
+        Ok((import.commit().await.map_err(internal)?, checked))
+    }
 }
 
 #[tonic::async_trait]
@@ -310,6 +364,33 @@ impl StorageApi for StorageService {
         Ok(Response::new(Box::pin(futures::stream::iter(
             files.into_iter().map(Ok),
         ))))
+    }
+
+    async fn import_tenant(
+        &self,
+        request: Request<tonic::Streaming<pb::BundleFile>>,
+    ) -> Result<Response<pb::ImportTenantResponse>, Status> {
+        let caller = self.caller(&request, "ImportTenant").await?;
+        let (imported, files) = self.import(&caller, request.into_inner()).await?;
+        // Committed before the record: an import that fails leaves nothing to audit, and
+        // a committed one is recorded (retried by the emitter) even if the client is gone.
+        self.audit.spawn_emit(
+            AuditRecord::new(
+                caller.tenant_token(),
+                caller.actor(),
+                actions::TENANT_IMPORTED,
+            )
+            .detail("meetings", imported.meetings.to_string())
+            .detail("segments", imported.segments.to_string())
+            .detail("labels", imported.labels.to_string()),
+        );
+        tracing::info!(tenant = %caller.tenant_id, ?imported, files, "tenant bundle imported");
+        Ok(Response::new(pb::ImportTenantResponse {
+            meetings: imported.meetings,
+            segments: imported.segments,
+            labels: imported.labels,
+            files,
+        }))
     }
 
     async fn rotate_master_key(

@@ -21,6 +21,12 @@ pub enum StoreError {
     Crypto(#[from] CryptoError),
     #[error("stored segment does not decode: {0}")]
     Decode(#[from] prost::DecodeError),
+    /// An import would overwrite this meeting.
+    #[error("meeting {0:?} already exists in this tenant")]
+    Exists(String),
+    /// An imported record that cannot be stored as it is.
+    #[error("{0}")]
+    Invalid(String),
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -170,6 +176,158 @@ pub async fn erase_tenant(db: &Db, tenant: Uuid) -> Result<Erased> {
     };
     tx.commit().await?;
     Ok(erased)
+}
+
+/// What an import stored.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Imported {
+    pub meetings: u64,
+    pub segments: u64,
+    pub labels: u64,
+}
+
+/// A bundle import: every meeting in one tenant transaction, so a bundle is imported
+/// whole or not at all. Each meeting becomes one session (`import-<uuid>`) holding its
+/// segments on the meeting's one timeline; segments and labels are sealed with this
+/// tenant's key and indexed anew.
+pub struct Import {
+    tx: Transaction<'static, Postgres>,
+    key: Arc<DataKey>,
+    tenant: Uuid,
+    imported: Imported,
+}
+
+impl std::fmt::Debug for Import {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Import")
+            .field("tenant", &self.tenant)
+            .field("imported", &self.imported)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Import {
+    pub async fn begin(db: &Db, keys: &Keys, tenant: Uuid) -> Result<Self> {
+        let mut tx = db.tenant_tx(tenant).await?;
+        let key = keys
+            .get(&mut tx, tenant, true)
+            .await?
+            .ok_or(CryptoError::Decrypt)?;
+        Ok(Self {
+            tx,
+            key,
+            tenant,
+            imported: Imported::default(),
+        })
+    }
+
+    pub async fn meeting(&mut self, m: &crate::bundle::BundleMeeting) -> Result<()> {
+        let (tenant, tx) = (self.tenant, &mut self.tx);
+        if m.meeting_id.trim().is_empty() || m.meeting_id.len() > 200 {
+            return Err(StoreError::Invalid(format!(
+                "meeting id {:?}: 1 to 200 bytes",
+                m.meeting_id
+            )));
+        }
+        let exists: Option<i32> =
+            sqlx::query_scalar("SELECT 1 FROM meetings WHERE meeting_id = $1")
+                .bind(&m.meeting_id)
+                .fetch_optional(&mut **tx)
+                .await?;
+        if exists.is_some() {
+            return Err(StoreError::Exists(m.meeting_id.clone()));
+        }
+        sqlx::query(
+            "INSERT INTO meetings (tenant_id, meeting_id, title, started_at, ended_at, language)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(tenant)
+        .bind(&m.meeting_id)
+        .bind(&m.title)
+        .bind(m.started_at)
+        .bind(m.ended_at)
+        .bind(&m.language)
+        .execute(&mut **tx)
+        .await?;
+        let session = format!("import-{}", Uuid::new_v4());
+        sqlx::query(
+            "INSERT INTO sessions (tenant_id, session_id, meeting_id, first_seen_at, closed_at)
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(tenant)
+        .bind(&session)
+        .bind(&m.meeting_id)
+        .bind(m.started_at)
+        .bind(m.ended_at)
+        .execute(&mut **tx)
+        .await?;
+        for (seq, segment) in m.segments.iter().enumerate() {
+            let seq = seq as i64;
+            let segment = api::Segment::from(segment);
+            let sealed = self.key.seal(
+                &segment.encode_to_vec(),
+                &segment_aad(tenant, &session, seq),
+            )?;
+            let terms: Vec<String> = search::index_terms(&segment.text)
+                .iter()
+                .map(|term| self.key.index_token(term))
+                .collect();
+            sqlx::query(
+                "INSERT INTO segments (tenant_id, session_id, result_seq, meeting_id, start_ms,
+                     end_ms, sealed, search_terms)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            )
+            .bind(tenant)
+            .bind(&session)
+            .bind(seq)
+            .bind(&m.meeting_id)
+            .bind(segment.start_ms as i64)
+            .bind(segment.end_ms as i64)
+            .bind(&sealed)
+            .bind(&terms)
+            .execute(&mut **tx)
+            .await?;
+        }
+        for label in &m.labels {
+            if !matches!(label.kind.as_str(), "tag" | "bookmark" | "memo") {
+                return Err(StoreError::Invalid(format!(
+                    "label {}: kind {:?} is not tag, bookmark or memo",
+                    label.label_id, label.kind
+                )));
+            }
+            let sealed = self
+                .key
+                .seal(label.text.as_bytes(), &label_aad(tenant, label.label_id))?;
+            let tag_term =
+                (label.kind == "tag").then(|| self.key.index_token(&normalize_tag(&label.text)));
+            sqlx::query(
+                "INSERT INTO labels (tenant_id, label_id, meeting_id, kind, sealed_text, tag_term,
+                     at_ms, end_ms, created_by, created_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            )
+            .bind(tenant)
+            .bind(label.label_id)
+            .bind(&m.meeting_id)
+            .bind(&label.kind)
+            .bind(&sealed)
+            .bind(tag_term)
+            .bind(label.at_ms)
+            .bind(label.end_ms)
+            .bind(&label.created_by)
+            .bind(label.created_at)
+            .execute(&mut **tx)
+            .await?;
+        }
+        self.imported.meetings += 1;
+        self.imported.segments += m.segments.len() as u64;
+        self.imported.labels += m.labels.len() as u64;
+        Ok(())
+    }
+
+    pub async fn commit(self) -> Result<Imported> {
+        self.tx.commit().await?;
+        Ok(self.imported)
+    }
 }
 
 /// One final as the worker published it.

@@ -100,6 +100,8 @@ pub struct Cluster {
     pub account: Option<Proc>,
     pub audit: Option<Proc>,
     pub storage: Option<Proc>,
+    /// Other services started by a test (a clean storage instance).
+    pub extra: Vec<Proc>,
     /// The tenant the cluster registered, whose owner login is cached in `config_dir`.
     pub tenant_slug: String,
     pub owner_email: String,
@@ -162,6 +164,7 @@ impl Cluster {
             account: None,
             audit: None,
             storage: None,
+            extra: Vec::new(),
             tenant_slug: String::new(),
             owner_email: String::new(),
             secret: format!("{}", uuid::Uuid::new_v4().simple()),
@@ -345,7 +348,20 @@ impl Cluster {
 
     /// Starts `kiroku serve <role>` on free ports with its own schema `<root>_<role>`.
     fn spawn_service(&self, role: &str) -> Proc {
-        let schema = format!("{}_{role}", self.root);
+        self.spawn_service_in(role, &format!("{}_{role}", self.root))
+    }
+
+    /// A second, empty storage service of this cluster (schema `<root>_storage_clean`):
+    /// a clean instance to import into.
+    /// Returns its gRPC URL.
+    pub fn spawn_clean_storage(&mut self) -> String {
+        let proc = self.spawn_service_in("storage", &format!("{}_storage_clean", self.root));
+        let url = proc.grpc.clone().expect("grpc url");
+        self.extra.push(proc);
+        url
+    }
+
+    fn spawn_service_in(&self, role: &str, schema: &str) -> Proc {
         let account_url = self.account_url();
         let (mut command, log) = self.command(
             &[
@@ -356,11 +372,16 @@ impl Cluster {
                 "--admin-listen",
                 "127.0.0.1:0",
                 "--schema",
-                &schema,
+                schema,
                 "--account-url",
                 &account_url,
             ],
-            &format!("{role}.log"),
+            &format!(
+                "{}.log",
+                schema
+                    .trim_start_matches(&self.root)
+                    .trim_start_matches('_')
+            ),
         );
         let mut child = command.spawn().expect("spawn service");
         let line = first_line(&mut child, Duration::from_secs(60));
@@ -592,6 +613,7 @@ impl Cluster {
             .chain(&self.account)
             .chain(&self.audit)
             .chain(&self.storage)
+            .chain(&self.extra)
             .map(|p| format!("==== {}\n{}", p.log.display(), p.log_text()))
             .collect::<Vec<_>>()
             .join("\n")
@@ -663,6 +685,7 @@ impl Drop for Cluster {
             .chain(self.account.iter_mut())
             .chain(self.audit.iter_mut())
             .chain(self.storage.iter_mut())
+            .chain(self.extra.iter_mut())
         {
             let _ = proc.child.kill();
             let _ = proc.child.wait();
@@ -679,7 +702,8 @@ impl Drop for Cluster {
                 &format!(
                     "DROP SCHEMA IF EXISTS \"{0}\" CASCADE; \
                      DROP SCHEMA IF EXISTS \"{0}_audit\" CASCADE; \
-                     DROP SCHEMA IF EXISTS \"{0}_storage\" CASCADE",
+                     DROP SCHEMA IF EXISTS \"{0}_storage\" CASCADE; \
+                     DROP SCHEMA IF EXISTS \"{0}_storage_clean\" CASCADE",
                     self.root
                 ),
             ])
