@@ -171,17 +171,20 @@ impl Layout {
         format!("{session}:r{result_seq}")
     }
 
-    /// Creates (or updates to this configuration) every stream and bucket.
+    /// Creates (or updates to this configuration) every stream and bucket, each with
+    /// [`replicas()`] replicas.
     pub async fn ensure(
         &self,
         js: &jetstream::Context,
         retention: &Retention,
     ) -> Result<(), NatsError> {
         let file = stream::StorageType::File;
+        let num_replicas = replicas()?;
         js.create_or_update_stream(stream::Config {
             name: self.audio_stream(),
             subjects: vec![format!("{}.audio.>", self.root)],
             storage: file,
+            num_replicas,
             max_age: retention.audio_max_age,
             duplicate_window: retention.duplicate_window,
             allow_direct: true,
@@ -194,6 +197,7 @@ impl Layout {
             subjects: vec![format!("{}.session.>", self.root)],
             retention: stream::RetentionPolicy::WorkQueue,
             storage: file,
+            num_replicas,
             duplicate_window: retention.duplicate_window,
             ..Default::default()
         })
@@ -203,6 +207,7 @@ impl Layout {
             name: self.transcripts_stream(),
             subjects: vec![format!("{}.transcript.>", self.root)],
             storage: file,
+            num_replicas,
             max_age: retention.transcripts_max_age,
             duplicate_window: retention.duplicate_window,
             allow_direct: true,
@@ -214,6 +219,7 @@ impl Layout {
             name: self.audit_stream(),
             subjects: vec![format!("{}.audit.>", self.root)],
             storage: file,
+            num_replicas,
             max_age: retention.audit_max_age,
             duplicate_window: retention.duplicate_window,
             ..Default::default()
@@ -231,11 +237,11 @@ impl Layout {
             max_messages_per_subject: 1,
             max_age: retention.audio_max_age,
             storage: file,
+            num_replicas,
             allow_rollup: true,
             deny_delete: true,
             allow_direct: true,
             discard: stream::DiscardPolicy::New,
-            num_replicas: 1,
             ..Default::default()
         })
         .await
@@ -356,15 +362,50 @@ where
     }
 }
 
+/// The replicas of every stream and bucket: `KIROKU_NATS_REPLICAS`, 1 (default) to 5.
+/// A NATS cluster of three servers needs 3 for Kiroku's data to survive losing one.
+pub fn replicas() -> Result<usize, NatsError> {
+    match std::env::var("KIROKU_NATS_REPLICAS") {
+        Err(_) => Ok(1),
+        Ok(value) => match value.trim().parse::<usize>() {
+            Ok(n @ 1..=5) => Ok(n),
+            _ => Err(NatsError(format!(
+                "KIROKU_NATS_REPLICAS={value:?}: a number of replicas from 1 to 5"
+            ))),
+        },
+    }
+}
+
+/// The servers of a NATS URL list: `nats://a:4222,nats://b:4222` (one cluster).
+pub fn server_addrs(url: &str) -> Result<Vec<async_nats::ServerAddr>, NatsError> {
+    url.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(|u| {
+            u.parse::<async_nats::ServerAddr>()
+                .map_err(|e| NatsError(format!("NATS URL {u:?}: {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .and_then(|addrs| {
+            if addrs.is_empty() {
+                Err(NatsError("no NATS URL given".into()))
+            } else {
+                Ok(addrs)
+            }
+        })
+}
+
 /// Connects to NATS with the options every Kiroku process uses: a name for
-/// monitoring, unlimited reconnects (a NATS restart is survived), and a bounded
-/// connection timeout so start-up fails clearly when nothing listens.
+/// monitoring, unlimited reconnects (a NATS restart is survived, and with a list of
+/// servers the client moves to another one), and a bounded connection timeout so
+/// start-up fails clearly when nothing listens. `url` may list several servers of one
+/// cluster, comma-separated.
 pub async fn connect(url: &str, name: &str) -> Result<async_nats::Client, NatsError> {
     async_nats::ConnectOptions::new()
         .name(name)
         .connection_timeout(Duration::from_secs(5))
         .max_reconnects(None)
-        .connect(url)
+        .connect(server_addrs(url)?)
         .await
         .map_err(|e| NatsError(e.to_string()))
 }
