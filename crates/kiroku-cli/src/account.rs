@@ -134,6 +134,12 @@ pub enum AdminCommand {
     /// Service notices: the operator publishes; every tenant user lists theirs.
     #[command(subcommand)]
     Notice(crate::notice::NoticeCommand),
+    /// Back up the services' PostgreSQL schemas and JetStream configuration, encrypted
+    /// with KIROKU_BACKUP_KEY(_FILE), into a new directory (service operator).
+    Backup(crate::backup::BackupArgs),
+    /// Restore a backup: checked whole first, then one transaction; erasures recorded
+    /// since are applied again (service operator).
+    Restore(crate::backup::RestoreArgs),
     /// Storage operations of the service operator (KIROKU_OPERATOR_TOKEN).
     #[command(subcommand)]
     Storage(crate::minutes::StorageAdminCommand),
@@ -495,6 +501,8 @@ pub fn admin(command: AdminCommand) -> Result<()> {
         }
         AdminCommand::Notice(command) => return crate::notice::run(command),
         AdminCommand::Storage(command) => return crate::minutes::storage_admin(command),
+        AdminCommand::Backup(args) => return crate::backup::run_backup(args),
+        AdminCommand::Restore(args) => return crate::backup::run_restore(args),
         AdminCommand::Tenant(TenantCommand::Export { url, audit, out }) => {
             return crate::minutes::tenant_export(url, audit, out);
         }
@@ -546,6 +554,8 @@ pub fn admin(command: AdminCommand) -> Result<()> {
             | AdminCommand::Usage(_)
             | AdminCommand::Notice(_)
             | AdminCommand::Storage(_)
+            | AdminCommand::Backup(_)
+            | AdminCommand::Restore(_)
             | AdminCommand::Tenant(
                 TenantCommand::Export { .. }
                 | TenantCommand::Import { .. }

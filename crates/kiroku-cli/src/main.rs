@@ -5,6 +5,7 @@
 
 mod account;
 mod audit;
+mod backup;
 mod bench;
 mod credentials;
 mod minutes;

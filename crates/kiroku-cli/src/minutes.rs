@@ -554,8 +554,8 @@ pub fn tenant_erase(url: StorageUrl, confirm: String) -> Result<()> {
             .map_err(refused)?
             .into_inner();
         println!(
-            "data key destroyed; erased {} meetings, {} segments, {} labels",
-            erased.meetings, erased.segments, erased.labels
+            "data key destroyed; erased {} meetings, {} segments, {} labels; purged {} messages from JetStream",
+            erased.meetings, erased.segments, erased.labels, erased.stream_messages
         );
         Ok(())
     })

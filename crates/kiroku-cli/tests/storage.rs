@@ -765,7 +765,7 @@ fn control_cld_8_1_5_tenant_export_and_crypto_shredding_erasure() {
     );
     assert!(ok, "{err}");
     assert!(
-        printed.contains("erased 2 meetings, 3 segments, 1 labels"),
+        printed.contains("erased 2 meetings, 3 segments, 1 labels; purged 3 messages"),
         "{printed}"
     );
     let (ok, keys) = cluster::psql(

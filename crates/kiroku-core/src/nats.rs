@@ -128,6 +128,12 @@ impl Layout {
     pub fn checkpoints_bucket(&self) -> String {
         format!("{}-checkpoints", self.root)
     }
+    /// KV bucket of erased tenants, key = tenant id, value = when (RFC 3339). It lives
+    /// outside PostgreSQL on purpose: `kiroku admin restore` re-applies every erasure
+    /// it lists to a restored backup, so an erased tenant never comes back.
+    pub fn erasures_bucket(&self) -> String {
+        format!("{}-erasures", self.root)
+    }
     /// Durable consumer through which workers share the session jobs.
     pub fn workers_consumer(&self) -> String {
         "workers".to_string()
@@ -246,22 +252,41 @@ impl Layout {
         })
         .await
         .map_err(|e| NatsError(format!("creating KV bucket {bucket}: {e}")))?;
+        let bucket = self.erasures_bucket();
+        js.create_or_update_stream(stream::Config {
+            name: format!("KV_{bucket}"),
+            subjects: vec![format!("$KV.{bucket}.>")],
+            max_messages_per_subject: 1,
+            storage: file,
+            num_replicas,
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            discard: stream::DiscardPolicy::New,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| NatsError(format!("creating KV bucket {bucket}: {e}")))?;
         Ok(())
     }
 
     /// Deletes every stream and bucket of this cluster (tests, `kiroku up --fresh`).
     pub async fn destroy(&self, js: &jetstream::Context) {
-        for name in [
+        for name in self.stream_names() {
+            let _ = js.delete_stream(&name).await;
+        }
+    }
+
+    /// Every stream of this cluster, buckets (`KV_<bucket>`) included.
+    pub fn stream_names(&self) -> Vec<String> {
+        vec![
             self.audio_stream(),
             self.sessions_stream(),
             self.transcripts_stream(),
             self.audit_stream(),
-        ] {
-            let _ = js.delete_stream(&name).await;
-        }
-        let _ = js
-            .delete_stream(format!("KV_{}", self.checkpoints_bucket()))
-            .await;
+            format!("KV_{}", self.checkpoints_bucket()),
+            format!("KV_{}", self.erasures_bucket()),
+        ]
     }
 }
 

@@ -8,6 +8,7 @@
 //! Also here: tenant export, import and crypto-shredding erasure ([`bundle`]),
 //! master-key rotation, and `kiroku-bench-storage` (`make bench-storage`).
 
+pub mod backup;
 pub mod bundle;
 pub mod crypto;
 pub mod search;
@@ -16,6 +17,7 @@ pub mod store;
 
 use std::sync::Arc;
 
+use anyhow::Context as _;
 use async_nats::jetstream;
 use kiroku_core::audit::AuditEmitter;
 use kiroku_core::db::{DatabaseConfig, Db};
@@ -170,12 +172,21 @@ pub async fn serve(
     );
 
     let ready = kiroku_core::admin::db_and_nats_readiness(db.clone(), nats);
+    let erasures = js
+        .get_key_value(config.layout.erasures_bucket())
+        .await
+        .context("opening the erasure register")?;
     let service = StorageService::new(
         db.clone(),
         keys,
         checker,
-        AuditEmitter::new(js, config.layout.clone()),
+        AuditEmitter::new(js.clone(), config.layout.clone()),
         config.operator.clone(),
+        service::NatsParts {
+            js,
+            layout: config.layout.clone(),
+            erasures,
+        },
     );
     kiroku_core::admin::serve_grpc(
         <StorageServer<StorageService> as tonic::server::NamedService>::NAME,

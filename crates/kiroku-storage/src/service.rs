@@ -56,6 +56,23 @@ pub struct StorageService {
     checker: Arc<Checker>,
     audit: AuditEmitter,
     operator: kiroku_account::auth::OperatorToken,
+    nats: NatsParts,
+}
+
+/// What erasure needs of NATS: the erasure register and the streams to purge.
+#[derive(Clone)]
+pub struct NatsParts {
+    pub js: async_nats::jetstream::Context,
+    pub layout: kiroku_core::nats::Layout,
+    pub erasures: async_nats::jetstream::kv::Store,
+}
+
+impl std::fmt::Debug for NatsParts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsParts")
+            .field("layout", &self.layout)
+            .finish_non_exhaustive()
+    }
 }
 
 impl std::fmt::Debug for StorageService {
@@ -173,6 +190,7 @@ impl StorageService {
         checker: Arc<Checker>,
         audit: AuditEmitter,
         operator: kiroku_account::auth::OperatorToken,
+        nats: NatsParts,
     ) -> Self {
         Self {
             db,
@@ -180,7 +198,61 @@ impl StorageService {
             checker,
             audit,
             operator,
+            nats,
         }
+    }
+
+    /// Erasure, in the order that makes it final: the tenant goes into the erasure
+    /// register (so a restored backup loses it again), its data key is destroyed, its
+    /// rows are deleted, and its audio and finals still in JetStream are purged.
+    async fn erase(&self, tenant: Uuid) -> Result<(store::Erased, u64), Status> {
+        self.nats
+            .erasures
+            .put(
+                tenant.simple().to_string(),
+                chrono::Utc::now().to_rfc3339().into_bytes().into(),
+            )
+            .await
+            .map_err(|error| {
+                tracing::error!(%error, "erasure register unavailable");
+                Status::unavailable("NATS is unavailable: nothing was erased; retry")
+            })?;
+        let erased = store::erase_tenant(&self.db, tenant)
+            .await
+            .map_err(internal)?;
+        let layout = &self.nats.layout;
+        // Subjects carry the tenant id in its simple form (Principal::tenant_token).
+        let token = tenant.simple().to_string();
+        let mut purged = 0;
+        for (stream, subject) in [
+            (layout.audio_stream(), layout.audio_subject(&token, ">")),
+            (
+                layout.transcripts_stream(),
+                layout.transcript_subject(&token, ">"),
+            ),
+        ] {
+            let result: Result<u64, String> = async {
+                let handle = self
+                    .nats
+                    .js
+                    .get_stream(&stream)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let purged = handle.purge().filter(subject).await;
+                purged.map(|p| p.purged).map_err(|e| e.to_string())
+            }
+            .await;
+            match result {
+                Ok(n) => purged += n,
+                Err(error) => {
+                    tracing::error!(%error, stream, "tenant messages not purged");
+                    return Err(Status::unavailable(format!(
+                        "the minutes are erased but {stream} was not purged; retry the erasure"
+                    )));
+                }
+            }
+        }
+        Ok((erased, purged))
     }
 
     async fn caller<T>(&self, request: &Request<T>, method: &str) -> Result<Principal, Status> {
@@ -429,9 +501,7 @@ impl StorageApi for StorageService {
                 "confirm_tenant_slug must be your tenant's slug",
             ));
         }
-        let erased = store::erase_tenant(&self.db, caller.tenant_id)
-            .await
-            .map_err(internal)?;
+        let (erased, purged) = self.erase(caller.tenant_id).await?;
         self.audit.spawn_emit(
             AuditRecord::new(
                 caller.tenant_token(),
@@ -440,13 +510,15 @@ impl StorageApi for StorageService {
             )
             .detail("meetings", erased.meetings.to_string())
             .detail("segments", erased.segments.to_string())
-            .detail("labels", erased.labels.to_string()),
+            .detail("labels", erased.labels.to_string())
+            .detail("stream_messages", purged.to_string()),
         );
-        tracing::info!(tenant = %caller.tenant_id, ?erased, "tenant minutes erased");
+        tracing::info!(tenant = %caller.tenant_id, ?erased, purged, "tenant minutes erased");
         Ok(Response::new(pb::EraseTenantResponse {
             meetings: erased.meetings,
             segments: erased.segments,
             labels: erased.labels,
+            stream_messages: purged,
         }))
     }
 

@@ -1,0 +1,516 @@
+//! `kiroku admin backup` and `kiroku admin restore` (control 12.3.1): the services'
+//! PostgreSQL schemas (account, audit, storage; `pg_dump`, plain SQL) and the JetStream
+//! stream and bucket configurations, encrypted with the backup key, in the format of
+//! [`kiroku_storage::backup`].
+//!
+//! A restore checks the whole backup (manifest MAC, every file's SHA-256) before it
+//! touches anything, runs the dump through `psql` in one transaction (a failure leaves
+//! the database as it was), and re-applies the erasure register: a tenant erased after
+//! the backup was taken stays erased. The services' secrets (master key, token signing
+//! key, operator token, backup key) are not in a backup: keep them in the secret store.
+
+use std::io::{Read as _, Write as _};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use anyhow::{Context as _, Result};
+use kiroku_core::nats::{DEFAULT_NATS_URL, DEFAULT_ROOT, Layout};
+use kiroku_storage::backup::{
+    self, BackupError, BackupKey, HashingWriter, Manifest, ManifestFile, OpenReader, SealWriter,
+};
+
+use crate::InputError;
+
+/// Where the data is (the same settings the services take).
+#[derive(Debug, Clone, clap::Args)]
+pub struct Target {
+    /// PostgreSQL as a role that reads every row (superuser or BYPASSRLS: the tables
+    /// force row-level security even on their owner).
+    #[arg(long, env = "KIROKU_DATABASE_URL", default_value = kiroku_account::DEFAULT_DATABASE_URL)]
+    pub database_url: String,
+    #[arg(long, env = "KIROKU_ACCOUNT_SCHEMA", default_value = "account")]
+    pub account_schema: String,
+    #[arg(long, env = "KIROKU_AUDIT_SCHEMA", default_value = "audit")]
+    pub audit_schema: String,
+    #[arg(long, env = "KIROKU_STORAGE_SCHEMA", default_value = "storage")]
+    pub storage_schema: String,
+    /// NATS (the stream configurations and the erasure register).
+    #[arg(long, env = "KIROKU_NATS_URL", default_value = DEFAULT_NATS_URL)]
+    pub nats: String,
+    /// Cluster root of the streams.
+    #[arg(long, env = "KIROKU_CLUSTER", default_value = DEFAULT_ROOT)]
+    pub cluster: String,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct BackupArgs {
+    #[command(flatten)]
+    pub target: Target,
+    /// A new (or empty) directory for the backup.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Region of the place the backup is written to [default: --region] (control 6.1.3).
+    #[arg(long, env = "KIROKU_BACKUP_REGION")]
+    pub backup_region: Option<String>,
+    /// The region this deployment runs in.
+    #[arg(long, env = "KIROKU_REGION", default_value = kiroku_core::region::DEFAULT_REGION)]
+    pub region: String,
+    /// Regions customer data may be kept in, comma-separated.
+    #[arg(long, env = "KIROKU_ALLOWED_REGIONS", default_value = kiroku_core::region::DEFAULT_REGION)]
+    pub allowed_regions: String,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct RestoreArgs {
+    #[command(flatten)]
+    pub target: Target,
+    /// The backup's directory.
+    pub dir: PathBuf,
+    /// Drop the backup's schemas first when they exist (in the same transaction).
+    #[arg(long)]
+    pub replace: bool,
+}
+
+fn key() -> Result<BackupKey> {
+    Ok(BackupKey::from_env().map_err(|e| InputError(e.to_string()))?)
+}
+
+fn layout(target: &Target) -> Result<Layout> {
+    Ok(Layout::new(&target.cluster).map_err(|e| InputError(e.to_string()))?)
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+/// Runs `psql -Atc SQL`; its output lines.
+fn psql_query(url: &str, sql: &str) -> Result<Vec<String>> {
+    let output = Command::new("psql")
+        .args([
+            "--no-password",
+            "-X",
+            "-A",
+            "-t",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-c",
+            sql,
+            url,
+        ])
+        .output()
+        .context("running psql (install postgresql-client)")?;
+    if !output.status.success() {
+        anyhow::bail!("psql: {}", String::from_utf8_lossy(&output.stderr).trim());
+    }
+    Ok(String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(str::to_string)
+        .filter(|l| !l.is_empty())
+        .collect())
+}
+
+fn quote_literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Which of `schemas` exist in the database.
+fn existing_schemas(url: &str, schemas: &[&String]) -> Result<Vec<String>> {
+    let list = schemas
+        .iter()
+        .map(|s| quote_literal(s))
+        .collect::<Vec<_>>()
+        .join(", ");
+    psql_query(
+        url,
+        &format!("SELECT nspname FROM pg_namespace WHERE nspname IN ({list}) ORDER BY 1"),
+    )
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Runtime::new().context("starting the async runtime")
+}
+
+/// `kiroku admin backup --out DIR`.
+pub fn run_backup(args: BackupArgs) -> Result<()> {
+    let key = key()?;
+    let location = kiroku_core::region::DataLocation::new(&args.region, &args.allowed_regions)
+        .map_err(InputError)?;
+    location
+        .check("the backup target", args.backup_region.as_deref())
+        .map_err(InputError)?;
+    let region = args
+        .backup_region
+        .clone()
+        .unwrap_or_else(|| args.region.clone());
+    let out = &args.out;
+    if out.exists()
+        && std::fs::read_dir(out)
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(true)
+    {
+        return Err(InputError(format!(
+            "{} exists and is not empty: back up into a new directory",
+            out.display()
+        ))
+        .into());
+    }
+    let target = &args.target;
+    let layout = layout(target)?;
+    let schemas: std::collections::BTreeMap<String, String> = [
+        ("account", &target.account_schema),
+        ("audit", &target.audit_schema),
+        ("storage", &target.storage_schema),
+    ]
+    .into_iter()
+    .map(|(role, schema)| (role.to_string(), schema.clone()))
+    .collect();
+    let names: Vec<&String> = schemas.values().collect();
+    if names.iter().collect::<std::collections::HashSet<_>>().len() != names.len() {
+        return Err(InputError("the account, audit and storage schemas must differ".into()).into());
+    }
+    let found = existing_schemas(&target.database_url, &names)?;
+    if let Some(missing) = names.iter().find(|s| !found.contains(s)) {
+        return Err(InputError(format!(
+            "schema {missing:?} does not exist in the database (KIROKU_ACCOUNT_SCHEMA, \
+             KIROKU_AUDIT_SCHEMA, KIROKU_STORAGE_SCHEMA name the services' schemas)"
+        ))
+        .into());
+    }
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+
+    eprintln!(
+        "dumping PostgreSQL schemas {}",
+        names
+            .iter()
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let mut dump = Command::new("pg_dump");
+    dump.args(["--no-password", "--format=plain", "--quote-all-identifiers"]);
+    for schema in &names {
+        dump.arg(format!("--schema={schema}"));
+    }
+    let mut child = dump
+        .arg(format!("--dbname={}", target.database_url))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("running pg_dump (install postgresql-client)")?;
+    let mut stdout = child.stdout.take().context("pg_dump stdout")?;
+    let postgres = seal_from(&key, out, backup::POSTGRES, |sealer| {
+        let mut buffer = vec![0u8; backup::CHUNK];
+        let (mut total, mut shown) = (0u64, 0u64);
+        loop {
+            let n = stdout.read(&mut buffer)?;
+            if n == 0 {
+                break;
+            }
+            sealer.write_all(&buffer[..n])?;
+            total += n as u64;
+            if total - shown >= 8 << 20 {
+                eprint!("\r  {}", mib(total));
+                shown = total;
+            }
+        }
+        Ok(())
+    })?;
+    let output = child.wait_with_output().context("waiting for pg_dump")?;
+    if !output.status.success() {
+        anyhow::bail!(
+            "pg_dump failed: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    eprintln!("\r  {} of SQL", mib(postgres.plain_bytes));
+
+    eprintln!(
+        "reading the JetStream configuration of cluster {}",
+        layout.root()
+    );
+    let configs = runtime()?.block_on(stream_configs(&target.nats, &layout))?;
+    let json = serde_json::to_vec_pretty(&configs)?;
+    let nats = seal_from(&key, out, backup::NATS, |sealer| {
+        sealer.write_all(&json)?;
+        Ok(())
+    })?;
+
+    let manifest = Manifest {
+        format: backup::FORMAT.into(),
+        created_at: chrono::Utc::now(),
+        region,
+        key_id: key.id().into(),
+        schemas: schemas.clone(),
+        nats_root: layout.root().into(),
+        files: vec![postgres, nats],
+    };
+    let data = serde_json::to_vec_pretty(&manifest)?;
+    std::fs::write(out.join(backup::MANIFEST), &data)?;
+    std::fs::write(out.join(backup::MANIFEST_MAC), key.mac(&data))?;
+    println!(
+        "backup written to {} ({} schemas, {} streams; {} encrypted with backup key {})",
+        out.display(),
+        manifest.schemas.len(),
+        configs.len(),
+        mib(manifest.files.iter().map(|f| f.bytes).sum()),
+        key.id()
+    );
+    Ok(())
+}
+
+/// Writes `DIR/name` sealed, from what `fill` writes; its manifest entry.
+fn seal_from(
+    key: &BackupKey,
+    dir: &Path,
+    name: &str,
+    fill: impl FnOnce(
+        &mut SealWriter<'_, HashingWriter<std::io::BufWriter<std::fs::File>>>,
+    ) -> std::io::Result<()>,
+) -> Result<ManifestFile> {
+    let path = dir.join(name);
+    let file =
+        std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+    let mut sealer = SealWriter::new(key, name, HashingWriter::new(std::io::BufWriter::new(file)))?;
+    fill(&mut sealer).with_context(|| format!("writing {}", path.display()))?;
+    let (hashing, plain_bytes) = sealer.finish()?;
+    let (mut file, bytes, sha256) = hashing.finish();
+    file.flush()?;
+    file.get_ref().sync_all()?;
+    Ok(ManifestFile {
+        path: name.into(),
+        bytes,
+        sha256,
+        plain_bytes,
+    })
+}
+
+/// The configuration of every stream and bucket of the cluster that exists.
+async fn stream_configs(
+    url: &str,
+    layout: &Layout,
+) -> Result<Vec<async_nats::jetstream::stream::Config>> {
+    let client = kiroku_core::nats::connect(url, "kiroku-backup")
+        .await
+        .with_context(|| format!("connecting to NATS at {url}"))?;
+    let js = async_nats::jetstream::new(client);
+    let mut configs = Vec::new();
+    for name in layout.stream_names() {
+        match js.get_stream(&name).await {
+            Ok(mut stream) => configs.push(stream.info().await?.config.clone()),
+            Err(error)
+                if matches!(error.kind(),
+                    async_nats::jetstream::context::GetStreamErrorKind::JetStream(e)
+                        if e.error_code() == async_nats::jetstream::ErrorCode::STREAM_NOT_FOUND) =>
+            {
+                eprintln!("  stream {name} does not exist: not in the backup");
+            }
+            Err(error) => return Err(error).with_context(|| format!("reading stream {name}")),
+        }
+    }
+    Ok(configs)
+}
+
+/// The erased tenants of the erasure register (empty when the bucket does not exist).
+async fn erased_tenants(
+    js: &async_nats::jetstream::Context,
+    layout: &Layout,
+) -> Result<Vec<uuid::Uuid>> {
+    use futures::StreamExt as _;
+    let bucket = match js.get_key_value(layout.erasures_bucket()).await {
+        Ok(bucket) => bucket,
+        Err(error)
+            if error.kind() == async_nats::jetstream::context::KeyValueErrorKind::GetBucket =>
+        {
+            return Ok(Vec::new());
+        }
+        Err(error) => return Err(error).context("opening the erasure register"),
+    };
+    let mut keys = bucket
+        .keys()
+        .await
+        .context("reading the erasure register")?;
+    let mut tenants = Vec::new();
+    while let Some(key) = keys.next().await {
+        let key = key.context("reading the erasure register")?;
+        tenants.push(
+            uuid::Uuid::try_parse(&key)
+                .with_context(|| format!("erasure register entry {key:?} is not a tenant id"))?,
+        );
+    }
+    Ok(tenants)
+}
+
+fn refused(error: BackupError) -> anyhow::Error {
+    anyhow::anyhow!("refusing to restore: {error}")
+}
+
+/// `kiroku admin restore DIR [--replace]`.
+pub fn run_restore(args: RestoreArgs) -> Result<()> {
+    let key = key()?;
+    let dir = &args.dir;
+    let read = |name: &str| {
+        std::fs::read(dir.join(name)).map_err(|e| {
+            InputError(format!(
+                "{}: {e} (not a backup written by `kiroku admin backup`?)",
+                dir.join(name).display()
+            ))
+        })
+    };
+    let manifest_data = read(backup::MANIFEST)?;
+    let mac = String::from_utf8_lossy(&read(backup::MANIFEST_MAC)?).into_owned();
+    let manifest = key.verify_manifest(&manifest_data, &mac).map_err(refused)?;
+    for file in &manifest.files {
+        let (bytes, sha256) = backup::file_digest(&dir.join(&file.path))
+            .with_context(|| format!("reading {}", file.path))?;
+        if bytes != file.bytes || sha256 != file.sha256 {
+            return Err(refused(BackupError::Tampered(format!(
+                "{}: size or SHA-256 differs from the manifest: the backup was altered",
+                file.path
+            ))));
+        }
+    }
+    let entry = |name: &str| {
+        manifest
+            .files
+            .iter()
+            .find(|f| f.path == name)
+            .with_context(|| format!("the manifest lists no {name}"))
+    };
+    entry(backup::POSTGRES)?;
+    entry(backup::NATS)?;
+    let target = &args.target;
+    let layout = layout(target)?;
+    if manifest.nats_root != layout.root() {
+        return Err(InputError(format!(
+            "the backup is of cluster {:?}, KIROKU_CLUSTER is {:?}",
+            manifest.nats_root,
+            layout.root()
+        ))
+        .into());
+    }
+    eprintln!(
+        "backup of {} ({}), checked: manifest MAC and {} files",
+        manifest.created_at.to_rfc3339(),
+        manifest.region,
+        manifest.files.len()
+    );
+    let schemas: Vec<&String> = manifest.schemas.values().collect();
+    let existing = existing_schemas(&target.database_url, &schemas)?;
+    if !existing.is_empty() && !args.replace {
+        return Err(InputError(format!(
+            "schemas {} exist: restore into a database without them, or pass --replace to drop \
+             them first (in the restore's transaction)",
+            existing.join(", ")
+        ))
+        .into());
+    }
+
+    let runtime = runtime()?;
+    let js = runtime.block_on(async {
+        let client = kiroku_core::nats::connect(&target.nats, "kiroku-restore")
+            .await
+            .with_context(|| {
+                format!(
+                    "connecting to NATS at {}: the erasure register must be read before a restore",
+                    target.nats
+                )
+            })?;
+        anyhow::Ok(async_nats::jetstream::new(client))
+    })?;
+    let erased = runtime.block_on(erased_tenants(&js, &layout))?;
+    let storage_schema = manifest.schemas.get("storage");
+
+    let mut psql = Command::new("psql")
+        .args([
+            "--no-password",
+            "-X",
+            "--quiet",
+            "--single-transaction",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "--dbname",
+            &target.database_url,
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("running psql (install postgresql-client)")?;
+    let mut stdin = psql.stdin.take().context("psql stdin")?;
+    let fed: Result<u64> = (|| {
+        if args.replace {
+            for schema in &schemas {
+                writeln!(
+                    stdin,
+                    "DROP SCHEMA IF EXISTS {} CASCADE;",
+                    quote_ident(schema)
+                )?;
+            }
+        }
+        let file = std::fs::File::open(dir.join(backup::POSTGRES))?;
+        let mut reader = OpenReader::new(&key, backup::POSTGRES, std::io::BufReader::new(file))?;
+        let copied = std::io::copy(&mut reader, &mut stdin)?;
+        if let Some(storage_schema) = storage_schema.filter(|_| !erased.is_empty()) {
+            let ids = erased
+                .iter()
+                .map(|t| t.to_string())
+                .collect::<Vec<_>>()
+                .join(",");
+            let schema = quote_ident(storage_schema);
+            for table in ["labels", "segments", "sessions", "meetings", "data_keys"] {
+                writeln!(
+                    stdin,
+                    "\nDELETE FROM {schema}.{table} WHERE tenant_id = ANY('{{{ids}}}'::uuid[]);"
+                )?;
+            }
+        }
+        Ok(copied)
+    })();
+    if fed.is_err() {
+        // Killed before its input ends: psql must not commit a partial script.
+        let _ = psql.kill();
+    }
+    drop(stdin);
+    let output = psql.wait_with_output().context("waiting for psql")?;
+    if !output.status.success() {
+        anyhow::bail!(
+            "the restore failed and was rolled back, nothing changed: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    let copied = fed.map_err(|error| {
+        anyhow::anyhow!("the restore was stopped and rolled back, nothing changed: {error:#}")
+    })?;
+    eprintln!("  {} of SQL restored in one transaction", mib(copied));
+
+    let file = std::fs::File::open(dir.join(backup::NATS))?;
+    let mut json = Vec::new();
+    OpenReader::new(&key, backup::NATS, file)?.read_to_end(&mut json)?;
+    let configs: Vec<async_nats::jetstream::stream::Config> =
+        serde_json::from_slice(&json).context("the stream configurations do not parse")?;
+    runtime.block_on(async {
+        for config in &configs {
+            js.create_or_update_stream(config.clone())
+                .await
+                .with_context(|| {
+                    format!(
+                        "the database is restored, but stream {} is not (the services create it at start-up): retry the restore with --replace",
+                        config.name
+                    )
+                })?;
+        }
+        anyhow::Ok(())
+    })?;
+    println!(
+        "restored {} schemas and {} stream configurations from {}; re-applied {} tenant erasures from the register",
+        schemas.len(),
+        configs.len(),
+        dir.display(),
+        erased.len()
+    );
+    Ok(())
+}
