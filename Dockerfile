@@ -75,12 +75,15 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     && install -D -m 0755 target/release/kiroku /out/kiroku
 
 # ---------------------------------------------------------------------------------------
-# Runtime bases. libgomp1: whisper.cpp's ggml uses OpenMP threads.
+# Runtime bases. libgomp1: whisper.cpp's ggml uses OpenMP threads; postgresql-client:
+# pg_dump and psql for `kiroku admin backup` and `restore` (a backup CronJob runs this
+# image).
 FROM ${RUNTIME_IMAGE} AS runtime-cpu
 RUN apt-get update \
     && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
         ca-certificates \
         libgomp1 \
+        postgresql-client \
     && rm -rf /var/lib/apt/lists/*
 
 FROM ${CUDA_RUNTIME_IMAGE} AS runtime-cuda
