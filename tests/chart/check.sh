@@ -166,6 +166,7 @@ chart_refuses() {
         "podSecurityContext.runAsNonRoot=false"
         "nats.jetstream.syncInterval=1m"
         "nats.jetstream.replicas=1"
+        "nats.jetstream.replicas=6"
         "worker.model.file=ggml-large-v3.bin"
         "worker.model.fetch.enabled=false"
         "secrets.signingKey.name="

@@ -109,7 +109,7 @@ schema = {
         "url": S(pattern="^(nats|tls)://"), "urlSecret": {"$ref": "#/definitions/secretRef"},
         "monitoringEndpoint": S(), "account": S(minLength=1),
         "jetstream": obj({"storage": S(enum=["file"], desc="memory storage loses acknowledged audio on restart"),
-                          "replicas": I(3, desc="at least 3 servers"), "syncInterval": S(enum=["always"]),
+                          "replicas": I(3, 5, desc="at least 3 servers; also KIROKU_NATS_REPLICAS (1-5)"), "syncInterval": S(enum=["always"]),
                           "minServerVersion": S(pattern="^[0-9]+\\.[0-9]+\\.[0-9]+$")})}),
     "secrets": obj({k: {"$ref": "#/definitions/secretRef"} for k in ["redisUrl", "databaseOwnerUrl", "accountDatabaseUrl", "auditDatabaseUrl", "resumeSecret", "signingKey", "operatorToken", "smtpPassword", "storageDatabaseUrl", "storageMasterKey", "storagePreviousMasterKey"]}),
     "dataLocation": obj({"region": S(pattern="^[a-z0-9-]+$", desc="KIROKU_REGION: where this release runs"),

@@ -10,11 +10,9 @@ pub fn normalize(text: &str) -> Vec<String> {
         .collect()
 }
 
-pub fn word_error_rate(reference: &str, hypothesis: &str) -> f64 {
-    let (r, h) = (normalize(reference), normalize(hypothesis));
-    if r.is_empty() {
-        return if h.is_empty() { 0.0 } else { 1.0 };
-    }
+/// Levenshtein distance: the substitutions, insertions and deletions that turn `r` into
+/// `h` (words for WER, characters for CER).
+pub fn edit_distance<T: PartialEq>(r: &[T], h: &[T]) -> usize {
     let mut previous: Vec<usize> = (0..=h.len()).collect();
     for (i, rw) in r.iter().enumerate() {
         let mut current = vec![i + 1; h.len() + 1];
@@ -24,7 +22,15 @@ pub fn word_error_rate(reference: &str, hypothesis: &str) -> f64 {
         }
         previous = current;
     }
-    previous[h.len()] as f64 / r.len() as f64
+    previous[h.len()]
+}
+
+pub fn word_error_rate(reference: &str, hypothesis: &str) -> f64 {
+    let (r, h) = (normalize(reference), normalize(hypothesis));
+    if r.is_empty() {
+        return if h.is_empty() { 0.0 } else { 1.0 };
+    }
+    edit_distance(&r, &h) as f64 / r.len() as f64
 }
 
 #[cfg(test)]

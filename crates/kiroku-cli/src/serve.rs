@@ -273,9 +273,10 @@ pub struct AccountArgs {
 pub struct WorkerArgs {
     #[command(flatten)]
     pub common: Common,
-    /// ggml model file [default: $KIROKU_MODEL_DIR/ggml-tiny.en.bin].
-    #[arg(long, env = "KIROKU_MODEL")]
-    pub model: Option<PathBuf>,
+    /// Model: an installed model's name (tiny.en, base, base-q8_0, …: `kiroku model
+    /// list`) or the path of a ggml file [default: tiny.en].
+    #[arg(long, env = "KIROKU_MODEL", value_name = "NAME|PATH")]
+    pub model: Option<String>,
     /// Inference threads across all slots [default: all cores].
     #[arg(long, env = "KIROKU_WORKER_THREADS")]
     pub threads: Option<usize>,
@@ -418,13 +419,13 @@ async fn worker(args: WorkerArgs) -> Result<()> {
     let _telemetry = kiroku_core::telemetry::init_service("kiroku-worker", "info,whisper_rs=off");
     let engine = match args.engine.as_str() {
         "whisper" => {
-            let model_path = args
-                .model
-                .clone()
-                .unwrap_or_else(kiroku_engine::engine::default_model_path);
+            let model_path = match &args.model {
+                Some(model) => crate::model::resolve(model)?,
+                None => kiroku_engine::engine::default_model_path(),
+            };
             if !model_path.is_file() {
                 return Err(InputError(format!(
-                    "model file {} not found (run `kiroku model fetch` or pass --model PATH)",
+                    "model file {} not found (run `kiroku model fetch` or pass --model NAME|PATH)",
                     model_path.display()
                 ))
                 .into());

@@ -18,9 +18,10 @@ pub struct Args {
     /// Output format.
     #[arg(long, short, default_value = "txt")]
     format: Format,
-    /// ggml model file [default: $KIROKU_MODEL_DIR/ggml-tiny.en.bin].
-    #[arg(long)]
-    model: Option<PathBuf>,
+    /// Model: an installed model's name (tiny.en, base, base-q8_0, …: `kiroku model
+    /// list`) or the path of a ggml file [default: tiny.en].
+    #[arg(long, value_name = "NAME|PATH")]
+    model: Option<String>,
     /// Beam width; 1 decodes greedily.
     #[arg(long, default_value_t = 1)]
     beam: u32,
@@ -160,7 +161,11 @@ pub fn run(args: Args) -> Result<()> {
             "more inference threads than cores: ggml threads spin, expect a large slowdown"
         );
     }
-    let mut config = EngineConfig::new(args.model.unwrap_or_else(default_model_path));
+    let model_path = match &args.model {
+        Some(model) => crate::model::resolve(model)?,
+        None => default_model_path(),
+    };
+    let mut config = EngineConfig::new(model_path);
     config.threads = threads;
     config.flash_attn = args.flash_attn;
     let engine = Engine::load(&config).map_err(engine_error)?;

@@ -38,9 +38,10 @@ pub struct Args {
     /// Worker processes. They share the cores: threads are split between them.
     #[arg(long, default_value_t = 1)]
     workers: usize,
-    /// ggml model file [default: $KIROKU_MODEL_DIR/ggml-tiny.en.bin].
-    #[arg(long)]
-    model: Option<PathBuf>,
+    /// Worker model: an installed model's name (tiny.en, base, …) or the path of a
+    /// ggml file [default: tiny.en].
+    #[arg(long, value_name = "NAME|PATH")]
+    model: Option<String>,
     /// Inference threads in all [default: all cores].
     #[arg(long)]
     threads: Option<usize>,

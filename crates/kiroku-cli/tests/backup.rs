@@ -407,17 +407,7 @@ fn control_12_3_1_backup_wipe_restore_is_byte_equal_and_erasures_stay() {
 
     // Erased after the backup: the restore erases it again; the other tenant is intact.
     let other_before = other_rows();
-    let (ok, _, err) = cluster.run_cli(
-        &[
-            "admin",
-            "tenant",
-            "erase",
-            "--confirm",
-            &cluster.tenant_slug,
-        ],
-        None,
-    );
-    assert!(ok, "{err}");
+    cluster.erase_tenant_with_cli();
     stop_services(&mut cluster);
     let (ok, printed, err) = admin(
         &cluster,

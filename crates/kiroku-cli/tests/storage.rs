@@ -753,17 +753,7 @@ fn control_cld_8_1_5_tenant_export_and_crypto_shredding_erasure() {
     }
     let (ok, _, err) = cluster.run_cli(&["admin", "tenant", "erase", "--confirm", "wrong"], None);
     assert!(!ok && err.contains("FailedPrecondition"), "{err}");
-    let (ok, printed, err) = cluster.run_cli(
-        &[
-            "admin",
-            "tenant",
-            "erase",
-            "--confirm",
-            &cluster.tenant_slug,
-        ],
-        None,
-    );
-    assert!(ok, "{err}");
+    let printed = cluster.erase_tenant_with_cli();
     assert!(
         printed.contains("erased 2 meetings, 3 segments, 1 labels; purged 3 messages"),
         "{printed}"
@@ -1001,17 +991,7 @@ fn control_cld_8_1_5_export_then_import_into_a_clean_instance_is_equal() {
     // Bad bundles, sent past the CLI's own check, are refused by the service and leave
     // nothing behind (sent to the original instance, emptied first).
     cluster.storage.as_mut().expect("storage").grpc = original_storage;
-    let (ok, _, err) = cluster.run_cli(
-        &[
-            "admin",
-            "tenant",
-            "erase",
-            "--confirm",
-            &cluster.tenant_slug,
-        ],
-        None,
-    );
-    assert!(ok, "{err}");
+    cluster.erase_tenant_with_cli();
     let manifest = std::fs::read(exported.join("manifest.json")).expect("manifest");
     let file = |path: &str, data: Vec<u8>| pb::BundleFile {
         path: path.into(),

@@ -9,24 +9,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use cluster::{Cluster, Options, StreamClient, check_finals_consistent, report_text};
-use kiroku_tests::speech::{meeting_sentences, synthesize};
+use kiroku_tests::speech::synthesize;
 use kiroku_tests::wer::word_error_rate;
 
-/// The meeting sentences without the two whose numbers ("twelve percent", "at ten")
-/// Whisper writes as digits, which a word-level WER counts as errors, and the one with
-/// "Osaka" and "The customer asked", which tiny.en often mishears with a streaming
-/// buffer's short context ("The cost customer", see README, streaming benchmark): these
-/// tests measure the streaming (nothing lost, nothing doubled), not the model.
 fn sentences() -> Vec<&'static str> {
-    meeting_sentences()
-        .into_iter()
-        .filter(|s| {
-            !s.contains("twelve percent")
-                && !s.contains("at ten")
-                && !s.contains("Osaka")
-                && !s.contains("customer asked")
-        })
-        .collect()
+    kiroku_tests::speech::streaming_meeting_sentences()
 }
 
 /// Meeting speech: the given sentences, one WAV (espeak-ng pauses between them).

@@ -1,6 +1,7 @@
 //! End to end: the real `kiroku` binary transcribes real synthesized speech with the
 //! real converted model (`make model` puts it in `$KIROKU_MODEL_DIR`).
 
+use kiroku_tests::assert_input_error;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -165,21 +166,6 @@ fn all_formats_render_the_same_transcription() {
             String::from_utf8_lossy(&check.stderr)
         );
     }
-}
-
-fn assert_input_error(out: &Output, expected: &str) {
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(
-        out.status.code(),
-        Some(2),
-        "exit code for {expected}: {stderr}"
-    );
-    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
-    assert!(
-        stderr.starts_with("error: ") && stderr.contains(expected),
-        "expected {expected:?} in {stderr}"
-    );
-    assert!(out.stdout.is_empty());
 }
 
 fn wav_header(channels: u16, rate: u32, data_len: u32) -> Vec<u8> {

@@ -236,37 +236,27 @@ impl Layout {
         // message per subject. It is created as that stream (the settings async-nats'
         // `create_key_value` uses) because `create_key_value` first reads the account
         // info, whose reply from NATS 2.9 (Debian bookworm) async-nats 0.50 cannot parse.
-        let bucket = self.checkpoints_bucket();
-        js.create_or_update_stream(stream::Config {
-            name: format!("KV_{bucket}"),
-            subjects: vec![format!("$KV.{bucket}.>")],
-            max_messages_per_subject: 1,
-            max_age: retention.audio_max_age,
-            storage: file,
-            num_replicas,
-            allow_rollup: true,
-            deny_delete: true,
-            allow_direct: true,
-            discard: stream::DiscardPolicy::New,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| NatsError(format!("creating KV bucket {bucket}: {e}")))?;
-        let bucket = self.erasures_bucket();
-        js.create_or_update_stream(stream::Config {
-            name: format!("KV_{bucket}"),
-            subjects: vec![format!("$KV.{bucket}.>")],
-            max_messages_per_subject: 1,
-            storage: file,
-            num_replicas,
-            allow_rollup: true,
-            deny_delete: true,
-            allow_direct: true,
-            discard: stream::DiscardPolicy::New,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| NatsError(format!("creating KV bucket {bucket}: {e}")))?;
+        for (bucket, max_age) in [
+            (self.checkpoints_bucket(), retention.audio_max_age),
+            // Erasures are kept for good.
+            (self.erasures_bucket(), Duration::ZERO),
+        ] {
+            js.create_or_update_stream(stream::Config {
+                name: format!("KV_{bucket}"),
+                subjects: vec![format!("$KV.{bucket}.>")],
+                max_messages_per_subject: 1,
+                max_age,
+                storage: file,
+                num_replicas,
+                allow_rollup: true,
+                deny_delete: true,
+                allow_direct: true,
+                discard: stream::DiscardPolicy::New,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| NatsError(format!("creating KV bucket {bucket}: {e}")))?;
+        }
         Ok(())
     }
 
@@ -490,9 +480,12 @@ pub async fn publish_durable(
 
 /// Follows one subject of a stream in order, from a start sequence, with an ordered
 /// consumer that is re-created from the last delivered sequence whenever NATS loses it.
-/// A server restart drops ephemeral consumers; async-nats' ordered stream notices only
-/// after missed heartbeats (15–30 s), or not at all, so the follower also re-creates its
-/// consumer as soon as the client has reconnected.
+/// A server restart drops ephemeral consumers, and in a NATS cluster the server holding
+/// the consumer (a single replica, whatever the stream's) may die while the client stays
+/// connected to another; async-nats' ordered stream notices only after two missed 15 s
+/// heartbeat windows (a minute), or not at all. So the follower also re-creates its
+/// consumer as soon as the client has reconnected, and when nothing arrived for a few
+/// seconds while the stream holds messages of the subject it has not delivered.
 pub struct Follower {
     client: async_nats::Client,
     /// The client's connect count when the consumer was created.
@@ -503,7 +496,22 @@ pub struct Follower {
     name: String,
     next_seq: u64,
     messages: Option<Ordered>,
+    /// Paces the reconnect and stall checks. Kept here, not in `next`, so that a caller
+    /// re-polling `next` in a `select!` loop does not restart it.
+    checks: tokio::time::Interval,
+    /// When a message last arrived (or the consumer was created).
+    last_progress: tokio::time::Instant,
+    /// Quiet time before the stream is asked whether messages are missing; doubles (up
+    /// to `PROBE_MAX`) while the subject stays quiet, so idle followers cost little.
+    probe_after: Duration,
 }
+
+/// How often a follower checks for a reconnect and for a stalled consumer.
+const CHECK_EVERY: Duration = Duration::from_millis(500);
+/// Quiet time after which a follower asks the stream whether it is missing messages.
+const PROBE_AFTER: Duration = Duration::from_secs(3);
+/// The longest a quiet follower waits between two such questions.
+const PROBE_MAX: Duration = Duration::from_secs(30);
 
 impl std::fmt::Debug for Follower {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -525,6 +533,8 @@ impl Follower {
         prefix: &str,
         start_seq: u64,
     ) -> Result<Self, NatsError> {
+        let mut checks = tokio::time::interval(CHECK_EVERY);
+        checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut follower = Self {
             client,
             connects: 0,
@@ -534,6 +544,9 @@ impl Follower {
             name: String::new(),
             next_seq: start_seq,
             messages: None,
+            checks,
+            last_progress: tokio::time::Instant::now(),
+            probe_after: PROBE_AFTER,
         };
         follower.messages = Some(follower.open().await?);
         Ok(follower)
@@ -548,6 +561,8 @@ impl Follower {
 
     async fn open(&mut self) -> Result<Ordered, NatsError> {
         self.connects = self.connects();
+        self.last_progress = tokio::time::Instant::now();
+        self.probe_after = PROBE_AFTER;
         self.name = format!("{}_{}", self.prefix, uuid::Uuid::new_v4().simple());
         let deliver_policy = if self.next_seq > 0 {
             DeliverPolicy::ByStartSequence {
@@ -586,23 +601,18 @@ impl Follower {
                 }
                 continue;
             };
-            let (client, seen) = (&self.client, self.connects);
-            let reconnected = async move {
-                loop {
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                    let now = client
-                        .statistics()
-                        .connects
-                        .load(std::sync::atomic::Ordering::Relaxed);
-                    if now != seen {
-                        return;
-                    }
-                }
-            };
             let next = tokio::select! {
+                // A delivered message wins over a check that happens to be due.
+                biased;
                 next = messages.next() => next,
-                () = reconnected => {
-                    tracing::info!(subject = %self.subject, "NATS reconnected; re-creating the consumer");
+                _ = self.checks.tick() => {
+                    if self.connects() != self.connects {
+                        tracing::info!(subject = %self.subject, "NATS reconnected; re-creating the consumer");
+                    } else if self.last_progress.elapsed() < self.probe_after || !self.stalled().await {
+                        continue;
+                    } else {
+                        tracing::warn!(subject = %self.subject, next_seq = self.next_seq, "the consumer delivers nothing while the stream has more (its server lost?); re-creating it");
+                    }
                     self.messages = None;
                     let _ = self.stream.delete_consumer(&self.name).await;
                     continue;
@@ -613,6 +623,8 @@ impl Follower {
                     if let Ok(info) = message.info() {
                         self.next_seq = info.stream_sequence + 1;
                     }
+                    self.last_progress = tokio::time::Instant::now();
+                    self.probe_after = PROBE_AFTER;
                     return message;
                 }
                 Some(Err(error)) => {
@@ -626,6 +638,33 @@ impl Follower {
             let _ = self.stream.delete_consumer(&self.name).await;
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
+    }
+
+    /// Quiet for `probe_after`: true when the stream holds a message of the subject at or
+    /// after `next_seq` (the consumer should have delivered it by now). When it holds
+    /// none, asks again after twice as long; when it cannot say (no stream leader during
+    /// an election, NATS unreachable), after `PROBE_AFTER`.
+    async fn stalled(&mut self) -> bool {
+        let last = self
+            .stream
+            .get_last_raw_message_by_subject(&self.subject)
+            .await;
+        let missing = matches!(&last, Ok(last) if last.sequence >= self.next_seq.max(1));
+        if !missing {
+            self.last_progress = tokio::time::Instant::now();
+            let answered = match &last {
+                Ok(_) => true,
+                Err(error) => {
+                    error.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound
+                }
+            };
+            self.probe_after = if answered {
+                (self.probe_after * 2).min(PROBE_MAX)
+            } else {
+                PROBE_AFTER
+            };
+        }
+        missing
     }
 
     /// Deletes the consumer now (it would otherwise expire after 30 s of inactivity).

@@ -246,7 +246,7 @@ impl Engine {
         if let Some(language) = &options.language {
             if language != "auto" && whisper_rs::get_lang_id(language).is_none() {
                 return Err(EngineError::InvalidOption(format!(
-                    "unknown language code {language:?}"
+                    "unknown language code {language:?}: use an ISO 639-1 code Whisper knows (ja, en, …) or auto"
                 )));
             }
             if !self.info.multilingual && language != "en" {
@@ -561,6 +561,19 @@ pub fn is_ggml_file(path: &Path) -> bool {
     read_ggml_header(path).is_some()
 }
 
+/// How many languages a ggml Whisper model transcribes, read from its header without
+/// loading it: English-only models have 51,864 tokens (1), multilingual ones 51,865
+/// (99 languages) or, from large-v3 on, 51,866 (100: Cantonese added). `None` when the
+/// file is not a ggml Whisper model.
+pub fn model_language_count(path: &Path) -> Option<u32> {
+    let header = read_ggml_header(path)?;
+    Some(match header.n_vocab {
+        ..=51864 => 1,
+        51865 => 99,
+        _ => 100,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -582,6 +595,28 @@ mod tests {
             Engine::load(&config),
             Err(EngineError::InvalidOption(_))
         ));
+    }
+
+    #[test]
+    fn language_count_comes_from_the_vocabulary_size() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let multilingual = SynthSpec {
+            n_vocab: 51865,
+            ..SynthSpec::english_like()
+        };
+        for (spec, languages) in [
+            (SynthSpec::english_like(), 1),
+            (multilingual, 99),
+            (SynthSpec::large_v3_like(), 100),
+        ] {
+            let ct2 = dir.path().join(languages.to_string());
+            std::fs::create_dir_all(&ct2).expect("mkdir");
+            write_synthetic_ct2(&ct2, spec);
+            let out = ct2.join("model.ggml");
+            convert(&ct2, &out, WeightType::Q8_0, &mut |_| {}).expect("convert");
+            assert_eq!(model_language_count(&out), Some(languages));
+        }
+        assert_eq!(model_language_count(&dir.path().join("1/model.bin")), None);
     }
 
     #[test]

@@ -319,6 +319,9 @@ struct Session {
     finals: u32,
     started: Instant,
     first_interim_seen: bool,
+    /// The last frame published on this connection: the next one is sent once it is
+    /// stored (see [`publish_frame`]).
+    last_publish: Option<AckFuture>,
 }
 
 impl Session {
@@ -431,6 +434,7 @@ impl Session {
             finals: 0,
             started: Instant::now(),
             first_interim_seen: false,
+            last_publish: None,
         }
     }
 
@@ -608,11 +612,8 @@ impl Session {
                     Some(Action::FlushUtterance(_)) => {
                         let frame = self.frame(Vec::new(), false, true);
                         let id = format!("{}:flush{}", self.id, self.last_seq);
-                        acks.push_back(
-                            publish_frame(shared, frame, id, self.last_seq, self.next_offset)
-                                .await?,
-                        );
-                        Ok(())
+                        let (seq, offset) = (self.last_seq, self.next_offset);
+                        self.publish(shared, frame, id, seq, offset, acks).await
                     }
                     Some(Action::KeepAlive(_)) => {
                         let subject = shared
@@ -707,8 +708,9 @@ impl Session {
             .audio_seconds
             .inc_by((event.pcm_s16le.len() / 2) as f64 / f64::from(OUTPUT_RATE_HZ));
         let id = Layout::frame_msg_id(&self.id, frame.seq);
-        acks.push_back(publish_frame(shared, event, id, frame.seq, self.next_offset).await?);
-        Ok(())
+        let offset = self.next_offset;
+        self.publish(shared, event, id, frame.seq, offset, acks)
+            .await
     }
 
     async fn end_of_stream(
@@ -721,7 +723,25 @@ impl Session {
         self.next_offset += event.pcm_s16le.len() as u64 / 2;
         self.ended = true;
         let id = format!("{}:eos", self.id);
-        acks.push_back(publish_frame(shared, event, id, self.last_seq, self.next_offset).await?);
+        let (seq, offset) = (self.last_seq, self.next_offset);
+        self.publish(shared, event, id, seq, offset, acks).await
+    }
+
+    /// Publishes a frame of this stream after the previous one (see [`publish_frame`]);
+    /// its ack joins `acks`.
+    async fn publish(
+        &mut self,
+        shared: &Shared,
+        frame: events::AudioFrame,
+        msg_id: String,
+        seq: u64,
+        end_offset: u64,
+        acks: &mut FuturesOrdered<AckFuture>,
+    ) -> Result<(), Status> {
+        let previous = self.last_publish.take();
+        let ack = publish_frame(shared, frame, msg_id, seq, end_offset, previous).await?;
+        self.last_publish = Some(ack.clone());
+        acks.push_back(ack);
         Ok(())
     }
 
@@ -913,19 +933,32 @@ pub(crate) async fn publish_job(shared: &Shared, job: &events::SessionJob) -> Re
     Ok(())
 }
 
-/// Resolves to (client seq, end offset in samples, stored or why not).
-pub(crate) type AckFuture = futures::future::BoxFuture<'static, (u64, u64, Result<(), String>)>;
+/// Resolves to (client seq, end offset in samples, stored or why not). Shared: the
+/// stream's loop waits for it, and so does the next frame's publish.
+pub(crate) type AckFuture =
+    futures::future::Shared<futures::future::BoxFuture<'static, (u64, u64, Result<(), String>)>>;
 
 /// Publishes one frame and returns the future of its acknowledgement. A failed or
 /// missing ack is retried with the same message id (JetStream drops duplicates) for
-/// about 15 s, which rides out a NATS restart; after that the stream fails with
-/// UNAVAILABLE and the client resumes.
+/// about 15 s, which rides out a NATS restart or the loss of a stream leader; after
+/// that the stream fails with UNAVAILABLE and the client resumes.
+///
+/// With `after` (the previous frame of a live stream), the frame is sent only once
+/// that one is stored, and not at all if it never is: `AUDIO` then holds a stream's
+/// frames in the client's order even when a publish is retried. Pipelined frames
+/// would not: while one waits out its ack timeout, the next ones are stored, and a
+/// worker, which decodes in stream order and skips audio behind what it decoded, would
+/// lose the retried stretch (seen when the NATS server leading `AUDIO` was killed, test
+/// `nats_cluster`); a resume, which reads the last stored frame as the newest, would
+/// start from the wrong place. Without `after` the first attempt is sent before this
+/// returns, in the caller's order.
 pub(crate) async fn publish_frame(
     shared: &Shared,
     frame: events::AudioFrame,
     msg_id: String,
     seq: u64,
     end_offset: u64,
+    after: Option<AckFuture>,
 ) -> Result<AckFuture, Status> {
     let subject = shared
         .config
@@ -945,18 +978,29 @@ pub(crate) async fn publish_frame(
                 .headers(headers.clone())
         }
     };
-    let first = shared
-        .js
-        .send_publish(subject.clone(), build())
-        .await
-        .map_err(|e| kiroku_core::nats::NatsError(e.to_string()));
+    let first = match after {
+        Some(_) => None,
+        None => Some(
+            shared
+                .js
+                .send_publish(subject.clone(), build())
+                .await
+                .map_err(|e| kiroku_core::nats::NatsError(e.to_string())),
+        ),
+    };
     let js = shared.js.clone();
     // The ack wait runs as its own task: a pending ack holds one of the JetStream
     // context's in-flight permits, and a stream's loop that waited for a permit while
     // its own acks sat unpolled would deadlock with every other stream (seen with 1,000
     // streams). The loop still takes the results in publish order.
     let task = tokio::spawn(async move {
-        let outcome = kiroku_core::nats::publish_durable(&js, &subject, build, Some(first))
+        if let Some(previous) = after
+            && let (previous_seq, _, Err(error)) = previous.await
+        {
+            let why = format!("not sent: frame {previous_seq} before it was not stored ({error})");
+            return (seq, end_offset, Err(why));
+        }
+        let outcome = kiroku_core::nats::publish_durable(&js, &subject, build, first)
             .await
             .map(|_| ())
             .map_err(|e| e.to_string());
@@ -966,5 +1010,6 @@ pub(crate) async fn publish_frame(
         task.await
             .unwrap_or_else(|error| (seq, end_offset, Err(error.to_string())))
     }
-    .boxed())
+    .boxed()
+    .shared())
 }

@@ -171,15 +171,28 @@ async fn run_batch(
         seq += 1;
         let id = Layout::frame_msg_id(&session, seq);
         let end = offset + chunk.len() as u64;
-        acks.push(publish_frame(shared, frame(seq, offset, chunk, false), id, seq, end).await?);
+        // Pipelined: a batch worker places each frame by its offset, whatever the order.
+        acks.push(
+            publish_frame(shared, frame(seq, offset, chunk, false), id, seq, end, None).await?,
+        );
         offset = end;
     }
-    let eos_id = format!("{session}:eos");
-    acks.push(publish_frame(shared, frame(seq, offset, &[], true), eos_id, seq, offset).await?);
     for ack in acks {
         let (seq, _, outcome) = ack.await;
         outcome.map_err(|e| Status::unavailable(format!("frame {seq} was not stored: {e}")))?;
     }
+    // The end of stream only once every frame is stored: the worker stops reading at it.
+    let eos_id = format!("{session}:eos");
+    let eos = publish_frame(
+        shared,
+        frame(seq, offset, &[], true),
+        eos_id,
+        seq,
+        offset,
+        None,
+    );
+    let (_, _, outcome) = eos.await?.await;
+    outcome.map_err(|e| Status::unavailable(format!("the end of the file was not stored: {e}")))?;
     info!(%session, frames = seq, "file queued");
 
     let deadline = tokio::time::Instant::now() + shared.config.transcribe_timeout;

@@ -274,8 +274,8 @@ impl Import {
                 .collect();
             sqlx::query(
                 "INSERT INTO segments (tenant_id, session_id, result_seq, meeting_id, start_ms,
-                     end_ms, sealed, search_terms)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                     end_ms, sealed, search_terms, meeting_started_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
             )
             .bind(tenant)
             .bind(&session)
@@ -285,6 +285,7 @@ impl Import {
             .bind(segment.end_ms as i64)
             .bind(&sealed)
             .bind(&terms)
+            .bind(m.started_at)
             .execute(&mut **tx)
             .await?;
         }
@@ -358,16 +359,17 @@ pub async fn persist_final(db: &Db, keys: &Keys, f: &Final<'_>) -> Result<bool> 
         .get(&mut tx, f.tenant, true)
         .await?
         .ok_or(CryptoError::Decrypt)?;
-    sqlx::query(
+    let started_at: DateTime<Utc> = sqlx::query_scalar(
         "INSERT INTO meetings (tenant_id, meeting_id, title, language) VALUES ($1, $2, $2, $3)
          ON CONFLICT (tenant_id, meeting_id) DO UPDATE
              SET language = CASE WHEN meetings.language = '' THEN EXCLUDED.language
-                                 ELSE meetings.language END",
+                                 ELSE meetings.language END
+         RETURNING started_at",
     )
     .bind(f.tenant)
     .bind(f.meeting_id)
     .bind(f.language)
-    .execute(&mut *tx)
+    .fetch_one(&mut *tx)
     .await?;
     sqlx::query(
         "INSERT INTO sessions (tenant_id, session_id, meeting_id) VALUES ($1, $2, $3)
@@ -389,8 +391,8 @@ pub async fn persist_final(db: &Db, keys: &Keys, f: &Final<'_>) -> Result<bool> 
         .collect();
     let inserted = sqlx::query(
         "INSERT INTO segments (tenant_id, session_id, result_seq, meeting_id, start_ms, end_ms,
-             sealed, search_terms)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+             sealed, search_terms, meeting_started_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
          ON CONFLICT (tenant_id, session_id, result_seq) DO NOTHING",
     )
     .bind(f.tenant)
@@ -401,6 +403,7 @@ pub async fn persist_final(db: &Db, keys: &Keys, f: &Final<'_>) -> Result<bool> 
     .bind(f.segment.end_ms as i64)
     .bind(&sealed)
     .bind(&terms)
+    .bind(started_at)
     .execute(&mut *tx)
     .await?
     .rows_affected()
@@ -551,7 +554,15 @@ pub async fn meeting(
     Ok(Some((meeting, segments)))
 }
 
-/// Segments containing every term of `query`, newest meetings first.
+/// How many of the newest segments a search walks in order before it asks the GIN index
+/// for every match instead.
+const SEARCH_WALK: i64 = 20_000;
+
+/// Segments containing every term of `query`, newest meetings first. Two plans, chosen by
+/// what the first finds: walking the newest segments in result order stops after the
+/// first hits, which is fast for common words and slow for rare ones; collecting every
+/// match through the GIN index and sorting is the opposite. The walk is bounded; when it
+/// finds fewer hits than asked, the index answers.
 pub async fn search(
     db: &Db,
     keys: &Keys,
@@ -570,16 +581,35 @@ pub async fn search(
     if terms.is_empty() {
         return Ok(Vec::new());
     }
-    let rows = sqlx::query(
+    // Common words: the newest segments, walked in result order, hold the first hits.
+    let mut rows = sqlx::query(
         "SELECT g.meeting_id, m.title, g.session_id, g.result_seq, g.sealed
-         FROM segments g JOIN meetings m ON m.meeting_id = g.meeting_id
+         FROM (SELECT * FROM segments
+               ORDER BY meeting_started_at DESC, meeting_id, start_ms LIMIT $3) g
+         JOIN meetings m ON m.meeting_id = g.meeting_id
          WHERE g.search_terms @> $1
-         ORDER BY m.started_at DESC, g.meeting_id, g.start_ms LIMIT $2",
+         ORDER BY g.meeting_started_at DESC, g.meeting_id, g.start_ms LIMIT $2",
     )
     .bind(&terms)
     .bind(limit)
+    .bind(SEARCH_WALK)
     .fetch_all(&mut *tx)
     .await?;
+    if (rows.len() as i64) < limit {
+        // Rarer words: every match through the GIN index (few), then sorted.
+        rows = sqlx::query(
+            "WITH hits AS MATERIALIZED (
+                 SELECT meeting_id, session_id, result_seq, sealed, meeting_started_at, start_ms
+                 FROM segments WHERE search_terms @> $1)
+             SELECT g.meeting_id, m.title, g.session_id, g.result_seq, g.sealed
+             FROM hits g JOIN meetings m ON m.meeting_id = g.meeting_id
+             ORDER BY g.meeting_started_at DESC, g.meeting_id, g.start_ms LIMIT $2",
+        )
+        .bind(&terms)
+        .bind(limit)
+        .fetch_all(&mut *tx)
+        .await?;
+    }
     tx.commit().await?;
     rows.iter()
         .map(|row| {

@@ -119,6 +119,7 @@ KIROKU_DATABASE_REGION: {{ . | quote }}
 {{- if not .Values.nats.urlSecret.name }}
 KIROKU_NATS_URL: {{ .Values.nats.url | quote }}
 {{- end }}
+KIROKU_NATS_REPLICAS: {{ .Values.nats.jetstream.replicas | quote }}
 {{- with .Values.telemetry.logLevel }}
 RUST_LOG: {{ . | quote }}
 {{- end }}

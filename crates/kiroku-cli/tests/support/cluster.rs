@@ -214,6 +214,16 @@ impl Cluster {
         command
     }
 
+    /// `kiroku admin tenant erase --confirm <slug>` as the owner; what it printed.
+    pub fn erase_tenant_with_cli(&self) -> String {
+        let (ok, printed, err) = self.run_cli(
+            &["admin", "tenant", "erase", "--confirm", &self.tenant_slug],
+            None,
+        );
+        assert!(ok, "erase failed: {err}");
+        printed
+    }
+
     /// The cached owner login's access token (fresh: tests are shorter than its life).
     pub fn access_token(&self) -> String {
         let login: serde_json::Value = serde_json::from_slice(
@@ -713,8 +723,11 @@ impl Drop for Cluster {
         let layout = self.layout();
         let url = self.options.nats_url.clone();
         block_on(async move {
-            if let Ok(Ok(client)) =
-                tokio::time::timeout(Duration::from_secs(3), async_nats::connect(url)).await
+            if let Ok(Ok(client)) = tokio::time::timeout(
+                Duration::from_secs(3),
+                kiroku_core::nats::connect(&url, "kiroku-test-cleanup"),
+            )
+            .await
             {
                 layout.destroy(&async_nats::jetstream::new(client)).await;
             }

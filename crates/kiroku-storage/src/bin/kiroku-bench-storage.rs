@@ -29,6 +29,8 @@ struct Args {
     segments: usize,
     measured: usize,
     searches: usize,
+    /// Leave the bench schema in place (to look at query plans); prints its name.
+    keep_schema: bool,
 }
 
 fn args() -> anyhow::Result<Args> {
@@ -39,6 +41,7 @@ fn args() -> anyhow::Result<Args> {
         segments: 720,
         measured: 3000,
         searches: 200,
+        keep_schema: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -48,13 +51,17 @@ fn args() -> anyhow::Result<Args> {
                 .parse()
                 .context("a number")
         };
+        if flag == "--keep-schema" {
+            args.keep_schema = true;
+            continue;
+        }
         match flag.as_str() {
             "--meetings" => args.meetings = value()?,
             "--segments-per-meeting" => args.segments = value()?,
             "--measured-finals" => args.measured = value()?,
             "--searches" => args.searches = value()?,
             other => anyhow::bail!(
-                "unknown flag {other}: --meetings N --segments-per-meeting N --measured-finals N --searches N"
+                "unknown flag {other}: --meetings N --segments-per-meeting N --measured-finals N --searches N --keep-schema"
             ),
         }
     }
@@ -116,9 +123,13 @@ async fn main() -> anyhow::Result<()> {
     let db = Db::connect(&config).await?;
     let owner = sqlx::PgPool::connect(&args.database_url).await?;
     let result = run(&args, &db, &owner, &schema).await;
-    sqlx::query(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
-        .execute(&owner)
-        .await?;
+    if args.keep_schema {
+        println!("kept schema {schema}");
+    } else {
+        sqlx::query(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
+            .execute(&owner)
+            .await?;
+    }
     result
 }
 
@@ -244,12 +255,13 @@ async fn run(args: &Args, db: &Db, owner: &sqlx::PgPool, schema: &str) -> anyhow
     ))
     .execute(owner)
     .await?;
-    sqlx::query(&format!(
-        "ANALYZE \"{schema}\".plain; ANALYZE \"{schema}\".segments"
-    ))
-    .execute(owner)
-    .await
-    .ok();
+    // Statistics, as autovacuum would gather them (one statement per query: sqlx
+    // prepares each).
+    for table in ["plain", "segments", "meetings"] {
+        sqlx::query(&format!("ANALYZE \"{schema}\".{table}"))
+            .execute(owner)
+            .await?;
+    }
     println!("(loaded the rest in {:.0} s)", load.elapsed().as_secs_f64());
 
     // Search: one and two words, from common to rare.
@@ -371,8 +383,9 @@ async fn bulk_load(
         let mut tx = db.tenant_tx(tenant).await?;
         sqlx::query(
             "INSERT INTO segments (tenant_id, session_id, result_seq, meeting_id, start_ms, end_ms,
-                 sealed, search_terms)
-             SELECT $1, s, q, m, a, b, c, string_to_array(t, ' ')
+                 sealed, search_terms, meeting_started_at)
+             SELECT $1, s, q, m, a, b, c, string_to_array(t, ' '),
+                 (SELECT started_at FROM meetings WHERE meeting_id = m)
              FROM UNNEST($2::text[], $3::bigint[], $4::text[], $5::bigint[], $6::bigint[],
                          $7::bytea[], $8::text[]) AS x(s, q, m, a, b, c, t)
              ON CONFLICT DO NOTHING",
