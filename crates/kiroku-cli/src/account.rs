@@ -12,9 +12,9 @@ use kiroku_proto::account::v1 as pb;
 use kiroku_proto::account::v1::account_service_client::AccountServiceClient;
 use tonic::transport::Channel;
 
-use crate::InputError;
 use crate::credentials::{Login, account_client, attach, credential};
 use crate::serve::DEFAULT_ACCOUNT_URL;
+use crate::{InputError, runtime};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct AccountUrl {
@@ -248,10 +248,6 @@ pub enum ApiKeyCommand {
         key_id: String,
     },
     List(AccountUrl),
-}
-
-fn runtime() -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Runtime::new().context("starting the async runtime")
 }
 
 /// A call's error as the user should read it: input problems exit 2.

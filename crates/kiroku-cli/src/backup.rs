@@ -19,7 +19,7 @@ use kiroku_storage::backup::{
     self, BackupError, BackupKey, HashingWriter, Manifest, ManifestFile, OpenReader, SealWriter,
 };
 
-use crate::InputError;
+use crate::{InputError, runtime};
 
 /// Where the data is (the same settings the services take).
 #[derive(Debug, Clone, clap::Args)]
@@ -128,10 +128,6 @@ fn existing_schemas(url: &str, schemas: &[&String]) -> Result<Vec<String>> {
         url,
         &format!("SELECT nspname FROM pg_namespace WHERE nspname IN ({list}) ORDER BY 1"),
     )
-}
-
-fn runtime() -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Runtime::new().context("starting the async runtime")
 }
 
 /// `kiroku admin backup --out DIR`.

@@ -88,6 +88,12 @@ enum Command {
 #[error("{0}")]
 pub struct InputError(pub String);
 
+/// The async runtime a client command runs its calls on.
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    use anyhow::Context as _;
+    tokio::runtime::Runtime::new().context("starting the async runtime")
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // whisper.cpp logs its own errors; the CLI reports them as one line instead

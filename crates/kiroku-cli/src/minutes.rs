@@ -11,9 +11,9 @@ use kiroku_proto::storage::v1 as pb;
 use kiroku_proto::storage::v1::storage_client::StorageClient;
 use tonic::transport::Channel;
 
-use crate::InputError;
 use crate::audit::{authed, refused};
 use crate::credentials::credential;
+use crate::{InputError, runtime};
 
 /// Where the CLI finds the storage service by default.
 pub const DEFAULT_STORAGE_URL: &str = "http://127.0.0.1:50055";
@@ -160,10 +160,6 @@ fn print_label(label: &pb::Label) {
 
 async fn client(url: &str) -> Result<StorageClient<Channel>> {
     Ok(StorageClient::new(crate::audit::connect(url).await?).max_decoding_message_size(256 << 20))
-}
-
-fn runtime() -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Runtime::new().context("starting the async runtime")
 }
 
 pub fn meetings(command: MeetingsCommand) -> Result<()> {
