@@ -216,6 +216,11 @@ pub struct GatewayArgs {
     /// The same per user or API key (burst: 20x).
     #[arg(long, env = "KIROKU_CALLER_RATE", default_value_t = 1.0)]
     pub caller_rate: f64,
+    /// Worker pool per language, `LANGUAGE=POOL,…` (`auto`: streams that ask for
+    /// detection; `*`: any other language), e.g. `en=english,*=multilingual`.
+    /// Unrouted languages go to the pool `default`.
+    #[arg(long, env = "KIROKU_SESSION_ROUTES", default_value = "")]
+    pub routes: String,
 }
 
 /// Where clients and gateways find the account service by default.
@@ -303,6 +308,11 @@ pub struct WorkerArgs {
     /// `whisper`, or `null-benchmark`: BENCHMARK ONLY, no inference (plumbing runs).
     #[arg(long, default_value = "whisper")]
     pub engine: String,
+    /// The worker pool this worker serves: the gateways' KIROKU_SESSION_ROUTES send
+    /// sessions to pools by language (e.g. tiny.en workers in `english`, base workers
+    /// in `multilingual`).
+    #[arg(long, env = "KIROKU_WORKER_POOL", default_value = kiroku_core::nats::DEFAULT_POOL)]
+    pub pool: String,
 }
 
 pub fn run(role: Role) -> Result<()> {
@@ -403,6 +413,8 @@ async fn gateway(args: GatewayArgs) -> Result<()> {
         return Err(InputError("--idle-timeout-s must be at least 1".into()).into());
     }
     config.limits.idle_timeout = Duration::from_secs(args.idle_timeout_s);
+    config.routes = kiroku_core::nats::SessionRoutes::parse(&args.routes)
+        .map_err(|e| InputError(format!("--routes / KIROKU_SESSION_ROUTES: {e}")))?;
     let grpc = bind(&args.listen, "gRPC").await?;
     let admin = bind(&args.admin_listen, "admin").await?;
     // One line on stdout that scripts and tests read to find the ports.
@@ -451,6 +463,8 @@ async fn worker(args: WorkerArgs) -> Result<()> {
     let mut config =
         kiroku_worker::WorkerConfig::new(args.common.nats.clone(), args.common.layout()?, engine);
     config.max_sessions = args.sessions.max(1);
+    kiroku_core::nats::check_token("pool", &args.pool).map_err(|e| InputError(e.to_string()))?;
+    config.pool = args.pool.clone();
     config.ack_wait = Duration::from_secs_f64(args.ack_wait_s);
     config.resume_window = Duration::from_secs(args.common.resume_window_s);
     if let Some(step_ms) = args.step_ms {

@@ -125,6 +125,8 @@ struct ReceivedFinal {
     result_seq: u64,
     /// Milliseconds after the first frame was due.
     arrival_ms: f64,
+    /// The language the final was decoded in.
+    language: String,
     segment: Segment,
 }
 
@@ -133,6 +135,9 @@ struct Report {
     speed: f64,
     reconnects: u32,
     first_interim_ms: Option<f64>,
+    /// Languages the session info announced, in order (a stream that asked for
+    /// detection gets a second session info with the detected language).
+    session_languages: Vec<String>,
     finals: Vec<ReceivedFinal>,
     server_stats: Option<ServerStats>,
 }
@@ -153,6 +158,7 @@ struct Progress {
     first_interim_ms: Option<f64>,
     server_stats: Option<ServerStats>,
     language: String,
+    session_languages: Vec<String>,
     captions: Captions,
 }
 
@@ -170,6 +176,10 @@ struct Captions {
 }
 
 impl Captions {
+    /// Columns of the one terminal row the open line and the interim tail share: a
+    /// full-width (Japanese) character takes two, so they are counted, not characters.
+    const ROW_COLUMNS: usize = 100;
+
     fn add_final(&mut self, segment: &Segment) {
         if !self.enabled {
             return;
@@ -188,12 +198,13 @@ impl Captions {
         match &mut self.line {
             Some((_, end, text)) if segment.start_ms <= *end + 600 => {
                 *end = segment.end_ms;
-                text.push(' ');
-                text.push_str(&segment.text);
+                // Japanese finals join without a space, English with one.
+                *text = kiroku_core::transcript::join_words([text.as_str(), &segment.text]);
             }
             _ => {
                 self.finish_line();
-                self.line = Some((segment.start_ms, segment.end_ms, segment.text.clone()));
+                let text = segment.text.trim().to_string();
+                self.line = Some((segment.start_ms, segment.end_ms, text));
             }
         }
         self.interim.clear();
@@ -209,6 +220,7 @@ impl Captions {
     }
 
     fn redraw(&self) {
+        use kiroku_core::transcript::{display_columns, last_columns};
         if !self.tty {
             return;
         }
@@ -216,18 +228,10 @@ impl Captions {
         if let Some((start, _, text)) = &self.line {
             shown = format!("[{}] {text}", clock(*start));
         }
-        // One terminal row: the newest 100 characters.
-        let tail = |text: &str| -> String {
-            let count = text.chars().count();
-            text.chars().skip(count.saturating_sub(100)).collect()
-        };
-        let line = tail(&shown);
-        let room = 100usize.saturating_sub(line.chars().count());
-        let interim = tail(&self.interim);
-        let interim: String = interim
-            .chars()
-            .skip(interim.chars().count().saturating_sub(room))
-            .collect();
+        // One terminal row: the newest columns of the line, then of the interim.
+        let line = last_columns(&shown, Self::ROW_COLUMNS);
+        let room = Self::ROW_COLUMNS.saturating_sub(display_columns(line) + 1);
+        let interim = last_columns(self.interim.trim(), room);
         print!("\r\x1b[K{line} \x1b[2m{interim}\x1b[0m");
         let _ = std::io::stdout().flush();
     }
@@ -288,6 +292,7 @@ async fn stream(args: Args, audio: ClientAudio) -> Result<()> {
         first_interim_ms: None,
         server_stats: None,
         language: String::new(),
+        session_languages: Vec::new(),
         captions: Captions {
             enabled: args.format == OutputFormat::Txt,
             tty,
@@ -319,12 +324,9 @@ async fn stream(args: Args, audio: ClientAudio) -> Result<()> {
     progress.captions.close();
     let transcript = Transcript {
         duration_ms: audio.duration_ms,
-        text: progress
-            .finals
-            .iter()
-            .map(|f| f.segment.text.as_str())
-            .collect::<Vec<_>>()
-            .join(" "),
+        text: kiroku_core::transcript::join_words(
+            progress.finals.iter().map(|f| f.segment.text.as_str()),
+        ),
         language: progress.language.clone(),
         segments: progress.finals.iter().map(|f| f.segment.clone()).collect(),
     };
@@ -339,6 +341,7 @@ async fn stream(args: Args, audio: ClientAudio) -> Result<()> {
             speed: args.speed,
             reconnects,
             first_interim_ms: progress.first_interim_ms,
+            session_languages: progress.session_languages.clone(),
             finals: progress.finals.clone(),
             server_stats: progress.server_stats.clone(),
         };
@@ -443,6 +446,13 @@ async fn attempt(
                 match message.response {
                     Some(R::Session(info)) => {
                         progress.resume_token = Some(info.resume_token);
+                        progress.session_languages.push(info.language.clone());
+                        if !info.language.is_empty() && info.language != progress.language {
+                            if args.language.as_deref().is_none_or(|l| l == "auto") {
+                                eprintln!("kiroku stream: language detected: {}", info.language);
+                            }
+                            progress.language = info.language;
+                        }
                     }
                     Some(R::AudioAck(ack)) => {
                         progress.acked_seq = progress.acked_seq.max(ack.acked_seq);
@@ -460,6 +470,7 @@ async fn attempt(
                         progress.finals.push(ReceivedFinal {
                             result_seq: result.result_seq,
                             arrival_ms: origin.elapsed().as_secs_f64() * 1000.0,
+                            language: result.language.clone(),
                             segment,
                         });
                     }

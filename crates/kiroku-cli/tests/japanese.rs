@@ -249,3 +249,144 @@ fn model_fetch_base_is_a_no_op_when_the_model_is_installed() {
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("model base already installed"), "{stderr}");
 }
+
+/// The Python with the subtitle parsers: `$KIROKU_TEST_PYTHON`, else what `make pyenv`
+/// sets up (`build/pyenv/bin/python`).
+fn test_python() -> PathBuf {
+    let python = std::env::var_os("KIROKU_TEST_PYTHON").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../../build/pyenv/bin/python"),
+        PathBuf::from,
+    );
+    assert!(
+        python.is_file(),
+        "{} is missing: run `make pyenv` (or set KIROKU_TEST_PYTHON)",
+        python.display()
+    );
+    python
+}
+
+/// Asserts that `lines` are `text` broken into lines: every character in order and
+/// nothing added, a line break standing for nothing or for whitespace the text has
+/// there.
+fn assert_lines_spell(text: &str, lines: &[&str]) {
+    let text: Vec<char> = text
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .chars()
+        .collect();
+    let mut at = 0;
+    for (index, line) in lines.iter().enumerate() {
+        if index > 0 && text.get(at) == Some(&' ') {
+            at += 1;
+        }
+        for c in line.chars() {
+            assert_eq!(
+                text.get(at),
+                Some(&c),
+                "caption line {index} {line:?} leaves the transcript at character {at}:\n{}\n{}",
+                text.iter().collect::<String>(),
+                lines.join("\n")
+            );
+            at += 1;
+        }
+    }
+    assert_eq!(
+        at,
+        text.len(),
+        "the captions stop early:\n{}",
+        lines.join("\n")
+    );
+}
+
+/// Characters no Japanese caption line may start with (closing punctuation, kinsoku).
+const NEVER_FIRST: &[char] = &[
+    '、', '。', '，', '．', '！', '？', '」', '』', '）', '】', '〕', '・', 'ー', 'っ', 'ゃ', 'ゅ',
+    'ょ', 'ッ', 'ャ', 'ュ', 'ョ',
+];
+
+#[test]
+fn japanese_meeting_captions_spell_the_transcript_in_short_lines_without_spaces() {
+    use kiroku_core::transcript::{
+        CAPTION_LINE_COLUMNS_UNSPACED, CAPTION_LINES_PER_CUE, display_columns,
+    };
+    installed_model("base");
+    let python = test_python();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (clip, _) = meeting_clip(dir.path(), &japanese_meeting_sentences());
+    let args = ["--model", "base", "--language", "ja"];
+    // Greedy decoding is deterministic: the three runs transcribe the same text.
+    let json = transcribe_json(&clip, &args);
+    let text = json["text"].as_str().expect("text");
+    let duration = json["duration_ms"].as_u64().expect("duration_ms");
+    let mut files = Vec::new();
+    for format in ["srt", "vtt"] {
+        let mut all = vec!["transcribe", utf8(&clip), "--format", format];
+        all.extend_from_slice(&args);
+        let out = kiroku(&all);
+        assert!(
+            out.status.success(),
+            "{all:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let file = dir.path().join(format!("meeting.{format}"));
+        std::fs::write(&file, &out.stdout).expect("write captions");
+        files.push(file);
+    }
+    // The real parsers read both files, check they agree cue for cue, and hand the
+    // cues back.
+    let cues_file = dir.path().join("cues.json");
+    let check = Command::new(python)
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../tests/support/check_captions.py"
+        ))
+        .args(&files)
+        .arg("--cues")
+        .arg(&cues_file)
+        .output()
+        .expect("run caption checker");
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let cues: Value =
+        serde_json::from_slice(&std::fs::read(&cues_file).expect("cues")).expect("cues JSON");
+    let cues = cues.as_array().expect("cue list");
+    let mut previous_end_ms = 0;
+    let mut lines: Vec<&str> = Vec::new();
+    for cue in cues {
+        let start_ms = cue["start_ms"].as_u64().expect("start_ms");
+        let end_ms = cue["end_ms"].as_u64().expect("end_ms");
+        assert!(
+            previous_end_ms <= start_ms && start_ms < end_ms && end_ms <= duration,
+            "cue {cue} after {previous_end_ms} ms, in {duration} ms of audio"
+        );
+        previous_end_ms = end_ms;
+        let cue_lines = cue["lines"].as_array().expect("lines");
+        assert!(
+            (1..=CAPTION_LINES_PER_CUE).contains(&cue_lines.len()),
+            "{cue}"
+        );
+        for line in cue_lines {
+            let line = line.as_str().expect("line");
+            assert!(
+                display_columns(line) <= CAPTION_LINE_COLUMNS_UNSPACED,
+                "{line:?} is wider than {CAPTION_LINE_COLUMNS_UNSPACED} columns"
+            );
+            assert!(
+                !line.starts_with(NEVER_FIRST),
+                "{line:?} starts with closing punctuation"
+            );
+            lines.push(line);
+        }
+    }
+    // Printed so that `--no-capture` shows how the captions read.
+    eprintln!("{} cues of {text}:\n{}", cues.len(), lines.join("\n"));
+    assert!(
+        text.chars().filter(|c| !c.is_whitespace()).count() >= 100,
+        "{text}"
+    );
+    assert_lines_spell(text, &lines);
+}

@@ -655,3 +655,103 @@ fn one_stream_is_one_trace_across_gateway_and_worker() {
         "no worker decode span in the gateway's trace: {spans:?}"
     );
 }
+
+/// The value of a counter on a process's `/metrics` (0 when absent).
+fn counter(admin: &str, name: &str) -> f64 {
+    let (_, body) = cluster::http_get(admin, "/metrics").expect("/metrics answers");
+    body.lines()
+        .filter(|line| line.starts_with(name) && !line.starts_with('#'))
+        .filter_map(|line| line.split_whitespace().last()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Issue "Japanese meetings": two worker pools, tiny.en workers in `english` and base
+/// workers in `multilingual`, with the gateway routing `en` to the first and everything
+/// else (detection included) to the second. A Japanese meeting streamed without a
+/// language and an English one with `--language en`, at the same time:
+/// - each lands on its pool: every English final came from the tiny.en worker and every
+///   Japanese one from the base worker (their finals counters);
+/// - the Japanese stream detects `ja`: the session info is sent again with it, every
+///   final carries it, and the language never flips;
+/// - the Japanese captions join without spaces, within the streaming CER bound.
+#[test]
+fn sessions_go_to_the_pool_of_their_language_and_japanese_is_detected() {
+    let options = Options {
+        env: vec![(
+            "KIROKU_SESSION_ROUTES".into(),
+            "en=english,*=multilingual".into(),
+        )],
+        ..Options::default()
+    };
+    let mut cluster = Cluster::start(1, 0, options);
+    let english_worker = cluster.spawn_worker_with(&["--pool", "english"]);
+    let base_worker = cluster.spawn_worker_with(&["--pool", "multilingual", "--model", "base"]);
+    let dir = cluster.dir.path().to_path_buf();
+
+    let japanese = kiroku_tests::speech::japanese_meeting_sentences();
+    let parts: Vec<PathBuf> = japanese
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            kiroku_tests::speech::synthesize_japanese(&dir, &format!("ja{i}"), s, 0.5)
+                .expect("synthesize Japanese (make deps japanese-voice)")
+        })
+        .collect();
+    let ja_wav = dir.join("ja.wav");
+    kiroku_tests::speech::concatenate(&parts, &ja_wav).expect("sox joins the sentences");
+    let (en_wav, en_reference) = meeting_wav(&dir, "en", &sentences()[..3], 16_000, 1);
+
+    let gateway = cluster.gateway_url(0);
+    let ja_client = StreamClient::spawn(&dir, "ja", &ja_wav, &gateway, 1.0);
+    let en_client =
+        StreamClient::spawn_with(&dir, "en", &en_wav, &gateway, 1.0, &["--language", "en"]);
+    let ja = ja_client.finish(Duration::from_secs(240));
+    let en = en_client.finish(Duration::from_secs(240));
+    check_finals_consistent(&ja);
+    check_finals_consistent(&en);
+
+    let languages = |report: &serde_json::Value| -> Vec<String> {
+        report["finals"]
+            .as_array()
+            .expect("finals")
+            .iter()
+            .map(|f| f["language"].as_str().unwrap_or_default().to_string())
+            .collect()
+    };
+    assert!(
+        languages(&ja).iter().all(|l| l == "ja"),
+        "{:?}",
+        languages(&ja)
+    );
+    assert!(
+        languages(&en).iter().all(|l| l == "en"),
+        "{:?}",
+        languages(&en)
+    );
+    assert_eq!(
+        ja["session_languages"],
+        serde_json::json!(["", "ja"]),
+        "the session info is sent first without a language, then once with the detected one"
+    );
+    assert_eq!(en["session_languages"], serde_json::json!(["en"]));
+
+    let ja_text = report_text(&ja);
+    let reference = japanese.concat();
+    let cer = kiroku_tests::cer::character_error_rate(&reference, &ja_text);
+    eprintln!("Japanese stream: CER {cer:.3}: {ja_text}");
+    assert!(
+        cer <= 0.12,
+        "streaming CER {cer:.3} > 0.12\nreference:  {reference}\nhypothesis: {ja_text}"
+    );
+    assert!(!ja_text.contains(' '), "spaces inserted: {ja_text}");
+    assert_wer(&en, &en_reference, 0.15);
+
+    let finals = |report: &serde_json::Value| report["finals"].as_array().map_or(0, Vec::len);
+    let worker_finals =
+        |index: usize| counter(&cluster.workers[index].admin, "kiroku_finals_total") as usize;
+    assert_eq!(
+        (worker_finals(english_worker), worker_finals(base_worker)),
+        (finals(&en), finals(&ja)),
+        "finals per worker (english, multilingual) must be the English and the Japanese stream's"
+    );
+}

@@ -62,6 +62,78 @@ pub struct InvalidToken {
     pub value: String,
 }
 
+/// The worker pool that takes every session no route sends elsewhere.
+pub const DEFAULT_POOL: &str = "default";
+
+/// Which worker pool takes a session, by the language the client asked for.
+///
+/// Workers run one model each and belong to one pool (`kiroku serve worker --pool`);
+/// each pool has its own `SESSIONS` subject, `<root>.session.<pool>.<tenant>`, and
+/// durable consumer. The gateway picks the pool from `KIROKU_SESSION_ROUTES`, a comma
+/// list of `LANGUAGE=POOL` (`auto` is a stream that asked for detection, `*` any other
+/// language), e.g. `en=english,*=multilingual` for tiny.en workers in pool `english`
+/// and base workers in pool `multilingual`. Unrouted languages go to
+/// [`DEFAULT_POOL`]. A pool nobody runs leaves its sessions queued until a worker of
+/// that pool starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRoutes {
+    routes: Vec<(String, String)>,
+    fallback: String,
+}
+
+impl Default for SessionRoutes {
+    fn default() -> Self {
+        Self {
+            routes: Vec::new(),
+            fallback: DEFAULT_POOL.to_string(),
+        }
+    }
+}
+
+impl SessionRoutes {
+    /// Parses `LANGUAGE=POOL,…` (empty: everything to the default pool).
+    pub fn parse(spec: &str) -> Result<Self, String> {
+        let mut routes = Self::default();
+        for entry in spec.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+            let Some((language, pool)) = entry.split_once('=') else {
+                return Err(format!("route {entry:?} is not LANGUAGE=POOL"));
+            };
+            let (language, pool) = (language.trim(), pool.trim());
+            check_token("pool", pool).map_err(|e| e.to_string())?;
+            let well_formed = language == "*"
+                || language == "auto"
+                || ((2..=3).contains(&language.len())
+                    && language.bytes().all(|b| b.is_ascii_lowercase()));
+            if !well_formed {
+                return Err(format!(
+                    "route {entry:?}: {language:?} is not a language code, auto or *"
+                ));
+            }
+            if language == "*" {
+                routes.fallback = pool.to_string();
+            } else if routes.routes.iter().any(|(l, _)| l == language) {
+                return Err(format!("language {language:?} is routed twice"));
+            } else {
+                routes.routes.push((language.to_string(), pool.to_string()));
+            }
+        }
+        Ok(routes)
+    }
+
+    /// The pool for a stream in `language` (empty or `auto`: detection).
+    pub fn pool_for(&self, language: &str) -> &str {
+        let language = if language.is_empty() {
+            "auto"
+        } else {
+            language
+        };
+        self.routes
+            .iter()
+            .find(|(l, _)| l == language)
+            .map_or(self.fallback.as_str(), |(_, pool)| pool.as_str())
+    }
+}
+
 /// Checks that `value` can be one subject token: ids in subjects are built from these.
 pub fn check_token(what: &'static str, value: &str) -> Result<(), InvalidToken> {
     let ok = !value.is_empty()
@@ -134,16 +206,26 @@ impl Layout {
     pub fn erasures_bucket(&self) -> String {
         format!("{}-erasures", self.root)
     }
-    /// Durable consumer through which workers share the session jobs.
-    pub fn workers_consumer(&self) -> String {
-        "workers".to_string()
+    /// Durable consumer through which the workers of `pool` share its session jobs
+    /// (`workers` for the default pool).
+    pub fn workers_consumer(&self, pool: &str) -> String {
+        if pool == DEFAULT_POOL {
+            "workers".to_string()
+        } else {
+            format!("workers-{pool}")
+        }
+    }
+    /// The subjects of `pool`'s session jobs: its workers' consumer filter.
+    pub fn pool_sessions_filter(&self, pool: &str) -> String {
+        format!("{}.session.{pool}.>", self.root)
     }
 
     pub fn audio_subject(&self, tenant: &str, session: &str) -> String {
         format!("{}.audio.{tenant}.{session}", self.root)
     }
-    pub fn session_subject(&self, tenant: &str) -> String {
-        format!("{}.session.{tenant}", self.root)
+    /// A session job for the workers of `pool` (see [`SessionRoutes`]).
+    pub fn session_subject(&self, pool: &str, tenant: &str) -> String {
+        format!("{}.session.{pool}.{tenant}", self.root)
     }
     pub fn transcript_subject(&self, tenant: &str, session: &str) -> String {
         format!("{}.transcript.{tenant}.{session}", self.root)
@@ -686,7 +768,13 @@ mod tests {
         assert_eq!(layout.transcripts_stream(), "TRANSCRIPTS");
         assert_eq!(layout.checkpoints_bucket(), "kiroku-checkpoints");
         assert_eq!(layout.audio_subject("t1", "s1"), "kiroku.audio.t1.s1");
-        assert_eq!(layout.session_subject("t1"), "kiroku.session.t1");
+        assert_eq!(
+            layout.session_subject(DEFAULT_POOL, "t1"),
+            "kiroku.session.default.t1"
+        );
+        assert_eq!(layout.workers_consumer(DEFAULT_POOL), "workers");
+        assert_eq!(layout.workers_consumer("ja"), "workers-ja");
+        assert_eq!(layout.pool_sessions_filter("ja"), "kiroku.session.ja.>");
         assert_eq!(Layout::frame_msg_id("s1", 7), "s1:7");
     }
 
@@ -695,6 +783,25 @@ mod tests {
         let layout = Layout::new("test_42").expect("valid root");
         assert_eq!(layout.audio_stream(), "TEST_42_AUDIO");
         assert_eq!(layout.interim_subject("t", "s"), "test_42.interim.t.s");
+    }
+
+    #[test]
+    fn sessions_are_routed_by_language() {
+        let routes = SessionRoutes::parse("en=english, auto=multi,*=multi").expect("valid");
+        assert_eq!(routes.pool_for("en"), "english");
+        assert_eq!(routes.pool_for(""), "multi");
+        assert_eq!(routes.pool_for("auto"), "multi");
+        assert_eq!(routes.pool_for("ja"), "multi");
+        let routes = SessionRoutes::parse("ja=base").expect("valid");
+        assert_eq!(routes.pool_for("ja"), "base");
+        assert_eq!(routes.pool_for("en"), DEFAULT_POOL);
+        assert_eq!(
+            SessionRoutes::parse("").expect("empty"),
+            SessionRoutes::default()
+        );
+        for bad in ["ja", "ja=", "ja=a.b", "english=x", "ja=a,ja=b", "=x"] {
+            assert!(SessionRoutes::parse(bad).is_err(), "{bad:?} accepted");
+        }
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use kiroku_core::transcript::{Segment, Transcript, Word};
+use kiroku_core::transcript::{Segment, Transcript, Word, is_unspaced, join_words};
 use whisper_rs::{
     DtwMode, DtwModelPreset, DtwParameters, FullParams, SamplingStrategy, WhisperContext,
     WhisperContextParameters, WhisperState,
@@ -205,7 +205,7 @@ impl Engine {
         options: TranscribeOptions,
         progress: Option<ProgressFn>,
     ) -> Result<Transcript> {
-        self.validate(&options)?;
+        self.check_options(&options)?;
         if let Some(audio_ctx) = options.audio_ctx {
             // whisper.cpp encodes only the first `audio_ctx` frames of each 30 s window:
             // the rest would be silently dropped (and DTW aborts), so refuse instead.
@@ -236,7 +236,10 @@ impl Engine {
         reply_rx.recv().map_err(|_| EngineError::ShutDown)?
     }
 
-    fn validate(&self, options: &TranscribeOptions) -> Result<()> {
+    /// Refuses options this model cannot honour (an unknown language, a language other
+    /// than English on an English-only model, a beam or context out of range) with
+    /// [`EngineError::InvalidOption`], before any audio is decoded.
+    pub fn check_options(&self, options: &TranscribeOptions) -> Result<()> {
         if options.beam_size > MAX_BEAM_SIZE {
             return Err(EngineError::InvalidOption(format!(
                 "beam size {} is above the maximum {MAX_BEAM_SIZE}",
@@ -362,7 +365,7 @@ impl Slot {
             let segment_start_ms = centis_to_ms(segment.start_timestamp()).min(duration_ms);
             let segment_end_ms =
                 centis_to_ms(segment.end_timestamp()).clamp(segment_start_ms, duration_ms);
-            let mut pieces: Vec<WordPiece> = Vec::new();
+            let mut words_of_tokens = WordAssembler::default();
             for index in 0..segment.n_tokens() {
                 let Some(token) = segment.get_token(index) else {
                     continue;
@@ -371,34 +374,23 @@ impl Slot {
                     continue; // timestamps, language and other special tokens
                 }
                 let data = token.token_data();
-                let bytes = token.to_bytes().unwrap_or_default();
-                let starts_word = bytes.first() == Some(&b' ') || pieces.is_empty();
-                if starts_word {
-                    pieces.push(WordPiece::default());
-                }
-                if let Some(piece) = pieces.last_mut() {
-                    piece.bytes.extend_from_slice(bytes);
-                    // t_dtw is -1 when DTW is off (flash attention): fall back to t0.
-                    piece.start_cs.get_or_insert(if data.t_dtw >= 0 {
-                        data.t_dtw
-                    } else {
-                        data.t0
-                    });
-                    piece.end_cs = data.t1;
-                    piece.probabilities.push(data.p);
-                }
+                // t_dtw is -1 when DTW is off (flash attention): fall back to t0.
+                let start_cs = if data.t_dtw >= 0 { data.t_dtw } else { data.t0 };
+                words_of_tokens.push(
+                    token.to_bytes().unwrap_or_default(),
+                    start_cs,
+                    data.t1,
+                    data.p,
+                );
             }
+            let pieces = words_of_tokens.finish();
             let words = place_words(
                 pieces,
                 segment_start_ms,
                 segment_end_ms,
                 &mut previous_end_ms,
             );
-            let text: String = words
-                .iter()
-                .map(|w| w.text.as_str())
-                .collect::<Vec<_>>()
-                .join(" ");
+            let text = join_words(words.iter().map(|w| w.text.as_str()));
             if text.is_empty() {
                 continue;
             }
@@ -410,11 +402,7 @@ impl Slot {
                 words,
             });
         }
-        let text = segments
-            .iter()
-            .map(|s| s.text.as_str())
-            .collect::<Vec<_>>()
-            .join(" ");
+        let text = join_words(segments.iter().map(|s| s.text.as_str()));
         Ok(Transcript {
             duration_ms,
             text,
@@ -430,6 +418,80 @@ struct WordPiece {
     start_cs: Option<i64>,
     end_cs: i64,
     probabilities: Vec<f32>,
+}
+
+impl WordPiece {
+    fn append(&mut self, other: WordPiece) {
+        self.bytes.extend_from_slice(&other.bytes);
+        if self.start_cs.is_none() {
+            self.start_cs = other.start_cs;
+        }
+        self.end_cs = other.end_cs;
+        self.probabilities.extend(other.probabilities);
+    }
+}
+
+/// Groups a segment's tokens into words.
+///
+/// Tokens are first gathered into whole characters (a byte-level token may hold part of
+/// a kanji's UTF-8 bytes). In spaced scripts a word is the run of tokens from one that
+/// starts with a space to the next. In unspaced scripts (Japanese, Chinese) every
+/// token's characters are their own "word": captions then commit token by token and
+/// word timings are token spans. Punctuation stays with the word before it.
+#[derive(Debug, Default)]
+struct WordAssembler {
+    words: Vec<WordPiece>,
+    /// Tokens whose bytes do not yet end on a character boundary.
+    pending: WordPiece,
+}
+
+impl WordAssembler {
+    fn push(&mut self, bytes: &[u8], start_cs: i64, end_cs: i64, probability: f32) {
+        self.pending.bytes.extend_from_slice(bytes);
+        self.pending.start_cs.get_or_insert(start_cs);
+        self.pending.end_cs = end_cs;
+        self.pending.probabilities.push(probability);
+        if std::str::from_utf8(&self.pending.bytes).is_ok() {
+            let unit = std::mem::take(&mut self.pending);
+            self.add_unit(unit);
+        }
+    }
+
+    fn add_unit(&mut self, unit: WordPiece) {
+        let text = String::from_utf8_lossy(&unit.bytes);
+        let continues = self.words.last().is_some_and(|previous| {
+            continues_word(&String::from_utf8_lossy(&previous.bytes), &text)
+        });
+        match self.words.last_mut() {
+            Some(previous) if continues => previous.append(unit),
+            _ => self.words.push(unit),
+        }
+    }
+
+    fn finish(mut self) -> Vec<WordPiece> {
+        if !self.pending.bytes.is_empty() {
+            // A truncated character at the end (token cap): kept, decoded lossily.
+            let unit = std::mem::take(&mut self.pending);
+            self.add_unit(unit);
+        }
+        self.words
+    }
+}
+
+/// Whether the token text `next` continues the word `previous` rather than starting a
+/// new one.
+fn continues_word(previous: &str, next: &str) -> bool {
+    let Some(first) = next.chars().next() else {
+        return true;
+    };
+    if first.is_whitespace() {
+        return false;
+    }
+    if !first.is_alphanumeric() {
+        return true; // punctuation: "予算。", "world,"
+    }
+    let last = previous.trim_end().chars().last();
+    !is_unspaced(first) && !last.is_some_and(is_unspaced)
 }
 
 fn centis_to_ms(centiseconds: i64) -> u64 {
@@ -579,6 +641,53 @@ mod tests {
     use super::*;
     use crate::convert::tests::{SynthSpec, write_synthetic_ct2};
     use crate::convert::{WeightType, convert};
+
+    fn assembled(tokens: &[&[u8]]) -> Vec<String> {
+        let mut assembler = WordAssembler::default();
+        for (i, bytes) in tokens.iter().enumerate() {
+            assembler.push(bytes, i as i64 * 10, i as i64 * 10 + 10, 0.5);
+        }
+        assembler
+            .finish()
+            .into_iter()
+            .map(|w| String::from_utf8_lossy(&w.bytes).trim().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn tokens_become_words_by_spaces_or_by_characters() {
+        assert_eq!(
+            assembled(&[b" Hel", b"lo", b",", b" Kir", b"oku", b" 2025"]),
+            ["Hello,", "Kiroku", "2025"]
+        );
+        // 予 is E4 BA 88: split across two byte-level tokens, it is still one character.
+        let yo = "予".as_bytes();
+        assert_eq!(
+            assembled(&[
+                &yo[..1],
+                &yo[1..],
+                "算".as_bytes(),
+                "会議".as_bytes(),
+                "は".as_bytes(),
+                "API".as_bytes(),
+                "で".as_bytes(),
+                "す。".as_bytes()
+            ]),
+            ["予", "算", "会議", "は", "API", "で", "す。"]
+        );
+        let mut assembler = WordAssembler::default();
+        assembler.push(&yo[..1], 0, 10, 0.2);
+        assembler.push(&yo[1..], 10, 20, 0.4);
+        let words = assembler.finish();
+        assert_eq!(
+            (
+                words[0].start_cs,
+                words[0].end_cs,
+                words[0].probabilities.len()
+            ),
+            (Some(0), 20, 2)
+        );
+    }
 
     #[test]
     fn pool_refuses_more_slots_than_threads() {

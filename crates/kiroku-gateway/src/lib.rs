@@ -96,6 +96,8 @@ pub struct GatewayConfig {
     /// Redis: revocations, the API-key cache, quotas and rate limits.
     pub redis_url: String,
     pub quotas: Quotas,
+    /// Which worker pool takes a session, by its language.
+    pub routes: kiroku_core::nats::SessionRoutes,
 }
 
 impl GatewayConfig {
@@ -111,6 +113,7 @@ impl GatewayConfig {
             storage_url: None,
             redis_url: kiroku_account::DEFAULT_REDIS_URL.into(),
             quotas: Quotas::default(),
+            routes: Default::default(),
             nats_url: nats_url.into(),
             layout,
             retention: Retention::default(),

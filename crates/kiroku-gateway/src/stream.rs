@@ -95,7 +95,8 @@ pub(crate) fn validate_options(
         )));
     }
     let language = options.language.as_str();
-    let well_formed = language.len() <= 3 && language.bytes().all(|b| b.is_ascii_lowercase());
+    let well_formed = language == "auto"
+        || (language.len() <= 3 && language.bytes().all(|b| b.is_ascii_lowercase()));
     if !well_formed {
         return Err(Status::invalid_argument(format!(
             "language {language:?} is not an ISO 639-1 code such as \"en\" or \"ja\""
@@ -225,10 +226,12 @@ pub(crate) async fn start(
                     .resume_keys
                     .issue(&session.tenant, &session.id),
                 resume_window: prost_types::Duration::try_from(shared.config.resume_window).ok(),
+                // Empty until detected when the client asked for detection.
                 language: config
                     .options
                     .as_ref()
                     .map(|o| o.language.clone())
+                    .filter(|l| l != "auto")
                     .unwrap_or_default(),
                 model: config
                     .options
@@ -240,6 +243,9 @@ pub(crate) async fn start(
             },
         )),
     };
+    if let Some(stream_transcribe_response::Response::Session(sent)) = &info.response {
+        session.info = sent.clone();
+    }
     tx.send(Ok(info))
         .await
         .map_err(|_| Status::cancelled("client went away"))?;
@@ -322,6 +328,9 @@ struct Session {
     /// The last frame published on this connection: the next one is sent once it is
     /// stored (see [`publish_frame`]).
     last_publish: Option<AckFuture>,
+    /// The session info sent to the client; sent again, once, with the language when
+    /// the worker has detected it.
+    info: api::SessionInfo,
 }
 
 impl Session {
@@ -435,6 +444,7 @@ impl Session {
             started: Instant::now(),
             first_interim_seen: false,
             last_publish: None,
+            info: api::SessionInfo::default(),
         }
     }
 
@@ -788,6 +798,15 @@ impl Session {
         if result.result_seq <= self.delivered_seq {
             return Ok(false); // delivered before a resume, or a duplicate
         }
+        if !result.language.is_empty() && result.language != self.info.language {
+            self.info.language = result.language.clone();
+            send(
+                tx,
+                stream_transcribe_response::Response::Session(self.info.clone()),
+            )
+            .await
+            .map_err(|_| Status::cancelled("client went away"))?;
+        }
         self.delivered_seq = result.result_seq;
         self.finals += 1;
         self.observe_latency(result.segment.as_ref());
@@ -918,7 +937,9 @@ async fn send(tx: &Out, response: stream_transcribe_response::Response) -> Resul
 }
 
 pub(crate) async fn publish_job(shared: &Shared, job: &events::SessionJob) -> Result<(), Status> {
-    let subject = shared.config.layout.session_subject(&job.tenant_id);
+    let language = job.options.as_ref().map_or("", |o| o.language.as_str());
+    let pool = shared.config.routes.pool_for(language);
+    let subject = shared.config.layout.session_subject(pool, &job.tenant_id);
     let publish = Publish::build()
         .payload(Bytes::from(job.encode_to_vec()))
         .message_id(&job.session_id);

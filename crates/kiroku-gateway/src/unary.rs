@@ -89,11 +89,7 @@ pub(crate) async fn transcribe(
         .instrument(span.clone())
         .await?;
     let processing = started.elapsed();
-    let text = segments
-        .iter()
-        .map(|s| s.text.as_str())
-        .collect::<Vec<_>>()
-        .join(" ");
+    let text = kiroku_core::transcript::join_words(segments.iter().map(|s| s.text.as_str()));
     Ok(Response::new(api::TranscribeResponse {
         duration_ms,
         text,

@@ -172,12 +172,7 @@ pub fn transcript(row: &MeetingRow, segments: &[api::Segment]) -> Transcript {
         .collect();
     Transcript {
         duration_ms: segments.iter().map(|s| s.end_ms).max().unwrap_or(0),
-        text: segments
-            .iter()
-            .map(|s| s.text.trim())
-            .filter(|t| !t.is_empty())
-            .collect::<Vec<_>>()
-            .join(" "),
+        text: kiroku_core::transcript::join_words(segments.iter().map(|s| s.text.as_str())),
         language: row.language.clone(),
         segments,
     }

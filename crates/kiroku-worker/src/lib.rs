@@ -60,6 +60,8 @@ pub struct WorkerConfig {
     /// How long a draining worker waits for its sessions to hand over.
     pub drain_timeout: Duration,
     pub policy: PolicyConfig,
+    /// The pool whose sessions this worker takes (see `SessionRoutes`).
+    pub pool: String,
 }
 
 impl WorkerConfig {
@@ -74,6 +76,7 @@ impl WorkerConfig {
             resume_window: Duration::from_secs(120),
             drain_timeout: Duration::from_secs(10),
             policy: PolicyConfig::default(),
+            pool: kiroku_core::nats::DEFAULT_POOL.to_string(),
         }
     }
 }
@@ -133,24 +136,17 @@ pub async fn serve(
     config.layout.ensure(&js, &config.retention).await?;
     let layout = &config.layout;
     let sessions = js.get_stream(layout.sessions_stream()).await?;
+    let consumer_name = layout.workers_consumer(&config.pool);
     let jobs_config = consumer::pull::Config {
-        durable_name: Some(layout.workers_consumer()),
-        filter_subject: format!("{}.session.>", layout.root()),
+        durable_name: Some(consumer_name.clone()),
+        filter_subject: layout.pool_sessions_filter(&config.pool),
         ack_policy: consumer::AckPolicy::Explicit,
         ack_wait: config.ack_wait,
         max_deliver: -1,
         max_ack_pending: -1,
         ..Default::default()
     };
-    // Another worker may have created it already (possibly with another ack_wait:
-    // the first worker's settings win, as for any durable consumer).
-    let jobs: consumer::PullConsumer = match sessions.create_consumer(jobs_config).await {
-        Ok(jobs) => jobs,
-        Err(_) => sessions
-            .get_consumer(&layout.workers_consumer())
-            .await
-            .map_err(|e| anyhow::anyhow!("creating the workers' consumer on SESSIONS: {e}"))?,
-    };
+    let jobs = pool_consumer(&sessions, jobs_config).await?;
     let ctx = Arc::new(Ctx {
         audio: js.get_stream(layout.audio_stream()).await?,
         transcripts: js.get_stream(layout.transcripts_stream()).await?,
@@ -164,6 +160,7 @@ pub async fn serve(
     });
     info!(
         model = ctx.model_name,
+        pool = config.pool,
         max_sessions = config.max_sessions,
         ack_wait_s = config.ack_wait.as_secs_f32(),
         "worker ready"
@@ -260,6 +257,41 @@ fn redelivered_here(
             None
         }
         None => Some(message),
+    }
+}
+
+/// The pool's durable consumer on `SESSIONS`. Another worker may have created it
+/// already, possibly with another ack_wait: the first worker's settings win, as for
+/// any durable consumer. One left by an older layout with another filter (jobs of every
+/// pool) is replaced: `SESSIONS` is a work queue, whose consumers may not overlap.
+async fn pool_consumer(
+    sessions: &jetstream::stream::Stream,
+    config: consumer::pull::Config,
+) -> anyhow::Result<consumer::PullConsumer> {
+    let name = config.durable_name.clone().unwrap_or_default();
+    if let Ok(mut existing) = sessions.get_consumer::<consumer::pull::Config>(&name).await {
+        match existing.info().await {
+            Ok(info) if info.config.filter_subject != config.filter_subject => {
+                warn!(
+                    consumer = name,
+                    old = info.config.filter_subject,
+                    new = config.filter_subject,
+                    "replacing the pool's consumer: its filter is from another layout"
+                );
+                let _ = sessions.delete_consumer(&name).await;
+            }
+            _ => return Ok(existing),
+        }
+    }
+    match sessions.create_consumer(config.clone()).await {
+        Ok(jobs) => Ok(jobs),
+        Err(create_error) => sessions.get_consumer(&name).await.map_err(|_| {
+            anyhow::anyhow!(
+                "creating the consumer {name} for {} on SESSIONS: {create_error} \
+                 (pools' subjects may not overlap on a work queue)",
+                config.filter_subject
+            )
+        }),
     }
 }
 

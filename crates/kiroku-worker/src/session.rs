@@ -22,6 +22,12 @@ use crate::Ctx;
 
 const RATE: u64 = 16_000;
 
+/// A stream asked to detect its language keeps the language of the first decode that
+/// covers this much audio or commits words: later decodes are told that language, so a
+/// meeting does not flip language from one chunk to the next (a Japanese meeting with
+/// English product names stays Japanese).
+const DETECTION_MIN_AUDIO_MS: u64 = 2_000;
+
 /// How a session task ended.
 enum Outcome {
     /// Closed (end of stream, abandoned, or failed with a reported error): ack the job.
@@ -127,6 +133,8 @@ struct Session {
     frames: VecDeque<(u64, u64)>,
     /// Stream sequence of the next frame to come (when `frames` is empty).
     next_stream_seq: u64,
+    /// The stream's language: the one asked for, else the detected one once detection
+    /// has run (empty until then).
     language: String,
     checkpoint: events::SessionCheckpoint,
 }
@@ -134,12 +142,12 @@ struct Session {
 impl Session {
     fn new(ctx: Arc<Ctx>, job: events::SessionJob) -> Self {
         kiroku_core::metrics::metrics().active_streams.inc();
-        let language = job
-            .options
-            .as_ref()
-            .map(|o| o.language.clone())
-            .filter(|l| !l.is_empty())
-            .unwrap_or_else(|| "en".to_string());
+        let english_only = ctx.engine.as_ref().is_some_and(|e| !e.info().multilingual);
+        let language = match job.options.as_ref().map(|o| o.language.as_str()) {
+            _ if english_only => "en".to_string(),
+            Some(language) if !language.is_empty() && language != "auto" => language.to_string(),
+            _ => String::new(),
+        };
         Self {
             ctx,
             job,
@@ -207,6 +215,11 @@ impl Session {
             Ok(None) => return Outcome::Closed,
             Err(why) => return Outcome::Retry(why),
         }
+        if let Some(engine) = &self.ctx.engine
+            && let Err(error) = engine.check_options(&self.decode_options())
+        {
+            return self.close_invalid(error.to_string()).await;
+        }
         let resumed =
             self.checkpoint.last_result_seq > 0 || self.checkpoint.committed_offset_ms > 0;
         if resumed {
@@ -269,8 +282,11 @@ impl Session {
             committed_offset_ms: self.checkpoint.committed_offset_ms,
             committed_text_tail: self.checkpoint.committed_text_tail.clone(),
         });
-        let mut policy = Policy::new(self.ctx.config.policy.clone(), resume);
-        let options = self.decode_options();
+        let mut policy = Policy::new(
+            self.ctx.config.policy.clone().for_language(&self.language),
+            resume,
+        );
+        let mut options = self.decode_options();
         let presence_subject = self
             .layout()
             .presence_subject(&self.job.tenant_id, &self.job.session_id);
@@ -336,6 +352,15 @@ impl Session {
                         Err(error) => return self.close_with_error(error).await,
                     };
                     let output = policy.on_decoded(decoded.id, words);
+                    if self.language.is_empty()
+                        && !decoded.language.is_empty()
+                        && (decoded.audio_ms >= DETECTION_MIN_AUDIO_MS || !output.finals.is_empty())
+                    {
+                        info!(language = decoded.language, "language detected");
+                        self.language = decoded.language;
+                        options = self.decode_options();
+                        policy.set_config(self.ctx.config.policy.clone().for_language(&self.language));
+                    }
                     debug!(
                         id = decoded.id,
                         finals = output.finals.len(),
@@ -487,7 +512,12 @@ impl Session {
             prompt.push(options.prompt.clone());
         }
         TranscribeOptions {
-            language: (!options.language.is_empty()).then(|| options.language.clone()),
+            // The stream's language once known; "auto" (or nothing) detects.
+            language: if self.language.is_empty() {
+                (!options.language.is_empty()).then(|| options.language.clone())
+            } else {
+                Some(self.language.clone())
+            },
             beam_size: 1,
             prompt: (!prompt.is_empty()).then(|| prompt.join(", ")),
             ..Default::default()
@@ -703,6 +733,10 @@ async fn join_in_flight(
 
 struct Decoded {
     id: u64,
+    /// Audio decoded (with padding), ms.
+    audio_ms: u64,
+    /// The language Whisper decoded in (detected when none was given); empty on error.
+    language: String,
     words: Result<Vec<Word>, String>,
 }
 
@@ -718,10 +752,17 @@ fn spawn_decode(
         start_ms = request.start_ms,
         otel.name = "worker decode"
     );
+    // The user's vocabulary first, then the stream's own recent text (the policy's
+    // context prompt, Japanese only): Whisper reads the prompt as what came before.
+    let prompt = match (options.prompt.clone(), request.prompt.clone()) {
+        (Some(vocabulary), Some(context)) => Some(format!("{vocabulary} {context}")),
+        (vocabulary, context) => vocabulary.or(context),
+    };
     let options = TranscribeOptions {
         audio_ctx: Some(request.audio_ctx),
         no_temperature_fallback: true,
         max_tokens: Some(request.max_tokens),
+        prompt,
         ..options
     };
     let id = request.id;
@@ -736,8 +777,18 @@ fn spawn_decode(
         kiroku_core::metrics::metrics()
             .real_time_factor
             .observe(elapsed / audio_s.max(0.001));
+        let language = result
+            .as_ref()
+            .map(|t| t.language.clone())
+            .unwrap_or_default();
         Decoded {
             id,
+            audio_ms: (audio_s * 1000.0) as u64,
+            language: if language == "und" {
+                String::new()
+            } else {
+                language
+            },
             words: result
                 .map(|t| t.segments.into_iter().flat_map(|s| s.words).collect())
                 .map_err(|e| e.to_string()),

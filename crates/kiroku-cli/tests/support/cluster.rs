@@ -559,22 +559,29 @@ impl Cluster {
     }
 
     pub fn spawn_worker(&mut self) -> usize {
+        self.spawn_worker_with(&[])
+    }
+
+    /// A worker with `extra` arguments (`--model base`, `--pool NAME`).
+    pub fn spawn_worker_with(&mut self, extra: &[&str]) -> usize {
         let index = self.workers.len();
-        let (mut command, log) = self.command(
-            &[
-                "serve",
-                "worker",
-                "--engine",
-                self.options.engine,
-                "--threads",
-                &self.options.worker_threads.to_string(),
-                "--sessions",
-                &self.options.worker_sessions.to_string(),
-                "--ack-wait-s",
-                &self.options.ack_wait_s.to_string(),
-            ],
-            &format!("worker-{index}.log"),
-        );
+        let threads = self.options.worker_threads.to_string();
+        let sessions = self.options.worker_sessions.to_string();
+        let ack_wait = self.options.ack_wait_s.to_string();
+        let mut args = vec![
+            "serve",
+            "worker",
+            "--engine",
+            self.options.engine,
+            "--threads",
+            &threads,
+            "--sessions",
+            &sessions,
+            "--ack-wait-s",
+            &ack_wait,
+        ];
+        args.extend_from_slice(extra);
+        let (mut command, log) = self.command(&args, &format!("worker-{index}.log"));
         let mut child = command.spawn().expect("spawn worker");
         let line = first_line(&mut child, Duration::from_secs(30));
         let Some(admin) = field(&line, "admin") else {
@@ -746,6 +753,18 @@ pub struct StreamClient {
 
 impl StreamClient {
     pub fn spawn(dir: &Path, name: &str, wav: &Path, gateways: &str, speed: f64) -> StreamClient {
+        Self::spawn_with(dir, name, wav, gateways, speed, &[])
+    }
+
+    /// `kiroku stream` with `extra` arguments (`--language ja`).
+    pub fn spawn_with(
+        dir: &Path,
+        name: &str,
+        wav: &Path,
+        gateways: &str,
+        speed: f64,
+        extra: &[&str],
+    ) -> StreamClient {
         let report = dir.join(format!("{name}.report.json"));
         let stderr = dir.join(format!("{name}.client.log"));
         let mut child = Command::new(KIROKU)
@@ -760,6 +779,7 @@ impl StreamClient {
                 "--report",
             ])
             .arg(&report)
+            .args(extra)
             // The cluster's owner login (`Cluster::config_dir`); dir is the cluster's.
             .env("KIROKU_CONFIG_DIR", dir.join("config"))
             .env_remove("KIROKU_API_KEY")
@@ -834,20 +854,15 @@ impl StreamClient {
     }
 }
 
-/// The joined text of a report's finals.
+/// The joined text of a report's finals (with spaces only where the script has them).
 pub fn report_text(report: &serde_json::Value) -> String {
-    report["finals"]
-        .as_array()
-        .expect("finals")
-        .iter()
-        .map(|f| {
-            f["segment"]["text"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string()
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
+    kiroku_core::transcript::join_words(
+        report["finals"]
+            .as_array()
+            .expect("finals")
+            .iter()
+            .map(|f| f["segment"]["text"].as_str().unwrap_or_default()),
+    )
 }
 
 /// Finals are numbered 1, 2, 3… without gaps or repeats, and their audio spans and
