@@ -369,6 +369,24 @@ mod bad_input {
         cluster::block_on(async move {
             let url = &u;
             let ms100 = 16_000 / 10 * 2;
+
+            // The worker (tiny.en) refuses a language its model cannot transcribe as
+            // soon as it takes the session, before any audio; the message names the
+            // model, never a server path. First, while the worker has free slots.
+            let mut japanese = config(16_000, 1);
+            if let R::Config(config) = &mut japanese {
+                config.options = Some(api::RecognitionOptions {
+                    language: "ja".into(),
+                    ..Default::default()
+                });
+            }
+            expect_status(
+                url,
+                vec![japanese],
+                Code::InvalidArgument,
+                "model tiny.en is English-only",
+            )
+            .await;
             expect_status(
                 url,
                 vec![audio(1, ms100)],
@@ -496,7 +514,7 @@ mod bad_input {
             cluster::http_get(&cluster.gateways[0].admin, "/metrics").expect("/metrics");
         assert_eq!(status, 200);
         assert!(
-            metrics.contains("kiroku_errors_total{code=\"InvalidArgument\"} 8"),
+            metrics.contains("kiroku_errors_total{code=\"InvalidArgument\"} 9"),
             "{metrics}"
         );
         assert!(

@@ -253,9 +253,15 @@ impl Engine {
                 )));
             }
             if !self.info.multilingual && language != "en" {
+                // The model's name, not its path: this message reaches API clients.
+                let name = self
+                    .info
+                    .path
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().trim_start_matches("ggml-").to_string())
+                    .unwrap_or_default();
                 return Err(EngineError::InvalidOption(format!(
-                    "model {} is English-only; language {language:?} needs a multilingual model",
-                    self.info.path.display()
+                    "model {name} is English-only; language {language:?} needs a multilingual model such as base"
                 )));
             }
         }

@@ -143,10 +143,16 @@ impl Session {
     fn new(ctx: Arc<Ctx>, job: events::SessionJob) -> Self {
         kiroku_core::metrics::metrics().active_streams.inc();
         let english_only = ctx.engine.as_ref().is_some_and(|e| !e.info().multilingual);
-        let language = match job.options.as_ref().map(|o| o.language.as_str()) {
-            _ if english_only => "en".to_string(),
-            Some(language) if !language.is_empty() && language != "auto" => language.to_string(),
-            _ => String::new(),
+        // A language the model cannot transcribe stays, to be refused at the start.
+        let requested = job
+            .options
+            .as_ref()
+            .map(|o| o.language.as_str())
+            .filter(|l| !l.is_empty() && *l != "auto");
+        let language = match requested {
+            Some(language) => language.to_string(),
+            None if english_only => "en".to_string(),
+            None => String::new(),
         };
         Self {
             ctx,
