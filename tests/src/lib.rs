@@ -23,3 +23,41 @@ pub fn assert_input_error(out: &std::process::Output, expected: &str) {
     );
     assert!(out.stdout.is_empty());
 }
+
+/// The test-side Python (`KIROKU_TEST_PYTHON`, else `build/pyenv/bin/python` as `make
+/// pyenv` leaves it) with the subtitle parsers, aiosmtpd and promql-parser.
+pub fn test_python() -> std::path::PathBuf {
+    let python = std::env::var_os("KIROKU_TEST_PYTHON").map_or_else(
+        || std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../build/pyenv/bin/python"),
+        std::path::PathBuf::from,
+    );
+    assert!(
+        python.is_file(),
+        "{} is missing: run `make pyenv` (or set KIROKU_TEST_PYTHON)",
+        python.display()
+    );
+    python
+}
+
+/// Parses SRT and WebVTT `files` with the real parsers (PyPI `srt`, `webvtt-py`, by
+/// `tests/support/check_captions.py`), which also check that they agree cue for cue;
+/// with `cues_out`, the checker writes the cues there as JSON. Panics with the
+/// checker's complaint.
+pub fn check_captions(files: &[std::path::PathBuf], cues_out: Option<&std::path::Path>) {
+    let mut command = std::process::Command::new(test_python());
+    command
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/support/check_captions.py"
+        ))
+        .args(files);
+    if let Some(out) = cues_out {
+        command.arg("--cues").arg(out);
+    }
+    let check = command.output().expect("run caption checker");
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+}

@@ -252,19 +252,6 @@ fn model_fetch_base_is_a_no_op_when_the_model_is_installed() {
 
 /// The Python with the subtitle parsers: `$KIROKU_TEST_PYTHON`, else what `make pyenv`
 /// sets up (`build/pyenv/bin/python`).
-fn test_python() -> PathBuf {
-    let python = std::env::var_os("KIROKU_TEST_PYTHON").map_or_else(
-        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../../build/pyenv/bin/python"),
-        PathBuf::from,
-    );
-    assert!(
-        python.is_file(),
-        "{} is missing: run `make pyenv` (or set KIROKU_TEST_PYTHON)",
-        python.display()
-    );
-    python
-}
-
 /// Asserts that `lines` are `text` broken into lines: every character in order and
 /// nothing added, a line break standing for nothing or for whitespace the text has
 /// there.
@@ -311,7 +298,6 @@ fn japanese_meeting_captions_spell_the_transcript_in_short_lines_without_spaces(
         CAPTION_LINE_COLUMNS_UNSPACED, CAPTION_LINES_PER_CUE, display_columns,
     };
     installed_model("base");
-    let python = test_python();
     let dir = tempfile::tempdir().expect("tempdir");
     let (clip, _) = meeting_clip(dir.path(), &japanese_meeting_sentences());
     let args = ["--model", "base", "--language", "ja"];
@@ -336,21 +322,7 @@ fn japanese_meeting_captions_spell_the_transcript_in_short_lines_without_spaces(
     // The real parsers read both files, check they agree cue for cue, and hand the
     // cues back.
     let cues_file = dir.path().join("cues.json");
-    let check = Command::new(python)
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../tests/support/check_captions.py"
-        ))
-        .args(&files)
-        .arg("--cues")
-        .arg(&cues_file)
-        .output()
-        .expect("run caption checker");
-    assert!(
-        check.status.success(),
-        "{}",
-        String::from_utf8_lossy(&check.stderr)
-    );
+    kiroku_tests::check_captions(&files, Some(&cues_file));
     let cues: Value =
         serde_json::from_slice(&std::fs::read(&cues_file).expect("cues")).expect("cues JSON");
     let cues = cues.as_array().expect("cue list");

@@ -32,11 +32,22 @@ fn model_path() -> PathBuf {
 /// silence; and the script.
 fn meeting_audio(dir: &Path) -> (Vec<f32>, String) {
     let sentences = meeting_sentences();
+    let wavs: Vec<PathBuf> = sentences
+        .iter()
+        .enumerate()
+        .map(|(index, sentence)| {
+            synthesize(dir, &format!("s{index}"), sentence, 16_000, 1, 0.3)
+                .expect("synthesize speech")
+        })
+        .collect();
+    (over_noise_floor(&wavs), sentences.join(" "))
+}
+
+/// The 16 kHz WAV files one after the other, over a faint noise floor (~−55 dBFS).
+fn over_noise_floor(wavs: &[PathBuf]) -> Vec<f32> {
     let mut samples = Vec::new();
-    for (index, sentence) in sentences.iter().enumerate() {
-        let wav = synthesize(dir, &format!("s{index}"), sentence, 16_000, 1, 0.3)
-            .expect("synthesize speech");
-        let file = std::fs::File::open(&wav).expect("open wav");
+    for wav in wavs {
+        let file = std::fs::File::open(wav).expect("open wav");
         samples.extend(
             decode_wav(std::io::BufReader::new(file))
                 .expect("decode wav")
@@ -49,7 +60,7 @@ fn meeting_audio(dir: &Path) -> (Vec<f32>, String) {
         state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
         *sample += ((state >> 8) as f32 / (1u32 << 24) as f32 - 0.5) * 0.006;
     }
-    (samples, sentences.join(" "))
+    samples
 }
 
 fn load_engine() -> Engine {
@@ -132,24 +143,16 @@ const MAX_JAPANESE_STREAMING_CER: f64 = 0.12;
 /// samples, with the same faint noise floor as the English audio; and the script.
 fn japanese_meeting_audio(dir: &Path) -> (Vec<f32>, String) {
     let sentences = japanese_meeting_sentences();
-    let mut samples = Vec::new();
-    for (index, sentence) in sentences.iter().enumerate() {
-        let lead_silence_s = if index == 0 { 0.5 } else { 0.0 };
-        let wav = synthesize_japanese(dir, &format!("ja{index}"), sentence, lead_silence_s)
-            .expect("synthesize Japanese speech (make deps japanese-voice)");
-        let file = std::fs::File::open(&wav).expect("open wav");
-        samples.extend(
-            decode_wav(std::io::BufReader::new(file))
-                .expect("decode wav")
-                .samples,
-        );
-    }
-    let mut state: u32 = 0x1234_5678;
-    for sample in &mut samples {
-        state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-        *sample += ((state >> 8) as f32 / (1u32 << 24) as f32 - 0.5) * 0.006;
-    }
-    (samples, sentences.concat())
+    let wavs: Vec<PathBuf> = sentences
+        .iter()
+        .enumerate()
+        .map(|(index, sentence)| {
+            let lead_silence_s = if index == 0 { 0.5 } else { 0.0 };
+            synthesize_japanese(dir, &format!("ja{index}"), sentence, lead_silence_s)
+                .expect("synthesize Japanese speech (make deps japanese-voice)")
+        })
+        .collect();
+    (over_noise_floor(&wavs), sentences.concat())
 }
 
 /// Japanese has no spaces: before token-level agreement a whole sentence was one
