@@ -120,11 +120,11 @@ $(BUILD)/bench-venv/.ok:
 	$(BUILD)/bench-venv/bin/pip install -q --disable-pip-version-check faster-whisper==1.2.1
 	touch $@
 
-bench: deps model $(BUILD)/bench-venv/.ok ## kiroku vs faster-whisper, same audio and model, one table
+bench: deps model japanese-voice $(BUILD)/bench-venv/.ok ## kiroku vs faster-whisper, same audio and model: English and Japanese tables
 	cargo build --release -p kiroku-cli
 	python3 tests/bench/bench.py $(KIROKU_RELEASE) $(KIROKU_MODEL_DIR) $(BUILD)/bench $(or $(ROUNDS),3)
 
-bench-stream: deps model ## live streaming on the local cluster: latency, concurrency, WER, plumbing
+bench-stream: deps model japanese-voice ## live streaming on the local cluster: latency, concurrency, WER, plumbing
 	cargo build --release -p kiroku-cli
 	python3 tests/bench/bench_stream.py $(KIROKU_RELEASE) $(BUILD)/bench-stream
 
