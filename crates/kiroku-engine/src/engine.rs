@@ -98,6 +98,16 @@ pub struct ModelInfo {
     pub n_mels: i32,
 }
 
+impl ModelInfo {
+    /// The model's name as `kiroku model list` shows it: `ggml-base.bin` → `base`.
+    pub fn name(&self) -> String {
+        self.path
+            .file_stem()
+            .map(|s| s.to_string_lossy().trim_start_matches("ggml-").to_string())
+            .unwrap_or_default()
+    }
+}
+
 /// Progress callback: percentage 0..=100 of the audio decoded.
 pub type ProgressFn = Box<dyn FnMut(i32) + Send>;
 
@@ -254,14 +264,9 @@ impl Engine {
             }
             if !self.info.multilingual && language != "en" {
                 // The model's name, not its path: this message reaches API clients.
-                let name = self
-                    .info
-                    .path
-                    .file_stem()
-                    .map(|s| s.to_string_lossy().trim_start_matches("ggml-").to_string())
-                    .unwrap_or_default();
                 return Err(EngineError::InvalidOption(format!(
-                    "model {name} is English-only; language {language:?} needs a multilingual model such as base"
+                    "model {} is English-only; language {language:?} needs a multilingual model such as base",
+                    self.info.name()
                 )));
             }
         }

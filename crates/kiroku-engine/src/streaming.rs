@@ -155,9 +155,9 @@ impl PolicyConfig {
     /// This configuration for a stream in `language` (ISO 639-1; empty while it is
     /// still being detected).
     ///
-    /// Japanese and Chinese: every Whisper token is a word, and fast speech reaches
-    /// 10 characters a second (the test meeting averages 4.5 over 27.8 s with pauses),
-    /// so the token cap and the loop guard's word rate are raised (an unknown language
+    /// Japanese and Chinese: every Whisper token is a word, so the token cap and the
+    /// loop guard's word rate are raised to 2.5× English's, leaving headroom over the
+    /// test meeting's 4.4 characters a second (123 in 27.8 s) (an unknown language
     /// gets the raised caps too: a cap is a loop guard, and a higher one only costs time
     /// when Whisper loops). Japanese also pauses at 、 mid-sentence: an utterance ends
     /// only after [`UNSPACED_FINALIZE_SILENCE_MS`], so that a clause is not decoded on its
@@ -838,22 +838,22 @@ fn normalize(word: &str) -> String {
 /// ("予算。" → ["予", "算"], "Kirokuの" → ["kiroku", "の"]). English words are one unit
 /// each, so for English this is word-level alignment.
 fn units(word: &str) -> Vec<String> {
-    let mut units = Vec::new();
-    let mut run = String::new();
-    for c in normalize(word).chars() {
-        if is_unspaced(c) {
-            if !run.is_empty() {
-                units.push(std::mem::take(&mut run));
-            }
-            units.push(c.to_string());
-        } else {
-            run.push(c);
+    unit_spans(word).into_iter().map(|(_, unit)| unit).collect()
+}
+
+/// [`units`] with the byte offset in `word` where each one starts.
+fn unit_spans(word: &str) -> Vec<(usize, String)> {
+    let mut spans: Vec<(usize, String)> = Vec::new();
+    let mut in_run = false;
+    for (offset, c) in word.char_indices().filter(|(_, c)| c.is_alphanumeric()) {
+        let unspaced = is_unspaced(c);
+        match spans.last_mut() {
+            Some((_, run)) if in_run && !unspaced => run.extend(c.to_lowercase()),
+            _ => spans.push((offset, c.to_lowercase().collect())),
         }
+        in_run = !unspaced;
     }
-    if !run.is_empty() {
-        units.push(run);
-    }
-    units
+    spans
 }
 
 /// The words of a checkpoint's space-joined text tail, as [`units`].
@@ -869,7 +869,7 @@ fn normalized_words(text: &str) -> Vec<Vec<String>> {
 fn drop_units(words: &[Word], mut count: usize) -> Vec<Word> {
     let mut out = Vec::with_capacity(words.len());
     for word in words {
-        let word_units = units(&word.text).len();
+        let word_units = unit_spans(&word.text).len();
         if count >= word_units {
             count -= word_units;
             continue;
@@ -878,25 +878,9 @@ fn drop_units(words: &[Word], mut count: usize) -> Vec<Word> {
             out.push(word.clone());
             continue;
         }
-        // Skip `count` units' characters (as `units` counts them: punctuation belongs
-        // to no unit, a run of spaced-script letters is one).
-        let mut seen = 0;
-        let mut in_run = false;
-        let mut cut_at = word.text.len();
-        for (index, c) in word.text.char_indices() {
-            if !c.is_alphanumeric() {
-                continue;
-            }
-            let starts_unit = is_unspaced(c) || !in_run;
-            in_run = !is_unspaced(c);
-            if starts_unit {
-                if seen == count {
-                    cut_at = index;
-                    break;
-                }
-                seen += 1;
-            }
-        }
+        let cut_at = unit_spans(&word.text)
+            .get(count)
+            .map_or(word.text.len(), |&(offset, _)| offset);
         let text = word.text[cut_at..].to_string();
         let total = word.text.chars().count().max(1) as u64;
         let dropped = word.text[..cut_at].chars().count() as u64;

@@ -118,10 +118,7 @@ pub async fn serve(
             let engine = tokio::task::spawn_blocking(move || Engine::load(&engine_config))
                 .await
                 .context("loading the model")??;
-            let name = model_path
-                .file_stem()
-                .map(|s| s.to_string_lossy().trim_start_matches("ggml-").to_string())
-                .unwrap_or_default();
+            let name = engine.info().name();
             (Some(Arc::new(engine)), name)
         }
         EngineKind::NullForBenchmarks => {
