@@ -36,6 +36,20 @@ pub fn character_error_rate(reference: &str, hypothesis: &str) -> f64 {
     char_edits(reference, hypothesis) as f64 / reference_chars as f64
 }
 
+/// The first phrase of at least `min_chars` (after [`normalize`]) written twice in a
+/// row ("質問がなければ質問がなければ"): the streaming failure of committing one phrase
+/// twice. Longest first at each position.
+pub fn doubled_phrase(text: &str, min_chars: usize) -> Option<String> {
+    let chars = normalize(text);
+    (0..chars.len()).find_map(|start| {
+        let longest = (chars.len() - start) / 2;
+        (min_chars.max(1)..=longest)
+            .rev()
+            .find(|&len| chars[start..start + len] == chars[start + len..start + 2 * len])
+            .map(|len| chars[start..start + len].iter().collect())
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -52,6 +66,17 @@ mod tests {
             0.0
         );
         assert_eq!(normalize("部長々ー、。"), vec!['部', '長', '々', 'ー']);
+    }
+
+    #[test]
+    fn finds_a_phrase_written_twice_in_a_row() {
+        assert_eq!(
+            doubled_phrase("次回の質問なければ、質問なければ。本日", 4).as_deref(),
+            Some("質問なければ")
+        );
+        // Repeated, but not back to back; or too short.
+        assert_eq!(doubled_phrase("会議は水曜日、会議は金曜日", 3), None);
+        assert_eq!(doubled_phrase("はいはい", 4), None);
     }
 
     #[test]

@@ -683,6 +683,9 @@ fn counter(admin: &str, name: &str) -> f64 {
         .sum()
 }
 
+/// Japanese CER bound of a live stream through the cluster (see its use).
+const MAX_CLUSTER_JAPANESE_CER: f64 = 0.2;
+
 /// Issue "Japanese meetings": two worker pools, tiny.en workers in `english` and base
 /// workers in `multilingual`, with the gateway routing `en` to the first and everything
 /// else (detection included) to the second. A Japanese meeting streamed without a
@@ -757,9 +760,20 @@ fn sessions_go_to_the_pool_of_their_language_and_japanese_is_detected() {
     let reference = japanese.concat();
     let cer = kiroku_tests::cer::character_error_rate(&reference, &ja_text);
     eprintln!("Japanese stream: CER {cer:.3}: {ja_text}");
+    // Paced by real decodes, which hypotheses get compared depends on the machine's
+    // load: this meeting's streaming CER measured 0.057 to 0.154 over timings (the
+    // accuracy bound proper is the deterministic simulation's in kiroku-engine). This
+    // bound catches what breaks the captions: the wrong language, lost or doubled
+    // sentences.
     assert!(
-        cer <= 0.12,
-        "streaming CER {cer:.3} > 0.12\nreference:  {reference}\nhypothesis: {ja_text}"
+        cer <= MAX_CLUSTER_JAPANESE_CER,
+        "streaming CER {cer:.3} > {MAX_CLUSTER_JAPANESE_CER}\nreference:  {reference}\nhypothesis: {ja_text}"
+    );
+    // A phrase committed twice (CI once saw "質問ななければ質問ななければ").
+    assert_eq!(
+        kiroku_tests::cer::doubled_phrase(&ja_text, 4),
+        None,
+        "doubled phrase in {ja_text}"
     );
     assert!(!ja_text.contains(' '), "spaces inserted: {ja_text}");
     assert_wer(&en, &en_reference, 0.15);

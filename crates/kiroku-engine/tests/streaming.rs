@@ -203,6 +203,11 @@ fn streamed_japanese_commits_tokens_before_the_sentence_ends() {
         "streaming CER {cer:.3} > {MAX_JAPANESE_STREAMING_CER}\nreference:  {reference}\nhypothesis: {text}"
     );
     assert!(!text.contains(' '), "spaces inserted into Japanese: {text}");
+    assert_eq!(
+        kiroku_tests::cer::doubled_phrase(&text, 4),
+        None,
+        "a phrase committed twice: {text}"
+    );
     assert!(
         before_pause * 2 >= total,
         "only {before_pause} of {total} characters were committed before their sentence's pause"
