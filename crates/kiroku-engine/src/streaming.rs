@@ -912,25 +912,20 @@ fn remove_units(words: &[Word], removed: Range<usize>) -> Vec<Word> {
         };
         let cut_to = offset(cut.end);
         let chars = |text: &str| text.chars().count() as u64;
-        let total = chars(&word.text).max(1);
-        let span = word.end_ms.saturating_sub(word.start_ms);
         let (before, after) = (&word.text[..cut_from], &word.text[cut_to..]);
-        let cut_chars = chars(&word.text[cut_from..cut_to]);
+        let removed_ms = word.end_ms.saturating_sub(word.start_ms)
+            * chars(&word.text[cut_from..cut_to])
+            / chars(&word.text).max(1);
+        // Characters removed at the start delay it; at the end, they pull it in.
+        let (start_ms, end_ms) = match (before.is_empty(), after.is_empty()) {
+            (true, _) => (word.start_ms + removed_ms, word.end_ms),
+            (false, true) => (word.start_ms, word.end_ms - removed_ms),
+            (false, false) => (word.start_ms, word.end_ms),
+        };
         out.push(Word {
             text: format!("{before}{after}"),
-            // Characters removed at the start delay it; at the end, they pull it in.
-            start_ms: word.start_ms
-                + if before.is_empty() {
-                    span * cut_chars / total
-                } else {
-                    0
-                },
-            end_ms: word.end_ms
-                - if after.is_empty() {
-                    span * cut_chars / total
-                } else {
-                    0
-                },
+            start_ms,
+            end_ms,
             probability: word.probability,
         });
     }
@@ -1035,8 +1030,9 @@ const MIN_SQUEEZED_REPEAT_CHARS: usize = 4;
 /// Longest squeezed repeat looked for, in units (a Japanese sentence, a long English
 /// clause); a longer copy is removed a piece at a time.
 const MAX_SQUEEZED_REPEAT_UNITS: usize = 32;
-/// Text given less time than this per character was not heard: Japanese speech runs at
-/// 8–10 characters a second (100+ ms each), fast English at 15 letters a second.
+/// Text given less time than this per character was not heard: the Japanese test meeting
+/// is spoken at 4.4 characters a second (~230 ms each), while the recorded copies got
+/// 4–14 ms a character.
 const SQUEEZED_MS_PER_CHAR: u64 = 20;
 
 /// Whisper's other loop, seen with the Japanese prompt on short buffers: a phrase heard
@@ -1066,14 +1062,18 @@ fn find_squeezed_repeat(words: &[Word]) -> Option<Range<usize>> {
         .flat_map(|w| units(&w.text).into_iter().map(move |u| (w, u)))
         .collect();
     let same = |a: usize, b: usize, len: usize| (0..len).all(|k| units[a + k].1 == units[b + k].1);
+    // chars_before[i]: characters in the units before unit i.
+    let chars_before: Vec<usize> = std::iter::once(0)
+        .chain(units.iter().scan(0, |total, (_, u)| {
+            *total += u.chars().count();
+            Some(*total)
+        }))
+        .collect();
     for start in 0..units.len() {
         let longest = (units.len() - start).min(MAX_SQUEEZED_REPEAT_UNITS);
         for len in (1..=longest).rev() {
             let end = start + len;
-            let chars: usize = units[start..end]
-                .iter()
-                .map(|(_, u)| u.chars().count())
-                .sum();
+            let chars = chars_before[end] - chars_before[start];
             if chars < MIN_SQUEEZED_REPEAT_CHARS {
                 break;
             }
