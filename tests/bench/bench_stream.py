@@ -22,8 +22,18 @@
    end of its own segment (end_ms, audio time from the stream start). Needs
    `make japanese-voice` (or KIROKU_TEST_HTS_VOICE) and `kiroku model fetch --model base`.
 
+7. Minutes (issue "Minutes as accurate as a file"): every single-stream part reports the
+   minutes (the utterance finals) against the batch transcript of the same audio, caption
+   latency (word end -> first shown at the client: its caption, or its final when no
+   caption held it) and final latency (the final's last word end -> final at the
+   client), and the worker's CPU (% of the machine's cores) over the stream. `long` is a
+   3.5-minute meeting of three espeak-ng voices (tests/support/long_meeting.txt). The
+   "before" column is the README's run of the previous release (captions were the
+   minutes then), for comparison; everything else is measured in this run.
+
 Usage: bench_stream.py KIROKU_BIN WORK_DIR [PART...]
-PART: english (1-3, single stream), sweep (4), plumbing (5), japanese (6); default all.
+PART: english (1-3, single stream), long (7), sweep (4), plumbing (5), japanese (6);
+default all.
 """
 import difflib
 import json
@@ -60,11 +70,125 @@ def wer(reference, hypothesis):
     return d[len(h)] / max(len(r), 1)
 
 
-def synthesize(work, name, text):
+def synthesize(work, name, text, voice="en-us", lead=0.5, trail=0.5):
     raw, out = os.path.join(work, name + ".raw.wav"), os.path.join(work, name + ".wav")
-    subprocess.run(["espeak-ng", "-v", "en-us", "-s", "155", "-w", raw, text], check=True)
-    subprocess.run(["sox", raw, "-b", "16", "-r", "16000", "-c", "1", out, "pad", "0.5", "0.5"], check=True)
+    subprocess.run(["espeak-ng", "-v", voice, "-s", "155", "-w", raw, text], check=True)
+    subprocess.run(["sox", raw, "-b", "16", "-r", "16000", "-c", "1", out, "pad", str(lead), str(trail)],
+                   check=True)
     return out
+
+
+LONG_MEETING_FILE = os.path.join(os.path.dirname(__file__), "..", "support", "long_meeting.txt")
+LONG_MEETING_VOICES = {"A": "en-us", "B": "en-gb+m3", "C": "en-us+f3"}
+
+
+def long_meeting(work):
+    """tests/src/speech.rs `english_long_meeting`: three voices, turn after turn, 0.3 s
+    between one speaker's turns, 0.5-0.9 s between speakers."""
+    with open(LONG_MEETING_FILE, encoding="utf-8") as f:
+        turns = [line.strip().split("|", 1) for line in f if "|" in line]
+    parts = []
+    for i, (speaker, text) in enumerate(turns):
+        same = i + 1 < len(turns) and turns[i + 1][0] == speaker
+        pause = 0.3 if same else 0.5 + 0.1 * (i % 5)
+        parts.append(synthesize(work, f"long-{i}", text, LONG_MEETING_VOICES.get(speaker, "en-us+f3"),
+                                0.5 if i == 0 else 0.0, pause))
+    wav = os.path.join(work, "meeting-3voices.wav")
+    subprocess.run(["sox", *parts, wav], check=True)
+    return wav, " ".join(text for _, text in turns)
+
+
+def worker_cpu_seconds(cluster):
+    """CPU seconds (user + system) so far of the `kiroku serve worker` processes that
+    `kiroku up` (`cluster`) started."""
+    total = 0.0
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read().split(b"\0")
+            with open(f"/proc/{pid}/stat") as f:
+                # Fields after "(comm)": state, ppid, ..., utime (12th), stime (13th).
+                stat = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if b"serve" in cmd and b"worker" in cmd and int(stat[1]) == cluster.pid:
+            total += (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def shown_latencies(report, ref_words=None):
+    """Caption latency per word (ms): when it was first shown at the client (its caption,
+    or its final when no caption held it) - when it ended. With `ref_words` the end is
+    the batch timeline's (matched by text); else the stream's own word times."""
+    pieces = sorted([(c["arrival_ms"], c["segment"]) for c in report.get("captions", [])] +
+                    [(f["arrival_ms"], f["segment"]) for f in report["finals"]], key=lambda p: p[0])
+    shown, until = [], -1
+    for arrival, segment in pieces:
+        for w in segment["words"]:
+            if w["end_ms"] > until:
+                until = w["end_ms"]
+                shown.append((w["text"], arrival, w["end_ms"] / report["speed"]))
+    if ref_words is None:
+        return [arrival - end for _, arrival, end in shown]
+    a = [normalize(t)[0] if normalize(t) else "" for t, _ in ref_words]
+    b = [normalize(t)[0] if normalize(t) else "" for t, _, _ in shown]
+    out = []
+    for block in difflib.SequenceMatcher(a=a, b=b, autojunk=False).get_matching_blocks():
+        for k in range(block.size):
+            out.append(shown[block.b + k][1] - ref_words[block.a + k][1])
+    return out
+
+
+def final_latencies(report):
+    """Per final (ms): its arrival at the client - the end of its last word."""
+    return [f["arrival_ms"] - f["segment"]["end_ms"] / report["speed"] for f in report["finals"]]
+
+
+def minutes_run(kiroku, work, name, wav, text, cluster_args, stream_args=(), error=None):
+    """One stream on a fresh cluster: minutes vs batch, caption and final latency, CPU."""
+    error = error or wer
+    batch_json = batch(kiroku, wav, *(["--model", "base", "--language", "ja"] if error is cer else []))
+    cluster = start_cluster(kiroku, work, name, ["--workers", "1", *cluster_args])
+    try:
+        cpu_before, started = worker_cpu_seconds(cluster), time.monotonic()
+        [report] = stream_clients(kiroku, work, wav, 1, name, stream_args)
+        cpu = (worker_cpu_seconds(cluster) - cpu_before) / (time.monotonic() - started) / os.cpu_count()
+    finally:
+        stop_cluster(cluster)
+    join = "".join if error is cer else " ".join
+    minutes = join(f["segment"]["text"] for f in report["finals"])
+    captions = report.get("captions", [])
+    caption_lat = shown_latencies(report, None if error is cer else reference_words(batch_json))
+    fin = final_latencies(report)
+    print(f"  {name} minutes: {minutes}\n  {name} batch:   {batch_json['text']}", file=sys.stderr)
+    return {
+        "audio_s": batch_json["duration_ms"] / 1000,
+        "finals": len(report["finals"]), "captions": len(captions),
+        "words": sum(len(f["segment"]["words"]) for f in report["finals"]),
+        "caption_p50": pct(caption_lat, 0.5), "caption_p95": pct(caption_lat, 0.95),
+        "final_p50": pct(fin, 0.5), "final_p95": pct(fin, 0.95),
+        "first_interim": report["first_interim_ms"],
+        "minutes_error": error(text, minutes), "batch_error": error(text, batch_json["text"]),
+        "punctuated": "。" in minutes if error is cer else True,
+        "cpu": cpu, "reconnects": report["reconnects"],
+        "language": report["transcript"].get("language"),
+    }
+
+
+def minutes_table(title, r, unit, before, final_goal):
+    print()
+    print(title)
+    print(f"| metric | this run | before (README, 2026-12-03) | goal |")
+    print(f"|---|---|---|---|")
+    print(f"| minutes {unit} (streamed at 1x) | {r['minutes_error']:.3f} | {before['minutes']} | "
+          f"<= batch + 0.01 = {r['batch_error'] + 0.01:.3f} |")
+    print(f"| batch {unit} (`kiroku transcribe`, same audio) | {r['batch_error']:.3f} | {before['batch']} | |")
+    print(f"| finals (utterances) / words | {r['finals']} / {r['words']} | {before['finals']} | |")
+    print(f"| caption latency p50 / p95 (word end -> first shown) | {r['caption_p50'] / 1000:.2f} / "
+          f"{r['caption_p95'] / 1000:.2f} s | {before['caption']} | no worse |")
+    print(f"| final latency p50 / p95 (utterance end -> final) | {r['final_p50'] / 1000:.2f} / "
+          f"{r['final_p95'] / 1000:.2f} s | - | p95 <= {final_goal} |")
+    print(f"| worker CPU for one stream (% of all cores) | {100 * r['cpu']:.0f}% | - | report |")
 
 
 def batch(kiroku, wav, *extra):
@@ -250,16 +374,34 @@ def seconds(ms):
 
 def main():
     kiroku, work = sys.argv[1], sys.argv[2]
-    parts = sys.argv[3:] or ["english", "sweep", "plumbing", "japanese"]
-    unknown = set(parts) - {"english", "sweep", "plumbing", "japanese"}
+    all_parts = ["english", "long", "sweep", "plumbing", "japanese"]
+    parts = sys.argv[3:] or all_parts
+    unknown = set(parts) - set(all_parts)
     if unknown:
-        sys.exit(f"unknown parts {sorted(unknown)}: use english, sweep, plumbing, japanese")
+        sys.exit(f"unknown parts {sorted(unknown)}: use {', '.join(all_parts)}")
     os.makedirs(work, exist_ok=True)
     voice = japanese_voice(work) if "japanese" in parts else None  # checked before any part runs
     single = english_single(kiroku, work) if "english" in parts else None
     sweep = concurrency_sweep(kiroku, work) if "sweep" in parts else []
     plumbing = plumbing_latency(kiroku, work) if "plumbing" in parts else []
     japanese = japanese_single(kiroku, work, voice) if "japanese" in parts else None
+    minutes = []
+    if "english" in parts:
+        text = " ".join(SENTENCES)
+        minutes.append(("English minutes: tiny.en, the 42 s meeting", minutes_run(
+            kiroku, work, "minutes-en", synthesize(work, "meeting-long", text), text, []), "WER",
+            {"minutes": "0.172", "batch": "0.060", "finals": "40 for 59 words", "caption": "0.51 / 1.25 s"},
+            "1.5 s"))
+    if "long" in parts:
+        wav, text = long_meeting(work)
+        minutes.append(("English minutes: tiny.en, 3.5-minute meeting, three voices", minutes_run(
+            kiroku, work, "minutes-long", wav, text, []), "WER",
+            {"minutes": "-", "batch": "-", "finals": "-", "caption": "-"}, "1.5 s"))
+    if "japanese" in parts:
+        wav, text = japanese_meeting_clip(work, voice, JAPANESE_SENTENCES, "minutes-ja")
+        minutes.append(("Japanese minutes: base, --language ja", minutes_run(
+            kiroku, work, "minutes-ja", wav, text, ["--model", "base"], ["--language", "ja"], cer), "CER",
+            {"minutes": "0.138", "batch": "0.033", "finals": "-", "caption": "-"}, "2.5 s"))
 
     held = max([n for _, n, _, p95, _ in sweep if p95 <= 2000], default=0)
     if single:
@@ -305,6 +447,11 @@ def main():
         print(f"| language of the streamed transcript | {j['stream_language'] or '-'} |")
         print(f"| streaming CER | {j['stream_cer']:.3f} |")
         print(f"| batch CER (`kiroku transcribe --model base --language ja`, same audio) | {j['batch_cer']:.3f} |")
+    for title, result, unit, before, goal in minutes:
+        minutes_table(title + f" ({result['audio_s']:.0f} s, release build, 2-core machine, paced at 1x)",
+                      result, unit, before, goal)
+        if unit == "CER":
+            print(f"| minutes punctuated (。) | {'yes' if result['punctuated'] else 'no'} | no | yes |")
 
 
 if __name__ == "__main__":

@@ -37,9 +37,34 @@ pub fn synthesize(
     channels: u16,
     lead_silence_s: f32,
 ) -> Result<PathBuf> {
+    synthesize_voice(
+        dir,
+        name,
+        text,
+        "en-us",
+        rate_hz,
+        channels,
+        lead_silence_s,
+        0.3,
+    )
+}
+
+/// [`synthesize`] with an espeak-ng `voice` (e.g. `en-gb+m3`) and `trail_silence_s`
+/// seconds of silence after the speech.
+#[allow(clippy::too_many_arguments)]
+pub fn synthesize_voice(
+    dir: &Path,
+    name: &str,
+    text: &str,
+    voice: &str,
+    rate_hz: u32,
+    channels: u16,
+    lead_silence_s: f32,
+    trail_silence_s: f32,
+) -> Result<PathBuf> {
     let raw = dir.join(format!("{name}.espeak.wav"));
     run(Command::new("espeak-ng")
-        .args(["-v", "en-us", "-s", "155", "-w"])
+        .args(["-v", voice, "-s", "155", "-w"])
         .arg(&raw)
         .arg(text))?;
     let out = dir.join(format!("{name}.wav"));
@@ -54,7 +79,11 @@ pub fn synthesize(
             &channels.to_string(),
         ])
         .arg(&out)
-        .args(["pad", &lead_silence_s.to_string(), "0.3"]))?;
+        .args([
+            "pad",
+            &lead_silence_s.to_string(),
+            &trail_silence_s.to_string(),
+        ]))?;
     Ok(out)
 }
 
@@ -156,4 +185,97 @@ pub fn duration_ms(path: &Path) -> Result<u64> {
         .parse()
         .context("parsing soxi -D")?;
     Ok((seconds * 1000.0).round() as u64)
+}
+
+/// 16 kHz mono 16-bit WAV files one after the other as samples in -1..1, over a faint
+/// noise floor (~−55 dBFS) so a VAD does not see digital silence. The noise is a fixed
+/// linear congruential generator: the same on every run.
+pub fn over_noise_floor(wavs: &[PathBuf]) -> Result<Vec<f32>> {
+    let mut samples = Vec::new();
+    for wav in wavs {
+        let reader =
+            hound::WavReader::open(wav).with_context(|| format!("opening {}", wav.display()))?;
+        for sample in reader.into_samples::<i16>() {
+            samples.push(f32::from(sample?) / 32768.0);
+        }
+    }
+    let mut state: u32 = 0x1234_5678;
+    for sample in &mut samples {
+        state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+        *sample += ((state >> 8) as f32 / (1u32 << 24) as f32 - 0.5) * 0.006;
+    }
+    Ok(samples)
+}
+
+/// The English meeting script spoken sentence after sentence, 0.6 s apart (sox pads
+/// 0.3 s on each side), over the noise floor; and the script.
+pub fn english_meeting(dir: &Path) -> Result<(Vec<f32>, String)> {
+    let sentences = meeting_sentences();
+    let wavs = sentences
+        .iter()
+        .enumerate()
+        .map(|(index, sentence)| synthesize(dir, &format!("s{index}"), sentence, 16_000, 1, 0.3))
+        .collect::<Result<Vec<_>>>()?;
+    Ok((over_noise_floor(&wavs)?, sentences.join(" ")))
+}
+
+/// The long English meeting (`tests/support/long_meeting.txt`, written for Kiroku's
+/// tests): three speakers, about 40 turns, as (espeak-ng voice, sentence).
+pub fn long_meeting_turns() -> Vec<(&'static str, &'static str)> {
+    include_str!("../support/long_meeting.txt")
+        .lines()
+        .filter_map(|line| line.split_once('|'))
+        .map(|(speaker, text)| {
+            let voice = match speaker {
+                "A" => "en-us",
+                "B" => "en-gb+m3",
+                _ => "en-us+f3",
+            };
+            (voice, text)
+        })
+        .collect()
+}
+
+/// The long meeting spoken turn after turn by three voices, with pauses of 0.3–0.9 s
+/// between turns (shorter within one speaker's turns), over the noise floor; and the
+/// script. About 3.5 minutes.
+pub fn english_long_meeting(dir: &Path) -> Result<(Vec<f32>, String)> {
+    let turns = long_meeting_turns();
+    let mut wavs = Vec::with_capacity(turns.len());
+    for (index, (voice, text)) in turns.iter().enumerate() {
+        let same_speaker = turns.get(index + 1).is_some_and(|(next, _)| next == voice);
+        let pause_s = if same_speaker {
+            0.3
+        } else {
+            0.5 + 0.1 * (index % 5) as f32
+        };
+        let lead_s = if index == 0 { 0.5 } else { 0.0 };
+        wavs.push(synthesize_voice(
+            dir,
+            &format!("long{index}"),
+            text,
+            voice,
+            16_000,
+            1,
+            lead_s,
+            pause_s,
+        )?);
+    }
+    let script: Vec<&str> = turns.iter().map(|(_, text)| *text).collect();
+    Ok((over_noise_floor(&wavs)?, script.join(" ")))
+}
+
+/// The Japanese meeting sentences (Open JTalk, 0.5 s of silence before the first, 0.4 s
+/// after each) over the noise floor; and the script.
+pub fn japanese_meeting(dir: &Path) -> Result<(Vec<f32>, String)> {
+    let sentences = japanese_meeting_sentences();
+    let wavs = sentences
+        .iter()
+        .enumerate()
+        .map(|(index, sentence)| {
+            let lead_silence_s = if index == 0 { 0.5 } else { 0.0 };
+            synthesize_japanese(dir, &format!("ja{index}"), sentence, lead_silence_s)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok((over_noise_floor(&wavs)?, sentences.concat()))
 }

@@ -1,5 +1,6 @@
 //! `kiroku stream FILE`: plays a WAV file to a gateway as a live client would (paced at
-//! `--speed` × real time), shows the interim caption live and each final line.
+//! `--speed` × real time), shows the live caption line (captions, then the interim tail)
+//! and replaces it with each utterance's final, one line a sentence.
 //!
 //! A resilient client: when the connection or gateway fails it reconnects (to the next
 //! `--gateway` in the list), resumes the session with its token, receives the finals it
@@ -130,6 +131,15 @@ struct ReceivedFinal {
     segment: Segment,
 }
 
+/// One caption as received (the bench measures caption latency from these).
+#[derive(Debug, Clone, Serialize)]
+struct ReceivedCaption {
+    result_seq: u64,
+    /// Milliseconds after the first frame was due.
+    arrival_ms: f64,
+    segment: Segment,
+}
+
 #[derive(Debug, Serialize)]
 struct Report {
     speed: f64,
@@ -139,6 +149,7 @@ struct Report {
     /// detection gets a second session info with the detected language).
     session_languages: Vec<String>,
     finals: Vec<ReceivedFinal>,
+    captions: Vec<ReceivedCaption>,
     server_stats: Option<ServerStats>,
 }
 
@@ -147,6 +158,8 @@ struct ServerStats {
     finals: u32,
     final_latency_p50_ms: u32,
     final_latency_p95_ms: u32,
+    caption_latency_p50_ms: u32,
+    caption_latency_p95_ms: u32,
 }
 
 /// What survives a reconnect.
@@ -155,6 +168,7 @@ struct Progress {
     last_final_seq: u64,
     resume_token: Option<String>,
     finals: Vec<ReceivedFinal>,
+    captions_received: Vec<ReceivedCaption>,
     first_interim_ms: Option<f64>,
     server_stats: Option<ServerStats>,
     language: String,
@@ -162,51 +176,39 @@ struct Progress {
     captions: Captions,
 }
 
-/// Caption lines on stdout. On a terminal, finals of one utterance join into one line
-/// (a final that starts within 600 ms of the previous one's end continues it), redrawn in
-/// place with the interim tail dimmed after it. Piped, each final is its own line, printed
-/// as it arrives.
+/// The caption line on stdout.
+///
+/// On a terminal, one live line is redrawn in place: the captions of the utterance being
+/// spoken (stable), then the interim tail (dimmed). When the utterance's final arrives it
+/// replaces that line and is printed for good, so the screen ends up with the minutes,
+/// one utterance a line. The live line never wraps: it shows the newest part that fits
+/// the terminal's width (read at each redraw, so a resized terminal is followed), because
+/// a wrapped line cannot be rewritten in place with `\r`. Notices (reconnects, the
+/// detected language) clear the live line, print on their own line, and redraw it.
+/// Piped, only finals are printed, one line each, as they arrive.
 #[derive(Debug, Default)]
 struct Captions {
     enabled: bool,
     tty: bool,
-    /// (start ms, end ms, text) of the open line.
-    line: Option<(u64, u64, String)>,
+    /// Stable caption text of the open utterance, and the start of its first word.
+    line: String,
+    line_start_ms: Option<u64>,
     interim: String,
+    /// Something is drawn on the live row.
+    drawn: bool,
 }
 
 impl Captions {
-    /// Columns of the one terminal row the open line and the interim tail share: a
-    /// full-width (Japanese) character takes two, so they are counted, not characters.
-    const ROW_COLUMNS: usize = 100;
+    /// Columns used when the width cannot be read.
+    const FALLBACK_COLUMNS: usize = 80;
 
-    fn add_final(&mut self, segment: &Segment) {
-        if !self.enabled {
+    fn add_caption(&mut self, segment: &Segment) {
+        if !self.enabled || !self.tty {
             return;
         }
-        if !self.tty {
-            // Piped: one line per final as soon as it arrives (scripts and tests read it).
-            println!(
-                "[{} → {}] {}",
-                clock(segment.start_ms),
-                clock(segment.end_ms),
-                segment.text
-            );
-            let _ = std::io::stdout().flush();
-            return;
-        }
-        match &mut self.line {
-            Some((_, end, text)) if segment.start_ms <= *end + 600 => {
-                *end = segment.end_ms;
-                // Japanese finals join without a space, English with one.
-                *text = kiroku_core::transcript::join_words([text.as_str(), &segment.text]);
-            }
-            _ => {
-                self.finish_line();
-                let text = segment.text.trim().to_string();
-                self.line = Some((segment.start_ms, segment.end_ms, text));
-            }
-        }
+        self.line_start_ms.get_or_insert(segment.start_ms);
+        // Japanese captions join without a space, English with one.
+        self.line = kiroku_core::transcript::join_words([self.line.as_str(), &segment.text]);
         self.interim.clear();
         self.redraw();
     }
@@ -219,40 +221,96 @@ impl Captions {
         self.redraw();
     }
 
-    fn redraw(&self) {
-        use kiroku_core::transcript::{display_columns, last_columns};
-        if !self.tty {
+    /// An utterance final: it replaces the live line and stays on screen.
+    fn add_final(&mut self, segment: &Segment) {
+        if !self.enabled {
             return;
         }
-        let mut shown = String::new();
-        if let Some((start, _, text)) = &self.line {
-            shown = format!("[{}] {text}", clock(*start));
-        }
-        // One terminal row: the newest columns of the line, then of the interim.
-        let line = last_columns(&shown, Self::ROW_COLUMNS);
-        let room = Self::ROW_COLUMNS.saturating_sub(display_columns(line) + 1);
-        let interim = last_columns(self.interim.trim(), room);
-        print!("\r\x1b[K{line} \x1b[2m{interim}\x1b[0m");
+        self.clear_row();
+        println!(
+            "[{} → {}] {}",
+            clock(segment.start_ms),
+            clock(segment.end_ms),
+            segment.text
+        );
         let _ = std::io::stdout().flush();
+        self.line.clear();
+        self.line_start_ms = None;
+        self.interim.clear();
     }
 
-    /// Prints the open line for good.
-    fn finish_line(&mut self) {
-        if self.tty {
+    /// Prints `message` on stderr on its own line, keeping the live line intact.
+    fn notice(&mut self, message: &str) {
+        self.clear_row();
+        eprintln!("{message}");
+        self.redraw();
+    }
+
+    fn columns() -> usize {
+        console::Term::stdout()
+            .size_checked()
+            .map_or(Self::FALLBACK_COLUMNS, |(_, columns)| usize::from(columns))
+    }
+
+    fn redraw(&mut self) {
+        use kiroku_core::transcript::{display_columns, last_columns};
+        if !self.enabled || !self.tty {
+            return;
+        }
+        if self.line.is_empty() && self.interim.is_empty() {
+            self.clear_row();
+            return;
+        }
+        let prefix = format!("[{}] ", clock(self.line_start_ms.unwrap_or(0)));
+        // One column less than the width: a character in the last column makes some
+        // terminals wrap at once.
+        let room = Self::columns()
+            .saturating_sub(1)
+            .saturating_sub(display_columns(&prefix));
+        let interim = self.interim.trim();
+        let spaced = !self.line.is_empty()
+            && !interim.is_empty()
+            && kiroku_core::transcript::needs_space(&self.line, interim);
+        let gap = usize::from(spaced);
+        // The newest columns: all of the interim that fits, then the end of the line.
+        let interim_shown = last_columns(interim, room);
+        let line_room = room.saturating_sub(display_columns(interim_shown) + gap);
+        let line_shown = last_columns(&self.line, line_room);
+        let gap = if spaced && !line_shown.is_empty() {
+            " "
+        } else {
+            ""
+        };
+        print!("\r\x1b[K{prefix}{line_shown}{gap}\x1b[2m{interim_shown}\x1b[0m");
+        let _ = std::io::stdout().flush();
+        self.drawn = true;
+    }
+
+    /// Clears the live row (the cursor stays at its start).
+    fn clear_row(&mut self) {
+        if self.tty && self.drawn {
             print!("\r\x1b[K");
+            let _ = std::io::stdout().flush();
+            self.drawn = false;
         }
-        if let Some((start, end, text)) = self.line.take() {
-            println!("[{} → {}] {text}", clock(start), clock(end));
-        }
-        let _ = std::io::stdout().flush();
     }
 
-    /// Ends the display (before other output, and at the end).
+    /// Ends the display (before other output, and at the end): captions no final
+    /// replaced stay on screen as they were.
     fn close(&mut self) {
-        if self.enabled {
-            self.interim.clear();
-            self.finish_line();
+        if !self.enabled {
+            return;
         }
+        self.interim.clear();
+        if self.tty && !self.line.is_empty() {
+            self.redraw();
+            println!();
+            self.drawn = false;
+        } else {
+            self.clear_row();
+        }
+        self.line.clear();
+        self.line_start_ms = None;
     }
 }
 
@@ -289,6 +347,7 @@ async fn stream(args: Args, audio: ClientAudio) -> Result<()> {
         last_final_seq: 0,
         resume_token: None,
         finals: Vec::new(),
+        captions_received: Vec::new(),
         first_interim_ms: None,
         server_stats: None,
         language: String::new(),
@@ -311,8 +370,9 @@ async fn stream(args: Args, audio: ClientAudio) -> Result<()> {
                 }
                 reconnects += 1;
                 let next = &gateways[reconnects as usize % gateways.len()];
-                progress.captions.close();
-                eprintln!("kiroku stream: {why}; reconnecting to {next} (attempt {reconnects})");
+                progress.captions.notice(&format!(
+                    "kiroku stream: {why}; reconnecting to {next} (attempt {reconnects})"
+                ));
                 tokio::time::sleep(Duration::from_millis(300 * u64::from(reconnects.min(5)))).await;
             }
             Err(error) => {
@@ -343,6 +403,7 @@ async fn stream(args: Args, audio: ClientAudio) -> Result<()> {
             first_interim_ms: progress.first_interim_ms,
             session_languages: progress.session_languages.clone(),
             finals: progress.finals.clone(),
+            captions: progress.captions_received.clone(),
             server_stats: progress.server_stats.clone(),
         };
         std::fs::write(path, serde_json::to_string_pretty(&report)?)
@@ -449,7 +510,10 @@ async fn attempt(
                         progress.session_languages.push(info.language.clone());
                         if !info.language.is_empty() && info.language != progress.language {
                             if args.language.as_deref().is_none_or(|l| l == "auto") {
-                                eprintln!("kiroku stream: language detected: {}", info.language);
+                                progress.captions.notice(&format!(
+                                    "kiroku stream: language detected: {}",
+                                    info.language
+                                ));
                             }
                             progress.language = info.language;
                         }
@@ -457,7 +521,7 @@ async fn attempt(
                     Some(R::AudioAck(ack)) => {
                         progress.acked_seq = progress.acked_seq.max(ack.acked_seq);
                     }
-                    Some(R::Result(result)) if result.is_final => {
+                    Some(R::Result(result)) if is_final(&result) => {
                         if result.result_seq <= progress.last_final_seq {
                             continue;
                         }
@@ -474,19 +538,31 @@ async fn attempt(
                             segment,
                         });
                     }
-                    Some(R::Result(interim)) => {
-                        progress
-                            .first_interim_ms
-                            .get_or_insert(origin.elapsed().as_secs_f64() * 1000.0);
-                        progress
-                            .captions
-                            .set_interim(interim.segment.map(|s| s.text).unwrap_or_default());
+                    Some(R::Result(result)) => {
+                        let arrival_ms = origin.elapsed().as_secs_f64() * 1000.0;
+                        progress.first_interim_ms.get_or_insert(arrival_ms);
+                        if result.result_seq <= progress.last_final_seq {
+                            continue; // its final already replaced it
+                        }
+                        let segment = to_segment(result.segment.unwrap_or_default());
+                        if result.kind == api::ResultKind::Caption as i32 {
+                            progress.captions.add_caption(&segment);
+                            progress.captions_received.push(ReceivedCaption {
+                                result_seq: result.result_seq,
+                                arrival_ms,
+                                segment,
+                            });
+                        } else {
+                            progress.captions.set_interim(segment.text);
+                        }
                     }
                     Some(R::Stats(stats)) => {
                         progress.server_stats = Some(ServerStats {
                             finals: stats.finals,
                             final_latency_p50_ms: stats.final_latency_p50_ms,
                             final_latency_p95_ms: stats.final_latency_p95_ms,
+                            caption_latency_p50_ms: stats.caption_latency_p50_ms,
+                            caption_latency_p95_ms: stats.caption_latency_p95_ms,
                         });
                     }
                     Some(R::BookmarkAck(_)) | None => {}
@@ -496,6 +572,12 @@ async fn attempt(
     };
     sender.abort();
     outcome
+}
+
+/// An utterance final. A server from before result kinds sets only `is_final`.
+fn is_final(result: &api::StreamingResult) -> bool {
+    result.kind == api::ResultKind::Final as i32
+        || (result.kind == api::ResultKind::Unspecified as i32 && result.is_final)
 }
 
 /// Statuses worth a reconnect (the session survives them) versus errors to report.
@@ -553,35 +635,74 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * q).round() as usize]
 }
 
-fn print_stats(progress: &Progress, args: &Args, reconnects: u32) {
-    // Latency of a word: when its final arrived − when its end was played (the
-    // audio's timeline at --speed, from the first frame).
-    let mut latencies: Vec<f64> = progress
-        .finals
-        .iter()
-        .flat_map(|f| {
-            f.segment
+/// Word latencies (ms) from `arrivals`: each word's arrival − when its end was played
+/// (the audio's timeline at `speed`, from the first frame), sorted.
+fn latencies<'a>(arrivals: impl Iterator<Item = (f64, &'a Segment)>, speed: f64) -> Vec<f64> {
+    let mut latencies: Vec<f64> = arrivals
+        .flat_map(|(arrival_ms, segment)| {
+            segment
                 .words
                 .iter()
-                .map(move |w| f.arrival_ms - w.end_ms as f64 / args.speed)
+                .map(move |w| arrival_ms - w.end_ms as f64 / speed)
         })
         .collect();
     latencies.sort_by(f64::total_cmp);
-    let words = latencies.len();
-    eprintln!(
-        "finals {}  words {words}  reconnects {reconnects}",
-        progress.finals.len()
+    latencies
+}
+
+fn print_stats(progress: &Progress, args: &Args, reconnects: u32) {
+    let finals = latencies(
+        progress.finals.iter().map(|f| (f.arrival_ms, &f.segment)),
+        args.speed,
     );
+    // A word is first shown by its caption, or by its final when no caption held it
+    // (the tail of an utterance, decoded only by the final): by end time, each word
+    // counts once, at its first showing.
+    let mut shown: Vec<(f64, &Segment)> = progress
+        .captions_received
+        .iter()
+        .map(|c| (c.arrival_ms, &c.segment))
+        .chain(progress.finals.iter().map(|f| (f.arrival_ms, &f.segment)))
+        .collect();
+    shown.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let mut shown_until_ms = 0;
+    let mut first_shown: Vec<f64> = Vec::new();
+    for (arrival_ms, segment) in shown {
+        for word in &segment.words {
+            if word.end_ms > shown_until_ms {
+                shown_until_ms = word.end_ms;
+                first_shown.push(arrival_ms - word.end_ms as f64 / args.speed);
+            }
+        }
+    }
+    first_shown.sort_by(f64::total_cmp);
     eprintln!(
-        "final latency (client, word end → final): p50 {:.0} ms  p95 {:.0} ms  max {:.0} ms",
-        percentile(&latencies, 0.5),
-        percentile(&latencies, 0.95),
-        latencies.last().copied().unwrap_or(f64::NAN)
+        "finals {}  captions {}  words {}  reconnects {reconnects}",
+        progress.finals.len(),
+        progress.captions_received.len(),
+        finals.len()
     );
+    let line = |name: &str, latencies: &[f64]| {
+        eprintln!(
+            "{name}: p50 {:.0} ms  p95 {:.0} ms  max {:.0} ms",
+            percentile(latencies, 0.5),
+            percentile(latencies, 0.95),
+            latencies.last().copied().unwrap_or(f64::NAN)
+        );
+    };
+    line(
+        "caption latency (client, word end → first shown)",
+        &first_shown,
+    );
+    line("final latency (client, word end → final)", &finals);
     if let Some(first) = progress.first_interim_ms {
-        eprintln!("first interim after {first:.0} ms");
+        eprintln!("first caption or interim after {first:.0} ms");
     }
     if let Some(server) = &progress.server_stats {
+        eprintln!(
+            "gateway-measured caption latency: p50 {} ms  p95 {} ms",
+            server.caption_latency_p50_ms, server.caption_latency_p95_ms
+        );
         eprintln!(
             "gateway-measured final latency: p50 {} ms  p95 {} ms",
             server.final_latency_p50_ms, server.final_latency_p95_ms

@@ -33,6 +33,7 @@ fn final_result(tenant: &str, session: &str, seq: u64, text: &str) -> Transcript
             }),
             stability: 1.0,
             language: "en".into(),
+            kind: api::ResultKind::Final as i32,
         }),
         ..Default::default()
     }

@@ -70,6 +70,7 @@ fn final_result(
             segment: Some(segment),
             stability: 1.0,
             language: "en".into(),
+            kind: api::ResultKind::Final as i32,
         }),
         ..Default::default()
     }

@@ -60,9 +60,12 @@ pub struct Metrics {
     /// `kiroku_first_interim_latency_seconds`: from a stream's first audio frame to its
     /// first interim result.
     pub first_interim_latency: Histogram,
-    /// `kiroku_final_latency_seconds`: from the end of an utterance's audio to its final
-    /// result reaching the gateway.
+    /// `kiroku_final_latency_seconds`: from the end of a word's audio to the utterance
+    /// final holding it reaching the gateway.
     pub final_latency: Histogram,
+    /// `kiroku_caption_latency_seconds`: from the end of a word's audio to its first
+    /// showing at the gateway (its caption, or its final when no caption held it).
+    pub caption_latency: Histogram,
     /// `kiroku_decode_seconds`: wall time of one engine decode.
     pub decode_seconds: Histogram,
     /// `kiroku_sessions_backlog`: session jobs waiting for a worker (the `SESSIONS`
@@ -127,6 +130,12 @@ impl Metrics {
             "Seconds from the end of an utterance to its final result",
             final_latency.clone(),
         );
+        let caption_latency = Histogram::new(LATENCY_BUCKETS_S);
+        registry.register(
+            "kiroku_caption_latency_seconds",
+            "Seconds from the end of a word to its first caption",
+            caption_latency.clone(),
+        );
         let decode_seconds = Histogram::new(DECODE_BUCKETS_S);
         registry.register(
             "kiroku_decode_seconds",
@@ -140,7 +149,11 @@ impl Metrics {
             sessions_backlog.clone(),
         );
         let finals = Counter::default();
-        registry.register("kiroku_finals", "Final segments delivered", finals.clone());
+        registry.register(
+            "kiroku_finals",
+            "Utterance finals (the minutes) delivered",
+            finals.clone(),
+        );
         let errors = Family::<CodeLabel, Counter>::default();
         registry.register(
             "kiroku_errors",
@@ -154,6 +167,7 @@ impl Metrics {
             real_time_factor,
             first_interim_latency,
             final_latency,
+            caption_latency,
             decode_seconds,
             sessions_backlog,
             finals,
@@ -239,6 +253,7 @@ mod tests {
             ("kiroku_real_time_factor", "histogram"),
             ("kiroku_first_interim_latency_seconds", "histogram"),
             ("kiroku_final_latency_seconds", "histogram"),
+            ("kiroku_caption_latency_seconds", "histogram"),
             ("kiroku_decode_seconds", "histogram"),
             ("kiroku_sessions_backlog", "gauge"),
             ("kiroku_errors_total", "counter"),

@@ -6,11 +6,13 @@
 //! OS threads, each with its own `WhisperState` and `threads / slots` inference threads,
 //! so the total never exceeds the configured core budget. Requests wait in a bounded
 //! queue in front of the slots; callers block (or, from async code, await a
-//! `spawn_blocking`) until a slot has run their job.
+//! `spawn_blocking`) until a slot has run their job. Urgent requests (a live utterance's
+//! final, the minutes) are taken before every other waiting request.
 
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
 use kiroku_core::transcript::{Segment, Transcript, Word, is_unspaced, join_words};
@@ -82,6 +84,9 @@ pub struct TranscribeOptions {
     pub no_temperature_fallback: bool,
     /// Token cap per segment (whisper.cpp `max_tokens`); `None` = no cap.
     pub max_tokens: Option<u32>,
+    /// Taken from the queue before every non-urgent request (utterance finals go ahead
+    /// of caption decodes, so the minutes never starve).
+    pub urgent: bool,
 }
 
 /// One encoder frame covers 20 ms of 16 kHz audio.
@@ -118,9 +123,90 @@ struct Job {
     reply_tx: mpsc::Sender<Result<Transcript>>,
 }
 
+/// The jobs waiting for a slot: urgent ones first, each kind in arrival order.
+#[derive(Default)]
+struct Waiting {
+    urgent: VecDeque<Job>,
+    normal: VecDeque<Job>,
+    closed: bool,
+}
+
+impl Waiting {
+    fn len(&self) -> usize {
+        self.urgent.len() + self.normal.len()
+    }
+}
+
+/// The bounded two-class queue in front of the slots.
+struct JobQueue {
+    waiting: Mutex<Waiting>,
+    /// Signalled when a job arrives or the queue closes.
+    job_ready: Condvar,
+    /// Signalled when a job leaves (room for a blocked caller).
+    room: Condvar,
+    capacity: usize,
+}
+
+impl JobQueue {
+    fn new(capacity: usize) -> Self {
+        Self {
+            waiting: Mutex::new(Waiting::default()),
+            job_ready: Condvar::new(),
+            room: Condvar::new(),
+            capacity: capacity.max(1),
+        }
+    }
+
+    /// Queues `job`, waiting while the queue is full; `Err` once it is closed.
+    fn push(&self, job: Job) -> Result<()> {
+        let mut waiting = self.waiting.lock().map_err(|_| EngineError::ShutDown)?;
+        while !waiting.closed && waiting.len() >= self.capacity {
+            waiting = self.room.wait(waiting).map_err(|_| EngineError::ShutDown)?;
+        }
+        if waiting.closed {
+            return Err(EngineError::ShutDown);
+        }
+        if job.options.urgent {
+            waiting.urgent.push_back(job);
+        } else {
+            waiting.normal.push_back(job);
+        }
+        self.job_ready.notify_one();
+        Ok(())
+    }
+
+    /// The next job, urgent first; `None` once the queue is closed and empty.
+    fn pop(&self) -> Option<Job> {
+        let mut waiting = self.waiting.lock().ok()?;
+        loop {
+            if let Some(job) = waiting
+                .urgent
+                .pop_front()
+                .or_else(|| waiting.normal.pop_front())
+            {
+                self.room.notify_one();
+                return Some(job);
+            }
+            if waiting.closed {
+                return None;
+            }
+            waiting = self.job_ready.wait(waiting).ok()?;
+        }
+    }
+
+    /// No more jobs are taken; the slots finish what waits and exit.
+    fn close(&self) {
+        if let Ok(mut waiting) = self.waiting.lock() {
+            waiting.closed = true;
+        }
+        self.job_ready.notify_all();
+        self.room.notify_all();
+    }
+}
+
 /// A loaded model behind a fixed pool of decoding slots.
 pub struct Engine {
-    jobs_tx: Mutex<Option<mpsc::SyncSender<Job>>>,
+    queue: Arc<JobQueue>,
     slots: Vec<JoinHandle<()>>,
     info: ModelInfo,
     threads_per_slot: usize,
@@ -177,8 +263,7 @@ impl Engine {
         };
         let context = Arc::new(context);
         let threads_per_slot = config.threads / config.slots;
-        let (jobs_tx, jobs_rx) = mpsc::sync_channel::<Job>(config.queue_capacity);
-        let jobs_rx = Arc::new(Mutex::new(jobs_rx));
+        let queue = Arc::new(JobQueue::new(config.queue_capacity));
         let mut slots = Vec::with_capacity(config.slots);
         for index in 0..config.slots {
             let state = context
@@ -189,15 +274,15 @@ impl Engine {
                 state,
                 threads: threads_per_slot,
             };
-            let jobs_rx = Arc::clone(&jobs_rx);
+            let queue = Arc::clone(&queue);
             let handle = std::thread::Builder::new()
                 .name(format!("kiroku-infer-{index}"))
-                .spawn(move || slot.run(&jobs_rx))
+                .spawn(move || slot.run(&queue))
                 .map_err(|e| EngineError::Inference(format!("spawning slot thread: {e}")))?;
             slots.push(handle);
         }
         Ok(Self {
-            jobs_tx: Mutex::new(Some(jobs_tx)),
+            queue,
             slots,
             info,
             threads_per_slot,
@@ -229,20 +314,12 @@ impl Engine {
             }
         }
         let (reply_tx, reply_rx) = mpsc::channel();
-        let jobs_tx = self
-            .jobs_tx
-            .lock()
-            .map_err(|_| EngineError::ShutDown)?
-            .clone()
-            .ok_or(EngineError::ShutDown)?;
-        jobs_tx
-            .send(Job {
-                samples,
-                options,
-                progress,
-                reply_tx,
-            })
-            .map_err(|_| EngineError::ShutDown)?;
+        self.queue.push(Job {
+            samples,
+            options,
+            progress,
+            reply_tx,
+        })?;
         reply_rx.recv().map_err(|_| EngineError::ShutDown)?
     }
 
@@ -284,9 +361,7 @@ impl Engine {
 impl Drop for Engine {
     fn drop(&mut self) {
         // Closing the queue lets every slot finish its job and exit.
-        if let Ok(mut jobs_tx) = self.jobs_tx.lock() {
-            jobs_tx.take();
-        }
+        self.queue.close();
         for handle in self.slots.drain(..) {
             let _ = handle.join();
         }
@@ -300,14 +375,9 @@ struct Slot {
 }
 
 impl Slot {
-    fn run(mut self, jobs_rx: &Mutex<mpsc::Receiver<Job>>) {
-        loop {
-            // Hold the lock only while taking a job, not while decoding it.
-            let job = match jobs_rx.lock() {
-                Ok(rx) => rx.recv(),
-                Err(_) => return,
-            };
-            let Ok(job) = job else { return };
+    fn run(mut self, queue: &JobQueue) {
+        // The queue's lock is held only while taking a job, not while decoding it.
+        while let Some(job) = queue.pop() {
             let result = self.decode(&job.samples, &job.options, job.progress);
             let _ = job.reply_tx.send(result);
         }
@@ -348,6 +418,12 @@ impl Slot {
         }
         if let Some(audio_ctx) = options.audio_ctx {
             params.set_audio_ctx(audio_ctx as i32);
+            // One decoder pass over the whole (at most 30 s) audio. Otherwise whisper.cpp
+            // starts another pass after the last timestamp it decoded, and when fewer
+            // than 160 ms remain there, its DTW median filter (width 7 over the pass's
+            // audio frames) fails an assertion and aborts the process: seen with a live
+            // final of 20 s (15 s of left context) on tiny.en.
+            params.set_single_segment(true);
         }
         if options.no_temperature_fallback {
             params.set_temperature_inc(0.0);
@@ -807,6 +883,43 @@ mod tests {
                 .contains("covers 1280 ms but the audio is 2000 ms"),
             "{err}"
         );
+    }
+
+    /// An urgent job (an utterance final) is taken before every waiting caption decode;
+    /// each class keeps its arrival order; a closed queue hands out what waits, then
+    /// nothing, and refuses new jobs.
+    #[test]
+    fn urgent_jobs_are_taken_before_waiting_ones() {
+        let queue = JobQueue::new(8);
+        let job = |marker: usize, urgent: bool| {
+            let (reply_tx, _) = mpsc::channel();
+            Job {
+                samples: vec![0.0; marker],
+                options: TranscribeOptions {
+                    urgent,
+                    ..TranscribeOptions::default()
+                },
+                progress: None,
+                reply_tx,
+            }
+        };
+        for (marker, urgent) in [(1, false), (2, false), (3, true), (4, false), (5, true)] {
+            queue.push(job(marker, urgent)).expect("queued");
+        }
+        let order: Vec<usize> = (0..3)
+            .filter_map(|_| queue.pop())
+            .map(|j| j.samples.len())
+            .collect();
+        assert_eq!(order, [3, 5, 1]);
+        queue.close();
+        assert!(
+            queue.push(job(6, true)).is_err(),
+            "a closed queue takes nothing"
+        );
+        let rest: Vec<usize> = std::iter::from_fn(|| queue.pop())
+            .map(|j| j.samples.len())
+            .collect();
+        assert_eq!(rest, [2, 4]);
     }
 
     /// Jobs from many callers queue in front of one slot and all complete.

@@ -3,6 +3,7 @@
 pub mod audio;
 pub mod convert;
 pub mod engine;
+pub mod live;
 pub mod streaming;
 
 pub use engine::{Engine, EngineConfig, EngineError, TranscribeOptions};

@@ -3,7 +3,7 @@
 //! A sans-IO state machine (no threads, no clock, no engine): the worker feeds it audio
 //! with [`Policy::push_audio`], asks [`Policy::next_decode`] for work, runs that decode on
 //! the engine pool and hands the words back to [`Policy::on_decoded`], which returns the
-//! newly committed words ([`Final`]) and the unstable tail ([`Interim`]). Keeping the
+//! newly committed words ([`Caption`]) and the unstable tail ([`Interim`]). Keeping the
 //! policy free of I/O makes every rule below testable with hand-made word lists.
 //!
 //! Each rule was measured in `shared/notes/streaming.md` (tiny.en on 2 cores):
@@ -35,17 +35,15 @@
 
 use std::collections::VecDeque;
 use std::ops::Range;
-use std::time::Instant;
 
 use kiroku_core::transcript::{Word, is_unspaced, join_words};
 use serde::{Deserialize, Serialize};
 
 use crate::audio::WHISPER_SAMPLE_RATE_HZ;
-use crate::engine::{Engine, EngineError, TranscribeOptions};
 
-const SAMPLES_PER_MS: u64 = WHISPER_SAMPLE_RATE_HZ as u64 / 1000;
+pub(crate) const SAMPLES_PER_MS: u64 = WHISPER_SAMPLE_RATE_HZ as u64 / 1000;
 /// VAD block: 20 ms, one encoder frame.
-const VAD_BLOCK_SAMPLES: usize = 320;
+pub(crate) const VAD_BLOCK_SAMPLES: usize = 320;
 /// Encoder frames per second of audio.
 const AUDIO_CTX_FRAMES_PER_S: f64 = 50.0;
 /// The model's full encoder context (30 s).
@@ -152,7 +150,7 @@ const UNSPACED_PROMPT_CHARS: usize = 100;
 
 /// Languages written without spaces: their "words" are Whisper tokens, several per
 /// spoken word.
-const UNSPACED_LANGUAGES: [&str; 3] = ["ja", "zh", "yue"];
+pub(crate) const UNSPACED_LANGUAGES: [&str; 3] = ["ja", "zh", "yue"];
 
 impl PolicyConfig {
     /// This configuration for a stream in `language` (ISO 639-1; empty while it is
@@ -211,13 +209,82 @@ pub struct DecodeRequest {
     pub max_tokens: u32,
     /// Committed text before `samples` to prompt the decoder with, if the config asks.
     pub prompt: Option<String>,
+    /// What the decode is for: the engine runs utterance finals before captions.
+    pub kind: DecodeKind,
+    /// Beam width (1: greedy).
+    pub beam_size: u32,
 }
 
-/// Newly committed words (at least one): never revised, never emitted again by this
-/// policy or by one resumed from its [`Checkpoint`]. Successive finals are in time order
-/// and do not overlap.
+impl DecodeRequest {
+    /// A request for `samples` (starting at absolute `start_ms`) shaped as every live
+    /// decode is: padded to at least 1 s, the encoder context sized to the audio plus
+    /// the config's margin, and a token cap of the config's rate (with a floor of 8: a
+    /// short buffer still holds a word or two and timestamps).
+    pub(crate) fn sized(
+        id: u64,
+        mut samples: Vec<f32>,
+        start_ms: u64,
+        config: &PolicyConfig,
+        prompt: Option<String>,
+        kind: DecodeKind,
+    ) -> Self {
+        let audio_s = samples.len() as f64 / f64::from(WHISPER_SAMPLE_RATE_HZ);
+        if samples.len() < MIN_DECODE_SAMPLES {
+            samples.resize(MIN_DECODE_SAMPLES, 0.0);
+        }
+        let padded_s = samples.len() as f64 / f64::from(WHISPER_SAMPLE_RATE_HZ);
+        let audio_ctx = ((padded_s * AUDIO_CTX_FRAMES_PER_S).ceil() as u32)
+            .saturating_add(config.audio_ctx_margin_frames)
+            .min(MAX_AUDIO_CTX);
+        let max_tokens = (audio_s * f64::from(config.max_tokens_per_s)).ceil() as u32 + 8;
+        Self {
+            id,
+            samples,
+            audio_ctx,
+            start_ms,
+            max_tokens,
+            prompt,
+            kind,
+            beam_size: 1,
+        }
+    }
+
+    /// The longest audio a request can hold: the encoder's 30 s less the margin.
+    pub(crate) fn max_samples(config: &PolicyConfig) -> u64 {
+        u64::from(MAX_AUDIO_CTX.saturating_sub(config.audio_ctx_margin_frames))
+            * VAD_BLOCK_SAMPLES as u64
+    }
+}
+
+/// Why a decode runs; [`DecodeKind::Final`] decodes go first in the engine's queue
+/// (minutes must never starve behind captions).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DecodeKind {
+    /// A re-decode of the rolling buffer for captions.
+    #[default]
+    Caption,
+    /// A whole utterance decoded once more for the minutes.
+    Final,
+}
+
+/// Voice activity as the policy's VAD saw it, for [`crate::live::Live`], which cuts
+/// the minutes at the same utterance ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UtteranceEvent {
+    /// Speech began at this absolute sample.
+    Started { speech_start: u64 },
+    /// The utterance ended (silence or flush): its audio ends at absolute sample `end`.
+    Ended { end: u64 },
+    /// The utterance held too little speech and was dropped as noise.
+    Dropped,
+}
+
+/// Newly committed words (at least one), shown as a caption: never revised, never
+/// emitted again by this policy or by one resumed from its [`Checkpoint`]. Successive
+/// captions are in time order and do not overlap. (The minutes are not captions: each
+/// utterance is decoded once more, whole, by [`crate::live::Live`].)
 #[derive(Debug, Clone, PartialEq)]
-pub struct Final {
+pub struct Caption {
     /// Words with absolute times (ms from the session's start).
     pub words: Vec<Word>,
     /// The words' texts joined by single spaces.
@@ -227,7 +294,7 @@ pub struct Final {
     /// The last word's end, absolute ms.
     pub end_ms: u64,
     /// The utterance ended (VAD silence or flush) with these words. An utterance whose
-    /// words were all committed before it ended has no final with this flag.
+    /// words were all committed before it ended has no caption with this flag.
     pub utterance_end: bool,
 }
 
@@ -249,7 +316,7 @@ pub struct Interim {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct PolicyOutput {
     /// Newly committed words, oldest first.
-    pub finals: Vec<Final>,
+    pub captions: Vec<Caption>,
     /// The uncommitted tail now; `None` means there is none (clear the caption).
     pub interim: Option<Interim>,
 }
@@ -320,6 +387,8 @@ pub struct Policy {
     last_decode_end: u64,
     in_flight: Option<InFlight>,
     next_id: u64,
+    /// Utterance starts and ends not yet taken by [`Policy::take_utterance_events`].
+    events: Vec<UtteranceEvent>,
 }
 
 impl Policy {
@@ -351,6 +420,7 @@ impl Policy {
             last_decode_end: start,
             in_flight: None,
             next_id: 1,
+            events: Vec::new(),
         }
     }
 
@@ -417,6 +487,7 @@ impl Policy {
                     speech_samples: length,
                     silence_samples: 0,
                 });
+                self.events.push(UtteranceEvent::Started { speech_start });
                 self.trim_idle();
                 // The first decode comes one step after speech starts.
                 self.last_decode_end = self.last_decode_end.max(speech_start);
@@ -432,12 +503,15 @@ impl Policy {
             return;
         };
         if utterance.speech_samples >= Self::ms_to_samples(self.config.min_speech_ms) {
+            let end = self.buffer_end();
             self.ended.push_back(EndedUtterance {
                 speech_end: utterance.speech_end,
-                end: self.buffer_end(),
+                end,
                 failures: 0,
             });
+            self.events.push(UtteranceEvent::Ended { end });
         } else {
+            self.events.push(UtteranceEvent::Dropped);
             self.trim_idle();
         }
     }
@@ -546,8 +620,7 @@ impl Policy {
         };
         // The encoder covers at most 30 s with the margin: a buffer beyond that (only
         // when decodes keep failing) loses its oldest audio rather than failing forever.
-        let max_frames = MAX_AUDIO_CTX.saturating_sub(self.config.audio_ctx_margin_frames);
-        let max_samples = u64::from(max_frames) * VAD_BLOCK_SAMPLES as u64;
+        let max_samples = DecodeRequest::max_samples(&self.config);
         if end - self.buffer_start > max_samples {
             tracing::warn!(
                 dropped_ms = (end - self.buffer_start - max_samples) / SAMPLES_PER_MS,
@@ -566,25 +639,15 @@ impl Policy {
             finalize,
             force,
         });
-        let mut samples = self.buffer[..(end - self.buffer_start) as usize].to_vec();
-        let audio_s = samples.len() as f64 / f64::from(WHISPER_SAMPLE_RATE_HZ);
-        if samples.len() < MIN_DECODE_SAMPLES {
-            samples.resize(MIN_DECODE_SAMPLES, 0.0);
-        }
-        let padded_s = samples.len() as f64 / f64::from(WHISPER_SAMPLE_RATE_HZ);
-        let audio_ctx = ((padded_s * AUDIO_CTX_FRAMES_PER_S).ceil() as u32)
-            .saturating_add(self.config.audio_ctx_margin_frames)
-            .min(MAX_AUDIO_CTX);
-        // A floor of 8 tokens: a short buffer still holds a word or two and timestamps.
-        let max_tokens = (audio_s * f64::from(self.config.max_tokens_per_s)).ceil() as u32 + 8;
-        Some(DecodeRequest {
+        let samples = self.buffer[..(end - self.buffer_start) as usize].to_vec();
+        Some(DecodeRequest::sized(
             id,
             samples,
-            audio_ctx,
-            start_ms: self.buffer_start / SAMPLES_PER_MS,
-            max_tokens,
-            prompt: self.prompt(),
-        })
+            self.buffer_start / SAMPLES_PER_MS,
+            &self.config,
+            self.prompt(),
+            DecodeKind::Caption,
+        ))
     }
 
     /// Takes the words of decode `id` (times relative to the request's samples) and
@@ -630,7 +693,7 @@ impl Policy {
             // A looping hypothesis is no evidence for agreement; keep the last tail.
             tracing::debug!(id, "streaming hypothesis discarded: repetition loop");
             return PolicyOutput {
-                finals: Vec::new(),
+                captions: Vec::new(),
                 interim: self.current_interim(),
             };
         }
@@ -655,8 +718,8 @@ impl Policy {
         }
         let (commit, tail) = fresh.split_at(commit_count);
         let mut output = PolicyOutput::default();
-        if let Some(final_) = self.commit(commit.to_vec(), false) {
-            output.finals.push(final_);
+        if let Some(caption) = self.commit(commit.to_vec(), false) {
+            output.captions.push(caption);
         }
         output.interim = make_interim(self.after_committed(tail.to_vec()));
         self.history.push_back(Hypothesis {
@@ -683,7 +746,7 @@ impl Policy {
         self.in_flight = None;
         if !request.finalize {
             return PolicyOutput {
-                finals: Vec::new(),
+                captions: Vec::new(),
                 interim: self.current_interim(),
             };
         }
@@ -700,7 +763,7 @@ impl Policy {
 
     /// Commits all of `words` not yet committed and closes the oldest ended utterance.
     fn finalize(&mut self, words: Vec<Word>) -> PolicyOutput {
-        let Some(ended) = self.ended.pop_front() else {
+        let Some(ended) = self.ended.front().copied() else {
             return PolicyOutput::default();
         };
         let end_ms = ended.end / SAMPLES_PER_MS;
@@ -710,19 +773,53 @@ impl Policy {
             .filter(|w| w.start_ms < end_ms)
             .collect();
         let output = PolicyOutput {
-            finals: self.commit(fresh, true).into_iter().collect(),
+            captions: self.commit(fresh, true).into_iter().collect(),
             interim: None,
         };
-        // Everything up to the utterance's end is done; later audio stays. The next
-        // utterance starts after a silence: no word of this one can be heard again.
-        self.trim_to(ended.end);
+        self.close_ended(ended.end);
+        output
+    }
+
+    /// Closes every ended utterance up to absolute sample `end` without decoding it:
+    /// [`crate::live::Live`] decoded it whole for the minutes, and that final replaces
+    /// its captions, so the policy's own finalizing decode would be wasted. Does nothing
+    /// while a decode of this policy is in flight (its answer closes the utterance).
+    pub fn close_finalized(&mut self, end: u64) {
+        if self.in_flight.is_some() {
+            return;
+        }
+        let Some(last_end) = self
+            .ended
+            .iter()
+            .rev()
+            .find(|ended| ended.end <= end)
+            .map(|ended| ended.end)
+        else {
+            return;
+        };
+        self.committed_end_ms = self.committed_end_ms.max(last_end / SAMPLES_PER_MS);
+        self.close_ended(last_end);
+    }
+
+    /// Drops the ended utterances up to absolute sample `end` and their audio. The next
+    /// utterance starts after a silence: no word of these can be heard again.
+    fn close_ended(&mut self, end: u64) {
+        while self.ended.front().is_some_and(|ended| ended.end <= end) {
+            self.ended.pop_front();
+        }
+        // Everything up to the utterance's end is done; later audio stays.
+        self.trim_to(end);
         self.committed.clear();
         self.resumed_tail.clear();
         self.trimmed_tail.clear();
         self.history.clear();
-        self.last_decode_end = self.last_decode_end.max(ended.end);
+        self.last_decode_end = self.last_decode_end.max(end);
         self.trim_idle();
-        output
+    }
+
+    /// Voice-activity events since the last call, oldest first.
+    pub fn take_utterance_events(&mut self) -> Vec<UtteranceEvent> {
+        std::mem::take(&mut self.events)
     }
 
     /// The tail of the latest hypothesis that is not committed.
@@ -732,7 +829,7 @@ impl Policy {
     }
 
     /// `words` moved to start no earlier than the last committed word's end: times from
-    /// different decodes jitter by tens of milliseconds, and finals promise time order.
+    /// different decodes jitter by tens of milliseconds, and captions promise time order.
     fn after_committed(&self, mut words: Vec<Word>) -> Vec<Word> {
         let mut floor_ms = self.committed_end_ms;
         for word in &mut words {
@@ -743,13 +840,13 @@ impl Policy {
         words
     }
 
-    /// Commits `words`: the final to emit, if there are any.
-    fn commit(&mut self, words: Vec<Word>, utterance_end: bool) -> Option<Final> {
+    /// Commits `words`: the caption to emit, if there are any.
+    fn commit(&mut self, words: Vec<Word>, utterance_end: bool) -> Option<Caption> {
         let words = self.after_committed(words);
-        let final_ = make_final(words, utterance_end)?;
-        self.committed_end_ms = final_.end_ms;
-        self.committed.extend_from_slice(&final_.words);
-        Some(final_)
+        let caption = make_caption(words, utterance_end)?;
+        self.committed_end_ms = caption.end_ms;
+        self.committed.extend_from_slice(&caption.words);
+        Some(caption)
     }
 
     /// Trims the buffer at the committed words: at the earlier of the last committed
@@ -820,6 +917,11 @@ impl Policy {
         self.config = config;
     }
 
+    /// The tuning in use.
+    pub fn config(&self) -> &PolicyConfig {
+        &self.config
+    }
+
     /// Where a successor should resume (persist it after each final).
     pub fn checkpoint(&self) -> Checkpoint {
         let tail: Vec<String> = self
@@ -837,7 +939,7 @@ impl Policy {
 
 /// What agreement and de-duplication compare: lower case, letters and digits only, so
 /// "Hello," equals "hello". Works for any script (CJK characters are alphanumeric).
-fn normalize(word: &str) -> String {
+pub(crate) fn normalize(word: &str) -> String {
     word.chars()
         .filter(|c| c.is_alphanumeric())
         .flat_map(char::to_lowercase)
@@ -848,7 +950,7 @@ fn normalize(word: &str) -> String {
 /// run of spaced-script letters ("hello," → ["hello"]) and one per unspaced character
 /// ("予算。" → ["予", "算"], "Kirokuの" → ["kiroku", "の"]). English words are one unit
 /// each, so for English this is word-level alignment.
-fn units(word: &str) -> Vec<String> {
+pub(crate) fn units(word: &str) -> Vec<String> {
     unit_spans(word).into_iter().map(|(_, unit)| unit).collect()
 }
 
@@ -966,10 +1068,10 @@ fn join_text(words: &[Word]) -> String {
     join_words(words.iter().map(|w| w.text.as_str()))
 }
 
-fn make_final(words: Vec<Word>, utterance_end: bool) -> Option<Final> {
+fn make_caption(words: Vec<Word>, utterance_end: bool) -> Option<Caption> {
     let start_ms = words.first()?.start_ms;
     let end_ms = words.last()?.end_ms;
-    Some(Final {
+    Some(Caption {
         text: join_text(&words),
         words,
         start_ms,
@@ -996,7 +1098,7 @@ const MAX_LOOP_NGRAM: usize = 8;
 /// word four times (three is real speech: "no, no, no"), or more words than `audio_s` of
 /// speech can hold at `max_words_per_s`. Returns the words before the loop (the first
 /// occurrence kept) and whether one was found.
-fn cut_loop(words: Vec<Word>, audio_s: f64, max_words_per_s: f64) -> (Vec<Word>, bool) {
+pub(crate) fn cut_loop(words: Vec<Word>, audio_s: f64, max_words_per_s: f64) -> (Vec<Word>, bool) {
     let heard: Vec<String> = words.iter().map(|w| normalize(&w.text)).collect();
     let mut cut = None;
     'search: for start in 0..heard.len() {
@@ -1045,7 +1147,7 @@ const SQUEEZED_MS_PER_CHAR: u64 = 20;
 /// [`SQUEEZED_MS_PER_CHAR`] a character and repeats the [`units`] right before or after
 /// it (within its own length: a loop's next turn). Returns the words and how many units
 /// were removed.
-fn drop_squeezed_repeats(mut words: Vec<Word>) -> (Vec<Word>, usize) {
+pub(crate) fn drop_squeezed_repeats(mut words: Vec<Word>) -> (Vec<Word>, usize) {
     let mut removed = 0;
     while let Some(copy) = find_squeezed_repeat(&words) {
         removed += copy.len();
@@ -1096,96 +1198,6 @@ fn find_squeezed_repeat(words: &[Word]) -> Option<Range<usize>> {
     None
 }
 
-/// The outcome of [`simulate`].
-#[derive(Debug, Clone, Default)]
-pub struct Simulation {
-    /// Every final, in the order the policy emitted them.
-    pub finals: Vec<Final>,
-    /// Decodes run.
-    pub decodes: usize,
-    /// For each committed word: simulated time of its commit minus its end in the
-    /// audio, in ms (Whisper's word end; it can run late or early by a few hundred ms).
-    pub commit_latency_ms: Vec<u64>,
-}
-
-/// Runs `config` over a whole recording as if it arrived live in `chunk_ms` chunks,
-/// decoding on `engine` in `language` (`None`: detect, or English on an English-only
-/// model) whenever a decode is due.
-///
-/// With `paced`, the simulated clock advances by each decode's measured wall time and the
-/// audio that arrives meanwhile is pushed before the decode's result is handed back, as
-/// in the worker (so latencies include compute; numbers depend on the machine's load).
-/// Without, decodes take no time: deterministic given the engine's output.
-pub fn simulate(
-    engine: &Engine,
-    samples: &[f32],
-    config: PolicyConfig,
-    language: Option<&str>,
-    chunk_ms: u32,
-    paced: bool,
-) -> Result<Simulation, EngineError> {
-    let chunk = (u64::from(chunk_ms.max(1)) * SAMPLES_PER_MS) as usize;
-    let chunks: Vec<&[f32]> = samples.chunks(chunk).collect();
-    let arrival_ms = |index: usize| (index as u64 + 1) * u64::from(chunk_ms.max(1));
-    let mut policy = Policy::new(config, None);
-    let mut simulation = Simulation::default();
-    let mut clock_ms = 0u64;
-    let mut next_chunk = 0usize;
-    let mut flushed = false;
-    let deliver = |policy: &mut Policy, next_chunk: &mut usize, clock_ms: u64| {
-        while *next_chunk < chunks.len() && arrival_ms(*next_chunk) <= clock_ms {
-            policy.push_audio((*next_chunk * chunk) as u64, chunks[*next_chunk]);
-            *next_chunk += 1;
-        }
-    };
-    loop {
-        deliver(&mut policy, &mut next_chunk, clock_ms);
-        if let Some(request) = policy.next_decode() {
-            let options = TranscribeOptions {
-                language: language.map(str::to_string),
-                prompt: request.prompt.clone(),
-                audio_ctx: Some(request.audio_ctx),
-                no_temperature_fallback: true,
-                max_tokens: Some(request.max_tokens),
-                ..TranscribeOptions::default()
-            };
-            let started = Instant::now();
-            let transcript = engine.transcribe(request.samples, options, None)?;
-            simulation.decodes += 1;
-            if paced {
-                clock_ms += started.elapsed().as_millis() as u64;
-                deliver(&mut policy, &mut next_chunk, clock_ms);
-            }
-            let words = transcript
-                .segments
-                .into_iter()
-                .flat_map(|segment| segment.words)
-                .collect();
-            let output = policy.on_decoded(request.id, words);
-            for final_ in output.finals {
-                simulation.commit_latency_ms.extend(
-                    final_
-                        .words
-                        .iter()
-                        .map(|w| clock_ms.saturating_sub(w.end_ms)),
-                );
-                simulation.finals.push(final_);
-            }
-            continue;
-        }
-        if next_chunk < chunks.len() {
-            clock_ms = clock_ms.max(arrival_ms(next_chunk));
-        } else if !flushed {
-            policy.flush();
-            flushed = true;
-        } else {
-            // After the flush every due decode has run: the policy is idle.
-            break;
-        }
-    }
-    Ok(simulation)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1218,7 +1230,7 @@ mod tests {
         vec![0.0; (ms * SAMPLES_PER_MS) as usize]
     }
 
-    fn texts(finals: &[Final]) -> Vec<&str> {
+    fn texts(finals: &[Caption]) -> Vec<&str> {
         finals.iter().map(|f| f.text.as_str()).collect()
     }
 
@@ -1277,7 +1289,7 @@ mod tests {
         let mut policy = speaking(step_500(), 500);
         let first = policy.next_decode().expect("first decode after one step");
         let out = policy.on_decoded(first.id, heard(&first, &[("Hello", 100, 400)]));
-        assert!(out.finals.is_empty(), "nothing to agree with yet");
+        assert!(out.captions.is_empty(), "nothing to agree with yet");
         assert_eq!(out.interim.expect("interim").text, "Hello");
 
         push_speech(&mut policy, 500);
@@ -1287,7 +1299,7 @@ mod tests {
             heard(&second, &[("hello,", 100, 400), ("word", 450, 900)]),
         );
         // Agreement compares normalized text: "Hello" == "hello,".
-        assert_eq!(texts(&out.finals), ["hello,"]);
+        assert_eq!(texts(&out.captions), ["hello,"]);
         assert_eq!(out.interim.expect("interim").text, "word");
 
         push_speech(&mut policy, 500);
@@ -1304,7 +1316,7 @@ mod tests {
             ),
         );
         assert!(
-            out.finals.is_empty(),
+            out.captions.is_empty(),
             "\"word\" != \"world\": nothing new agrees"
         );
         let interim = out.interim.expect("interim");
@@ -1331,7 +1343,7 @@ mod tests {
             ),
         );
         assert_eq!(
-            texts(&out.finals),
+            texts(&out.captions),
             ["予算会"],
             "議 extends beyond what agreed"
         );
@@ -1352,7 +1364,7 @@ mod tests {
         );
         // 予算会議は agrees with the second hypothesis; "会議" straddles the committed
         // 予算会, and is recognised as committed by its text alignment.
-        let committed: String = out.finals.iter().map(|f| f.text.clone()).collect();
+        let committed: String = out.captions.iter().map(|f| f.text.clone()).collect();
         assert!(committed.ends_with('は'), "committed {committed:?}");
         assert!(
             !committed.contains(' '),
@@ -1393,7 +1405,7 @@ mod tests {
             request.id,
             heard(&request, &[("予算", 100, 300), ("会議です。", 300, 600)]),
         );
-        assert_eq!(texts(&out.finals), ["予算会議です。"]);
+        assert_eq!(texts(&out.captions), ["予算会議です。"]);
         push_speech(&mut policy, 600);
         policy.flush();
         let request = policy.next_decode().expect("next utterance");
@@ -1444,7 +1456,7 @@ mod tests {
         let b = policy.next_decode().expect("decode after 200 ms");
         let out = policy.on_decoded(b.id, heard(&b, &[("one", 100, 300), ("two", 400, 600)]));
         assert!(
-            out.finals.is_empty(),
+            out.captions.is_empty(),
             "the only older hypothesis is 200 ms older"
         );
         push_speech(&mut policy, 200);
@@ -1457,7 +1469,7 @@ mod tests {
             ),
         );
         assert_eq!(
-            texts(&out.finals),
+            texts(&out.captions),
             ["one"],
             "agrees with the hypothesis 400 ms older, not with the one before"
         );
@@ -1477,7 +1489,7 @@ mod tests {
                 &[("we", 100, 300), ("need", 350, 600), ("two", 700, 900)],
             ),
         );
-        assert_eq!(texts(&out.finals), ["we need"]);
+        assert_eq!(texts(&out.captions), ["we need"]);
         push_speech(&mut policy, 500);
         let c = policy.next_decode().expect("decode");
         // The committed words come back with shifted times and one of them heard
@@ -1495,7 +1507,7 @@ mod tests {
                 ],
             ),
         );
-        assert_eq!(texts(&out.finals), ["two"]);
+        assert_eq!(texts(&out.captions), ["two"]);
         assert_eq!(out.interim.expect("interim").text, "more");
     }
 
@@ -1529,7 +1541,7 @@ mod tests {
                 ],
             ),
         );
-        assert_eq!(texts(&out.finals), ["the plan is"]);
+        assert_eq!(texts(&out.captions), ["the plan is"]);
         // Trimmed at the earlier of "is" ending (950) and "ready" starting (1000).
         assert_eq!(policy.checkpoint().committed_offset_ms, 950);
         assert_eq!(policy.checkpoint().committed_text_tail, "");
@@ -1543,7 +1555,7 @@ mod tests {
             heard(&c, &[("is", 950, 980), ("ready", 1_000, 1_400)]),
         );
         assert!(
-            out.finals.is_empty(),
+            out.captions.is_empty(),
             "no older hypothesis of this buffer yet"
         );
         assert_eq!(out.interim.expect("interim").text, "ready");
@@ -1554,7 +1566,7 @@ mod tests {
             heard(&d, &[("ready", 1_000, 1_400), ("now", 1_500, 1_800)]),
         );
         assert_eq!(
-            texts(&out.finals),
+            texts(&out.captions),
             ["ready"],
             "\"is\" is not committed twice"
         );
@@ -1565,7 +1577,7 @@ mod tests {
             e.id,
             heard(&e, &[("ready", 1_400, 1_420), ("now", 1_500, 1_800)]),
         );
-        assert_eq!(texts(&out.finals), ["now"]);
+        assert_eq!(texts(&out.captions), ["now"]);
     }
 
     #[test]
@@ -1587,8 +1599,8 @@ mod tests {
             b.id,
             heard(&b, &[("good", 50, 300), ("morning.", 350, 750)]),
         );
-        assert_eq!(texts(&out.finals), ["good morning."]);
-        assert!(out.finals[0].utterance_end);
+        assert_eq!(texts(&out.captions), ["good morning."]);
+        assert!(out.captions[0].utterance_end);
         assert!(out.interim.is_none());
         assert!(policy.is_idle());
         let at = policy.position;
@@ -1607,8 +1619,8 @@ mod tests {
         // While it runs, the silence grows to 300 ms and ends the utterance.
         policy.push_audio(13_440, &silence(100));
         let out = policy.on_decoded(a.id, heard(&a, &[("yes", 100, 500)]));
-        assert_eq!(texts(&out.finals), ["yes"]);
-        assert!(out.finals[0].utterance_end);
+        assert_eq!(texts(&out.captions), ["yes"]);
+        assert!(out.captions[0].utterance_end);
         assert!(policy.is_idle(), "no extra finalizing decode");
     }
 
@@ -1623,7 +1635,7 @@ mod tests {
         let b = policy.next_decode().expect("flush decode");
         assert_eq!(b.samples.len(), MIN_DECODE_SAMPLES);
         let out = policy.on_decoded(b.id, heard(&b, &[("please", 50, 400), ("send", 420, 700)]));
-        assert_eq!(texts(&out.finals), ["please send"]);
+        assert_eq!(texts(&out.captions), ["please send"]);
         assert!(policy.is_idle());
         assert_eq!(policy.checkpoint().committed_offset_ms, 710);
     }
@@ -1647,7 +1659,7 @@ mod tests {
                 ],
             ),
         );
-        assert_eq!(texts(&out.finals), ["long talk"], "no agreement needed");
+        assert_eq!(texts(&out.captions), ["long talk"], "no agreement needed");
         assert_eq!(out.interim.expect("interim").text, "with");
         assert_eq!(
             policy.checkpoint().committed_offset_ms,
@@ -1670,14 +1682,17 @@ mod tests {
             })
             .collect();
         let out = policy.on_decoded(a.id, heard(&a, &looped));
-        assert!(out.finals.is_empty() && out.interim.is_none(), "discarded");
+        assert!(
+            out.captions.is_empty() && out.interim.is_none(),
+            "discarded"
+        );
         assert!(policy.history.is_empty(), "not kept for agreement");
 
         policy.flush();
         let b = policy.next_decode().expect("flush decode");
         let out = policy.on_decoded(b.id, heard(&b, &looped));
         assert_eq!(
-            texts(&out.finals),
+            texts(&out.captions),
             ["good morning"],
             "committed up to the loop"
         );
@@ -1787,7 +1802,7 @@ mod tests {
                 ],
             ),
         );
-        assert_eq!(texts(&out.finals), ["質問なければ"]);
+        assert_eq!(texts(&out.captions), ["質問なければ"]);
     }
 
     #[test]
@@ -1839,7 +1854,7 @@ mod tests {
                 ],
             ),
         );
-        assert_eq!(texts(&out.finals), ["budget report"]);
+        assert_eq!(texts(&out.captions), ["budget report"]);
         let checkpoint = policy.checkpoint();
         assert_eq!(
             checkpoint,
@@ -1869,7 +1884,7 @@ mod tests {
                 ],
             ),
         );
-        assert_eq!(texts(&out.finals), ["by Thursday."]);
+        assert_eq!(texts(&out.captions), ["by Thursday."]);
     }
 
     #[test]

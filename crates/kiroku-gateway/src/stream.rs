@@ -1,8 +1,9 @@
 //! `StreamTranscribe`: one live stream from config to close.
 //!
 //! The loop multiplexes the client's messages, JetStream's publish acks (each turned
-//! into an `AudioAck` only once the frame is stored), the session's finals (an ordered
-//! consumer of its `TRANSCRIPTS` subject) and interims (core NATS). A client that
+//! into an `AudioAck` only once the frame is stored), the session's utterance finals (an
+//! ordered consumer of its `TRANSCRIPTS` subject) and its captions and interims (core
+//! NATS; captions always, interims when asked for). A client that
 //! vanishes ends only this loop: the session lives on in NATS for the resume window.
 
 use std::collections::VecDeque;
@@ -319,9 +320,12 @@ struct Session {
     ended: bool,
     /// Finals up to this seq were delivered (or the client said it has them).
     delivered_seq: u64,
-    /// When each published frame arrived, to measure final latency.
+    /// When each published frame arrived, to measure caption and final latency.
     arrivals: VecDeque<(u64, Instant)>,
     latencies_ms: Vec<u32>,
+    caption_latencies_ms: Vec<u32>,
+    /// End (ms) of the last word shown to the client, by a caption or a final.
+    shown_until_ms: u64,
     finals: u32,
     started: Instant,
     first_interim_seen: bool,
@@ -440,6 +444,8 @@ impl Session {
             delivered_seq: 0,
             arrivals: VecDeque::new(),
             latencies_ms: Vec::new(),
+            caption_latencies_ms: Vec::new(),
+            shown_until_ms: 0,
             finals: 0,
             started: Instant::now(),
             first_interim_seen: false,
@@ -548,7 +554,7 @@ impl Session {
                     }
                 }
                 Some(message) = interims.next() => {
-                    if self.relay_interim(&message.payload, tx).await.is_err() {
+                    if self.relay_live(&message.payload, tx).await.is_err() {
                         break Ok(());
                     }
                 }
@@ -809,7 +815,7 @@ impl Session {
         }
         self.delivered_seq = result.result_seq;
         self.finals += 1;
-        self.observe_latency(result.segment.as_ref());
+        self.observe_final(result.segment.as_ref());
         kiroku_core::metrics::metrics().finals.inc();
         send(tx, stream_transcribe_response::Response::Result(result))
             .await
@@ -817,16 +823,21 @@ impl Session {
         Ok(false)
     }
 
-    async fn relay_interim(&mut self, payload: &[u8], tx: &Out) -> Result<(), ()> {
+    /// A caption (always sent) or an interim (sent when the client asked for them).
+    async fn relay_live(&mut self, payload: &[u8], tx: &Out) -> Result<(), ()> {
         let Ok(message) = events::TranscriptResult::decode(payload) else {
-            return Ok(()); // interims are best effort
+            return Ok(()); // captions and interims are best effort
         };
         let Some(result) = message.result else {
             return Ok(());
         };
-        // An interim precedes final `result_seq`: stale once that final was sent.
-        if !self.interim_results || result.result_seq <= self.delivered_seq {
+        let caption = result.kind == api::ResultKind::Caption as i32;
+        // Both precede final `result_seq`: stale once that final was sent.
+        if (!caption && !self.interim_results) || result.result_seq <= self.delivered_seq {
             return Ok(());
+        }
+        if caption {
+            self.observe_caption(result.segment.as_ref());
         }
         if !self.first_interim_seen {
             self.first_interim_seen = true;
@@ -837,20 +848,47 @@ impl Session {
         send(tx, stream_transcribe_response::Response::Result(result)).await
     }
 
-    /// Final latency per word: time the final arrived here − time the audio holding the
-    /// word's end arrived here. With real-time clients that is what the user waits.
-    fn observe_latency(&mut self, segment: Option<&api::Segment>) {
+    /// How long ago the audio holding `end_ms` arrived here. With real-time clients
+    /// that is what the user waits for a word.
+    fn since_arrival(&self, end_ms: u64) -> Option<Duration> {
+        let end = end_ms * u64::from(OUTPUT_RATE_HZ) / 1000;
+        let (_, arrived) = self.arrivals.iter().find(|(offset, _)| *offset >= end)?;
+        Some(arrived.elapsed())
+    }
+
+    /// Caption latency per word: its first showing.
+    fn observe_caption(&mut self, segment: Option<&api::Segment>) {
         let Some(segment) = segment else { return };
-        let now = Instant::now();
         for word in &segment.words {
-            let end = word.end_ms * u64::from(OUTPUT_RATE_HZ) / 1000;
-            if let Some((_, arrived)) = self.arrivals.iter().find(|(offset, _)| *offset >= end) {
-                let latency = now.duration_since(*arrived);
+            self.observe_shown(word.end_ms);
+        }
+    }
+
+    fn observe_shown(&mut self, end_ms: u64) {
+        if end_ms <= self.shown_until_ms {
+            return;
+        }
+        self.shown_until_ms = end_ms;
+        if let Some(latency) = self.since_arrival(end_ms) {
+            self.caption_latencies_ms.push(latency.as_millis() as u32);
+            kiroku_core::metrics::metrics()
+                .caption_latency
+                .observe(latency.as_secs_f64());
+        }
+    }
+
+    /// Final latency per word: time the final arrived here − time the audio holding the
+    /// word's end arrived here. A word no caption showed is first shown by its final.
+    fn observe_final(&mut self, segment: Option<&api::Segment>) {
+        let Some(segment) = segment else { return };
+        for word in &segment.words {
+            if let Some(latency) = self.since_arrival(word.end_ms) {
                 self.latencies_ms.push(latency.as_millis() as u32);
                 kiroku_core::metrics::metrics()
                     .final_latency
                     .observe(latency.as_secs_f64());
             }
+            self.observe_shown(word.end_ms);
         }
         // Frames that end before this final's start will not be looked up again.
         let start = segment.start_ms * u64::from(OUTPUT_RATE_HZ) / 1000;
@@ -860,21 +898,28 @@ impl Session {
     }
 
     fn stats(&self) -> api::StreamStats {
-        let mut sorted = self.latencies_ms.clone();
-        sorted.sort_unstable();
-        let pick = |q: f64| -> u32 {
-            if sorted.is_empty() {
-                0
-            } else {
-                sorted[((sorted.len() - 1) as f64 * q).round() as usize]
-            }
+        let percentiles = |latencies: &[u32]| -> (u32, u32) {
+            let mut sorted = latencies.to_vec();
+            sorted.sort_unstable();
+            let pick = |q: f64| -> u32 {
+                if sorted.is_empty() {
+                    0
+                } else {
+                    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+                }
+            };
+            (pick(0.5), pick(0.95))
         };
+        let (final_p50, final_p95) = percentiles(&self.latencies_ms);
+        let (caption_p50, caption_p95) = percentiles(&self.caption_latencies_ms);
         api::StreamStats {
+            caption_latency_p50_ms: caption_p50,
+            caption_latency_p95_ms: caption_p95,
             audio_received_ms: self.next_offset * 1000 / u64::from(OUTPUT_RATE_HZ),
             audio_decoded_ms: self.next_offset * 1000 / u64::from(OUTPUT_RATE_HZ),
             finals: self.finals,
-            final_latency_p50_ms: pick(0.5),
-            final_latency_p95_ms: pick(0.95),
+            final_latency_p50_ms: final_p50,
+            final_latency_p95_ms: final_p95,
             // The decode speed is the worker's: see kiroku_real_time_factor on /metrics.
             real_time_factor: 0.0,
         }

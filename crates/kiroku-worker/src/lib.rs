@@ -1,7 +1,8 @@
 //! The transcription worker: takes session jobs from `SESSIONS` only while it has a free
-//! session slot, replays each session's audio from `AUDIO`, runs the streaming policy
-//! over the Whisper engine and publishes interims (core NATS) and finals (JetStream
-//! `TRANSCRIPTS`).
+//! session slot, replays each session's audio from `AUDIO`, runs the live path
+//! ([`kiroku_engine::live::Live`]: captions from the streaming policy, then each
+//! utterance decoded once more, whole) over the Whisper engine and publishes interims and
+//! captions (core NATS) and utterance finals, the minutes (JetStream `TRANSCRIPTS`).
 //!
 //! Failure model: while a session runs, the worker acks *progress* on its job every
 //! `ack_wait / 3`. A worker that dies stops doing so; after `ack_wait` JetStream
@@ -21,6 +22,7 @@ use anyhow::Context as _;
 use async_nats::jetstream::{self, consumer};
 use futures::StreamExt as _;
 use kiroku_core::nats::{Layout, Retention};
+use kiroku_engine::live::FinalsConfig;
 use kiroku_engine::streaming::PolicyConfig;
 use kiroku_engine::{Engine, EngineConfig};
 use tokio::sync::{Semaphore, watch};
@@ -60,6 +62,8 @@ pub struct WorkerConfig {
     /// How long a draining worker waits for its sessions to hand over.
     pub drain_timeout: Duration,
     pub policy: PolicyConfig,
+    /// How utterance finals (the minutes) are decoded.
+    pub finals: FinalsConfig,
     /// The pool whose sessions this worker takes (see `SessionRoutes`).
     pub pool: String,
 }
@@ -76,6 +80,7 @@ impl WorkerConfig {
             resume_window: Duration::from_secs(120),
             drain_timeout: Duration::from_secs(10),
             policy: PolicyConfig::default(),
+            finals: FinalsConfig::default(),
             pool: kiroku_core::nats::DEFAULT_POOL.to_string(),
         }
     }

@@ -11,7 +11,8 @@ use futures::StreamExt as _;
 use kiroku_core::nats::{Follower, Layout};
 use kiroku_core::transcript::Word;
 use kiroku_engine::TranscribeOptions;
-use kiroku_engine::streaming::{Checkpoint, DecodeRequest, Policy};
+use kiroku_engine::live::{Live, UtteranceFinal};
+use kiroku_engine::streaming::{Caption, DecodeKind, DecodeRequest};
 use kiroku_proto::events::v1 as events;
 use kiroku_proto::transcribe::v1 as api;
 use prost::Message as _;
@@ -284,13 +285,10 @@ impl Session {
         let Some(engine) = self.ctx.engine.clone() else {
             return Outcome::Retry("no engine".into());
         };
-        let resume = resumed.then(|| Checkpoint {
-            committed_offset_ms: self.checkpoint.committed_offset_ms,
-            committed_text_tail: self.checkpoint.committed_text_tail.clone(),
-        });
-        let mut policy = Policy::new(
+        let mut live = Live::new(
             self.ctx.config.policy.clone().for_language(&self.language),
-            resume,
+            self.ctx.config.finals.clone().for_language(&self.language),
+            resumed.then_some(self.checkpoint.committed_offset_ms),
         );
         let mut options = self.decode_options();
         let presence_subject = self
@@ -309,10 +307,11 @@ impl Session {
 
         loop {
             if in_flight.is_none()
-                && let Some(request) = policy.next_decode()
+                && let Some(request) = live.next_decode()
             {
                 debug!(
                     id = request.id,
+                    kind = ?request.kind,
                     start_ms = request.start_ms,
                     audio_ms = request.samples.len() as u64 / 16,
                     audio_ctx = request.audio_ctx,
@@ -322,7 +321,7 @@ impl Session {
             }
             if let Some(reason) = closing
                 && in_flight.is_none()
-                && policy.is_idle()
+                && live.is_idle()
             {
                 return self.close(reason).await;
             }
@@ -334,16 +333,16 @@ impl Session {
                     };
                     idle.as_mut().reset(tokio::time::Instant::now() + window);
                     if !frame.pcm_s16le.is_empty() {
-                        // Replays after a takeover overlap committed audio: the policy
-                        // ignores samples before its position, so no seq check is needed.
+                        // Replays after a takeover overlap finalized audio: the track
+                        // takes it as left context only, so no seq check is needed.
                         self.last_audio_seq = self.last_audio_seq.max(frame.seq);
-                        policy.push_audio(frame.offset_samples, &to_f32(&frame.pcm_s16le));
+                        live.push_audio(frame.offset_samples, &to_f32(&frame.pcm_s16le));
                     }
                     if frame.flush_utterance {
-                        policy.flush();
+                        live.flush();
                     }
                     if frame.end_of_stream {
-                        policy.flush();
+                        live.flush();
                         closing = Some("end_of_stream");
                     }
                 }
@@ -357,35 +356,45 @@ impl Session {
                         Ok(words) => words,
                         Err(error) => return self.close_with_error(error).await,
                     };
-                    let output = policy.on_decoded(decoded.id, words);
+                    let output = live.on_decoded(decoded.id, words);
                     if self.language.is_empty()
                         && !decoded.language.is_empty()
-                        && (decoded.audio_ms >= DETECTION_MIN_AUDIO_MS || !output.finals.is_empty())
+                        && (decoded.audio_ms >= DETECTION_MIN_AUDIO_MS
+                            || !output.captions.is_empty()
+                            || !output.finals.is_empty())
                     {
                         info!(language = decoded.language, "language detected");
                         self.language = decoded.language;
                         options = self.decode_options();
-                        policy.set_config(self.ctx.config.policy.clone().for_language(&self.language));
+                        live.set_config(
+                            self.ctx.config.policy.clone().for_language(&self.language),
+                            self.ctx.config.finals.clone().for_language(&self.language),
+                        );
                     }
                     debug!(
                         id = decoded.id,
+                        captions = output.captions.len(),
                         finals = output.finals.len(),
                         interim = output.interim.as_ref().map(|i| i.text.as_str()).unwrap_or(""),
-                        idle = policy.is_idle(),
+                        idle = live.is_idle(),
                         "decoded"
                     );
+                    for caption in output.captions {
+                        self.publish_caption(caption).await;
+                    }
+                    let position = Position::of(&live);
                     for final_ in output.finals {
-                        if let Err(why) = self.publish_final(final_.start_ms, final_.end_ms, final_.text, final_.words, &policy.checkpoint()).await {
+                        if let Err(why) = self.publish_utterance(final_, position).await {
                             return Outcome::Retry(why);
                         }
                         last_checkpoint_write = Instant::now();
                     }
                     if let Some(interim) = output.interim {
-                        self.publish_interim(interim.start_ms, interim.end_ms, interim.text, interim.words).await;
+                        self.publish_live(api::ResultKind::Interim, interim.start_ms, interim.end_ms, interim.text, interim.words).await;
                     }
                     if last_checkpoint_write.elapsed() > Duration::from_secs(5) {
-                        // Silence moves the committed offset without finals.
-                        self.write_checkpoint(&policy.checkpoint()).await;
+                        // Silence moves the minutes' boundary without finals.
+                        self.write_checkpoint(Position::of(&live)).await;
                         last_checkpoint_write = Instant::now();
                     }
                 }
@@ -394,7 +403,7 @@ impl Session {
                 }
                 () = &mut idle, if closing.is_none() => {
                     info!(window_s = window.as_secs(), "no client within the resume window: closing");
-                    policy.flush();
+                    live.flush();
                     closing = Some("abandoned");
                 }
                 () = crate::drained(drain) => {
@@ -403,7 +412,7 @@ impl Session {
                         // are simply decoded again by the next worker.
                         let _ = handle.await;
                     }
-                    self.write_checkpoint(&policy.checkpoint()).await;
+                    self.write_checkpoint(Position::of(&live)).await;
                     return Outcome::HandedBack;
                 }
             }
@@ -425,7 +434,8 @@ impl Session {
                         return self.close("end_of_stream").await;
                     }
                     let ms = frame.offset_samples * 1000 / RATE;
-                    self.publish_interim(ms, ms, frame.seq.to_string(), Vec::new()).await;
+                    self.publish_live(api::ResultKind::Interim, ms, ms, frame.seq.to_string(), Vec::new())
+                        .await;
                 }
                 () = crate::drained(drain) => return Outcome::HandedBack,
             }
@@ -491,9 +501,9 @@ impl Session {
         };
         self.language = transcript.language.clone();
         for segment in transcript.segments {
-            let checkpoint = Checkpoint {
+            let position = Position {
                 committed_offset_ms: segment.end_ms,
-                committed_text_tail: String::new(),
+                replay_from_ms: segment.end_ms,
             };
             if let Err(why) = self
                 .publish_final(
@@ -501,7 +511,7 @@ impl Session {
                     segment.end_ms,
                     segment.text,
                     segment.words,
-                    &checkpoint,
+                    position,
                 )
                 .await
             {
@@ -556,12 +566,12 @@ impl Session {
 
     fn checkpoint_message(
         &mut self,
-        checkpoint: &Checkpoint,
+        position: Position,
         last_result_seq: u64,
     ) -> events::SessionCheckpoint {
-        let committed_samples = checkpoint.committed_offset_ms * RATE / 1000;
+        let needed_from = position.replay_from_ms * RATE / 1000;
         while let Some(&(_, end)) = self.frames.front() {
-            if end > committed_samples {
+            if end > needed_from {
                 break;
             }
             self.frames.pop_front();
@@ -571,17 +581,17 @@ impl Session {
             .front()
             .map_or(self.next_stream_seq, |&(seq, _)| seq);
         events::SessionCheckpoint {
-            committed_offset_ms: checkpoint.committed_offset_ms,
+            committed_offset_ms: position.committed_offset_ms,
             last_audio_seq: self.last_audio_seq,
             last_result_seq,
-            committed_text_tail: checkpoint.committed_text_tail.clone(),
+            committed_text_tail: String::new(),
             language: self.language.clone(),
             audio_stream_seq,
         }
     }
 
-    async fn write_checkpoint(&mut self, checkpoint: &Checkpoint) {
-        let message = self.checkpoint_message(checkpoint, self.next_result_seq - 1);
+    async fn write_checkpoint(&mut self, position: Position) {
+        let message = self.checkpoint_message(position, self.next_result_seq - 1);
         if let Err(error) = self
             .ctx
             .checkpoints
@@ -599,10 +609,10 @@ impl Session {
         end_ms: u64,
         text: String,
         words: Vec<Word>,
-        checkpoint: &Checkpoint,
+        position: Position,
     ) -> Result<(), String> {
         let seq = self.next_result_seq;
-        let carried = self.checkpoint_message(checkpoint, seq);
+        let carried = self.checkpoint_message(position, seq);
         let message = events::TranscriptResult {
             tenant_id: self.job.tenant_id.clone(),
             session_id: self.job.session_id.clone(),
@@ -613,6 +623,7 @@ impl Session {
                 segment: Some(Self::segment(start_ms, end_ms, text, words)),
                 stability: 1.0,
                 language: self.language.clone(),
+                kind: api::ResultKind::Final as i32,
             }),
             committed_offset_ms: carried.committed_offset_ms,
             session_closed: false,
@@ -636,8 +647,52 @@ impl Session {
         Ok(())
     }
 
-    async fn publish_interim(&self, start_ms: u64, end_ms: u64, text: String, words: Vec<Word>) {
-        if !self.job.interim_results && self.ctx.engine.is_some() {
+    /// An utterance final: the minutes, durable in `TRANSCRIPTS`.
+    async fn publish_utterance(
+        &mut self,
+        final_: UtteranceFinal,
+        position: Position,
+    ) -> Result<(), String> {
+        if final_.from_captions {
+            warn!(
+                span_start_ms = final_.span_start_ms,
+                span_end_ms = final_.span_end_ms,
+                "utterance final made of its captions (its decode failed or heard nothing)"
+            );
+        }
+        self.publish_final(
+            final_.start_ms,
+            final_.end_ms,
+            final_.text,
+            final_.words,
+            position,
+        )
+        .await
+    }
+
+    async fn publish_caption(&self, caption: Caption) {
+        self.publish_live(
+            api::ResultKind::Caption,
+            caption.start_ms,
+            caption.end_ms,
+            caption.text,
+            caption.words,
+        )
+        .await;
+    }
+
+    /// A caption or an interim on core NATS (best effort: a lost one is replaced by the
+    /// utterance's final). Interims only when the client asked for them; captions always.
+    async fn publish_live(
+        &self,
+        kind: api::ResultKind,
+        start_ms: u64,
+        end_ms: u64,
+        text: String,
+        words: Vec<Word>,
+    ) {
+        let interim = kind == api::ResultKind::Interim;
+        if interim && !self.job.interim_results && self.ctx.engine.is_some() {
             return;
         }
         let message = events::TranscriptResult {
@@ -648,8 +703,9 @@ impl Session {
                 result_seq: self.next_result_seq,
                 is_final: false,
                 segment: Some(Self::segment(start_ms, end_ms, text, words)),
-                stability: 0.5,
+                stability: if interim { 0.5 } else { 1.0 },
                 language: self.language.clone(),
+                kind: kind as i32,
             }),
             ..Default::default()
         };
@@ -737,6 +793,24 @@ async fn join_in_flight(
     }
 }
 
+/// Where a session stands, for its checkpoint: everything before `committed_offset_ms`
+/// is in the minutes, and a successor replays the audio from `replay_from_ms` (the left
+/// context of the next utterance's final).
+#[derive(Debug, Clone, Copy)]
+struct Position {
+    committed_offset_ms: u64,
+    replay_from_ms: u64,
+}
+
+impl Position {
+    fn of(live: &Live) -> Self {
+        Self {
+            committed_offset_ms: live.checkpoint_ms(),
+            replay_from_ms: live.replay_from_ms(),
+        }
+    }
+}
+
 struct Decoded {
     id: u64,
     /// Audio decoded (with padding), ms.
@@ -756,6 +830,7 @@ fn spawn_decode(
         "worker.decode",
         audio_s,
         start_ms = request.start_ms,
+        utterance_final = request.kind == DecodeKind::Final,
         otel.name = "worker decode"
     );
     // The user's vocabulary first, then the stream's own recent text (the policy's
@@ -768,7 +843,9 @@ fn spawn_decode(
         audio_ctx: Some(request.audio_ctx),
         no_temperature_fallback: true,
         max_tokens: Some(request.max_tokens),
+        beam_size: request.beam_size,
         prompt,
+        urgent: request.kind == DecodeKind::Final,
         ..options
     };
     let id = request.id;

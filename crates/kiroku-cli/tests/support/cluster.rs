@@ -866,8 +866,37 @@ pub fn report_text(report: &serde_json::Value) -> String {
 }
 
 /// Finals are numbered 1, 2, 3… without gaps or repeats, and their audio spans and
-/// words are in order without overlap: nothing missing, nothing doubled.
+/// words are in order without overlap: nothing missing, nothing doubled. Each caption is
+/// replaced by exactly one later final: the final with its `result_seq`, which arrived
+/// after it, and whose words reach past the caption's first word.
 pub fn check_finals_consistent(report: &serde_json::Value) {
+    check_finals_in_order(report);
+    let finals = report["finals"].as_array().expect("finals");
+    let captions = report["captions"].as_array().expect("captions");
+    for caption in captions {
+        let seq = caption["result_seq"].as_u64().expect("caption seq");
+        let final_ = finals
+            .iter()
+            .find(|f| f["result_seq"].as_u64() == Some(seq))
+            .unwrap_or_else(|| panic!("caption {caption} is replaced by no final"));
+        assert!(
+            final_["arrival_ms"].as_f64() >= caption["arrival_ms"].as_f64(),
+            "caption {caption} arrived after its final {final_}"
+        );
+        let caption_start = caption["segment"]["start_ms"].as_u64().expect("start");
+        let final_end = final_["segment"]["end_ms"].as_u64().expect("end");
+        let previous_end = finals
+            .iter()
+            .find(|f| f["result_seq"].as_u64() == Some(seq - 1))
+            .map_or(0, |f| f["segment"]["end_ms"].as_u64().unwrap_or(0));
+        assert!(
+            caption_start + 500 >= previous_end && caption_start <= final_end + 500,
+            "caption {caption} lies outside its final's time span ({previous_end}..{final_end})"
+        );
+    }
+}
+
+fn check_finals_in_order(report: &serde_json::Value) {
     let finals = report["finals"].as_array().expect("finals");
     assert!(!finals.is_empty(), "no finals");
     let mut previous_end = 0u64;
