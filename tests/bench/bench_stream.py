@@ -1,39 +1,28 @@
 #!/usr/bin/env python3
 """`make bench-stream`: live streaming against the real local cluster.
 
-1. Synthesises meeting speech with espeak-ng (a long meeting for the single-stream run,
-   a shorter one for the concurrency sweep).
-2. `kiroku transcribe --format json` on each gives the batch WER and the reference
-   timeline: the end of every word in the audio (Whisper with the whole file's context).
-3. `kiroku up` (release binary, its own cluster root and ports) and `kiroku stream`
-   clients paced at real time. Per-word final latency = when the final holding the
-   word arrived at the client - when the word ended in the audio (reference timeline,
-   matched by text). First-interim latency is measured from the first frame.
-4. Concurrency sweep: N clients at once, N = 1, 2, ... until p95 passes 2 s; the
-   largest N with p95 <= 2 s is what this machine holds.
-5. Plumbing: the cluster again with workers on the BENCHMARK-ONLY null engine (no
-   inference), `kiroku bench-plumbing` with 10, 100 and 1000 concurrent streams: the
-   per-frame latency the plumbing adds (frame sent -> its echo back at the client).
-6. Japanese: the Japanese meeting clip of `make bench` (Open JTalk, joined as the Rust
-   tests join it), one stream with `--language ja` on a cluster whose worker runs the
-   multilingual base model; streaming and batch CER (tests/src/cer.rs normalization).
-   Japanese has no spaces, so streamed words cannot be matched to the batch timeline
-   by text as in 3: latency is per final, when the final arrived at the client - the
-   end of its own segment (end_ms, audio time from the stream start). Needs
-   `make japanese-voice` (or KIROKU_TEST_HTS_VOICE) and `kiroku model fetch --model base`.
+`kiroku up` (release binary, its own cluster root and ports) and `kiroku stream` clients
+paced at real time.
 
-7. Minutes (issue "Minutes as accurate as a file"): every single-stream part reports the
-   minutes (the utterance finals) against the batch transcript of the same audio, caption
-   latency (word end -> first shown at the client: its caption, or its final when no
-   caption held it) and final latency (the final's last word end -> final at the
-   client), and the worker's CPU (% of the machine's cores) over the stream. `long` is a
-   3.5-minute meeting of three espeak-ng voices (tests/support/long_meeting.txt). The
-   "before" column is the README's run of the previous release (captions were the
-   minutes then), for comparison; everything else is measured in this run.
+- english, long, japanese: one stream of a meeting (the 42 s espeak-ng meeting; a
+  3.5-minute meeting of three espeak-ng voices, tests/support/long_meeting.txt; the
+  Open JTalk clip of `make bench`, streamed with `--language ja` to a base worker). Each
+  reports the minutes (the utterance finals) against `kiroku transcribe` of the same
+  audio (WER, or CER with tests/src/cer.rs normalization for Japanese), caption latency
+  (word end -> first shown at the client: its caption, or its final when no caption held
+  it; English word ends from the batch timeline matched by text, Japanese from the
+  stream's own word times), final latency (the final's last word end -> final at the
+  client), and the worker's CPU (% of all cores) over the stream. The "before" column
+  is the README's run of the previous release (captions were the minutes then).
+- sweep: N clients at once on one worker, N = 1, 2, ... until p95 passes 2 s, for the
+  250 ms and 500 ms steps: per-word final latency against the batch timeline.
+- plumbing: workers on the BENCHMARK-ONLY null engine (no inference), `kiroku
+  bench-plumbing` with 10, 100 and 1000 concurrent streams: the per-frame latency the
+  plumbing adds (frame sent -> its echo back at the client).
 
 Usage: bench_stream.py KIROKU_BIN WORK_DIR [PART...]
-PART: english (1-3, single stream), long (7), sweep (4), plumbing (5), japanese (6);
-default all.
+PART: english, long, sweep, plumbing, japanese; default all. Japanese needs
+`make japanese-voice` (or KIROKU_TEST_HTS_VOICE) and `kiroku model fetch --model base`.
 """
 import difflib
 import json
@@ -272,27 +261,6 @@ def stream_clients(kiroku, work, wav, n, tag, extra=()):
     return reports
 
 
-def english_single(kiroku, work):
-    long_text = " ".join(SENTENCES)
-    long_wav = synthesize(work, "meeting-long", long_text)
-    long_batch = batch(kiroku, long_wav)
-    cluster = start_cluster(kiroku, work, "whisper", ["--workers", "1"])
-    try:
-        [report] = stream_clients(kiroku, work, long_wav, 1, "single")
-        lat = word_latencies(report, reference_words(long_batch))
-        stream_text = " ".join(f["segment"]["text"] for f in report["finals"])
-        single = {
-            "audio_s": long_batch["duration_ms"] / 1000,
-            "p50": pct(lat, 0.5), "p95": pct(lat, 0.95),
-            "first_interim": report["first_interim_ms"],
-            "stream_wer": wer(long_text, stream_text),
-            "batch_wer": wer(long_text, long_batch["text"]),
-        }
-    finally:
-        stop_cluster(cluster)
-    return single
-
-
 def concurrency_sweep(kiroku, work):
     short_text = " ".join(SENTENCES[:5])
     short_wav = synthesize(work, "meeting-short", short_text)
@@ -338,40 +306,6 @@ def plumbing_latency(kiroku, work):
     return plumbing
 
 
-def japanese_single(kiroku, work, voice):
-    """One Japanese stream on a base worker: streaming and batch CER, per-final latency."""
-    wav, reference = japanese_meeting_clip(work, voice, JAPANESE_SENTENCES)
-    batch_json = batch(kiroku, wav, "--model", "base", "--language", "ja")
-    cluster = start_cluster(kiroku, work, "japanese", ["--workers", "1", "--model", "base"])
-    try:
-        [report] = stream_clients(kiroku, work, wav, 1, "japanese", ["--language", "ja"])
-    finally:
-        stop_cluster(cluster)
-    finals = report["finals"]
-    latencies = [f["arrival_ms"] - f["segment"]["end_ms"] / report["speed"] for f in finals]
-    for f, latency in zip(finals, latencies):
-        s = f["segment"]
-        print(f"  ja final {s['start_ms']}-{s['end_ms']} ms arrived {f['arrival_ms']:.0f} ms "
-              f"(+{latency:.0f} ms): {s['text']}", file=sys.stderr)
-    stream_text = "".join(f["segment"]["text"] for f in finals)
-    print(f"  ja reference: {reference}\n  ja batch:     {batch_json['text']}\n  ja stream:    {stream_text}",
-          file=sys.stderr)
-    return {
-        "audio_s": batch_json["duration_ms"] / 1000,
-        "finals": len(finals),
-        "reconnects": report["reconnects"],
-        "p50": pct(latencies, 0.5), "p95": pct(latencies, 0.95),
-        "first_interim": report["first_interim_ms"],
-        "stream_language": report["transcript"].get("language"),
-        "stream_cer": cer(reference, stream_text),
-        "batch_cer": cer(reference, batch_json["text"]),
-    }
-
-
-def seconds(ms):
-    return "-" if ms is None else f"{ms / 1000:.2f} s"
-
-
 def main():
     kiroku, work = sys.argv[1], sys.argv[2]
     all_parts = ["english", "long", "sweep", "plumbing", "japanese"]
@@ -381,10 +315,8 @@ def main():
         sys.exit(f"unknown parts {sorted(unknown)}: use {', '.join(all_parts)}")
     os.makedirs(work, exist_ok=True)
     voice = japanese_voice(work) if "japanese" in parts else None  # checked before any part runs
-    single = english_single(kiroku, work) if "english" in parts else None
     sweep = concurrency_sweep(kiroku, work) if "sweep" in parts else []
     plumbing = plumbing_latency(kiroku, work) if "plumbing" in parts else []
-    japanese = japanese_single(kiroku, work, voice) if "japanese" in parts else None
     minutes = []
     if "english" in parts:
         text = " ".join(SENTENCES)
@@ -404,21 +336,9 @@ def main():
             {"minutes": "0.138", "batch": "0.033", "finals": "-", "caption": "-"}, "2.5 s"))
 
     held = max([n for _, n, _, p95, _ in sweep if p95 <= 2000], default=0)
-    if single:
-        print()
-        print(f"Streaming benchmark: tiny.en, release build, 2-core machine, audio paced at real time")
-        print(f"single stream, {single['audio_s']:.0f} s meeting:")
-        print(f"| metric | measured | goal |")
-        print(f"|---|---|---|")
-        print(f"| final latency p50 (word end -> final at client) | {single['p50'] / 1000:.2f} s | <= 1.0 s |")
-        print(f"| final latency p95 | {single['p95'] / 1000:.2f} s | <= 2.0 s |")
-        print(f"| first interim after stream start | {single['first_interim'] / 1000:.2f} s | |")
-        print(f"| streaming WER | {single['stream_wer']:.3f} | <= batch + 0.02 |")
-        print(f"| batch WER (`kiroku transcribe`, same audio) | {single['batch_wer']:.3f} | |")
-        if sweep:
-            print(f"| concurrent real-time streams with p95 <= 2 s (any step) | {held} | >= 4 |")
     if sweep:
         print()
+        print(f"concurrent real-time streams with p95 <= 2 s (any step): {held} (goal >= 4)")
         print("concurrency sweep (short meeting, every stream at real time):")
         print("| worker step | streams | p50 | p95 | worst WER |")
         print("|---|---|---|---|---|")
@@ -432,21 +352,6 @@ def main():
         for p in plumbing:
             print(f"| {p['streams']} | {p['frames_answered']}/{p['frames_expected']} | {p['p50_ms']:.1f} ms | "
                   f"{p['p99_ms']:.1f} ms | {p['max_ms']:.1f} ms | <= 5 ms |")
-    if japanese:
-        j = japanese
-        print()
-        print("Japanese streaming: base (multilingual), --language ja, release build, 2-core machine, "
-              "audio paced at real time")
-        print(f"single stream, {j['audio_s']:.1f} s Open JTalk meeting ({len(JAPANESE_SENTENCES)} sentences), "
-              f"{j['finals']} finals, {j['reconnects']} reconnects:")
-        print("| metric | measured |")
-        print("|---|---|")
-        print(f"| final latency p50 (end of the final's segment -> final at client) | {seconds(j['p50'])} |")
-        print(f"| final latency p95 | {seconds(j['p95'])} |")
-        print(f"| first interim after stream start | {seconds(j['first_interim'])} |")
-        print(f"| language of the streamed transcript | {j['stream_language'] or '-'} |")
-        print(f"| streaming CER | {j['stream_cer']:.3f} |")
-        print(f"| batch CER (`kiroku transcribe --model base --language ja`, same audio) | {j['batch_cer']:.3f} |")
     for title, result, unit, before, goal in minutes:
         minutes_table(title + f" ({result['audio_s']:.0f} s, release build, 2-core machine, paced at 1x)",
                       result, unit, before, goal)

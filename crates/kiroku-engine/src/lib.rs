@@ -5,5 +5,7 @@ pub mod convert;
 pub mod engine;
 pub mod live;
 pub mod streaming;
+#[cfg(test)]
+mod test_support;
 
 pub use engine::{Engine, EngineConfig, EngineError, TranscribeOptions};

@@ -1201,34 +1201,7 @@ fn find_squeezed_repeat(words: &[Word]) -> Option<Range<usize>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn word(text: &str, start_ms: u64, end_ms: u64) -> Word {
-        Word {
-            text: text.to_string(),
-            start_ms,
-            end_ms,
-            probability: 0.9,
-        }
-    }
-
-    /// Hypothesis words given in absolute ms, made relative to the request.
-    fn heard(request: &DecodeRequest, words: &[(&str, u64, u64)]) -> Vec<Word> {
-        words
-            .iter()
-            .map(|&(text, start, end)| word(text, start - request.start_ms, end - request.start_ms))
-            .collect()
-    }
-
-    /// A loud tone: speech to the VAD.
-    fn speech(ms: u64) -> Vec<f32> {
-        (0..ms * SAMPLES_PER_MS)
-            .map(|i| 0.2 * (i as f32 * 0.05).sin())
-            .collect()
-    }
-
-    fn silence(ms: u64) -> Vec<f32> {
-        vec![0.0; (ms * SAMPLES_PER_MS) as usize]
-    }
+    use crate::test_support::{heard, silence, speech, word};
 
     fn texts(finals: &[Caption]) -> Vec<&str> {
         finals.iter().map(|f| f.text.as_str()).collect()
