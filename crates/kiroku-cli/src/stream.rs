@@ -635,26 +635,18 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * q).round() as usize]
 }
 
-/// Word latencies (ms) from `arrivals`: each word's arrival − when its end was played
-/// (the audio's timeline at `speed`, from the first frame), sorted.
-fn latencies<'a>(arrivals: impl Iterator<Item = (f64, &'a Segment)>, speed: f64) -> Vec<f64> {
-    let mut latencies: Vec<f64> = arrivals
-        .flat_map(|(arrival_ms, segment)| {
-            segment
-                .words
-                .iter()
-                .map(move |w| arrival_ms - w.end_ms as f64 / speed)
+fn print_stats(progress: &Progress, args: &Args, reconnects: u32) {
+    // A final's latency: its arrival − when its utterance's last word ended.
+    let mut finals: Vec<f64> = progress
+        .finals
+        .iter()
+        .filter_map(|f| {
+            let last = f.segment.words.last()?;
+            Some(f.arrival_ms - last.end_ms as f64 / args.speed)
         })
         .collect();
-    latencies.sort_by(f64::total_cmp);
-    latencies
-}
-
-fn print_stats(progress: &Progress, args: &Args, reconnects: u32) {
-    let finals = latencies(
-        progress.finals.iter().map(|f| (f.arrival_ms, &f.segment)),
-        args.speed,
-    );
+    finals.sort_by(f64::total_cmp);
+    let words: usize = progress.finals.iter().map(|f| f.segment.words.len()).sum();
     // A word is first shown by its caption, or by its final when no caption held it
     // (the tail of an utterance, decoded only by the final): by end time, each word
     // counts once, at its first showing.
@@ -677,10 +669,9 @@ fn print_stats(progress: &Progress, args: &Args, reconnects: u32) {
     }
     first_shown.sort_by(f64::total_cmp);
     eprintln!(
-        "finals {}  captions {}  words {}  reconnects {reconnects}",
+        "finals {}  captions {}  words {words}  reconnects {reconnects}",
         progress.finals.len(),
         progress.captions_received.len(),
-        finals.len()
     );
     let line = |name: &str, latencies: &[f64]| {
         eprintln!(
@@ -694,7 +685,7 @@ fn print_stats(progress: &Progress, args: &Args, reconnects: u32) {
         "caption latency (client, word end → first shown)",
         &first_shown,
     );
-    line("final latency (client, word end → final)", &finals);
+    line("final latency (client, utterance end → final)", &finals);
     if let Some(first) = progress.first_interim_ms {
         eprintln!("first caption or interim after {first:.0} ms");
     }
