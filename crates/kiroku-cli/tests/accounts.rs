@@ -1,6 +1,6 @@
 //! Accounts and access, end to end: real `kiroku serve account|gateway|worker`
 //! processes against the real PostgreSQL, Redis and NATS. Each test names the
-//! ISO 27017 control it proves (`../shared/SECURITY-CONTROLS.md`).
+//! ISO 27017 control it proves (the control id is in the test's name).
 
 #[path = "support/cluster.rs"]
 mod cluster;
