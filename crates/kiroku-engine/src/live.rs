@@ -12,7 +12,10 @@
 //!   audio is decoded again together with [`FinalsConfig::left_context_ms`] of the audio
 //!   before it, and only the words that start inside the utterance are kept (word
 //!   starts are aligned by DTW; Whisper's word ends run late at a segment's end, which
-//!   would put the previous sentence's last word into the next final).
+//!   would put the previous sentence's last word into the next final). A word timed up
+//!   to 300 ms early still counts unless it repeats the previous final's end: a soft
+//!   onset the VAD took for silence starts before the cut (English simulation: minutes
+//!   WER 0.069 → 0.060 with this tolerance, the file decode's).
 //!   Measured on a Japanese meeting with base (each sentence decoded with N s of the audio
 //!   before it): N = 0 → CER 0.098, 5 s → 0.055, 10 s → 0.055 (the whole file at once:
 //!   0.055), 20 s → 0.074; English speech without pauses needs more (10 s: WER 0.078
@@ -46,6 +49,9 @@ const MAX_PROMPT_CONTEXT_CHARS: usize = 400;
 /// this long after the boundary, are that final's words heard again in the left context
 /// (Whisper's segment start pushed their time past the boundary).
 const REPEAT_WINDOW_MS: u64 = 1_500;
+/// How far before its span's start a word may be timed and still be the span's own
+/// (unless it repeats the previous final's end).
+const EARLY_START_TOLERANCE_MS: u64 = 300;
 /// At most this many units are compared for such a repeat.
 const MAX_REPEAT_UNITS: usize = 8;
 /// A repeat must hold at least this many characters ("meeting", "10"), so that one kana
@@ -511,7 +517,11 @@ impl Live {
         };
         let span_start_ms = self.boundary / SAMPLES_PER_MS;
         let span_end_ms = span.end / SAMPLES_PER_MS;
-        let inside = |w: &Word| (span_start_ms..span_end_ms).contains(&w.start_ms);
+        // A word timed a little before the span's start still belongs to it unless it
+        // repeats the previous final's end (removed just below): a soft onset the VAD
+        // took for silence, or DTW placing a word early, must not drop it between finals.
+        let from_ms = span_start_ms.saturating_sub(EARLY_START_TOLERANCE_MS);
+        let inside = |w: &Word| (from_ms..span_end_ms).contains(&w.start_ms);
         let words = match decoded {
             Some((window_start, words)) => {
                 let offset_ms = window_start / SAMPLES_PER_MS;
