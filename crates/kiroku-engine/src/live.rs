@@ -883,6 +883,45 @@ mod tests {
     }
 
     #[test]
+    fn a_word_timed_just_before_its_span_stays_unless_it_repeats_the_previous_final() {
+        let mut live = Live::new(PolicyConfig::default(), FinalsConfig::default(), None);
+        push(&mut live, &speech(2_000));
+        push(&mut live, &silence(1_000));
+        let first = next_final(&mut live);
+        let output = live.on_decoded(
+            first.id,
+            heard(
+                &first,
+                &[("weekly", 100, 1_000), ("planning", 1_000, 1_900)],
+            ),
+        );
+        let boundary = output.finals[0].span_end_ms;
+        push(&mut live, &speech(2_000));
+        push(&mut live, &silence(1_000));
+        let second = next_final(&mut live);
+        // "planning" heard again 250 ms early is the previous final's word; "meeting",
+        // whose soft onset came 200 ms before the cut, is this one's; "weekly" at 1 s
+        // before the cut is context.
+        let output = live.on_decoded(
+            second.id,
+            heard(
+                &second,
+                &[
+                    ("weekly", boundary - 1_000, boundary - 600),
+                    ("planning", boundary - 250, boundary - 220),
+                    ("meeting.", boundary - 200, boundary + 300),
+                    ("Next", boundary + 1_000, boundary + 1_400),
+                ],
+            ),
+        );
+        assert_eq!(texts(&output.finals), ["meeting. Next"]);
+        assert_eq!(
+            output.finals[0].start_ms, boundary,
+            "times stay inside the span"
+        );
+    }
+
+    #[test]
     fn a_due_final_goes_ahead_of_caption_decodes_and_replaces_the_policy_finalize() {
         let mut live = Live::new(PolicyConfig::default(), FinalsConfig::default(), None);
         push(&mut live, &speech(1_000));
