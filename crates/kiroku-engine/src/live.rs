@@ -678,11 +678,6 @@ impl Simulation {
     pub fn minutes(&self) -> String {
         join_words(self.finals.iter().map(|f| f.text.as_str()))
     }
-
-    /// The captions as one text.
-    pub fn caption_text(&self) -> String {
-        join_words(self.captions.iter().map(|c| c.text.as_str()))
-    }
 }
 
 /// Runs the live path over a whole recording as if it arrived live in `chunk_ms`
@@ -801,6 +796,22 @@ mod tests {
         }
     }
 
+    /// Two utterances of 2 s, each followed by 1 s of silence; the first final is decoded
+    /// with `first_words`. Returns the track, the first final's span end (ms) and the
+    /// second final's decode request.
+    fn second_final_due(first_words: &[(&str, u64, u64)]) -> (Live, u64, DecodeRequest) {
+        let mut live = Live::new(PolicyConfig::default(), FinalsConfig::default(), None);
+        push(&mut live, &speech(2_000));
+        push(&mut live, &silence(1_000));
+        let first = next_final(&mut live);
+        let output = live.on_decoded(first.id, heard(&first, first_words));
+        let boundary = output.finals[0].span_end_ms;
+        push(&mut live, &speech(2_000));
+        push(&mut live, &silence(1_000));
+        let second = next_final(&mut live);
+        (live, boundary, second)
+    }
+
     #[test]
     fn an_ended_utterance_is_decoded_again_with_the_audio_before_it_and_keeps_only_its_words() {
         let mut live = Live::new(PolicyConfig::default(), FinalsConfig::default(), None);
@@ -850,21 +861,8 @@ mod tests {
 
     #[test]
     fn the_previous_finals_last_words_heard_again_after_the_boundary_are_dropped() {
-        let mut live = Live::new(PolicyConfig::default(), FinalsConfig::default(), None);
-        push(&mut live, &speech(2_000));
-        push(&mut live, &silence(1_000));
-        let first = next_final(&mut live);
-        let output = live.on_decoded(
-            first.id,
-            heard(
-                &first,
-                &[("planning", 100, 1_000), ("meeting.", 1_000, 1_900)],
-            ),
-        );
-        let boundary = output.finals[0].span_end_ms;
-        push(&mut live, &speech(2_000));
-        push(&mut live, &silence(1_000));
-        let second = next_final(&mut live);
+        let (mut live, boundary, second) =
+            second_final_due(&[("planning", 100, 1_000), ("meeting.", 1_000, 1_900)]);
         // Whisper started a segment with the context's last word, after the boundary.
         let output = live.on_decoded(
             second.id,
@@ -884,21 +882,8 @@ mod tests {
 
     #[test]
     fn a_word_timed_just_before_its_span_stays_unless_it_repeats_the_previous_final() {
-        let mut live = Live::new(PolicyConfig::default(), FinalsConfig::default(), None);
-        push(&mut live, &speech(2_000));
-        push(&mut live, &silence(1_000));
-        let first = next_final(&mut live);
-        let output = live.on_decoded(
-            first.id,
-            heard(
-                &first,
-                &[("weekly", 100, 1_000), ("planning", 1_000, 1_900)],
-            ),
-        );
-        let boundary = output.finals[0].span_end_ms;
-        push(&mut live, &speech(2_000));
-        push(&mut live, &silence(1_000));
-        let second = next_final(&mut live);
+        let (mut live, boundary, second) =
+            second_final_due(&[("weekly", 100, 1_000), ("planning", 1_000, 1_900)]);
         // "planning" heard again 250 ms early is the previous final's word; "meeting",
         // whose soft onset came 200 ms before the cut, is this one's; "weekly" at 1 s
         // before the cut is context.
