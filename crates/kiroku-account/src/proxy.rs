@@ -58,20 +58,36 @@ impl TrustedProxies {
         })
     }
 
-    /// The client's address: the last `x-forwarded-for` entry when the peer is trusted,
-    /// else the peer.
+    /// The client's address: the peer, unless the peer is trusted; then the
+    /// `x-forwarded-for` entries are read from the right (each proxy appends the address
+    /// it saw) and the first one that is not itself a trusted proxy is the client. An
+    /// entry that is not an address stops the walk at the last address believed, so a
+    /// client cannot choose its address by sending the header itself.
+    pub fn client_address(&self, peer: IpAddr, forwarded_for: Option<&str>) -> IpAddr {
+        let mut client = peer;
+        if !self.contains(peer) {
+            return client;
+        }
+        for entry in forwarded_for.unwrap_or_default().rsplit(',') {
+            let Ok(address) = entry.trim().parse::<IpAddr>() else {
+                break;
+            };
+            client = address;
+            if !self.contains(address) {
+                break;
+            }
+        }
+        client
+    }
+
+    /// [`TrustedProxies::client_address`] of a gRPC request.
     pub fn client_ip<T>(&self, request: &Request<T>) -> Option<IpAddr> {
         let peer = request.remote_addr().map(|addr| addr.ip())?;
-        if !self.contains(peer) {
-            return Some(peer);
-        }
         let forwarded = request
             .metadata()
             .get(FORWARDED_FOR)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.rsplit(',').next())
-            .and_then(|last| last.trim().parse().ok());
-        Some(forwarded.unwrap_or(peer))
+            .and_then(|value| value.to_str().ok());
+        Some(self.client_address(peer, forwarded))
     }
 }
 
@@ -84,6 +100,38 @@ impl Default for TrustedProxies {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_client_is_the_first_untrusted_address_from_the_right() {
+        let ingress = TrustedProxies::parse("10.0.0.0/8").expect("list");
+        let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
+        // Straight from the internet: the header is the client's own claim, ignored.
+        assert_eq!(
+            ingress.client_address(ip("203.0.113.9"), Some("198.51.100.1")),
+            ip("203.0.113.9")
+        );
+        // Through the ingress: the address it appended.
+        assert_eq!(
+            ingress.client_address(ip("10.0.0.5"), Some("203.0.113.9")),
+            ip("203.0.113.9")
+        );
+        // A forged entry before the real one is not believed.
+        assert_eq!(
+            ingress.client_address(ip("10.0.0.5"), Some("198.51.100.1, 203.0.113.9")),
+            ip("203.0.113.9")
+        );
+        // Two proxies deep.
+        assert_eq!(
+            ingress.client_address(ip("10.0.0.5"), Some("203.0.113.9, 10.0.0.7")),
+            ip("203.0.113.9")
+        );
+        // No header, or garbage: the last address believed.
+        assert_eq!(ingress.client_address(ip("10.0.0.5"), None), ip("10.0.0.5"));
+        assert_eq!(
+            ingress.client_address(ip("10.0.0.5"), Some("203.0.113.9, junk")),
+            ip("10.0.0.5")
+        );
+    }
 
     #[test]
     fn networks_match_by_prefix() {

@@ -153,19 +153,7 @@ fn system_timestamp(time: SystemTime) -> prost_types::Timestamp {
 // ---- input checks -------------------------------------------------------------------
 
 fn check_email(email: &str) -> Result<String> {
-    let email = email.trim().to_lowercase();
-    let valid = email.len() <= 254
-        && email.split_once('@').is_some_and(|(local, domain)| {
-            !local.is_empty() && domain.contains('.') && !domain.starts_with('.')
-        })
-        && !email.chars().any(|c| c.is_whitespace() || c.is_control());
-    if valid {
-        Ok(email)
-    } else {
-        Err(AccountError::Invalid(format!(
-            "email {email:?} is not a valid address"
-        )))
-    }
+    kiroku_core::validate::email("email", email).map_err(|e| AccountError::Invalid(e.to_string()))
 }
 
 fn check_text(what: &str, value: &str, max_chars: usize) -> Result<String> {
@@ -583,11 +571,27 @@ impl State {
     }
 
     async fn login(&self, request: pb::LoginRequest, ip: Option<IpAddr>) -> Result<pb::TokenPair> {
-        let slug = request.tenant_slug.trim().to_string();
-        let email = request.email.trim().to_lowercase();
+        // Shapes first: nothing malformed is counted, looked up or audited.
+        let slug = check_slug(&request.tenant_slug)?;
+        let email = check_email(&request.email)?;
         let ip_text = ip.map(|ip| ip.to_string()).unwrap_or_default();
-        if let Err(throttled) = self.throttle.reserve_login(&slug, &email, ip).await? {
-            if let Ok(Some(tenant)) = self.db.tenant_for_slug(&slug).await {
+        let tenant = self.db.tenant_for_slug(&slug).await?;
+        // Attempts on a tenant that does not exist are counted in their own bucket per
+        // address: they cannot guess any real password, and must not use up the
+        // address's budget for real accounts (or lock anyone out).
+        let reserved = match tenant {
+            Some(_) => self.throttle.reserve_login(&slug, &email, ip).await?,
+            None => self.throttle.reserve_unknown_tenant(ip).await?,
+        };
+        if let Err(throttled) = reserved {
+            // One `login.throttled` per account and window, however many attempts.
+            if let Some(tenant) = tenant
+                && self
+                    .throttle
+                    .first_refusal(&slug, &email)
+                    .await
+                    .unwrap_or(false)
+            {
                 self.audit(
                     AuditRecord::new(tenant.simple(), Actor::system(), actions::LOGIN_THROTTLED)
                         .target(format!("email/{email}"))
@@ -601,7 +605,6 @@ impl State {
             });
         }
         let invalid = || AccountError::Unauthenticated("invalid tenant, email or password".into());
-        let tenant = self.db.tenant_for_slug(&slug).await?;
         let user = match tenant {
             Some(tenant) => {
                 let mut tx = self.db.tenant_tx(tenant).await?;

@@ -131,6 +131,34 @@ impl Throttle {
         self.reserve(&keys, self.config.window).await
     }
 
+    /// Counts a sign-in attempt on a tenant that does not exist, per client address
+    /// (same limit as real sign-ins, separate counter).
+    pub async fn reserve_unknown_tenant(
+        &self,
+        ip: Option<IpAddr>,
+    ) -> redis::RedisResult<Result<(), Throttled>> {
+        let Some(ip) = ip else { return Ok(Ok(())) };
+        let key = format!("{}:login:unknown-tenant:ip:{ip}", self.prefix);
+        self.reserve(&[(key, self.config.per_ip)], self.config.window)
+            .await
+    }
+
+    /// True for the first refused attempt on an account within a window, false for the
+    /// rest: a throttled account is audited once per window, not once per attempt (an
+    /// attacker's retries must not write to the tenant's audit log for free).
+    pub async fn first_refusal(&self, tenant_slug: &str, email: &str) -> redis::RedisResult<bool> {
+        let key = format!("{}:refused", self.account_key(tenant_slug, email));
+        let set: Option<String> = redis::cmd("SET")
+            .arg(&key)
+            .arg(1)
+            .arg("NX")
+            .arg("PX")
+            .arg(self.config.window.as_millis() as u64)
+            .query_async(&mut self.redis.clone())
+            .await?;
+        Ok(set.is_some())
+    }
+
     /// A successful sign-in: the account's counter is cleared and the attempt is given
     /// back to the address (only failures count against it).
     pub async fn succeeded(

@@ -77,16 +77,22 @@ impl AuditConfig {
 /// (the event id is unique per tenant).
 async fn consume(db: Db, js: jetstream::Context, layout: Layout) -> anyhow::Result<()> {
     use kiroku_core::nats::Handled;
-    kiroku_core::nats::consume_durable(&js, &layout.audit_stream(), CONSUMER, |payload| {
+    let stream = layout.audit_stream();
+    kiroku_core::nats::consume_durable(&js, &layout, &stream, CONSUMER, |payload| {
         let db = db.clone();
         async move {
-            let event = match AuditEvent::decode(payload.as_ref()) {
+            let mut event = match AuditEvent::decode(payload.as_ref()) {
                 Ok(event) => event,
                 Err(error) => return Handled::Invalid(format!("undecodable audit event: {error}")),
             };
+            // Whoever published it, a hostile string is stored harmlessly, never
+            // refused by the database and redelivered forever.
+            kiroku_core::audit::sanitize(&mut event);
             match store::append(&db, &event).await {
                 Ok(_) => Handled::Done,
-                Err(sqlx::Error::Protocol(problem)) => Handled::Invalid(problem),
+                Err(error) if kiroku_core::nats::is_permanent_db_error(&error) => {
+                    Handled::Invalid(error.to_string())
+                }
                 Err(error) => Handled::Retry(error.to_string()),
             }
         }

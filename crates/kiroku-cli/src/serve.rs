@@ -221,6 +221,11 @@ pub struct GatewayArgs {
     /// Unrouted languages go to the pool `default`.
     #[arg(long, env = "KIROKU_SESSION_ROUTES", default_value = "")]
     pub routes: String,
+    /// Proxies in front of the gateway (the ingress or load balancer: addresses or CIDR
+    /// networks, comma-separated) whose x-forwarded-for names the client. Empty: the
+    /// connection's address is the client (right for a gateway clients reach directly).
+    #[arg(long, env = "KIROKU_GATEWAY_TRUSTED_PROXIES", default_value = "")]
+    pub trusted_proxies: String,
 }
 
 /// Where clients and gateways find the account service by default.
@@ -415,6 +420,12 @@ async fn gateway(args: GatewayArgs) -> Result<()> {
     config.limits.idle_timeout = Duration::from_secs(args.idle_timeout_s);
     config.routes = kiroku_core::nats::SessionRoutes::parse(&args.routes)
         .map_err(|e| InputError(format!("--routes / KIROKU_SESSION_ROUTES: {e}")))?;
+    config.trusted_proxies = kiroku_account::proxy::TrustedProxies::parse(&args.trusted_proxies)
+        .map_err(|e| {
+            InputError(format!(
+                "--trusted-proxies / KIROKU_GATEWAY_TRUSTED_PROXIES: {e}"
+            ))
+        })?;
     let grpc = bind(&args.listen, "gRPC").await?;
     let admin = bind(&args.admin_listen, "admin").await?;
     // One line on stdout that scripts and tests read to find the ports.

@@ -918,7 +918,9 @@ fn control_9_2_4_password_change_and_refresh_rotation() {
 }
 
 /// Sign-in throttling per client address: failures spread over many accounts still
-/// lock the address out (here the limit is 3 per address).
+/// lock the address out (here the limit is 3 per address). Attempts on a tenant that
+/// does not exist have their own counter: once it is spent they are refused, and the
+/// address can still sign in to its real tenant.
 #[test]
 fn failed_sign_ins_from_one_address_are_throttled_across_accounts() {
     let options = Options {
@@ -931,6 +933,26 @@ fn failed_sign_ins_from_one_address_are_throttled_across_accounts() {
     let email = cluster.owner_email.clone();
     block_on(async move {
         let mut client = account(&account_url).await;
+        for i in 0..4 {
+            let status = login(
+                &mut client,
+                "no-such-tenant",
+                &format!("nobody{i}@example.com"),
+                "wrong password!",
+                "",
+            )
+            .await
+            .expect_err("unknown tenant");
+            let expected = if i < 3 {
+                Code::Unauthenticated
+            } else {
+                Code::ResourceExhausted
+            };
+            assert_eq!(status.code(), expected, "attempt {i}: {status:?}");
+        }
+        login(&mut client, &slug, &email, OWNER_PASSWORD, "")
+            .await
+            .expect("unknown-tenant attempts do not lock the address out of its tenant");
         for i in 0..3 {
             let status = login(
                 &mut client,

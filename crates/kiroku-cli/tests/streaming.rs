@@ -259,6 +259,61 @@ fn unary_transcribe_goes_through_the_cluster() {
     assert!(response.segments.iter().all(|s| !s.words.is_empty()));
 }
 
+/// A file request is a stream for the tenant's quota and is authenticated before its
+/// body is read. With a quota of one stream, a file sent while a live stream runs is
+/// refused with RESOURCE_EXHAUSTED and retry info; and a request without a credential
+/// whose body is larger than the gateway would ever read (70 MiB) is refused as
+/// UNAUTHENTICATED, not as "message too large" (which would mean it was read first).
+#[test]
+fn file_requests_take_a_stream_slot_and_are_authenticated_before_their_body() {
+    use kiroku_proto::transcribe::v1 as api;
+    use tonic::Code;
+    let options = Options {
+        env: vec![("KIROKU_STREAMS_PER_TENANT".into(), "1".into())],
+        ..Options::default()
+    };
+    let cluster = Cluster::start(1, 1, options);
+    let sentences = sentences();
+    let (live, _) = meeting_wav(cluster.dir.path(), "live", &sentences, 16_000, 1);
+    let (file, _) = meeting_wav(cluster.dir.path(), "file", &sentences[..1], 16_000, 1);
+    let url = cluster.gateway_url(0);
+    let token = cluster.access_token();
+    let mut stream = StreamClient::spawn(cluster.dir.path(), "live", &live, &url, 1.0);
+    stream.wait_for_finals(1, Duration::from_secs(120));
+    let bytes = std::fs::read(&file).expect("wav");
+    let (refused, anonymous) = cluster::block_on(async move {
+        let mut client = api::transcription_client::TranscriptionClient::connect(url)
+            .await
+            .expect("connect")
+            .max_encoding_message_size(80 << 20);
+        let refused = client
+            .transcribe(cluster::authorized(
+                api::TranscribeRequest {
+                    source: Some(api::transcribe_request::Source::Wav(bytes)),
+                    ..Default::default()
+                },
+                &token,
+            ))
+            .await
+            .expect_err("the tenant's one stream slot is taken");
+        let anonymous = client
+            .transcribe(api::TranscribeRequest {
+                source: Some(api::transcribe_request::Source::Raw(vec![0; 70 << 20])),
+                ..Default::default()
+            })
+            .await
+            .expect_err("no credential");
+        (refused, anonymous)
+    });
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(
+        kiroku_core::status::retry_after(&refused).is_some(),
+        "{refused:?}"
+    );
+    assert_eq!(anonymous.code(), Code::Unauthenticated, "{anonymous:?}");
+    stream.finish(Duration::from_secs(120));
+}
+
 mod bad_input {
     use super::*;
     use api::stream_transcribe_request::Request as R;
@@ -539,6 +594,183 @@ mod bad_input {
             std::thread::sleep(Duration::from_millis(500));
         }
     }
+}
+
+/// One tenant sends hostile strings (NUL and control characters, oversized fields) in
+/// every option of `Transcribe` and `StreamTranscribe` (15 calls): every call
+/// is refused with INVALID_ARGUMENT naming the field, and afterwards another tenant's
+/// file is still transcribed correctly and the worker is still ready. (Before the
+/// gateway checked strings, a NUL in a prompt panicked whisper-rs inside a decoding
+/// slot; after a dozen such calls every tenant got "the inference pool has shut down".)
+#[test]
+fn hostile_strings_from_one_tenant_never_stop_another() {
+    use kiroku_proto::account::v1 as pb;
+    use kiroku_proto::transcribe::v1 as api;
+    use tonic::Code;
+    let mut cluster = Cluster::start(1, 1, Options::default());
+    let (wav, reference) = meeting_wav(cluster.dir.path(), "clean", &sentences()[..2], 16_000, 1);
+    let bytes = std::fs::read(&wav).expect("wav");
+    let (url, account_url) = (cluster.gateway_url(0), cluster.account_url());
+    let owner_token = cluster.access_token();
+    let text = cluster::block_on(async move {
+        let mut accounts = pb::account_service_client::AccountServiceClient::connect(account_url)
+            .await
+            .expect("account service");
+        let hostile_token = accounts
+            .register(pb::RegisterRequest {
+                tenant_slug: "hostile".into(),
+                tenant_name: "hostile".into(),
+                email: "owner@hostile.example.com".into(),
+                display_name: "Hostile".into(),
+                password: "minutes of the weekly meeting".into(),
+            })
+            .await
+            .expect("register")
+            .into_inner()
+            .tokens
+            .expect("tokens")
+            .access_token;
+        let mut gateway = api::transcription_client::TranscriptionClient::connect(url)
+            .await
+            .expect("gateway");
+        let option_cases: Vec<(api::RecognitionOptions, &str)> = vec![
+            (
+                api::RecognitionOptions {
+                    prompt: "agenda\0budget".into(),
+                    ..Default::default()
+                },
+                "options.prompt holds a NUL character",
+            ),
+            (
+                api::RecognitionOptions {
+                    vocabulary: vec!["Kiroku".into(), "議事録\0".into()],
+                    ..Default::default()
+                },
+                "options.vocabulary[1] holds a NUL character",
+            ),
+            (
+                api::RecognitionOptions {
+                    language: "e\0n".into(),
+                    ..Default::default()
+                },
+                "not an ISO 639-1 code",
+            ),
+            (
+                api::RecognitionOptions {
+                    model: "tiny\0.en".into(),
+                    ..Default::default()
+                },
+                "options.model holds a NUL character",
+            ),
+            (
+                api::RecognitionOptions {
+                    model: "../../etc/passwd".into(),
+                    ..Default::default()
+                },
+                "is not a model name",
+            ),
+            (
+                api::RecognitionOptions {
+                    prompt: "\u{1b}[2J agenda".into(),
+                    ..Default::default()
+                },
+                "options.prompt holds the control character U+001B",
+            ),
+            (
+                api::RecognitionOptions {
+                    prompt: "議".repeat(2000),
+                    ..Default::default()
+                },
+                "options.prompt is 6000 bytes",
+            ),
+        ];
+        // 15 hostile calls: within the caller's burst (20), so each reaches the checks.
+        {
+            for (options, needle) in &option_cases {
+                let refused = gateway
+                    .transcribe(cluster::authorized(
+                        api::TranscribeRequest {
+                            source: Some(api::transcribe_request::Source::Wav(bytes.clone())),
+                            options: Some(options.clone()),
+                            ..Default::default()
+                        },
+                        &hostile_token,
+                    ))
+                    .await
+                    .expect_err("a hostile option is refused");
+                assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+                assert!(
+                    refused.message().contains(needle),
+                    "{needle:?} not in {refused:?}"
+                );
+
+                let config = api::StreamConfig {
+                    audio_format: Some(api::AudioFormat {
+                        encoding: api::AudioEncoding::Linear16 as i32,
+                        sample_rate_hz: 16_000,
+                        channels: 1,
+                    }),
+                    options: Some(options.clone()),
+                    ..Default::default()
+                };
+                let requests = futures::StreamExt::chain(
+                    futures::stream::iter([api::StreamTranscribeRequest {
+                        request: Some(api::stream_transcribe_request::Request::Config(config)),
+                    }]),
+                    futures::stream::pending(),
+                );
+                let refused = match gateway
+                    .stream_transcribe(cluster::authorized(requests, &hostile_token))
+                    .await
+                {
+                    Err(status) => status,
+                    Ok(response) => response
+                        .into_inner()
+                        .message()
+                        .await
+                        .expect_err("a hostile stream config is refused"),
+                };
+                assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+                assert!(
+                    refused.message().contains(needle),
+                    "{needle:?} not in {refused:?}"
+                );
+            }
+        }
+        // Strings elsewhere in the request: the meeting id and the client labels.
+        let refused = gateway
+            .transcribe(cluster::authorized(
+                api::TranscribeRequest {
+                    source: Some(api::transcribe_request::Source::Wav(bytes.clone())),
+                    meeting_id: "weekly\0".into(),
+                    ..Default::default()
+                },
+                &hostile_token,
+            ))
+            .await
+            .expect_err("NUL in the meeting id");
+        assert!(
+            refused.message().contains("meeting_id holds a NUL"),
+            "{refused:?}"
+        );
+
+        let response = gateway
+            .transcribe(cluster::authorized(
+                api::TranscribeRequest {
+                    source: Some(api::transcribe_request::Source::Wav(bytes)),
+                    ..Default::default()
+                },
+                &owner_token,
+            ))
+            .await
+            .expect("another tenant is still served");
+        response.into_inner().text
+    });
+    let wer = word_error_rate(&reference, &text);
+    assert!(wer <= 0.15, "WER {wer}: {text}");
+    let (status, _) = cluster::http_get(&cluster.workers[0].admin, "/readyz").expect("/readyz");
+    assert_eq!(status, 200, "the worker is no longer ready");
+    assert!(cluster.workers[0].is_running(), "the worker crashed");
 }
 
 /// NATS itself restarts mid-stream (a private server: the shared one serves other

@@ -93,6 +93,50 @@ impl AuditRecord {
     }
 }
 
+/// Bytes kept of an event's target, and of each detail value.
+pub const MAX_TARGET_BYTES: usize = 512;
+pub const MAX_DETAIL_BYTES: usize = 1024;
+/// Details kept per event.
+pub const MAX_DETAILS: usize = 32;
+
+/// Makes `event` storable whatever its strings hold: control characters (NUL would
+/// make PostgreSQL refuse the row, and redelivery would never fix it) become U+FFFD and
+/// every field is cut to a bounded size. A hostile string is still recorded, harmlessly:
+/// the audit log shows what was tried. Applied when an event is emitted and again when
+/// the audit service stores one.
+pub fn sanitize(event: &mut AuditEvent) {
+    use crate::validate::sanitized;
+    for (field, max) in [
+        (&mut event.event_id, 64),
+        (&mut event.tenant_id, 64),
+        (&mut event.actor_id, 128),
+        (&mut event.action, 128),
+        (&mut event.target, MAX_TARGET_BYTES),
+        (&mut event.source_ip, 64),
+        (&mut event.user_agent, 256),
+        (&mut event.trace_id, 64),
+    ] {
+        *field = sanitized(field, max);
+    }
+    if event.details.len() > MAX_DETAILS
+        || event.details.iter().any(|(k, v)| {
+            k.len() > 64
+                || v.len() > MAX_DETAIL_BYTES
+                || k.contains(char::is_control)
+                || v.contains(char::is_control)
+        })
+    {
+        let mut details: Vec<(String, String)> =
+            std::mem::take(&mut event.details).into_iter().collect();
+        details.sort();
+        event.details = details
+            .into_iter()
+            .take(MAX_DETAILS)
+            .map(|(k, v)| (sanitized(&k, 64), sanitized(&v, MAX_DETAIL_BYTES)))
+            .collect();
+    }
+}
+
 /// Publishes audit events of one cluster.
 #[derive(Debug, Clone)]
 pub struct AuditEmitter {
@@ -127,6 +171,8 @@ impl AuditEmitter {
             details: record.details,
             trace_id: crate::trace::trace_id(&tracing::Span::current()).unwrap_or_default(),
         };
+        let mut event = event;
+        sanitize(&mut event);
         let subject = self.layout.audit_subject(&record.tenant_id, record.action);
         let payload = bytes::Bytes::from(event.encode_to_vec());
         let message = || {

@@ -13,6 +13,7 @@ pub mod status;
 pub mod telemetry;
 pub mod trace;
 pub mod transcript;
+pub mod validate;
 
 /// `url` with its password replaced by `***`, for messages and logs.
 pub fn redact_url(url: &str) -> String {

@@ -43,6 +43,8 @@ const DECODE_BUCKETS_S: [f64; 12] = [
 
 /// Label set of `kiroku_errors_total`: the gRPC status code name (`NotFound`, `Internal`…).
 type CodeLabel = [(&'static str, &'static str); 1];
+/// Label set of the durable-consumer families: the consumer's name (`audit`, `storage`).
+type ConsumerLabel = [(&'static str, &'static str); 1];
 
 /// Every metric family Kiroku exports. Fields are the families themselves; see each for
 /// its exported name and meaning.
@@ -77,6 +79,12 @@ pub struct Metrics {
     /// status code name; a code's series appears with its first error. Use
     /// [`Metrics::error`].
     errors: Family<CodeLabel, Counter>,
+    /// `kiroku_consumer_retries_total{consumer}`: messages a durable consumer could not
+    /// store and asked to be redelivered (database down, or a message it cannot store).
+    consumer_retries: Family<ConsumerLabel, Counter>,
+    /// `kiroku_consumer_dead_letters_total{consumer}`: messages moved to the dead-letter
+    /// stream (invalid, or still failing after the last delivery). Alerted on.
+    consumer_dead_letters: Family<ConsumerLabel, Counter>,
 }
 
 /// The process's metrics, created on first use.
@@ -160,6 +168,18 @@ impl Metrics {
             "Requests and streams that ended in a gRPC error, by status code",
             errors.clone(),
         );
+        let consumer_retries = Family::<ConsumerLabel, Counter>::default();
+        registry.register(
+            "kiroku_consumer_retries",
+            "Messages a durable consumer could not store and will get again",
+            consumer_retries.clone(),
+        );
+        let consumer_dead_letters = Family::<ConsumerLabel, Counter>::default();
+        registry.register(
+            "kiroku_consumer_dead_letters",
+            "Messages a durable consumer moved to the dead-letter stream",
+            consumer_dead_letters.clone(),
+        );
         Self {
             registry,
             active_streams,
@@ -172,7 +192,23 @@ impl Metrics {
             sessions_backlog,
             finals,
             errors,
+            consumer_retries,
+            consumer_dead_letters,
         }
+    }
+
+    /// Counts one message `consumer` will get again.
+    pub fn consumer_retry(&self, consumer: &'static str) {
+        self.consumer_retries
+            .get_or_create(&[("consumer", consumer)])
+            .inc();
+    }
+
+    /// Counts one message `consumer` moved to the dead-letter stream.
+    pub fn consumer_dead_letter(&self, consumer: &'static str) {
+        self.consumer_dead_letters
+            .get_or_create(&[("consumer", consumer)])
+            .inc();
     }
 
     /// Counts one stream as active until the returned guard is dropped, however the

@@ -29,6 +29,8 @@ pub struct Retention {
     pub audit_max_age: Duration,
     /// Window in which a re-published frame or final (same message id) is dropped.
     pub duplicate_window: Duration,
+    /// How long messages stay in `DEADLETTER` for an operator to look at and replay.
+    pub dead_letter_max_age: Duration,
 }
 
 impl Default for Retention {
@@ -38,6 +40,7 @@ impl Default for Retention {
             transcripts_max_age: Duration::from_secs(24 * 3600),
             audit_max_age: Duration::from_secs(30 * 24 * 3600),
             duplicate_window: Duration::from_secs(120),
+            dead_letter_max_age: Duration::from_secs(30 * 24 * 3600),
         }
     }
 }
@@ -196,6 +199,15 @@ impl Layout {
     pub fn audit_stream(&self) -> String {
         self.stream_name("AUDIT")
     }
+    /// Messages a durable consumer gave up on (invalid, or failing on every delivery),
+    /// each a copy of the original with headers saying where it came from and why.
+    pub fn dead_letter_stream(&self) -> String {
+        self.stream_name("DEADLETTER")
+    }
+    /// The dead letters of durable consumer `consumer`.
+    pub fn dead_letter_subject(&self, consumer: &str) -> String {
+        format!("{}.dead.{consumer}", self.root)
+    }
     /// KV bucket of worker checkpoints, key = session id.
     pub fn checkpoints_bucket(&self) -> String {
         format!("{}-checkpoints", self.root)
@@ -314,6 +326,16 @@ impl Layout {
         })
         .await
         .map_err(|e| NatsError(format!("creating stream: {e}")))?;
+        js.create_or_update_stream(stream::Config {
+            name: self.dead_letter_stream(),
+            subjects: vec![format!("{}.dead.>", self.root)],
+            storage: file,
+            num_replicas,
+            max_age: retention.dead_letter_max_age,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| NatsError(format!("creating stream: {e}")))?;
         // A KV bucket is a stream named `KV_<bucket>` on `$KV.<bucket>.>` with one
         // message per subject. It is created as that stream (the settings async-nats'
         // `create_key_value` uses) because `create_key_value` first reads the account
@@ -356,6 +378,7 @@ impl Layout {
             self.sessions_stream(),
             self.transcripts_stream(),
             self.audit_stream(),
+            self.dead_letter_stream(),
             format!("KV_{}", self.checkpoints_bucket()),
             format!("KV_{}", self.erasures_bucket()),
         ]
@@ -386,10 +409,85 @@ pub async fn connect_and_ensure(
 pub enum Handled {
     /// Stored (or already stored): acknowledge.
     Done,
-    /// Can never be stored (undecodable, invalid): logged and terminated, not redelivered.
+    /// Can never be stored (undecodable, invalid): moved to the dead-letter stream at
+    /// once, not redelivered.
     Invalid(String),
-    /// Not stored now (database down): redelivered after a second.
+    /// Not stored now (database down): redelivered with a growing delay, and moved to
+    /// the dead-letter stream after [`MAX_DELIVER`] deliveries.
     Retry(String),
+}
+
+/// Deliveries of one message before a durable consumer gives up on it and moves it to
+/// the dead-letter stream. With the redelivery delay doubling from 1 s up to 60 s this
+/// is about 45 minutes: a database restart is ridden out, a poison message is not
+/// retried forever (nor does it hold one of the consumer's pending slots forever).
+pub const MAX_DELIVER: i64 = 50;
+/// The longest wait before a failed message is delivered again.
+const MAX_REDELIVERY_DELAY: Duration = Duration::from_secs(60);
+
+/// Headers of a dead letter: why it is there and where it came from.
+pub const DEAD_REASON_HEADER: &str = "Kiroku-Dead-Reason";
+pub const DEAD_SUBJECT_HEADER: &str = "Kiroku-Dead-Subject";
+pub const DEAD_DELIVERIES_HEADER: &str = "Kiroku-Dead-Deliveries";
+
+/// The wait before delivery `delivered + 1` of a message that failed `delivered` times.
+fn redelivery_delay(delivered: i64) -> Duration {
+    let exponent = delivered.clamp(1, 7) as u32 - 1;
+    Duration::from_secs(1u64 << exponent).min(MAX_REDELIVERY_DELAY)
+}
+
+/// Copies `message` to `consumer`'s dead-letter subject with `reason`; true once
+/// JetStream stored the copy.
+async fn dead_letter(
+    js: &jetstream::Context,
+    layout: &Layout,
+    consumer: &'static str,
+    message: &jetstream::Message,
+    delivered: i64,
+    reason: &str,
+) -> bool {
+    let mut headers = async_nats::HeaderMap::new();
+    // Header values are one line of bounded size.
+    headers.insert(
+        DEAD_REASON_HEADER,
+        crate::validate::sanitized(reason, 512).replace(['\n', '\t'], " "),
+    );
+    headers.insert(DEAD_SUBJECT_HEADER, message.subject.as_str());
+    headers.insert(DEAD_DELIVERIES_HEADER, delivered.to_string().as_str());
+    let stored = match js
+        .publish_with_headers(
+            layout.dead_letter_subject(consumer),
+            headers,
+            message.payload.clone(),
+        )
+        .await
+    {
+        Ok(ack) => ack.await.is_ok(),
+        Err(_) => false,
+    };
+    if stored {
+        crate::metrics::metrics().consumer_dead_letter(consumer);
+        tracing::error!(
+            consumer,
+            subject = %message.subject,
+            delivered,
+            %reason,
+            "message moved to the dead-letter stream"
+        );
+    }
+    stored
+}
+
+/// True for a database error that redelivery cannot fix: a protocol error, or SQLSTATE
+/// class 22 (data exception, e.g. a NUL byte in text) or 23 (integrity violation).
+pub fn is_permanent_db_error(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Protocol(_) => true,
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|code| code.starts_with("22") || code.starts_with("23")),
+        _ => false,
+    }
 }
 
 /// Runs the durable pull consumer `name` of `stream` until the task is dropped (the
@@ -398,8 +496,9 @@ pub enum Handled {
 /// stored; redeliveries are the handler's to recognize (idempotent stores).
 pub async fn consume_durable<F, Fut>(
     js: &jetstream::Context,
+    layout: &Layout,
     stream: &str,
-    name: &str,
+    name: &'static str,
     handle: F,
 ) -> anyhow::Result<()>
 where
@@ -417,6 +516,10 @@ where
                 ack_policy: jetstream::consumer::AckPolicy::Explicit,
                 ack_wait: Duration::from_secs(30),
                 max_ack_pending: 1000,
+                // A backstop only: this loop moves a message to the dead-letter stream
+                // after MAX_DELIVER deliveries. The server stops at twice that should
+                // the handler never answer (a message that crashes the process).
+                max_deliver: 2 * MAX_DELIVER,
                 ..Default::default()
             },
         )
@@ -438,22 +541,34 @@ where
                     break;
                 }
             };
-            match handle(message.payload.clone()).await {
+            let delivered = message.info().map_or(1, |info| info.delivered);
+            let given_up = match handle(message.payload.clone()).await {
                 Handled::Done => {
                     if let Err(error) = message.ack().await {
                         tracing::warn!(%error, consumer = name, "ack failed; the message will be redelivered and skipped");
                     }
+                    continue;
                 }
-                Handled::Invalid(problem) => {
-                    tracing::error!(%problem, subject = %message.subject, consumer = name, "invalid message dropped");
-                    let _ = message.ack_with(jetstream::AckKind::Term).await;
+                Handled::Invalid(problem) => format!("invalid: {problem}"),
+                Handled::Retry(problem) if delivered >= MAX_DELIVER => {
+                    format!("still failing after {delivered} deliveries: {problem}")
                 }
                 Handled::Retry(problem) => {
-                    tracing::error!(%problem, consumer = name, "not stored; will be redelivered");
-                    let _ = message
-                        .ack_with(jetstream::AckKind::Nak(Some(Duration::from_secs(1))))
-                        .await;
+                    crate::metrics::metrics().consumer_retry(name);
+                    let delay = redelivery_delay(delivered);
+                    tracing::error!(%problem, consumer = name, delivered, retry_in_s = delay.as_secs(), "not stored; will be redelivered");
+                    let _ = message.ack_with(jetstream::AckKind::Nak(Some(delay))).await;
+                    continue;
                 }
+            };
+            if dead_letter(js, layout, name, &message, delivered, &given_up).await {
+                let _ = message.ack_with(jetstream::AckKind::Term).await;
+            } else {
+                // Not copied: keep the message and try again later.
+                crate::metrics::metrics().consumer_retry(name);
+                let _ = message
+                    .ack_with(jetstream::AckKind::Nak(Some(MAX_REDELIVERY_DELAY)))
+                    .await;
             }
         }
     }
@@ -759,6 +874,24 @@ impl Follower {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn redeliveries_back_off_to_a_minute() {
+        let delays: Vec<u64> = (1..=9).map(|n| redelivery_delay(n).as_secs()).collect();
+        assert_eq!(delays, [1, 2, 4, 8, 16, 32, 60, 60, 60]);
+        let total: u64 = (1..MAX_DELIVER)
+            .map(|n| redelivery_delay(n).as_secs())
+            .sum();
+        assert!((40 * 60..=50 * 60).contains(&total), "{total} s of retries");
+    }
+
+    /// A database error that no retry can fix (bad data, a broken constraint) versus
+    /// one that passes (connection lost).
+    #[test]
+    fn data_errors_are_permanent() {
+        assert!(is_permanent_db_error(&sqlx::Error::Protocol("x".into())));
+        assert!(!is_permanent_db_error(&sqlx::Error::PoolTimedOut));
+    }
 
     #[test]
     fn default_root_gives_the_design_names() {

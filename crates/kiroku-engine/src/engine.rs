@@ -11,6 +11,7 @@
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -208,6 +209,8 @@ impl JobQueue {
 pub struct Engine {
     queue: Arc<JobQueue>,
     slots: Vec<JoinHandle<()>>,
+    /// Slots still running (see [`Engine::is_healthy`]).
+    live: Arc<AtomicUsize>,
     info: ModelInfo,
     threads_per_slot: usize,
 }
@@ -265,6 +268,7 @@ impl Engine {
         let threads_per_slot = config.threads / config.slots;
         let queue = Arc::new(JobQueue::new(config.queue_capacity));
         let mut slots = Vec::with_capacity(config.slots);
+        let live = Arc::new(AtomicUsize::new(config.slots));
         for index in 0..config.slots {
             let state = context
                 .create_state()
@@ -273,6 +277,7 @@ impl Engine {
                 context: Arc::clone(&context),
                 state,
                 threads: threads_per_slot,
+                live: Arc::clone(&live),
             };
             let queue = Arc::clone(&queue);
             let handle = std::thread::Builder::new()
@@ -284,6 +289,7 @@ impl Engine {
         Ok(Self {
             queue,
             slots,
+            live,
             info,
             threads_per_slot,
         })
@@ -291,6 +297,12 @@ impl Engine {
 
     pub fn info(&self) -> &ModelInfo {
         &self.info
+    }
+
+    /// Every slot is running (false once a slot could not be restored after a panic:
+    /// the worker then reports itself not ready).
+    pub fn is_healthy(&self) -> bool {
+        self.live.load(Ordering::SeqCst) == self.slots.len()
     }
 
     /// Transcribes 16 kHz mono samples; blocks until a slot has decoded them.
@@ -327,6 +339,15 @@ impl Engine {
     /// than English on an English-only model, a beam or context out of range) with
     /// [`EngineError::InvalidOption`], before any audio is decoded.
     pub fn check_options(&self, options: &TranscribeOptions) -> Result<()> {
+        // whisper.cpp takes NUL-terminated strings (whisper-rs panics on an interior
+        // NUL): refuse them here, whoever the caller is.
+        for (name, value) in [("prompt", &options.prompt), ("language", &options.language)] {
+            if value.as_deref().is_some_and(|v| v.contains('\0')) {
+                return Err(EngineError::InvalidOption(format!(
+                    "the {name} holds a NUL character"
+                )));
+            }
+        }
         if options.beam_size > MAX_BEAM_SIZE {
             return Err(EngineError::InvalidOption(format!(
                 "beam size {} is above the maximum {MAX_BEAM_SIZE}",
@@ -372,14 +393,50 @@ struct Slot {
     context: Arc<WhisperContext>,
     state: WhisperState,
     threads: usize,
+    /// Slots that are running; when one cannot be restored after a panic it leaves,
+    /// and the last one to leave closes the queue.
+    live: Arc<AtomicUsize>,
 }
 
 impl Slot {
     fn run(mut self, queue: &JobQueue) {
         // The queue's lock is held only while taking a job, not while decoding it.
         while let Some(job) = queue.pop() {
-            let result = self.decode(&job.samples, &job.options, job.progress);
-            let _ = job.reply_tx.send(result);
+            let Job {
+                samples,
+                options,
+                progress,
+                reply_tx,
+            } = job;
+            // A panic while decoding (whisper-rs panics on some inputs) fails this one
+            // request; the slot keeps serving everyone else.
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.decode(&samples, &options, progress)
+            }));
+            match outcome {
+                Ok(result) => {
+                    let _ = reply_tx.send(result);
+                }
+                Err(panic) => {
+                    let reason = panic_message(panic.as_ref());
+                    tracing::error!(%reason, "a decode panicked; the request fails, the slot goes on");
+                    let _ = reply_tx.send(Err(EngineError::Inference(format!(
+                        "the decoder failed on this request: {reason}"
+                    ))));
+                    // The state may be half-written: start this slot over with a new one.
+                    match self.context.create_state() {
+                        Ok(state) => self.state = state,
+                        Err(error) => {
+                            tracing::error!(%error, "the slot cannot get a new decoder state and stops");
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        if self.live.fetch_sub(1, Ordering::SeqCst) == 1 {
+            // No slot left: callers get `ShutDown` instead of waiting forever.
+            queue.close();
         }
     }
 
@@ -579,6 +636,15 @@ fn continues_word(previous: &str, next: &str) -> bool {
     }
     let last = previous.trim_end().chars().last();
     !is_unspaced(first) && !last.is_some_and(is_unspaced)
+}
+
+/// The text a panic carried (`panic!("…")` or `.expect("…")`).
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic".to_string())
 }
 
 fn centis_to_ms(centiseconds: i64) -> u64 {
@@ -883,6 +949,56 @@ mod tests {
                 .contains("covers 1280 ms but the audio is 2000 ms"),
             "{err}"
         );
+    }
+
+    /// A NUL in a prompt or language is refused before it reaches the queue; and a
+    /// decode that panics anyway (here: such a job put on the queue directly, past the
+    /// check) fails only its own request: the slot stays and serves the next one.
+    #[test]
+    fn a_panicking_decode_fails_its_request_and_the_slot_lives_on() {
+        let (_dir, engine) = small_english_engine(4);
+        let hostile = TranscribeOptions {
+            prompt: Some("agenda\0".into()),
+            ..short_context()
+        };
+        let err = engine
+            .transcribe(vec![0.0; 16_000], hostile.clone(), None)
+            .expect_err("NUL in the prompt");
+        assert!(
+            matches!(&err, EngineError::InvalidOption(m) if m.contains("prompt holds a NUL")),
+            "{err}"
+        );
+        let language = TranscribeOptions {
+            language: Some("e\0n".into()),
+            ..short_context()
+        };
+        assert!(matches!(
+            engine.check_options(&language),
+            Err(EngineError::InvalidOption(_))
+        ));
+
+        for _ in 0..3 {
+            let (reply_tx, reply_rx) = mpsc::channel();
+            engine
+                .queue
+                .push(Job {
+                    samples: vec![0.0; 16_000],
+                    options: hostile.clone(),
+                    progress: None,
+                    reply_tx,
+                })
+                .expect("queued");
+            let err = reply_rx
+                .recv()
+                .expect("a reply, not a dead slot")
+                .expect_err("panicked");
+            assert!(err.to_string().contains("null byte"), "{err}");
+        }
+        assert!(engine.is_healthy());
+        let transcript = engine
+            .transcribe(vec![0.0; 16_000], short_context(), None)
+            .expect("the slot still decodes");
+        assert_eq!(transcript.duration_ms, 1000);
     }
 
     /// An urgent job (an utterance final) is taken before every waiting caption decode;

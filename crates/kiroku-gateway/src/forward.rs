@@ -2,16 +2,20 @@
 //! gRPC services of the account service (`kiroku.account.v1.AccountService`) and of the
 //! audit service (`kiroku.audit.v1.AuditService`, `NoticeService`) unchanged — method,
 //! metadata, messages and status pass through; each service authenticates the caller
-//! itself. The caller's address travels as `x-forwarded-for`, set here from the
-//! connection (never taken from the client), so per-address sign-in throttles and audit
-//! entries see the client, not the gateway (the services trust it from the addresses in
-//! `KIROKU_TRUSTED_PROXIES`).
+//! itself. The caller's address travels as `x-forwarded-for`, set here (never passed on
+//! from the client), so per-address sign-in throttles and audit entries see the client,
+//! not the gateway (the services trust it from the addresses in
+//! `KIROKU_TRUSTED_PROXIES`). Behind an ingress or load balancer the connection's
+//! address is the ingress: the gateway then believes the ingress's `x-forwarded-for`
+//! only when the connection comes from `KIROKU_GATEWAY_TRUSTED_PROXIES` (empty by
+//! default: a public gateway trusts nobody).
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use kiroku_account::proxy::TrustedProxies;
 use tonic::transport::Channel;
 use tonic::transport::server::TcpConnectInfo;
 use tower::ServiceExt as _;
@@ -24,11 +28,21 @@ pub const FORWARDED_FOR: &str = "x-forwarded-for";
 pub struct Forward {
     service: &'static str,
     channel: Channel,
+    /// Proxies in front of the gateway whose `x-forwarded-for` is believed.
+    trusted: std::sync::Arc<TrustedProxies>,
 }
 
 impl Forward {
-    pub fn new(service: &'static str, channel: Channel) -> Self {
-        Self { service, channel }
+    pub fn new(
+        service: &'static str,
+        channel: Channel,
+        trusted: std::sync::Arc<TrustedProxies>,
+    ) -> Self {
+        Self {
+            service,
+            channel,
+            trusted,
+        }
     }
 
     /// The route pattern this forwarder answers.
@@ -54,9 +68,18 @@ impl tower::Service<http::Request<axum::body::Body>> for Forward {
             .and_then(TcpConnectInfo::remote_addr)
             .map(|addr| addr.ip());
         let (mut parts, body) = request.into_parts();
-        // Only the gateway says who the client is.
+        // Only the gateway says who the client is: the connection's address, or what a
+        // trusted proxy in front of it saw.
+        let client = peer.map(|peer| {
+            let forwarded = parts
+                .headers
+                .get(FORWARDED_FOR)
+                .and_then(|value| value.to_str().ok());
+            self.trusted.client_address(peer, forwarded)
+        });
         parts.headers.remove(FORWARDED_FOR);
-        if let Some(value) = peer.and_then(|ip| http::HeaderValue::try_from(ip.to_string()).ok()) {
+        if let Some(value) = client.and_then(|ip| http::HeaderValue::try_from(ip.to_string()).ok())
+        {
             parts.headers.insert(FORWARDED_FOR, value);
         }
         let request = http::Request::from_parts(parts, tonic::body::Body::new(body));

@@ -98,6 +98,9 @@ pub struct GatewayConfig {
     pub quotas: Quotas,
     /// Which worker pool takes a session, by its language.
     pub routes: kiroku_core::nats::SessionRoutes,
+    /// Proxies in front of the gateway (an ingress) whose `x-forwarded-for` names the
+    /// client; empty: the connection's address is the client.
+    pub trusted_proxies: kiroku_account::proxy::TrustedProxies,
 }
 
 impl GatewayConfig {
@@ -114,6 +117,7 @@ impl GatewayConfig {
             redis_url: kiroku_account::DEFAULT_REDIS_URL.into(),
             quotas: Quotas::default(),
             routes: Default::default(),
+            trusted_proxies: kiroku_account::proxy::TrustedProxies::parse("").unwrap_or_default(),
             nats_url: nats_url.into(),
             layout,
             retention: Retention::default(),
@@ -144,6 +148,8 @@ struct Shared {
     /// Where live bookmarks are stored (the caller's own credentials go along).
     storage:
         Option<kiroku_proto::storage::v1::storage_client::StorageClient<tonic::transport::Channel>>,
+    /// Room for decoding files at once ([`unary::DECODE_BUDGET_BYTES`]), in MiB.
+    decode_budget: tokio::sync::Semaphore,
 }
 
 impl Gateway {
@@ -199,6 +205,7 @@ impl Gateway {
                 gatekeeper,
                 admission,
                 audit,
+                decode_budget: unary::decode_budget(),
             }),
         })
     }
@@ -259,10 +266,12 @@ pub async fn serve(
             .connect_timeout(Duration::from_secs(3))
             .connect_lazy())
     };
+    let trusted = std::sync::Arc::new(config.trusted_proxies.clone());
     let account = channel(&config.account_url)?;
     forwards.push(forward::Forward::new(
         "kiroku.account.v1.AccountService",
         account,
+        trusted.clone(),
     ));
     if let Some(url) = &config.audit_url {
         let audit = channel(url)?;
@@ -270,16 +279,22 @@ pub async fn serve(
             "kiroku.audit.v1.AuditService",
             "kiroku.audit.v1.NoticeService",
         ] {
-            forwards.push(forward::Forward::new(service, audit.clone()));
+            forwards.push(forward::Forward::new(
+                service,
+                audit.clone(),
+                trusted.clone(),
+            ));
         }
     }
     if let Some(url) = &config.storage_url {
         forwards.push(forward::Forward::new(
             "kiroku.storage.v1.Storage",
             channel(url)?,
+            trusted.clone(),
         ));
     }
     let gateway = Gateway::connect(config).await?;
+    let gatekeeper = gateway.inner.gatekeeper.clone();
     let ready_gateway = gateway.clone();
     // Readiness follows the NATS connection: a gateway without NATS cannot stream.
     let ready = kiroku_core::admin::poll_readiness(move || {
@@ -292,12 +307,15 @@ pub async fn serve(
         .http2_keepalive_timeout(Some(Duration::from_secs(10)));
     kiroku_core::admin::serve_grpc(
         <TranscriptionServer<Gateway> as tonic::server::NamedService>::NAME,
-        forward::add(
-            tonic::service::Routes::new(
-                TranscriptionServer::new(gateway)
-                    .max_decoding_message_size(64 * 1024 * 1024 + 64 * 1024),
+        unary::authenticate_before_body(
+            forward::add(
+                tonic::service::Routes::new(
+                    TranscriptionServer::new(gateway)
+                        .max_decoding_message_size(64 * 1024 * 1024 + 64 * 1024),
+                ),
+                &forwards,
             ),
-            &forwards,
+            gatekeeper,
         ),
         server,
         grpc,

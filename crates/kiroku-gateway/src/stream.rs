@@ -76,13 +76,81 @@ pub(crate) fn validate_format(format: Option<&api::AudioFormat>) -> Result<Audio
     })
 }
 
+/// Largest prompt, and largest vocabulary entry, in bytes (the character limit below
+/// applies to both together).
+pub(crate) const MAX_PROMPT_BYTES: usize = 4096;
+/// Most vocabulary entries in one request.
+pub(crate) const MAX_VOCABULARY_ENTRIES: usize = 100;
+/// Longest model name, in bytes.
+pub(crate) const MAX_MODEL_BYTES: usize = 64;
+/// Most client labels on a stream, and the longest key or value, in bytes.
+pub(crate) const MAX_LABELS: usize = 16;
+pub(crate) const MAX_LABEL_BYTES: usize = 128;
+
+/// The stream config's client labels: a few short one-line strings.
+pub(crate) fn validate_labels(
+    labels: &std::collections::HashMap<String, String>,
+) -> Result<(), Status> {
+    use kiroku_core::validate::{Text, text};
+    if labels.len() > MAX_LABELS {
+        return Err(Status::invalid_argument(format!(
+            "config.labels has {} entries; at most {MAX_LABELS} are allowed",
+            labels.len()
+        )));
+    }
+    for (key, value) in labels {
+        text("config.labels key", key, MAX_LABEL_BYTES, Text::Line)?;
+        text(
+            &format!("config.labels[{key:?}]"),
+            value,
+            MAX_LABEL_BYTES,
+            Text::Line,
+        )?;
+    }
+    Ok(())
+}
+
 pub(crate) fn validate_options(
     options: Option<&api::RecognitionOptions>,
     limits: &Limits,
 ) -> Result<(), Status> {
+    use kiroku_core::validate::{Text, text};
     let Some(options) = options else {
         return Ok(());
     };
+    // Every string reaches whisper.cpp (NUL-terminated C strings) or a log line: no
+    // NUL or control character anywhere, byte limits before anything is counted.
+    text(
+        "options.prompt",
+        &options.prompt,
+        MAX_PROMPT_BYTES,
+        Text::Multiline,
+    )?;
+    if options.vocabulary.len() > MAX_VOCABULARY_ENTRIES {
+        return Err(Status::invalid_argument(format!(
+            "options.vocabulary has {} entries; at most {MAX_VOCABULARY_ENTRIES} are allowed",
+            options.vocabulary.len()
+        )));
+    }
+    for (index, entry) in options.vocabulary.iter().enumerate() {
+        text(
+            &format!("options.vocabulary[{index}]"),
+            entry,
+            MAX_PROMPT_BYTES,
+            Text::Line,
+        )?;
+    }
+    text("options.model", &options.model, MAX_MODEL_BYTES, Text::Line)?;
+    if !options
+        .model
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+    {
+        return Err(Status::invalid_argument(format!(
+            "options.model {:?} is not a model name such as \"tiny.en\" or \"base\"",
+            options.model
+        )));
+    }
     let prompt_chars: usize = options.prompt.chars().count()
         + options
             .vocabulary
@@ -153,11 +221,16 @@ pub(crate) async fn start(
     };
     let spec = validate_format(config.audio_format.as_ref())?;
     validate_options(config.options.as_ref(), &limits)?;
-    if config.meeting_id.len() > 128 {
-        return Err(Status::invalid_argument(
-            "meeting_id is longer than 128 bytes",
-        ));
+    validate_labels(&config.labels)?;
+    if !config.meeting_id.trim().is_empty() {
+        kiroku_core::validate::meeting_id("config.meeting_id", &config.meeting_id)?;
     }
+    kiroku_core::validate::text(
+        "config.resume_token",
+        &config.resume_token,
+        1024,
+        kiroku_core::validate::Text::Line,
+    )?;
 
     if config.resume_token.is_empty() {
         // Control CLD.6.3.1: no consent, no session, no frame published.
@@ -650,6 +723,12 @@ impl Session {
                                 "a bookmark note is at most 2000 characters",
                             ));
                         }
+                        kiroku_core::validate::text(
+                            "bookmark.note",
+                            &bookmark.note,
+                            4 * 2000,
+                            kiroku_core::validate::Text::Multiline,
+                        )?;
                         // Stored as a label by the storage service, with the caller's
                         // own credentials, off the audio path; acknowledged once stored.
                         tokio::spawn(store_bookmark(

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use kiroku_core::audit::{AuditRecord, actions};
 use kiroku_core::nats::{Follower, Layout};
 use kiroku_engine::audio::{AudioError, decode_wav};
 use kiroku_proto::events::v1 as events;
@@ -20,44 +21,74 @@ use crate::stream::{publish_frame, publish_job, validate_format, validate_option
 /// Samples per published frame (200 ms, the largest frame a live client may send).
 const FRAME_SAMPLES: usize = OUTPUT_RATE_HZ as usize / 5;
 
-pub(crate) async fn transcribe(
-    shared: Arc<Shared>,
-    request: Request<api::TranscribeRequest>,
-) -> Result<Response<api::TranscribeResponse>, Status> {
-    let parent = kiroku_core::trace::extract_grpc(request.metadata());
-    let principal = shared
-        .gatekeeper
-        .admit(request.metadata(), "Transcribe")
-        .await?;
-    shared.admission.admit_request(&principal).await?;
-    shared
-        .gatekeeper
-        .check_consent(request.metadata(), &request.get_ref().meeting_id)
-        .await?;
-    let request = request.into_inner();
-    let limits = &shared.config.limits;
-    validate_options(request.options.as_ref(), limits)?;
-    let pcm = match &request.source {
-        None => {
-            return Err(Status::invalid_argument(
-                "set `wav` (a WAV file) or `raw` with `raw_format`",
-            ));
-        }
-        Some(transcribe_request::Source::Wav(bytes)) => {
-            check_size(bytes.len(), limits.max_file_bytes)?;
-            match decode_wav(std::io::Cursor::new(bytes)) {
-                Ok(pcm) => pcm
-                    .samples
-                    .iter()
-                    .map(|s| (s * 32768.0).round().clamp(-32768.0, 32767.0) as i16)
-                    .collect(),
-                Err(AudioError::Silent) => Vec::new(),
-                Err(error) => return Err(Status::invalid_argument(format!("wav: {error}"))),
+/// The route of unary `Transcribe`, whose caller is authenticated before its body (up
+/// to 64 MiB) is read.
+const TRANSCRIBE_PATH: &str = "/kiroku.transcribe.v1.Transcription/Transcribe";
+
+/// The caller of a `Transcribe` request, admitted before its body was read.
+#[derive(Clone)]
+struct Admitted(kiroku_account::auth::Principal);
+
+/// Authenticates `Transcribe` callers from their headers before tonic reads the request
+/// body: an anonymous or revoked caller is refused without the gateway receiving (or
+/// buffering) up to 64 MiB of audio.
+pub(crate) fn authenticate_before_body(
+    routes: tonic::service::Routes,
+    gatekeeper: Arc<crate::access::Gatekeeper>,
+) -> tonic::service::Routes {
+    let layer = axum::middleware::from_fn(
+        move |mut request: axum::extract::Request, next: axum::middleware::Next| {
+            let gatekeeper = gatekeeper.clone();
+            async move {
+                if request.uri().path() != TRANSCRIBE_PATH {
+                    return next.run(request).await;
+                }
+                let metadata =
+                    tonic::metadata::MetadataMap::from_headers(request.headers().clone());
+                match gatekeeper.admit(&metadata, "Transcribe").await {
+                    Ok(principal) => {
+                        request.extensions_mut().insert(Admitted(principal));
+                        next.run(request).await
+                    }
+                    Err(status) => {
+                        kiroku_core::metrics::metrics().error(status.code());
+                        status.into_http::<axum::body::Body>()
+                    }
+                }
             }
-        }
-        Some(transcribe_request::Source::Raw(bytes)) => {
-            check_size(bytes.len(), limits.max_file_bytes)?;
-            let spec = validate_format(request.raw_format.as_ref())?;
+        },
+    );
+    tonic::service::Routes::from(routes.into_axum_router().layer(layer))
+}
+
+/// Bytes of decoded audio one gateway holds at once for file requests (WAV decoding
+/// and resampling); a request that would go over waits for room, then is refused.
+pub(crate) const DECODE_BUDGET_BYTES: usize = 256 * 1024 * 1024;
+/// How long a file request waits for room in the decode budget.
+const DECODE_BUDGET_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The gateway's room for decoding files, in MiB permits.
+pub(crate) fn decode_budget() -> tokio::sync::Semaphore {
+    tokio::sync::Semaphore::new(DECODE_BUDGET_BYTES >> 20)
+}
+
+/// Decodes a WAV file or raw PCM into 16 kHz mono samples, on the blocking pool.
+async fn decode_source(
+    source: transcribe_request::Source,
+    raw_format: Option<api::AudioFormat>,
+) -> Result<Vec<i16>, Status> {
+    let decoded = tokio::task::spawn_blocking(move || match source {
+        transcribe_request::Source::Wav(bytes) => match decode_wav(std::io::Cursor::new(bytes)) {
+            Ok(pcm) => Ok(pcm
+                .samples
+                .iter()
+                .map(|s| (s * 32768.0).round().clamp(-32768.0, 32767.0) as i16)
+                .collect()),
+            Err(AudioError::Silent) => Ok(Vec::new()),
+            Err(error) => Err(Status::invalid_argument(format!("wav: {error}"))),
+        },
+        transcribe_request::Source::Raw(bytes) => {
+            let spec = validate_format(raw_format.as_ref())?;
             if !bytes.len().is_multiple_of(2 * spec.channels as usize) {
                 return Err(Status::invalid_argument(format!(
                     "raw audio of {} bytes is not whole 16-bit samples for {} channel(s)",
@@ -67,11 +98,86 @@ pub(crate) async fn transcribe(
             }
             let mut resampler =
                 StreamResampler::new(spec.rate_hz, spec.channels).map_err(Status::internal)?;
-            let mut pcm = resampler.push(bytes);
+            let mut pcm = resampler.push(&bytes);
             pcm.extend(resampler.finish());
-            pcm
+            Ok(pcm)
+        }
+    })
+    .await;
+    decoded.map_err(|_| Status::internal("decoding the audio failed"))?
+}
+
+pub(crate) async fn transcribe(
+    shared: Arc<Shared>,
+    request: Request<api::TranscribeRequest>,
+) -> Result<Response<api::TranscribeResponse>, Status> {
+    let parent = kiroku_core::trace::extract_grpc(request.metadata());
+    let principal = match request.extensions().get::<Admitted>() {
+        Some(Admitted(principal)) => principal.clone(),
+        None => {
+            shared
+                .gatekeeper
+                .admit(request.metadata(), "Transcribe")
+                .await?
         }
     };
+    shared.admission.admit_request(&principal).await?;
+    if !request.get_ref().meeting_id.trim().is_empty() {
+        kiroku_core::validate::meeting_id("meeting_id", &request.get_ref().meeting_id)?;
+    }
+    validate_options(request.get_ref().options.as_ref(), &shared.config.limits)?;
+    shared
+        .gatekeeper
+        .check_consent(request.metadata(), &request.get_ref().meeting_id)
+        .await?;
+    let mut request = request.into_inner();
+    let limits = &shared.config.limits;
+    let Some(source) = request.source.take() else {
+        return Err(Status::invalid_argument(
+            "set `wav` (a WAV file) or `raw` with `raw_format`",
+        ));
+    };
+    let input_bytes = match &source {
+        transcribe_request::Source::Wav(bytes) | transcribe_request::Source::Raw(bytes) => {
+            bytes.len()
+        }
+    };
+    check_size(input_bytes, limits.max_file_bytes)?;
+    // A file counts against the tenant's concurrent-stream quota like a live stream.
+    let session_id = uuid::Uuid::new_v4().simple().to_string();
+    let lease = Arc::new(
+        shared
+            .admission
+            .acquire_stream(&principal, &session_id)
+            .await?,
+    );
+    let renewal = {
+        let lease = lease.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+                lease.renew().await;
+            }
+        })
+    };
+    let _stop_renewal = AbortOnDrop(renewal);
+    // Decoding holds about four times the input (f32 samples, then 16-bit at 16 kHz).
+    let budget_mib = (input_bytes.saturating_mul(4) >> 20).max(1) as u32;
+    let _budget = match tokio::time::timeout(
+        DECODE_BUDGET_WAIT,
+        shared.decode_budget.acquire_many(budget_mib),
+    )
+    .await
+    {
+        Ok(Ok(permit)) => permit,
+        _ => {
+            return Err(kiroku_core::status::resource_exhausted(
+                "this gateway is decoding other files; retry shortly",
+                std::time::Duration::from_secs(5),
+            ));
+        }
+    };
+    let pcm = decode_source(source, request.raw_format.take()).await?;
     let duration_ms = pcm.len() as u64 * 1000 / u64::from(OUTPUT_RATE_HZ);
     let model = request
         .options
@@ -84,10 +190,42 @@ pub(crate) async fn transcribe(
         otel.name = "gateway transcribe"
     );
     kiroku_core::trace::set_parent(&span, parent);
+    // Audited as a stream (kind "file"): the usage view counts files with streams.
+    let audit = |action| {
+        AuditRecord::new(principal.tenant_token(), principal.actor(), action)
+            .target(format!("session/{session_id}"))
+            .detail("meeting", request.meeting_id.clone())
+            .detail("kind", "file")
+    };
+    shared.audit.spawn_emit(audit(actions::STREAM_STARTED));
+    let ended = audit(actions::STREAM_ENDED).detail("audio_ms", duration_ms.to_string());
     let started = Instant::now();
-    let (segments, language) = run_batch(&shared, &principal.tenant_token(), request, pcm, &span)
-        .instrument(span.clone())
-        .await?;
+    let outcome = run_batch(
+        &shared,
+        &principal.tenant_token(),
+        &session_id,
+        request,
+        pcm,
+        &span,
+    )
+    .instrument(span.clone())
+    .await;
+    let (segments, language) = match outcome {
+        Ok(done) => {
+            shared
+                .audit
+                .spawn_emit(ended.detail("finals", done.0.len().to_string()));
+            done
+        }
+        Err(status) => {
+            shared.audit.spawn_emit(
+                ended
+                    .failed()
+                    .detail("code", format!("{:?}", status.code())),
+            );
+            return Err(status);
+        }
+    };
     let processing = started.elapsed();
     let text = kiroku_core::transcript::join_words(segments.iter().map(|s| s.text.as_str()));
     Ok(Response::new(api::TranscribeResponse {
@@ -107,6 +245,15 @@ pub(crate) async fn transcribe(
     }))
 }
 
+/// Aborts a background task when dropped (the lease renewal of a file request).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 fn check_size(bytes: usize, max: usize) -> Result<(), Status> {
     if bytes > max {
         return Err(Status::invalid_argument(format!(
@@ -119,12 +266,12 @@ fn check_size(bytes: usize, max: usize) -> Result<(), Status> {
 async fn run_batch(
     shared: &Shared,
     tenant: &str,
+    session: &str,
     request: api::TranscribeRequest,
     pcm: Vec<i16>,
     span: &tracing::Span,
 ) -> Result<(Vec<api::Segment>, String), Status> {
-    let tenant = tenant.to_string();
-    let session = uuid::Uuid::new_v4().simple().to_string();
+    let (tenant, session) = (tenant.to_string(), session.to_string());
     let layout = &shared.config.layout;
     let mut finals = Follower::new(
         shared.nats.clone(),

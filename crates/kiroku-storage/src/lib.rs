@@ -121,7 +121,8 @@ async fn persist(
 /// acknowledged only after its row is committed.
 async fn consume(db: Db, keys: Keys, js: jetstream::Context, layout: Layout) -> anyhow::Result<()> {
     use kiroku_core::nats::Handled;
-    kiroku_core::nats::consume_durable(&js, &layout.transcripts_stream(), CONSUMER, |payload| {
+    let stream = layout.transcripts_stream();
+    kiroku_core::nats::consume_durable(&js, &layout, &stream, CONSUMER, |payload| {
         let (db, keys) = (db.clone(), keys.clone());
         async move {
             let result = match TranscriptResult::decode(payload.as_ref()) {
@@ -130,8 +131,10 @@ async fn consume(db: Db, keys: Keys, js: jetstream::Context, layout: Layout) -> 
             };
             match persist(&db, &keys, &result).await {
                 Ok(()) => Handled::Done,
-                Err(store::StoreError::Database(sqlx::Error::Protocol(problem))) => {
-                    Handled::Invalid(problem)
+                Err(store::StoreError::Database(error))
+                    if kiroku_core::nats::is_permanent_db_error(&error) =>
+                {
+                    Handled::Invalid(error.to_string())
                 }
                 Err(error) => Handled::Retry(error.to_string()),
             }

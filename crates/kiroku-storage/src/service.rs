@@ -101,13 +101,7 @@ fn timestamp(time: chrono::DateTime<chrono::Utc>) -> prost_types::Timestamp {
 }
 
 fn meeting_id(value: &str) -> Result<String, Status> {
-    let id = value.trim();
-    if id.is_empty() || id.len() > 128 {
-        return Err(Status::invalid_argument(
-            "meeting_id must be 1 to 128 bytes",
-        ));
-    }
-    Ok(id.to_string())
+    Ok(kiroku_core::validate::meeting_id("meeting_id", value)?)
 }
 
 fn summary(row: &MeetingRow, tags: Vec<String>) -> pb::MeetingSummary {

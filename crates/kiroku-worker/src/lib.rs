@@ -167,7 +167,21 @@ pub async fn serve(
         ack_wait_s = config.ack_wait.as_secs_f32(),
         "worker ready"
     );
-    let _ = ready.send(true);
+    // Ready while every decoding slot runs and NATS is connected; re-checked twice a
+    // second so a lost connection or a slot that could not be restored shows.
+    {
+        let (engine, nats) = (ctx.engine.clone(), ctx.nats.clone());
+        tokio::spawn(async move {
+            loop {
+                let healthy = engine.as_ref().is_none_or(|e| e.is_healthy())
+                    && nats.connection_state() == async_nats::connection::State::Connected;
+                if ready.send(healthy).is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        });
+    }
 
     let (drain_tx, drain_rx) = watch::channel(false);
     tokio::spawn(async move {
