@@ -128,6 +128,7 @@ schema = {
     "podAnnotations": MAP, "podLabels": MAP, "priorityClassName": S(), "tmpSizeLimit": QTY,
     "gateway": role({
         "idleTimeoutSeconds": I(1), "streamsPerTenant": I(1), "tenantRate": N(0.01, 10000), "callerRate": N(0.01, 10000),
+        "trustedProxies": {"type": "array", "items": S(minLength=1), "description": "KIROKU_GATEWAY_TRUSTED_PROXIES: the ingress controller's pod network"},
         "preStopSleepSeconds": I(0, 60),
         "service": obj({"type": S(enum=["ClusterIP", "LoadBalancer", "NodePort"]), "annotations": MAP, "loadBalancerSourceRanges": {"type": "array", "items": S()}, "externalTrafficPolicy": S(enum=["", "Cluster", "Local"])}),
         "ingress": obj({"enabled": B(), "className": S(), "host": S(), "annotations": MAP, "tlsSecretName": S()}),

@@ -54,6 +54,11 @@ pub struct StorageArgs {
     /// The account service (token keys).
     #[arg(long, env = "KIROKU_ACCOUNT_URL", default_value = DEFAULT_ACCOUNT_URL)]
     pub account_url: String,
+    /// Seconds ImportTenant waits for the client's next bundle file before abandoning
+    /// the import (nothing is written until the whole bundle has arrived).
+    #[arg(long, env = "KIROKU_IMPORT_IDLE_TIMEOUT_S", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub import_idle_timeout_s: u64,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -191,6 +196,11 @@ pub struct GatewayArgs {
     /// (DEADLINE_EXCEEDED); clients send keep_alive while muted.
     #[arg(long, env = "KIROKU_IDLE_TIMEOUT_S", default_value_t = 30)]
     pub idle_timeout_s: u64,
+    /// Seconds one stream connection may stay open, audio or not (OUT_OF_RANGE after;
+    /// what was received is finalized).
+    #[arg(long, env = "KIROKU_MAX_STREAM_WALL_S", default_value_t = 4 * 3600,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_stream_wall_s: u64,
     /// Secret shared by all gateways of the cluster, for resume tokens (read from the
     /// environment only, never a flag: flags show up in `ps`).
     #[arg(skip)]
@@ -418,6 +428,7 @@ async fn gateway(args: GatewayArgs) -> Result<()> {
         return Err(InputError("--idle-timeout-s must be at least 1".into()).into());
     }
     config.limits.idle_timeout = Duration::from_secs(args.idle_timeout_s);
+    config.limits.max_stream_wall = Duration::from_secs(args.max_stream_wall_s);
     config.routes = kiroku_core::nats::SessionRoutes::parse(&args.routes)
         .map_err(|e| InputError(format!("--routes / KIROKU_SESSION_ROUTES: {e}")))?;
     config.trusted_proxies = kiroku_account::proxy::TrustedProxies::parse(&args.trusted_proxies)
@@ -570,6 +581,7 @@ async fn storage(args: StorageArgs) -> Result<()> {
     config.nats_url = args.common.nats.clone();
     config.layout = args.common.layout()?;
     config.operator = operator_token()?;
+    config.import_idle_timeout = Duration::from_secs(args.import_idle_timeout_s);
     let grpc = bind(&args.listen, "gRPC").await?;
     let admin = bind(&args.admin_listen, "admin").await?;
     println!(

@@ -1060,6 +1060,57 @@ fn control_cld_8_1_5_export_then_import_into_a_clean_instance_is_equal() {
     });
 }
 
+/// An import whose client stops sending after the manifest is abandoned after the idle
+/// limit (2 s here) with DEADLINE_EXCEEDED, and nothing of it is written. (Before, the
+/// import's database transaction opened with the manifest and waited for the client,
+/// holding a connection for as long as the client liked.)
+#[test]
+fn an_import_that_stalls_is_abandoned_without_writing_anything() {
+    let mut options = options();
+    options
+        .env
+        .push(("KIROKU_IMPORT_IDLE_TIMEOUT_S".into(), "2".into()));
+    let cluster = Cluster::start(0, 0, options);
+    cluster.enroll_owner_mfa_with_cli();
+    let (token, storage_url) = (cluster.access_token(), cluster.storage_url());
+    block_on(async move {
+        let meeting = br#"{"meeting_id": "stalled"}"#.to_vec();
+        let manifest = kiroku_storage::bundle::Manifest {
+            format: kiroku_storage::bundle::FORMAT.into(),
+            tenant_id: String::new(),
+            tenant_slug: String::new(),
+            exported_at: chrono::Utc::now(),
+            meetings: 1,
+            files: vec![kiroku_storage::bundle::ManifestFile::of(
+                "meetings/stalled.json",
+                &meeting,
+            )],
+        };
+        let first = pb::BundleFile {
+            path: kiroku_storage::bundle::MANIFEST.into(),
+            data: serde_json::to_vec(&manifest).expect("manifest"),
+        };
+        let files =
+            futures::StreamExt::chain(futures::stream::iter([first]), futures::stream::pending());
+        let mut client = storage(&storage_url).await;
+        let status = client
+            .import_tenant(authorized(files, &token))
+            .await
+            .expect_err("a stalled import is abandoned");
+        assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+        assert!(
+            status.message().contains("no bundle file within 2 s"),
+            "{status:?}"
+        );
+        let listed = client
+            .list_meetings(authorized(pb::ListMeetingsRequest::default(), &token))
+            .await
+            .expect("list")
+            .into_inner();
+        assert!(listed.meetings.is_empty(), "{:?}", listed.meetings);
+    });
+}
+
 /// control 6.1.3: a service whose storage targets are outside the allowed regions (Japan
 /// by default) refuses to start, saying which and why.
 #[test]

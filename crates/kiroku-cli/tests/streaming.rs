@@ -393,6 +393,53 @@ mod bad_input {
         }
     }
 
+    /// Like [`call`], each message sent after its delay; then the request side stays
+    /// open. Returns how the call ended.
+    async fn call_paced(
+        target: &Target,
+        messages: Vec<(Duration, R)>,
+    ) -> Result<Vec<api::StreamTranscribeResponse>, tonic::Status> {
+        let mut client =
+            api::transcription_client::TranscriptionClient::connect(target.url.clone())
+                .await
+                .expect("connect");
+        let requests = futures::StreamExt::chain(
+            futures::StreamExt::then(futures::stream::iter(messages), |(delay, r)| async move {
+                tokio::time::sleep(delay).await;
+                api::StreamTranscribeRequest { request: Some(r) }
+            }),
+            futures::stream::pending(),
+        );
+        let mut inbound = client
+            .stream_transcribe(cluster::authorized(requests, &target.token))
+            .await?
+            .into_inner();
+        let mut responses = Vec::new();
+        loop {
+            match tokio::time::timeout(Duration::from_secs(60), inbound.message()).await {
+                Err(_) => panic!("no answer within 60 s"),
+                Ok(Ok(Some(response))) => responses.push(response),
+                Ok(Ok(None)) => return Ok(responses),
+                Ok(Err(status)) => return Err(status),
+            }
+        }
+    }
+
+    fn keep_alive() -> R {
+        R::Control(api::Control {
+            action: Some(api::control::Action::KeepAlive(api::KeepAlive {})),
+        })
+    }
+
+    fn bookmark() -> R {
+        R::Control(api::Control {
+            action: Some(api::control::Action::Bookmark(api::Bookmark {
+                note: "decision".into(),
+                ..Default::default()
+            })),
+        })
+    }
+
     async fn expect_status(url: &Target, messages: Vec<R>, code: Code, needle: &str) {
         match call(url, messages, false).await {
             Ok(responses) => {
@@ -413,7 +460,10 @@ mod bad_input {
     fn bad_input_gets_precise_statuses_and_leaks_nothing() {
         let options = Options {
             resume_window_s: 3,
-            env: vec![("KIROKU_IDLE_TIMEOUT_S".into(), "2".into())],
+            env: vec![
+                ("KIROKU_IDLE_TIMEOUT_S".into(), "2".into()),
+                ("KIROKU_MAX_STREAM_WALL_S".into(), "6".into()),
+            ],
             ..Options::default()
         };
         let mut cluster = Cluster::start(1, 1, options);
@@ -491,6 +541,50 @@ mod bad_input {
                 "only be sent once",
             )
             .await;
+            // Streams without end: 1 ms frames (only the last may be under 10 ms), a
+            // flood of messages, too many bookmarks, a connection kept open forever.
+            expect_status(
+                url,
+                vec![config(16_000, 1), audio(1, 32), audio(2, 32)],
+                Code::InvalidArgument,
+                "follows a frame shorter than 10 ms",
+            )
+            .await;
+            let mut flood = vec![config(16_000, 1)];
+            flood.extend((0..250).map(|_| keep_alive()));
+            expect_status(
+                url,
+                flood,
+                Code::ResourceExhausted,
+                "more than 200 messages in one second",
+            )
+            .await;
+            // 501 bookmarks, 90 per 0.7 s (under the message rate).
+            let mut bookmarks = vec![(Duration::ZERO, config(16_000, 1))];
+            bookmarks.extend((0..501).map(|i| {
+                let delay = if i % 90 == 0 {
+                    Duration::from_millis(700)
+                } else {
+                    Duration::ZERO
+                };
+                (delay, bookmark())
+            }));
+            let status = call_paced(url, bookmarks)
+                .await
+                .expect_err("too many bookmarks");
+            assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+            assert!(
+                status
+                    .message()
+                    .contains("at most 500 bookmarks per stream"),
+                "{status:?}"
+            );
+            // Keep-alives every second past the 6 s limit of this gateway.
+            let mut forever = vec![(Duration::ZERO, config(16_000, 1))];
+            forever.extend((0..20).map(|_| (Duration::from_secs(1), keep_alive())));
+            let status = call_paced(url, forever).await.expect_err("open too long");
+            assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
+            assert!(status.message().contains("limit of 6 s open"), "{status:?}");
             expect_status(
                 url,
                 vec![config(16_000, 1), end(), audio(1, ms100)],
@@ -569,7 +663,7 @@ mod bad_input {
             cluster::http_get(&cluster.gateways[0].admin, "/metrics").expect("/metrics");
         assert_eq!(status, 200);
         assert!(
-            metrics.contains("kiroku_errors_total{code=\"InvalidArgument\"} 9"),
+            metrics.contains("kiroku_errors_total{code=\"InvalidArgument\"} 10"),
             "{metrics}"
         );
         assert!(

@@ -55,6 +55,16 @@ pub struct Limits {
     pub max_file_bytes: usize,
     /// Vocabulary plus prompt, in characters.
     pub max_prompt_chars: usize,
+    /// Longest time one stream connection stays open (`KIROKU_MAX_STREAM_WALL_S`),
+    /// audio or not.
+    pub max_stream_wall: Duration,
+    /// Most client messages a stream may send in one second (frames, keep-alives,
+    /// bookmarks together).
+    pub max_messages_per_second: u32,
+    /// Most bookmarks one stream connection may send.
+    pub max_bookmarks: u32,
+    /// Shortest audio frame; only the last frame before the end may be shorter.
+    pub min_frame: Duration,
 }
 
 impl Default for Limits {
@@ -66,6 +76,10 @@ impl Default for Limits {
             idle_timeout: Duration::from_secs(30),
             max_file_bytes: 64 * 1024 * 1024,
             max_prompt_chars: 1024,
+            max_stream_wall: Duration::from_secs(4 * 3600),
+            max_messages_per_second: 200,
+            max_bookmarks: 500,
+            min_frame: Duration::from_millis(10),
         }
     }
 }

@@ -408,6 +408,12 @@ struct Session {
     /// The session info sent to the client; sent again, once, with the language when
     /// the worker has detected it.
     info: api::SessionInfo,
+    /// Client messages in the current one-second window, and when it began.
+    rate_window: (Instant, u32),
+    /// Bookmarks sent on this connection.
+    bookmarks: u32,
+    /// The previous frame was shorter than the minimum: only end of stream may follow.
+    short_frame_seen: bool,
 }
 
 impl Session {
@@ -524,6 +530,9 @@ impl Session {
             first_interim_seen: false,
             last_publish: None,
             info: api::SessionInfo::default(),
+            rate_window: (Instant::now(), 0),
+            bookmarks: 0,
+            short_frame_seen: false,
         }
     }
 
@@ -582,6 +591,8 @@ impl Session {
         let mut client_open = true;
         let mut finish_by: Option<tokio::time::Instant> = None;
         let far_future = || tokio::time::Instant::now() + Duration::from_secs(86_400);
+        let wall_limit = tokio::time::sleep(limits.max_stream_wall);
+        tokio::pin!(wall_limit);
 
         let result = loop {
             if self.ended && finish_by.is_none() {
@@ -591,6 +602,9 @@ impl Session {
                 message = inbound.message(), if client_open => match message {
                     Ok(Some(request)) => {
                         idle.as_mut().reset(tokio::time::Instant::now() + limits.idle_timeout);
+                        if let Err(status) = self.count_message(limits) {
+                            break Err(status);
+                        }
                         match self.handle(shared, request, tx, &mut acks).await {
                             Ok(()) => {}
                             Err(status) => break Err(status),
@@ -631,6 +645,14 @@ impl Session {
                         break Ok(());
                     }
                 }
+                () = &mut wall_limit, if !self.ended => {
+                    // What was received is finalized; the client opens a new stream.
+                    let _ = self.end_of_stream(shared, &mut acks).await;
+                    break Err(Status::out_of_range(format!(
+                        "the stream passed its limit of {} s open: open a new stream",
+                        limits.max_stream_wall.as_secs()
+                    )));
+                }
                 () = &mut idle, if client_open && !self.ended => {
                     break Err(Status::deadline_exceeded(format!(
                         "no message for {} s: send keep_alive while muted",
@@ -664,6 +686,26 @@ impl Session {
         };
         finals.close().await;
         result
+    }
+
+    /// Counts one client message against the per-second limit.
+    fn count_message(&mut self, limits: &crate::Limits) -> Result<(), Status> {
+        let (since, count) = &mut self.rate_window;
+        if since.elapsed() >= Duration::from_secs(1) {
+            *since = Instant::now();
+            *count = 0;
+        }
+        *count += 1;
+        if *count > limits.max_messages_per_second {
+            return Err(kiroku_core::status::resource_exhausted(
+                format!(
+                    "more than {} messages in one second: send 20-100 ms frames",
+                    limits.max_messages_per_second
+                ),
+                Duration::from_secs(1),
+            ));
+        }
+        Ok(())
     }
 
     /// The caller's credentials were revoked: what was received is finalized (the
@@ -713,6 +755,13 @@ impl Session {
                         Ok(())
                     }
                     Some(Action::Bookmark(bookmark)) => {
+                        let limit = shared.config.limits.max_bookmarks;
+                        self.bookmarks += 1;
+                        if self.bookmarks > limit {
+                            return Err(Status::resource_exhausted(format!(
+                                "at most {limit} bookmarks per stream"
+                            )));
+                        }
                         let offset_ms = if bookmark.offset_ms == 0 {
                             self.next_offset * 1000 / u64::from(OUTPUT_RATE_HZ)
                         } else {
@@ -777,6 +826,15 @@ impl Session {
                 frame.seq, self.spec.channels
             )));
         }
+        if self.short_frame_seen {
+            return Err(Status::invalid_argument(format!(
+                "frame {} follows a frame shorter than {} ms: only the last frame before end_of_stream may be that short",
+                frame.seq,
+                limits.min_frame.as_millis()
+            )));
+        }
+        let min_bytes = (limits.min_frame.as_millis() as f64 * self.spec.bytes_per_ms()) as usize;
+        self.short_frame_seen = bytes < min_bytes;
         let max_bytes = (limits.max_frame.as_millis() as f64 * self.spec.bytes_per_ms()) as usize;
         if bytes > limits.max_frame_bytes || bytes > max_bytes {
             return Err(Status::invalid_argument(format!(

@@ -42,6 +42,9 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 /// The largest bundle file `ImportTenant` takes (one meeting's JSON; an hour of speech
 /// with word timings is about 1 MiB).
 pub const MAX_BUNDLE_FILE_BYTES: usize = 64 << 20;
+/// The largest total of meeting files one `ImportTenant` takes (spooled to disk before
+/// the import; a tenant with more imports in parts).
+pub const MAX_BUNDLE_BYTES: u64 = 8 << 30;
 /// The durable consumer through which storage replicas share `TRANSCRIPTS`.
 pub const CONSUMER: &str = "storage";
 
@@ -57,6 +60,9 @@ pub struct StorageConfig {
     pub keys: Arc<dyn crypto::KeyProvider>,
     /// The operator token (master-key rotation).
     pub operator: kiroku_account::auth::OperatorToken,
+    /// How long `ImportTenant` waits for the client's next file before abandoning the
+    /// import (`KIROKU_IMPORT_IDLE_TIMEOUT_S`).
+    pub import_idle_timeout: std::time::Duration,
 }
 
 impl StorageConfig {
@@ -75,6 +81,7 @@ impl StorageConfig {
             account_url: account_url.into(),
             keys,
             operator: kiroku_account::auth::OperatorToken::default(),
+            import_idle_timeout: std::time::Duration::from_secs(30),
         }
     }
 }
@@ -190,6 +197,7 @@ pub async fn serve(
             layout: config.layout.clone(),
             erasures,
         },
+        config.import_idle_timeout,
     );
     kiroku_core::admin::serve_grpc(
         <StorageServer<StorageService> as tonic::server::NamedService>::NAME,

@@ -57,6 +57,8 @@ pub struct StorageService {
     audit: AuditEmitter,
     operator: kiroku_account::auth::OperatorToken,
     nats: NatsParts,
+    /// How long `ImportTenant` waits for the client's next file.
+    import_idle_timeout: std::time::Duration,
 }
 
 /// What erasure needs of NATS: the erasure register and the streams to purge.
@@ -180,6 +182,7 @@ impl StorageService {
         audit: AuditEmitter,
         operator: kiroku_account::auth::OperatorToken,
         nats: NatsParts,
+        import_idle_timeout: std::time::Duration,
     ) -> Self {
         Self {
             db,
@@ -188,6 +191,7 @@ impl StorageService {
             audit,
             operator,
             nats,
+            import_idle_timeout,
         }
     }
 
@@ -359,12 +363,26 @@ fn bundle_status(error: bundle::BundleError) -> Status {
 impl StorageService {
     /// Reads a bundle (manifest first) into one import transaction; commits only when
     /// every listed file came and matched and the import is audited.
+    /// Imports a bundle in two steps, so the database is never held while the client
+    /// sends: every file is received (each within [`IMPORT_IDLE_TIMEOUT`] of the last),
+    /// checked against the manifest, parsed, and spooled to a temporary file (at most
+    /// [`crate::MAX_BUNDLE_BYTES`]); only a complete, verified bundle is then imported
+    /// from the spool in one short transaction.
     async fn import(
         &self,
         caller: &Principal,
         mut files: tonic::Streaming<pb::BundleFile>,
     ) -> Result<(store::Imported, u64), Status> {
-        let first = files.message().await?.ok_or_else(|| {
+        use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _, AsyncWriteExt as _};
+        let idle = self.import_idle_timeout;
+        let mut next = async || match tokio::time::timeout(idle, files.message()).await {
+            Ok(message) => message,
+            Err(_) => Err(Status::deadline_exceeded(format!(
+                "no bundle file within {} s: the import is abandoned",
+                idle.as_secs()
+            ))),
+        };
+        let first = next().await?.ok_or_else(|| {
             Status::invalid_argument(format!("empty bundle: send {} first", bundle::MANIFEST))
         })?;
         if first.path != bundle::MANIFEST {
@@ -376,25 +394,54 @@ impl StorageService {
         }
         let manifest = bundle::Manifest::parse(&first.data).map_err(bundle_status)?;
         let mut checker = bundle::Checker::new(&manifest);
-        let mut import = store::Import::begin(&self.db, &self.keys, caller.tenant_id)
-            .await
-            .map_err(internal)?;
-        while let Some(file) = files.message().await? {
+        let spool_error = |e: std::io::Error| {
+            tracing::error!(error = %e, "bundle spool");
+            Status::internal("the bundle could not be spooled to disk")
+        };
+        let mut spool = tokio::fs::File::from_std(tempfile::tempfile().map_err(spool_error)?);
+        let (mut spooled, mut meetings) = (0u64, Vec::new());
+        while let Some(file) = next().await? {
             checker
                 .check(&file.path, &file.data)
                 .map_err(bundle_status)?;
             if !bundle::is_meeting(&file.path) {
                 continue;
             }
-            let meeting: bundle::BundleMeeting = serde_json::from_slice(&file.data)
+            // Parsed now so a bad file is refused before anything is written.
+            serde_json::from_slice::<bundle::BundleMeeting>(&file.data)
                 .map_err(|e| Status::invalid_argument(format!("{}: {e}", file.path)))?;
+            spooled += file.data.len() as u64;
+            if spooled > crate::MAX_BUNDLE_BYTES {
+                return Err(Status::invalid_argument(format!(
+                    "the bundle's meetings exceed {} bytes; import it in parts",
+                    crate::MAX_BUNDLE_BYTES
+                )));
+            }
+            spool.write_all(&file.data).await.map_err(spool_error)?;
+            meetings.push((file.path, file.data.len()));
+        }
+        let checked = checker.finish().map_err(bundle_status)?;
+
+        spool.flush().await.map_err(spool_error)?;
+        spool
+            .seek(std::io::SeekFrom::Start(0))
+            .await
+            .map_err(spool_error)?;
+        let mut spool = tokio::io::BufReader::new(spool);
+        let mut import = store::Import::begin(&self.db, &self.keys, caller.tenant_id)
+            .await
+            .map_err(internal)?;
+        for (path, len) in meetings {
+            let mut data = vec![0; len];
+            spool.read_exact(&mut data).await.map_err(spool_error)?;
+            let meeting: bundle::BundleMeeting = serde_json::from_slice(&data)
+                .map_err(|e| Status::invalid_argument(format!("{path}: {e}")))?;
             import.meeting(&meeting).await.map_err(|e| match e {
                 StoreError::Exists(_) => Status::already_exists(e.to_string()),
-                StoreError::Invalid(_) => Status::invalid_argument(format!("{}: {e}", file.path)),
+                StoreError::Invalid(_) => Status::invalid_argument(format!("{path}: {e}")),
                 e => internal(e),
             })?;
         }
-        let checked = checker.finish().map_err(bundle_status)?;
         Ok((import.commit().await.map_err(internal)?, checked))
     }
 }
