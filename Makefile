@@ -14,7 +14,7 @@ KIROKU_RELEASE := $(CURDIR)/target/release/kiroku
 APT_PACKAGES := cmake espeak-ng open-jtalk open-jtalk-mecab-naist-jdic sox python3-venv nats-server redis-server postgresql libreoffice-writer-nogui
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help demo deps nats services model japanese-voice test lint fmt bench bench-stream bench-storage build pyenv
+.PHONY: help demo deps nats services model japanese-voice test lint fmt bench bench-stream bench-storage build pyenv fuzz
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -90,6 +90,15 @@ test: deps services model japanese-voice pyenv ## run every test (unit, converte
 	else \
 	  cargo test --workspace -- --test-threads=1; \
 	fi
+
+# The property tests (every parser and validator fed generated hostile input: WAV, the
+# CTranslate2 reader, every request type's protobuf, recognition options, caption layout,
+# bundle manifests, backup files). `make test` runs them with proptest's default 256
+# cases each; this runs them much longer. FUZZ_CASES=N to choose.
+FUZZ_CASES ?= 20000
+fuzz: ## property tests of every parser and validator with FUZZ_CASES (20000) cases each
+	PROPTEST_CASES=$(FUZZ_CASES) cargo nextest run --workspace --lib --profile ci \
+	  --no-fail-fast -E 'test(/properties::/)'
 
 # cargo-deny's copy of the RustSec database (the directory it derives from the default URL).
 # Offline, cargo-deny reads every crate of every target from the local registry cache:

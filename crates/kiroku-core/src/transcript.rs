@@ -1215,4 +1215,97 @@ mod tests {
         assert_eq!(last_columns("短い", 100), "短い");
         assert_eq!(last_columns("短い", 0), "");
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Word text from scripts and characters that have broken line breakers:
+        /// zero-width characters, combining marks, wide CJK, emoji, long runs.
+        fn word_text() -> impl Strategy<Value = String> {
+            prop_oneof![
+                "[a-zA-Z.,]{1,12}",
+                "[ぁ-んァ-ン一-龯。、]{1,8}",
+                "[\u{200B}\u{200C}\u{200D}\u{FEFF}\u{0301}]{1,4}",
+                "[a-z\u{200B}]{1,60}",
+                "[😀-🙏]{1,3}",
+                any::<String>(),
+            ]
+        }
+
+        fn transcript() -> impl Strategy<Value = Transcript> {
+            proptest::collection::vec(
+                (
+                    proptest::collection::vec((word_text(), 0u64..3_000), 0..12),
+                    0u64..5_000,
+                ),
+                0..5,
+            )
+            .prop_map(|segments| {
+                let mut at = 0u64;
+                let segments: Vec<Segment> = segments
+                    .into_iter()
+                    .map(|(words, gap)| {
+                        let start_ms = at + gap;
+                        let mut t = start_ms;
+                        let words: Vec<Word> = words
+                            .into_iter()
+                            .map(|(text, length)| {
+                                let word = Word {
+                                    text,
+                                    start_ms: t,
+                                    end_ms: t + length,
+                                    probability: 0.5,
+                                };
+                                t += length;
+                                word
+                            })
+                            .collect();
+                        at = t;
+                        Segment {
+                            start_ms,
+                            end_ms: t,
+                            text: join_words(words.iter().map(|w| w.text.as_str())),
+                            words,
+                        }
+                    })
+                    .collect();
+                Transcript {
+                    duration_ms: at,
+                    text: join_words(segments.iter().map(|s| s.text.as_str())),
+                    language: "ja".into(),
+                    segments,
+                }
+            })
+        }
+
+        proptest! {
+            /// Every format renders any transcript (terminating, no panic); caption
+            /// cues never run backwards.
+            #[test]
+            fn every_format_renders_any_transcript(transcript in transcript()) {
+                for format in [Format::Txt, Format::Json, Format::Srt, Format::Vtt] {
+                    let _ = transcript.render(format);
+                }
+                let srt = transcript.to_srt();
+                for block in srt.split("\n\n").filter(|b| !b.trim().is_empty()) {
+                    let timing = block.lines().nth(1).unwrap_or_default();
+                    if let Some((start, end)) = timing.split_once(" --> ") {
+                        prop_assert!(start <= end, "{timing}");
+                    }
+                }
+            }
+
+            /// Caption layout of any text terminates and keeps every visible character.
+            #[test]
+            fn layout_keeps_every_character(text in proptest::collection::vec(word_text(), 0..20)) {
+                let text = text.join(" ");
+                let chars = collapse_whitespace(&text);
+                let lines = layout(&chars, &vec![false; chars.len()]);
+                let kept: usize = lines.iter().map(|l| l.len()).sum();
+                let visible = chars.iter().filter(|c| **c != ' ').count();
+                prop_assert!(kept >= visible, "{kept} < {visible}");
+            }
+        }
+    }
 }

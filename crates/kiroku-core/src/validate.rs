@@ -122,7 +122,6 @@ pub fn sanitized(value: &str, max_bytes: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proptest::prelude::*;
 
     #[test]
     fn control_characters_are_named_with_their_place() {
@@ -179,19 +178,24 @@ mod tests {
         assert!(error.to_string().contains("NUL"), "{error}");
     }
 
-    proptest! {
-        #[test]
-        fn sanitized_text_always_passes_the_check(value in any::<String>(), max in 0usize..64) {
-            let clean = sanitized(&value, max);
-            prop_assert!(clean.len() <= max);
-            prop_assert!(text("f", &clean, max, Text::Multiline).is_ok());
-        }
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
 
-        #[test]
-        fn accepted_text_has_no_nul_and_fits(value in any::<String>(), max in 0usize..64) {
-            if text("f", &value, max, Text::Multiline).is_ok() {
-                prop_assert!(!value.contains('\0'));
-                prop_assert!(value.len() <= max);
+        proptest! {
+            #[test]
+            fn sanitized_text_always_passes_the_check(value in any::<String>(), max in 0usize..64) {
+                let clean = sanitized(&value, max);
+                prop_assert!(clean.len() <= max);
+                prop_assert!(text("f", &clean, max, Text::Multiline).is_ok());
+            }
+
+            #[test]
+            fn accepted_text_has_no_nul_and_fits(value in any::<String>(), max in 0usize..64) {
+                if text("f", &value, max, Text::Multiline).is_ok() {
+                    prop_assert!(!value.contains('\0'));
+                    prop_assert!(value.len() <= max);
+                }
             }
         }
     }

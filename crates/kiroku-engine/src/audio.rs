@@ -118,9 +118,20 @@ fn read_samples<R: Read>(
     };
     let declared = wav.len() as usize;
     let samples: Vec<f32> = match (spec.sample_format, spec.bits_per_sample) {
+        // NaN and infinities (any bytes are a float) would make the resampler's FFT
+        // panic, and out-of-range values clip anyway: silence and clamp them here.
         (hound::SampleFormat::Float, 32) => wav
             .samples::<f32>()
-            .map(|s| s.map_err(map_err))
+            .map(|s| {
+                s.map(|v| {
+                    if v.is_finite() {
+                        v.clamp(-1.0, 1.0)
+                    } else {
+                        0.0
+                    }
+                })
+                .map_err(map_err)
+            })
             .collect::<Result<_, _>>()?,
         (hound::SampleFormat::Int, bits @ (8 | 16 | 24 | 32)) => {
             let scale = 1.0 / (1u64 << (bits - 1)) as f32;
@@ -361,5 +372,59 @@ mod tests {
             ),
             "{err}"
         );
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// A RIFF/WAVE header with any format fields, then `data`.
+        fn wav_header(format: u16, channels: u16, rate: u32, bits: u16, data: &[u8]) -> Vec<u8> {
+            let block = channels.wrapping_mul(bits / 8);
+            let mut out = Vec::new();
+            out.extend_from_slice(b"RIFF");
+            out.extend_from_slice(&(36 + data.len() as u32).to_le_bytes());
+            out.extend_from_slice(b"WAVEfmt ");
+            out.extend_from_slice(&16u32.to_le_bytes());
+            out.extend_from_slice(&format.to_le_bytes());
+            out.extend_from_slice(&channels.to_le_bytes());
+            out.extend_from_slice(&rate.to_le_bytes());
+            out.extend_from_slice(&rate.wrapping_mul(u32::from(block)).to_le_bytes());
+            out.extend_from_slice(&block.to_le_bytes());
+            out.extend_from_slice(&bits.to_le_bytes());
+            out.extend_from_slice(b"data");
+            out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+            out.extend_from_slice(data);
+            out
+        }
+
+        proptest! {
+            /// Any bytes: an error or audio, never a panic.
+            #[test]
+            fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+                let _ = decode_wav(bytes.as_slice());
+            }
+
+            /// Well-formed headers with any format fields: no panic, and the decoded
+            /// audio is bounded by what the file holds (16 kHz output from at least
+            /// 1 Hz input: at most 16 000 samples per input sample, plus filter tail).
+            #[test]
+            fn any_header_fields_decode_or_are_refused(
+                format in prop_oneof![Just(1u16), Just(3u16), any::<u16>()],
+                channels in 0u16..10,
+                rate in prop_oneof![Just(8_000u32), Just(16_000), Just(44_100), Just(48_000), 0u32..200_000],
+                bits in prop_oneof![Just(8u16), Just(16), Just(24), Just(32), any::<u16>()],
+                data in proptest::collection::vec(any::<u8>(), 0..4096),
+            ) {
+                let bytes = wav_header(format, channels, rate, bits, &data);
+                if let Ok(pcm) = decode_wav(bytes.as_slice()) {
+                    prop_assert!(rate >= 1);
+                    let input_samples = data.len() as u64 / u64::from((bits / 8).max(1));
+                    let bound = (input_samples + 1) * 16_000 / u64::from(rate.max(1)) + 16_000;
+                    prop_assert!((pcm.samples.len() as u64) <= bound, "{} > {bound}", pcm.samples.len());
+                    prop_assert!(pcm.samples.iter().all(|s| s.is_finite()));
+                }
+            }
+        }
     }
 }

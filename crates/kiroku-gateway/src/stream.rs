@@ -1216,3 +1216,38 @@ pub(crate) async fn publish_frame(
     .boxed()
     .shared())
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Any strings in the recognition options: refused or accepted, never a panic;
+        /// what is accepted can reach whisper.cpp (no NUL) within the byte limits.
+        #[test]
+        fn any_options_are_checked_without_panicking(
+            prompt in any::<String>(),
+            vocabulary in proptest::collection::vec(any::<String>(), 0..4),
+            language in any::<String>(),
+            model in any::<String>(),
+            beam_size in any::<u32>(),
+        ) {
+            let options = api::RecognitionOptions {
+                prompt,
+                vocabulary,
+                language,
+                model,
+                beam_size,
+                ..Default::default()
+            };
+            if validate_options(Some(&options), &crate::Limits::default()).is_ok() {
+                let strings = [&options.prompt, &options.language, &options.model];
+                prop_assert!(strings.iter().all(|s| !s.contains('\0')));
+                prop_assert!(options.vocabulary.iter().all(|s| !s.contains('\0')));
+                prop_assert!(options.prompt.len() <= MAX_PROMPT_BYTES);
+                prop_assert!(options.model.len() <= MAX_MODEL_BYTES);
+            }
+        }
+    }
+}

@@ -90,4 +90,99 @@ mod tests {
             ]
         );
     }
+
+    mod properties {
+        use super::super::*;
+        use proptest::prelude::*;
+        use prost::Message as _;
+
+        /// Decodes `bytes` as every request type of every service; none may panic.
+        /// Returns the full protobuf names tried, for the completeness check.
+        macro_rules! request_types {
+            ($( $package:ident :: $message:ident ),* $(,)?) => {
+                fn decode_every_request(bytes: &[u8]) {
+                    $( let _ = <$package::v1::$message as prost::Message>::decode(bytes); )*
+                }
+                fn request_type_names() -> Vec<String> {
+                    vec![$( format!(".kiroku.{}.v1.{}", stringify!($package), stringify!($message)) ),*]
+                }
+            };
+        }
+
+        request_types!(
+            transcribe::StreamTranscribeRequest,
+            transcribe::TranscribeRequest,
+            account::AcceptInvitationRequest,
+            account::ChangePasswordRequest,
+            account::CheckConsentRequest,
+            account::ConfirmMfaRequest,
+            account::CreateApiKeyRequest,
+            account::EnrollMfaRequest,
+            account::GetSigningKeysRequest,
+            account::InviteUserRequest,
+            account::ListApiKeysRequest,
+            account::ListUsersRequest,
+            account::LoginRequest,
+            account::LogoutRequest,
+            account::RecordConsentRequest,
+            account::RefreshRequest,
+            account::RegisterRequest,
+            account::RevokeApiKeyRequest,
+            account::SetConsentPolicyRequest,
+            account::SetMeetingParticipantsRequest,
+            account::SetRoleRequest,
+            account::UserRef,
+            account::VerifyApiKeyRequest,
+            account::WhoAmIRequest,
+            account::ListNoticeRecipientsRequest,
+            audit::ExportEventsRequest,
+            audit::GetUsageRequest,
+            audit::ListEventsRequest,
+            audit::ListNoticesRequest,
+            audit::PublishNoticeRequest,
+            audit::SetTimeZoneRequest,
+            audit::VerifyChainRequest,
+            storage::AddLabelRequest,
+            storage::BundleFile,
+            storage::EraseTenantRequest,
+            storage::ExportMeetingRequest,
+            storage::ExportTenantRequest,
+            storage::GetMeetingRequest,
+            storage::ListLabelsRequest,
+            storage::ListMeetingsRequest,
+            storage::RemoveLabelRequest,
+            storage::RotateMasterKeyRequest,
+            storage::SearchRequest,
+        );
+
+        /// The list above names every request type of every RPC in `proto/`.
+        #[test]
+        fn every_request_type_is_covered() {
+            let set = prost_types::FileDescriptorSet::decode(FILE_DESCRIPTOR_SET).expect("decode");
+            let mut inputs: Vec<String> = set
+                .file
+                .iter()
+                .flat_map(|f| f.service.iter())
+                .flat_map(|s| s.method.iter().filter_map(|m| m.input_type.clone()))
+                .collect();
+            inputs.sort();
+            inputs.dedup();
+            let mut covered = request_type_names();
+            covered.sort();
+            let missing: Vec<&String> = inputs.iter().filter(|i| !covered.contains(i)).collect();
+            assert!(
+                missing.is_empty(),
+                "request types without a decoding property: {missing:?}"
+            );
+        }
+
+        proptest! {
+            #[test]
+            fn arbitrary_bytes_decode_or_are_refused_as_every_request(
+                bytes in proptest::collection::vec(any::<u8>(), 0..1024),
+            ) {
+                decode_every_request(&bytes);
+            }
+        }
+    }
 }

@@ -504,4 +504,43 @@ mod tests {
         assert!(error.to_string().contains(k.id()), "{error}");
         assert!(BackupKey::from_hex("abc").is_err());
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            /// Any bytes as a backup file: refused or read, never a panic; a sealed
+            /// file with any byte flipped or any tail cut is refused (authenticated
+            /// encryption), never returned altered.
+            #[test]
+            fn backup_files_open_or_are_refused(
+                bytes in proptest::collection::vec(any::<u8>(), 0..2048),
+                data in proptest::collection::vec(any::<u8>(), 0..4096),
+                flip in any::<usize>(),
+                cut in any::<usize>(),
+            ) {
+                let key = key(7);
+                let _ = open(&key, "meetings.dump", &bytes);
+                let sealed = seal(&key, "meetings.dump", &data);
+                prop_assert_eq!(open(&key, "meetings.dump", &sealed).expect("intact"), data.clone());
+                let mut flipped = sealed.clone();
+                let at = flip % flipped.len();
+                flipped[at] ^= 0x01;
+                prop_assert!(open(&key, "meetings.dump", &flipped).is_err());
+                let cut_at = cut % sealed.len();
+                prop_assert!(open(&key, "meetings.dump", &sealed[..cut_at]).is_err());
+            }
+
+            /// Any manifest and MAC: verified or refused, never a panic.
+            #[test]
+            fn manifests_verify_or_are_refused(
+                manifest in proptest::collection::vec(any::<u8>(), 0..512),
+                mac in "[0-9a-f]{0,80}",
+            ) {
+                let key = key(3);
+                let _ = key.verify_manifest(&manifest, &mac);
+            }
+        }
+    }
 }

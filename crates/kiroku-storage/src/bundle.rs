@@ -154,12 +154,20 @@ pub enum BundleError {
 
 /// A relative path of plain names (no `..`, no root, no empty part).
 pub fn safe_path(path: &str) -> bool {
-    let path = std::path::Path::new(path);
-    !path.as_os_str().is_empty()
-        && !path.is_absolute()
-        && path
-            .components()
-            .all(|c| matches!(c, std::path::Component::Normal(_)))
+    // `/`-separated names of letters, digits, `-`, `_` and `.` (what an export writes),
+    // never `.` or `..`: no traversal on any system (a backslash is a separator on
+    // Windows), no control characters, nothing a shell or file system reads specially.
+    !path.is_empty()
+        && path.len() <= 1024
+        && path.split('/').all(|name| {
+            !name.is_empty()
+                && name.len() <= 255
+                && name != "."
+                && name != ".."
+                && name
+                    .chars()
+                    .all(|c| c.is_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        })
 }
 
 impl Manifest {
@@ -314,5 +322,55 @@ mod tests {
         let json = serde_json::to_string(&BundleSegment::from(&segment)).expect("json");
         let back: BundleSegment = serde_json::from_str(&json).expect("parse");
         assert_eq!(api::Segment::from(&back), segment);
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            /// Any manifest bytes: parsed or refused, never a panic; a parsed one lists
+            /// only safe, distinct paths.
+            #[test]
+            fn manifests_parse_or_are_refused(bytes in proptest::collection::vec(any::<u8>(), 0..1024)) {
+                if let Ok(manifest) = Manifest::parse(&bytes) {
+                    for file in &manifest.files {
+                        prop_assert!(safe_path(&file.path));
+                    }
+                }
+            }
+
+            /// Manifests with hostile paths (traversal, absolute, NUL, control
+            /// characters, duplicates) are refused or hold only safe paths; the checker
+            /// accepts only listed files with the listed content.
+            #[test]
+            fn hostile_paths_never_pass(
+                paths in proptest::collection::vec(
+                    prop_oneof![
+                        Just("../etc/passwd".to_string()),
+                        Just("/abs".to_string()),
+                        Just("meetings/\0.json".to_string()),
+                        Just("meetings/a.json".to_string()),
+                        "[a-z/.\\\\\0\n]{0,20}",
+                    ],
+                    0..6,
+                ),
+                data in proptest::collection::vec(any::<u8>(), 0..64),
+                sent in "[a-z/.]{0,12}",
+            ) {
+                let files: Vec<(&str, &[u8])> = paths.iter().map(|p| (p.as_str(), data.as_slice())).collect();
+                let json = serde_json::to_vec(&manifest(&files)).expect("json");
+                if let Ok(parsed) = Manifest::parse(&json) {
+                    for file in &parsed.files {
+                        prop_assert!(safe_path(&file.path), "{:?}", file.path);
+                        prop_assert!(!file.path.contains(".."));
+                    }
+                    let mut checker = Checker::new(&parsed);
+                    let listed = parsed.files.iter().any(|f| f.path == sent);
+                    let accepted = checker.check(&sent, &data).is_ok();
+                    prop_assert!(!accepted || listed);
+                }
+            }
+        }
     }
 }

@@ -374,3 +374,36 @@ pub fn write_model(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Any file as a CTranslate2 `model.bin`: refused or opened, never a panic, no
+        /// allocation beyond the file (sizes are checked against its length), and every
+        /// variable it lists reads or is refused.
+        #[test]
+        fn arbitrary_model_files_open_or_are_refused(
+            bytes in proptest::collection::vec(any::<u8>(), 0..2048),
+            version in 1u32..8,
+        ) {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let path = dir.path().join("model.bin");
+            // Half the cases start with a plausible version, to get past the first check.
+            let mut file = version.to_le_bytes().to_vec();
+            file.extend_from_slice(&bytes);
+            for contents in [&bytes, &file] {
+                std::fs::write(&path, contents).expect("write");
+                if let Ok(mut model) = Ct2Model::open(&path) {
+                    let names: Vec<String> = model.variables.keys().cloned().collect();
+                    for name in names {
+                        let _ = model.read_bytes(&name);
+                        let _ = model.read_f32(&name);
+                    }
+                }
+            }
+        }
+    }
+}
