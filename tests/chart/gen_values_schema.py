@@ -111,7 +111,7 @@ schema = {
         "jetstream": obj({"storage": S(enum=["file"], desc="memory storage loses acknowledged audio on restart"),
                           "replicas": I(3, 5, desc="at least 3 servers; also KIROKU_NATS_REPLICAS (1-5)"), "syncInterval": S(enum=["always"]),
                           "minServerVersion": S(pattern="^[0-9]+\\.[0-9]+\\.[0-9]+$")})}),
-    "secrets": obj({k: {"$ref": "#/definitions/secretRef"} for k in ["redisUrl", "databaseOwnerUrl", "accountDatabaseUrl", "auditDatabaseUrl", "resumeSecret", "signingKey", "operatorToken", "smtpPassword", "storageDatabaseUrl", "storageMasterKey", "storagePreviousMasterKey"]}),
+    "secrets": obj({k: {"$ref": "#/definitions/secretRef"} for k in ["redisUrl", "databaseOwnerUrl", "accountDatabaseUrl", "auditDatabaseUrl", "resumeSecret", "signingKey", "operatorToken", "auditAnchorKey", "smtpPassword", "storageDatabaseUrl", "storageMasterKey", "storagePreviousMasterKey"]}),
     "dataLocation": obj({"region": S(pattern="^[a-z0-9-]+$", desc="KIROKU_REGION: where this release runs"),
         "allowedRegions": {"type": "array", "minItems": 1, "items": S(pattern="^[a-z0-9-]+$"), "description": "KIROKU_ALLOWED_REGIONS: where customer data may be kept"},
         "natsRegion": S(pattern="^[a-z0-9-]*$", desc="KIROKU_NATS_REGION; empty: region"),

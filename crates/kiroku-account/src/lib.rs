@@ -130,6 +130,7 @@ pub async fn serve(
         grpc,
         admin,
         ready,
+        kiroku_core::admin::Reflection::On,
         shutdown,
     )
     .await?;

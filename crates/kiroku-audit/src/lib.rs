@@ -7,6 +7,7 @@
 //! latency per day, from the log) and carries the operator's notices ([`notice`]): listed
 //! through `kiroku.audit.v1.NoticeService` and mailed over SMTP to every tenant admin.
 
+pub mod anchor;
 pub mod chain;
 pub mod notice;
 pub mod render;
@@ -55,6 +56,9 @@ pub struct AuditConfig {
     /// Where notice mail goes; without it notices are stored and listed, and their
     /// deliveries wait (pending) until a server is configured.
     pub smtp: Option<notice::SmtpConfig>,
+    /// Signs the chain heads anchored outside the database ([`anchor`]); without it
+    /// they are recorded unsigned.
+    pub anchor_key: Option<anchor::AnchorKey>,
 }
 
 impl AuditConfig {
@@ -68,6 +72,7 @@ impl AuditConfig {
             account_url: account_url.into(),
             operator: kiroku_account::auth::OperatorToken::default(),
             smtp: None,
+            anchor_key: None,
         }
     }
 }
@@ -75,11 +80,16 @@ impl AuditConfig {
 /// Stores events from `AUDIT` until the task is dropped. Each message is acknowledged
 /// only after its row is committed; a redelivered or re-published event is stored once
 /// (the event id is unique per tenant).
-async fn consume(db: Db, js: jetstream::Context, layout: Layout) -> anyhow::Result<()> {
+async fn consume(
+    db: Db,
+    anchors: anchor::Anchors,
+    js: jetstream::Context,
+    layout: Layout,
+) -> anyhow::Result<()> {
     use kiroku_core::nats::Handled;
     let stream = layout.audit_stream();
     kiroku_core::nats::consume_durable(&js, &layout, &stream, CONSUMER, |payload| {
-        let db = db.clone();
+        let (db, anchors) = (db.clone(), anchors.clone());
         async move {
             let mut event = match AuditEvent::decode(payload.as_ref()) {
                 Ok(event) => event,
@@ -89,7 +99,16 @@ async fn consume(db: Db, js: jetstream::Context, layout: Layout) -> anyhow::Resu
             // refused by the database and redelivered forever.
             kiroku_core::audit::sanitize(&mut event);
             match store::append(&db, &event).await {
-                Ok(_) => Handled::Done,
+                Ok(store::Appended::New(seq, hash)) => {
+                    // The event is stored; a head left behind moves with the next one.
+                    if let Ok(tenant) = uuid::Uuid::try_parse(&event.tenant_id)
+                        && let Err(error) = anchors.advance(tenant, seq, &hash).await
+                    {
+                        warn!(%error, seq, "audit chain head not anchored");
+                    }
+                    Handled::Done
+                }
+                Ok(store::Appended::Duplicate) => Handled::Done,
                 Err(error) if kiroku_core::nats::is_permanent_db_error(&error) => {
                     Handled::Invalid(error.to_string())
                 }
@@ -119,7 +138,21 @@ pub async fn serve(
     let (nats, js) =
         kiroku_core::nats::connect_and_ensure(&config.nats_url, "kiroku-audit", &config.layout)
             .await?;
-    let consumer = tokio::spawn(consume(db.clone(), js.clone(), config.layout.clone()));
+    if config.anchor_key.is_none() {
+        warn!("KIROKU_AUDIT_ANCHOR_KEY is not set: audit chain heads are anchored unsigned");
+    }
+    let anchors = anchor::Anchors::new(
+        js.get_key_value(config.layout.audit_heads_bucket())
+            .await
+            .context("opening the audit chain heads")?,
+        config.anchor_key.clone(),
+    );
+    let consumer = tokio::spawn(consume(
+        db.clone(),
+        anchors.clone(),
+        js.clone(),
+        config.layout.clone(),
+    ));
     info!("audit consumer started");
 
     let wake = Arc::new(tokio::sync::Notify::new());
@@ -160,12 +193,17 @@ pub async fn serve(
     let ready = kiroku_core::admin::db_and_nats_readiness(db.clone(), nats);
     kiroku_core::admin::serve_grpc(
         <AuditServiceServer<Audit> as tonic::server::NamedService>::NAME,
-        tonic::service::Routes::new(AuditServiceServer::new(Audit::new(db.clone(), checker)))
-            .add_service(NoticeServiceServer::new(notices)),
+        tonic::service::Routes::new(AuditServiceServer::new(Audit::new(
+            db.clone(),
+            checker,
+            anchors,
+        )))
+        .add_service(NoticeServiceServer::new(notices)),
         tonic::transport::Server::builder(),
         grpc,
         admin,
         ready,
+        kiroku_core::admin::Reflection::On,
         shutdown,
     )
     .await?;

@@ -49,6 +49,7 @@ pub const MAX_EXPORT: usize = 100_000;
 pub struct Audit {
     db: Db,
     checker: Arc<Checker>,
+    anchors: crate::anchor::Anchors,
 }
 
 impl std::fmt::Debug for Audit {
@@ -72,8 +73,61 @@ fn non_empty(value: &str) -> Option<String> {
 }
 
 impl Audit {
-    pub fn new(db: Db, checker: Arc<Checker>) -> Self {
-        Self { db, checker }
+    pub fn new(db: Db, checker: Arc<Checker>, anchors: crate::anchor::Anchors) -> Self {
+        Self {
+            db,
+            checker,
+            anchors,
+        }
+    }
+
+    /// Checks the stored chain's end against its anchored head: `(first broken seq,
+    /// problem)` when entries after the head's seq are gone or the entry there has
+    /// another hash (the chain was shortened or rewritten).
+    async fn check_head(
+        &self,
+        tenant: uuid::Uuid,
+        checked: u64,
+    ) -> Result<Option<(u64, String)>, Status> {
+        use crate::anchor::AnchorProblem;
+        let head = match self.anchors.head(tenant).await {
+            Ok(Some(head)) => head,
+            Ok(None) => return Ok(None),
+            Err(AnchorProblem::BadSignature) => {
+                return Ok(Some((
+                    0,
+                    "the anchored chain head has an invalid signature: the anchor was altered"
+                        .into(),
+                )));
+            }
+            Err(AnchorProblem::Unavailable(error)) => {
+                tracing::error!(%error, "reading the anchored chain head");
+                return Err(Status::unavailable(
+                    "the anchored chain head cannot be read; retry",
+                ));
+            }
+        };
+        let anchored = head.seq.max(0) as u64;
+        if anchored > checked {
+            return Ok(Some((
+                checked + 1,
+                format!(
+                    "entries {} to {anchored} are missing: the log ends at {checked} but entry {anchored} was anchored",
+                    checked + 1
+                ),
+            )));
+        }
+        let stored = store::hash_at(&self.db, tenant, head.seq)
+            .await
+            .map_err(internal)?
+            .map(hex::encode);
+        if stored.as_deref() != Some(head.hash.as_str()) {
+            return Ok(Some((
+                anchored,
+                format!("entry {anchored} differs from its anchored hash: the chain was rewritten"),
+            )));
+        }
+        Ok(None)
     }
 
     async fn caller<T>(&self, request: &Request<T>, method: &str) -> Result<Principal, Status> {
@@ -186,11 +240,15 @@ impl AuditService for Audit {
         let (checked, broken) = store::verify(&self.db, caller.tenant_id)
             .await
             .map_err(internal)?;
+        let broken = match broken {
+            Some(b) => Some((b.seq as u64, b.problem)),
+            None => self.check_head(caller.tenant_id, checked).await?,
+        };
         Ok(Response::new(pb::VerifyChainResponse {
             intact: broken.is_none(),
             entries_checked: checked,
-            first_broken_seq: broken.as_ref().map_or(0, |b| b.seq as u64),
-            problem: broken.map(|b| b.problem).unwrap_or_default(),
+            first_broken_seq: broken.as_ref().map_or(0, |b| b.0),
+            problem: broken.map(|b| b.1).unwrap_or_default(),
         }))
     }
 
@@ -444,5 +502,47 @@ impl NoticeService for Notices {
                 .map(|row| row.to_proto(zone, operator, now))
                 .collect(),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Deny by default: every RPC of the service has exactly one access rule.
+    #[test]
+    fn control_9_2_2_every_method_has_an_access_rule() {
+        let methods = kiroku_proto::method_names("kiroku.audit.v1.AuditService");
+        assert!(!methods.is_empty());
+        for method in &methods {
+            assert_eq!(
+                METHODS.iter().filter(|(name, _)| name == method).count(),
+                1,
+                "{method} needs exactly one access rule"
+            );
+        }
+        assert_eq!(
+            methods.len(),
+            METHODS.len(),
+            "a rule for a method that does not exist"
+        );
+
+        let methods = kiroku_proto::method_names("kiroku.audit.v1.NoticeService");
+        assert!(!methods.is_empty());
+        for method in &methods {
+            assert_eq!(
+                NOTICE_METHODS
+                    .iter()
+                    .filter(|(name, _)| name == method)
+                    .count(),
+                1,
+                "{method} needs exactly one access rule"
+            );
+        }
+        assert_eq!(
+            methods.len(),
+            NOTICE_METHODS.len(),
+            "a rule for a method that does not exist"
+        );
     }
 }

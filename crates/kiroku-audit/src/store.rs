@@ -23,7 +23,8 @@ pub struct Stored {
 /// What appending did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Appended {
-    New(i64),
+    /// Stored at this seq, with this hash (the tenant's new chain head).
+    New(i64, [u8; 32]),
     /// The event id was stored before (a redelivery or a duplicate publish).
     Duplicate,
 }
@@ -114,7 +115,7 @@ pub async fn append(db: &Db, event: &AuditEvent) -> Result<Appended, sqlx::Error
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
-    Ok(Appended::New(seq))
+    Ok(Appended::New(seq, hash))
 }
 
 const COLUMNS: &str = "tenant_id, seq, event_id, occurred_at, actor_id, actor_kind, action, \
@@ -170,6 +171,17 @@ pub async fn verify(db: &Db, tenant: Uuid) -> Result<(u64, Option<Break>), sqlx:
             after = stored.entry.seq;
         }
     }
+}
+
+/// The hash stored for `tenant`'s entry `seq`, if there is one.
+pub async fn hash_at(db: &Db, tenant: Uuid, seq: i64) -> Result<Option<Vec<u8>>, sqlx::Error> {
+    let mut tx = db.tenant_tx(tenant).await?;
+    let hash = sqlx::query_scalar("SELECT hash FROM audit_log WHERE seq = $1")
+        .bind(seq)
+        .fetch_optional(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(hash)
 }
 
 /// Filters of a listing.

@@ -236,6 +236,10 @@ pub struct GatewayArgs {
     /// connection's address is the client (right for a gateway clients reach directly).
     #[arg(long, env = "KIROKU_GATEWAY_TRUSTED_PROXIES", default_value = "")]
     pub trusted_proxies: String,
+    /// Serve gRPC server reflection on the public port (off: it describes every API
+    /// behind the gateway to anyone; the internal services always serve it).
+    #[arg(long, env = "KIROKU_GATEWAY_REFLECTION")]
+    pub reflection: bool,
 }
 
 /// Where clients and gateways find the account service by default.
@@ -431,6 +435,7 @@ async fn gateway(args: GatewayArgs) -> Result<()> {
     config.limits.max_stream_wall = Duration::from_secs(args.max_stream_wall_s);
     config.routes = kiroku_core::nats::SessionRoutes::parse(&args.routes)
         .map_err(|e| InputError(format!("--routes / KIROKU_SESSION_ROUTES: {e}")))?;
+    config.reflection = args.reflection;
     config.trusted_proxies = kiroku_account::proxy::TrustedProxies::parse(&args.trusted_proxies)
         .map_err(|e| {
             InputError(format!(
@@ -549,6 +554,7 @@ async fn audit(args: AuditArgs) -> Result<()> {
     config.nats_url = args.common.nats.clone();
     config.layout = args.common.layout()?;
     config.operator = operator_token()?;
+    config.anchor_key = kiroku_audit::anchor::AnchorKey::from_env().map_err(InputError)?;
     config.smtp = smtp_config(&args)?;
     let grpc = bind(&args.listen, "gRPC").await?;
     let admin = bind(&args.admin_listen, "admin").await?;
@@ -590,4 +596,39 @@ async fn storage(args: StorageArgs) -> Result<()> {
         admin.local_addr()?
     );
     kiroku_storage::serve(config, grpc, admin, shutdown_signal()).await
+}
+
+#[cfg(test)]
+mod tests {
+    use kiroku_account::auth::Access;
+
+    /// The gateway refuses exactly the operator methods of the services it forwards.
+    #[test]
+    fn the_gateway_blocks_every_operator_method_it_could_forward() {
+        let tables = [
+            ("kiroku.account.v1.AccountService", kiroku_account::METHODS),
+            ("kiroku.audit.v1.AuditService", kiroku_audit::METHODS),
+            (
+                "kiroku.audit.v1.NoticeService",
+                kiroku_audit::NOTICE_METHODS,
+            ),
+            ("kiroku.storage.v1.Storage", kiroku_storage::METHODS),
+        ];
+        let mut operator: Vec<String> = tables
+            .iter()
+            .flat_map(|(service, methods)| {
+                methods
+                    .iter()
+                    .filter(|(_, access)| matches!(access, Access::Operator))
+                    .map(move |(method, _)| format!("/{service}/{method}"))
+            })
+            .collect();
+        operator.sort();
+        let mut blocked: Vec<String> = kiroku_gateway::forward::OPERATOR_METHODS
+            .iter()
+            .map(|m| m.to_string())
+            .collect();
+        blocked.sort();
+        assert_eq!(blocked, operator);
+    }
 }

@@ -426,6 +426,238 @@ fn control_9_2_2_method_by_role_matrix() {
     });
 }
 
+/// control 9.2.2 for the storage and audit services: the same deny-by-default matrix,
+/// method x caller, over every RPC of `Storage`, `AuditService` and `NoticeService`.
+/// Requests are harmless (a missing meeting, a wrong erase confirmation, a manifest that
+/// does not parse): an allowed caller gets past the access rule and is refused for the
+/// content, or served; a refused caller gets UNAUTHENTICATED or PERMISSION_DENIED.
+#[test]
+fn control_9_2_2_storage_and_audit_method_by_role_matrix() {
+    use kiroku_proto::audit::v1 as audit;
+    use kiroku_proto::storage::v1 as storage;
+    let cluster = Cluster::start(
+        0,
+        0,
+        Options {
+            storage: true,
+            audit: true,
+            ..Options::default()
+        },
+    );
+    let (account_url, storage_url, audit_url) = (
+        cluster.account_url(),
+        cluster.storage_url(),
+        cluster.audit_url(),
+    );
+    block_on(async move {
+        let mut client = account(&account_url).await;
+        let mut minutes = storage::storage_client::StorageClient::connect(storage_url)
+            .await
+            .expect("storage");
+        let mut log = audit::audit_service_client::AuditServiceClient::connect(audit_url.clone())
+            .await
+            .expect("audit");
+        let mut notices = audit::notice_service_client::NoticeServiceClient::connect(audit_url)
+            .await
+            .expect("notices");
+        let t = tenant(&mut client, "matrix-s").await;
+        let signed_in = [
+            "ListMeetings",
+            "GetMeeting",
+            "Search",
+            "ExportMeeting",
+            "ListLabels",
+            "ListNotices",
+        ];
+        let member = ["AddLabel", "RemoveLabel"];
+        let admin = [
+            "ExportTenant",
+            "ImportTenant",
+            "ListEvents",
+            "VerifyChain",
+            "ExportEvents",
+            "SetTimeZone",
+            "GetUsage",
+        ];
+        // Operator only: no tenant credential passes.
+        let operator = ["RotateMasterKey", "PublishNotice"];
+        let all: Vec<&str> = signed_in
+            .iter()
+            .chain(&member)
+            .chain(&admin)
+            .chain(&operator)
+            .chain(&["EraseTenant"])
+            .copied()
+            .collect();
+        let allowed_for = |name: &str| -> Vec<&str> {
+            match name {
+                "viewer" => signed_in.to_vec(),
+                "member" | "admin without mfa" => {
+                    signed_in.iter().chain(&member).copied().collect()
+                }
+                "admin" => signed_in
+                    .iter()
+                    .chain(&member)
+                    .chain(&admin)
+                    .copied()
+                    .collect(),
+                "owner" => signed_in
+                    .iter()
+                    .chain(&member)
+                    .chain(&admin)
+                    .chain(&["EraseTenant"])
+                    .copied()
+                    .collect(),
+                "transcribe key" => member.to_vec(),
+                "consent key" | "nobody" => vec![],
+                other => panic!("{other}"),
+            }
+        };
+        let callers = [
+            ("viewer", Credential::Bearer(t.viewer.token.clone())),
+            ("member", Credential::Bearer(t.member.token.clone())),
+            (
+                "admin without mfa",
+                Credential::Bearer(t.admin_no_mfa.token.clone()),
+            ),
+            ("admin", Credential::Bearer(t.admin.token.clone())),
+            ("owner", Credential::Bearer(t.owner.token.clone())),
+            (
+                "transcribe key",
+                Credential::ApiKey(t.transcribe_key.clone()),
+            ),
+            ("consent key", Credential::ApiKey(t.consent_key.clone())),
+            ("nobody", Credential::Bearer("not-a-token".into())),
+        ];
+        let missing = "no-such-meeting".to_string();
+        let mut failures = Vec::new();
+        for (name, credential) in &callers {
+            let allowed = allowed_for(name);
+            for method in &all {
+                let c = credential;
+                let outcome: Result<(), tonic::Status> = match *method {
+                    "ListMeetings" => minutes
+                        .list_meetings(c.request(storage::ListMeetingsRequest::default()))
+                        .await
+                        .map(drop),
+                    "GetMeeting" => minutes
+                        .get_meeting(c.request(storage::GetMeetingRequest {
+                            meeting_id: missing.clone(),
+                        }))
+                        .await
+                        .map(drop),
+                    "Search" => minutes
+                        .search(c.request(storage::SearchRequest {
+                            query: "budget".into(),
+                            limit: 5,
+                        }))
+                        .await
+                        .map(drop),
+                    "ExportMeeting" => minutes
+                        .export_meeting(c.request(storage::ExportMeetingRequest {
+                            meeting_id: missing.clone(),
+                            format: 1,
+                        }))
+                        .await
+                        .map(drop),
+                    "ListLabels" => minutes
+                        .list_labels(c.request(storage::ListLabelsRequest {
+                            meeting_id: missing.clone(),
+                        }))
+                        .await
+                        .map(drop),
+                    "AddLabel" => minutes
+                        .add_label(c.request(storage::AddLabelRequest {
+                            meeting_id: missing.clone(),
+                            text: "decision".into(),
+                            ..Default::default()
+                        }))
+                        .await
+                        .map(drop),
+                    "RemoveLabel" => minutes
+                        .remove_label(c.request(storage::RemoveLabelRequest {
+                            label_id: uuid::Uuid::new_v4().to_string(),
+                        }))
+                        .await
+                        .map(drop),
+                    "ExportTenant" => minutes
+                        .export_tenant(c.request(storage::ExportTenantRequest {}))
+                        .await
+                        .map(drop),
+                    "ImportTenant" => minutes
+                        .import_tenant(c.request(futures::stream::iter([storage::BundleFile {
+                            path: "manifest.json".into(),
+                            data: b"not json".to_vec(),
+                        }])))
+                        .await
+                        .map(drop),
+                    "EraseTenant" => minutes
+                        .erase_tenant(c.request(storage::EraseTenantRequest {
+                            confirm_tenant_slug: "not-this-tenant".into(),
+                        }))
+                        .await
+                        .map(drop),
+                    "RotateMasterKey" => minutes
+                        .rotate_master_key(c.request(storage::RotateMasterKeyRequest {}))
+                        .await
+                        .map(drop),
+                    "ListEvents" => log
+                        .list_events(c.request(audit::ListEventsRequest::default()))
+                        .await
+                        .map(drop),
+                    "VerifyChain" => log
+                        .verify_chain(c.request(audit::VerifyChainRequest {}))
+                        .await
+                        .map(drop),
+                    "ExportEvents" => log
+                        .export_events(c.request(audit::ExportEventsRequest {
+                            format: 1,
+                            ..Default::default()
+                        }))
+                        .await
+                        .map(drop),
+                    "SetTimeZone" => log
+                        .set_time_zone(c.request(audit::SetTimeZoneRequest {
+                            time_zone: "Not/AZone".into(),
+                        }))
+                        .await
+                        .map(drop),
+                    "GetUsage" => log
+                        .get_usage(c.request(audit::GetUsageRequest::default()))
+                        .await
+                        .map(drop),
+                    "ListNotices" => notices
+                        .list_notices(c.request(audit::ListNoticesRequest::default()))
+                        .await
+                        .map(drop),
+                    "PublishNotice" => notices
+                        .publish_notice(c.request(audit::PublishNoticeRequest {
+                            title: "t".into(),
+                            body: "b".into(),
+                            ..Default::default()
+                        }))
+                        .await
+                        .map(drop),
+                    other => panic!("{other}"),
+                };
+                let refused = matches!(&outcome, Err(status)
+                    if denied_by_access(status)
+                        || (status.code() == Code::PermissionDenied
+                            && (status.message().contains("only an owner")
+                                || status.message().contains("operator"))));
+                if refused == allowed.contains(method) {
+                    failures.push(format!("{name} {method}: {outcome:?}"));
+                }
+            }
+        }
+        assert!(
+            failures.is_empty(),
+            "matrix mismatches:\n{}",
+            failures.join("\n")
+        );
+    });
+}
+
 /// control 13.1.3: tenant B's admin gets NOT_FOUND for every id of tenant A, and
 /// sees none of A's users or consent records.
 #[test]
@@ -968,6 +1200,54 @@ fn failed_sign_ins_from_one_address_are_throttled_across_accounts() {
         let status = login(&mut client, &slug, &email, OWNER_PASSWORD, "")
             .await
             .expect_err("address locked");
+        assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    });
+}
+
+/// The current password asked by ChangePassword and EnrollMfa counts against the
+/// account's sign-in throttle: a stolen access token cannot guess the password there.
+#[test]
+fn wrong_current_passwords_are_throttled_like_sign_ins() {
+    let cluster = Cluster::start(0, 0, Options::default());
+    let account_url = cluster.account_url();
+    let token = cluster.access_token();
+    block_on(async move {
+        let mut client = account(&account_url).await;
+        for i in 0..5 {
+            let request = if i % 2 == 0 {
+                client
+                    .change_password(authorized(
+                        pb::ChangePasswordRequest {
+                            current_password: format!("guess number {i}"),
+                            new_password: "a new and long passphrase".into(),
+                        },
+                        &token,
+                    ))
+                    .await
+                    .map(drop)
+            } else {
+                client
+                    .enroll_mfa(authorized(
+                        pb::EnrollMfaRequest {
+                            current_password: format!("guess number {i}"),
+                        },
+                        &token,
+                    ))
+                    .await
+                    .map(drop)
+            };
+            let status = request.expect_err("wrong password");
+            assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+        }
+        let status = client
+            .enroll_mfa(authorized(
+                pb::EnrollMfaRequest {
+                    current_password: OWNER_PASSWORD.into(),
+                },
+                &token,
+            ))
+            .await
+            .expect_err("throttled, even with the right password");
         assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
     });
 }

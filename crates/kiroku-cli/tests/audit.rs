@@ -204,6 +204,104 @@ fn control_12_4_1_the_chain_holds_thousands_and_shows_tampering() {
     assert!(total > 2000);
 }
 
+/// control 12.4.1: the chain's end is anchored outside the database. Someone with the
+/// database owner's rights replaces the newest entry with a forged one whose hashes are
+/// recomputed (the chain alone still verifies), then deletes the newest entries: each
+/// is reported, at its position, against the anchored head.
+#[test]
+fn control_12_4_1_a_rewritten_or_shortened_chain_is_caught_by_its_anchor() {
+    let cluster = Cluster::start(0, 0, options());
+    let token = cluster_owner_token(&cluster);
+    let (audit_url, account_url, root) = (
+        cluster.audit_url(),
+        cluster.account_url(),
+        cluster.root.clone(),
+    );
+    let (tenant, last) = block_on({
+        let (token, audit_url) = (token.clone(), audit_url.clone());
+        async move {
+            let tenant = cluster::tenant_of(&account_url, &token).await;
+            let emitter = emitter(&root).await;
+            let mut client = audit(&audit_url).await;
+            let before = wait_for_entries(&mut client, &token, 3)
+                .await
+                .entries_checked;
+            for i in 0..10 {
+                emitter
+                    .emit(
+                        AuditRecord::new(&tenant, Actor::user("tester"), "test.anchor")
+                            .target(format!("item/{i}")),
+                    )
+                    .await
+                    .expect("publish");
+            }
+            let result = wait_for_entries(&mut client, &token, before + 10).await;
+            assert!(result.intact, "{result:?}");
+            (tenant, result.entries_checked)
+        }
+    });
+    // The anchored head follows the newest entry (written after it is committed).
+    std::thread::sleep(Duration::from_millis(500));
+    let owner = cluster::database_url();
+    let table = format!("\"{}_audit\".audit_log", cluster.root);
+    let (ok, previous) = cluster::psql(
+        &owner,
+        &format!(
+            "SELECT encode(hash, 'hex') FROM {table} WHERE seq = {}",
+            last - 1
+        ),
+    );
+    assert!(ok, "{previous}");
+    let tenant = uuid::Uuid::parse_str(&tenant).expect("tenant id");
+    let forged = kiroku_audit::chain::Entry {
+        tenant_id: tenant.to_string(),
+        seq: last as i64,
+        event_id: "forged".into(),
+        occurred_at_us: 1_767_225_600_000_000,
+        actor_id: "tester".into(),
+        actor_kind: "user".into(),
+        action: "test.forged".into(),
+        target: String::new(),
+        outcome: "success".into(),
+        source_ip: String::new(),
+        details: Default::default(),
+        trace_id: String::new(),
+    };
+    let hash = forged.hash(&hex::decode(previous.trim()).expect("hex"));
+    let (ok, output) = cluster::psql(
+        &owner,
+        &format!(
+            "BEGIN; DELETE FROM {table} WHERE seq = {last}; \
+             INSERT INTO {table} (tenant_id, seq, event_id, occurred_at, actor_id, actor_kind, \
+               action, target, outcome, source_ip, details, trace_id, prev_hash, hash) \
+             VALUES ('{tenant}', {last}, 'forged', '2026-01-01 00:00:00+00', 'tester', 'user', \
+               'test.forged', '', 'success', '', '{{}}', '', decode('{}', 'hex'), \
+               decode('{}', 'hex')); COMMIT;",
+            previous.trim(),
+            hex::encode(hash)
+        ),
+    );
+    assert!(ok, "{output}");
+    let verify_now = || {
+        let (audit_url, token) = (audit_url.clone(), token.clone());
+        block_on(async move { verify(&mut audit(&audit_url).await, &token).await })
+    };
+    let result = verify_now();
+    assert!(!result.intact, "a rewritten chain verified: {result:?}");
+    assert_eq!(result.first_broken_seq, last, "{result:?}");
+    assert!(result.problem.contains("rewritten"), "{result:?}");
+
+    let (ok, output) = cluster::psql(
+        &owner,
+        &format!("DELETE FROM {table} WHERE seq > {}", last - 3),
+    );
+    assert!(ok, "{output}");
+    let result = verify_now();
+    assert!(!result.intact, "a shortened chain verified: {result:?}");
+    assert_eq!(result.first_broken_seq, last - 2, "{result:?}");
+    assert!(result.problem.contains("missing"), "{result:?}");
+}
+
 /// Hostile input never stops the audit log. Sign-ins with a NUL in the e-mail are
 /// refused as INVALID_ARGUMENT (before anything is counted or audited); an event whose
 /// strings hold NUL and escape characters (published straight to `AUDIT`, as a buggy or
@@ -1400,13 +1498,36 @@ fn the_gateway_forwards_account_audit_and_notice_apis_with_the_client_address() 
             vec!["203.0.113.50", "198.51.100.7", "127.0.0.1"],
             "newest first"
         );
-        let notices = pb::notice_service_client::NoticeServiceClient::connect(gateway_url)
-            .await
-            .expect("gateway")
+        let mut notice_client =
+            pb::notice_service_client::NoticeServiceClient::connect(gateway_url)
+                .await
+                .expect("gateway");
+        let notices = notice_client
             .list_notices(authorized(pb::ListNoticesRequest::default(), &admin))
             .await
             .expect("notices through the gateway")
             .into_inner();
         assert!(notices.notices.is_empty());
+        // Operator methods are not served by the public gateway, even with the token.
+        let mut publish = tonic::Request::new(pb::PublishNoticeRequest {
+            title: "maintenance".into(),
+            body: "tonight".into(),
+            ..Default::default()
+        });
+        publish.metadata_mut().insert(
+            kiroku_account::auth::OperatorToken::METADATA,
+            cluster::OPERATOR_TOKEN.parse().expect("ascii"),
+        );
+        let refused = notice_client
+            .publish_notice(publish)
+            .await
+            .expect_err("operator method through the gateway");
+        assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+        assert!(
+            refused
+                .message()
+                .contains("not served by the public gateway"),
+            "{refused:?}"
+        );
     });
 }

@@ -301,7 +301,7 @@ fn control_12_3_1_backup_wipe_restore_is_byte_equal_and_erasures_stay() {
         BACKUP_KEY,
     );
     assert!(ok, "{err}");
-    assert!(printed.contains("3 schemas, 6 streams"), "{printed}{err}");
+    assert!(printed.contains("3 schemas, 8 streams"), "{printed}{err}");
     let before = dump(&cluster);
     assert!(before.contains("CREATE TABLE") && before.contains("segments"));
     for name in ["postgres.sql.kbk", "nats.json.kbk"] {
@@ -364,7 +364,7 @@ fn control_12_3_1_backup_wipe_restore_is_byte_equal_and_erasures_stay() {
     );
     assert!(ok, "{err}");
     assert!(
-        printed.contains("restored 3 schemas and 6 stream configurations"),
+        printed.contains("restored 3 schemas and 8 stream configurations"),
         "{printed}"
     );
     let after = dump(&cluster);

@@ -82,9 +82,18 @@ pub fn db_and_nats_readiness(db: crate::db::Db, nats: async_nats::Client) -> wat
     })
 }
 
+/// Whether a gRPC port serves server reflection (the schema of every Kiroku API): on for
+/// the internal services, off by default on the public gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reflection {
+    On,
+    Off,
+}
+
 /// How every Kiroku gRPC service runs: `routes` (reported as serving under
-/// `service_name`) plus gRPC health and server reflection on `grpc`, the admin routes
-/// on `admin`, both until `shutdown` resolves.
+/// `service_name`) plus gRPC health (and server reflection when asked) on `grpc`, the
+/// admin routes on `admin`, both until `shutdown` resolves.
+#[allow(clippy::too_many_arguments)]
 pub async fn serve_grpc(
     service_name: &'static str,
     routes: tonic::service::Routes,
@@ -92,6 +101,7 @@ pub async fn serve_grpc(
     grpc: TcpListener,
     admin: TcpListener,
     ready: watch::Receiver<bool>,
+    reflection: Reflection,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     use anyhow::Context as _;
@@ -99,11 +109,16 @@ pub async fn serve_grpc(
     health
         .set_service_status(service_name, tonic_health::ServingStatus::Serving)
         .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(kiroku_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .context("building the reflection service")?;
+    let mut routes = routes.add_service(health_service);
+    if reflection == Reflection::On {
+        routes = routes.add_service(
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(kiroku_proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                .build_v1()
+                .context("building the reflection service")?,
+        );
+    }
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
@@ -114,7 +129,6 @@ pub async fn serve_grpc(
     };
     let admin_task = tokio::spawn(serve_admin(admin, ready, wait_stop(stop_rx.clone())));
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc);
-    let routes = routes.add_service(health_service).add_service(reflection);
     server
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, wait_stop(stop_rx))

@@ -197,6 +197,17 @@ impl Metrics {
         }
     }
 
+    /// Shows `consumer`'s retry and dead-letter series at zero from its start (alerts on
+    /// `increase()` need the series before the first event).
+    pub fn consumer_started(&self, consumer: &'static str) {
+        let _ = self
+            .consumer_retries
+            .get_or_create(&[("consumer", consumer)]);
+        let _ = self
+            .consumer_dead_letters
+            .get_or_create(&[("consumer", consumer)]);
+    }
+
     /// Counts one message `consumer` will get again.
     pub fn consumer_retry(&self, consumer: &'static str) {
         self.consumer_retries

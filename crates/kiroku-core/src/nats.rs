@@ -218,6 +218,12 @@ impl Layout {
     pub fn erasures_bucket(&self) -> String {
         format!("{}-erasures", self.root)
     }
+    /// KV bucket of every tenant's audit chain head (seq and hash of its newest entry,
+    /// with a MAC), key = tenant id: the chain's end anchored outside PostgreSQL, so
+    /// deleting the newest entries or rewriting the whole chain shows.
+    pub fn audit_heads_bucket(&self) -> String {
+        format!("{}-audit-heads", self.root)
+    }
     /// Durable consumer through which the workers of `pool` share its session jobs
     /// (`workers` for the default pool).
     pub fn workers_consumer(&self, pool: &str) -> String {
@@ -342,8 +348,9 @@ impl Layout {
         // info, whose reply from NATS 2.9 (Debian bookworm) async-nats 0.50 cannot parse.
         for (bucket, max_age) in [
             (self.checkpoints_bucket(), retention.audio_max_age),
-            // Erasures are kept for good.
+            // Erasures and the audit chains' heads are kept for good.
             (self.erasures_bucket(), Duration::ZERO),
+            (self.audit_heads_bucket(), Duration::ZERO),
         ] {
             js.create_or_update_stream(stream::Config {
                 name: format!("KV_{bucket}"),
@@ -381,6 +388,7 @@ impl Layout {
             self.dead_letter_stream(),
             format!("KV_{}", self.checkpoints_bucket()),
             format!("KV_{}", self.erasures_bucket()),
+            format!("KV_{}", self.audit_heads_bucket()),
         ]
     }
 }
@@ -506,6 +514,7 @@ where
     Fut: std::future::Future<Output = Handled>,
 {
     use jetstream::consumer::pull;
+    crate::metrics::metrics().consumer_started(name);
     let consumer = js
         .get_stream(stream)
         .await?

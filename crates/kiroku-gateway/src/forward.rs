@@ -23,6 +23,16 @@ use tower::ServiceExt as _;
 /// The header carrying the client's address to the services behind the gateway.
 pub const FORWARDED_FOR: &str = "x-forwarded-for";
 
+/// The operator's methods of the forwarded services (`Access::Operator` in their access
+/// tables): never reachable through the public gateway, whatever credential is sent;
+/// operators call the services on the internal network. A test keeps this list equal to
+/// the services' tables.
+pub const OPERATOR_METHODS: &[&str] = &[
+    "/kiroku.account.v1.AccountService/ListNoticeRecipients",
+    "/kiroku.audit.v1.NoticeService/PublishNotice",
+    "/kiroku.storage.v1.Storage/RotateMasterKey",
+];
+
 /// Forwards every method of one gRPC service to `channel`.
 #[derive(Clone, Debug)]
 pub struct Forward {
@@ -62,6 +72,12 @@ impl tower::Service<http::Request<axum::body::Body>> for Forward {
 
     fn call(&mut self, request: http::Request<axum::body::Body>) -> Self::Future {
         let (service, channel) = (self.service, self.channel.clone());
+        if OPERATOR_METHODS.contains(&request.uri().path()) {
+            let status = tonic::Status::permission_denied(
+                "operator methods are not served by the public gateway: call the service on the internal network",
+            );
+            return Box::pin(async move { Ok(status.into_http()) });
+        }
         let peer = request
             .extensions()
             .get::<TcpConnectInfo>()

@@ -115,6 +115,9 @@ pub struct GatewayConfig {
     /// Proxies in front of the gateway (an ingress) whose `x-forwarded-for` names the
     /// client; empty: the connection's address is the client.
     pub trusted_proxies: kiroku_account::proxy::TrustedProxies,
+    /// Serve gRPC server reflection on the public port (`KIROKU_GATEWAY_REFLECTION`);
+    /// off by default: it hands anyone the schema of every API behind the gateway.
+    pub reflection: bool,
 }
 
 impl GatewayConfig {
@@ -132,6 +135,7 @@ impl GatewayConfig {
             quotas: Quotas::default(),
             routes: Default::default(),
             trusted_proxies: kiroku_account::proxy::TrustedProxies::parse("").unwrap_or_default(),
+            reflection: false,
             nats_url: nats_url.into(),
             layout,
             retention: Retention::default(),
@@ -281,6 +285,7 @@ pub async fn serve(
             .connect_lazy())
     };
     let trusted = std::sync::Arc::new(config.trusted_proxies.clone());
+    let reflection = config.reflection;
     let account = channel(&config.account_url)?;
     forwards.push(forward::Forward::new(
         "kiroku.account.v1.AccountService",
@@ -335,6 +340,11 @@ pub async fn serve(
         grpc,
         admin,
         ready,
+        if reflection {
+            kiroku_core::admin::Reflection::On
+        } else {
+            kiroku_core::admin::Reflection::Off
+        },
         shutdown,
     )
     .await

@@ -34,6 +34,25 @@ pub mod events {
 /// Encoded `FileDescriptorSet` of every Kiroku proto, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("kiroku_descriptor");
 
+/// The method names of service `service` (`kiroku.storage.v1.Storage`), read from the
+/// descriptor set: what each service's "every method has an access rule" test checks
+/// its table against.
+pub fn method_names(service: &str) -> Vec<String> {
+    use prost::Message as _;
+    let Ok(set) = prost_types::FileDescriptorSet::decode(FILE_DESCRIPTOR_SET) else {
+        return Vec::new();
+    };
+    set.file
+        .iter()
+        .flat_map(|f| {
+            f.service
+                .iter()
+                .filter(move |s| format!("{}.{}", f.package(), s.name()) == service)
+        })
+        .flat_map(|s| s.method.iter().map(|m| m.name().to_string()))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use prost::Message;

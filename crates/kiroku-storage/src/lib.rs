@@ -208,6 +208,7 @@ pub async fn serve(
         grpc,
         admin,
         ready,
+        kiroku_core::admin::Reflection::On,
         shutdown,
     )
     .await?;

@@ -223,12 +223,8 @@ impl Import {
 
     pub async fn meeting(&mut self, m: &crate::bundle::BundleMeeting) -> Result<()> {
         let (tenant, tx) = (self.tenant, &mut self.tx);
-        if m.meeting_id.trim().is_empty() || m.meeting_id.len() > 200 {
-            return Err(StoreError::Invalid(format!(
-                "meeting id {:?}: 1 to 200 bytes",
-                m.meeting_id
-            )));
-        }
+        kiroku_core::validate::meeting_id("meeting_id", &m.meeting_id)
+            .map_err(|e| StoreError::Invalid(e.to_string()))?;
         let exists: Option<i32> =
             sqlx::query_scalar("SELECT 1 FROM meetings WHERE meeting_id = $1")
                 .bind(&m.meeting_id)
