@@ -6,7 +6,10 @@
 //! A restore checks the whole backup (manifest MAC, every file's SHA-256) before it
 //! touches anything, runs the dump through `psql` in one transaction (a failure leaves
 //! the database as it was), and re-applies the erasure register: a tenant erased after
-//! the backup was taken stays erased. The services' secrets (master key, token signing
+//! the backup was taken stays erased — what it stored before its erasure time is deleted
+//! again, what it stored after (it may have kept using the service) stays. (A meeting
+//! imported after the erasure keeps its original start time and is deleted again when
+//! that time is before the erasure.) The services' secrets (master key, token signing
 //! key, operator token, backup key) are not in a backup: keep them in the secret store.
 
 use std::io::{Read as _, Write as _};
@@ -310,11 +313,49 @@ async fn stream_configs(
     Ok(configs)
 }
 
-/// The erased tenants of the erasure register (empty when the bucket does not exist).
+/// One entry of the erasure register: the tenant, and when its minutes were erased.
+struct Erasure {
+    tenant: uuid::Uuid,
+    /// `None` for an entry without a readable time: everything of the tenant goes.
+    at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// The SQL that re-applies `erasures` to a restored `storage` schema: each tenant's
+/// rows from before its erasure are deleted, what it stored after the erasure (it may
+/// have kept using the service) stays, with the data key it was sealed under.
+fn reerase_sql(schema: &str, erasures: &[Erasure]) -> String {
+    let schema = quote_ident(schema);
+    let mut sql = String::new();
+    for erasure in erasures {
+        let tenant = erasure.tenant;
+        let before = |column: &str| match erasure.at {
+            Some(at) => format!(" AND {column} <= '{}'::timestamptz", at.to_rfc3339()),
+            None => String::new(),
+        };
+        let old_meetings = format!(
+            "SELECT meeting_id FROM {schema}.meetings WHERE tenant_id = '{tenant}'{}",
+            before("started_at")
+        );
+        sql.push_str(&format!(
+            "\nDELETE FROM {schema}.labels WHERE tenant_id = '{tenant}' AND meeting_id IN ({old_meetings});\n\
+             DELETE FROM {schema}.segments WHERE tenant_id = '{tenant}'{};\n\
+             DELETE FROM {schema}.sessions WHERE tenant_id = '{tenant}'{};\n\
+             DELETE FROM {schema}.meetings WHERE tenant_id = '{tenant}'{};\n\
+             DELETE FROM {schema}.data_keys WHERE tenant_id = '{tenant}'{};\n",
+            before("meeting_started_at"),
+            before("first_seen_at"),
+            before("started_at"),
+            before("created_at"),
+        ));
+    }
+    sql
+}
+
+/// The erasure register (empty when the bucket does not exist).
 async fn erased_tenants(
     js: &async_nats::jetstream::Context,
     layout: &Layout,
-) -> Result<Vec<uuid::Uuid>> {
+) -> Result<Vec<Erasure>> {
     use futures::StreamExt as _;
     let bucket = match js.get_key_value(layout.erasures_bucket()).await {
         Ok(bucket) => bucket,
@@ -332,10 +373,17 @@ async fn erased_tenants(
     let mut tenants = Vec::new();
     while let Some(key) = keys.next().await {
         let key = key.context("reading the erasure register")?;
-        tenants.push(
-            uuid::Uuid::try_parse(&key)
-                .with_context(|| format!("erasure register entry {key:?} is not a tenant id"))?,
-        );
+        let tenant = uuid::Uuid::try_parse(&key)
+            .with_context(|| format!("erasure register entry {key:?} is not a tenant id"))?;
+        let at = bucket
+            .get(&key)
+            .await
+            .context("reading the erasure register")?
+            .and_then(|value| {
+                chrono::DateTime::parse_from_rfc3339(String::from_utf8_lossy(&value).trim()).ok()
+            })
+            .map(|at| at.with_timezone(&chrono::Utc));
+        tenants.push(Erasure { tenant, at });
     }
     Ok(tenants)
 }
@@ -451,18 +499,7 @@ pub fn run_restore(args: RestoreArgs) -> Result<()> {
         let mut reader = OpenReader::new(&key, backup::POSTGRES, std::io::BufReader::new(file))?;
         let copied = std::io::copy(&mut reader, &mut stdin)?;
         if let Some(storage_schema) = storage_schema.filter(|_| !erased.is_empty()) {
-            let ids = erased
-                .iter()
-                .map(|t| t.to_string())
-                .collect::<Vec<_>>()
-                .join(",");
-            let schema = quote_ident(storage_schema);
-            for table in ["labels", "segments", "sessions", "meetings", "data_keys"] {
-                writeln!(
-                    stdin,
-                    "\nDELETE FROM {schema}.{table} WHERE tenant_id = ANY('{{{ids}}}'::uuid[]);"
-                )?;
-            }
+            stdin.write_all(reerase_sql(storage_schema, &erased).as_bytes())?;
         }
         Ok(copied)
     })();

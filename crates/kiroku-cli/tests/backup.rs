@@ -429,3 +429,132 @@ fn control_12_3_1_backup_wipe_restore_is_byte_equal_and_erasures_stay() {
     }
     assert_eq!(other_rows(), other_before);
 }
+
+/// A tenant that erased its minutes and kept using the service keeps what it stored
+/// after the erasure through a restore: the register's erasure time decides what is
+/// deleted again (before, every row of the tenant went, with the data key its later
+/// meetings are sealed under). Restarted on the restored database, storage still
+/// decrypts the later meeting.
+#[test]
+fn a_restore_keeps_what_an_erased_tenant_stored_after_its_erasure() {
+    let mut cluster = Cluster::start(
+        0,
+        0,
+        Options {
+            audit: true,
+            storage: true,
+            ..Options::default()
+        },
+    );
+    cluster.enroll_owner_mfa_with_cli();
+    let token = cluster.access_token();
+    let (account_url, layout) = (cluster.account_url(), cluster.layout());
+    let store = |session: &'static str, text: &'static str, storage_url: String| {
+        let (token, account_url, layout) = (token.clone(), account_url.clone(), layout.clone());
+        block_on(async move {
+            let tenant = cluster::tenant_of(&account_url, &token).await;
+            let js = async_nats::jetstream::new(
+                async_nats::connect(cluster::nats_url())
+                    .await
+                    .expect("nats"),
+            );
+            js.send_publish(
+                layout.transcript_subject(&tenant, session),
+                async_nats::jetstream::message::PublishMessage::build()
+                    .payload(
+                        final_result(&tenant, session, 1, text)
+                            .encode_to_vec()
+                            .into(),
+                    )
+                    .message_id(format!("{session}:r1")),
+            )
+            .await
+            .expect("publish")
+            .await
+            .expect("ack");
+            let mut client = pb::storage_client::StorageClient::connect(storage_url)
+                .await
+                .expect("storage");
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let found = client
+                    .get_meeting(authorized(
+                        pb::GetMeetingRequest {
+                            meeting_id: format!("meeting-{session}"),
+                        },
+                        &token,
+                    ))
+                    .await
+                    .map(|m| m.into_inner().segments.len())
+                    .unwrap_or(0);
+                if found == 1 {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "the final was never stored");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    };
+    store("before", "minutes that were erased", cluster.storage_url());
+    cluster.erase_tenant_with_cli();
+    store(
+        "after",
+        "minutes kept after the erasure",
+        cluster.storage_url(),
+    );
+
+    let backup = tempfile::tempdir().expect("tempdir");
+    let dir = backup.path().join("backup");
+    let (ok, _, err) = admin(
+        &cluster,
+        &["backup", "--out", dir.to_str().expect("utf-8")],
+        BACKUP_KEY,
+    );
+    assert!(ok, "{err}");
+    stop_services(&mut cluster);
+    let (ok, printed, err) = admin(
+        &cluster,
+        &["restore", "--replace", dir.to_str().expect("utf-8")],
+        BACKUP_KEY,
+    );
+    assert!(ok, "{err}");
+    assert!(
+        printed.contains("re-applied 1 tenant erasures"),
+        "{printed}"
+    );
+    start_services(&mut cluster);
+    let storage_url = cluster.storage_url();
+    let token = cluster.access_token();
+    let segments = block_on(async move {
+        let mut client = pb::storage_client::StorageClient::connect(storage_url)
+            .await
+            .expect("storage");
+        let kept = client
+            .get_meeting(authorized(
+                pb::GetMeetingRequest {
+                    meeting_id: "meeting-after".into(),
+                },
+                &token,
+            ))
+            .await
+            .expect("the meeting stored after the erasure survives the restore")
+            .into_inner()
+            .segments;
+        let erased = client
+            .get_meeting(authorized(
+                pb::GetMeetingRequest {
+                    meeting_id: "meeting-before".into(),
+                },
+                &token,
+            ))
+            .await
+            .expect_err("the erased meeting stays erased");
+        assert_eq!(erased.code(), tonic::Code::NotFound, "{erased:?}");
+        kept
+    });
+    assert_eq!(segments.len(), 1);
+    assert!(
+        segments[0].text.contains("minutes kept after the erasure"),
+        "{segments:?}"
+    );
+}
