@@ -89,6 +89,9 @@ pub struct Principal {
     pub api_key: bool,
     pub scopes: Vec<String>,
     pub email: String,
+    /// API keys: the key's name (what audit entries show for the actor).
+    #[serde(default)]
+    pub key_name: String,
 }
 
 impl Principal {
@@ -103,6 +106,7 @@ impl Principal {
             api_key: false,
             scopes: Vec::new(),
             email: claims.email.clone(),
+            key_name: String::new(),
         }
     }
 
@@ -115,8 +119,9 @@ impl Principal {
     pub fn actor(&self) -> kiroku_core::audit::Actor {
         if self.api_key {
             kiroku_core::audit::Actor::api_key(self.subject)
+                .named(format!("API key {}", self.key_name))
         } else {
-            kiroku_core::audit::Actor::user(self.subject)
+            kiroku_core::audit::Actor::user(self.subject).named(self.email.clone())
         }
     }
 
@@ -130,6 +135,7 @@ impl Principal {
             scopes: self.scopes.clone(),
             api_key: self.api_key,
             email: self.email.clone(),
+            key_name: self.key_name.clone(),
         }
     }
 
@@ -144,6 +150,7 @@ impl Principal {
             api_key: principal.api_key,
             scopes: principal.scopes.clone(),
             email: principal.email.clone(),
+            key_name: principal.key_name.clone(),
         })
     }
 }
@@ -422,6 +429,7 @@ mod tests {
             api_key: false,
             scopes: vec![],
             email: "a@example.com".into(),
+            key_name: String::new(),
         }
     }
 

@@ -362,13 +362,13 @@ impl State {
         let refused = || AccountError::Unauthenticated("invalid or revoked API key".into());
         let tenant = secret_tenant("kk", key).ok_or_else(refused)?;
         let mut tx = self.db.tenant_tx(tenant).await?;
-        let row: Option<(Uuid, Vec<String>)> = sqlx::query_as(
-            "SELECT id, scopes FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL",
+        let row: Option<(Uuid, Vec<String>, String)> = sqlx::query_as(
+            "SELECT id, scopes, name FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL",
         )
         .bind(secret_hash(key))
         .fetch_optional(&mut *tx)
         .await?;
-        let (id, scopes) = row.ok_or_else(refused)?;
+        let (id, scopes, key_name) = row.ok_or_else(refused)?;
         let slug = tenant_slug(&mut tx, tenant).await?;
         tx.commit().await?;
         Ok(Principal {
@@ -381,6 +381,7 @@ impl State {
             api_key: true,
             scopes,
             email: String::new(),
+            key_name,
         })
     }
 
@@ -563,7 +564,7 @@ impl State {
         self.audit(
             AuditRecord::new(
                 tenant.simple(),
-                Actor::user(user.id),
+                Actor::user(user.id).named(user.email.clone()),
                 actions::TENANT_REGISTERED,
             )
             .target(format!("tenant/{tenant}"))
@@ -676,9 +677,13 @@ impl State {
             if !accepted {
                 tx.rollback().await?;
                 self.audit(
-                    AuditRecord::new(tenant.simple(), Actor::user(user.id), actions::MFA_FAILED)
-                        .failed()
-                        .source_ip(&ip_text),
+                    AuditRecord::new(
+                        tenant.simple(),
+                        Actor::user(user.id).named(user.email.clone()),
+                        actions::MFA_FAILED,
+                    )
+                    .failed()
+                    .source_ip(&ip_text),
                 );
                 return Err(AccountError::Unauthenticated(
                     "totp code wrong, expired or already used".into(),
@@ -693,15 +698,19 @@ impl State {
         self.throttle.succeeded(&slug, &email, ip).await?;
         let mut record = AuditRecord::new(
             tenant.simple(),
-            Actor::user(user.id),
+            Actor::user(user.id).named(user.email.clone()),
             actions::LOGIN_SUCCEEDED,
         )
         .source_ip(&ip_text);
         if mfa {
             record = record.detail("mfa", "totp");
             self.audit(
-                AuditRecord::new(tenant.simple(), Actor::user(user.id), actions::MFA_USED)
-                    .source_ip(&ip_text),
+                AuditRecord::new(
+                    tenant.simple(),
+                    Actor::user(user.id).named(user.email.clone()),
+                    actions::MFA_USED,
+                )
+                .source_ip(&ip_text),
             );
         }
         self.audit(record);
@@ -1036,8 +1045,12 @@ impl State {
             .await?;
         tx.commit().await?;
         self.audit(
-            AuditRecord::new(tenant.simple(), Actor::user(user.id), actions::USER_JOINED)
-                .target(format!("invitation/{id}")),
+            AuditRecord::new(
+                tenant.simple(),
+                Actor::user(user.id).named(user.email.clone()),
+                actions::USER_JOINED,
+            )
+            .target(format!("invitation/{id}")),
         );
         Ok(tokens)
     }

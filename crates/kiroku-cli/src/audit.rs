@@ -163,6 +163,12 @@ pub fn run(command: AuditCommand) -> Result<()> {
                         .map_err(refused)?
                         .into_inner();
                     for e in &page.entries {
+                        // The actor's e-mail or key name as recorded, else its id.
+                        let actor = e
+                            .details
+                            .get(kiroku_core::audit::ACTOR_DETAIL)
+                            .filter(|name| !name.trim().is_empty())
+                            .unwrap_or(&e.actor_id);
                         println!(
                             "{:>6}  {}  {:<24} {:<8} {:<9} {}:{}  {}",
                             e.seq,
@@ -170,7 +176,7 @@ pub fn run(command: AuditCommand) -> Result<()> {
                             e.action,
                             e.outcome,
                             e.actor_kind,
-                            e.actor_id,
+                            actor,
                             if e.target.is_empty() { "-" } else { &e.target },
                             e.source_ip
                         );

@@ -487,17 +487,17 @@ const DEMO_SLUG: &str = "demo";
 const DEMO_EMAIL: &str = "owner@demo.kiroku.local";
 
 /// Registers the `demo` tenant on first start (a random password kept in
-/// `.run/demo-password`, mode 0600), signs its owner in, and caches the login.
+/// `.run/demo-password`, mode 0600), signs its owner in, and caches the login. When the
+/// owner cannot be signed in here (the owner enrolled MFA, the password file was lost
+/// while the database was kept, sign-in is throttled) the cluster still starts: the
+/// returned line says why no login was cached and the command that fixes it.
 async fn bootstrap_demo(account_url: &str, run_dir: &Path) -> Result<String> {
     use kiroku_proto::account::v1 as pb;
     let password_file = run_dir.join("demo-password");
-    let password = match std::fs::read_to_string(&password_file) {
-        Ok(password) => password.trim().to_string(),
-        Err(_) => {
-            let password = format!("demo-{}", uuid::Uuid::new_v4().simple());
-            kiroku_account::tokens::write_private(&password_file, password.as_bytes())?;
-            password
-        }
+    // A new password is kept only once the tenant is registered with it.
+    let (password, new_password) = match std::fs::read_to_string(&password_file) {
+        Ok(password) => (password.trim().to_string(), false),
+        Err(_) => (format!("demo-{}", uuid::Uuid::new_v4().simple()), true),
     };
     let mut client = crate::credentials::account_client(account_url).await?;
     // Sign in first: registering again on every start would spend the address's
@@ -510,8 +510,26 @@ async fn bootstrap_demo(account_url: &str, run_dir: &Path) -> Result<String> {
             totp_code: String::new(),
         })
         .await;
+    let sign_in = format!("kiroku login --tenant {DEMO_SLUG} --email {DEMO_EMAIL}");
     let pair = match login {
         Ok(pair) => pair.into_inner(),
+        Err(status)
+            if status.code() == tonic::Code::Unauthenticated
+                && status.message().contains("totp code required") =>
+        {
+            return Ok(format!(
+                "demo tenant: {DEMO_SLUG} / {DEMO_EMAIL} / password in {}; its owner uses MFA, so no \
+                 login was cached: {sign_in} --totp CODE",
+                password_file.display()
+            ));
+        }
+        Err(status) if status.code() == tonic::Code::ResourceExhausted => {
+            return Ok(format!(
+                "demo tenant: {DEMO_SLUG}: sign-in is throttled ({}), no login was cached: \
+                 {sign_in} later",
+                status.message()
+            ));
+        }
         Err(status) if status.code() == tonic::Code::Unauthenticated => {
             let registered = client
                 .register(pb::RegisterRequest {
@@ -521,22 +539,32 @@ async fn bootstrap_demo(account_url: &str, run_dir: &Path) -> Result<String> {
                     display_name: "Demo owner".into(),
                     password: password.clone(),
                 })
-                .await
-                .map_err(|status| {
-                    if status.code() == tonic::Code::AlreadyExists {
-                        anyhow::anyhow!(
-                            "the demo tenant exists but its password is not the one in {}: \
-                             drop the database's account schema to start over",
-                            password_file.display()
-                        )
-                    } else {
-                        anyhow::anyhow!("registering the demo tenant: {}", status.message())
+                .await;
+            match registered {
+                Ok(registered) => {
+                    if new_password {
+                        kiroku_account::tokens::write_private(&password_file, password.as_bytes())?;
                     }
-                })?;
-            registered
-                .into_inner()
-                .tokens
-                .context("registration returned no tokens")?
+                    registered
+                        .into_inner()
+                        .tokens
+                        .context("registration returned no tokens")?
+                }
+                Err(status) if status.code() == tonic::Code::AlreadyExists => {
+                    let why = if new_password {
+                        format!("{} is gone", password_file.display())
+                    } else {
+                        format!("it is not the one in {}", password_file.display())
+                    };
+                    return Ok(format!(
+                        "demo tenant: {DEMO_SLUG} exists, but its owner's password is unknown here \
+                         ({why}; the database was kept), so no login was cached: sign in with the \
+                         owner's password ({sign_in}), or start on empty schemas with another \
+                         --cluster name"
+                    ));
+                }
+                Err(status) => bail!("registering the demo tenant: {}", status.message()),
+            }
         }
         Err(status) => bail!("signing in to the demo tenant: {}", status.message()),
     };

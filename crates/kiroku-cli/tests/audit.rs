@@ -240,8 +240,35 @@ fn control_12_4_1_a_rewritten_or_shortened_chain_is_caught_by_its_anchor() {
             (tenant, result.entries_checked)
         }
     });
-    // The anchored head follows the newest entry (written after it is committed).
-    std::thread::sleep(Duration::from_millis(500));
+    // The anchored head follows the newest entry (written just after it is committed).
+    let heads = cluster.layout().audit_heads_bucket();
+    let key = uuid::Uuid::parse_str(&tenant)
+        .expect("tenant id")
+        .simple()
+        .to_string();
+    block_on(async move {
+        let js = async_nats::jetstream::new(
+            async_nats::connect(cluster::nats_url())
+                .await
+                .expect("nats"),
+        );
+        let bucket = js.get_key_value(heads).await.expect("heads bucket");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let head = bucket.get(&key).await.expect("read head");
+            let seq = head
+                .and_then(|v| serde_json::from_slice::<serde_json::Value>(&v).ok())
+                .and_then(|v| v["seq"].as_u64());
+            if seq == Some(last) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the head never reached {last}: {seq:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
     let owner = cluster::database_url();
     let table = format!("\"{}_audit\".audit_log", cluster.root);
     let (ok, previous) = cluster::psql(
@@ -751,6 +778,8 @@ fn admin_audit_cli_lists_verifies_and_exports() {
         assert!(ok, "{err}");
         if out.contains("mfa.enrolled") {
             assert!(out.contains("+09:00"), "{out}");
+            // The actor as a person reads it: the owner's e-mail, recorded with the event.
+            assert!(out.contains(&format!("{}:", cluster.owner_email)), "{out}");
             break;
         }
         assert!(

@@ -19,34 +19,37 @@ use crate::nats::{Layout, NatsError, publish_durable};
 pub struct Actor {
     pub id: String,
     pub kind: ActorKind,
+    /// Who that is for a reader of the log, as it was when the event happened (a
+    /// user's e-mail, an API key's name); recorded as the detail `actor`.
+    pub name: String,
 }
 
 impl Actor {
-    pub fn user(id: impl ToString) -> Self {
+    fn of(id: impl ToString, kind: ActorKind) -> Self {
         Self {
             id: id.to_string(),
-            kind: ActorKind::User,
+            kind,
+            name: String::new(),
         }
     }
+    pub fn user(id: impl ToString) -> Self {
+        Self::of(id, ActorKind::User)
+    }
     pub fn api_key(id: impl ToString) -> Self {
-        Self {
-            id: id.to_string(),
-            kind: ActorKind::ApiKey,
-        }
+        Self::of(id, ActorKind::ApiKey)
     }
     /// The service operator (notices).
     pub fn operator() -> Self {
-        Self {
-            id: "operator".into(),
-            kind: ActorKind::Operator,
-        }
+        Self::of("operator", ActorKind::Operator)
     }
     /// Someone not yet identified (a failed sign-in), or the service itself.
     pub fn system() -> Self {
-        Self {
-            id: "system".into(),
-            kind: ActorKind::System,
-        }
+        Self::of("system", ActorKind::System)
+    }
+    /// The actor with its readable name (see [`Actor::name`]).
+    pub fn named(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
     }
 }
 
@@ -92,6 +95,9 @@ impl AuditRecord {
         self
     }
 }
+
+/// The detail holding the actor's readable name ([`Actor::name`]).
+pub const ACTOR_DETAIL: &str = "actor";
 
 /// Bytes kept of an event's target, and of each detail value.
 pub const MAX_TARGET_BYTES: usize = 512;
@@ -168,7 +174,15 @@ impl AuditEmitter {
             } as i32,
             source_ip: record.source_ip,
             user_agent: String::new(),
-            details: record.details,
+            details: {
+                let mut details = record.details;
+                if !record.actor.name.is_empty() {
+                    details
+                        .entry(ACTOR_DETAIL.to_string())
+                        .or_insert(record.actor.name);
+                }
+                details
+            },
             trace_id: crate::trace::trace_id(&tracing::Span::current()).unwrap_or_default(),
         };
         let mut event = event;
