@@ -86,9 +86,64 @@ fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
 }
 
+/// A PostgreSQL URL made safe for a child's command line (which every user of the
+/// host can read in `ps`): the password moves into a private `PGPASSFILE` (mode 0600,
+/// deleted when this is dropped) and the URL keeps everything else.
+struct PgTarget {
+    url: String,
+    passfile: Option<tempfile::NamedTempFile>,
+}
+
+impl PgTarget {
+    fn new(url: &str) -> Result<Self> {
+        let Some((scheme_end, at)) = url.find("://").and_then(|scheme| {
+            url.rfind('@')
+                .filter(|at| *at > scheme)
+                .map(|at| (scheme, at))
+        }) else {
+            return Ok(Self {
+                url: url.to_string(),
+                passfile: None,
+            });
+        };
+        let credentials = &url[scheme_end + 3..at];
+        let Some((user, password)) = credentials.split_once(':') else {
+            return Ok(Self {
+                url: url.to_string(),
+                passfile: None,
+            });
+        };
+        let password = percent_encoding::percent_decode_str(password).decode_utf8_lossy();
+        // .pgpass: host:port:database:user:password, ':' and '\' escaped; any target.
+        let escaped = password.replace('\\', "\\\\").replace(':', "\\:");
+        let mut passfile = tempfile::Builder::new()
+            .prefix("kiroku-pgpass")
+            .tempfile()
+            .context("creating a private password file for psql")?;
+        use std::io::Write as _;
+        writeln!(passfile, "*:*:*:*:{escaped}").context("writing the password file")?;
+        passfile.flush()?;
+        Ok(Self {
+            url: format!("{}{user}{}", &url[..scheme_end + 3], &url[at..]),
+            passfile: Some(passfile),
+        })
+    }
+
+    /// `program` (psql, pg_dump) with the password file in its environment.
+    fn command(&self, program: &str) -> Command {
+        let mut command = Command::new(program);
+        if let Some(passfile) = &self.passfile {
+            command.env("PGPASSFILE", passfile.path());
+        }
+        command
+    }
+}
+
 /// Runs `psql -Atc SQL`; its output lines.
 fn psql_query(url: &str, sql: &str) -> Result<Vec<String>> {
-    let output = Command::new("psql")
+    let target = PgTarget::new(url)?;
+    let output = target
+        .command("psql")
         .args([
             "--no-password",
             "-X",
@@ -98,7 +153,7 @@ fn psql_query(url: &str, sql: &str) -> Result<Vec<String>> {
             "ON_ERROR_STOP=1",
             "-c",
             sql,
-            url,
+            &target.url,
         ])
         .output()
         .context("running psql (install postgresql-client)")?;
@@ -189,13 +244,14 @@ pub fn run_backup(args: BackupArgs) -> Result<()> {
             .collect::<Vec<_>>()
             .join(", ")
     );
-    let mut dump = Command::new("pg_dump");
+    let pg = PgTarget::new(&target.database_url)?;
+    let mut dump = pg.command("pg_dump");
     dump.args(["--no-password", "--format=plain", "--quote-all-identifiers"]);
     for schema in &names {
         dump.arg(format!("--schema={schema}"));
     }
     let mut child = dump
-        .arg(format!("--dbname={}", target.database_url))
+        .arg(format!("--dbname={}", pg.url))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -468,7 +524,9 @@ pub fn run_restore(args: RestoreArgs) -> Result<()> {
     let erased = runtime.block_on(erased_tenants(&js, &layout))?;
     let storage_schema = manifest.schemas.get("storage");
 
-    let mut psql = Command::new("psql")
+    let pg = PgTarget::new(&target.database_url)?;
+    let mut psql = pg
+        .command("psql")
         .args([
             "--no-password",
             "-X",
@@ -477,7 +535,7 @@ pub fn run_restore(args: RestoreArgs) -> Result<()> {
             "-v",
             "ON_ERROR_STOP=1",
             "--dbname",
-            &target.database_url,
+            &pg.url,
         ])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
@@ -546,4 +604,31 @@ pub fn run_restore(args: RestoreArgs) -> Result<()> {
         erased.len()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The password leaves the URL a child sees on its command line for a private
+    /// password file; URLs without one are passed as they are.
+    #[test]
+    fn passwords_go_to_a_private_file_not_the_command_line() {
+        let pg = PgTarget::new("postgres://owner:s%3Acret%5C@db:5432/kiroku").expect("target");
+        assert_eq!(pg.url, "postgres://owner@db:5432/kiroku");
+        let passfile = pg.passfile.as_ref().expect("a password file");
+        let line = std::fs::read_to_string(passfile.path()).expect("read");
+        assert_eq!(line, "*:*:*:*:s\\:cret\\\\\n");
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = passfile
+            .path()
+            .metadata()
+            .expect("metadata")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "readable by others: {mode:o}");
+        let plain = PgTarget::new("postgres://postgres@127.0.0.1:5432/postgres").expect("target");
+        assert_eq!(plain.url, "postgres://postgres@127.0.0.1:5432/postgres");
+        assert!(plain.passfile.is_none());
+    }
 }
