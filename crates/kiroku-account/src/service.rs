@@ -1414,6 +1414,36 @@ impl State {
             .map(|p| check_text("participant", p, 200))
             .collect::<Result<Vec<_>>>()?;
         let mut tx = self.db.tenant_tx(caller.tenant_id).await?;
+        // Consent cannot be "satisfied" by dropping whoever has not given it: removing a
+        // participant without consent takes an admin, and every removal is audited.
+        let before = Self::consent_status(&mut tx, caller.tenant_id, &meeting).await?;
+        let removed: Vec<&String> = before
+            .participants
+            .iter()
+            .filter(|p| !participants.contains(p))
+            .collect();
+        let removed_without_consent: Vec<&String> = removed
+            .iter()
+            .copied()
+            .filter(|p| !before.consents.iter().any(|c| &c.participant == *p))
+            .collect();
+        if !removed_without_consent.is_empty()
+            && crate::auth::authorize(&caller, crate::auth::Access::Admin).is_err()
+        {
+            return Err(AccountError::Denied(format!(
+                "removing participants who have not consented ({}) needs an admin with MFA",
+                removed_without_consent
+                    .iter()
+                    .map(|p| p.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        let removed = removed
+            .iter()
+            .map(|p| p.as_str())
+            .collect::<Vec<_>>()
+            .join(", ");
         sqlx::query("DELETE FROM meeting_participants WHERE meeting_id = $1")
             .bind(&meeting)
             .execute(&mut *tx)
@@ -1438,7 +1468,8 @@ impl State {
                 actions::CONSENT_PARTICIPANTS_SET,
             )
             .target(format!("meeting/{meeting}"))
-            .detail("participants", participants.len().to_string()),
+            .detail("participants", participants.len().to_string())
+            .detail("removed", removed),
         );
         Ok(status)
     }

@@ -1640,6 +1640,39 @@ fn control_cld_6_3_1_no_consent_no_recording() {
             0,
             "jobs published"
         );
+        // A member cannot satisfy consent by dropping Ben, who has not consented; an
+        // admin may (audited with the names removed). Put back for the rest.
+        let without_ben = |token: &str| {
+            authorized(
+                pb::SetMeetingParticipantsRequest {
+                    meeting_id: "board".into(),
+                    participants: vec!["Ana".into()],
+                },
+                token,
+            )
+        };
+        let refused = client
+            .set_meeting_participants(without_ben(&t.member.token))
+            .await
+            .expect_err("a member drops a participant without consent");
+        assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+        assert!(refused.message().contains("Ben"), "{refused:?}");
+        let status = client
+            .set_meeting_participants(without_ben(&t.admin.token))
+            .await
+            .expect("an admin may")
+            .into_inner();
+        assert!(status.satisfied, "{status:?}");
+        client
+            .set_meeting_participants(authorized(
+                pb::SetMeetingParticipantsRequest {
+                    meeting_id: "board".into(),
+                    participants: vec!["Ana".into(), "Ben".into()],
+                },
+                &t.member.token,
+            ))
+            .await
+            .expect("Ben is back");
 
         // Ben consents through a service's API key (scope "consent"): now it records.
         let status = client
