@@ -754,11 +754,41 @@ fn control_cld_8_1_5_tenant_export_and_crypto_shredding_erasure() {
     }
     let (ok, _, err) = cluster.run_cli(&["admin", "tenant", "erase", "--confirm", "wrong"], None);
     assert!(!ok && err.contains("FailedPrecondition"), "{err}");
+    // Worker checkpoints (they hold recent caption text) of the tenant's sessions, and
+    // one of a session that is not the tenant's.
+    let checkpoints = cluster.layout().checkpoints_bucket();
+    let bucket = || {
+        let checkpoints = checkpoints.clone();
+        async move {
+            let js = async_nats::jetstream::new(
+                async_nats::connect(cluster::nats_url())
+                    .await
+                    .expect("nats"),
+            );
+            js.get_key_value(checkpoints).await.expect("checkpoints")
+        }
+    };
+    block_on(async {
+        let bucket = bucket().await;
+        for session in ["s1", "s2", "someone-else"] {
+            bucket
+                .put(session, "the budget is approved".into())
+                .await
+                .expect("checkpoint");
+        }
+    });
     let printed = cluster.erase_tenant_with_cli();
     assert!(
         printed.contains("erased 2 meetings, 3 segments, 1 labels; purged 3 messages"),
         "{printed}"
     );
+    block_on(async {
+        let bucket = bucket().await;
+        for (session, kept) in [("s1", false), ("s2", false), ("someone-else", true)] {
+            let value = bucket.get(session).await.expect("read checkpoint");
+            assert_eq!(value.is_some(), kept, "checkpoint of {session}");
+        }
+    });
     let (ok, keys) = cluster::psql(
         &owner,
         &format!("SELECT count(*) FROM \"{schema}\".data_keys WHERE tenant_id = '{tenant}'"),

@@ -186,6 +186,10 @@ pub async fn serve(
         .get_key_value(config.layout.erasures_bucket())
         .await
         .context("opening the erasure register")?;
+    let checkpoints = js
+        .get_key_value(config.layout.checkpoints_bucket())
+        .await
+        .context("opening the session checkpoints")?;
     let service = StorageService::new(
         db.clone(),
         keys,
@@ -196,6 +200,7 @@ pub async fn serve(
             js,
             layout: config.layout.clone(),
             erasures,
+            checkpoints,
         },
         config.import_idle_timeout,
     );

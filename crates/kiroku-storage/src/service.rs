@@ -67,6 +67,8 @@ pub struct NatsParts {
     pub js: async_nats::jetstream::Context,
     pub layout: kiroku_core::nats::Layout,
     pub erasures: async_nats::jetstream::kv::Store,
+    /// Worker checkpoints (key = session id), purged for the erased tenant's sessions.
+    pub checkpoints: async_nats::jetstream::kv::Store,
 }
 
 impl std::fmt::Debug for NatsParts {
@@ -210,9 +212,18 @@ impl StorageService {
                 tracing::error!(%error, "erasure register unavailable");
                 Status::unavailable("NATS is unavailable: nothing was erased; retry")
             })?;
-        let erased = store::erase_tenant(&self.db, tenant)
+        let (erased, sessions) = store::erase_tenant(&self.db, tenant)
             .await
             .map_err(internal)?;
+        // Worker checkpoints hold the tail of recent captions: they go too.
+        for session in &sessions {
+            if let Err(error) = self.nats.checkpoints.purge(session).await {
+                tracing::error!(%error, "a session checkpoint was not purged");
+                return Err(Status::unavailable(
+                    "the minutes are erased but a session checkpoint was not purged; retry the erasure",
+                ));
+            }
+        }
         let layout = &self.nats.layout;
         // Subjects carry the tenant id in its simple form (Principal::tenant_token).
         let token = tenant.simple().to_string();

@@ -146,7 +146,8 @@ pub struct Erased {
 /// Crypto-shredding (control CLD.8.1.5): the tenant's data key is destroyed and
 /// committed first — from then on no copy of its sealed data anywhere decrypts — and
 /// only then are its rows purged.
-pub async fn erase_tenant(db: &Db, tenant: Uuid) -> Result<Erased> {
+/// Also returns the erased sessions' ids (their worker checkpoints are purged next).
+pub async fn erase_tenant(db: &Db, tenant: Uuid) -> Result<(Erased, Vec<String>)> {
     let mut tx = db.tenant_tx(tenant).await?;
     sqlx::query("DELETE FROM data_keys WHERE tenant_id = $1")
         .bind(tenant)
@@ -162,8 +163,8 @@ pub async fn erase_tenant(db: &Db, tenant: Uuid) -> Result<Erased> {
         .execute(&mut *tx)
         .await?
         .rows_affected();
-    sqlx::query("DELETE FROM sessions")
-        .execute(&mut *tx)
+    let sessions: Vec<String> = sqlx::query_scalar("DELETE FROM sessions RETURNING session_id")
+        .fetch_all(&mut *tx)
         .await?;
     let meetings = sqlx::query("DELETE FROM meetings")
         .execute(&mut *tx)
@@ -175,7 +176,7 @@ pub async fn erase_tenant(db: &Db, tenant: Uuid) -> Result<Erased> {
         labels,
     };
     tx.commit().await?;
-    Ok(erased)
+    Ok((erased, sessions))
 }
 
 /// What an import stored.
