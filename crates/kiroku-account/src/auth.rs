@@ -210,6 +210,30 @@ pub enum Access {
     Operator,
 }
 
+/// What is wrong with `methods` as the access table of gRPC service `service`
+/// (`kiroku.storage.v1.Storage`): a method without exactly one rule, or a rule for a
+/// method the service does not have. Empty when the table is complete (deny by
+/// default: each service's tests assert this).
+pub fn access_table_problems(service: &str, methods: &[(&str, Access)]) -> Vec<String> {
+    let rpcs = kiroku_proto::method_names(service);
+    let mut problems = Vec::new();
+    if rpcs.is_empty() {
+        problems.push(format!("{service} has no methods in the descriptor set"));
+    }
+    for rpc in &rpcs {
+        let rules = methods.iter().filter(|(name, _)| name == rpc).count();
+        if rules != 1 {
+            problems.push(format!("{service}/{rpc} has {rules} access rules"));
+        }
+    }
+    for (name, _) in methods {
+        if !rpcs.iter().any(|rpc| rpc == name) {
+            problems.push(format!("a rule for {name}, which {service} does not have"));
+        }
+    }
+    problems
+}
+
 /// Applies `access` to `principal`: `PERMISSION_DENIED` with the reason, or `Ok`.
 pub fn authorize(principal: &Principal, access: Access) -> Result<(), Status> {
     let allowed = match access {
@@ -488,6 +512,8 @@ mod tests {
 pub struct OperatorToken {
     digest: Option<[u8; 32]>,
     secret: Option<std::sync::Arc<str>>,
+    /// Wrong or missing tokens in the current minute (guessing is throttled).
+    failures: std::sync::Arc<std::sync::Mutex<(Option<std::time::Instant>, u32)>>,
 }
 
 impl std::fmt::Debug for OperatorToken {
@@ -516,6 +542,40 @@ impl OperatorToken {
         Ok(Self {
             digest: Some(Self::digest(token)),
             secret: Some(token.into()),
+            failures: Default::default(),
+        })
+    }
+
+    /// Wrong operator tokens one process takes per minute; past it every operator call
+    /// (the right token too) is refused until the minute is over.
+    pub const MAX_FAILURES_PER_MINUTE: u32 = 10;
+
+    /// Counts a failed attempt; whether the limit is now passed.
+    fn failed(&self) -> bool {
+        let Ok(mut failures) = self.failures.lock() else {
+            return true;
+        };
+        let now = std::time::Instant::now();
+        let (since, count) = &mut *failures;
+        if since.is_none_or(|s| now.duration_since(s) >= std::time::Duration::from_secs(60)) {
+            *since = Some(now);
+            *count = 0;
+        }
+        *count += 1;
+        tracing::warn!(
+            failures = *count,
+            "operator call refused: wrong or missing token"
+        );
+        *count > Self::MAX_FAILURES_PER_MINUTE
+    }
+
+    /// Whether operator calls are refused for now (too many wrong tokens this minute).
+    fn throttled(&self) -> bool {
+        self.failures.lock().map_or(true, |failures| {
+            failures
+                .0
+                .is_some_and(|since| since.elapsed() < std::time::Duration::from_secs(60))
+                && failures.1 > Self::MAX_FAILURES_PER_MINUTE
         })
     }
 
@@ -569,10 +629,19 @@ impl OperatorToken {
                 "operator access is not configured on this service (KIROKU_OPERATOR_TOKEN)",
             ));
         };
-        let presented = metadata
+        if self.throttled() {
+            return Err(kiroku_core::status::resource_exhausted(
+                "too many wrong operator tokens",
+                std::time::Duration::from_secs(60),
+            ));
+        }
+        let Some(presented) = metadata
             .get(Self::METADATA)
             .and_then(|value| value.to_str().ok())
-            .ok_or_else(|| Status::unauthenticated("the operator token is missing"))?;
+        else {
+            self.failed();
+            return Err(Status::unauthenticated("the operator token is missing"));
+        };
         let got = Self::digest(presented.trim());
         let difference = got
             .iter()
@@ -580,6 +649,11 @@ impl OperatorToken {
             .fold(0u8, |acc, (a, b)| acc | (a ^ b));
         if difference == 0 {
             Ok(())
+        } else if self.failed() {
+            Err(kiroku_core::status::resource_exhausted(
+                "too many wrong operator tokens",
+                std::time::Duration::from_secs(60),
+            ))
         } else {
             Err(Status::unauthenticated("the operator token is not valid"))
         }
@@ -611,5 +685,27 @@ mod operator_tests {
             .expect_err("off");
         assert_eq!(off.code(), tonic::Code::Unavailable);
         assert!(!format!("{token:?}").contains(&secret));
+    }
+
+    /// Guessing the operator token is throttled: after the limit of wrong tokens in a
+    /// minute, every operator call (the right token too) is refused with retry info.
+    #[test]
+    fn wrong_operator_tokens_are_throttled() {
+        let secret = "x".repeat(40);
+        let token = OperatorToken::new(&secret).expect("long enough");
+        for _ in 0..OperatorToken::MAX_FAILURES_PER_MINUTE {
+            let wrong = token.check(&with(&"y".repeat(40))).expect_err("wrong");
+            assert_eq!(wrong.code(), tonic::Code::Unauthenticated);
+        }
+        let throttled = token
+            .check(&with(&"y".repeat(40)))
+            .expect_err("one too many");
+        assert_eq!(throttled.code(), tonic::Code::ResourceExhausted);
+        let right = token.check(&with(&secret)).expect_err("throttled for now");
+        assert_eq!(right.code(), tonic::Code::ResourceExhausted);
+        assert!(kiroku_core::status::retry_after(&right).is_some());
+        // Clones share the count (the service hands clones to its handlers).
+        let clone = token.clone();
+        assert!(clone.check(&with(&secret)).is_err());
     }
 }

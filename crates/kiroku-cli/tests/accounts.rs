@@ -334,6 +334,26 @@ impl Credential {
     }
 }
 
+/// Every kind of caller of the role matrices, by name, with its credential.
+fn matrix_callers(t: &Tenant) -> [(&'static str, Credential); 8] {
+    [
+        ("viewer", Credential::Bearer(t.viewer.token.clone())),
+        ("member", Credential::Bearer(t.member.token.clone())),
+        (
+            "admin without mfa",
+            Credential::Bearer(t.admin_no_mfa.token.clone()),
+        ),
+        ("admin", Credential::Bearer(t.admin.token.clone())),
+        ("owner", Credential::Bearer(t.owner.token.clone())),
+        (
+            "transcribe key",
+            Credential::ApiKey(t.transcribe_key.clone()),
+        ),
+        ("consent key", Credential::ApiKey(t.consent_key.clone())),
+        ("nobody", Credential::Bearer("not-a-token".into())),
+    ]
+}
+
 /// control 9.2.2 (and 9.2.3): deny-by-default RBAC, method x role, over every RPC
 /// that needs a credential, on both the account service and the gateway.
 #[test]
@@ -391,22 +411,7 @@ fn control_9_2_2_method_by_role_matrix() {
                 other => panic!("{other}"),
             }
         };
-        let callers = [
-            ("viewer", Credential::Bearer(t.viewer.token.clone())),
-            ("member", Credential::Bearer(t.member.token.clone())),
-            (
-                "admin without mfa",
-                Credential::Bearer(t.admin_no_mfa.token.clone()),
-            ),
-            ("admin", Credential::Bearer(t.admin.token.clone())),
-            ("owner", Credential::Bearer(t.owner.token.clone())),
-            (
-                "transcribe key",
-                Credential::ApiKey(t.transcribe_key.clone()),
-            ),
-            ("consent key", Credential::ApiKey(t.consent_key.clone())),
-            ("nobody", Credential::Bearer("not-a-token".into())),
-        ];
+        let callers = matrix_callers(&t);
         let mut failures = Vec::new();
         for (name, credential) in &callers {
             let allowed = allowed_for(name);
@@ -513,22 +518,7 @@ fn control_9_2_2_storage_and_audit_method_by_role_matrix() {
                 other => panic!("{other}"),
             }
         };
-        let callers = [
-            ("viewer", Credential::Bearer(t.viewer.token.clone())),
-            ("member", Credential::Bearer(t.member.token.clone())),
-            (
-                "admin without mfa",
-                Credential::Bearer(t.admin_no_mfa.token.clone()),
-            ),
-            ("admin", Credential::Bearer(t.admin.token.clone())),
-            ("owner", Credential::Bearer(t.owner.token.clone())),
-            (
-                "transcribe key",
-                Credential::ApiKey(t.transcribe_key.clone()),
-            ),
-            ("consent key", Credential::ApiKey(t.consent_key.clone())),
-            ("nobody", Credential::Bearer("not-a-token".into())),
-        ];
+        let callers = matrix_callers(&t);
         let missing = "no-such-meeting".to_string();
         let mut failures = Vec::new();
         for (name, credential) in &callers {

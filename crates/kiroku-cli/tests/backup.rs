@@ -39,6 +39,65 @@ fn final_result(tenant: &str, session: &str, seq: u64, text: &str) -> Transcript
     }
 }
 
+/// Publishes a final of `tenant`'s `session` to `TRANSCRIPTS`, as a worker does.
+async fn publish_final(
+    layout: &kiroku_core::nats::Layout,
+    tenant: &str,
+    session: &str,
+    seq: u64,
+    text: &str,
+) {
+    let js = async_nats::jetstream::new(
+        async_nats::connect(cluster::nats_url())
+            .await
+            .expect("nats"),
+    );
+    js.send_publish(
+        layout.transcript_subject(tenant, session),
+        async_nats::jetstream::message::PublishMessage::build()
+            .payload(
+                final_result(tenant, session, seq, text)
+                    .encode_to_vec()
+                    .into(),
+            )
+            .message_id(format!("{session}:r{seq}")),
+    )
+    .await
+    .expect("publish")
+    .await
+    .expect("ack");
+}
+
+/// Waits until storage shows `n` segments of `meeting`.
+async fn wait_for_segments(
+    client: &mut pb::storage_client::StorageClient<tonic::transport::Channel>,
+    token: &str,
+    meeting: &str,
+    n: usize,
+) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let found = client
+            .get_meeting(authorized(
+                pb::GetMeetingRequest {
+                    meeting_id: meeting.into(),
+                },
+                token,
+            ))
+            .await
+            .map(|m| m.into_inner().segments.len())
+            .unwrap_or(0);
+        if found == n {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{meeting}: {found} of {n} finals stored"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// The three services' schemas as SQL (the byte-for-byte comparison).
 fn dump(cluster: &Cluster) -> String {
     let root = &cluster.root;
@@ -188,49 +247,17 @@ fn control_12_3_1_backup_wipe_restore_is_byte_equal_and_erasures_stay() {
         let (token, other, storage_url) = (token.clone(), other.clone(), storage_url.clone());
         async move {
             let tenant = cluster::tenant_of(&account_url, &token).await;
-            let js = async_nats::jetstream::new(
-                async_nats::connect(cluster::nats_url())
-                    .await
-                    .expect("nats"),
-            );
             for (who, session, seq, text) in [
                 (&tenant, "a1", 1, "the confidential merger plan"),
                 (&tenant, "a1", 2, "closing on friday"),
                 (&other, "b1", 1, "other tenant minutes"),
             ] {
-                let message = final_result(who, session, seq, text);
-                js.send_publish(
-                    layout.transcript_subject(who, session),
-                    async_nats::jetstream::message::PublishMessage::build()
-                        .payload(message.encode_to_vec().into())
-                        .message_id(format!("{session}:r{seq}")),
-                )
-                .await
-                .expect("publish")
-                .await
-                .expect("ack");
+                publish_final(&layout, who, session, seq, text).await;
             }
             let mut client = pb::storage_client::StorageClient::connect(storage_url)
                 .await
                 .expect("storage");
-            let deadline = Instant::now() + Duration::from_secs(30);
-            loop {
-                let found = client
-                    .get_meeting(authorized(
-                        pb::GetMeetingRequest {
-                            meeting_id: "meeting-a1".into(),
-                        },
-                        &token,
-                    ))
-                    .await
-                    .map(|m| m.into_inner().segments.len())
-                    .unwrap_or(0);
-                if found == 2 {
-                    break;
-                }
-                assert!(Instant::now() < deadline, "finals never stored");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
+            wait_for_segments(&mut client, &token, "meeting-a1", 2).await;
             client
                 .add_label(authorized(
                     pb::AddLabelRequest {
@@ -453,46 +480,11 @@ fn a_restore_keeps_what_an_erased_tenant_stored_after_its_erasure() {
         let (token, account_url, layout) = (token.clone(), account_url.clone(), layout.clone());
         block_on(async move {
             let tenant = cluster::tenant_of(&account_url, &token).await;
-            let js = async_nats::jetstream::new(
-                async_nats::connect(cluster::nats_url())
-                    .await
-                    .expect("nats"),
-            );
-            js.send_publish(
-                layout.transcript_subject(&tenant, session),
-                async_nats::jetstream::message::PublishMessage::build()
-                    .payload(
-                        final_result(&tenant, session, 1, text)
-                            .encode_to_vec()
-                            .into(),
-                    )
-                    .message_id(format!("{session}:r1")),
-            )
-            .await
-            .expect("publish")
-            .await
-            .expect("ack");
+            publish_final(&layout, &tenant, session, 1, text).await;
             let mut client = pb::storage_client::StorageClient::connect(storage_url)
                 .await
                 .expect("storage");
-            let deadline = Instant::now() + Duration::from_secs(30);
-            loop {
-                let found = client
-                    .get_meeting(authorized(
-                        pb::GetMeetingRequest {
-                            meeting_id: format!("meeting-{session}"),
-                        },
-                        &token,
-                    ))
-                    .await
-                    .map(|m| m.into_inner().segments.len())
-                    .unwrap_or(0);
-                if found == 1 {
-                    break;
-                }
-                assert!(Instant::now() < deadline, "the final was never stored");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
+            wait_for_segments(&mut client, &token, &format!("meeting-{session}"), 1).await;
         })
     };
     store("before", "minutes that were erased", cluster.storage_url());

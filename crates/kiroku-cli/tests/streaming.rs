@@ -541,6 +541,22 @@ mod bad_input {
                 "only be sent once",
             )
             .await;
+            // A stream message larger than any a stream needs (1 MiB) is refused from its
+            // length prefix, before the gateway buffers it.
+            let mut huge = config(16_000, 1);
+            if let R::Config(config) = &mut huge {
+                config.options = Some(api::RecognitionOptions {
+                    prompt: "x".repeat(2 << 20),
+                    ..Default::default()
+                });
+            }
+            expect_status(
+                url,
+                vec![huge],
+                Code::OutOfRange,
+                "message length too large",
+            )
+            .await;
             // Streams without end: 1 ms frames (only the last may be under 10 ms), a
             // flood of messages, too many bookmarks, a connection kept open forever.
             expect_status(

@@ -268,6 +268,32 @@ pub struct Endpoints {
     pub admin: SocketAddr,
 }
 
+/// Largest message of unary `Transcribe` (a 64 MiB file and its options).
+pub const MAX_FILE_MESSAGE_BYTES: usize = 64 * 1024 * 1024 + 64 * 1024;
+/// Largest message of `StreamTranscribe` (a frame is at most 64 KiB, a config a few):
+/// a client cannot make the gateway buffer more than this per message.
+pub const MAX_STREAM_MESSAGE_BYTES: usize = 1024 * 1024;
+
+/// The transcription service with a message limit per method: tonic checks each
+/// message's length prefix against its server's limit before reading it, so streams get
+/// their own server with the small limit, on their own route.
+fn transcription_routes(gateway: Gateway) -> tonic::service::Routes {
+    use tower::ServiceExt as _;
+    let files =
+        TranscriptionServer::new(gateway.clone()).max_decoding_message_size(MAX_FILE_MESSAGE_BYTES);
+    let streams =
+        TranscriptionServer::new(gateway).max_decoding_message_size(MAX_STREAM_MESSAGE_BYTES);
+    let router = tonic::service::Routes::new(files)
+        .into_axum_router()
+        .route_service(
+            "/kiroku.transcribe.v1.Transcription/StreamTranscribe",
+            streams.map_request(|request: http::Request<axum::body::Body>| {
+                request.map(tonic::body::Body::new)
+            }),
+        );
+    tonic::service::Routes::from(router)
+}
+
 /// Serves gRPC (with health and reflection) and the admin HTTP port until `shutdown`
 /// resolves; in-flight streams then get a few seconds to finish.
 pub async fn serve(
@@ -327,13 +353,7 @@ pub async fn serve(
     kiroku_core::admin::serve_grpc(
         <TranscriptionServer<Gateway> as tonic::server::NamedService>::NAME,
         unary::authenticate_before_body(
-            forward::add(
-                tonic::service::Routes::new(
-                    TranscriptionServer::new(gateway)
-                        .max_decoding_message_size(64 * 1024 * 1024 + 64 * 1024),
-                ),
-                &forwards,
-            ),
+            forward::add(transcription_routes(gateway), &forwards),
             gatekeeper,
         ),
         server,
