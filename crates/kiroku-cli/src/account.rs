@@ -143,6 +143,10 @@ pub enum AdminCommand {
     /// Storage operations of the service operator (KIROKU_OPERATOR_TOKEN).
     #[command(subcommand)]
     Storage(crate::minutes::StorageAdminCommand),
+    /// Messages the audit and storage services set aside: list them, replay them once
+    /// the cause is fixed (service operator; NATS directly).
+    #[command(subcommand)]
+    DeadLetters(crate::deadletters::DeadLetterCommand),
     /// Set the tenant's recording-consent policy: none | all-participants.
     ConsentPolicy {
         #[command(flatten)]
@@ -498,6 +502,7 @@ pub fn admin(command: AdminCommand) -> Result<()> {
         AdminCommand::Notice(command) => return crate::notice::run(command),
         AdminCommand::Storage(command) => return crate::minutes::storage_admin(command),
         AdminCommand::Backup(args) => return crate::backup::run_backup(args),
+        AdminCommand::DeadLetters(command) => return crate::deadletters::run(command),
         AdminCommand::Restore(args) => return crate::backup::run_restore(args),
         AdminCommand::Tenant(TenantCommand::Export { url, audit, out }) => {
             return crate::minutes::tenant_export(url, audit, out);
@@ -551,6 +556,7 @@ pub fn admin(command: AdminCommand) -> Result<()> {
             | AdminCommand::Notice(_)
             | AdminCommand::Storage(_)
             | AdminCommand::Backup(_)
+            | AdminCommand::DeadLetters(_)
             | AdminCommand::Restore(_)
             | AdminCommand::Tenant(
                 TenantCommand::Export { .. }

@@ -8,6 +8,7 @@ mod audit;
 mod backup;
 mod bench;
 mod credentials;
+mod deadletters;
 mod minutes;
 mod model;
 mod notice;

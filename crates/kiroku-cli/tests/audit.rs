@@ -343,112 +343,115 @@ fn hostile_audit_input_is_refused_or_stored_harmlessly_and_poison_is_set_aside()
     let (audit_url, account_url) = (cluster.audit_url(), cluster.account_url());
     let slug = cluster.tenant_slug.clone();
     let layout = cluster.layout();
-    block_on(async move {
-        let tenant = cluster::tenant_of(&account_url, &token).await;
-        let mut accounts =
-            account::account_service_client::AccountServiceClient::connect(account_url)
+    block_on({
+        let token = token.clone();
+        async move {
+            let tenant = cluster::tenant_of(&account_url, &token).await;
+            let mut accounts =
+                account::account_service_client::AccountServiceClient::connect(account_url)
+                    .await
+                    .expect("account");
+            for i in 0..12 {
+                let refused = accounts
+                    .login(account::LoginRequest {
+                        tenant_slug: slug.clone(),
+                        email: format!("owner{i}\0@example.com"),
+                        password: "wrong password!".into(),
+                        totp_code: String::new(),
+                    })
+                    .await
+                    .expect_err("NUL in the e-mail");
+                assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+                assert!(
+                    refused.message().contains("email holds a NUL"),
+                    "{refused:?}"
+                );
+            }
+            let mut client = audit(&audit_url).await;
+            let before = wait_for_entries(&mut client, &token, 3)
                 .await
-                .expect("account");
-        for i in 0..12 {
-            let refused = accounts
-                .login(account::LoginRequest {
-                    tenant_slug: slug.clone(),
-                    email: format!("owner{i}\0@example.com"),
-                    password: "wrong password!".into(),
-                    totp_code: String::new(),
-                })
+                .entries_checked;
+
+            let js = async_nats::jetstream::new(
+                async_nats::connect(cluster::nats_url())
+                    .await
+                    .expect("nats"),
+            );
+            let hostile = kiroku_proto::events::v1::AuditEvent {
+                event_id: "hostile-strings".into(),
+                tenant_id: tenant.clone(),
+                action: "test.hostile".into(),
+                target: "email/a\0b\u{1b}[2J".into(),
+                details: [("note".to_string(), "x\0y".to_string())].into(),
+                ..Default::default()
+            };
+            let subject = layout.audit_subject(&tenant, "test.hostile");
+            let publish = |payload: Vec<u8>| {
+                let (js, subject) = (js.clone(), subject.clone());
+                async move {
+                    js.publish(subject, payload.into())
+                        .await
+                        .expect("publish")
+                        .await
+                        .expect("stored in AUDIT");
+                }
+            };
+            publish(prost::Message::encode_to_vec(&hostile)).await;
+            publish(b"\xff\xff not an audit event".to_vec()).await;
+            let after = kiroku_proto::events::v1::AuditEvent {
+                event_id: "after-the-poison".into(),
+                tenant_id: tenant.clone(),
+                action: "test.after".into(),
+                ..Default::default()
+            };
+            publish(prost::Message::encode_to_vec(&after)).await;
+
+            let result = wait_for_entries(&mut client, &token, before + 2).await;
+            assert!(result.intact, "{result:?}");
+            let listed = client
+                .list_events(authorized(
+                    pb::ListEventsRequest {
+                        filter: Some(pb::Filter {
+                            action: "test.hostile".into(),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    },
+                    &token,
+                ))
                 .await
-                .expect_err("NUL in the e-mail");
-            assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
-            assert!(
-                refused.message().contains("email holds a NUL"),
-                "{refused:?}"
+                .expect("list")
+                .into_inner();
+            let entry = listed.entries.first().expect("the hostile event is stored");
+            assert_eq!(entry.target, "email/a\u{fffd}b\u{fffd}[2J");
+            assert_eq!(
+                entry.details.get("note").map(String::as_str),
+                Some("x\u{fffd}y")
+            );
+
+            // The undecodable message waits in the dead-letter stream, with its reason.
+            let dead = js
+                .get_stream(layout.dead_letter_stream())
+                .await
+                .expect("dead-letter stream");
+            let message = dead
+                .get_last_raw_message_by_subject(&layout.dead_letter_subject("audit"))
+                .await
+                .expect("a dead letter");
+            assert_eq!(message.payload.as_ref(), b"\xff\xff not an audit event");
+            let headers = message.headers;
+            let reason = headers
+                .get(kiroku_core::nats::DEAD_REASON_HEADER)
+                .map(|v| v.as_str().to_string())
+                .unwrap_or_default();
+            assert!(reason.contains("undecodable audit event"), "{reason:?}");
+            assert_eq!(
+                headers
+                    .get(kiroku_core::nats::DEAD_SUBJECT_HEADER)
+                    .map(|v| v.as_str()),
+                Some(subject.as_str())
             );
         }
-        let mut client = audit(&audit_url).await;
-        let before = wait_for_entries(&mut client, &token, 3)
-            .await
-            .entries_checked;
-
-        let js = async_nats::jetstream::new(
-            async_nats::connect(cluster::nats_url())
-                .await
-                .expect("nats"),
-        );
-        let hostile = kiroku_proto::events::v1::AuditEvent {
-            event_id: "hostile-strings".into(),
-            tenant_id: tenant.clone(),
-            action: "test.hostile".into(),
-            target: "email/a\0b\u{1b}[2J".into(),
-            details: [("note".to_string(), "x\0y".to_string())].into(),
-            ..Default::default()
-        };
-        let subject = layout.audit_subject(&tenant, "test.hostile");
-        let publish = |payload: Vec<u8>| {
-            let (js, subject) = (js.clone(), subject.clone());
-            async move {
-                js.publish(subject, payload.into())
-                    .await
-                    .expect("publish")
-                    .await
-                    .expect("stored in AUDIT");
-            }
-        };
-        publish(prost::Message::encode_to_vec(&hostile)).await;
-        publish(b"\xff\xff not an audit event".to_vec()).await;
-        let after = kiroku_proto::events::v1::AuditEvent {
-            event_id: "after-the-poison".into(),
-            tenant_id: tenant.clone(),
-            action: "test.after".into(),
-            ..Default::default()
-        };
-        publish(prost::Message::encode_to_vec(&after)).await;
-
-        let result = wait_for_entries(&mut client, &token, before + 2).await;
-        assert!(result.intact, "{result:?}");
-        let listed = client
-            .list_events(authorized(
-                pb::ListEventsRequest {
-                    filter: Some(pb::Filter {
-                        action: "test.hostile".into(),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                },
-                &token,
-            ))
-            .await
-            .expect("list")
-            .into_inner();
-        let entry = listed.entries.first().expect("the hostile event is stored");
-        assert_eq!(entry.target, "email/a\u{fffd}b\u{fffd}[2J");
-        assert_eq!(
-            entry.details.get("note").map(String::as_str),
-            Some("x\u{fffd}y")
-        );
-
-        // The undecodable message waits in the dead-letter stream, with its reason.
-        let dead = js
-            .get_stream(layout.dead_letter_stream())
-            .await
-            .expect("dead-letter stream");
-        let message = dead
-            .get_last_raw_message_by_subject(&layout.dead_letter_subject("audit"))
-            .await
-            .expect("a dead letter");
-        assert_eq!(message.payload.as_ref(), b"\xff\xff not an audit event");
-        let headers = message.headers;
-        let reason = headers
-            .get(kiroku_core::nats::DEAD_REASON_HEADER)
-            .map(|v| v.as_str().to_string())
-            .unwrap_or_default();
-        assert!(reason.contains("undecodable audit event"), "{reason:?}");
-        assert_eq!(
-            headers
-                .get(kiroku_core::nats::DEAD_SUBJECT_HEADER)
-                .map(|v| v.as_str()),
-            Some(subject.as_str())
-        );
     });
     let admin = &cluster.audit.as_ref().expect("audit").admin;
     let (_, metrics) = cluster::http_get(admin, "/metrics").expect("/metrics");
@@ -456,6 +459,98 @@ fn hostile_audit_input_is_refused_or_stored_harmlessly_and_poison_is_set_aside()
         metrics.contains("kiroku_consumer_dead_letters_total{consumer=\"audit\"} 1"),
         "{metrics}"
     );
+
+    // A good event set aside (as during a long database outage) is replayed by the
+    // operator to where it came from and stored; the undecodable one stays listed.
+    let layout = cluster.layout();
+    let tenant_token = block_on({
+        let (account_url, token) = (cluster.account_url(), token.clone());
+        async move { cluster::tenant_of(&account_url, &token).await }
+    });
+    let subject = layout.audit_subject(&tenant_token, "test.replayed");
+    block_on({
+        let (layout, subject) = (layout.clone(), subject.clone());
+        async move {
+            let js = async_nats::jetstream::new(
+                async_nats::connect(cluster::nats_url())
+                    .await
+                    .expect("nats"),
+            );
+            let event = kiroku_proto::events::v1::AuditEvent {
+                event_id: "set-aside".into(),
+                tenant_id: tenant_token,
+                action: "test.replayed".into(),
+                ..Default::default()
+            };
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert(kiroku_core::nats::DEAD_SUBJECT_HEADER, subject.as_str());
+            headers.insert(
+                kiroku_core::nats::DEAD_REASON_HEADER,
+                "still failing after 50 deliveries: database down",
+            );
+            js.publish_with_headers(
+                layout.dead_letter_subject("audit"),
+                headers,
+                prost::Message::encode_to_vec(&event).into(),
+            )
+            .await
+            .expect("publish")
+            .await
+            .expect("stored");
+        }
+    });
+    let dead_letters = |args: &[&str]| {
+        let output = std::process::Command::new(cluster::KIROKU)
+            .args(["admin", "dead-letters"])
+            .args(args)
+            .env("KIROKU_NATS_URL", cluster::nats_url())
+            .env("KIROKU_CLUSTER", &cluster.root)
+            .output()
+            .expect("kiroku admin dead-letters");
+        assert!(output.status.success(), "{output:?}");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let listed = dead_letters(&["list"]);
+    let line = listed
+        .lines()
+        .find(|l| l.contains("database down"))
+        .unwrap_or_else(|| panic!("{listed}"));
+    assert!(listed.contains("undecodable audit event"), "{listed}");
+    let seq = line.split_whitespace().next().expect("seq").to_string();
+    assert!(dead_letters(&["replay", "--seq", &seq]).contains("replayed 1"));
+    let listed = dead_letters(&["list"]);
+    assert!(!listed.contains("database down"), "{listed}");
+    assert!(listed.contains("undecodable audit event"), "{listed}");
+    let audit_url = cluster.audit_url();
+    block_on(async move {
+        let mut client = audit(&audit_url).await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let entries = client
+                .list_events(authorized(
+                    pb::ListEventsRequest {
+                        filter: Some(pb::Filter {
+                            action: "test.replayed".into(),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    },
+                    &token,
+                ))
+                .await
+                .expect("list")
+                .into_inner()
+                .entries;
+            if entries.len() == 1 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the replayed event was not stored"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
 }
 
 /// The MFA token of the cluster's owner, made once per cluster (enrolling again is

@@ -338,6 +338,8 @@ impl Layout {
             storage: file,
             num_replicas,
             max_age: retention.dead_letter_max_age,
+            // `kiroku admin dead-letters` reads it message by message.
+            allow_direct: true,
             ..Default::default()
         })
         .await
