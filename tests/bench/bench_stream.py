@@ -13,7 +13,7 @@ paced at real time.
   it; English word ends from the batch timeline matched by text, Japanese from the
   stream's own word times), final latency (the final's last word end -> final at the
   client), and the worker's CPU (% of all cores) over the stream. The "before" column
-  is the README's run of the previous release (captions were the minutes then).
+  is docs/performance.md's run of the previous release (captions were the minutes then).
 - sweep: N clients at once on one worker, N = 1, 2, ... until p95 passes 2 s, for the
   250 ms and 500 ms steps: per-word final latency against the batch timeline.
 - plumbing: workers on the BENCHMARK-ONLY null engine (no inference), `kiroku
@@ -167,7 +167,7 @@ def minutes_run(kiroku, work, name, wav, text, cluster_args, stream_args=(), err
 def minutes_table(title, r, unit, before, final_goal):
     print()
     print(title)
-    print(f"| metric | this run | before (README, 2026-12-03) | goal |")
+    print(f"| metric | this run | before (docs/performance.md, 2026-12-03) | goal |")
     print(f"|---|---|---|---|")
     print(f"| minutes {unit} (streamed at 1x) | {r['minutes_error']:.3f} | {before['minutes']} | "
           f"<= batch + 0.01 = {r['batch_error'] + 0.01:.3f} |")

@@ -23,7 +23,7 @@ pub struct Rate {
     pub per_second: f64,
 }
 
-/// Documented public limits per tenant (README, "Accounts and access").
+/// Documented public limits per tenant (docs/accounts.md).
 #[derive(Debug, Clone)]
 pub struct Quotas {
     /// Live streams a tenant may have open at once.

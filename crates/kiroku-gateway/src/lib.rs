@@ -6,7 +6,7 @@
 //! it to 16 kHz mono, publishes it frame by frame (acknowledging each frame to the
 //! client only once JetStream has stored it) and relays the worker's results.
 //!
-//! Limits (also in the proto header and README): see [`Limits`].
+//! Limits (also in the proto header and docs/live-streaming.md): see [`Limits`].
 
 mod access;
 mod admission;
@@ -40,7 +40,7 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
 /// Default admin HTTP address (`/healthz`, `/readyz`, `/metrics`).
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9464";
 
-/// Public limits, enforced per stream and documented in the proto and README.
+/// Public limits, enforced per stream and documented in the proto and docs/live-streaming.md.
 #[derive(Debug, Clone)]
 pub struct Limits {
     /// Longest audio frame.
