@@ -96,24 +96,14 @@ struct PgTarget {
 
 impl PgTarget {
     fn new(url: &str) -> Result<Self> {
-        let Some((scheme_end, at)) = url.find("://").and_then(|scheme| {
-            url.rfind('@')
-                .filter(|at| *at > scheme)
-                .map(|at| (scheme, at))
-        }) else {
+        let Some(range) = kiroku_core::url_password(url) else {
             return Ok(Self {
                 url: url.to_string(),
                 passfile: None,
             });
         };
-        let credentials = &url[scheme_end + 3..at];
-        let Some((user, password)) = credentials.split_once(':') else {
-            return Ok(Self {
-                url: url.to_string(),
-                passfile: None,
-            });
-        };
-        let password = percent_encoding::percent_decode_str(password).decode_utf8_lossy();
+        let password =
+            percent_encoding::percent_decode_str(&url[range.clone()]).decode_utf8_lossy();
         // .pgpass: host:port:database:user:password, ':' and '\' escaped; any target.
         let escaped = password.replace('\\', "\\\\").replace(':', "\\:");
         let mut passfile = tempfile::Builder::new()
@@ -124,7 +114,8 @@ impl PgTarget {
         writeln!(passfile, "*:*:*:*:{escaped}").context("writing the password file")?;
         passfile.flush()?;
         Ok(Self {
-            url: format!("{}{user}{}", &url[..scheme_end + 3], &url[at..]),
+            // Without the password and the ':' before it.
+            url: format!("{}{}", &url[..range.start - 1], &url[range.end..]),
             passfile: Some(passfile),
         })
     }

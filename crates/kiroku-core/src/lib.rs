@@ -15,17 +15,20 @@ pub mod trace;
 pub mod transcript;
 pub mod validate;
 
+/// Where the password of `scheme://user:password@host/…` is in `url` (as written, so
+/// percent-encoded), if it has one.
+pub fn url_password(url: &str) -> Option<std::ops::Range<usize>> {
+    let scheme = url.find("://")?;
+    let at = url.rfind('@').filter(|at| *at > scheme)?;
+    let colon = url[scheme + 3..at].find(':')? + scheme + 3;
+    Some(colon + 1..at)
+}
+
 /// `url` with its password replaced by `***`, for messages and logs.
 pub fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let credentials = &url[scheme + 3..at];
-            match credentials.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
-                None => url.to_string(),
-            }
-        }
-        _ => url.to_string(),
+    match url_password(url) {
+        Some(password) => format!("{}***{}", &url[..password.start], &url[password.end..]),
+        None => url.to_string(),
     }
 }
 
