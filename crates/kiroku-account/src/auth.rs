@@ -513,7 +513,38 @@ pub struct OperatorToken {
     digest: Option<[u8; 32]>,
     secret: Option<std::sync::Arc<str>>,
     /// Wrong or missing tokens in the current minute (guessing is throttled).
-    failures: std::sync::Arc<std::sync::Mutex<(Option<std::time::Instant>, u32)>>,
+    failures: std::sync::Arc<std::sync::Mutex<Failures>>,
+    /// Where refused calls are recorded: the operator's audit log
+    /// ([`kiroku_core::audit::OPERATOR_LOG`]). None in unit tests.
+    audit: Option<kiroku_core::audit::AuditEmitter>,
+}
+
+/// Failed operator calls in the current minute.
+#[derive(Debug, Default)]
+struct Failures {
+    since: Option<std::time::Instant>,
+    count: u32,
+    /// Whether this minute's throttling was recorded (once a minute, however many calls).
+    throttle_recorded: bool,
+}
+
+impl Failures {
+    /// Starts a new minute when the last one is over.
+    fn roll(&mut self, now: std::time::Instant) {
+        if self
+            .since
+            .is_none_or(|s| now.duration_since(s) >= std::time::Duration::from_secs(60))
+        {
+            *self = Self {
+                since: Some(now),
+                ..Self::default()
+            };
+        }
+    }
+
+    fn over(&self) -> bool {
+        self.count > OperatorToken::MAX_FAILURES_PER_MINUTE
+    }
 }
 
 impl std::fmt::Debug for OperatorToken {
@@ -543,6 +574,7 @@ impl OperatorToken {
             digest: Some(Self::digest(token)),
             secret: Some(token.into()),
             failures: Default::default(),
+            audit: None,
         })
     }
 
@@ -550,32 +582,71 @@ impl OperatorToken {
     /// (the right token too) is refused until the minute is over.
     pub const MAX_FAILURES_PER_MINUTE: u32 = 10;
 
-    /// Counts a failed attempt; whether the limit is now passed.
-    fn failed(&self) -> bool {
+    /// Records refused operator calls in the operator's audit log.
+    pub fn audited(mut self, emitter: kiroku_core::audit::AuditEmitter) -> Self {
+        self.audit = Some(emitter);
+        self
+    }
+
+    /// Counts a failed attempt and records it; whether the limit is now passed. At most
+    /// `MAX_FAILURES_PER_MINUTE` + 1 records a minute: the failures, then one
+    /// `operator.throttled`.
+    fn failed(&self, method: &str, why: &str, source: Option<std::net::IpAddr>) -> bool {
         let Ok(mut failures) = self.failures.lock() else {
             return true;
         };
-        let now = std::time::Instant::now();
-        let (since, count) = &mut *failures;
-        if since.is_none_or(|s| now.duration_since(s) >= std::time::Duration::from_secs(60)) {
-            *since = Some(now);
-            *count = 0;
-        }
-        *count += 1;
+        failures.roll(std::time::Instant::now());
+        failures.count += 1;
         tracing::warn!(
-            failures = *count,
-            "operator call refused: wrong or missing token"
+            failures = failures.count,
+            method,
+            "operator call refused: {why}"
         );
-        *count > Self::MAX_FAILURES_PER_MINUTE
+        let over = failures.over();
+        if !over {
+            self.record(
+                kiroku_core::audit::actions::OPERATOR_REFUSED,
+                method,
+                why,
+                source,
+            );
+        } else if !failures.throttle_recorded {
+            failures.throttle_recorded = true;
+            self.record(
+                kiroku_core::audit::actions::OPERATOR_THROTTLED,
+                method,
+                "too many wrong operator tokens",
+                source,
+            );
+        }
+        over
+    }
+
+    fn record(
+        &self,
+        action: &'static str,
+        method: &str,
+        why: &str,
+        source: Option<std::net::IpAddr>,
+    ) {
+        use kiroku_core::audit::{Actor, AuditRecord, OPERATOR_LOG};
+        if let Some(audit) = &self.audit {
+            let mut record = AuditRecord::new(OPERATOR_LOG, Actor::operator(), action)
+                .target(format!("method/{method}"))
+                .detail("reason", why)
+                .failed();
+            if let Some(ip) = source {
+                record = record.source_ip(ip.to_string());
+            }
+            audit.spawn_emit(record);
+        }
     }
 
     /// Whether operator calls are refused for now (too many wrong tokens this minute).
     fn throttled(&self) -> bool {
-        self.failures.lock().map_or(true, |failures| {
-            failures
-                .0
-                .is_some_and(|since| since.elapsed() < std::time::Duration::from_secs(60))
-                && failures.1 > Self::MAX_FAILURES_PER_MINUTE
+        self.failures.lock().map_or(true, |mut failures| {
+            failures.roll(std::time::Instant::now());
+            failures.over()
         })
     }
 
@@ -623,13 +694,17 @@ impl OperatorToken {
     }
 
     /// `Ok` for the configured token; `UNAUTHENTICATED` for a wrong or missing one.
-    pub fn check(&self, metadata: &MetadataMap) -> Result<(), Status> {
+    /// `method` and the caller's address go into the record of a refusal.
+    pub fn check<T>(&self, request: &tonic::Request<T>, method: &str) -> Result<(), Status> {
+        let metadata = request.metadata();
+        let source = request.remote_addr().map(|a| a.ip());
         let Some(expected) = self.digest else {
             return Err(Status::unavailable(
                 "operator access is not configured on this service (KIROKU_OPERATOR_TOKEN)",
             ));
         };
         if self.throttled() {
+            self.failed(method, "throttled", source);
             return Err(kiroku_core::status::resource_exhausted(
                 "too many wrong operator tokens",
                 std::time::Duration::from_secs(60),
@@ -639,7 +714,7 @@ impl OperatorToken {
             .get(Self::METADATA)
             .and_then(|value| value.to_str().ok())
         else {
-            self.failed();
+            self.failed(method, "the operator token is missing", source);
             return Err(Status::unauthenticated("the operator token is missing"));
         };
         let got = Self::digest(presented.trim());
@@ -649,7 +724,7 @@ impl OperatorToken {
             .fold(0u8, |acc, (a, b)| acc | (a ^ b));
         if difference == 0 {
             Ok(())
-        } else if self.failed() {
+        } else if self.failed(method, "the operator token is not valid", source) {
             Err(kiroku_core::status::resource_exhausted(
                 "too many wrong operator tokens",
                 std::time::Duration::from_secs(60),
@@ -664,24 +739,30 @@ impl OperatorToken {
 mod operator_tests {
     use super::*;
 
-    fn with(token: &str) -> MetadataMap {
-        let mut metadata = MetadataMap::new();
-        metadata.insert(OperatorToken::METADATA, token.parse().expect("ascii"));
-        metadata
+    fn with(token: &str) -> tonic::Request<()> {
+        let mut request = tonic::Request::new(());
+        request
+            .metadata_mut()
+            .insert(OperatorToken::METADATA, token.parse().expect("ascii"));
+        request
     }
 
     #[test]
     fn operator_token_admits_only_the_configured_secret() {
         let secret = "x".repeat(40);
         let token = OperatorToken::new(&secret).expect("long enough");
-        assert!(token.check(&with(&secret)).is_ok());
-        let wrong = token.check(&with(&"y".repeat(40))).expect_err("wrong");
+        assert!(token.check(&with(&secret), "Test").is_ok());
+        let wrong = token
+            .check(&with(&"y".repeat(40)), "Test")
+            .expect_err("wrong");
         assert_eq!(wrong.code(), tonic::Code::Unauthenticated);
-        let missing = token.check(&MetadataMap::new()).expect_err("missing");
+        let missing = token
+            .check(&tonic::Request::new(()), "Test")
+            .expect_err("missing");
         assert_eq!(missing.code(), tonic::Code::Unauthenticated);
         assert!(OperatorToken::new("short").is_err());
         let off = OperatorToken::default()
-            .check(&with(&secret))
+            .check(&with(&secret), "Test")
             .expect_err("off");
         assert_eq!(off.code(), tonic::Code::Unavailable);
         assert!(!format!("{token:?}").contains(&secret));
@@ -694,18 +775,22 @@ mod operator_tests {
         let secret = "x".repeat(40);
         let token = OperatorToken::new(&secret).expect("long enough");
         for _ in 0..OperatorToken::MAX_FAILURES_PER_MINUTE {
-            let wrong = token.check(&with(&"y".repeat(40))).expect_err("wrong");
+            let wrong = token
+                .check(&with(&"y".repeat(40)), "Test")
+                .expect_err("wrong");
             assert_eq!(wrong.code(), tonic::Code::Unauthenticated);
         }
         let throttled = token
-            .check(&with(&"y".repeat(40)))
+            .check(&with(&"y".repeat(40)), "Test")
             .expect_err("one too many");
         assert_eq!(throttled.code(), tonic::Code::ResourceExhausted);
-        let right = token.check(&with(&secret)).expect_err("throttled for now");
+        let right = token
+            .check(&with(&secret), "Test")
+            .expect_err("throttled for now");
         assert_eq!(right.code(), tonic::Code::ResourceExhausted);
         assert!(kiroku_core::status::retry_after(&right).is_some());
         // Clones share the count (the service hands clones to its handlers).
         let clone = token.clone();
-        assert!(clone.check(&with(&secret)).is_err());
+        assert!(clone.check(&with(&secret), "Test").is_err());
     }
 }

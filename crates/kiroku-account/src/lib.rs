@@ -114,11 +114,14 @@ pub async fn serve(
         verifier,
         revocations,
         throttle,
-        audit: AuditEmitter::new(js, config.layout.clone()),
+        audit: AuditEmitter::new(js.clone(), config.layout.clone()),
         nats: nats.clone(),
         layout: config.layout.clone(),
         lifetimes: config.lifetimes.clone(),
-        operator: config.operator.clone(),
+        operator: config
+            .operator
+            .clone()
+            .audited(AuditEmitter::new(js, config.layout.clone())),
         trusted_proxies: config.trusted_proxies.clone(),
     });
 

@@ -1781,7 +1781,9 @@ impl AccountService for Accounts {
         &self,
         request: Request<pb::ListNoticeRecipientsRequest>,
     ) -> Result<Response<pb::ListNoticeRecipientsResponse>, Status> {
-        self.state.operator.check(request.metadata())?;
+        self.state
+            .operator
+            .check(&request, "ListNoticeRecipients")?;
         self.state
             .notice_recipients(request.into_inner())
             .await

@@ -181,10 +181,14 @@ pub async fn serve(
             .with_context(|| format!("account URL {}", config.account_url))?
             .connect_lazy(),
     );
+    let operator = config
+        .operator
+        .clone()
+        .audited(AuditEmitter::new(js.clone(), config.layout.clone()));
     let notices = Notices::new(
         db.clone(),
         checker.clone(),
-        config.operator.clone(),
+        operator.clone(),
         accounts,
         AuditEmitter::new(js, config.layout.clone()),
         wake,
@@ -197,6 +201,7 @@ pub async fn serve(
             db.clone(),
             checker,
             anchors,
+            operator,
         )))
         .add_service(NoticeServiceServer::new(notices)),
         tonic::transport::Server::builder(),

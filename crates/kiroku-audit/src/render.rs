@@ -38,8 +38,21 @@ pub const CSV_COLUMNS: [&str; 11] = [
 /// CSV with a header row; `details` as a JSON object. Cells that a spreadsheet would
 /// run as a formula (`= + - @`) are prefixed with `'` (CSV injection).
 pub fn csv(entries: &[AuditEntry]) -> Result<Vec<u8>, csv::Error> {
+    Ok([csv_header()?, csv_rows(entries)?].concat())
+}
+
+/// The CSV header row alone: the first chunk of a streamed export.
+pub fn csv_header() -> Result<Vec<u8>, csv::Error> {
     let mut writer = csv::Writer::from_writer(Vec::new());
     writer.write_record(CSV_COLUMNS)?;
+    writer
+        .into_inner()
+        .map_err(|e| csv::Error::from(std::io::Error::other(e.to_string())))
+}
+
+/// CSV rows without the header: one page of a streamed export.
+pub fn csv_rows(entries: &[AuditEntry]) -> Result<Vec<u8>, csv::Error> {
+    let mut writer = csv::Writer::from_writer(Vec::new());
     for e in entries {
         let details: std::collections::BTreeMap<_, _> = e.details.iter().collect();
         let details = serde_json::to_string(&details).unwrap_or_default();
@@ -71,12 +84,24 @@ fn inert(cell: &str) -> String {
     }
 }
 
-/// A JSON array of entries.
+/// A JSON array of entries, one entry a line.
 pub fn json(entries: &[AuditEntry]) -> Vec<u8> {
-    let values: Vec<serde_json::Value> = entries
-        .iter()
-        .map(|e| {
-            serde_json::json!({
+    [JSON_OPEN, &json_items(entries, true), JSON_CLOSE].concat()
+}
+
+/// What opens a streamed JSON export, and what closes it; [`json_items`] go between.
+pub const JSON_OPEN: &[u8] = b"[\n";
+pub const JSON_CLOSE: &[u8] = b"\n]\n";
+
+/// Entries as elements of the JSON array, one a line; `first`: no separator before the
+/// first element (the first page of a streamed export).
+pub fn json_items(entries: &[AuditEntry], first: bool) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (i, e) in entries.iter().enumerate() {
+        if i > 0 || !first {
+            out.extend_from_slice(b",\n");
+        }
+        let value = serde_json::json!({
                 "seq": e.seq,
                 "occurred_at": e.occurred_at,
                 "actor_kind": e.actor_kind,
@@ -89,10 +114,11 @@ pub fn json(entries: &[AuditEntry]) -> Vec<u8> {
                 "trace_id": e.trace_id,
                 "event_id": e.event_id,
                 "hash": e.hash,
-            })
-        })
-        .collect();
-    serde_json::to_vec_pretty(&values).unwrap_or_default()
+        });
+        // A `Value` always serializes.
+        out.extend_from_slice(&serde_json::to_vec(&value).unwrap_or_default());
+    }
+    out
 }
 
 #[cfg(test)]

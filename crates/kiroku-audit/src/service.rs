@@ -24,6 +24,7 @@ pub const METHODS: &[(&str, Access)] = &[
     ("ListEvents", Access::Admin),
     ("VerifyChain", Access::Admin),
     ("ExportEvents", Access::Admin),
+    ("ExportEventsStream", Access::Admin),
     ("SetTimeZone", Access::Admin),
     ("GetUsage", Access::Admin),
 ];
@@ -42,14 +43,88 @@ pub const MAX_USAGE_DAYS: i64 = 366;
 
 /// Largest page.
 pub const MAX_PAGE: u32 = 1000;
-/// Most entries in one export.
+/// Most entries in one unary export (`ExportEvents`); `ExportEventsStream` has no limit.
 pub const MAX_EXPORT: usize = 100_000;
+/// Entries read from the database and rendered per chunk of a streamed export.
+const EXPORT_PAGE: i64 = 1000;
+/// Chunks a streamed export renders ahead of a slow client (memory: a few pages).
+const EXPORT_CHUNKS_AHEAD: usize = 4;
+
+/// An export in progress: pages of entries read oldest first, rendered one at a time so
+/// memory stays a page however long the log is.
+struct Export {
+    db: Db,
+    tenant: Uuid,
+    zone: chrono_tz::Tz,
+    format: pb::ExportFormat,
+    query: Query,
+    /// Nothing rendered yet (the header or `[` comes next).
+    started: bool,
+    /// Whether an entry was rendered (JSON separators).
+    any: bool,
+    done: bool,
+}
+
+impl Export {
+    fn content_type(&self) -> &'static str {
+        match self.format {
+            pb::ExportFormat::Csv => "text/csv",
+            _ => "application/json",
+        }
+    }
+
+    /// The next chunk and how many entries it holds; `None` after the last.
+    async fn next_chunk(&mut self) -> Result<Option<(Vec<u8>, u64)>, Status> {
+        if self.done {
+            return Ok(None);
+        }
+        let csv = self.format == pb::ExportFormat::Csv;
+        let mut out = Vec::new();
+        if !self.started {
+            self.started = true;
+            if csv {
+                out = render::csv_header().map_err(csv_error)?;
+            } else {
+                out.extend_from_slice(render::JSON_OPEN);
+            }
+        }
+        let rows = store::list(&self.db, self.tenant, &self.query)
+            .await
+            .map_err(internal)?;
+        let entries: Vec<_> = rows
+            .iter()
+            .map(|row| Audit::entry(row, self.zone))
+            .collect();
+        if let Some(last) = rows.last() {
+            self.query.after_seq = Some(last.entry.seq);
+        }
+        if csv {
+            out.extend(render::csv_rows(&entries).map_err(csv_error)?);
+        } else {
+            out.extend(render::json_items(&entries, !self.any));
+        }
+        self.any |= !entries.is_empty();
+        if (rows.len() as i64) < self.query.limit {
+            self.done = true;
+            if !csv {
+                out.extend_from_slice(render::JSON_CLOSE);
+            }
+        }
+        Ok(Some((out, entries.len() as u64)))
+    }
+}
+
+fn csv_error(error: csv::Error) -> Status {
+    tracing::error!(%error, "csv");
+    Status::internal("internal error")
+}
 
 #[derive(Clone)]
 pub struct Audit {
     db: Db,
     checker: Arc<Checker>,
     anchors: crate::anchor::Anchors,
+    operator: OperatorToken,
 }
 
 impl std::fmt::Debug for Audit {
@@ -73,11 +148,30 @@ fn non_empty(value: &str) -> Option<String> {
 }
 
 impl Audit {
-    pub fn new(db: Db, checker: Arc<Checker>, anchors: crate::anchor::Anchors) -> Self {
+    /// `operator`: admits the service operator to its own log
+    /// ([`kiroku_core::audit::OPERATOR_LOG`]).
+    pub fn new(
+        db: Db,
+        checker: Arc<Checker>,
+        anchors: crate::anchor::Anchors,
+        operator: OperatorToken,
+    ) -> Self {
         Self {
             db,
             checker,
             anchors,
+            operator,
+        }
+    }
+
+    /// Whose log the caller reads: a tenant admin's tenant, or with the operator token
+    /// the operator's own log (refused operator calls).
+    async fn log_of<T>(&self, request: &Request<T>, method: &str) -> Result<Uuid, Status> {
+        if OperatorToken::presented(request.metadata()) {
+            self.operator.check(request, method)?;
+            Ok(Uuid::nil())
+        } else {
+            Ok(self.caller(request, method).await?.tenant_id)
         }
     }
 
@@ -150,6 +244,32 @@ impl Audit {
         Ok((zone, name))
     }
 
+    /// An export of `request`'s entries, oldest first.
+    async fn export(
+        &self,
+        tenant: Uuid,
+        request: pb::ExportEventsRequest,
+    ) -> Result<Export, Status> {
+        let format = pb::ExportFormat::try_from(request.format)
+            .ok()
+            .filter(|f| *f != pb::ExportFormat::Unspecified)
+            .ok_or_else(|| Status::invalid_argument("format must be CSV or JSON"))?;
+        let (zone, _) = self.zone(tenant, &request.time_zone).await?;
+        let mut query = Self::query(request.filter)?;
+        query.limit = EXPORT_PAGE;
+        query.oldest_first = true;
+        Ok(Export {
+            db: self.db.clone(),
+            tenant,
+            zone,
+            format,
+            query,
+            started: false,
+            any: false,
+            done: false,
+        })
+    }
+
     fn query(filter: Option<pb::Filter>) -> Result<Query, Status> {
         let filter = filter.unwrap_or_default();
         let query = Query {
@@ -159,6 +279,8 @@ impl Audit {
             action: non_empty(&filter.action),
             meeting_id: non_empty(&filter.meeting_id),
             before_seq: None,
+            after_seq: None,
+            oldest_first: false,
             limit: 100,
         };
         if let (Some(from), Some(to)) = (query.from, query.to)
@@ -196,9 +318,9 @@ impl AuditService for Audit {
         &self,
         request: Request<pb::ListEventsRequest>,
     ) -> Result<Response<pb::ListEventsResponse>, Status> {
-        let caller = self.caller(&request, "ListEvents").await?;
+        let tenant = self.log_of(&request, "ListEvents").await?;
         let request = request.into_inner();
-        let (zone, zone_name) = self.zone(caller.tenant_id, &request.time_zone).await?;
+        let (zone, zone_name) = self.zone(tenant, &request.time_zone).await?;
         let mut query = Self::query(request.filter)?;
         let page_size = match request.page_size {
             0 => 100,
@@ -217,7 +339,7 @@ impl AuditService for Audit {
                     .map_err(|_| Status::invalid_argument("page_token is not one we issued"))?,
             );
         }
-        let mut rows = store::list(&self.db, caller.tenant_id, &query)
+        let mut rows = store::list(&self.db, tenant, &query)
             .await
             .map_err(internal)?;
         let more = rows.len() > page_size as usize;
@@ -237,16 +359,14 @@ impl AuditService for Audit {
         &self,
         request: Request<pb::VerifyChainRequest>,
     ) -> Result<Response<pb::VerifyChainResponse>, Status> {
-        let caller = self.caller(&request, "VerifyChain").await?;
+        let tenant = self.log_of(&request, "VerifyChain").await?;
         // The head first: it only moves after its entry is committed, so the walk that
         // follows sees at least that entry even while events keep arriving.
-        let head = self.anchors.head(caller.tenant_id).await;
-        let (checked, broken) = store::verify(&self.db, caller.tenant_id)
-            .await
-            .map_err(internal)?;
+        let head = self.anchors.head(tenant).await;
+        let (checked, broken) = store::verify(&self.db, tenant).await.map_err(internal)?;
         let broken = match broken {
             Some(b) => Some((b.seq as u64, b.problem)),
-            None => self.check_head(caller.tenant_id, head, checked).await?,
+            None => self.check_head(tenant, head, checked).await?,
         };
         Ok(Response::new(pb::VerifyChainResponse {
             intact: broken.is_none(),
@@ -260,46 +380,58 @@ impl AuditService for Audit {
         &self,
         request: Request<pb::ExportEventsRequest>,
     ) -> Result<Response<pb::ExportEventsResponse>, Status> {
-        let caller = self.caller(&request, "ExportEvents").await?;
-        let request = request.into_inner();
-        let format = pb::ExportFormat::try_from(request.format)
-            .ok()
-            .filter(|f| *f != pb::ExportFormat::Unspecified)
-            .ok_or_else(|| Status::invalid_argument("format must be CSV or JSON"))?;
-        let (zone, _) = self.zone(caller.tenant_id, &request.time_zone).await?;
-        let mut query = Self::query(request.filter)?;
-        query.limit = 1000;
-        let mut entries = Vec::new();
-        loop {
-            let rows = store::list(&self.db, caller.tenant_id, &query)
-                .await
-                .map_err(internal)?;
-            let Some(last) = rows.last() else { break };
-            query.before_seq = Some(last.entry.seq);
-            entries.extend(rows.iter().map(|row| Self::entry(row, zone)));
-            if entries.len() > MAX_EXPORT {
+        let tenant = self.log_of(&request, "ExportEvents").await?;
+        let mut export = self.export(tenant, request.into_inner()).await?;
+        let mut data = Vec::new();
+        let mut entries = 0;
+        while let Some((chunk, n)) = export.next_chunk().await? {
+            data.extend(chunk);
+            entries += n;
+            if entries as usize > MAX_EXPORT {
                 return Err(Status::out_of_range(format!(
-                    "more than {MAX_EXPORT} entries: narrow the time range"
+                    "more than {MAX_EXPORT} entries: narrow the time range, or use ExportEventsStream"
                 )));
             }
         }
-        // Oldest first reads naturally in a file.
-        entries.reverse();
-        let (data, content_type) = match format {
-            pb::ExportFormat::Csv => (
-                render::csv(&entries).map_err(|e| {
-                    tracing::error!(error = %e, "csv");
-                    Status::internal("internal error")
-                })?,
-                "text/csv",
-            ),
-            _ => (render::json(&entries), "application/json"),
-        };
         Ok(Response::new(pb::ExportEventsResponse {
             data,
-            entries: entries.len() as u64,
-            content_type: content_type.into(),
+            entries,
+            content_type: export.content_type().into(),
         }))
+    }
+
+    type ExportEventsStreamStream =
+        tokio_stream::wrappers::ReceiverStream<Result<pb::ExportEventsChunk, Status>>;
+
+    async fn export_events_stream(
+        &self,
+        request: Request<pb::ExportEventsRequest>,
+    ) -> Result<Response<Self::ExportEventsStreamStream>, Status> {
+        let tenant = self.log_of(&request, "ExportEventsStream").await?;
+        let mut export = self.export(tenant, request.into_inner()).await?;
+        let (tx, rx) = tokio::sync::mpsc::channel(EXPORT_CHUNKS_AHEAD);
+        tokio::spawn(async move {
+            let content_type = export.content_type();
+            loop {
+                let chunk = match export.next_chunk().await {
+                    Ok(Some((data, entries))) => Ok(pb::ExportEventsChunk {
+                        data,
+                        entries,
+                        content_type: content_type.into(),
+                    }),
+                    Ok(None) => return,
+                    Err(status) => Err(status),
+                };
+                let failed = chunk.is_err();
+                // A client that went away ends the export.
+                if tx.send(chunk).await.is_err() || failed {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
+            rx,
+        )))
     }
 
     async fn set_time_zone(
@@ -402,7 +534,7 @@ impl NoticeService for Notices {
         &self,
         request: Request<pb::PublishNoticeRequest>,
     ) -> Result<Response<pb::Notice>, Status> {
-        self.operator.check(request.metadata())?;
+        self.operator.check(&request, "PublishNotice")?;
         let now = Utc::now();
         let draft =
             notice::validate(request.into_inner(), now).map_err(Status::invalid_argument)?;
@@ -455,7 +587,7 @@ impl NoticeService for Notices {
         request: Request<pb::ListNoticesRequest>,
     ) -> Result<Response<pb::ListNoticesResponse>, Status> {
         let (reader, zone) = if OperatorToken::presented(request.metadata()) {
-            self.operator.check(request.metadata())?;
+            self.operator.check(&request, "ListNotices")?;
             (notice::Reader::Operator, chrono_tz::UTC)
         } else {
             let caller = self

@@ -194,11 +194,16 @@ pub struct Query {
     pub meeting_id: Option<String>,
     /// Entries with a smaller seq than this (pagination, newest first).
     pub before_seq: Option<i64>,
+    /// Entries with a larger seq than this (an export's pages, oldest first).
+    pub after_seq: Option<i64>,
+    /// Oldest first (exports) instead of newest first (listings).
+    pub oldest_first: bool,
     pub limit: i64,
 }
 
-/// Entries matching `query`, newest first.
+/// Entries matching `query`, newest first unless `query.oldest_first`.
 pub async fn list(db: &Db, tenant: Uuid, query: &Query) -> Result<Vec<Stored>, sqlx::Error> {
+    let order = if query.oldest_first { "ASC" } else { "DESC" };
     let mut tx = db.tenant_tx(tenant).await?;
     let rows = sqlx::query(&format!(
         "SELECT {COLUMNS} FROM audit_log
@@ -208,7 +213,8 @@ pub async fn list(db: &Db, tenant: Uuid, query: &Query) -> Result<Vec<Stored>, s
            AND ($4::text IS NULL OR action = $4)
            AND ($5::text IS NULL OR target = 'meeting/' || $5 OR details->>'meeting' = $5)
            AND ($6::bigint IS NULL OR seq < $6)
-         ORDER BY seq DESC LIMIT $7"
+           AND ($8::bigint IS NULL OR seq > $8)
+         ORDER BY seq {order} LIMIT $7"
     ))
     .bind(query.from)
     .bind(query.to)
@@ -217,6 +223,7 @@ pub async fn list(db: &Db, tenant: Uuid, query: &Query) -> Result<Vec<Stored>, s
     .bind(&query.meeting_id)
     .bind(query.before_seq)
     .bind(query.limit)
+    .bind(query.after_seq)
     .fetch_all(&mut *tx)
     .await?;
     tx.commit().await?;

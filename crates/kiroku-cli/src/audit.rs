@@ -21,6 +21,17 @@ pub struct AuditUrl {
     pub audit: String,
 }
 
+/// Which log a listing, verification or export reads.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LogArgs {
+    #[command(flatten)]
+    pub url: AuditUrl,
+    /// The service operator's own log (refused operator calls), read with
+    /// KIROKU_OPERATOR_TOKEN on the audit service's internal address.
+    #[arg(long)]
+    pub operator: bool,
+}
+
 #[derive(Debug, Clone, clap::Args)]
 pub struct FilterArgs {
     /// From this time (RFC 3339, e.g. 2026-11-26T09:00:00+09:00).
@@ -48,7 +59,7 @@ pub enum AuditCommand {
     /// Newest first.
     List {
         #[command(flatten)]
-        url: AuditUrl,
+        log: LogArgs,
         #[command(flatten)]
         filter: FilterArgs,
         /// Entries to show.
@@ -56,11 +67,11 @@ pub enum AuditCommand {
         limit: u32,
     },
     /// Check the tenant's hash chain; exit 1 naming the first broken entry.
-    Verify(AuditUrl),
+    Verify(LogArgs),
     /// Write the log as CSV or JSON (stdout unless --out).
     Export {
         #[command(flatten)]
-        url: AuditUrl,
+        log: LogArgs,
         #[command(flatten)]
         filter: FilterArgs,
         #[arg(long, default_value = "csv")]
@@ -133,14 +144,19 @@ pub fn refused(status: tonic::Status) -> anyhow::Error {
 pub fn run(command: AuditCommand) -> Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
-        let url = match &command {
-            AuditCommand::List { url, .. }
-            | AuditCommand::Verify(url)
-            | AuditCommand::Export { url, .. }
-            | AuditCommand::TimeZone { url, .. }
-            | AuditCommand::Usage(UsageArgs { url, .. }) => url.audit.clone(),
+        let (url, operator) = match &command {
+            AuditCommand::List { log, .. }
+            | AuditCommand::Verify(log)
+            | AuditCommand::Export { log, .. } => (log.url.audit.clone(), log.operator),
+            AuditCommand::TimeZone { url, .. } | AuditCommand::Usage(UsageArgs { url, .. }) => {
+                (url.audit.clone(), false)
+            }
         };
-        let credential = credential().await?;
+        let credential = if operator {
+            crate::notice::operator_credential()?
+        } else {
+            credential().await?
+        };
         let mut client =
             AuditServiceClient::new(connect(&url).await?).max_decoding_message_size(256 << 20);
         let cred = &credential;
@@ -221,27 +237,42 @@ pub fn run(command: AuditCommand) -> Result<()> {
                         return Err(InputError(format!("format {other:?}: use csv or json")).into());
                     }
                 };
-                let export = client
-                    .export_events(authed(
-                        pb::ExportEventsRequest {
-                            filter: Some(filter.filter()?),
-                            format: format as i32,
-                            time_zone: filter.zone.clone().unwrap_or_default(),
-                        },
-                        cred,
-                    ))
-                    .await
-                    .map_err(refused)?
-                    .into_inner();
+                let request = authed(
+                    pb::ExportEventsRequest {
+                        filter: Some(filter.filter()?),
+                        format: format as i32,
+                        time_zone: filter.zone.clone().unwrap_or_default(),
+                    },
+                    cred,
+                );
                 match out {
                     Some(path) => {
-                        std::fs::write(&path, &export.data)
+                        // Written beside the target and renamed at the end: an export
+                        // that fails half-way leaves no truncated file behind.
+                        let part = path.with_extension("part");
+                        let mut file = std::io::BufWriter::new(
+                            std::fs::File::create(&part)
+                                .with_context(|| format!("creating {}", part.display()))?,
+                        );
+                        let result = stream_export(&mut client, request, &mut file, true).await;
+                        let entries = match result.and_then(|n| {
+                            use std::io::Write as _;
+                            file.flush()?;
+                            Ok(n)
+                        }) {
+                            Ok(n) => n,
+                            Err(error) => {
+                                let _ = std::fs::remove_file(&part);
+                                return Err(error);
+                            }
+                        };
+                        std::fs::rename(&part, &path)
                             .with_context(|| format!("writing {}", path.display()))?;
-                        eprintln!("{} entries written to {}", export.entries, path.display());
+                        eprintln!("{entries} entries written to {}", path.display());
                     }
                     None => {
-                        use std::io::Write as _;
-                        std::io::stdout().write_all(&export.data)?;
+                        let mut stdout = std::io::stdout().lock();
+                        stream_export(&mut client, request, &mut stdout, false).await?;
                     }
                 }
             }
@@ -332,17 +363,45 @@ pub async fn export_all(
     url: &str,
     credential: &(&'static str, tonic::metadata::AsciiMetadataValue),
 ) -> Result<pb::ExportEventsResponse> {
-    AuditServiceClient::new(connect(url).await?)
-        .max_decoding_message_size(256 << 20)
-        .export_events(authed(
-            pb::ExportEventsRequest {
-                filter: None,
-                format: pb::ExportFormat::Json as i32,
-                time_zone: String::new(),
-            },
-            credential,
-        ))
+    let mut client = AuditServiceClient::new(connect(url).await?);
+    let request = authed(
+        pb::ExportEventsRequest {
+            filter: None,
+            format: pb::ExportFormat::Json as i32,
+            time_zone: String::new(),
+        },
+        credential,
+    );
+    let mut data = Vec::new();
+    let entries = stream_export(&mut client, request, &mut data, false).await?;
+    Ok(pb::ExportEventsResponse {
+        data,
+        entries,
+        content_type: "application/json".into(),
+    })
+}
+
+/// Writes a streamed export (`ExportEventsStream`) into `sink` chunk by chunk; the
+/// number of entries. With `progress`, a count on stderr every 10,000 entries.
+async fn stream_export(
+    client: &mut AuditServiceClient<tonic::transport::Channel>,
+    request: tonic::Request<pb::ExportEventsRequest>,
+    sink: &mut impl std::io::Write,
+    progress: bool,
+) -> Result<u64> {
+    const PROGRESS_EVERY: u64 = 10_000;
+    let mut chunks = client
+        .export_events_stream(request)
         .await
-        .map(tonic::Response::into_inner)
-        .map_err(refused)
+        .map_err(refused)?
+        .into_inner();
+    let mut entries = 0;
+    while let Some(chunk) = chunks.message().await.map_err(refused)? {
+        sink.write_all(&chunk.data)?;
+        if progress && (entries + chunk.entries) / PROGRESS_EVERY > entries / PROGRESS_EVERY {
+            eprintln!("{} entries so far…", entries + chunk.entries);
+        }
+        entries += chunk.entries;
+    }
+    Ok(entries)
 }

@@ -1302,124 +1302,12 @@ fn failed_sign_ins_are_throttled_and_audited() {
     });
 }
 
-/// 100 ms of a quiet tone at 16 kHz mono.
-fn tone_frame(seq: u64) -> api::StreamTranscribeRequest {
-    let data = (0..1600)
-        .flat_map(|i| ((((seq * 1600 + i) as f32 * 0.05).sin() * 2000.0) as i16).to_le_bytes())
-        .collect();
-    api::StreamTranscribeRequest {
-        request: Some(api::stream_transcribe_request::Request::Audio(
-            api::AudioFrame { data, seq },
-        )),
-    }
-}
-
-fn stream_config(meeting: &str) -> api::StreamTranscribeRequest {
-    api::StreamTranscribeRequest {
-        request: Some(api::stream_transcribe_request::Request::Config(
-            api::StreamConfig {
-                audio_format: Some(api::AudioFormat {
-                    encoding: api::AudioEncoding::Linear16 as i32,
-                    sample_rate_hz: 16_000,
-                    channels: 1,
-                }),
-                meeting_id: meeting.into(),
-                ..Default::default()
-            },
-        )),
-    }
-}
-
-/// A live stream that sends a frame every 100 ms until dropped.
-struct LiveStream {
-    responses: tonic::Streaming<api::StreamTranscribeResponse>,
-    sender: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for LiveStream {
-    fn drop(&mut self) {
-        self.sender.abort();
-    }
-}
-
 async fn open_stream(
     gateway_url: &str,
     credential: &Credential,
     meeting: &str,
-) -> Result<LiveStream, tonic::Status> {
-    let mut gateway =
-        api::transcription_client::TranscriptionClient::connect(gateway_url.to_string())
-            .await
-            .expect("gateway");
-    let (tx, rx) = tokio::sync::mpsc::channel(16);
-    tx.send(stream_config(meeting)).await.expect("config");
-    let sender = tokio::spawn(async move {
-        for seq in 1.. {
-            if tx.send(tone_frame(seq)).await.is_err() {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    });
-    let request = credential.request(tokio_stream::wrappers::ReceiverStream::new(rx));
-    let mut responses = match gateway.stream_transcribe(request).await {
-        Ok(response) => response.into_inner(),
-        Err(status) => {
-            sender.abort();
-            return Err(status);
-        }
-    };
-    // The first answer is the session, or the refusal.
-    match tokio::time::timeout(Duration::from_secs(10), responses.message()).await {
-        Ok(Ok(Some(first))) => {
-            assert!(matches!(
-                first.response,
-                Some(api::stream_transcribe_response::Response::Session(_))
-            ));
-            Ok(LiveStream { responses, sender })
-        }
-        Ok(Ok(None)) => panic!("stream closed without a session"),
-        Ok(Err(status)) => {
-            sender.abort();
-            Err(status)
-        }
-        Err(_) => panic!("no session within 10 s"),
-    }
-}
-
-impl LiveStream {
-    /// Waits for the stream to end; its final status (Ok when closed normally).
-    async fn ended_within(&mut self, limit: Duration) -> Result<(), tonic::Status> {
-        let deadline = tokio::time::Instant::now() + limit;
-        loop {
-            match tokio::time::timeout_at(deadline, self.responses.message()).await {
-                Err(_) => panic!("the stream still runs after {limit:?}"),
-                Ok(Ok(Some(_))) => {}
-                Ok(Ok(None)) => return Ok(()),
-                Ok(Err(status)) => return Err(status),
-            }
-        }
-    }
-
-    /// Audio acks keep coming for `period`: the stream is alive.
-    async fn keeps_acking(&mut self, period: Duration) {
-        let until = tokio::time::Instant::now() + period;
-        let mut acks = 0;
-        while tokio::time::Instant::now() < until {
-            match tokio::time::timeout(Duration::from_secs(3), self.responses.message()).await {
-                Ok(Ok(Some(response))) => {
-                    if matches!(
-                        response.response,
-                        Some(api::stream_transcribe_response::Response::AudioAck(_))
-                    ) {
-                        acks += 1;
-                    }
-                }
-                other => panic!("the running stream stopped: {other:?}"),
-            }
-        }
-        assert!(acks > 0, "no audio acks");
-    }
+) -> Result<cluster::LiveStream, tonic::Status> {
+    cluster::open_stream(gateway_url, &|body| credential.request(body), meeting).await
 }
 
 /// control 9.2.1: disabling a user ends their live stream within seconds and their

@@ -67,6 +67,82 @@ async fn wait_for_entries(
     }
 }
 
+/// `ExportEventsStream` of a log longer than one page (1,000 entries): several chunks,
+/// the CSV header and the JSON brackets once, every entry once and oldest first, and the
+/// same bytes as the unary export.
+async fn check_streamed_export(client: &mut AuditServiceClient<Channel>, token: &str, total: u64) {
+    for format in [pb::ExportFormat::Json, pb::ExportFormat::Csv] {
+        let request = || {
+            authorized(
+                pb::ExportEventsRequest {
+                    format: format as i32,
+                    ..Default::default()
+                },
+                token,
+            )
+        };
+        let mut chunks = client
+            .export_events_stream(request())
+            .await
+            .expect("streamed export")
+            .into_inner();
+        let (mut data, mut entries, mut count) = (Vec::new(), 0, 0);
+        while let Some(chunk) = chunks.message().await.expect("chunk") {
+            data.extend(chunk.data);
+            entries += chunk.entries;
+            count += 1;
+        }
+        assert!(count >= 3, "{count} chunks for {total} entries");
+        assert_eq!(entries, total);
+        let seqs: Vec<u64> = if format == pb::ExportFormat::Json {
+            let rows: Vec<serde_json::Value> = serde_json::from_slice(&data).expect("json");
+            rows.iter().filter_map(|r| r["seq"].as_u64()).collect()
+        } else {
+            csv::Reader::from_reader(data.as_slice())
+                .records()
+                .map(|r| r.expect("row")[0].parse().expect("seq"))
+                .collect()
+        };
+        assert_eq!(
+            seqs,
+            (1..=total).collect::<Vec<_>>(),
+            "every entry once, oldest first"
+        );
+        let unary = client
+            .export_events(request())
+            .await
+            .expect("unary export")
+            .into_inner();
+        assert_eq!(unary.entries, total);
+        assert!(
+            unary.data == data,
+            "the streamed export differs from the unary one"
+        );
+    }
+    // Nothing matches: still a well-formed (empty) file.
+    let mut chunks = client
+        .export_events_stream(authorized(
+            pb::ExportEventsRequest {
+                format: pb::ExportFormat::Json as i32,
+                filter: Some(pb::Filter {
+                    action: "no.such.action".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            token,
+        ))
+        .await
+        .expect("empty export")
+        .into_inner();
+    let mut data = Vec::new();
+    while let Some(chunk) = chunks.message().await.expect("chunk") {
+        data.extend(chunk.data);
+    }
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&data).expect("empty json");
+    assert!(rows.is_empty());
+}
+
 /// control 12.4.1: thousands of events form an intact chain, stored once each (a
 /// re-published event id is not stored twice); the service role cannot change rows; an
 /// edited row and a deleted row are each reported at their position.
@@ -148,6 +224,7 @@ fn control_12_4_1_the_chain_holds_thousands_and_shows_tampering() {
                 .into_inner()
                 .entries;
             assert_eq!(duplicates.len(), 1);
+            check_streamed_export(&mut client, &token, expected).await;
             expected
         }
     });
@@ -1654,4 +1731,125 @@ fn the_gateway_forwards_account_audit_and_notice_apis_with_the_client_address() 
             "{refused:?}"
         );
     });
+}
+
+/// `body` with `token` as the operator token (none when empty).
+fn with_operator_token<T>(body: T, token: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(body);
+    if !token.is_empty() {
+        request.metadata_mut().insert(
+            kiroku_account::auth::OperatorToken::METADATA,
+            token.parse().expect("ascii"),
+        );
+    }
+    request
+}
+
+/// Refused operator calls go into the operator's own audit log (they belong to no
+/// tenant): each wrong or missing token while under the limit, then one
+/// `operator.throttled` a minute, never more. The operator reads the log with its token
+/// on the internal address; a tenant admin never sees it, and the public gateway drops
+/// an operator token instead of honouring it.
+#[test]
+fn refused_operator_calls_are_in_the_operators_audit_log() {
+    let cluster = Cluster::start(
+        1,
+        0,
+        Options {
+            storage: true,
+            ..options()
+        },
+    );
+    let token = cluster_owner_token(&cluster);
+    let (audit_url, storage_url, gateway_url) = (
+        cluster.audit_url(),
+        cluster.storage_url(),
+        cluster.gateway_url(0),
+    );
+    block_on({
+        let token = token.clone();
+        async move {
+            use kiroku_proto::storage::v1 as storage;
+            let wrong = "a-wrong-operator-token-that-is-long-enough";
+            let mut notices = pb::notice_service_client::NoticeServiceClient::connect(audit_url)
+                .await
+                .expect("notices");
+            for token in [wrong, ""] {
+                let request = with_operator_token(pb::PublishNoticeRequest::default(), token);
+                let refused = notices.publish_notice(request).await.expect_err("refused");
+                assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+            }
+            let mut keys = storage::storage_client::StorageClient::connect(storage_url)
+                .await
+                .expect("storage");
+            let limit = kiroku_account::auth::OperatorToken::MAX_FAILURES_PER_MINUTE;
+            for attempt in 1..=limit + 2 {
+                let request = with_operator_token(storage::RotateMasterKeyRequest {}, wrong);
+                let refused = keys.rotate_master_key(request).await.expect_err("refused");
+                let expected = if attempt <= limit {
+                    Code::Unauthenticated
+                } else {
+                    Code::ResourceExhausted
+                };
+                assert_eq!(refused.code(), expected, "attempt {attempt}: {refused:?}");
+            }
+            // Through the public gateway the operator token counts for nothing.
+            let mut audit = audit(&gateway_url).await;
+            let request =
+                with_operator_token(pb::ListEventsRequest::default(), cluster::OPERATOR_TOKEN);
+            let refused = audit.list_events(request).await.expect_err("no credential");
+            assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+            // A tenant admin's log holds none of it.
+            let own = audit
+                .list_events(authorized(
+                    pb::ListEventsRequest {
+                        page_size: 1000,
+                        ..Default::default()
+                    },
+                    &token,
+                ))
+                .await
+                .expect("tenant log")
+                .into_inner()
+                .entries;
+            assert!(
+                own.iter().all(|e| !e.action.starts_with("operator.")),
+                "{own:?}"
+            );
+        }
+    });
+
+    let operator_cli = |args: &[&str]| {
+        let output = cluster
+            .cli(args)
+            .env("KIROKU_AUDIT_URL", cluster.audit_url())
+            .env(
+                kiroku_account::auth::OperatorToken::ENV,
+                cluster::OPERATOR_TOKEN,
+            )
+            .output()
+            .expect("kiroku");
+        let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+        let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+        assert!(output.status.success(), "{args:?}: {stderr}");
+        stdout
+    };
+    let limit = kiroku_account::auth::OperatorToken::MAX_FAILURES_PER_MINUTE as usize;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let listed = loop {
+        let listed = operator_cli(&["admin", "audit", "list", "--operator"]);
+        if listed.lines().count() >= limit + 3 {
+            break listed;
+        }
+        assert!(Instant::now() < deadline, "operator log: {listed}");
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let count = |needle: &str| listed.lines().filter(|l| l.contains(needle)).count();
+    assert_eq!(count("operator.refused"), limit + 2, "{listed}");
+    assert_eq!(count("operator.throttled"), 1, "{listed}");
+    assert_eq!(count("method/PublishNotice"), 2, "{listed}");
+    assert_eq!(count("method/RotateMasterKey"), limit + 1, "{listed}");
+    assert_eq!(listed.lines().count(), limit + 3, "nothing else: {listed}");
+    let verified = operator_cli(&["admin", "audit", "verify", "--operator"]);
+    assert!(verified.contains("intact"), "{verified}");
 }

@@ -620,6 +620,68 @@ fn control_8_2_2_a_live_bookmark_from_the_stream_is_stored() {
     });
 }
 
+/// Erasure ends the tenant's streams that run at that moment: the client is told
+/// (`ABORTED`) and the worker closes the session without finalizing what it still held
+/// (its closing message says why), so nothing of it is stored after the erasure.
+#[test]
+fn an_erasure_ends_the_tenants_running_streams() {
+    let cluster = Cluster::start(1, 1, options());
+    cluster.enroll_owner_mfa_with_cli();
+    let token = cluster.access_token();
+    let (gateway, account_url, layout, slug) = (
+        cluster.gateway_url(0),
+        cluster.account_url(),
+        cluster.layout(),
+        cluster.tenant_slug.clone(),
+    );
+    block_on(async move {
+        use futures::StreamExt as _;
+        let tenant = cluster::tenant_of(&account_url, &token).await;
+        let nats = async_nats::connect(cluster::nats_url())
+            .await
+            .expect("nats");
+        let mut transcripts = nats
+            .subscribe(layout.transcript_subject(&tenant, ">"))
+            .await
+            .expect("subscribe");
+        let mut stream =
+            cluster::open_stream(&gateway, &|body| authorized(body, &token), "erased-live")
+                .await
+                .expect("stream");
+        // Long enough for a worker to take the session.
+        stream.keeps_acking(Duration::from_secs(3)).await;
+        storage(&gateway)
+            .await
+            .erase_tenant(authorized(
+                pb::EraseTenantRequest {
+                    confirm_tenant_slug: slug,
+                },
+                &token,
+            ))
+            .await
+            .expect("erase");
+        let status = stream
+            .ended_within(Duration::from_secs(15))
+            .await
+            .expect_err("the stream is ended");
+        assert_eq!(status.code(), Code::Aborted, "{status:?}");
+        assert!(status.message().contains("erased"), "{status:?}");
+        let closed = tokio::time::timeout(Duration::from_secs(15), async {
+            while let Some(message) = transcripts.next().await {
+                let result = TranscriptResult::decode(message.payload).expect("result");
+                if result.session_closed {
+                    return result;
+                }
+            }
+            panic!("subscription ended");
+        })
+        .await
+        .expect("the worker closed the session");
+        assert_eq!(closed.close_reason, kiroku_core::nats::CLOSED_ERASED);
+        assert!(closed.result.is_none(), "{closed:?}");
+    });
+}
+
 /// control CLD.8.1.5: the tenant's minutes leave as a bundle (JSON + WebVTT per meeting,
 /// labels, a SHA-256 manifest), and erasure destroys the data key first: a copy of the
 /// sealed rows taken before (a backup) and put back afterwards no longer decrypts.

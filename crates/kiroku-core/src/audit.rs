@@ -213,6 +213,11 @@ impl AuditEmitter {
 
 /// The one list of audited actions. Every emitted event uses one of these names; the
 /// audit service's tests check each appears exactly once when performed.
+/// The tenant id of the service operator's own audit log (the nil UUID, simple form):
+/// refused operator calls, which belong to no tenant. Read with
+/// `kiroku admin audit list --operator` (the operator token).
+pub const OPERATOR_LOG: &str = "00000000000000000000000000000000";
+
 pub mod actions {
     pub const TENANT_REGISTERED: &str = "tenant.registered";
     pub const LOGIN_SUCCEEDED: &str = "login.succeeded";
@@ -244,6 +249,10 @@ pub mod actions {
     pub const TENANT_EXPORTED: &str = "tenant.exported";
     pub const TENANT_IMPORTED: &str = "tenant.imported";
     pub const TENANT_ERASED: &str = "tenant.erased";
+    /// The operator's log ([`super::OPERATOR_LOG`]): a call with a wrong or missing
+    /// operator token, and the first call refused in a minute of throttling.
+    pub const OPERATOR_REFUSED: &str = "operator.refused";
+    pub const OPERATOR_THROTTLED: &str = "operator.throttled";
 
     pub const ALL: &[&str] = &[
         TENANT_REGISTERED,

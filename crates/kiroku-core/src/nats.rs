@@ -68,6 +68,10 @@ pub struct InvalidToken {
 /// The worker pool that takes every session no route sends elsewhere.
 pub const DEFAULT_POOL: &str = "default";
 
+/// `close_reason` of a session that ended because its tenant erased its minutes
+/// ([`Layout::erasure_subject`]); the gateway answers `ABORTED`.
+pub const CLOSED_ERASED: &str = "erased";
+
 /// Which worker pool takes a session, by the language the client asked for.
 ///
 /// Workers run one model each and belong to one pool (`kiroku serve worker --pool`);
@@ -266,6 +270,12 @@ impl Layout {
     /// tenant's) credentials were revoked, so their live streams end at once.
     pub fn revocation_subject(&self) -> String {
         format!("{}.account.revoked", self.root)
+    }
+
+    /// Core NATS: storage tells the workers that `tenant`'s minutes were erased, so
+    /// the sessions running at that moment end without keeping anything more.
+    pub fn erasure_subject(&self, tenant: &str) -> String {
+        format!("{}.tenant.erased.{tenant}", self.root)
     }
 
     /// `Nats-Msg-Id` of an audio frame: JetStream drops a re-published duplicate.

@@ -50,14 +50,23 @@ impl std::fmt::Debug for Gatekeeper {
 
 struct Watched {
     principal: Principal,
-    revoked_tx: tokio::sync::watch::Sender<bool>,
+    ended_tx: tokio::sync::watch::Sender<Option<Ended>>,
+}
+
+/// Why a live stream must end now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ended {
+    /// The caller's credentials were revoked.
+    Revoked,
+    /// The caller's tenant erased its minutes.
+    Erased,
 }
 
 /// A live stream's registration; dropping it unregisters.
 pub(crate) struct StreamWatch {
     gatekeeper: Arc<Gatekeeper>,
     id: u64,
-    pub revoked: tokio::sync::watch::Receiver<bool>,
+    pub ended: tokio::sync::watch::Receiver<Option<Ended>>,
 }
 
 impl Drop for StreamWatch {
@@ -70,12 +79,12 @@ impl Drop for StreamWatch {
 
 impl Gatekeeper {
     /// Connects to the account service (waiting up to `wait` for it to answer) and
-    /// starts following revocation broadcasts.
+    /// starts following revocation broadcasts and erasure notices.
     pub async fn start(
         account_url: &str,
         revocations: Revocations,
         nats: async_nats::Client,
-        revocation_subject: String,
+        layout: &kiroku_core::nats::Layout,
         wait: Duration,
     ) -> anyhow::Result<Arc<Self>> {
         use anyhow::Context as _;
@@ -86,9 +95,24 @@ impl Gatekeeper {
             next_id: AtomicU64::new(0),
         });
         let mut subscription = nats
-            .subscribe(revocation_subject)
+            .subscribe(layout.revocation_subject())
             .await
             .context("subscribing to revocations")?;
+        let mut erasures = nats
+            .subscribe(layout.erasure_subject("*"))
+            .await
+            .context("subscribing to erasure notices")?;
+        let weak = Arc::downgrade(&gatekeeper);
+        tokio::spawn(async move {
+            while let Some(message) = erasures.next().await {
+                let Some(gatekeeper) = weak.upgrade() else {
+                    return;
+                };
+                // The subject's last token is the tenant id (simple form).
+                let tenant = message.subject.rsplit('.').next().unwrap_or_default();
+                gatekeeper.end_tenant(tenant);
+            }
+        });
         let weak = Arc::downgrade(&gatekeeper);
         tokio::spawn(async move {
             while let Some(message) = subscription.next().await {
@@ -131,20 +155,33 @@ impl Gatekeeper {
     /// Registers a live stream so a revocation can end it.
     pub fn watch(self: &Arc<Self>, principal: &Principal) -> StreamWatch {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (revoked_tx, revoked) = tokio::sync::watch::channel(false);
+        let (ended_tx, ended) = tokio::sync::watch::channel(None);
         if let Ok(mut streams) = self.streams.lock() {
             streams.insert(
                 id,
                 Watched {
                     principal: principal.clone(),
-                    revoked_tx,
+                    ended_tx,
                 },
             );
         }
         StreamWatch {
             gatekeeper: self.clone(),
             id,
-            revoked,
+            ended,
+        }
+    }
+
+    /// The tenant erased its minutes: its live streams end.
+    fn end_tenant(&self, tenant: &str) {
+        let Ok(streams) = self.streams.lock() else {
+            return;
+        };
+        for watched in streams.values() {
+            if watched.principal.tenant_id.simple().to_string() == tenant {
+                info!(subject = %watched.principal.subject, "tenant erased: ending the stream");
+                let _ = watched.ended_tx.send(Some(Ended::Erased));
+            }
         }
     }
 
@@ -159,7 +196,7 @@ impl Gatekeeper {
                     || (event.session_id.is_some() && event.session_id == p.session));
             if hit {
                 info!(subject = %p.subject, "credentials revoked: ending the stream");
-                let _ = watched.revoked_tx.send(true);
+                let _ = watched.ended_tx.send(Some(Ended::Revoked));
             }
         }
     }

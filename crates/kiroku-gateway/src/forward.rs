@@ -94,6 +94,11 @@ impl tower::Service<http::Request<axum::body::Body>> for Forward {
             self.trusted.client_address(peer, forwarded)
         });
         parts.headers.remove(FORWARDED_FOR);
+        // Operator calls never come through the public port: the token is dropped, so
+        // a request carrying it is answered as the tenant call it otherwise is.
+        parts
+            .headers
+            .remove(kiroku_account::auth::OperatorToken::METADATA);
         if let Some(value) = client.and_then(|ip| http::HeaderValue::try_from(ip.to_string()).ok())
         {
             parts.headers.insert(FORWARDED_FOR, value);

@@ -30,6 +30,14 @@ use kiroku_proto::transcribe::v1::{
 use tokio::net::TcpListener;
 use tonic::{Request, Response, Status, Streaming};
 
+/// A stream or file whose tenant erased its minutes while it ran: nothing more of it
+/// is kept.
+pub(crate) fn erased() -> Status {
+    Status::aborted(
+        "the tenant's minutes were erased while this ran: nothing more of it is kept; start again",
+    )
+}
+
 pub use access::METHODS;
 pub use admission::{Quotas, Rate};
 pub use resample::{OUTPUT_RATE_HZ, SUPPORTED_RATES_HZ};
@@ -195,7 +203,7 @@ impl Gateway {
             &config.account_url,
             revocations,
             nats.clone(),
-            config.layout.revocation_subject(),
+            &config.layout,
             Duration::from_secs(30),
         )
         .await?;

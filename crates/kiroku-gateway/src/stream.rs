@@ -27,7 +27,7 @@ use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument as _, debug, info, warn};
 
-use crate::access::StreamWatch;
+use crate::access::{Ended, StreamWatch};
 use crate::admission::StreamLease;
 use crate::resample::{OUTPUT_RATE_HZ, SUPPORTED_RATES_HZ, StreamResampler};
 use crate::{Limits, ResponseStream, Shared};
@@ -367,7 +367,7 @@ struct Guard {
     principal: Principal,
     /// The tenant's concurrent-stream slot, renewed while the stream runs.
     lease: StreamLease,
-    /// Flips when the caller's credentials are revoked.
+    /// Says when the caller's credentials are revoked or its tenant erased.
     watch: StreamWatch,
 }
 
@@ -677,9 +677,13 @@ impl Session {
                         break Err(self.revoked(shared, &mut acks).await);
                     }
                 }
-                Ok(()) = guard.watch.revoked.changed() => {
-                    if *guard.watch.revoked.borrow() {
-                        break Err(self.revoked(shared, &mut acks).await);
+                Ok(()) = guard.watch.ended.changed() => {
+                    let ended = *guard.watch.ended.borrow();
+                    match ended {
+                        Some(Ended::Revoked) => break Err(self.revoked(shared, &mut acks).await),
+                        // Nothing is finalized: the worker drops what it held.
+                        Some(Ended::Erased) => break Err(crate::erased()),
+                        None => {}
                     }
                 }
             }
@@ -922,6 +926,9 @@ impl Session {
         if message.session_closed {
             if let Some(error) = message.close_reason.strip_prefix("invalid: ") {
                 return Err(Status::invalid_argument(error.to_string()));
+            }
+            if message.close_reason == kiroku_core::nats::CLOSED_ERASED {
+                return Err(crate::erased());
             }
             if let Some(error) = message.close_reason.strip_prefix("error: ") {
                 return Err(Status::internal(format!("the worker failed: {error}")));

@@ -354,6 +354,9 @@ async fn run_batch(
             if let Some(error) = result.close_reason.strip_prefix("invalid: ") {
                 break Err(Status::invalid_argument(error.to_string()));
             }
+            if result.close_reason == kiroku_core::nats::CLOSED_ERASED {
+                break Err(crate::erased());
+            }
             if let Some(error) = result.close_reason.strip_prefix("error: ") {
                 break Err(Status::internal(format!("the worker failed: {error}")));
             }

@@ -195,7 +195,10 @@ pub async fn serve(
         keys,
         checker,
         AuditEmitter::new(js.clone(), config.layout.clone()),
-        config.operator.clone(),
+        config
+            .operator
+            .clone()
+            .audited(AuditEmitter::new(js.clone(), config.layout.clone())),
         service::NatsParts {
             js,
             layout: config.layout.clone(),

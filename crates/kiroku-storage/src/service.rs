@@ -199,7 +199,9 @@ impl StorageService {
 
     /// Erasure, in the order that makes it final: the tenant goes into the erasure
     /// register (so a restored backup loses it again), its data key is destroyed, its
-    /// rows are deleted, and its audio and finals still in JetStream are purged.
+    /// rows are deleted, its audio and finals still in JetStream are purged, and the
+    /// workers are told, so the sessions still running end without keeping more (their
+    /// clients get `ABORTED`).
     async fn erase(&self, tenant: Uuid) -> Result<(store::Erased, u64), Status> {
         self.nats
             .erasures
@@ -255,6 +257,19 @@ impl StorageService {
                     )));
                 }
             }
+        }
+        // After the purge, so a session's closing message is not purged with the rest.
+        let notice = self.nats.layout.erasure_subject(&token);
+        if let Err(error) = self
+            .nats
+            .js
+            .client()
+            .publish(notice, Default::default())
+            .await
+        {
+            // The register holds the erasure; a missed notice leaves running sessions
+            // to end as usual, and what they store is newer than the erasure.
+            tracing::warn!(%error, "erasure notice not published: running sessions continue");
         }
         Ok((erased, purged))
     }
@@ -516,7 +531,7 @@ impl StorageApi for StorageService {
         &self,
         request: Request<pb::RotateMasterKeyRequest>,
     ) -> Result<Response<pb::RotateMasterKeyResponse>, Status> {
-        self.operator.check(request.metadata())?;
+        self.operator.check(&request, "RotateMasterKey")?;
         let (rewrapped, failed) = store::rewrap_keys(&self.db, self.keys.provider())
             .await
             .map_err(internal)?;

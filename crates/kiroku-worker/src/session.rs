@@ -298,6 +298,10 @@ impl Session {
             Ok(subscriber) => subscriber,
             Err(error) => return Outcome::Retry(format!("presence subscription: {error}")),
         };
+        let mut erased = match self.erasure_notices().await {
+            Ok(subscriber) => subscriber,
+            Err(outcome) => return outcome,
+        };
         let window = self.ctx.config.resume_window;
         let idle = tokio::time::sleep(window);
         tokio::pin!(idle);
@@ -401,6 +405,12 @@ impl Session {
                 Some(_) = presence.next() => {
                     idle.as_mut().reset(tokio::time::Instant::now() + window);
                 }
+                Some(_) = erased.next() => {
+                    if let Some(handle) = in_flight.take() {
+                        handle.abort();
+                    }
+                    return self.close_erased().await;
+                }
                 () = &mut idle, if closing.is_none() => {
                     info!(window_s = window.as_secs(), "no client within the resume window: closing");
                     live.flush();
@@ -449,8 +459,13 @@ impl Session {
         drain: &mut watch::Receiver<bool>,
     ) -> Outcome {
         let mut samples: Vec<f32> = Vec::new();
+        let mut erased = match self.erasure_notices().await {
+            Ok(subscriber) => subscriber,
+            Err(outcome) => return outcome,
+        };
         loop {
             tokio::select! {
+                Some(_) = erased.next() => return self.close_erased().await,
                 message = audio.next() => {
                     let Ok(frame) = self.take_frame(&message) else { continue };
                     let start = frame.offset_samples as usize;
@@ -763,6 +778,28 @@ impl Session {
             }
             Err(why) => Outcome::Retry(why),
         }
+    }
+
+    /// Notices that this session's tenant erased its minutes.
+    async fn erasure_notices(&self) -> Result<async_nats::Subscriber, Outcome> {
+        let subject = self.layout().erasure_subject(&self.job.tenant_id);
+        self.ctx
+            .nats
+            .subscribe(subject)
+            .await
+            .map_err(|error| Outcome::Retry(format!("erasure subscription: {error}")))
+    }
+
+    /// The tenant erased its minutes while this session ran: what it still holds (audio,
+    /// the text of unfinished utterances, its checkpoint) is dropped, nothing more is
+    /// published, and the client is told (`ABORTED` at the gateway).
+    async fn close_erased(&mut self) -> Outcome {
+        info!("the tenant's minutes were erased: the session ends without keeping more");
+        let outcome = self.close(kiroku_core::nats::CLOSED_ERASED).await;
+        if let Err(error) = self.ctx.checkpoints.purge(&self.job.session_id).await {
+            warn!(%error, "the erased session's checkpoint history was not purged");
+        }
+        outcome
     }
 
     async fn close_with_error(&mut self, error: String) -> Outcome {

@@ -935,3 +935,135 @@ pub async fn tenant_of(account_url: &str, token: &str) -> String {
         .simple()
         .to_string()
 }
+
+/// What a live stream sends: requests from a channel.
+pub type RequestStream =
+    tokio_stream::wrappers::ReceiverStream<kiroku_proto::transcribe::v1::StreamTranscribeRequest>;
+
+/// 100 ms of a quiet tone at 16 kHz mono.
+pub fn tone_frame(seq: u64) -> kiroku_proto::transcribe::v1::StreamTranscribeRequest {
+    let data = (0..1600)
+        .flat_map(|i| ((((seq * 1600 + i) as f32 * 0.05).sin() * 2000.0) as i16).to_le_bytes())
+        .collect();
+    kiroku_proto::transcribe::v1::StreamTranscribeRequest {
+        request: Some(
+            kiroku_proto::transcribe::v1::stream_transcribe_request::Request::Audio(
+                kiroku_proto::transcribe::v1::AudioFrame { data, seq },
+            ),
+        ),
+    }
+}
+
+pub fn stream_config(meeting: &str) -> kiroku_proto::transcribe::v1::StreamTranscribeRequest {
+    kiroku_proto::transcribe::v1::StreamTranscribeRequest {
+        request: Some(
+            kiroku_proto::transcribe::v1::stream_transcribe_request::Request::Config(
+                kiroku_proto::transcribe::v1::StreamConfig {
+                    audio_format: Some(kiroku_proto::transcribe::v1::AudioFormat {
+                        encoding: kiroku_proto::transcribe::v1::AudioEncoding::Linear16 as i32,
+                        sample_rate_hz: 16_000,
+                        channels: 1,
+                    }),
+                    meeting_id: meeting.into(),
+                    ..Default::default()
+                },
+            ),
+        ),
+    }
+}
+
+/// A live stream that sends a frame every 100 ms until dropped.
+pub struct LiveStream {
+    pub responses: tonic::Streaming<kiroku_proto::transcribe::v1::StreamTranscribeResponse>,
+    pub sender: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for LiveStream {
+    fn drop(&mut self) {
+        self.sender.abort();
+    }
+}
+
+pub async fn open_stream(
+    gateway_url: &str,
+    credential: &impl Fn(RequestStream) -> tonic::Request<RequestStream>,
+    meeting: &str,
+) -> Result<LiveStream, tonic::Status> {
+    let mut gateway =
+        kiroku_proto::transcribe::v1::transcription_client::TranscriptionClient::connect(
+            gateway_url.to_string(),
+        )
+        .await
+        .expect("gateway");
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    tx.send(stream_config(meeting)).await.expect("config");
+    let sender = tokio::spawn(async move {
+        for seq in 1.. {
+            if tx.send(tone_frame(seq)).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let request = credential(tokio_stream::wrappers::ReceiverStream::new(rx));
+    let mut responses = match gateway.stream_transcribe(request).await {
+        Ok(response) => response.into_inner(),
+        Err(status) => {
+            sender.abort();
+            return Err(status);
+        }
+    };
+    // The first answer is the session, or the refusal.
+    match tokio::time::timeout(Duration::from_secs(10), responses.message()).await {
+        Ok(Ok(Some(first))) => {
+            assert!(matches!(
+                first.response,
+                Some(
+                    kiroku_proto::transcribe::v1::stream_transcribe_response::Response::Session(_)
+                )
+            ));
+            Ok(LiveStream { responses, sender })
+        }
+        Ok(Ok(None)) => panic!("stream closed without a session"),
+        Ok(Err(status)) => {
+            sender.abort();
+            Err(status)
+        }
+        Err(_) => panic!("no session within 10 s"),
+    }
+}
+
+impl LiveStream {
+    /// Waits for the stream to end; its final status (Ok when closed normally).
+    pub async fn ended_within(&mut self, limit: Duration) -> Result<(), tonic::Status> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            match tokio::time::timeout_at(deadline, self.responses.message()).await {
+                Err(_) => panic!("the stream still runs after {limit:?}"),
+                Ok(Ok(Some(_))) => {}
+                Ok(Ok(None)) => return Ok(()),
+                Ok(Err(status)) => return Err(status),
+            }
+        }
+    }
+
+    /// Audio acks keep coming for `period`: the stream is alive.
+    pub async fn keeps_acking(&mut self, period: Duration) {
+        let until = tokio::time::Instant::now() + period;
+        let mut acks = 0;
+        while tokio::time::Instant::now() < until {
+            match tokio::time::timeout(Duration::from_secs(3), self.responses.message()).await {
+                Ok(Ok(Some(response))) => {
+                    if matches!(
+                        response.response,
+                        Some(kiroku_proto::transcribe::v1::stream_transcribe_response::Response::AudioAck(_))
+                    ) {
+                        acks += 1;
+                    }
+                }
+                other => panic!("the running stream stopped: {other:?}"),
+            }
+        }
+        assert!(acks > 0, "no audio acks");
+    }
+}
