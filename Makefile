@@ -14,7 +14,7 @@ KIROKU_RELEASE := $(CURDIR)/target/release/kiroku
 APT_PACKAGES := cmake espeak-ng open-jtalk open-jtalk-mecab-naist-jdic sox python3-venv nats-server redis-server postgresql libreoffice-writer-nogui
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help demo deps nats services model japanese-voice test lint fmt bench bench-stream bench-storage build pyenv fuzz
+.PHONY: help demo deps nats services model japanese-voice test lint rules-test fmt bench bench-stream bench-storage build pyenv fuzz
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -105,7 +105,21 @@ fuzz: ## property tests of every parser and validator with FUZZ_CASES (20000) ca
 # `cargo fetch` (crates.io answers where GitHub does not) puts them there first.
 ADVISORY_DB := $(or $(CARGO_HOME),$(HOME)/.cargo)/advisory-dbs/advisory-db-3157b0e258782691
 
-lint: deps ## rustfmt, clippy (deny warnings), cargo-deny (advisories, licences, sources), chart and image checks
+# The alert and recording rules (deploy/prometheus/rules.yaml, the chart's PrometheusRule)
+# checked and unit-tested by promtool: tests/prometheus/*.test.yaml feed each alert series
+# that must fire it and series that must not. promtool comes with Debian's `prometheus`
+# package (installed here when missing, without its recommended node exporter; the
+# package's service is not needed).
+PROMTOOL_APT_PACKAGE := prometheus
+rules-test: ## promtool: check the alert rules and run their unit tests (tests/prometheus)
+	@command -v promtool >/dev/null || dpkg -s $(PROMTOOL_APT_PACKAGE) >/dev/null 2>&1 || { \
+	  echo "installing: $(PROMTOOL_APT_PACKAGE) (promtool)"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $(PROMTOOL_APT_PACKAGE) >/dev/null; \
+	}
+	promtool check rules deploy/prometheus/rules.yaml
+	promtool test rules tests/prometheus/*.test.yaml
+
+lint: deps rules-test ## rustfmt, clippy (deny warnings), cargo-deny (advisories, licences, sources), alert rules, chart and image checks
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	@command -v cargo-deny >/dev/null || cargo install --locked cargo-deny@0.20.2

@@ -15,7 +15,9 @@
 # profile and every optional feature; values the schema or templates must refuse;
 # Kubernetes schema validation (strict, 1.30 and 1.37) with CRD kinds handled by name,
 # plus hardening, probe, PDB and NetworkPolicy rules; alerts, runbooks, dashboard, metric
-# names, OTel and NATS configs against each other and against the code.
+# names, OTel and NATS configs against each other and against the code. The alerts'
+# promtool unit tests (tests/prometheus) run in `make rules-test` (promtool is a Debian
+# package, not a PyPI one); yamllint covers their files here.
 set -uo pipefail
 
 cd "$(dirname "$0")/../.." || exit 1
@@ -122,7 +124,7 @@ generated_files() {
 
 yaml_style() {
     "$VENV/bin/yamllint" --strict -c tests/chart/yamllint.yaml \
-        "$CHART/Chart.yaml" "$CHART"/values*.yaml "$CHART/files" deploy tests/chart/*.yaml
+        "$CHART/Chart.yaml" "$CHART"/values*.yaml "$CHART/files" deploy tests/chart/*.yaml tests/prometheus
 }
 
 PROFILES=(default gpu-production all-features)

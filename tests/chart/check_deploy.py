@@ -5,9 +5,11 @@
 
 - deploy/prometheus/rules.yaml is byte-identical to helm/kiroku/files/prometheus-rules.yaml,
   and the rendered PrometheusRule carries exactly those groups;
-- every rule: a unique group, a parseable PromQL expression, `for`, severity warning or
+- every alert: a unique group, a parseable PromQL expression, `for`, severity warning or
   critical, summary, description, runbook_url ending in docs/runbooks/<alert>.md, and that
-  runbook exists (and no runbook without an alert);
+  runbook exists (and no runbook without an alert); every recording rule: a
+  level:kiroku_metric:operation name recorded once, a parseable expression, no `for`,
+  labels or annotations, and a use in some alert;
 - the Grafana dashboard: unique panel ids, a grid position each, the datasource
   variable on every query, parseable PromQL;
 - every metric used by dashboards, alerts and autoscalers is exported by Kiroku or a
@@ -51,7 +53,10 @@ def parse_promql(expr: str, where: str) -> None:
         fail(f"{where}: PromQL does not parse: {error}")
 
 
-def check_rules(rendered: Path) -> int:
+RECORD_NAME = re.compile(r"[a-z_]+:kiroku_[a-z0-9_]+:[a-z0-9_]+")
+
+
+def check_rules(rendered: Path) -> tuple[int, int]:
     if RULES_SOURCE.read_bytes() != RULES_COPY.read_bytes():
         fail(f"{RULES_COPY.relative_to(ROOT)} differs from {RULES_SOURCE.relative_to(ROOT)}: cp {RULES_SOURCE.relative_to(ROOT)} {RULES_COPY.relative_to(ROOT)}")
     source = yaml.safe_load(RULES_SOURCE.read_text())
@@ -60,9 +65,25 @@ def check_rules(rendered: Path) -> int:
     if len(groups) != len(set(groups)):
         fail("rules: duplicate group names")
     count = 0
+    records: dict[str, str] = {}
+    alert_exprs: list[str] = []
     for group in source["groups"]:
         for rule in group["rules"]:
+            if "record" in rule:
+                name = rule["record"]
+                where = f"rules {group['name']}/{name}"
+                if not RECORD_NAME.fullmatch(str(name)):
+                    fail(f"{where}: recording rules are named <labels>:kiroku_<metric>:<operation>")
+                if name in records:
+                    fail(f"{where}: recorded twice (also in {records[name]})")
+                records[name] = group["name"]
+                parse_promql(rule.get("expr", ""), where)
+                for key in ("for", "annotations", "labels", "alert"):
+                    if key in rule:
+                        fail(f"{where}: a recording rule has no `{key}`")
+                continue
             count += 1
+            alert_exprs.append(rule.get("expr", ""))
             name = rule.get("alert")
             where = f"rules {group['name']}/{name}"
             if not name or not re.fullmatch(r"Kiroku[A-Z][A-Za-z]+", name):
@@ -82,6 +103,14 @@ def check_rules(rendered: Path) -> int:
                 fail(f"{where}: runbook_url must point at docs/runbooks/{name}.md")
             if not (RUNBOOKS / f"{name}.md").is_file():
                 fail(f"{where}: docs/runbooks/{name}.md is missing")
+    used_by_alerts: set[str] = set()
+    for expr in alert_exprs:
+        try:
+            used_by_alerts |= used_metrics.promql_metric_names(expr)
+        except Exception:  # reported by parse_promql above
+            pass
+    for name in sorted(set(records) - used_by_alerts):
+        fail(f"rules {records[name]}/{name}: recorded but no alert uses it")
     for runbook in RUNBOOKS.glob("*.md"):
         if runbook.stem not in alerts and runbook.stem != "README":
             fail(f"docs/runbooks/{runbook.name}: no alert of that name")
@@ -92,7 +121,7 @@ def check_rules(rendered: Path) -> int:
         fail(f"{rendered.name}: expected one PrometheusRule, found {len(rendered_rules)}")
     elif rendered_rules[0]["spec"]["groups"] != source["groups"]:
         fail(f"{rendered.name}: the chart's PrometheusRule differs from {RULES_SOURCE.relative_to(ROOT)}")
-    return count
+    return count, len(records)
 
 
 def check_dashboard() -> int:
@@ -128,14 +157,19 @@ def check_dashboard() -> int:
 def check_metrics() -> str:
     uses = used_metrics.used()
     exported = used_metrics.exported_names()
+    recorded = used_metrics.recorded_names()
     for name, where in sorted(uses.items()):
-        if name not in exported and name not in used_metrics.EXTERNAL:
-            fail(f"metric {name} (used by {', '.join(sorted(set(where)))}) is not exported by Kiroku nor a listed external exporter")
+        if name not in exported and name not in recorded and name not in used_metrics.EXTERNAL:
+            fail(f"metric {name} (used by {', '.join(sorted(set(where)))}) is not exported by Kiroku, recorded by a rule, nor a listed external exporter")
     # The check must be able to fail: a made-up name is neither.
     if "kiroku_made_up_total" in exported:
         fail("used_metrics: registrations were not read correctly")
-    kiroku = sorted(n for n in uses if n.startswith("kiroku_"))
-    return f"{len(uses)} metric names ({len(kiroku)} Kiroku, {len(uses) - len(kiroku)} external)"
+    kiroku = sorted(n for n in uses if n.startswith("kiroku_") or n in used_metrics.PROCESS)
+    rules = sorted(n for n in uses if n in recorded)
+    return (
+        f"{len(uses)} metric names ({len(kiroku)} Kiroku, {len(rules)} recorded, "
+        f"{len(uses) - len(kiroku) - len(rules)} external)"
+    )
 
 
 def check_otel() -> None:
@@ -222,7 +256,7 @@ def main() -> int:
         print(__doc__)
         return 2
     values = yaml.safe_load((ROOT / "helm/kiroku/values.yaml").read_text())
-    rules = check_rules(Path(sys.argv[1]))
+    alerts, records = check_rules(Path(sys.argv[1]))
     panels = check_dashboard()
     metrics = check_metrics()
     check_otel()
@@ -230,7 +264,10 @@ def main() -> int:
     check_code_agreement(values)
     for line in problems:
         print(line)
-    print(f"deploy bundle: {rules} alert rules, {panels} dashboard panels, {metrics}; {len(problems)} problem(s)")
+    print(
+        f"deploy bundle: {alerts} alert rules, {records} recording rules, {panels} dashboard panels, "
+        f"{metrics}; {len(problems)} problem(s)"
+    )
     return 1 if problems else 0
 
 

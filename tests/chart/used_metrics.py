@@ -10,15 +10,20 @@ Sources read (PromQL parsed with PyPI `promql-parser`, not grepped):
 Kiroku's own names (kiroku_*) must be registered in the Rust sources: the registrations
 (`registry.register("name", ..., family)`) are read from crates/**/*.rs, and a counter
 `x` is exported as `x_total`, a histogram as `x_bucket`, `x_sum`, `x_count` (the
-prometheus-client crate's text format 0.0.4). Any other name must be listed in EXTERNAL
-with the exporter that provides it.
+prometheus-client crate's text format 0.0.4). The standard process metrics every Kiroku
+process serves are listed in PROCESS (registered or collected, either way they are on
+/metrics). Names the recording rules of deploy/prometheus/rules.yaml produce
+(`record:`) are known too. Any other name must be listed in EXTERNAL with the exporter
+that provides it.
 
 Usage:
   used_metrics.py              print every used name with its origin, one a line
-  used_metrics.py --kiroku     print only kiroku_* names (what a test scraping /metrics
-                               of a running cluster should find; a labelled family such
-                               as kiroku_errors_total appears after its first sample)
-  used_metrics.py --check      exit 1 unless every used name is exported or EXTERNAL
+  used_metrics.py --kiroku     print only the names a Kiroku process serves, kiroku_* and
+                               process_* (what a test scraping /metrics of a running
+                               cluster should find; a labelled family such as
+                               kiroku_errors_total appears after its first sample)
+  used_metrics.py --check      exit 1 unless every used name is exported, recorded or
+                               EXTERNAL
 """
 
 from __future__ import annotations
@@ -36,12 +41,17 @@ EXTERNAL = {
     # prometheus-nats-exporter -jsz=all: `nats_` with -prefix=nats (how the official NATS
     # chart's promExporter runs it), `jetstream_` without (collector/jsz.go upstream).
     "nats_consumer_num_pending": "prometheus-nats-exporter -jsz=all -prefix=nats (NATS chart promExporter)",
-    "nats_consumer_num_ack_pending": "prometheus-nats-exporter -jsz=all -prefix=nats (NATS chart promExporter)",
-    "nats_consumer_ack_floor_stream_seq": "prometheus-nats-exporter -jsz=all -prefix=nats (NATS chart promExporter)",
     "jetstream_consumer_num_pending": "prometheus-nats-exporter -jsz=all (no -prefix)",
-    "jetstream_consumer_num_ack_pending": "prometheus-nats-exporter -jsz=all (no -prefix)",
-    "jetstream_consumer_ack_floor_stream_seq": "prometheus-nats-exporter -jsz=all (no -prefix)",
     "certmanager_certificate_expiration_timestamp_seconds": "cert-manager controller",
+}
+
+# The standard process metrics (Prometheus client conventions) every Kiroku process
+# serves next to its kiroku_* families.
+PROCESS = {
+    "process_cpu_seconds_total": "Kiroku process metrics (user + system CPU seconds)",
+    "process_resident_memory_bytes": "Kiroku process metrics (resident memory)",
+    "process_open_fds": "Kiroku process metrics (open file descriptors)",
+    "process_start_time_seconds": "Kiroku process metrics (start time, Unix seconds)",
 }
 
 REGISTER = re.compile(r'\.register\(\s*"([a-z_:][a-z0-9_:]*)"\s*,\s*"[^"]*"\s*,\s*([a-z_]+)\.clone\(\)', re.S)
@@ -67,8 +77,9 @@ def registered_families(root: Path = ROOT) -> dict[str, str]:
 
 
 def exported_names(root: Path = ROOT) -> dict[str, str]:
-    """Sample names as /metrics shows them -> the family they belong to."""
-    names: dict[str, str] = {}
+    """Sample names as /metrics shows them -> the family they belong to (kiroku_* from
+    the registrations, and the PROCESS names unless registered)."""
+    names: dict[str, str] = {name: name for name in PROCESS}
     for family, kind in registered_families(root).items():
         if kind == "counter":
             names[f"{family}_total"] = family
@@ -127,16 +138,22 @@ def dashboard_exprs(root: Path = ROOT) -> list[tuple[str, str]]:
     return found
 
 
-def rule_exprs(root: Path = ROOT) -> list[tuple[str, str]]:
+RULES = "deploy/prometheus/rules.yaml"
+
+
+def _rules(root: Path) -> list[dict]:
     import yaml
 
-    found = []
-    path = root / "deploy/prometheus/rules.yaml"
-    for group in yaml.safe_load(path.read_text())["groups"]:
-        for rule in group["rules"]:
-            name = rule.get("alert") or rule.get("record")
-            found.append((f"{path.relative_to(root)}:{name}", rule["expr"]))
-    return found
+    return [rule for group in yaml.safe_load((root / RULES).read_text())["groups"] for rule in group["rules"]]
+
+
+def rule_exprs(root: Path = ROOT) -> list[tuple[str, str]]:
+    return [(f"{RULES}:{rule.get('alert') or rule.get('record')}", rule["expr"]) for rule in _rules(root)]
+
+
+def recorded_names(root: Path = ROOT) -> set[str]:
+    """Series the recording rules produce (level:metric:operation)."""
+    return {rule["record"] for rule in _rules(root) if "record" in rule}
 
 
 def autoscaler_exprs(root: Path = ROOT) -> list[tuple[str, str]]:
@@ -160,14 +177,17 @@ def used(root: Path = ROOT) -> dict[str, list[str]]:
 def main(argv: list[str]) -> int:
     uses = used()
     exported = exported_names()
+    recorded = recorded_names()
     if "--kiroku" in argv:
-        for name in sorted(n for n in uses if n.startswith("kiroku_")):
+        for name in sorted(n for n in uses if n.startswith("kiroku_") or n in PROCESS):
             print(name)
         return 0
     problems = []
     for name in sorted(uses):
         if name in exported:
             origin = f"kiroku ({exported[name]})"
+        elif name in recorded:
+            origin = f"recording rule ({RULES})"
         elif name in EXTERNAL:
             origin = f"external: {EXTERNAL[name]}"
         else:
@@ -181,6 +201,7 @@ def main(argv: list[str]) -> int:
         unused = sorted({f for f in exported.values()} - {exported[n] for n in uses if n in exported})
         print(
             f"metrics: {len(uses)} used ({sum(n in exported for n in uses)} Kiroku, "
+            f"{sum(n in recorded for n in uses)} recorded, "
             f"{sum(n in EXTERNAL for n in uses)} external), {len(problems)} unknown"
             + (f"; Kiroku families no dashboard or alert uses: {', '.join(unused)}" if unused else "")
         )

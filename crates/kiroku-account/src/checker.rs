@@ -7,6 +7,7 @@
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use kiroku_core::grpc_metrics::MeteredChannel;
 use kiroku_proto::account::v1 as account_pb;
 use kiroku_proto::account::v1::account_service_client::AccountServiceClient;
 use tonic::Status;
@@ -23,7 +24,7 @@ const API_KEY_CACHE: Duration = Duration::from_secs(60);
 pub struct Checker {
     verifier: RwLock<Verifier>,
     revocations: Revocations,
-    account: AccountServiceClient<Channel>,
+    account: AccountServiceClient<MeteredChannel>,
 }
 
 impl std::fmt::Debug for Checker {
@@ -44,7 +45,9 @@ pub fn forwarded(metadata: &MetadataMap) -> MetadataMap {
     out
 }
 
-async fn fetch_verifier(account: &mut AccountServiceClient<Channel>) -> Result<Verifier, Status> {
+async fn fetch_verifier(
+    account: &mut AccountServiceClient<MeteredChannel>,
+) -> Result<Verifier, Status> {
     let keys = account
         .get_signing_keys(account_pb::GetSigningKeysRequest {})
         .await?
@@ -61,6 +64,18 @@ async fn fetch_verifier(account: &mut AccountServiceClient<Channel>) -> Result<V
 }
 
 impl Checker {
+    /// `Ok` while the account service answers (readiness of the services that check
+    /// credentials through it).
+    pub async fn account_ready(&self) -> Result<(), String> {
+        let mut account = self.account.clone();
+        let call = account.get_signing_keys(account_pb::GetSigningKeysRequest {});
+        match tokio::time::timeout(Duration::from_secs(2), call).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(status)) => Err(format!("the account service answers {:?}", status.code())),
+            Err(_) => Err("the account service does not answer".into()),
+        }
+    }
+
     /// Connects to the account service at `account_url`, waiting up to `wait` for its
     /// signing keys, and keeps the keys fresh (key rotation) while the checker lives.
     /// The checker a service behind the gateway uses: revocations in `redis_url` under
@@ -90,7 +105,7 @@ impl Checker {
             .connect_timeout(Duration::from_secs(2))
             .timeout(Duration::from_secs(10))
             .connect_lazy();
-        let mut account = AccountServiceClient::new(channel);
+        let mut account = AccountServiceClient::new(kiroku_core::grpc_metrics::metered(channel));
         let deadline = tokio::time::Instant::now() + wait;
         let verifier = loop {
             match fetch_verifier(&mut account).await {
@@ -134,7 +149,7 @@ impl Checker {
     }
 
     /// The account service, for calls made on a caller's behalf.
-    pub fn account(&self) -> AccountServiceClient<Channel> {
+    pub fn account(&self) -> AccountServiceClient<MeteredChannel> {
         self.account.clone()
     }
 

@@ -60,10 +60,7 @@ impl From<AccountError> for Status {
                 tracing::warn!(%error, "redis unavailable; failing closed");
                 Status::unavailable("authentication temporarily unavailable; retry shortly")
             }
-            AccountError::Database(error) => {
-                tracing::error!(%error, "database error");
-                Status::internal("internal error")
-            }
+            AccountError::Database(error) => kiroku_core::status::database_error(&error),
             AccountError::Internal(message) => {
                 tracing::error!(%message, "internal error");
                 Status::internal("internal error")

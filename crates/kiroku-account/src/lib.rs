@@ -125,7 +125,7 @@ pub async fn serve(
         trusted_proxies: config.trusted_proxies.clone(),
     });
 
-    let ready = kiroku_core::admin::db_and_nats_readiness(db.clone(), nats.clone());
+    let ready = kiroku_core::admin::db_and_nats_readiness(db.clone(), nats.clone(), None);
     kiroku_core::admin::serve_grpc(
         <AccountServiceServer<Accounts> as tonic::server::NamedService>::NAME,
         tonic::service::Routes::new(AccountServiceServer::new(accounts)),

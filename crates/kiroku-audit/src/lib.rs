@@ -176,11 +176,11 @@ pub async fn serve(
     if !config.operator.is_configured() {
         warn!("KIROKU_OPERATOR_TOKEN is not set: notices cannot be published");
     }
-    let accounts = AccountServiceClient::new(
+    let accounts = AccountServiceClient::new(kiroku_core::grpc_metrics::metered(
         tonic::transport::Endpoint::from_shared(config.account_url.clone())
             .with_context(|| format!("account URL {}", config.account_url))?
             .connect_lazy(),
-    );
+    ));
     let operator = config
         .operator
         .clone()
@@ -194,7 +194,7 @@ pub async fn serve(
         wake,
     );
 
-    let ready = kiroku_core::admin::db_and_nats_readiness(db.clone(), nats);
+    let ready = kiroku_core::admin::db_and_nats_readiness(db.clone(), nats, Some(CONSUMER));
     kiroku_core::admin::serve_grpc(
         <AuditServiceServer<Audit> as tonic::server::NamedService>::NAME,
         tonic::service::Routes::new(AuditServiceServer::new(Audit::new(

@@ -134,8 +134,7 @@ impl std::fmt::Debug for Audit {
 }
 
 fn internal(error: sqlx::Error) -> Status {
-    tracing::error!(%error, "database error");
-    Status::internal("internal error")
+    kiroku_core::status::database_error(&error)
 }
 
 fn time(value: Option<prost_types::Timestamp>) -> Option<DateTime<Utc>> {
@@ -496,7 +495,7 @@ pub struct Notices {
     db: Db,
     checker: Arc<Checker>,
     operator: OperatorToken,
-    accounts: AccountServiceClient<tonic::transport::Channel>,
+    accounts: AccountServiceClient<kiroku_core::grpc_metrics::MeteredChannel>,
     audit: AuditEmitter,
     /// Wakes the mailer after a publish.
     wake: Arc<tokio::sync::Notify>,
@@ -513,7 +512,7 @@ impl Notices {
         db: Db,
         checker: Arc<Checker>,
         operator: OperatorToken,
-        accounts: AccountServiceClient<tonic::transport::Channel>,
+        accounts: AccountServiceClient<kiroku_core::grpc_metrics::MeteredChannel>,
         audit: AuditEmitter,
         wake: Arc<tokio::sync::Notify>,
     ) -> Self {

@@ -336,6 +336,14 @@ pub struct WorkerArgs {
 
 pub fn run(role: Role) -> Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let name = match &role {
+        Role::Gateway(_) => "gateway",
+        Role::Worker(_) => "worker",
+        Role::Account(_) => "account",
+        Role::Audit(_) => "audit",
+        Role::Storage(_) => "storage",
+    };
+    kiroku_core::metrics::metrics().started_as(name);
     runtime.block_on(async move {
         match role {
             Role::Gateway(args) => gateway(args).await,
@@ -502,7 +510,7 @@ async fn worker(args: WorkerArgs) -> Result<()> {
     }
     let admin = bind(&args.admin_listen, "admin").await?;
     println!("kiroku worker admin=http://{}", admin.local_addr()?);
-    let (ready_tx, ready_rx) = tokio::sync::watch::channel(false);
+    let (ready_tx, ready_rx) = tokio::sync::watch::channel(kiroku_core::admin::starting());
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(kiroku_core::admin::serve_admin(
         admin,

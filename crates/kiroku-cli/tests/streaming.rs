@@ -6,7 +6,7 @@
 mod cluster;
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use cluster::{Cluster, Options, StreamClient, check_finals_consistent, report_text};
 use kiroku_tests::speech::synthesize;
@@ -946,9 +946,33 @@ fn nats_restart_mid_stream_loses_nothing_acknowledged() {
     client.wait_for_finals(1, Duration::from_secs(60));
     nats.0.kill().expect("stop nats");
     let _ = nats.0.wait();
-    std::thread::sleep(Duration::from_secs(2));
+    // Readiness tells the truth: without NATS neither the worker nor the gateway is
+    // ready, and each says why; both are again once NATS is back.
+    let readyz = |admin: &str| cluster::http_get(admin, "/readyz").expect("/readyz");
+    let admins = [
+        cluster.workers[0].admin.clone(),
+        cluster.gateways[0].admin.clone(),
+    ];
+    let wait_readyz = |admin: &str, want: u16| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (status, body) = readyz(admin);
+            if status == want {
+                return body;
+            }
+            assert!(Instant::now() < deadline, "{admin}/readyz: {status} {body}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    for admin in &admins {
+        let body = wait_readyz(admin, 503);
+        assert!(body.contains("NATS disconnected"), "{admin}: {body}");
+    }
     nats = KillOnDrop(start_nats());
     wait_up();
+    for admin in &admins {
+        wait_readyz(admin, 200);
+    }
     let report = client.finish(Duration::from_secs(180));
     drop(nats);
     check_finals_consistent(&report);

@@ -3,7 +3,8 @@
 //!
 //! - `GET /healthz` — 200 `ok` while the process serves HTTP at all (liveness).
 //! - `GET /readyz` — 200 `ready` while the service says it is ready (dependencies
-//!   connected, model loaded, not draining), else 503 `not ready`.
+//!   connected, model loaded, not draining), else 503 `not ready: <reason>` naming the
+//!   dependency that is missing.
 //! - `GET /metrics` — 200, [`crate::metrics::render`] as Prometheus text 0.0.4.
 
 use std::future::Future;
@@ -16,12 +17,20 @@ use axum::routing::get;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+/// A service's readiness: `Ok`, or why not (`NATS disconnected`).
+pub type Readiness = Result<(), String>;
+
+/// Readiness before the first check.
+pub fn starting() -> Readiness {
+    Err("starting".into())
+}
+
 /// Serves the admin routes on `listener` until `shutdown` resolves; in-flight requests
 /// finish first. `ready` is the service's readiness: flip it to `false` at the start of a
 /// drain so load balancers stop sending new streams before the gRPC server stops.
 pub async fn serve_admin(
     listener: TcpListener,
-    ready: watch::Receiver<bool>,
+    ready: watch::Receiver<Readiness>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     axum::serve(listener, router(ready))
@@ -29,7 +38,7 @@ pub async fn serve_admin(
         .await
 }
 
-fn router(ready: watch::Receiver<bool>) -> Router {
+fn router(ready: watch::Receiver<Readiness>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
@@ -37,11 +46,10 @@ fn router(ready: watch::Receiver<bool>) -> Router {
         .with_state(ready)
 }
 
-async fn readyz(State(ready): State<watch::Receiver<bool>>) -> impl IntoResponse {
-    if *ready.borrow() {
-        (StatusCode::OK, "ready")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+async fn readyz(State(ready): State<watch::Receiver<Readiness>>) -> impl IntoResponse {
+    match &*ready.borrow() {
+        Ok(()) => (StatusCode::OK, "ready".to_string()),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}")),
     }
 }
 
@@ -53,15 +61,23 @@ async fn metrics() -> impl IntoResponse {
 }
 
 /// Readiness from a probe polled every 500 ms (dependencies connected, and so on).
-pub fn poll_readiness<F, Fut>(probe: F) -> watch::Receiver<bool>
+/// A change is logged: at WARN when the service stops being ready, with the reason.
+pub fn poll_readiness<F, Fut>(probe: F) -> watch::Receiver<Readiness>
 where
     F: Fn() -> Fut + Send + 'static,
-    Fut: Future<Output = bool> + Send,
+    Fut: Future<Output = Readiness> + Send,
 {
-    let (ready_tx, ready_rx) = watch::channel(false);
+    let (ready_tx, ready_rx) = watch::channel(starting());
     tokio::spawn(async move {
         loop {
-            if ready_tx.send(probe().await).is_err() {
+            let now = probe().await;
+            if now != *ready_tx.borrow() {
+                match &now {
+                    Ok(()) => tracing::info!("ready"),
+                    Err(why) => tracing::warn!(why, "not ready"),
+                }
+            }
+            if ready_tx.send(now).is_err() {
                 return;
             }
             tokio::time::sleep(std::time::Duration::from_millis(500)).await;
@@ -70,16 +86,37 @@ where
     ready_rx
 }
 
-/// Ready while PostgreSQL answers and NATS is connected (the account, audit and storage
-/// services' readiness).
-pub fn db_and_nats_readiness(db: crate::db::Db, nats: async_nats::Client) -> watch::Receiver<bool> {
+/// Ready while PostgreSQL answers, NATS is connected and `consumer` (the service's
+/// durable consumer, if it has one) is not stuck retrying a message: the account, audit
+/// and storage services' readiness.
+pub fn db_and_nats_readiness(
+    db: crate::db::Db,
+    nats: async_nats::Client,
+    consumer: Option<&'static str>,
+) -> watch::Receiver<Readiness> {
     poll_readiness(move || {
         let (db, nats) = (db.clone(), nats.clone());
         async move {
-            db.is_ready().await
-                && nats.connection_state() == async_nats::connection::State::Connected
+            db.record_pool_metrics();
+            nats_ready(&nats)?;
+            if !db.is_ready().await {
+                return Err("the database does not answer".into());
+            }
+            match consumer.and_then(crate::nats::consumer_stuck) {
+                Some(why) => Err(why),
+                None => Ok(()),
+            }
         }
     })
+}
+
+/// `Ok` while `nats` is connected.
+pub fn nats_ready(nats: &async_nats::Client) -> Readiness {
+    if nats.connection_state() == async_nats::connection::State::Connected {
+        Ok(())
+    } else {
+        Err("NATS disconnected".into())
+    }
 }
 
 /// Whether a gRPC port serves server reflection (the schema of every Kiroku API): on for
@@ -100,7 +137,7 @@ pub async fn serve_grpc(
     mut server: tonic::transport::Server,
     grpc: TcpListener,
     admin: TcpListener,
-    ready: watch::Receiver<bool>,
+    ready: watch::Receiver<Readiness>,
     reflection: Reflection,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
@@ -119,6 +156,10 @@ pub async fn serve_grpc(
                 .context("building the reflection service")?,
         );
     }
+    // Every call served is counted and timed (RED metrics).
+    let routes = tonic::service::Routes::from(routes.into_axum_router().layer(
+        crate::grpc_metrics::GrpcMetricsLayer::new(crate::grpc_metrics::Side::Server),
+    ));
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
@@ -173,7 +214,7 @@ mod tests {
             .await
             .expect("bind the admin port");
         let address = listener.local_addr().expect("admin address");
-        let (ready_tx, ready_rx) = watch::channel(false);
+        let (ready_tx, ready_rx) = watch::channel(starting());
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let server = tokio::spawn(serve_admin(listener, ready_rx, async move {
             let _ = stop_rx.await;
@@ -185,8 +226,10 @@ mod tests {
 
         let not_ready = get(address, "/readyz").await;
         assert!(not_ready.starts_with("HTTP/1.1 503"), "{not_ready}");
-        assert_eq!(body(&not_ready), "not ready");
-        ready_tx.send(true).expect("the server holds the receiver");
+        assert_eq!(body(&not_ready), "not ready: starting");
+        ready_tx
+            .send(Ok(()))
+            .expect("the server holds the receiver");
         let ready = get(address, "/readyz").await;
         assert!(ready.starts_with("HTTP/1.1 200"), "{ready}");
         assert_eq!(body(&ready), "ready");

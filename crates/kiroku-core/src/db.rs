@@ -179,7 +179,17 @@ impl Db {
 
     /// Whether PostgreSQL answers (readiness).
     pub async fn is_ready(&self) -> bool {
-        sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
+        let ready = sqlx::query("SELECT 1").execute(&self.pool).await.is_ok();
+        if !ready {
+            crate::metrics::metrics().db_errors.inc();
+        }
+        ready
+    }
+
+    /// Sets `kiroku_db_pool_connections` from the pool now.
+    pub fn record_pool_metrics(&self) {
+        let (size, idle) = (self.pool.size() as usize, self.pool.num_idle());
+        crate::metrics::metrics().db_pool(idle, size.saturating_sub(idle));
     }
 
     /// The pool without a tenant: tenant tables show nothing through it. For the

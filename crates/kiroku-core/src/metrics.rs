@@ -41,6 +41,20 @@ const DECODE_BUCKETS_S: [f64; 12] = [
     0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 7.5, 10.0,
 ];
 
+/// gRPC call durations, 1 ms to an hour: unary calls, then streams that run a meeting.
+const CALL_BUCKETS_S: [f64; 14] = [
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 60.0, 600.0, 3600.0,
+];
+
+/// Labels of the gRPC request counters: service, method, status code name.
+type CallLabels = [(&'static str, &'static str); 3];
+/// Labels of the gRPC duration histograms: service, method.
+type MethodLabels = [(&'static str, &'static str); 2];
+/// A histogram family with the call buckets.
+type CallHistograms = Family<MethodLabels, Histogram, fn() -> Histogram>;
+/// Label set of a family with one label, its value from a closed set.
+type OneLabel = [(&'static str, &'static str); 1];
+
 /// Label set of `kiroku_errors_total`: the gRPC status code name (`NotFound`, `Internal`…).
 type CodeLabel = [(&'static str, &'static str); 1];
 /// Label set of the durable-consumer families: the consumer's name (`audit`, `storage`).
@@ -85,6 +99,36 @@ pub struct Metrics {
     /// `kiroku_consumer_dead_letters_total{consumer}`: messages moved to the dead-letter
     /// stream (invalid, or still failing after the last delivery). Alerted on.
     consumer_dead_letters: Family<ConsumerLabel, Counter>,
+    /// `kiroku_consumer_{pending,ack_pending,redelivered}{consumer}`: a durable
+    /// consumer's messages not yet delivered, delivered but not acknowledged, and
+    /// redelivered and still unacknowledged (from NATS, every few seconds).
+    consumer_pending: Family<ConsumerLabel, Gauge>,
+    consumer_ack_pending: Family<ConsumerLabel, Gauge>,
+    consumer_redelivered: Family<ConsumerLabel, Gauge>,
+    /// `kiroku_grpc_server_requests_total{service,method,code}` and
+    /// `kiroku_grpc_server_request_duration_seconds{service,method}`: every call served
+    /// ([`crate::grpc_metrics`]).
+    grpc_server_requests: Family<CallLabels, Counter>,
+    grpc_server_duration: CallHistograms,
+    /// The same for calls this process makes to another service.
+    grpc_client_requests: Family<CallLabels, Counter>,
+    grpc_client_duration: CallHistograms,
+    /// `kiroku_streams_started_total`: live streams and files accepted by the gateway.
+    pub streams_started: Counter,
+    /// `kiroku_streams_refused_total{reason}`: streams refused before they began
+    /// (`unauthenticated`, `quota`, `consent`, `invalid`, `unavailable`).
+    streams_refused: Family<OneLabel, Counter>,
+    /// `kiroku_streams_ended_total{code}`: streams that ended, by final status (`Ok`
+    /// for a clean end).
+    streams_ended: Family<OneLabel, Counter>,
+    /// `kiroku_nats_connected`: 1 while this process's NATS connection is up.
+    pub nats_connected: Gauge,
+    /// `kiroku_db_pool_connections{state}`: database connections idle and in use.
+    db_pool_connections: Family<OneLabel, Gauge>,
+    /// `kiroku_db_errors_total`: database operations that failed.
+    pub db_errors: Counter,
+    /// `kiroku_build_info{version,role}`: 1, labelled with what runs.
+    build_info: Family<[(&'static str, &'static str); 2], Gauge>,
 }
 
 /// The process's metrics, created on first use.
@@ -180,6 +224,97 @@ impl Metrics {
             "Messages a durable consumer moved to the dead-letter stream",
             consumer_dead_letters.clone(),
         );
+        let consumer_pending = Family::<ConsumerLabel, Gauge>::default();
+        registry.register(
+            "kiroku_consumer_pending",
+            "Messages a durable consumer has not been delivered yet",
+            consumer_pending.clone(),
+        );
+        let consumer_ack_pending = Family::<ConsumerLabel, Gauge>::default();
+        registry.register(
+            "kiroku_consumer_ack_pending",
+            "Messages a durable consumer was delivered and has not acknowledged",
+            consumer_ack_pending.clone(),
+        );
+        let consumer_redelivered = Family::<ConsumerLabel, Gauge>::default();
+        registry.register(
+            "kiroku_consumer_redelivered",
+            "Messages delivered more than once and not acknowledged yet",
+            consumer_redelivered.clone(),
+        );
+        let grpc_server_requests = Family::<CallLabels, Counter>::default();
+        registry.register(
+            "kiroku_grpc_server_requests",
+            "gRPC calls served, by service, method and status code",
+            grpc_server_requests.clone(),
+        );
+        let grpc_server_duration =
+            Family::<MethodLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                call_histogram,
+            );
+        registry.register(
+            "kiroku_grpc_server_request_duration_seconds",
+            "Seconds from a served call's start to its status (a stream's whole life)",
+            grpc_server_duration.clone(),
+        );
+        let grpc_client_requests = Family::<CallLabels, Counter>::default();
+        registry.register(
+            "kiroku_grpc_client_requests",
+            "gRPC calls made to other services, by service, method and status code",
+            grpc_client_requests.clone(),
+        );
+        let grpc_client_duration =
+            Family::<MethodLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                call_histogram,
+            );
+        registry.register(
+            "kiroku_grpc_client_request_duration_seconds",
+            "Seconds from an outgoing call's start to its status",
+            grpc_client_duration.clone(),
+        );
+        let streams_started = Counter::default();
+        registry.register(
+            "kiroku_streams_started",
+            "Streams and files accepted",
+            streams_started.clone(),
+        );
+        let streams_refused = Family::<OneLabel, Counter>::default();
+        registry.register(
+            "kiroku_streams_refused",
+            "Streams refused before they began, by reason",
+            streams_refused.clone(),
+        );
+        let streams_ended = Family::<OneLabel, Counter>::default();
+        registry.register(
+            "kiroku_streams_ended",
+            "Streams that ended, by final status code",
+            streams_ended.clone(),
+        );
+        let nats_connected = Gauge::default();
+        registry.register(
+            "kiroku_nats_connected",
+            "1 while the NATS connection is up",
+            nats_connected.clone(),
+        );
+        let db_pool_connections = Family::<OneLabel, Gauge>::default();
+        registry.register(
+            "kiroku_db_pool_connections",
+            "Database connections of the pool, idle and in use",
+            db_pool_connections.clone(),
+        );
+        let db_errors = Counter::default();
+        registry.register(
+            "kiroku_db_errors",
+            "Database operations that failed",
+            db_errors.clone(),
+        );
+        let build_info = Family::<[(&'static str, &'static str); 2], Gauge>::default();
+        registry.register(
+            "kiroku_build_info",
+            "1, labelled with the version and role that run",
+            build_info.clone(),
+        );
+        registry.register_collector(Box::new(crate::process::ProcessCollector));
         Self {
             registry,
             active_streams,
@@ -194,7 +329,99 @@ impl Metrics {
             errors,
             consumer_retries,
             consumer_dead_letters,
+            consumer_pending,
+            consumer_ack_pending,
+            consumer_redelivered,
+            grpc_server_requests,
+            grpc_server_duration,
+            grpc_client_requests,
+            grpc_client_duration,
+            streams_started,
+            streams_refused,
+            streams_ended,
+            nats_connected,
+            db_pool_connections,
+            db_errors,
+            build_info,
         }
+    }
+
+    /// Records one gRPC call ([`crate::grpc_metrics`]).
+    pub fn grpc_call(
+        &self,
+        side: crate::grpc_metrics::Side,
+        service: &'static str,
+        method: &'static str,
+        code: tonic::Code,
+        seconds: f64,
+    ) {
+        let (requests, duration) = match side {
+            crate::grpc_metrics::Side::Server => {
+                (&self.grpc_server_requests, &self.grpc_server_duration)
+            }
+            crate::grpc_metrics::Side::Client => {
+                (&self.grpc_client_requests, &self.grpc_client_duration)
+            }
+        };
+        requests
+            .get_or_create(&[
+                ("service", service),
+                ("method", method),
+                ("code", code_name(code)),
+            ])
+            .inc();
+        duration
+            .get_or_create(&[("service", service), ("method", method)])
+            .observe(seconds);
+    }
+
+    /// Counts a stream refused before it began; `reason` from a closed set.
+    pub fn stream_refused(&self, reason: &'static str) {
+        self.streams_refused
+            .get_or_create(&[("reason", reason)])
+            .inc();
+    }
+
+    /// Counts a stream that ended with `code` (`Ok` for a clean end).
+    pub fn stream_ended(&self, code: tonic::Code) {
+        self.streams_ended
+            .get_or_create(&[("code", code_name(code))])
+            .inc();
+    }
+
+    /// A durable consumer's state as NATS reports it.
+    pub fn consumer_state(
+        &self,
+        consumer: &'static str,
+        pending: u64,
+        ack_pending: u64,
+        redelivered: u64,
+    ) {
+        let label = [("consumer", consumer)];
+        let set = |family: &Family<ConsumerLabel, Gauge>, value: u64| {
+            family
+                .get_or_create(&label)
+                .set(i64::try_from(value).unwrap_or(i64::MAX));
+        };
+        set(&self.consumer_pending, pending);
+        set(&self.consumer_ack_pending, ack_pending);
+        set(&self.consumer_redelivered, redelivered);
+    }
+
+    /// The database pool's connections.
+    pub fn db_pool(&self, idle: usize, used: usize) {
+        for (state, n) in [("idle", idle), ("used", used)] {
+            self.db_pool_connections
+                .get_or_create(&[("state", state)])
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// Labels this process's build info with its `role` (once, at start).
+    pub fn started_as(&self, role: &'static str) {
+        self.build_info
+            .get_or_create(&[("version", env!("CARGO_PKG_VERSION")), ("role", role)])
+            .set(1);
     }
 
     /// Shows `consumer`'s retry and dead-letter series at zero from its start (alerts on
@@ -245,6 +472,10 @@ impl Metrics {
                 .observe(decode_seconds / audio_seconds);
         }
     }
+}
+
+fn call_histogram() -> Histogram {
+    Histogram::new(CALL_BUCKETS_S)
 }
 
 /// One stream counted in `kiroku_active_streams`; dropping it uncounts the stream.

@@ -424,6 +424,57 @@ pub async fn connect_and_ensure(
     Ok((nats, js))
 }
 
+/// How often a durable consumer's state is read from NATS into its gauges.
+const CONSUMER_STATE_EVERY: Duration = Duration::from_secs(5);
+
+/// How long a durable consumer may keep retrying one message before its service says
+/// it is not ready.
+const STUCK_AFTER: Duration = Duration::from_secs(60);
+
+/// Since when each durable consumer of this process has been retrying its current
+/// message (absent: making progress).
+fn retrying_since()
+-> &'static std::sync::Mutex<std::collections::HashMap<&'static str, std::time::Instant>> {
+    static SINCE: std::sync::OnceLock<
+        std::sync::Mutex<std::collections::HashMap<&'static str, std::time::Instant>>,
+    > = std::sync::OnceLock::new();
+    SINCE.get_or_init(Default::default)
+}
+
+fn progress(consumer: &'static str, retrying: bool) {
+    if let Ok(mut since) = retrying_since().lock() {
+        if retrying {
+            since
+                .entry(consumer)
+                .or_insert_with(std::time::Instant::now);
+        } else {
+            since.remove(consumer);
+        }
+    }
+}
+
+/// Why `consumer` counts as stuck: it has retried its current message for more than a
+/// minute (the database refuses it, or is down). `None` while it makes progress.
+pub fn consumer_stuck(consumer: &'static str) -> Option<String> {
+    let since = *retrying_since().lock().ok()?.get(consumer)?;
+    let stuck = since.elapsed();
+    (stuck > STUCK_AFTER).then(|| {
+        format!(
+            "the {consumer} consumer has retried one message for {} s",
+            stuck.as_secs()
+        )
+    })
+}
+
+/// Aborts its task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// What a durable consumer's handler made of one message.
 #[derive(Debug)]
 pub enum Handled {
@@ -545,6 +596,23 @@ where
             },
         )
         .await?;
+    // The consumer's state as NATS sees it, for the lag and stuck-redelivery alerts;
+    // stops with this function.
+    let watched = consumer.clone();
+    let _watch = AbortOnDrop(tokio::spawn(async move {
+        loop {
+            match watched.get_info().await {
+                Ok(info) => crate::metrics::metrics().consumer_state(
+                    name,
+                    info.num_pending,
+                    info.num_ack_pending as u64,
+                    info.num_redelivered as u64,
+                ),
+                Err(error) => tracing::debug!(%error, consumer = name, "consumer info"),
+            }
+            tokio::time::sleep(CONSUMER_STATE_EVERY).await;
+        }
+    }));
     loop {
         let mut messages = match consumer.messages().await {
             Ok(messages) => messages,
@@ -563,7 +631,9 @@ where
                 }
             };
             let delivered = message.info().map_or(1, |info| info.delivered);
-            let given_up = match handle(message.payload.clone()).await {
+            let outcome = handle(message.payload.clone()).await;
+            progress(name, matches!(outcome, Handled::Retry(_)));
+            let given_up = match outcome {
                 Handled::Done => {
                     if let Err(error) = message.ack().await {
                         tracing::warn!(%error, consumer = name, "ack failed; the message will be redelivered and skipped");
@@ -634,13 +704,40 @@ pub fn server_addrs(url: &str) -> Result<Vec<async_nats::ServerAddr>, NatsError>
 /// start-up fails clearly when nothing listens. `url` may list several servers of one
 /// cluster, comma-separated.
 pub async fn connect(url: &str, name: &str) -> Result<async_nats::Client, NatsError> {
-    async_nats::ConnectOptions::new()
+    let client = name.to_string();
+    let connected = async_nats::ConnectOptions::new()
         .name(name)
+        // A lost connection is a dependency outage: WARN, and `kiroku_nats_connected`.
+        .event_callback(move |event| {
+            let client = client.clone();
+            async move {
+                use async_nats::Event;
+                match event {
+                    Event::Connected => {
+                        crate::metrics::metrics().nats_connected.set(1);
+                        tracing::info!(client, "NATS connected");
+                    }
+                    Event::Disconnected => {
+                        crate::metrics::metrics().nats_connected.set(0);
+                        tracing::warn!(client, "NATS disconnected: reconnecting");
+                    }
+                    Event::ServerError(error) => {
+                        tracing::warn!(client, %error, "NATS server error");
+                    }
+                    Event::ClientError(error) => {
+                        tracing::warn!(client, %error, "NATS client error");
+                    }
+                    other => tracing::debug!(client, event = %other, "NATS event"),
+                }
+            }
+        })
         .connection_timeout(Duration::from_secs(5))
         .max_reconnects(None)
         .connect(server_addrs(url)?)
         .await
-        .map_err(|e| NatsError(e.to_string()))
+        .map_err(|e| NatsError(e.to_string()))?;
+    crate::metrics::metrics().nats_connected.set(1);
+    Ok(connected)
 }
 
 /// How long one publish waits for JetStream's ack before it is retried.

@@ -7,6 +7,15 @@ use tonic_types::{ErrorDetails, StatusExt as _};
 
 /// `RESOURCE_EXHAUSTED` with a `google.rpc.RetryInfo` detail, so clients know when to
 /// try again (`kiroku` prints it; gRPC libraries expose it as structured detail).
+/// A failed database operation as the caller sees it: logged with its cause, counted in
+/// `kiroku_db_errors_total`, answered `INTERNAL` without details. Every service maps
+/// database errors through this.
+pub fn database_error(error: &dyn std::fmt::Display) -> tonic::Status {
+    tracing::error!(%error, "database error");
+    crate::metrics::metrics().db_errors.inc();
+    tonic::Status::internal("internal error")
+}
+
 pub fn resource_exhausted(message: impl Into<String>, retry_after: Duration) -> Status {
     let retry_after = retry_after.max(Duration::from_secs(1));
     let message = format!(

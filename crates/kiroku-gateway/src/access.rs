@@ -138,6 +138,11 @@ impl Gatekeeper {
         self.checker.admit(metadata, rule).await
     }
 
+    /// See [`Checker::account_ready`].
+    pub async fn account_ready(&self) -> Result<(), String> {
+        self.checker.account_ready().await
+    }
+
     /// See [`Checker::check_consent`].
     pub async fn check_consent(
         &self,

@@ -102,6 +102,20 @@ pub(crate) struct Admission {
     local: Mutex<Local>,
 }
 
+impl Admission {
+    /// `Ok` while Redis answers (quotas and revocations live there).
+    pub async fn redis_ready(&self) -> Result<(), String> {
+        let mut redis = self.redis.clone();
+        let command = redis::cmd("PING");
+        let ping = command.query_async::<String>(&mut redis);
+        match tokio::time::timeout(std::time::Duration::from_secs(2), ping).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(error)) => Err(format!("Redis fails: {error}")),
+            Err(_) => Err("Redis does not answer".into()),
+        }
+    }
+}
+
 impl std::fmt::Debug for Admission {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Admission")

@@ -16,7 +16,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use kiroku_account::proxy::TrustedProxies;
-use tonic::transport::Channel;
+use kiroku_core::grpc_metrics::MeteredChannel as Channel;
 use tonic::transport::server::TcpConnectInfo;
 use tower::ServiceExt as _;
 

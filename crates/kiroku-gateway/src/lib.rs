@@ -30,6 +30,25 @@ use kiroku_proto::transcribe::v1::{
 use tokio::net::TcpListener;
 use tonic::{Request, Response, Status, Streaming};
 
+/// Counts and logs a stream or file refused before it began, by reason (never the
+/// credential: status messages do not carry it).
+pub(crate) fn stream_refused(status: &Status) {
+    use tonic::Code;
+    let reason = match status.code() {
+        Code::Unauthenticated => "unauthenticated",
+        Code::PermissionDenied => "permission",
+        Code::ResourceExhausted => "quota",
+        Code::FailedPrecondition => "consent",
+        Code::InvalidArgument | Code::OutOfRange => "invalid",
+        Code::DeadlineExceeded => "timeout",
+        Code::Unavailable => "unavailable",
+        Code::Cancelled => "cancelled",
+        _ => "other",
+    };
+    kiroku_core::metrics::metrics().stream_refused(reason);
+    tracing::info!(reason, code = ?status.code(), message = status.message(), "stream refused");
+}
+
 /// A stream or file whose tenant erased its minutes while it ran: nothing more of it
 /// is kept.
 pub(crate) fn erased() -> Status {
@@ -172,8 +191,11 @@ struct Shared {
     admission: Arc<admission::Admission>,
     audit: kiroku_core::audit::AuditEmitter,
     /// Where live bookmarks are stored (the caller's own credentials go along).
-    storage:
-        Option<kiroku_proto::storage::v1::storage_client::StorageClient<tonic::transport::Channel>>,
+    storage: Option<
+        kiroku_proto::storage::v1::storage_client::StorageClient<
+            kiroku_core::grpc_metrics::MeteredChannel,
+        >,
+    >,
     /// Room for decoding files at once ([`unary::DECODE_BUDGET_BYTES`]), in MiB.
     decode_budget: tokio::sync::Semaphore,
 }
@@ -212,10 +234,12 @@ impl Gateway {
         let storage = match &config.storage_url {
             Some(url) => Some(
                 kiroku_proto::storage::v1::storage_client::StorageClient::new(
-                    tonic::transport::Endpoint::from_shared(url.clone())
-                        .with_context(|| format!("storage URL {url:?}"))?
-                        .connect_timeout(Duration::from_secs(3))
-                        .connect_lazy(),
+                    kiroku_core::grpc_metrics::metered(
+                        tonic::transport::Endpoint::from_shared(url.clone())
+                            .with_context(|| format!("storage URL {url:?}"))?
+                            .connect_timeout(Duration::from_secs(3))
+                            .connect_lazy(),
+                    ),
                 ),
             ),
             None => None,
@@ -236,8 +260,12 @@ impl Gateway {
         })
     }
 
-    pub fn is_ready(&self) -> bool {
-        self.inner.nats.connection_state() == async_nats::connection::State::Connected
+    /// `Ok` while every dependency of a stream answers: NATS, Redis (quotas,
+    /// revocations) and the account service (credentials, consent).
+    pub async fn readiness(&self) -> kiroku_core::admin::Readiness {
+        kiroku_core::admin::nats_ready(&self.inner.nats)?;
+        self.inner.admission.redis_ready().await?;
+        self.inner.gatekeeper.account_ready().await
     }
 }
 
@@ -256,7 +284,10 @@ impl Transcription for Gateway {
         // stream's loop where they happen.
         stream::start(self.inner.clone(), request)
             .await
-            .inspect_err(|status| kiroku_core::metrics::metrics().error(status.code()))
+            .inspect_err(|status| {
+                kiroku_core::metrics::metrics().error(status.code());
+                stream_refused(status);
+            })
     }
 
     async fn transcribe(
@@ -311,12 +342,14 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let mut forwards = Vec::new();
-    let channel = |url: &str| -> anyhow::Result<tonic::transport::Channel> {
+    let channel = |url: &str| -> anyhow::Result<kiroku_core::grpc_metrics::MeteredChannel> {
         use anyhow::Context as _;
-        Ok(tonic::transport::Endpoint::from_shared(url.to_string())
-            .with_context(|| format!("service URL {url:?}"))?
-            .connect_timeout(Duration::from_secs(3))
-            .connect_lazy())
+        Ok(kiroku_core::grpc_metrics::metered(
+            tonic::transport::Endpoint::from_shared(url.to_string())
+                .with_context(|| format!("service URL {url:?}"))?
+                .connect_timeout(Duration::from_secs(3))
+                .connect_lazy(),
+        ))
     };
     let trusted = std::sync::Arc::new(config.trusted_proxies.clone());
     let reflection = config.reflection;
@@ -349,10 +382,11 @@ pub async fn serve(
     let gateway = Gateway::connect(config).await?;
     let gatekeeper = gateway.inner.gatekeeper.clone();
     let ready_gateway = gateway.clone();
-    // Readiness follows the NATS connection: a gateway without NATS cannot stream.
+    // Readiness follows NATS, Redis and the account service: without any of them a
+    // gateway cannot stream.
     let ready = kiroku_core::admin::poll_readiness(move || {
-        let ready = ready_gateway.is_ready();
-        async move { ready }
+        let gateway = ready_gateway.clone();
+        async move { gateway.readiness().await }
     });
     let mut server = tonic::transport::Server::builder();
     server = server

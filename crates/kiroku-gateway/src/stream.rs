@@ -324,6 +324,7 @@ pub(crate) async fn start(
         .await
         .map_err(|_| Status::cancelled("client went away"))?;
     kiroku_core::metrics::metrics().active_streams.inc();
+    kiroku_core::metrics::metrics().streams_started.inc();
     let audit_start = |action| {
         AuditRecord::new(principal.tenant_token(), principal.actor(), action)
             .target(format!("session/{}", session.id))
@@ -349,6 +350,9 @@ pub(crate) async fn start(
                 Err(status) => ended.failed().detail("code", format!("{:?}", status.code())),
             });
             kiroku_core::metrics::metrics().active_streams.dec();
+            kiroku_core::metrics::metrics().stream_ended(
+                outcome.as_ref().err().map_or(tonic::Code::Ok, Status::code),
+            );
             if let Err(status) = outcome {
                 kiroku_core::metrics::metrics().error(status.code());
                 info!(code = ?status.code(), message = status.message(), "stream ended with an error");
@@ -1073,7 +1077,7 @@ impl Session {
 /// Stores a live bookmark (three tries over a few seconds) and acknowledges it; an empty
 /// `bookmark_id` in the acknowledgement means it could not be stored.
 async fn store_bookmark(
-    storage: Option<StorageClient<tonic::transport::Channel>>,
+    storage: Option<StorageClient<kiroku_core::grpc_metrics::MeteredChannel>>,
     credentials: tonic::metadata::MetadataMap,
     meeting: String,
     note: String,

@@ -52,6 +52,7 @@ pub(crate) fn authenticate_before_body(
                     }
                     Err(status) => {
                         kiroku_core::metrics::metrics().error(status.code());
+                        crate::stream_refused(&status);
                         status.into_http::<axum::body::Body>()
                     }
                 }
@@ -107,9 +108,25 @@ async fn decode_source(
     decoded.map_err(|_| Status::internal("decoding the audio failed"))?
 }
 
+/// A file request, counted as a stream: refused before it began, or ended.
 pub(crate) async fn transcribe(
     shared: Arc<Shared>,
     request: Request<api::TranscribeRequest>,
+) -> Result<Response<api::TranscribeResponse>, Status> {
+    let mut started = false;
+    let result = transcribe_file(shared, request, &mut started).await;
+    match (&result, started) {
+        (Err(status), false) => crate::stream_refused(status),
+        (Err(status), true) => kiroku_core::metrics::metrics().stream_ended(status.code()),
+        (Ok(_), _) => kiroku_core::metrics::metrics().stream_ended(tonic::Code::Ok),
+    }
+    result
+}
+
+async fn transcribe_file(
+    shared: Arc<Shared>,
+    request: Request<api::TranscribeRequest>,
+    started: &mut bool,
 ) -> Result<Response<api::TranscribeResponse>, Status> {
     let parent = kiroku_core::trace::extract_grpc(request.metadata());
     let principal = match request.extensions().get::<Admitted>() {
@@ -198,6 +215,8 @@ pub(crate) async fn transcribe(
             .detail("kind", "file")
     };
     shared.audit.spawn_emit(audit(actions::STREAM_STARTED));
+    kiroku_core::metrics::metrics().streams_started.inc();
+    *started = true;
     let ended = audit(actions::STREAM_ENDED).detail("audio_ms", duration_ms.to_string());
     let started = Instant::now();
     let outcome = run_batch(

@@ -53,6 +53,25 @@ pub fn method_names(service: &str) -> Vec<String> {
         .collect()
 }
 
+/// Every service of the descriptor set (`kiroku.storage.v1.Storage`) with its methods.
+pub fn services() -> Vec<(String, Vec<String>)> {
+    use prost::Message as _;
+    let Ok(set) = prost_types::FileDescriptorSet::decode(FILE_DESCRIPTOR_SET) else {
+        return Vec::new();
+    };
+    set.file
+        .iter()
+        .flat_map(|f| {
+            f.service.iter().map(move |s| {
+                (
+                    format!("{}.{}", f.package(), s.name()),
+                    s.method.iter().map(|m| m.name().to_string()).collect(),
+                )
+            })
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use prost::Message;

@@ -181,7 +181,7 @@ pub async fn serve(
         "storage consumer started"
     );
 
-    let ready = kiroku_core::admin::db_and_nats_readiness(db.clone(), nats);
+    let ready = kiroku_core::admin::db_and_nats_readiness(db.clone(), nats, Some(CONSUMER));
     let erasures = js
         .get_key_value(config.layout.erasures_bucket())
         .await

@@ -86,10 +86,12 @@ impl std::fmt::Debug for StorageService {
 }
 
 fn internal(error: StoreError) -> Status {
-    tracing::error!(%error, "storage error");
     match error {
-        StoreError::Crypto(_) => Status::data_loss("stored data does not decrypt"),
-        _ => Status::internal("internal error"),
+        StoreError::Crypto(_) => {
+            tracing::error!(%error, "storage error");
+            Status::data_loss("stored data does not decrypt")
+        }
+        _ => kiroku_core::status::database_error(&error),
     }
 }
 

@@ -103,11 +103,12 @@ pub(crate) struct Ctx {
     pub model_name: String,
 }
 
-/// Runs the worker until `shutdown` resolves, then drains. `ready` turns true once
-/// the model is loaded and the job consumer exists (the admin port's `/readyz`).
+/// Runs the worker until `shutdown` resolves, then drains. `ready` turns `Ok` once
+/// the model is loaded and the job consumer exists, and follows NATS and the decoding
+/// slots from then on (the admin port's `/readyz`).
 pub async fn serve(
     config: WorkerConfig,
-    ready: watch::Sender<bool>,
+    ready: watch::Sender<kiroku_core::admin::Readiness>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let (engine, model_name) = match &config.engine {
@@ -173,9 +174,20 @@ pub async fn serve(
         let (engine, nats) = (ctx.engine.clone(), ctx.nats.clone());
         tokio::spawn(async move {
             loop {
-                let healthy = engine.as_ref().is_none_or(|e| e.is_healthy())
-                    && nats.connection_state() == async_nats::connection::State::Connected;
-                if ready.send(healthy).is_err() {
+                let now = kiroku_core::admin::nats_ready(&nats).and_then(|()| {
+                    if engine.as_ref().is_none_or(|e| e.is_healthy()) {
+                        Ok(())
+                    } else {
+                        Err("a decoding slot could not be restored".to_string())
+                    }
+                });
+                if now != *ready.borrow() {
+                    match &now {
+                        Ok(()) => info!("ready"),
+                        Err(why) => warn!(why, "not ready"),
+                    }
+                }
+                if ready.send(now).is_err() {
                     return;
                 }
                 tokio::time::sleep(Duration::from_millis(500)).await;
@@ -191,7 +203,17 @@ pub async fn serve(
     let slots = Arc::new(Semaphore::new(config.max_sessions));
     let mut tasks = tokio::task::JoinSet::new();
     let mut drain = drain_rx.clone();
-    let mut backlog_tick = tokio::time::interval(Duration::from_secs(5));
+    // The backlog is read from NATS on its own schedule, busy or not: with every slot
+    // taken it is exactly when jobs wait (what the alert and the autoscaler watch).
+    let backlog = {
+        let jobs = jobs.clone();
+        tokio::spawn(async move {
+            loop {
+                report_backlog(&jobs).await;
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+        })
+    };
     loop {
         // A job is fetched only once a slot is free: natural load balancing.
         let permit = tokio::select! {
@@ -201,10 +223,6 @@ pub async fn serve(
         let fetched = tokio::select! {
             batch = jobs.batch().max_messages(1).expires(Duration::from_secs(5)).messages() => batch,
             () = crate::drained(&mut drain) => break,
-            _ = backlog_tick.tick() => {
-                report_backlog(&jobs).await;
-                continue;
-            }
         };
         let mut batch = match fetched {
             Ok(batch) => batch,
@@ -234,6 +252,7 @@ pub async fn serve(
         }
         while tasks.try_join_next().is_some() {}
     }
+    backlog.abort();
     info!(
         running = tasks.len(),
         "draining: handing running sessions back"
