@@ -33,6 +33,8 @@ pub struct CollectedSpan {
     pub name: String,
     /// The `service.name` resource attribute of the process that sent it.
     pub service_name: String,
+    /// `SPAN_KIND_SERVER`, `SPAN_KIND_CLIENT`, `SPAN_KIND_CONSUMER`…
+    pub kind: String,
 }
 
 /// A trace collector on `127.0.0.1`, serving until dropped.
@@ -133,6 +135,7 @@ impl TraceService for Receiver {
                         trace_id: hex::encode(&span.trace_id),
                         span_id: hex::encode(&span.span_id),
                         parent_span_id: hex::encode(&span.parent_span_id),
+                        kind: span.kind().as_str_name().to_string(),
                         name: span.name,
                         service_name: service_name.clone(),
                     });

@@ -20,7 +20,7 @@ async fn trace_crosses_services_via_traceparent_and_reaches_the_collector() {
         telemetry::service_subscriber("service-b", "info", Some(&endpoint));
     assert!(gateway_telemetry.is_exporting() && worker_telemetry.is_exporting());
 
-    let (job_traceparent, gateway_trace_id) = tracing::subscriber::with_default(gateway, || {
+    let (job_traceparent, gateway_trace_id) = tracing::dispatcher::with_default(&gateway, || {
         let stream = tracing::info_span!("stream_transcribe");
         let _entered = stream.enter();
         (
@@ -30,7 +30,7 @@ async fn trace_crosses_services_via_traceparent_and_reaches_the_collector() {
     });
     assert!(job_traceparent.contains(&gateway_trace_id));
 
-    let worker_trace_id = tracing::subscriber::with_default(worker, || {
+    let worker_trace_id = tracing::dispatcher::with_default(&worker, || {
         let session = tracing::info_span!("decode_session");
         trace::set_parent(&session, trace::context_from_traceparent(&job_traceparent));
         let _entered = session.enter();

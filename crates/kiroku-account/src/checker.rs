@@ -25,6 +25,8 @@ pub struct Checker {
     verifier: RwLock<Verifier>,
     revocations: Revocations,
     account: AccountServiceClient<MeteredChannel>,
+    /// The same channel, for health checks.
+    channel: MeteredChannel,
 }
 
 impl std::fmt::Debug for Checker {
@@ -67,10 +69,14 @@ impl Checker {
     /// `Ok` while the account service answers (readiness of the services that check
     /// credentials through it).
     pub async fn account_ready(&self) -> Result<(), String> {
-        let mut account = self.account.clone();
-        let call = account.get_signing_keys(account_pb::GetSigningKeysRequest {});
+        use tonic_health::pb::health_check_response::ServingStatus;
+        let mut health = tonic_health::pb::health_client::HealthClient::new(self.channel.clone());
+        let call = health.check(tonic_health::pb::HealthCheckRequest {
+            service: "kiroku.account.v1.AccountService".into(),
+        });
         match tokio::time::timeout(Duration::from_secs(2), call).await {
-            Ok(Ok(_)) => Ok(()),
+            Ok(Ok(answer)) if answer.get_ref().status == ServingStatus::Serving as i32 => Ok(()),
+            Ok(Ok(_)) => Err("the account service is not serving".into()),
             Ok(Err(status)) => Err(format!("the account service answers {:?}", status.code())),
             Err(_) => Err("the account service does not answer".into()),
         }
@@ -105,7 +111,8 @@ impl Checker {
             .connect_timeout(Duration::from_secs(2))
             .timeout(Duration::from_secs(10))
             .connect_lazy();
-        let mut account = AccountServiceClient::new(kiroku_core::grpc_metrics::metered(channel));
+        let channel = kiroku_core::grpc_metrics::metered(channel);
+        let mut account = AccountServiceClient::new(channel.clone());
         let deadline = tokio::time::Instant::now() + wait;
         let verifier = loop {
             match fetch_verifier(&mut account).await {
@@ -129,6 +136,7 @@ impl Checker {
             verifier: RwLock::new(verifier),
             revocations,
             account,
+            channel,
         });
         let weak = Arc::downgrade(&checker);
         tokio::spawn(async move {

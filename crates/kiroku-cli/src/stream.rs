@@ -151,6 +151,8 @@ struct Report {
     finals: Vec<ReceivedFinal>,
     captions: Vec<ReceivedCaption>,
     server_stats: Option<ServerStats>,
+    /// The stream's trace (every connection of it sends a `traceparent` in it).
+    trace_id: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -164,6 +166,8 @@ struct ServerStats {
 
 /// What survives a reconnect.
 struct Progress {
+    /// One trace for the whole stream, reconnects included (W3C, 32 hex digits).
+    trace_id: String,
     acked_seq: u64,
     last_final_seq: u64,
     resume_token: Option<String>,
@@ -343,6 +347,7 @@ async fn stream(args: Args, audio: ClientAudio) -> Result<()> {
     }
     let tty = std::io::stdout().is_terminal();
     let mut progress = Progress {
+        trace_id: uuid::Uuid::new_v4().simple().to_string(),
         acked_seq: 0,
         last_final_seq: 0,
         resume_token: None,
@@ -405,6 +410,7 @@ async fn stream(args: Args, audio: ClientAudio) -> Result<()> {
             finals: progress.finals.clone(),
             captions: progress.captions_received.clone(),
             server_stats: progress.server_stats.clone(),
+            trace_id: progress.trace_id.clone(),
         };
         std::fs::write(path, serde_json::to_string_pretty(&report)?)
             .with_context(|| format!("writing {}", path.display()))?;
@@ -490,6 +496,13 @@ async fn attempt(
     let credential = crate::credentials::credential().await?;
     let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
     crate::credentials::attach(request.metadata_mut(), &credential);
+    // The gateway's spans join the stream's trace: this connection is a span of it.
+    let span_id = &uuid::Uuid::new_v4().simple().to_string()[..16];
+    if let Ok(value) = format!("00-{}-{span_id}-01", progress.trace_id).parse() {
+        request
+            .metadata_mut()
+            .insert(kiroku_core::trace::TRACEPARENT, value);
+    }
     let response = client.stream_transcribe(request).await;
     let mut inbound = match response {
         Ok(response) => response.into_inner(),
@@ -673,6 +686,7 @@ fn print_stats(progress: &Progress, args: &Args, reconnects: u32) {
         progress.finals.len(),
         progress.captions_received.len(),
     );
+    eprintln!("trace id {}", progress.trace_id);
     let line = |name: &str, latencies: &[f64]| {
         eprintln!(
             "{name}: p50 {:.0} ms  p95 {:.0} ms  max {:.0} ms",

@@ -148,11 +148,9 @@ async fn up(args: Args) -> Result<()> {
     command.stdout(Stdio::piped()).stderr(log);
     let mut account = command.spawn().context("starting the account service")?;
     let account_line = first_line(&mut account).await;
-    let account_url = account_line
-        .split_whitespace()
-        .find_map(|part| part.strip_prefix("grpc="))
-        .map(str::to_string);
-    let Some(account_url) = account_url else {
+    let (Some(account_url), Some(account_admin)) =
+        (field(&account_line, "grpc"), field(&account_line, "admin"))
+    else {
         bail!(
             "the account service did not start (is PostgreSQL at {} up? `make services`): see {}",
             args.database_url,
@@ -162,7 +160,7 @@ async fn up(args: Args) -> Result<()> {
     let demo = bootstrap_demo(&account_url, &run_dir).await?;
 
     let schema = |role: &str| account_schema(&args.common.cluster).replacen("account", role, 1);
-    let (mut audit, audit_url) = spawn_service(
+    let (mut audit, audit_url, audit_admin) = spawn_service(
         &exe,
         &run_dir,
         "audit",
@@ -190,7 +188,7 @@ async fn up(args: Args) -> Result<()> {
             .map_err(|e| anyhow::anyhow!("generating a master key: {e}"))?;
         kiroku_account::tokens::write_private(&master_key_file, key.as_bytes())?;
     }
-    let (mut storage, storage_url) = spawn_service(
+    let (mut storage, storage_url, storage_admin) = spawn_service(
         &exe,
         &run_dir,
         "storage",
@@ -225,11 +223,7 @@ async fn up(args: Args) -> Result<()> {
         command.stdout(Stdio::piped()).stderr(log);
         let mut worker = command.spawn().context("starting a worker")?;
         let line = first_line(&mut worker).await;
-        let admin = line
-            .split_whitespace()
-            .find_map(|part| part.strip_prefix("admin=http://"))
-            .map(str::to_string);
-        let Some(admin) = admin else {
+        let Some(admin) = field(&line, "admin") else {
             bail!(
                 "worker {index} did not start: see {}",
                 run_dir.join(format!("worker-{index}.log")).display()
@@ -240,7 +234,7 @@ async fn up(args: Args) -> Result<()> {
     // Ready = model loaded and the job consumer exists.
     for (index, (worker, admin)) in workers.iter_mut().enumerate() {
         let mut waited = Duration::ZERO;
-        while !ready(admin).await {
+        while !ready(admin.trim_start_matches("http://")).await {
             if let Ok(Some(status)) = worker.try_wait() {
                 bail!(
                     "worker {index} exited ({status}): see {}",
@@ -254,6 +248,7 @@ async fn up(args: Args) -> Result<()> {
             waited += Duration::from_millis(200);
         }
     }
+    let worker_admins: Vec<String> = workers.iter().map(|(_, admin)| admin.clone()).collect();
     let mut workers: Vec<Child> = workers.into_iter().map(|(worker, _)| worker).collect();
 
     let log = log_file(&run_dir, "gateway.log")?;
@@ -284,6 +279,19 @@ async fn up(args: Args) -> Result<()> {
     }
     println!("kiroku up: {endpoints}");
     println!("  account={account_url} audit={audit_url} storage={storage_url}");
+    // Every process's /healthz, /readyz and /metrics (random ports but the gateway's).
+    let mut admins = vec![
+        format!("account={account_admin}"),
+        format!("audit={audit_admin}"),
+        format!("storage={storage_admin}"),
+    ];
+    admins.extend(
+        worker_admins
+            .iter()
+            .enumerate()
+            .map(|(i, admin)| format!("worker-{i}={admin}")),
+    );
+    println!("  admin: {}", admins.join(" "));
     println!("  {demo}");
     println!(
         "  nats={} cluster={} workers={} x {per_worker} threads",
@@ -349,7 +357,7 @@ async fn spawn_service(
     account_url: &str,
     schema: &str,
     env: &dyn Fn(&mut Command),
-) -> Result<(Child, String)> {
+) -> Result<(Child, String, String)> {
     let log = log_file(run_dir, &format!("{role}.log"))?;
     let mut command = Command::new(exe);
     command.args([
@@ -370,17 +378,20 @@ async fn spawn_service(
         .spawn()
         .with_context(|| format!("starting the {role} service"))?;
     let line = first_line(&mut child).await;
-    let Some(url) = line
-        .split_whitespace()
-        .find_map(|part| part.strip_prefix("grpc="))
-        .map(str::to_string)
-    else {
+    let (Some(url), Some(admin)) = (field(&line, "grpc"), field(&line, "admin")) else {
         bail!(
             "the {role} service did not start: see {}",
             run_dir.join(format!("{role}.log")).display()
         );
     };
-    Ok((child, url))
+    Ok((child, url, admin))
+}
+
+/// `key=value` from a service's first line (`kiroku audit grpc=… admin=…`).
+fn field(line: &str, key: &str) -> Option<String> {
+    line.split_whitespace()
+        .find_map(|part| part.strip_prefix(key)?.strip_prefix('='))
+        .map(str::to_string)
 }
 
 async fn first_line(child: &mut Child) -> String {

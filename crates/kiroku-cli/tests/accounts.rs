@@ -2006,6 +2006,19 @@ fn kiroku_up_starts_after_the_demo_owner_enrolls_mfa_or_its_password_file_is_los
 
     let (first, printed) = up();
     assert!(printed.contains("login cached in"), "{printed}");
+    // Every process's admin address is printed, and answers.
+    let admin_line = printed
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("admin: "))
+        .unwrap_or_else(|| panic!("no admin line: {printed}"));
+    for role in ["account", "audit", "storage", "worker-0"] {
+        let address = admin_line
+            .split_whitespace()
+            .find_map(|part| part.strip_prefix(role)?.strip_prefix("=http://"))
+            .unwrap_or_else(|| panic!("no {role} admin address: {admin_line}"));
+        let (status, body) = cluster::http_get(address, "/healthz").expect("/healthz");
+        assert_eq!((status, body.as_str()), (200, "ok"), "{role} at {address}");
+    }
     let account_url = printed
         .split_whitespace()
         .find_map(|w| w.strip_prefix("account="))

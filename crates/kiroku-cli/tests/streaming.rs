@@ -979,11 +979,14 @@ fn nats_restart_mid_stream_loses_nothing_acknowledged() {
     assert_wer(&report, &reference, 0.15);
 }
 
-/// One stream is one trace: spans from the gateway and the worker processes arrive at
-/// an OTLP collector (in-process, the opentelemetry-proto server types) with one trace
-/// id, the worker's under the gateway's.
+/// One stream is one trace, from the client to the stored minutes and the audit row:
+/// `kiroku stream` sends a `traceparent` (and reports its trace id); the gateway's
+/// SERVER span continues it, the worker's session and decodes follow the job, storage
+/// stores the finals and audit appends `stream.started` under CONSUMER spans of the same
+/// trace, and the audit row carries the trace id. Spans reach an OTLP collector
+/// (in-process, the opentelemetry-proto server types).
 #[test]
-fn one_stream_is_one_trace_across_gateway_and_worker() {
+fn one_stream_is_one_trace_from_client_to_stored_minutes_and_audit_row() {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let collector = runtime
         .block_on(kiroku_tests::otlp::OtlpCollector::start())
@@ -993,54 +996,137 @@ fn one_stream_is_one_trace_across_gateway_and_worker() {
             ("OTEL_EXPORTER_OTLP_ENDPOINT".into(), collector.endpoint()),
             ("OTEL_BSP_SCHEDULE_DELAY".into(), "200".into()),
         ],
+        audit: true,
+        storage: true,
         ..Options::default()
     };
     let mut cluster = Cluster::start(1, 1, options);
+    cluster.enroll_owner_mfa_with_cli();
+    let token = cluster.access_token();
     let sentences = sentences();
     let (wav, _) = meeting_wav(cluster.dir.path(), "meeting", &sentences[..1], 16_000, 1);
     let client = StreamClient::spawn(cluster.dir.path(), "c", &wav, &cluster.gateway_url(0), 2.0);
     let report = client.finish(Duration::from_secs(60));
     assert!(!report["finals"].as_array().expect("finals").is_empty());
+    let trace_id = report["trace_id"].as_str().expect("trace id").to_string();
+    assert_eq!(trace_id.len(), 32, "{trace_id}");
+
+    // The audit row of the stream's start carries its trace id.
+    let audit_url = cluster.audit_url();
+    let row_trace = runtime.block_on(async {
+        use kiroku_proto::audit::v1 as pb;
+        let mut audit = pb::audit_service_client::AuditServiceClient::connect(audit_url)
+            .await
+            .expect("audit");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let started = audit
+                .list_events(cluster::authorized(
+                    pb::ListEventsRequest {
+                        filter: Some(pb::Filter {
+                            action: "stream.started".into(),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    },
+                    &token,
+                ))
+                .await
+                .expect("list")
+                .into_inner()
+                .entries;
+            if let Some(entry) = started.first() {
+                return entry.trace_id.clone();
+            }
+            assert!(Instant::now() < deadline, "no stream.started row");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    assert_eq!(row_trace, trace_id, "the audit row's trace");
+
     // A normal stop flushes the exporters.
-    for proc in cluster.workers.iter().chain(&cluster.gateways) {
+    let procs = || {
+        cluster
+            .workers
+            .iter()
+            .chain(&cluster.gateways)
+            .chain(&cluster.storage)
+            .chain(&cluster.audit)
+            .chain(&cluster.account)
+    };
+    for proc in procs() {
         proc.signal(nix::sys::signal::Signal::SIGTERM);
     }
     for proc in cluster
         .workers
         .iter_mut()
         .chain(cluster.gateways.iter_mut())
+        .chain(cluster.storage.iter_mut())
+        .chain(cluster.audit.iter_mut())
+        .chain(cluster.account.iter_mut())
     {
         let _ = proc.child.wait();
     }
+    let in_trace = |spans: &[kiroku_tests::otlp::CollectedSpan], service: &str, name: &str| {
+        spans
+            .iter()
+            .any(|s| s.trace_id == trace_id && s.service_name == service && s.name == name)
+    };
     let spans = runtime.block_on(collector.wait_for(
         |spans| {
-            spans.iter().any(|g| {
-                g.service_name == "kiroku-gateway"
-                    && g.name == "gateway stream"
-                    && spans.iter().any(|w| {
-                        w.service_name == "kiroku-worker"
-                            && w.name == "worker decode"
-                            && w.trace_id == g.trace_id
-                    })
-            })
+            in_trace(spans, "kiroku-storage", "storage process")
+                && in_trace(spans, "kiroku-audit", "audit process")
+                && in_trace(spans, "kiroku-worker", "worker decode")
         },
         Duration::from_secs(20),
     ));
-    let gateway = spans
+    let trace: Vec<_> = spans.iter().filter(|s| s.trace_id == trace_id).collect();
+    let find = |service: &str, name: &str| {
+        trace
+            .iter()
+            .find(|s| s.service_name == service && s.name == name)
+            .unwrap_or_else(|| panic!("no {name} span of {service} in the trace: {trace:#?}"))
+    };
+    let parent_of = |span: &kiroku_tests::otlp::CollectedSpan| {
+        trace
+            .iter()
+            .find(|s| s.span_id == span.parent_span_id)
+            .unwrap_or_else(|| panic!("the parent of {span:?} is not in the trace"))
+    };
+    // The client's own span is not exported: the gateway's SERVER span is the root here.
+    let server = find(
+        "kiroku-gateway",
+        "kiroku.transcribe.v1.Transcription/StreamTranscribe",
+    );
+    assert_eq!(server.kind, "SPAN_KIND_SERVER");
+    assert!(
+        !server.parent_span_id.is_empty(),
+        "the client's span is its parent"
+    );
+    let stream = find("kiroku-gateway", "gateway stream");
+    assert_eq!(stream.parent_span_id, server.span_id);
+    let session = find("kiroku-worker", "worker session");
+    assert_eq!(session.kind, "SPAN_KIND_CONSUMER");
+    assert_eq!(parent_of(session).service_name, "kiroku-gateway");
+    let decode = find("kiroku-worker", "worker decode");
+    assert_eq!(decode.parent_span_id, session.span_id);
+    let stored = find("kiroku-storage", "storage process");
+    assert_eq!(stored.kind, "SPAN_KIND_CONSUMER");
+    assert_eq!(parent_of(stored).service_name, "kiroku-worker");
+    let appended = find("kiroku-audit", "audit process");
+    assert_eq!(appended.kind, "SPAN_KIND_CONSUMER");
+    assert_eq!(parent_of(appended).service_name, "kiroku-gateway");
+    // The gateway's calls to the account service are CLIENT spans with their SERVER
+    // span in the account service (consent check).
+    let client_calls: Vec<_> = trace
         .iter()
-        .find(|s| s.service_name == "kiroku-gateway" && s.name == "gateway stream")
-        .unwrap_or_else(|| panic!("no gateway stream span: {spans:?}"));
-    let worker_spans: Vec<_> = spans
-        .iter()
-        .filter(|s| s.service_name == "kiroku-worker" && s.trace_id == gateway.trace_id)
+        .filter(|s| s.service_name == "kiroku-gateway" && s.kind == "SPAN_KIND_CLIENT")
         .collect();
     assert!(
-        worker_spans.iter().any(|s| s.name == "worker session"),
-        "no worker session span in the gateway's trace: {spans:?}"
-    );
-    assert!(
-        worker_spans.iter().any(|s| s.name == "worker decode"),
-        "no worker decode span in the gateway's trace: {spans:?}"
+        client_calls.iter().any(|c| trace
+            .iter()
+            .any(|s| s.service_name == "kiroku-account" && s.parent_span_id == c.span_id)),
+        "no account service span under a gateway CLIENT span: {trace:#?}"
     );
 }
 

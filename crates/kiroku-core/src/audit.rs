@@ -189,25 +189,34 @@ impl AuditEmitter {
         sanitize(&mut event);
         let subject = self.layout.audit_subject(&record.tenant_id, record.action);
         let payload = bytes::Bytes::from(event.encode_to_vec());
+        // The audit service's append continues the caller's trace.
+        let mut headers = async_nats::HeaderMap::new();
+        crate::trace::inject_nats(&tracing::Span::current(), &mut headers);
         let message = || {
             jetstream::message::PublishMessage::build()
                 .payload(payload.clone())
                 .message_id(&event_id)
+                .headers(headers.clone())
         };
         publish_durable(&self.js, &subject, message, None).await?;
         Ok(event_id)
     }
 
     /// Emits without making the caller wait or fail: a lost NATS connection must not
-    /// fail a sign-in, but the loss is logged loudly.
+    /// fail a sign-in, but the loss is logged loudly. The event keeps the caller's
+    /// trace (its `trace_id`, and the audit append's parent).
     pub fn spawn_emit(&self, record: AuditRecord) {
+        use tracing::Instrument as _;
         let emitter = self.clone();
-        tokio::spawn(async move {
-            let action = record.action;
-            if let Err(error) = emitter.emit(record).await {
-                tracing::error!(action, %error, "audit event not published");
+        tokio::spawn(
+            async move {
+                let action = record.action;
+                if let Err(error) = emitter.emit(record).await {
+                    tracing::error!(action, %error, "audit event not published");
+                }
             }
-        });
+            .instrument(tracing::Span::current()),
+        );
     }
 }
 

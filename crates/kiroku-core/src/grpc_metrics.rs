@@ -1,7 +1,11 @@
-//! RED metrics of every gRPC call a process serves or makes: a tower layer that counts
-//! each call by service, method and final status code
-//! (`kiroku_grpc_{server,client}_requests_total`) and times it
-//! (`kiroku_grpc_{server,client}_request_duration_seconds`; for a stream, its whole life).
+//! RED metrics and spans of every gRPC call a process serves or makes: a tower layer that
+//! counts each call by service, method and final status code
+//! (`kiroku_grpc_{server,client}_requests_total`), times it
+//! (`kiroku_grpc_{server,client}_request_duration_seconds`; for a stream, its whole life)
+//! and traces it: a SERVER span continuing the caller's W3C trace context, or a CLIENT
+//! span whose context goes out in the request's `traceparent`, with the `rpc.*`
+//! attributes of the OpenTelemetry semantic conventions (`rpc.grpc.status_code` set
+//! when the call ends).
 //!
 //! The status is read where gRPC puts it: the `grpc-status` header of a trailers-only
 //! answer (most errors), else the trailers at the end of the body. A call whose body is
@@ -87,9 +91,17 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
+    fn call(&mut self, mut request: http::Request<ReqBody>) -> Self::Future {
+        use tracing::Instrument as _;
         let call = Call::start(self.side, request.uri().path());
-        let future = self.inner.call(request);
+        match self.side {
+            Side::Server => {
+                crate::trace::set_parent(&call.span, crate::trace::extract_http(request.headers()))
+            }
+            Side::Client => crate::trace::inject_http(&call.span, request.headers_mut()),
+        }
+        let span = call.span.clone();
+        let future = span.in_scope(|| self.inner.call(request)).instrument(span);
         Box::pin(async move {
             match future.await {
                 Ok(response) => {
@@ -172,17 +184,42 @@ struct Call {
     method: &'static str,
     started: Instant,
     recorded: bool,
+    /// Ends when the call has its status (the last handle is dropped).
+    span: tracing::Span,
 }
 
 impl Call {
     fn start(side: Side, path: &str) -> Self {
         let (service, method) = known_method(path).unwrap_or(("unknown", "unknown"));
+        // Probes (health, reflection) are counted but not traced: they would be most of
+        // the spans and tell nothing.
+        let span = if matches!(
+            service,
+            "grpc.health.v1.Health" | "grpc.reflection.v1.ServerReflection"
+        ) {
+            tracing::Span::none()
+        } else {
+            tracing::info_span!(
+            "grpc",
+            otel.name = %format!("{service}/{method}"),
+            otel.kind = match side {
+                Side::Server => "server",
+                Side::Client => "client",
+            },
+            otel.status_code = tracing::field::Empty,
+            rpc.system = "grpc",
+            rpc.service = service,
+            rpc.method = method,
+            rpc.grpc.status_code = tracing::field::Empty,
+            )
+        };
         Self {
             side,
             service,
             method,
             started: Instant::now(),
             recorded: false,
+            span,
         }
     }
 
@@ -193,6 +230,10 @@ impl Call {
     fn record(&mut self, code: tonic::Code) {
         if !self.recorded {
             self.recorded = true;
+            self.span.record("rpc.grpc.status_code", code as i32);
+            if server_fault(code) {
+                self.span.record("otel.status_code", "error");
+            }
             crate::metrics::metrics().grpc_call(
                 self.side,
                 self.service,
@@ -209,6 +250,20 @@ impl Drop for Call {
     fn drop(&mut self) {
         self.record(tonic::Code::Cancelled);
     }
+}
+
+/// Whether `code` says the service failed (not the caller): the span's error status.
+fn server_fault(code: tonic::Code) -> bool {
+    use tonic::Code;
+    matches!(
+        code,
+        Code::Unknown
+            | Code::DeadlineExceeded
+            | Code::Unimplemented
+            | Code::Internal
+            | Code::Unavailable
+            | Code::DataLoss
+    )
 }
 
 fn status_of(headers: &http::HeaderMap) -> Option<tonic::Code> {

@@ -7,6 +7,7 @@ pub mod audit;
 pub mod db;
 pub mod docx;
 pub mod grpc_metrics;
+mod logfmt;
 pub mod metrics;
 pub mod nats;
 mod process;

@@ -12,6 +12,7 @@ use std::time::Duration;
 use async_nats::jetstream::consumer::{DeliverPolicy, pull::Ordered, pull::OrderedConfig};
 use async_nats::jetstream::{self, stream};
 use futures::StreamExt as _;
+use tracing::Instrument as _;
 
 /// Where the services find NATS when `KIROKU_NATS_URL` is unset.
 pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
@@ -631,7 +632,19 @@ where
                 }
             };
             let delivered = message.info().map_or(1, |info| info.delivered);
-            let outcome = handle(message.payload.clone()).await;
+            // One CONSUMER span per message, continuing the publisher's trace.
+            let span = tracing::info_span!(
+                "consume",
+                otel.name = %format!("{name} process"),
+                otel.kind = "consumer",
+                messaging.system = "nats",
+                messaging.operation = "process",
+                messaging.destination.name = %message.subject,
+                messaging.consumer.group.name = name,
+                messaging.message.delivery_count = delivered,
+            );
+            crate::trace::set_parent(&span, crate::trace::extract_nats(message.headers.as_ref()));
+            let outcome = handle(message.payload.clone()).instrument(span).await;
             progress(name, matches!(outcome, Handled::Retry(_)));
             let given_up = match outcome {
                 Handled::Done => {

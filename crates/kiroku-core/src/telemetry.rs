@@ -19,7 +19,6 @@ use opentelemetry_otlp::WithExportConfig as _;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
-use tracing::Subscriber;
 use tracing::level_filters::LevelFilter;
 use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::SubscriberExt as _;
@@ -35,8 +34,8 @@ const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Installs the global subscriber once (logs, span context, no export); later calls are
 /// no-ops. For CLI commands; services call [`init_service`].
 pub fn init(default_level: &str) {
-    let (subscriber, _guard, _error) = build("kiroku", default_level, None);
-    install(subscriber);
+    let (dispatch, _guard, _error) = build("kiroku", default_level, None);
+    install(dispatch);
 }
 
 /// Installs the global subscriber of a service: the logs of [`init`] plus, when
@@ -51,8 +50,8 @@ pub fn init_service(service_name: &str, default_level: &str) -> TelemetryGuard {
     let endpoint = std::env::var(OTLP_ENDPOINT_ENV)
         .ok()
         .filter(|value| !value.trim().is_empty());
-    let (subscriber, guard, error) = build(service_name, default_level, endpoint.as_deref());
-    if !install(subscriber) {
+    let (dispatch, guard, error) = build(service_name, default_level, endpoint.as_deref());
+    if !install(dispatch) {
         return TelemetryGuard::disabled();
     }
     match (&endpoint, error) {
@@ -67,19 +66,19 @@ pub fn init_service(service_name: &str, default_level: &str) -> TelemetryGuard {
     guard
 }
 
-/// Builds, without installing, the subscriber [`init_service`] would install, exporting to
-/// `otlp_endpoint` when given. For tests that run several "services" in one process, each
-/// under its own `tracing::subscriber::with_default`.
+/// Builds, without installing, the dispatcher [`init_service`] would install, exporting
+/// to `otlp_endpoint` when given. For tests that run several "services" in one process,
+/// each under its own `tracing::dispatcher::with_default`.
 pub fn service_subscriber(
     service_name: &str,
     default_level: &str,
     otlp_endpoint: Option<&str>,
-) -> (impl Subscriber + Send + Sync + 'static, TelemetryGuard) {
-    let (subscriber, guard, error) = build(service_name, default_level, otlp_endpoint);
+) -> (tracing::Dispatch, TelemetryGuard) {
+    let (dispatch, guard, error) = build(service_name, default_level, otlp_endpoint);
     if let Some(error) = error {
         eprintln!("kiroku telemetry: otlp export disabled: {error}");
     }
-    (subscriber, guard)
+    (dispatch, guard)
 }
 
 /// Flushes and shuts down span export when dropped, so spans are not lost when a service
@@ -129,25 +128,22 @@ impl Drop for TelemetryGuard {
     }
 }
 
-/// Sets the global propagator and subscriber; false when a subscriber was already set.
-fn install(subscriber: impl Subscriber + Send + Sync + 'static) -> bool {
+/// Sets the global propagator and dispatcher; false when one was already set.
+fn install(dispatch: tracing::Dispatch) -> bool {
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     // Already initialised (tests call this more than once): keep the first.
-    subscriber.try_init().is_ok()
+    dispatch.try_init().is_ok()
 }
 
-/// The subscriber: one level filter, stderr logs (text or json), and the OpenTelemetry
-/// layer, exporting when `otlp_endpoint` is given. The third value says why export is off
-/// although an endpoint was given.
+/// The dispatcher: one level filter, stderr logs (text or json, with trace ids), and the
+/// OpenTelemetry layer, exporting when `otlp_endpoint` is given. The third value says why
+/// export is off although an endpoint was given.
 fn build(
     service_name: &str,
     default_level: &str,
     otlp_endpoint: Option<&str>,
-) -> (
-    impl Subscriber + Send + Sync + 'static,
-    TelemetryGuard,
-    Option<String>,
-) {
+) -> (tracing::Dispatch, TelemetryGuard, Option<String>) {
+    let cell = crate::logfmt::DispatchCell::default();
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     let json = std::env::var("KIROKU_LOG_FORMAT").as_deref() == Ok("json");
@@ -155,8 +151,20 @@ fn build(
         tracing_subscriber::fmt::layer()
             .json()
             .with_writer(std::io::stderr)
+            .map_event_format(|format| {
+                crate::logfmt::WithIds::json(format, service_name, cell.clone())
+            })
     });
-    let text_logs = (!json).then(|| tracing_subscriber::fmt::layer().with_writer(std::io::stderr));
+    // Colours only on a terminal: never escape codes in a log file or a collector.
+    let text_logs = (!json).then(|| {
+        use std::io::IsTerminal as _;
+        tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::stderr().is_terminal())
+            .map_event_format(|format| {
+                crate::logfmt::WithIds::text(format, service_name, cell.clone())
+            })
+    });
 
     let (provider, guard, error) = match otlp_endpoint {
         Some(endpoint) => match exporting_provider(service_name, endpoint) {
@@ -188,7 +196,9 @@ fn build(
         .with(json_logs)
         .with(text_logs)
         .with(spans);
-    (subscriber, guard, error)
+    let dispatch = tracing::Dispatch::new(subscriber);
+    let _ = cell.set(dispatch.downgrade());
+    (dispatch, guard, error)
 }
 
 /// Span ids without export: enough for propagation, nothing leaves the process.
@@ -234,7 +244,26 @@ fn exporting_provider(
 fn resource(service_name: &str) -> Resource {
     Resource::builder()
         .with_service_name(service_name.to_string())
+        .with_attributes([
+            opentelemetry::KeyValue::new("service.version", env!("CARGO_PKG_VERSION")),
+            opentelemetry::KeyValue::new("service.instance.id", instance().to_string()),
+        ])
         .build()
+}
+
+/// This process among its role's replicas: the host (a pod's name on Kubernetes) and
+/// the process id, `kiroku-gateway-7d9f/1`.
+pub fn instance() -> &'static str {
+    static INSTANCE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    INSTANCE.get_or_init(|| {
+        let host = std::env::var("HOSTNAME")
+            .ok()
+            .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+            .map(|h| h.trim().to_string())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "localhost".into());
+        format!("{host}/{}", std::process::id())
+    })
 }
 
 /// The exporter's own transport (h2, hyper, tonic, tower) and the SDK's internal events

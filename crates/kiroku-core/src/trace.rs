@@ -38,6 +38,41 @@ pub fn inject_grpc(span: &tracing::Span, metadata: &mut MetadataMap) {
         .inject_context(&span.context(), &mut MetadataCarrierMut(metadata));
 }
 
+/// The trace context of incoming HTTP/2 headers (a gRPC call before tonic decodes it).
+pub fn extract_http(headers: &http::HeaderMap) -> Context {
+    TraceContextPropagator::new().extract(&HttpCarrier(headers))
+}
+
+/// Writes `span`'s trace context into outgoing HTTP/2 headers.
+pub fn inject_http(span: &tracing::Span, headers: &mut http::HeaderMap) {
+    TraceContextPropagator::new().inject_context(&span.context(), &mut HttpCarrierMut(headers));
+}
+
+struct HttpCarrier<'a>(&'a http::HeaderMap);
+
+impl Extractor for HttpCarrier<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|value| value.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(http::HeaderName::as_str).collect()
+    }
+}
+
+struct HttpCarrierMut<'a>(&'a mut http::HeaderMap);
+
+impl Injector for HttpCarrierMut<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if let (Ok(name), Ok(value)) = (
+            http::HeaderName::from_bytes(key.as_bytes()),
+            http::HeaderValue::from_str(&value),
+        ) {
+            self.0.insert(name, value);
+        }
+    }
+}
+
 /// Writes `span`'s trace context into the headers of a NATS message about to be published.
 pub fn inject_nats(span: &tracing::Span, headers: &mut async_nats::HeaderMap) {
     TraceContextPropagator::new().inject_context(&span.context(), &mut NatsCarrierMut(headers));
@@ -157,8 +192,8 @@ mod tests {
 
     /// Runs `f` under the subscriber a service installs, with export off.
     fn with_service_subscriber<T>(f: impl FnOnce() -> T) -> T {
-        let (subscriber, _guard) = crate::telemetry::service_subscriber("trace-test", "info", None);
-        tracing::subscriber::with_default(subscriber, f)
+        let (dispatch, _guard) = crate::telemetry::service_subscriber("trace-test", "info", None);
+        tracing::dispatcher::with_default(&dispatch, f)
     }
 
     #[test]

@@ -185,7 +185,6 @@ pub(crate) async fn start(
     shared: Arc<Shared>,
     request: Request<Streaming<StreamTranscribeRequest>>,
 ) -> Result<Response<ResponseStream>, Status> {
-    let parent = kiroku_core::trace::extract_grpc(request.metadata());
     // Credential first: nothing of an unauthenticated caller is read.
     let metadata = request.metadata().clone();
     let principal = shared
@@ -267,7 +266,8 @@ pub(crate) async fn start(
         resumed = !config.resume_token.is_empty(),
         otel.name = "gateway stream",
     );
-    kiroku_core::trace::set_parent(&span, parent);
+    // A child of the call's SERVER span (kiroku_core::grpc_metrics), which continues
+    // the client's trace.
     let session = async {
         if config.resume_token.is_empty() {
             Session::create(&shared, &principal, &config, spec, &span).await
@@ -330,9 +330,11 @@ pub(crate) async fn start(
             .target(format!("session/{}", session.id))
             .detail("meeting", config.meeting_id.clone())
     };
-    shared.audit.spawn_emit(
-        audit_start(actions::STREAM_STARTED).detail("resumed", session.resumed.to_string()),
-    );
+    span.in_scope(|| {
+        shared.audit.spawn_emit(
+            audit_start(actions::STREAM_STARTED).detail("resumed", session.resumed.to_string()),
+        )
+    });
     let ended = audit_start(actions::STREAM_ENDED);
     let guard = Guard {
         principal,

@@ -128,7 +128,6 @@ async fn transcribe_file(
     request: Request<api::TranscribeRequest>,
     started: &mut bool,
 ) -> Result<Response<api::TranscribeResponse>, Status> {
-    let parent = kiroku_core::trace::extract_grpc(request.metadata());
     let principal = match request.extensions().get::<Admitted>() {
         Some(Admitted(principal)) => principal.clone(),
         None => {
@@ -206,7 +205,8 @@ async fn transcribe_file(
         duration_ms,
         otel.name = "gateway transcribe"
     );
-    kiroku_core::trace::set_parent(&span, parent);
+    // A child of the call's SERVER span (kiroku_core::grpc_metrics), which continues
+    // the client's trace.
     // Audited as a stream (kind "file"): the usage view counts files with streams.
     let audit = |action| {
         AuditRecord::new(principal.tenant_token(), principal.actor(), action)
@@ -214,7 +214,7 @@ async fn transcribe_file(
             .detail("meeting", request.meeting_id.clone())
             .detail("kind", "file")
     };
-    shared.audit.spawn_emit(audit(actions::STREAM_STARTED));
+    span.in_scope(|| shared.audit.spawn_emit(audit(actions::STREAM_STARTED)));
     kiroku_core::metrics::metrics().streams_started.inc();
     *started = true;
     let ended = audit(actions::STREAM_ENDED).detail("audio_ms", duration_ms.to_string());
@@ -231,17 +231,21 @@ async fn transcribe_file(
     .await;
     let (segments, language) = match outcome {
         Ok(done) => {
-            shared
-                .audit
-                .spawn_emit(ended.detail("finals", done.0.len().to_string()));
+            span.in_scope(|| {
+                shared
+                    .audit
+                    .spawn_emit(ended.detail("finals", done.0.len().to_string()))
+            });
             done
         }
         Err(status) => {
-            shared.audit.spawn_emit(
-                ended
-                    .failed()
-                    .detail("code", format!("{:?}", status.code())),
-            );
+            span.in_scope(|| {
+                shared.audit.spawn_emit(
+                    ended
+                        .failed()
+                        .detail("code", format!("{:?}", status.code())),
+                )
+            });
             return Err(status);
         }
     };

@@ -60,6 +60,9 @@ pub(crate) async fn run(
         tenant = %job.tenant_id,
         batch = job.batch,
         otel.name = "worker session",
+        otel.kind = "consumer",
+        messaging.system = "nats",
+        messaging.operation = "process",
     );
     kiroku_core::trace::set_parent(
         &span,
