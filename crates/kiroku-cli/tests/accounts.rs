@@ -2088,3 +2088,31 @@ fn kiroku_up_starts_after_the_demo_owner_enrolls_mfa_or_its_password_file_is_los
         layout.destroy(&async_nats::jetstream::new(nats)).await;
     });
 }
+
+/// The gateway's readiness follows the account service (credentials and consent come
+/// from it): stopped, the gateway's `/readyz` answers 503 naming it.
+#[test]
+fn the_gateway_is_not_ready_without_the_account_service() {
+    let mut cluster = Cluster::start(1, 0, Options::default());
+    let admin = cluster.gateways[0].admin.clone();
+    let readyz = |want: u16| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let (status, body) = cluster::http_get(&admin, "/readyz").expect("/readyz");
+            if status == want {
+                return body;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "/readyz: {status} {body}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    assert_eq!(readyz(200), "ready");
+    let account = cluster.account.as_mut().expect("account");
+    let _ = account.child.kill();
+    let _ = account.child.wait();
+    let body = readyz(503);
+    assert!(body.contains("account service"), "{body}");
+}

@@ -646,19 +646,46 @@ fn every_metric_the_dashboards_and_alerts_use_is_exported() {
     let report = client.finish(Duration::from_secs(120));
     assert!(!report["finals"].as_array().expect("finals").is_empty());
     // kiroku_errors_total has a series only once a call failed: one without credentials.
-    let url = local.kiroku.gateway_url(0);
-    let refused = block_on(async move {
-        use kiroku_proto::transcribe::v1 as api;
-        api::transcription_client::TranscriptionClient::connect(url)
+    // On each gateway, so both have served a call.
+    for url in [local.kiroku.gateway_url(0), local.kiroku.gateway_url(1)] {
+        let refused = block_on(async move {
+            use kiroku_proto::transcribe::v1 as api;
+            api::transcription_client::TranscriptionClient::connect(url)
+                .await
+                .expect("gateway")
+                .transcribe(api::TranscribeRequest::default())
+                .await
+        });
+        assert_eq!(
+            refused.expect_err("no credentials").code(),
+            tonic::Code::Unauthenticated
+        );
+    }
+    // One call (refused) straight to the audit and storage services, which a stream
+    // does not call: every service then has served traffic.
+    let (audit_url, storage_url) = (local.kiroku.audit_url(), local.kiroku.storage_url());
+    block_on(async move {
+        use kiroku_proto::audit::v1 as audit;
+        use kiroku_proto::storage::v1 as storage;
+        let listed = audit::audit_service_client::AuditServiceClient::connect(audit_url)
             .await
-            .expect("gateway")
-            .transcribe(api::TranscribeRequest::default())
+            .expect("audit")
+            .list_events(audit::ListEventsRequest::default())
+            .await;
+        assert_eq!(
+            listed.expect_err("refused").code(),
+            tonic::Code::Unauthenticated
+        );
+        let listed = storage::storage_client::StorageClient::connect(storage_url)
             .await
+            .expect("storage")
+            .list_meetings(storage::ListMeetingsRequest::default())
+            .await;
+        assert_eq!(
+            listed.expect_err("refused").code(),
+            tonic::Code::Unauthenticated
+        );
     });
-    assert_eq!(
-        refused.expect_err("no credentials").code(),
-        tonic::Code::Unauthenticated
-    );
 
     let kiroku = &local.kiroku;
     let processes: Vec<&cluster::Proc> = kiroku
@@ -673,10 +700,45 @@ fn every_metric_the_dashboards_and_alerts_use_is_exported() {
     // Counters and histograms must have moved somewhere (the stream and the refusal
     // drove every one of them); gauges (active streams, backlog) may read 0 by now.
     let mut exported: std::collections::BTreeMap<String, f64> = Default::default();
+    // The RED families of every gRPC service (gateway, account, audit, storage) moved
+    // on that service itself; process metrics and build info are on every process.
+    let grpc_services: Vec<&cluster::Proc> = kiroku
+        .gateways
+        .iter()
+        .chain(&kiroku.account)
+        .chain(&kiroku.audit)
+        .chain(&kiroku.storage)
+        .collect();
     for proc in &processes {
         let (status, text) = cluster::http_get(&proc.admin, "/metrics")
             .unwrap_or_else(|| panic!("GET {}/metrics", proc.admin));
         assert_eq!(status, 200, "{}/metrics: {text}", proc.admin);
+        let own: std::collections::BTreeMap<String, f64> =
+            samples(&text)
+                .into_iter()
+                .fold(Default::default(), |mut own, (name, value)| {
+                    *own.entry(name).or_default() += value;
+                    own
+                });
+        let mut expected = vec![
+            "kiroku_build_info",
+            "process_cpu_seconds_total",
+            "process_resident_memory_bytes",
+            "kiroku_nats_connected",
+        ];
+        if grpc_services.iter().any(|p| p.admin == proc.admin) {
+            expected.extend([
+                "kiroku_grpc_server_requests_total",
+                "kiroku_grpc_server_request_duration_seconds_count",
+            ]);
+        }
+        for name in expected {
+            assert!(
+                own.get(name).is_some_and(|v| *v > 0.0),
+                "{name} is missing or 0 on {}:\n{text}",
+                proc.admin
+            );
+        }
         for (name, value) in samples(&text) {
             let entry = exported.entry(name).or_insert(value);
             *entry = entry.max(value);
