@@ -7,6 +7,7 @@ mod account;
 mod audit;
 mod backup;
 mod bench;
+mod config;
 mod credentials;
 mod deadletters;
 mod minutes;
@@ -27,7 +28,7 @@ use clap::{Parser, Subcommand};
     version,
     about = "Kiroku: streaming transcription for live meetings"
 )]
-struct Cli {
+pub(crate) struct Cli {
     #[command(subcommand)]
     command: Command,
 }
@@ -42,6 +43,9 @@ enum Command {
     /// Run one service in the foreground (what a container runs).
     #[command(subcommand)]
     Serve(serve::Role),
+    /// Every setting (environment variable, flag, default, meaning):
+    /// `kiroku config --print-defaults`.
+    Config(config::Args),
     /// Run the whole cluster locally (gateway and workers; NATS reused or started).
     Up(up::Args),
     /// Stream a WAV file to a gateway in real time and show live captions.
@@ -108,6 +112,7 @@ fn main() -> ExitCode {
         Command::Model(command) => model::run(command),
         Command::Serve(role) => serve::run(role),
         Command::Up(args) => up::run(args),
+        Command::Config(args) => config::run(args),
         Command::Stream(args) => stream::run(args),
         Command::BenchPlumbing(args) => bench::run(args),
         Command::Login(args) => account::login(args),
