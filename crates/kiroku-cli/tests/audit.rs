@@ -208,21 +208,7 @@ fn control_12_4_1_the_chain_holds_thousands_and_shows_tampering() {
                 result.entries_checked, expected,
                 "the duplicate was stored twice"
             );
-            let duplicates = client
-                .list_events(authorized(
-                    pb::ListEventsRequest {
-                        filter: Some(pb::Filter {
-                            action: "test.duplicate".into(),
-                            ..Default::default()
-                        }),
-                        ..Default::default()
-                    },
-                    &token,
-                ))
-                .await
-                .expect("list")
-                .into_inner()
-                .entries;
+            let duplicates = cluster::audit_entries(&mut client, &token, "test.duplicate").await;
             assert_eq!(duplicates.len(), 1);
             check_streamed_export(&mut client, &token, expected).await;
             expected
@@ -603,21 +589,7 @@ fn hostile_audit_input_is_refused_or_stored_harmlessly_and_poison_is_set_aside()
         let mut client = audit(&audit_url).await;
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let entries = client
-                .list_events(authorized(
-                    pb::ListEventsRequest {
-                        filter: Some(pb::Filter {
-                            action: "test.replayed".into(),
-                            ..Default::default()
-                        }),
-                        ..Default::default()
-                    },
-                    &token,
-                ))
-                .await
-                .expect("list")
-                .into_inner()
-                .entries;
+            let entries = cluster::audit_entries(&mut client, &token, "test.replayed").await;
             if entries.len() == 1 {
                 break;
             }
@@ -1673,21 +1645,7 @@ fn the_gateway_forwards_account_audit_and_notice_apis_with_the_client_address() 
         let mut audit = audit(&gateway_url).await;
         let deadline = Instant::now() + Duration::from_secs(30);
         let sources = loop {
-            let entries = audit
-                .list_events(authorized(
-                    pb::ListEventsRequest {
-                        filter: Some(pb::Filter {
-                            action: "login.failed".into(),
-                            ..Default::default()
-                        }),
-                        ..Default::default()
-                    },
-                    &admin,
-                ))
-                .await
-                .expect("audit through the gateway")
-                .into_inner()
-                .entries;
+            let entries = cluster::audit_entries(&mut audit, &admin, "login.failed").await;
             if entries.len() >= 3 {
                 break entries.into_iter().map(|e| e.source_ip).collect::<Vec<_>>();
             }

@@ -1020,21 +1020,7 @@ fn one_stream_is_one_trace_from_client_to_stored_minutes_and_audit_row() {
             .expect("audit");
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let started = audit
-                .list_events(cluster::authorized(
-                    pb::ListEventsRequest {
-                        filter: Some(pb::Filter {
-                            action: "stream.started".into(),
-                            ..Default::default()
-                        }),
-                        ..Default::default()
-                    },
-                    &token,
-                ))
-                .await
-                .expect("list")
-                .into_inner()
-                .entries;
+            let started = cluster::audit_entries(&mut audit, &token, "stream.started").await;
             if let Some(entry) = started.first() {
                 return entry.trace_id.clone();
             }

@@ -1067,3 +1067,29 @@ impl LiveStream {
         assert!(acks > 0, "no audio acks");
     }
 }
+
+/// The entries of the caller's audit log with `action`, newest first (the first page).
+pub async fn audit_entries(
+    client: &mut kiroku_proto::audit::v1::audit_service_client::AuditServiceClient<
+        tonic::transport::Channel,
+    >,
+    token: &str,
+    action: &str,
+) -> Vec<kiroku_proto::audit::v1::AuditEntry> {
+    use kiroku_proto::audit::v1 as pb;
+    client
+        .list_events(authorized(
+            pb::ListEventsRequest {
+                filter: Some(pb::Filter {
+                    action: action.into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            token,
+        ))
+        .await
+        .expect("list audit entries")
+        .into_inner()
+        .entries
+}
