@@ -183,6 +183,8 @@ def measure(kiroku, work, wav, ct2, f16, q8, language, rounds, threads):
         ("faster-whisper float32 greedy", fw_variant(False, "float32")),
         ("kiroku f16 greedy", kiroku_variant(f16)),
         ("kiroku q8_0 greedy", kiroku_variant(q8)),
+        ("kiroku q8_0 greedy, whole file (30 s windows)", kiroku_variant(q8, "--whole")),
+        ("kiroku f16 greedy, whole file (30 s windows)", kiroku_variant(f16, "--whole")),
         ("kiroku q8_0 greedy, flash attention", kiroku_variant(q8, "--flash-attn")),
         ("kiroku q8_0 beam 5", kiroku_variant(q8, "--beam", "5")),
     ]

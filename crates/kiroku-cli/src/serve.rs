@@ -301,6 +301,11 @@ pub struct WorkerArgs {
     /// list`) or the path of a ggml file [default: tiny.en].
     #[arg(long, env = "KIROKU_MODEL", value_name = "NAME|PATH")]
     pub model: Option<String>,
+    /// A second model for the minutes: utterance finals and files are decoded with it,
+    /// captions with --model (e.g. tiny.en captions, base finals). Default: --model for
+    /// everything. See docs/streaming.md, "Two models".
+    #[arg(long, env = "KIROKU_FINAL_MODEL", value_name = "NAME|PATH")]
+    pub final_model: Option<String>,
     /// Inference threads across all slots [default: all cores].
     #[arg(long, env = "KIROKU_WORKER_THREADS")]
     pub threads: Option<usize>,
@@ -470,16 +475,28 @@ async fn worker(args: WorkerArgs) -> Result<()> {
                 Some(model) => crate::model::resolve(model)?,
                 None => kiroku_engine::engine::default_model_path(),
             };
-            if !model_path.is_file() {
-                return Err(InputError(format!(
-                    "model file {} not found (run `kiroku model fetch` or pass --model NAME|PATH)",
-                    model_path.display()
-                ))
-                .into());
+            let final_model_path = match &args.final_model {
+                Some(model) => Some(crate::model::resolve(model)?),
+                None => None,
+            };
+            for (flag, path) in [
+                ("--model", Some(&model_path)),
+                ("--final-model", final_model_path.as_ref()),
+            ] {
+                if let Some(path) = path
+                    && !path.is_file()
+                {
+                    return Err(InputError(format!(
+                        "model file {} not found (run `kiroku model fetch` or pass {flag} NAME|PATH)",
+                        path.display()
+                    ))
+                    .into());
+                }
             }
             let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
             kiroku_worker::EngineKind::Whisper {
                 model_path,
+                final_model_path,
                 threads: args.threads.unwrap_or(cores),
                 slots: args.slots,
             }

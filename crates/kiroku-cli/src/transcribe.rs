@@ -34,7 +34,13 @@ pub struct Args {
     /// Vocabulary or context that biases recognition, e.g. names and jargon.
     #[arg(long)]
     prompt: Option<String>,
-    /// Encoder context in 20 ms frames (64–1500); smaller is faster on short audio.
+    /// Decode the file whole, in Whisper's own 30 s windows, instead of cut at its
+    /// pauses into pieces decoded with the audio before them (as live minutes are; see
+    /// docs/streaming.md, "Files"). Local only.
+    #[arg(long, conflicts_with = "remote")]
+    whole: bool,
+    /// Encoder context in 20 ms frames (64–1500) for a whole-file decode (implies
+    /// --whole: pieces size their own); smaller is faster on short audio.
     #[arg(long)]
     audio_ctx: Option<u32>,
     /// Use flash attention (less memory; slower on CPU).
@@ -181,15 +187,14 @@ pub fn run(args: Args) -> Result<()> {
         ..Default::default()
     };
     let duration_ms = pcm.duration_ms();
-    let transcript = engine
-        .transcribe(
-            pcm.samples,
-            options,
-            Some(Box::new(move |percent| {
-                progress_bar.set_position(percent.clamp(0, 100) as u64)
-            })),
-        )
-        .map_err(engine_error)?;
+    let progress: kiroku_engine::engine::ProgressFn =
+        Box::new(move |percent| progress_bar.set_position(percent.clamp(0, 100) as u64));
+    let transcript = if args.whole || args.audio_ctx.is_some() {
+        engine.transcribe(pcm.samples, options, Some(progress))
+    } else {
+        kiroku_engine::file::transcribe_file(&engine, &pcm.samples, options, Some(progress))
+    }
+    .map_err(engine_error)?;
     bar.finish_and_clear();
     let done = started.elapsed();
     print!("{}", transcript.render(args.format));

@@ -42,6 +42,9 @@ pub struct Args {
     /// ggml file [default: tiny.en].
     #[arg(long, value_name = "NAME|PATH")]
     model: Option<String>,
+    /// Worker model of the minutes (utterance finals and files), when not --model.
+    #[arg(long, value_name = "NAME|PATH")]
+    final_model: Option<String>,
     /// Inference threads in all [default: all cores].
     #[arg(long)]
     threads: Option<usize>,
@@ -218,6 +221,9 @@ async fn up(args: Args) -> Result<()> {
         ]);
         if let Some(model) = &args.model {
             command.arg("--model").arg(model);
+        }
+        if let Some(model) = &args.final_model {
+            command.arg("--final-model").arg(model);
         }
         common(&mut command);
         command.stdout(Stdio::piped()).stderr(log);

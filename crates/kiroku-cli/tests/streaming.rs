@@ -228,10 +228,15 @@ fn client_resumes_on_a_second_gateway_and_misses_nothing() {
     assert_wer(&report, &reference, 0.15);
 }
 
+/// A file through the gateway, on a worker whose minutes come from a second model
+/// (`--final-model base`, captions from tiny.en): the file is decoded in pieces cut at
+/// its pauses (one segment per sentence), and a live stream on the same worker gets
+/// its finals from base too.
 #[test]
 fn unary_transcribe_goes_through_the_cluster() {
     use kiroku_proto::transcribe::v1 as api;
-    let cluster = Cluster::start(1, 1, Options::default());
+    let mut cluster = Cluster::start(1, 0, Options::default());
+    cluster.spawn_worker_with(&["--model", "tiny.en", "--final-model", "base"]);
     let sentences = sentences();
     let (wav, reference) = meeting_wav(cluster.dir.path(), "file", &sentences[..3], 22_050, 1);
     let url = cluster.gateway_url(0);
@@ -257,6 +262,30 @@ fn unary_transcribe_goes_through_the_cluster() {
     assert!(wer <= 0.15, "WER {wer}: {}", response.text);
     assert_eq!(response.language, "en");
     assert!(response.segments.iter().all(|s| !s.words.is_empty()));
+    // Sentences, in order: the pieces' edges keep word times continuous.
+    assert!(
+        response.segments.len() >= 2,
+        "{} segments for {} sentences: {:?}",
+        response.segments.len(),
+        sentences[..3].len(),
+        response.segments
+    );
+    let words: Vec<_> = response.segments.iter().flat_map(|s| &s.words).collect();
+    assert!(
+        words.windows(2).all(|w| w[0].end_ms <= w[1].start_ms),
+        "words out of order across segments: {:?}",
+        response.segments
+    );
+    assert!(
+        cluster.logs().contains("tiny.en+base"),
+        "the worker did not load both models:\n{}",
+        cluster.logs()
+    );
+    let (wav, reference) = meeting_wav(cluster.dir.path(), "live", &sentences[3..6], 16_000, 1);
+    let client = StreamClient::spawn(cluster.dir.path(), "c", &wav, &cluster.gateway_url(0), 2.0);
+    let report = client.finish(Duration::from_secs(120));
+    check_finals_consistent(&report);
+    assert_wer(&report, &reference, 0.15);
 }
 
 /// A file request is a stream for the tenant's quota and is authenticated before its

@@ -3,6 +3,7 @@
 pub mod audio;
 pub mod convert;
 pub mod engine;
+pub mod file;
 pub mod live;
 pub mod streaming;
 #[cfg(test)]

@@ -65,6 +65,21 @@ const FINAL_PAD_MS: u64 = 1_000;
 /// next utterance's pre-roll (its first syllable, before the VAD fires) stays inside it.
 const IDLE_BOUNDARY_LAG_MS: u64 = 1_000;
 
+/// Voiced audio this long after a word's end, with no word in it, is speech the decode
+/// skipped: Whisper ends a single-segment decode with its end token mid-speech now and
+/// then, or jumps over a phrase (seen on a 14 s piece that stopped after "Let us move
+/// the design" with 7 s of speech left, and "Can someone take notes [on the decisions
+/// we make] today?"; DTW stretches the word before the gap over it). The final then
+/// holds the words before that word, and the rest of the span, from that word's start,
+/// is decoded again with them as its left context.
+const MISSED_SPEECH_MARGIN_MS: u64 = 500;
+/// At least this much voiced audio (by the VAD's threshold) after that margin makes a
+/// decode incomplete.
+const MISSED_SPEECH_MS: u64 = 400;
+/// A word is taken to end at most this long after its start (DTW stretches the word
+/// before skipped speech over it).
+const MAX_WORD_MS: u64 = 1_200;
+
 /// Left context of Japanese and Chinese finals (see [`FinalsConfig::for_language`]).
 const UNSPACED_LEFT_CONTEXT_MS: u32 = 7_500;
 
@@ -100,6 +115,11 @@ pub struct FinalsConfig {
     /// Encoder frames added to a final's audio context beyond its window's own (at most
     /// 1500 frames in all: 1500 decodes every final with the full 30 s window).
     pub audio_ctx_margin_frames: u32,
+    /// Consecutive utterances are gathered into one final until it spans at least this
+    /// long (0: every utterance is its own final, as live streams need). Files use
+    /// [`crate::file::FILE_GATHER_MS`]: fewer, longer decodes, each cut at a pause and
+    /// with the same left context.
+    pub gather_ms: u32,
 }
 
 impl FinalsConfig {
@@ -126,6 +146,7 @@ impl Default for FinalsConfig {
             beam_size: 1,
             prompt_chars: 0,
             audio_ctx_margin_frames: 100,
+            gather_ms: 0,
         }
     }
 }
@@ -199,6 +220,11 @@ pub struct Live {
     context: String,
     /// The last final's words, as [`units`], to recognise them heard again.
     previous_units: Vec<String>,
+    /// False for a file: no caption decodes, finals only.
+    captions: bool,
+    /// The end of the last utterance gathered into the next final, not yet cut
+    /// ([`FinalsConfig::gather_ms`]).
+    gathered: Option<u64>,
 }
 
 impl Live {
@@ -225,6 +251,18 @@ impl Live {
             captioned: Vec::new(),
             context: String::new(),
             previous_units: Vec::new(),
+            captions: true,
+            gathered: None,
+        }
+    }
+
+    /// A track of a whole recording (a file): finals only, no captions. A final that
+    /// cannot be decoded is an error for the caller ([`crate::file`]), as there are
+    /// no captions to fall back to.
+    pub fn for_file(policy: PolicyConfig, finals: FinalsConfig) -> Self {
+        Self {
+            captions: false,
+            ..Self::new(policy, finals, None)
         }
     }
 
@@ -249,6 +287,7 @@ impl Live {
     pub fn flush(&mut self) {
         self.policy.flush();
         self.take_events();
+        self.cut_gathered();
         // Captions after the last cut with no utterance end to close them (the policy
         // dropped the rest as noise): they still get a final.
         let position = self.position();
@@ -264,6 +303,17 @@ impl Live {
     /// Absolute sample the next pushed audio is expected at.
     fn position(&self) -> u64 {
         self.audio_start + self.audio.len() as u64
+    }
+
+    /// Cuts the utterances gathered so far into a final.
+    fn cut_gathered(&mut self) {
+        if let Some(end) = self.gathered.take() {
+            self.spans.push_back(Span {
+                end,
+                decode_end: end,
+                failures: 0,
+            });
+        }
     }
 
     /// End of the last span cut (the boundary when none waits).
@@ -285,19 +335,23 @@ impl Live {
                 }
                 UtteranceEvent::Ended { end } => {
                     self.open_start = None;
-                    if end > self.scheduled_end() {
-                        self.spans.push_back(Span {
-                            end,
-                            decode_end: end,
-                            failures: 0,
-                        });
+                    let from = self.scheduled_end();
+                    if end > from {
+                        self.gathered = Some(end);
+                        if end - from >= u64::from(self.finals.gather_ms) * SAMPLES_PER_MS {
+                            self.cut_gathered();
+                        }
                     }
                 }
                 UtteranceEvent::Dropped => self.open_start = None,
             }
         }
         self.cut_long_utterance();
-        if self.open_start.is_none() && self.spans.is_empty() && self.in_flight.is_none() {
+        if self.open_start.is_none()
+            && self.gathered.is_none()
+            && self.spans.is_empty()
+            && self.in_flight.is_none()
+        {
             // Silence: the boundary follows the audio, so the left context of the next
             // utterance is the audio just before it and old audio is let go.
             let lagging = self
@@ -312,13 +366,18 @@ impl Live {
     }
 
     /// Speech without a pause: once the open utterance holds `max_utterance_ms` (plus
-    /// the right context) after the last cut, cut it at its quietest 100 ms.
+    /// the right context) after the last cut, cut it at its quietest 100 ms. Gathered
+    /// utterances are cut first, at their pause, once the open one would make their
+    /// final longer than that.
     fn cut_long_utterance(&mut self) {
         let Some(speech_start) = self.open_start else {
             return;
         };
         let max = u64::from(self.finals.max_utterance_ms) * SAMPLES_PER_MS;
         let right = u64::from(self.finals.right_context_ms) * SAMPLES_PER_MS;
+        if self.gathered.is_some() && self.position() >= self.scheduled_end() + max {
+            self.cut_gathered();
+        }
         let from = self.scheduled_end().max(speech_start);
         if self.position() < from + max + right {
             return;
@@ -355,6 +414,48 @@ impl Live {
         self.audio_start + (from + middle).min(to) as u64
     }
 
+    /// The first word of `words` (a decode of a span ending at `span_end`) after which
+    /// the decode skipped speech (see [`MISSED_SPEECH_MARGIN_MS`]), and where to cut
+    /// the span: at that word's start, when that is after the boundary (a cut must
+    /// move the minutes on, so a span is never decoded again forever).
+    fn skipped_speech(&self, words: &[Word], span_end: u64) -> Option<(usize, u64)> {
+        words.iter().enumerate().find_map(|(index, word)| {
+            let cut = word.start_ms * SAMPLES_PER_MS;
+            if cut <= self.boundary {
+                return None;
+            }
+            let next = words
+                .get(index + 1)
+                .map_or(span_end, |next| next.start_ms * SAMPLES_PER_MS);
+            let heard_to_ms = word.end_ms.min(word.start_ms + MAX_WORD_MS);
+            let missed = self.voiced_ms(
+                (heard_to_ms + MISSED_SPEECH_MARGIN_MS) * SAMPLES_PER_MS,
+                next.min(span_end),
+            );
+            (missed >= MISSED_SPEECH_MS).then_some((index, cut))
+        })
+    }
+
+    /// Voiced audio (20 ms blocks at or above the VAD's threshold) within absolute
+    /// samples `from..to`, in ms.
+    fn voiced_ms(&self, from: u64, to: u64) -> u64 {
+        let local =
+            |sample: u64| (sample.saturating_sub(self.audio_start) as usize).min(self.audio.len());
+        let (from, to) = (local(from), local(to));
+        if from >= to {
+            return 0;
+        }
+        let threshold = self.policy.config().vad_threshold_rms;
+        let voiced = self.audio[from..to]
+            .chunks(VAD_BLOCK_SAMPLES)
+            .filter(|block| {
+                let energy = block.iter().map(|s| s * s).sum::<f32>() / block.len() as f32;
+                energy.sqrt() >= threshold
+            })
+            .count();
+        voiced as u64 * VAD_BLOCK_SAMPLES as u64 / SAMPLES_PER_MS
+    }
+
     /// Drops audio no final needs any more: all but the left context of the boundary.
     fn trim_audio(&mut self) {
         let keep_from = self
@@ -370,7 +471,10 @@ impl Live {
     /// True when nothing is left to decode: no utterance open, no final due, no decode
     /// in flight. The worker ends a flushed stream once idle.
     pub fn is_idle(&self) -> bool {
-        self.in_flight.is_none() && self.spans.is_empty() && self.policy.is_idle()
+        self.in_flight.is_none()
+            && self.spans.is_empty()
+            && self.gathered.is_none()
+            && (self.policy.is_idle() || !self.captions)
     }
 
     /// The decode to run now, if one is due and none is in flight: a final first (the
@@ -383,6 +487,9 @@ impl Live {
             && self.position() >= span.decode_end
         {
             return Some(self.final_request(span));
+        }
+        if !self.captions {
+            return None;
         }
         let request = self.policy.next_decode()?;
         self.in_flight = Some(InFlight::Caption { id: request.id });
@@ -545,7 +652,24 @@ impl Live {
             None => Vec::new(),
         };
         let mut words = self.drop_repeated_tail(words, span_start_ms);
-        let from_captions = words.is_empty();
+        let mut span = span;
+        let skipped = self.skipped_speech(&words, span.end);
+        if let Some((index, cut)) = skipped {
+            tracing::debug!(
+                cut_ms = cut / SAMPLES_PER_MS,
+                span_end_ms = span.end / SAMPLES_PER_MS,
+                "final decode skipped speech: decoding the rest of its span again"
+            );
+            words.truncate(index);
+            self.spans.push_front(span);
+            span = Span {
+                end: cut,
+                decode_end: cut,
+                failures: span.failures,
+            };
+        }
+        let span_end_ms = span.end / SAMPLES_PER_MS;
+        let from_captions = words.is_empty() && skipped.is_none();
         if from_captions {
             words = self
                 .captioned
@@ -860,6 +984,113 @@ mod tests {
     }
 
     #[test]
+    fn a_decode_that_skips_speech_keeps_the_words_before_and_decodes_the_rest_again() {
+        let mut live = Live::new(PolicyConfig::default(), FinalsConfig::default(), None);
+        push(&mut live, &speech(6_000));
+        push(&mut live, &silence(1_000));
+        let first = next_final(&mut live);
+        // Whisper stopped after "move the", DTW stretching "the" over 4 s of speech.
+        let output = live.on_decoded(
+            first.id,
+            heard(
+                &first,
+                &[
+                    ("Let", 100, 400),
+                    ("us", 400, 700),
+                    ("move", 700, 1_100),
+                    ("the", 1_100, 5_900),
+                ],
+            ),
+        );
+        assert_eq!(texts(&output.finals), ["Let us move"]);
+        assert_eq!(
+            output.finals[0].span_end_ms, 1_100,
+            "cut at the stretched word"
+        );
+        assert!(!live.is_idle());
+        // The rest of the span is decoded again, the kept words as its left context.
+        let rest = next_final(&mut live);
+        assert_eq!(rest.start_ms, 0);
+        let output = live.on_decoded(
+            rest.id,
+            heard(
+                &rest,
+                &[
+                    ("Let", 100, 400),
+                    ("us", 400, 700),
+                    ("move", 700, 1_100),
+                    ("the", 1_100, 1_300),
+                    ("design", 1_300, 1_800),
+                    ("review", 1_800, 3_000),
+                    ("to", 3_000, 4_000),
+                    ("Tuesday.", 4_000, 5_900),
+                ],
+            ),
+        );
+        assert_eq!(texts(&output.finals), ["the design review to Tuesday."]);
+        assert_eq!(
+            output.finals[0].span_start_ms, 1_100,
+            "finals tile the timeline"
+        );
+        assert!(live.is_idle());
+    }
+
+    #[test]
+    fn a_word_stretched_over_silence_is_not_skipped_speech() {
+        let mut live = Live::new(PolicyConfig::default(), FinalsConfig::default(), None);
+        push(&mut live, &speech(2_000));
+        push(&mut live, &silence(1_000));
+        let first = next_final(&mut live);
+        let output = live.on_decoded(
+            first.id,
+            heard(&first, &[("Good", 100, 600), ("morning.", 600, 2_900)]),
+        );
+        assert_eq!(texts(&output.finals), ["Good morning."]);
+        assert!(live.is_idle());
+    }
+
+    #[test]
+    fn a_file_gathers_utterances_into_pieces_of_the_gather_length_cut_at_pauses() {
+        let finals = FinalsConfig {
+            gather_ms: 6_000,
+            ..FinalsConfig::default()
+        };
+        let mut live = Live::for_file(PolicyConfig::default(), finals);
+        // Three utterances of 2 s and their pauses: the first two (5.3 s up to the end
+        // of the second pause) make a piece of at least 6 s only with the third.
+        for _ in 0..3 {
+            push(&mut live, &speech(2_000));
+            push(&mut live, &silence(1_000));
+        }
+        let piece = live.next_decode().expect("a piece is due");
+        assert_eq!(piece.kind, DecodeKind::Final, "files decode no captions");
+        let output = live.on_decoded(
+            piece.id,
+            heard(
+                &piece,
+                &[
+                    ("One.", 100, 1_900),
+                    ("Two.", 3_100, 4_900),
+                    ("Three.", 6_100, 7_900),
+                ],
+            ),
+        );
+        assert_eq!(texts(&output.finals), ["One. Two. Three."]);
+        assert!(live.next_decode().is_none());
+        // A last utterance shorter than the gather length is cut by the flush.
+        push(&mut live, &speech(2_000));
+        assert!(
+            live.next_decode().is_none(),
+            "no piece before the pause or the end"
+        );
+        live.flush();
+        let last = live.next_decode().expect("the flush cuts the last piece");
+        let output = live.on_decoded(last.id, heard(&last, &[("Four.", 9_100, 10_900)]));
+        assert_eq!(texts(&output.finals), ["Four."]);
+        assert!(live.is_idle());
+    }
+
+    #[test]
     fn the_previous_finals_last_words_heard_again_after_the_boundary_are_dropped() {
         let (mut live, boundary, second) =
             second_final_due(&[("planning", 100, 1_000), ("meeting.", 1_000, 1_900)]);
@@ -895,7 +1126,7 @@ mod tests {
                     ("weekly", boundary - 1_000, boundary - 600),
                     ("planning", boundary - 250, boundary - 220),
                     ("meeting.", boundary - 200, boundary + 300),
-                    ("Next", boundary + 1_000, boundary + 1_400),
+                    ("Next", boundary + 1_000, boundary + 2_400),
                 ],
             ),
         );

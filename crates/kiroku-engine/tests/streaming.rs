@@ -119,6 +119,75 @@ fn shown_live(simulation: &Simulation) -> String {
     kiroku_core::transcript::join_words(pieces)
 }
 
+/// How far a file's transcript may be from the live minutes of the same audio (error
+/// rate of one against the other): the same cuts, context and word rules, but a file
+/// gathers utterances into longer decodes ([`kiroku_engine::file`]).
+const FILE_VS_MINUTES_SLACK: f64 = 0.05;
+
+/// `kiroku transcribe`'s path over the same audio: as accurate as the whole-file decode
+/// (within [`MINUTES_SLACK`]), close to the live minutes, and its words continuous
+/// across the pieces' edges: in time order, inside the audio, each inside its segment.
+/// Returns the file's text.
+fn check_file(
+    engine: &Engine,
+    samples: &[f32],
+    language: Option<&str>,
+    minutes: &str,
+    batch_error: f64,
+    error_rate: impl Fn(&str) -> f64,
+    compare: impl Fn(&str, &str) -> f64,
+) -> String {
+    let options = TranscribeOptions {
+        language: language.map(str::to_string),
+        beam_size: 1,
+        ..TranscribeOptions::default()
+    };
+    let transcript =
+        kiroku_engine::file::transcribe_file(engine, samples, options, None).expect("file decode");
+    let audio_ms = samples.len() as u64 / 16;
+    let mut previous_end_ms = 0;
+    for segment in &transcript.segments {
+        assert!(
+            segment.start_ms >= previous_end_ms && segment.end_ms <= audio_ms,
+            "segment {}..{} overlaps the previous one ({previous_end_ms}) or runs past the audio ({audio_ms})",
+            segment.start_ms,
+            segment.end_ms
+        );
+        for word in &segment.words {
+            assert!(
+                word.start_ms >= previous_end_ms
+                    && word.end_ms >= word.start_ms
+                    && word.start_ms >= segment.start_ms
+                    && word.end_ms <= segment.end_ms,
+                "word {word:?} out of order or outside its segment {}..{}",
+                segment.start_ms,
+                segment.end_ms
+            );
+            previous_end_ms = word.end_ms;
+        }
+    }
+    let text = transcript.text;
+    let file_error = error_rate(&text);
+    let apart = compare(minutes, &text);
+    eprintln!(
+        "file: {} segments, error {file_error:.3} (whole-file decode {batch_error:.3}), {apart:.3} from the live minutes
+file: {text}",
+        transcript.segments.len()
+    );
+    assert!(
+        file_error <= batch_error + MINUTES_SLACK,
+        "file error {file_error:.3} > whole-file decode {batch_error:.3} + {MINUTES_SLACK}
+file: {text}"
+    );
+    assert!(
+        apart <= FILE_VS_MINUTES_SLACK,
+        "file and live minutes {apart:.3} apart
+file:    {text}
+minutes: {minutes}"
+    );
+    text
+}
+
 fn check(simulation: &Simulation, reference: &str, audio_ms: u64) -> (String, f64) {
     let mut previous_end_ms = 0;
     for final_ in &simulation.captions {
@@ -176,6 +245,20 @@ fn streamed_meeting_speech_is_committed_accurately_and_in_time_order() {
     assert!(
         minutes_wer <= batch_wer + MINUTES_SLACK,
         "minutes WER {minutes_wer:.3} > batch {batch_wer:.3} + {MINUTES_SLACK}\nreference: {reference}\nminutes:   {minutes}\nbatch:     {batch}"
+    );
+    let file = check_file(
+        &engine,
+        &samples,
+        None,
+        &minutes,
+        batch_wer,
+        |text| word_error_rate(&reference, text),
+        word_error_rate,
+    );
+    // A sentence a line, as Whisper's own segments are.
+    assert!(
+        file.matches(". ").count() + 1 >= meeting_sentences().len() / 2,
+        "file transcript without sentences: {file}"
     );
     // Every sentence ends in a pause the VAD must catch: finals are utterances (a
     // sentence or more), not the one- or two-word pieces captions come in.
@@ -247,6 +330,19 @@ fn streamed_japanese_commits_tokens_before_the_sentence_ends() {
     assert!(
         minutes_cer <= batch_cer + MINUTES_SLACK,
         "minutes CER {minutes_cer:.3} > batch {batch_cer:.3} + {MINUTES_SLACK}\nminutes: {minutes}\nbatch:   {batch}"
+    );
+    let file = check_file(
+        &engine,
+        &samples,
+        Some("ja"),
+        &minutes,
+        batch_cer,
+        |text| character_error_rate(&reference, text),
+        character_error_rate,
+    );
+    assert!(
+        file.contains('。') && !file.contains(' '),
+        "file transcript unpunctuated or spaced: {file}"
     );
     // Whisper's punctuation is kept, and Japanese is never joined with spaces.
     assert!(minutes.contains('。'), "minutes without a 。: {minutes}");

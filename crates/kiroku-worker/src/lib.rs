@@ -34,6 +34,9 @@ pub enum EngineKind {
     /// Whisper through whisper-rs: the product.
     Whisper {
         model_path: PathBuf,
+        /// The model of utterance finals and files, when not `model_path` (loaded as a
+        /// second engine with the same threads and slots).
+        final_model_path: Option<PathBuf>,
         /// Inference threads across all slots: never more than the cores given.
         threads: usize,
         /// Decodes that may run at once (each gets `threads / slots` threads).
@@ -94,8 +97,11 @@ pub(crate) struct Ctx {
     pub audio: jetstream::stream::Stream,
     pub transcripts: jetstream::stream::Stream,
     pub checkpoints: jetstream::kv::Store,
-    /// `None` for the benchmark-only null engine.
+    /// `None` for the benchmark-only null engine. Decodes captions.
     pub engine: Option<Arc<Engine>>,
+    /// Decodes the minutes (utterance finals and files): `engine` unless the worker
+    /// was given a final model.
+    pub final_engine: Option<Arc<Engine>>,
     /// Sessions running here → their job's latest delivery.
     pub active: std::sync::Mutex<
         std::collections::HashMap<String, watch::Sender<Arc<async_nats::jetstream::Message>>>,
@@ -111,25 +117,42 @@ pub async fn serve(
     ready: watch::Sender<kiroku_core::admin::Readiness>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let (engine, model_name) = match &config.engine {
+    let (engine, final_engine, model_name) = match &config.engine {
         EngineKind::Whisper {
             model_path,
+            final_model_path,
             threads,
             slots,
         } => {
-            let mut engine_config = EngineConfig::new(model_path);
-            engine_config.threads = *threads;
-            engine_config.slots = *slots;
-            engine_config.queue_capacity = config.max_sessions.max(1);
-            let engine = tokio::task::spawn_blocking(move || Engine::load(&engine_config))
-                .await
-                .context("loading the model")??;
-            let name = engine.info().name();
-            (Some(Arc::new(engine)), name)
+            let load = |path: &PathBuf| {
+                let mut engine_config = EngineConfig::new(path);
+                engine_config.threads = *threads;
+                engine_config.slots = *slots;
+                engine_config.queue_capacity = config.max_sessions.max(1);
+                async move {
+                    tokio::task::spawn_blocking(move || Engine::load(&engine_config))
+                        .await
+                        .context("loading the model")?
+                        .map(Arc::new)
+                        .map_err(anyhow::Error::from)
+                }
+            };
+            let engine = load(model_path).await?;
+            let final_engine = match final_model_path {
+                Some(path) => load(path).await?,
+                None => engine.clone(),
+            };
+            let name = if Arc::ptr_eq(&engine, &final_engine) {
+                engine.info().name()
+            } else {
+                // Captions' model + the minutes' model, e.g. "tiny.en+base".
+                format!("{}+{}", engine.info().name(), final_engine.info().name())
+            };
+            (Some(engine), Some(final_engine), name)
         }
         EngineKind::NullForBenchmarks => {
             warn!("BENCHMARK-ONLY null engine: no inference, captions are frame numbers");
-            (None, "null-benchmark".to_string())
+            (None, None, "null-benchmark".to_string())
         }
     };
     let nats = kiroku_core::nats::connect(&config.nats_url, "kiroku-worker")
@@ -158,6 +181,7 @@ pub async fn serve(
         nats,
         js,
         engine,
+        final_engine,
         model_name,
         active: Default::default(),
     });
@@ -171,11 +195,12 @@ pub async fn serve(
     // Ready while every decoding slot runs and NATS is connected; re-checked twice a
     // second so a lost connection or a slot that could not be restored shows.
     {
-        let (engine, nats) = (ctx.engine.clone(), ctx.nats.clone());
+        let engines = [ctx.engine.clone(), ctx.final_engine.clone()];
+        let nats = ctx.nats.clone();
         tokio::spawn(async move {
             loop {
                 let now = kiroku_core::admin::nats_ready(&nats).and_then(|()| {
-                    if engine.as_ref().is_none_or(|e| e.is_healthy()) {
+                    if engines.iter().flatten().all(|e| e.is_healthy()) {
                         Ok(())
                     } else {
                         Err("a decoding slot could not be restored".to_string())

@@ -225,9 +225,12 @@ impl Session {
             Ok(None) => return Outcome::Closed,
             Err(why) => return Outcome::Retry(why),
         }
-        if let Some(engine) = &self.ctx.engine
-            && let Err(error) = engine.check_options(&self.decode_options())
-        {
+        let options = self.decode_options();
+        let refused = [&self.ctx.engine, &self.ctx.final_engine]
+            .into_iter()
+            .flatten()
+            .find_map(|engine| engine.check_options(&options).err());
+        if let Some(error) = refused {
             return self.close_invalid(error.to_string()).await;
         }
         let resumed =
@@ -285,7 +288,9 @@ impl Session {
         drain: &mut watch::Receiver<bool>,
         resumed: bool,
     ) -> Outcome {
-        let Some(engine) = self.ctx.engine.clone() else {
+        let (Some(engine), Some(final_engine)) =
+            (self.ctx.engine.clone(), self.ctx.final_engine.clone())
+        else {
             return Outcome::Retry("no engine".into());
         };
         let mut live = Live::new(
@@ -324,7 +329,11 @@ impl Session {
                     audio_ctx = request.audio_ctx,
                     "decode"
                 );
-                in_flight = Some(spawn_decode(engine.clone(), request, options.clone()));
+                let engine = match request.kind {
+                    DecodeKind::Final => final_engine.clone(),
+                    _ => engine.clone(),
+                };
+                in_flight = Some(spawn_decode(engine, request, options.clone()));
             }
             if let Some(reason) = closing
                 && in_flight.is_none()
@@ -487,7 +496,7 @@ impl Session {
         if self.ctx.engine.is_none() || samples.is_empty() {
             return self.close("end_of_stream").await;
         }
-        let Some(engine) = self.ctx.engine.clone() else {
+        let Some(engine) = self.ctx.final_engine.clone() else {
             return self.close("end_of_stream").await;
         };
         let options = TranscribeOptions {
@@ -502,10 +511,11 @@ impl Session {
             audio_s = duration,
             otel.name = "worker decode"
         );
-        let transcript =
-            tokio::task::spawn_blocking(move || engine.transcribe(samples, options, None))
-                .instrument(span)
-                .await;
+        let transcript = tokio::task::spawn_blocking(move || {
+            kiroku_engine::file::transcribe_file(&engine, &samples, options, None)
+        })
+        .instrument(span)
+        .await;
         kiroku_core::metrics::metrics()
             .real_time_factor
             .observe(started.elapsed().as_secs_f64() / duration.max(0.001));
