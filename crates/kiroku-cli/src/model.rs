@@ -139,6 +139,26 @@ pub const MODELS: &[Source] = &[
     },
 ];
 
+/// Silero VAD v6 (voice activity, `kiroku_engine::vad`): the ONNX file inside the MIT
+/// faster-whisper wheel, installed as-is (no conversion) by `fetch --model silero-vad`.
+const SILERO_VAD: Source = Source {
+    name: "silero-vad",
+    languages: "voice activity",
+    wheels: &[Wheel {
+        package: "faster-whisper==1.2.1",
+        file: "faster_whisper-1.2.1-py3-none-any.whl",
+        sha256: "79a66ad50688c0b794dd501dc340a736992a6342f7f95e5811be60b5224a26a7",
+    }],
+    extract: &[Extract {
+        wheel: 0,
+        from: "faster_whisper/assets/silero_vad_v6.onnx",
+        to: kiroku_engine::vad::SILERO_FILE,
+    }],
+    model_bin_sha256: None,
+};
+/// SHA-256 of `silero_vad_v6.onnx` as extracted from that wheel (2026-12-04).
+const SILERO_VAD_SHA256: &str = "4cbf549b8326f60f80f2536d9eefeb450a9abe83365a098031c89719f1be17d2";
+
 /// Suffix of the q8_0-quantized file's model name (`ggml-base-q8_0.bin` is `base-q8_0`).
 const Q8_0_SUFFIX: &str = "-q8_0";
 
@@ -153,11 +173,15 @@ fn model_file(dir: &Path, name: &str) -> PathBuf {
 
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
-    /// Download (pip), verify, extract and convert a model: tiny.en (default) or base.
+    /// Download (pip), verify, extract and convert a model: tiny.en (default), base, or
+    /// silero-vad (the voice activity detector, installed as it is).
     Fetch {
-        /// Which model: tiny.en (English only) or base (99 languages, Japanese among them).
+        /// Which model: tiny.en (English only), base (99 languages, Japanese among them)
+        /// or silero-vad (finds pauses in noisy audio; workers and files use it when
+        /// installed).
         #[arg(long, default_value = "tiny.en",
-              value_parser = clap::builder::PossibleValuesParser::new(MODELS.iter().map(|m| m.name)))]
+              value_parser = clap::builder::PossibleValuesParser::new(
+                  MODELS.iter().map(|m| m.name).chain([SILERO_VAD.name])))]
         model: String,
         /// Use this already-downloaded wheel instead of running pip; repeat it for a
         /// model in several wheels (those not given are downloaded).
@@ -184,6 +208,12 @@ pub enum Command {
 
 pub fn run(command: Command) -> Result<()> {
     match command {
+        Command::Fetch {
+            model,
+            wheel,
+            force,
+            ..
+        } if model == SILERO_VAD.name => fetch_vad(&wheel, force),
         Command::Fetch {
             model,
             wheel,
@@ -289,6 +319,51 @@ fn fetch(
         eprintln!("converting {} to {weight_type:?}", ct2_dir.display());
         convert_with_progress(&ct2_dir, &out, weight_type)?;
     }
+    Ok(())
+}
+
+/// Installs Silero VAD into the model directory: the pinned wheel, the one file out of
+/// it, checked against its own pinned SHA-256, written whole or not at all.
+fn fetch_vad(given_wheels: &[PathBuf], force: bool) -> Result<()> {
+    let dir = default_model_dir();
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let out = dir.join(kiroku_engine::vad::SILERO_FILE);
+    if !force && out.is_file() && sha256_file(&out)? == SILERO_VAD_SHA256 {
+        eprintln!("silero-vad already installed: {}", out.display());
+        return Ok(());
+    }
+    let wheels = wheels(&SILERO_VAD, given_wheels, &dir.join("downloads"))?;
+    let [item] = SILERO_VAD.extract else {
+        bail!("silero-vad is one file");
+    };
+    let wheel = &wheels[item.wheel];
+    let file =
+        std::fs::File::open(wheel).with_context(|| format!("opening {}", wheel.display()))?;
+    let mut archive = zip::ZipArchive::new(file)
+        .map_err(|e| InputError(format!("{}: not a wheel: {e}", wheel.display())))?;
+    let mut entry = archive
+        .by_name(item.from)
+        .map_err(|_| InputError(format!("{}: missing {}", wheel.display(), item.from)))?;
+    let partial = out.with_extension("partial");
+    let mut writer = std::fs::File::create(&partial)
+        .with_context(|| format!("creating {}", partial.display()))?;
+    std::io::copy(&mut entry, &mut writer)
+        .with_context(|| format!("extracting {} from {}", item.from, wheel.display()))?;
+    drop(writer);
+    let actual = sha256_file(&partial)?;
+    if actual != SILERO_VAD_SHA256 {
+        std::fs::remove_file(&partial)?;
+        bail!(
+            "{} from {} has SHA-256 {actual}, not the pinned {SILERO_VAD_SHA256}",
+            item.from,
+            wheel.display()
+        );
+    }
+    std::fs::rename(&partial, &out)?;
+    eprintln!(
+        "installed silero-vad (SHA-256 as pinned): {}",
+        out.display()
+    );
     Ok(())
 }
 
@@ -577,15 +652,34 @@ fn installed(dir: &Path) -> Vec<Installed> {
 fn list() -> Result<()> {
     let dir = default_model_dir();
     let models = installed(&dir);
-    let width = models.iter().map(|m| m.name.len()).max().unwrap_or(0);
+    let width = models
+        .iter()
+        .map(|m| m.name.len())
+        .max()
+        .unwrap_or(0)
+        .max(SILERO_VAD.name.len());
     for model in &models {
         println!(
-            "{:<width$}  {:<12}  {:>7.1} MB  {}",
+            "{:<width$}  {:<14}  {:>7.1} MB  {}",
             model.name,
             model.languages,
             model.size_bytes as f64 / 1e6,
             model.path.display()
         );
+    }
+    let vad = dir.join(kiroku_engine::vad::SILERO_FILE);
+    match std::fs::metadata(&vad) {
+        Ok(meta) => println!(
+            "{:<width$}  {:<14}  {:>7.1} MB  {}",
+            SILERO_VAD.name,
+            SILERO_VAD.languages,
+            meta.len() as f64 / 1e6,
+            vad.display()
+        ),
+        Err(_) => eprintln!(
+            "not installed: {} ({}): kiroku model fetch --model {}",
+            SILERO_VAD.name, SILERO_VAD.languages, SILERO_VAD.name
+        ),
     }
     for source in MODELS {
         if !models.iter().any(|m| m.name == source.name) {

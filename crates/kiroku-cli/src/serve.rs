@@ -329,6 +329,12 @@ pub struct WorkerArgs {
     /// sooner and costs more CPU per stream.
     #[arg(long, env = "KIROKU_WORKER_STEP_MS")]
     pub step_ms: Option<u32>,
+    /// Voice activity detector that finds the pauses ending utterances: silero (Silero
+    /// VAD, `kiroku model fetch --model silero-vad`), energy (a level threshold, which
+    /// background noise defeats) or auto (silero when installed, else energy).
+    #[arg(long, env = "KIROKU_VAD", default_value = "auto",
+          value_parser = ["auto", "silero", "energy"])]
+    pub vad: String,
     /// `whisper`, or `null-benchmark`: BENCHMARK ONLY, no inference (plumbing runs).
     #[arg(long, default_value = "whisper")]
     pub engine: String,
@@ -519,6 +525,9 @@ async fn worker(args: WorkerArgs) -> Result<()> {
     config.pool = args.pool.clone();
     config.ack_wait = Duration::from_secs_f64(args.ack_wait_s);
     config.resume_window = Duration::from_secs(args.common.resume_window_s);
+    config.policy.vad =
+        kiroku_engine::vad::choose(&args.vad).map_err(|e| InputError(e.to_string()))?;
+    tracing::info!(vad = config.policy.vad.name(), "voice activity detector");
     if let Some(step_ms) = args.step_ms {
         if !(100..=5_000).contains(&step_ms) {
             return Err(InputError("--step-ms must be between 100 and 5000".into()).into());

@@ -43,6 +43,10 @@ pub struct Args {
     /// --whole: pieces size their own); smaller is faster on short audio.
     #[arg(long)]
     audio_ctx: Option<u32>,
+    /// Voice activity detector that cuts the file at its pauses: silero, energy, or auto
+    /// (silero when installed: `kiroku model fetch --model silero-vad`).
+    #[arg(long, default_value = "auto", value_parser = ["auto", "silero", "energy"])]
+    vad: String,
     /// Use flash attention (less memory; slower on CPU).
     #[arg(long)]
     flash_attn: bool,
@@ -192,7 +196,8 @@ pub fn run(args: Args) -> Result<()> {
     let transcript = if args.whole || args.audio_ctx.is_some() {
         engine.transcribe(pcm.samples, options, Some(progress))
     } else {
-        kiroku_engine::file::transcribe_file(&engine, &pcm.samples, options, Some(progress))
+        let vad = kiroku_engine::vad::choose(&args.vad).map_err(engine_error)?;
+        kiroku_engine::file::transcribe_file(&engine, &pcm.samples, options, vad, Some(progress))
     }
     .map_err(engine_error)?;
     bar.finish_and_clear();
@@ -217,7 +222,8 @@ fn engine_error(error: EngineError) -> anyhow::Error {
     match error {
         EngineError::ModelMissing(_)
         | EngineError::ModelLoad(_)
-        | EngineError::InvalidOption(_) => InputError(error.to_string()).into(),
+        | EngineError::InvalidOption(_)
+        | EngineError::VadLoad(..) => InputError(error.to_string()).into(),
         other => anyhow::Error::new(other).context("transcription failed"),
     }
 }

@@ -185,6 +185,14 @@ fn model_list_shows_each_installed_model_with_languages_and_size() {
         )
         .expect("symlink");
     }
+    let vad = kiroku_engine::vad::silero_path();
+    assert!(
+        vad.is_file(),
+        "{} is missing: run `make model`",
+        vad.display()
+    );
+    std::os::unix::fs::symlink(&vad, dir.path().join(kiroku_engine::vad::SILERO_FILE))
+        .expect("symlink");
     let out = Command::new(env!("CARGO_BIN_EXE_kiroku"))
         .args(["model", "list"])
         .env("KIROKU_MODEL_DIR", dir.path())
@@ -196,11 +204,16 @@ fn model_list_shows_each_installed_model_with_languages_and_size() {
         .lines()
         .map(|line| line.split_whitespace().collect())
         .collect();
-    assert_eq!(lines.len(), 2, "{stdout}");
-    let (base, tiny) = (&lines[0], &lines[1]);
+    assert_eq!(lines.len(), 3, "{stdout}");
+    let (base, tiny, vad) = (&lines[0], &lines[1], &lines[2]);
     assert_eq!(base[..3], ["base", "99", "languages"], "{stdout}");
     assert_eq!(tiny[..3], ["tiny.en", "English", "only"], "{stdout}");
-    for line in &lines {
+    assert_eq!(
+        vad[..5],
+        ["silero-vad", "voice", "activity", "1.2", "MB"],
+        "{stdout}"
+    );
+    for line in &lines[..2] {
         let megabytes: f64 = line[3].parse().expect("size");
         assert!((40.0..200.0).contains(&megabytes), "{stdout}");
         assert_eq!(line[4], "MB");

@@ -56,6 +56,11 @@ fn main() -> Result<()> {
         ..TranscribeOptions::default()
     };
     let audio_s = samples.len() as f64 / 16_000.0;
+    // KIROKU_TRIAL_VAD: auto (default), silero or energy.
+    let vad = kiroku_engine::vad::choose(
+        &std::env::var("KIROKU_TRIAL_VAD").unwrap_or_else(|_| "auto".into()),
+    )?;
+    println!("voice activity: {vad:?}");
     // (name, times, text, segments)
     let mut rows: Vec<(String, Vec<f64>, String, usize)> = Vec::new();
     rows.push(("whole file".into(), Vec::new(), String::new(), 0));
@@ -73,7 +78,14 @@ fn main() -> Result<()> {
             let transcript = if index == 0 {
                 engine.transcribe(samples.clone(), options.clone(), None)?
             } else {
-                transcribe_gathered(&engine, &samples, options.clone(), gathers[index - 1], None)?
+                transcribe_gathered(
+                    &engine,
+                    &samples,
+                    options.clone(),
+                    vad.clone(),
+                    gathers[index - 1],
+                    None,
+                )?
             };
             row.1.push(started.elapsed().as_secs_f64());
             row.2 = transcript.text;

@@ -36,6 +36,10 @@ pub enum EngineError {
     InvalidOption(String),
     #[error("inference failed: {0}")]
     Inference(String),
+    #[error(
+        "could not load the voice activity model {0}: {1} (run `kiroku model fetch --model silero-vad`)"
+    )]
+    VadLoad(PathBuf, String),
     #[error("the inference pool has shut down")]
     ShutDown,
 }

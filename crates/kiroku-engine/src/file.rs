@@ -15,6 +15,7 @@ use kiroku_core::transcript::{Segment, Transcript, Word, join_words};
 use crate::engine::{Engine, EngineError, ProgressFn, TranscribeOptions};
 use crate::live::{FinalsConfig, Live, UtteranceFinal};
 use crate::streaming::{PolicyConfig, SAMPLES_PER_MS};
+use crate::vad::Vad;
 
 /// [`FinalsConfig::gather_ms`] of files. Measured with `examples/finals_trials.rs` (see
 /// docs/performance.md, "Files"): gathering keeps the minutes' accuracy and cuts the
@@ -24,7 +25,8 @@ pub const FILE_GATHER_MS: u32 = 12_000;
 /// Audio handed to the detector at a time (1 s): decodes run as soon as a piece is cut.
 const FEED_SAMPLES: usize = 16_000;
 
-/// Transcribes a whole 16 kHz mono recording as utterance finals (see the module docs).
+/// Transcribes a whole 16 kHz mono recording as utterance finals (see the module docs),
+/// its pauses found by `vad`.
 /// `options.language` `None` (or "auto") detects the language on the first piece and
 /// keeps it; `options.prompt` biases every decode; `options.beam_size` is the beam of
 /// every decode; `options.audio_ctx` and `max_tokens` are sized per piece and ignored.
@@ -33,9 +35,10 @@ pub fn transcribe_file(
     engine: &Engine,
     samples: &[f32],
     options: TranscribeOptions,
+    vad: Vad,
     progress: Option<ProgressFn>,
 ) -> Result<Transcript, EngineError> {
-    transcribe_gathered(engine, samples, options, FILE_GATHER_MS, progress)
+    transcribe_gathered(engine, samples, options, vad, FILE_GATHER_MS, progress)
 }
 
 /// [`transcribe_file`] with another [`FinalsConfig::gather_ms`] (0: one decode per
@@ -44,6 +47,7 @@ pub fn transcribe_gathered(
     engine: &Engine,
     samples: &[f32],
     options: TranscribeOptions,
+    vad: Vad,
     gather_ms: u32,
     mut progress: Option<ProgressFn>,
 ) -> Result<Transcript, EngineError> {
@@ -58,8 +62,12 @@ pub fn transcribe_gathered(
         ..FinalsConfig::default()
     };
     let code = language.clone().unwrap_or_default();
+    let policy = PolicyConfig {
+        vad,
+        ..PolicyConfig::default()
+    };
     let mut live = Live::for_file(
-        PolicyConfig::default().for_language(&code),
+        policy.clone().for_language(&code),
         finals.clone().for_language(&code),
     );
     let mut pieces: Vec<UtteranceFinal> = Vec::new();
@@ -80,7 +88,7 @@ pub fn transcribe_gathered(
             if language.is_none() && !matches!(transcript.language.as_str(), "" | "und") {
                 language = Some(transcript.language.clone());
                 live.set_config(
-                    PolicyConfig::default().for_language(&transcript.language),
+                    policy.clone().for_language(&transcript.language),
                     finals.clone().for_language(&transcript.language),
                 );
             }

@@ -8,5 +8,6 @@ pub mod live;
 pub mod streaming;
 #[cfg(test)]
 mod test_support;
+pub mod vad;
 
 pub use engine::{Engine, EngineConfig, EngineError, TranscribeOptions};

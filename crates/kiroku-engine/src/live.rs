@@ -76,6 +76,9 @@ const MISSED_SPEECH_MARGIN_MS: u64 = 500;
 /// At least this much voiced audio (by the VAD's threshold) after that margin makes a
 /// decode incomplete.
 const MISSED_SPEECH_MS: u64 = 400;
+/// A span's audio is cut for skipped speech at most this often: the energy test behind
+/// it takes background noise for speech, and each cut costs a decode.
+const MAX_SPLITS: u32 = 2;
 /// A word is taken to end at most this long after its start (DTW stretches the word
 /// before skipped speech over it).
 const MAX_WORD_MS: u64 = 1_200;
@@ -189,6 +192,8 @@ struct Span {
     end: u64,
     decode_end: u64,
     failures: u32,
+    /// Times this span's audio was cut after a decode that skipped speech.
+    splits: u32,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -296,6 +301,7 @@ impl Live {
                 end: position,
                 decode_end: position,
                 failures: 0,
+                splits: 0,
             });
         }
     }
@@ -312,6 +318,7 @@ impl Live {
                 end,
                 decode_end: end,
                 failures: 0,
+                splits: 0,
             });
         }
     }
@@ -388,6 +395,7 @@ impl Live {
             end: cut,
             decode_end: cut + right,
             failures: 0,
+            splits: 0,
         });
     }
 
@@ -628,7 +636,16 @@ impl Live {
         // repeats the previous final's end (removed just below): a soft onset the VAD
         // took for silence, or DTW placing a word early, must not drop it between finals.
         let from_ms = span_start_ms.saturating_sub(EARLY_START_TOLERANCE_MS);
-        let inside = |w: &Word| (from_ms..span_end_ms).contains(&w.start_ms);
+        // A span decoded only up to its end holds every word the decode heard after the
+        // left context, however late DTW times it (a sentence's soft last word, timed
+        // after the utterance's end, was lost: "…the weekly planning [meeting.]"). Only
+        // a span decoded with right context leaves the words after its end to the next.
+        let until_ms = if span.decode_end > span.end {
+            span_end_ms
+        } else {
+            u64::MAX
+        };
+        let inside = |w: &Word| (from_ms..until_ms).contains(&w.start_ms);
         let words = match decoded {
             Some((window_start, words)) => {
                 let offset_ms = window_start / SAMPLES_PER_MS;
@@ -653,7 +670,11 @@ impl Live {
         };
         let mut words = self.drop_repeated_tail(words, span_start_ms);
         let mut span = span;
-        let skipped = self.skipped_speech(&words, span.end);
+        let skipped = if span.splits < MAX_SPLITS {
+            self.skipped_speech(&words, span.end)
+        } else {
+            None
+        };
         if let Some((index, cut)) = skipped {
             tracing::debug!(
                 cut_ms = cut / SAMPLES_PER_MS,
@@ -661,11 +682,15 @@ impl Live {
                 "final decode skipped speech: decoding the rest of its span again"
             );
             words.truncate(index);
-            self.spans.push_front(span);
+            self.spans.push_front(Span {
+                splits: span.splits + 1,
+                ..span
+            });
             span = Span {
                 end: cut,
                 decode_end: cut,
                 failures: span.failures,
+                splits: span.splits,
             };
         }
         let span_end_ms = span.end / SAMPLES_PER_MS;
@@ -1033,6 +1058,25 @@ mod tests {
             "finals tile the timeline"
         );
         assert!(live.is_idle());
+    }
+
+    #[test]
+    fn a_last_word_timed_after_its_utterance_ends_stays_in_its_final() {
+        let mut live = Live::new(PolicyConfig::default(), FinalsConfig::default(), None);
+        push(&mut live, &speech(2_000));
+        push(&mut live, &silence(1_000));
+        let first = next_final(&mut live);
+        // DTW times the soft last word after the utterance's end (span end ~2.3 s).
+        let output = live.on_decoded(
+            first.id,
+            heard(
+                &first,
+                &[("planning", 100, 1_900), ("meeting.", 2_450, 2_900)],
+            ),
+        );
+        assert_eq!(texts(&output.finals), ["planning meeting."]);
+        let final_ = &output.finals[0];
+        assert!(final_.words.iter().all(|w| w.end_ms <= final_.span_end_ms));
     }
 
     #[test]

@@ -101,6 +101,9 @@ pub struct PolicyConfig {
     /// −40 dBFS: conversational speech at normal microphone gain is −30 to −15 dBFS RMS,
     /// a quiet room's noise floor below −50 dBFS.
     pub vad_threshold_rms: f32,
+    /// Which detector decides speech ([`crate::vad`]): the energy threshold above, or
+    /// Silero VAD. Workers and files use Silero when its model is installed.
+    pub vad: crate::vad::Vad,
     /// Encoder frames added to the audio context beyond the buffer's own.
     pub audio_ctx_margin_frames: u32,
     /// Token cap per second of audio given to the decoder (English speech is 3–5
@@ -127,6 +130,7 @@ impl Default for PolicyConfig {
             trim_after_ms: 10_000,
             max_buffer_ms: 20_000,
             vad_threshold_rms: 0.01,
+            vad: crate::vad::Vad::Energy,
             audio_ctx_margin_frames: 100,
             max_tokens_per_s: 8,
             max_words_per_s: 6.0,
@@ -389,6 +393,8 @@ pub struct Policy {
     next_id: u64,
     /// Utterance starts and ends not yet taken by [`Policy::take_utterance_events`].
     events: Vec<UtteranceEvent>,
+    /// The voice activity detector's state ([`PolicyConfig::vad`]).
+    detector: crate::vad::Detector,
 }
 
 impl Policy {
@@ -404,6 +410,7 @@ impl Policy {
             None => (0, Vec::new()),
         };
         Self {
+            detector: config.vad.detector(),
             config,
             position: start,
             partial_block: Vec::with_capacity(VAD_BLOCK_SAMPLES),
@@ -462,7 +469,8 @@ impl Policy {
 
     fn push_block(&mut self, block: &[f32]) {
         let energy = block.iter().map(|s| s * s).sum::<f32>() / block.len().max(1) as f32;
-        let speech = energy.sqrt() >= self.config.vad_threshold_rms;
+        let loud = energy.sqrt() >= self.config.vad_threshold_rms;
+        let speech = self.detector.is_speech(block, loud);
         self.buffer.extend_from_slice(block);
         let end = self.buffer_end();
         let length = block.len() as u64;
@@ -914,6 +922,9 @@ impl Policy {
     /// Replaces the tuning (the worker does once the stream's language is known, see
     /// [`PolicyConfig::for_language`]); audio and committed words are kept.
     pub fn set_config(&mut self, config: PolicyConfig) {
+        if config.vad != self.config.vad {
+            self.detector = config.vad.detector();
+        }
         self.config = config;
     }
 

@@ -30,6 +30,12 @@ fn meeting_audio(dir: &Path) -> (Vec<f32>, String) {
     kiroku_tests::speech::english_meeting(dir).expect("synthesize speech")
 }
 
+/// The voice activity detector the worker and files use: Silero (installed by `make
+/// model`).
+fn test_vad() -> kiroku_engine::vad::Vad {
+    kiroku_engine::vad::choose("silero").expect("Silero VAD (make model)")
+}
+
 fn load_engine() -> Engine {
     Engine::load(&EngineConfig::new(model_path())).expect("load model")
 }
@@ -98,7 +104,7 @@ fn shown_live(simulation: &Simulation) -> String {
     let mut pieces: Vec<&str> = Vec::new();
     for final_ in &simulation.finals {
         let span = final_.span_start_ms..final_.span_end_ms;
-        let mut last_caption_start_ms = None;
+        let mut last_caption = None;
         for word in simulation
             .captions
             .iter()
@@ -106,15 +112,29 @@ fn shown_live(simulation: &Simulation) -> String {
             .filter(|w| span.contains(&w.start_ms))
         {
             pieces.push(&word.text);
-            last_caption_start_ms = Some(word.start_ms);
+            last_caption = Some(word);
         }
-        pieces.extend(
-            final_
+        // The final's words after the last captioned one: found by its text near its
+        // time (the two decodes time a word up to a few hundred ms apart), else by time.
+        let same = |a: &str, b: &str| normalize(a) == normalize(b);
+        let tail_from = match last_caption {
+            None => 0,
+            Some(caption) => final_
                 .words
                 .iter()
-                .filter(|w| last_caption_start_ms.is_none_or(|start| w.start_ms > start))
-                .map(|w| w.text.as_str()),
-        );
+                .rposition(|w| {
+                    same(&w.text, &caption.text) && w.start_ms.abs_diff(caption.start_ms) <= 1_000
+                })
+                .map(|index| index + 1)
+                .unwrap_or_else(|| {
+                    final_
+                        .words
+                        .iter()
+                        .position(|w| w.start_ms > caption.start_ms)
+                        .unwrap_or(final_.words.len())
+                }),
+        };
+        pieces.extend(final_.words[tail_from..].iter().map(|w| w.text.as_str()));
     }
     kiroku_core::transcript::join_words(pieces)
 }
@@ -143,7 +163,8 @@ fn check_file(
         ..TranscribeOptions::default()
     };
     let transcript =
-        kiroku_engine::file::transcribe_file(engine, samples, options, None).expect("file decode");
+        kiroku_engine::file::transcribe_file(engine, samples, options, test_vad(), None)
+            .expect("file decode");
     let audio_ms = samples.len() as u64 / 16;
     let mut previous_end_ms = 0;
     for segment in &transcript.segments {
@@ -217,7 +238,10 @@ fn streamed_meeting_speech_is_committed_accurately_and_in_time_order() {
     let simulation = simulate(
         &engine,
         &samples,
-        PolicyConfig::default(),
+        PolicyConfig {
+            vad: test_vad(),
+            ..PolicyConfig::default()
+        },
         FinalsConfig::default(),
         None,
         CHUNK_MS,
@@ -304,7 +328,11 @@ fn streamed_japanese_commits_tokens_before_the_sentence_ends() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (samples, reference) = japanese_meeting_audio(dir.path());
     let audio_ms = samples.len() as u64 / 16;
-    let config = PolicyConfig::default().for_language("ja");
+    let config = PolicyConfig {
+        vad: test_vad(),
+        ..PolicyConfig::default()
+    }
+    .for_language("ja");
     let simulation = simulate(
         &engine,
         &samples,
@@ -381,5 +409,70 @@ fn streamed_japanese_commits_tokens_before_the_sentence_ends() {
     assert!(
         before_pause * 2 >= total,
         "only {before_pause} of {total} characters were committed before their sentence's pause"
+    );
+}
+
+/// Utterance ends the live path's detector finds in `samples` (no decodes involved).
+fn utterance_ends(samples: &[f32], vad: kiroku_engine::vad::Vad) -> usize {
+    use kiroku_engine::streaming::{Policy, UtteranceEvent};
+    let mut policy = Policy::new(
+        PolicyConfig {
+            vad,
+            ..PolicyConfig::default()
+        },
+        None,
+    );
+    let mut ends = 0;
+    for (index, chunk) in samples.chunks(1_600).enumerate() {
+        policy.push_audio(index as u64 * 1_600, chunk);
+        ends += policy
+            .take_utterance_events()
+            .iter()
+            .filter(|e| matches!(e, UtteranceEvent::Ended { .. }))
+            .count();
+    }
+    ends
+}
+
+/// The meeting with steady background noise (brown noise, 15 dB below the speech): the
+/// energy detector hears one long utterance, Silero the pauses between sentences
+/// (issue: voice activity on real recordings; `make vad-trials` measures more).
+#[test]
+fn silero_finds_the_pauses_of_noisy_speech_that_the_energy_detector_misses() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (clean, _) = meeting_audio(dir.path());
+    let sentences = meeting_sentences().len();
+    let rms = |x: &[f32]| (x.iter().map(|s| s * s).sum::<f32>() / x.len().max(1) as f32).sqrt();
+    // Brown noise from a fixed-seed generator: deterministic.
+    let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+    let mut level = 0.0f32;
+    let mut noise: Vec<f32> = (0..clean.len())
+        .map(|_| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let white = (seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
+            level = 0.98 * level + white;
+            level
+        })
+        .collect();
+    let speech_rms = rms(&clean) * 2.0; // the meeting is about half pauses
+    let scale = speech_rms / rms(&noise) / 10f32.powf(15.0 / 20.0);
+    noise.iter_mut().for_each(|n| *n *= scale);
+    let noisy: Vec<f32> = clean.iter().zip(&noise).map(|(s, n)| s + n).collect();
+
+    let silero_clean = utterance_ends(&clean, test_vad());
+    let silero_noisy = utterance_ends(&noisy, test_vad());
+    let energy_noisy = utterance_ends(&noisy, kiroku_engine::vad::Vad::Energy);
+    eprintln!(
+        "{sentences} sentences; utterance ends: Silero clean {silero_clean}, noisy {silero_noisy}; energy noisy {energy_noisy}"
+    );
+    assert!(
+        silero_clean >= sentences / 2 && silero_noisy >= sentences / 2,
+        "Silero missed the pauses: {silero_clean} clean, {silero_noisy} noisy for {sentences} sentences"
+    );
+    assert!(
+        energy_noisy < silero_noisy,
+        "the noise did not defeat the energy detector ({energy_noisy} ends): the test proves nothing"
     );
 }

@@ -511,8 +511,9 @@ impl Session {
             audio_s = duration,
             otel.name = "worker decode"
         );
+        let vad = self.ctx.config.policy.vad.clone();
         let transcript = tokio::task::spawn_blocking(move || {
-            kiroku_engine::file::transcribe_file(&engine, &samples, options, None)
+            kiroku_engine::file::transcribe_file(&engine, &samples, options, vad, None)
         })
         .instrument(span)
         .await;
