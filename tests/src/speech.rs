@@ -279,3 +279,29 @@ pub fn japanese_meeting(dir: &Path) -> Result<(Vec<f32>, String)> {
         .collect::<Result<Vec<_>>>()?;
     Ok((over_noise_floor(&wavs)?, sentences.concat()))
 }
+
+/// A test meeting of the engine's trial examples (`finals_trials`, `file_trials`) by
+/// name: `en` ([`english_meeting`], tiny.en), `en-long` ([`english_long_meeting`],
+/// tiny.en) or `ja` ([`japanese_meeting`], base). Returns the samples, the script, the
+/// model file name in the model directory and the language to pass (`None`: the
+/// model's own, English).
+pub fn trial_meeting(
+    name: &str,
+    dir: &Path,
+) -> Result<(Vec<f32>, String, &'static str, Option<&'static str>)> {
+    Ok(match name {
+        "ja" => {
+            let (samples, reference) = japanese_meeting(dir)?;
+            (samples, reference, "ggml-base.bin", Some("ja"))
+        }
+        "en" => {
+            let (samples, reference) = english_meeting(dir)?;
+            (samples, reference, "ggml-tiny.en.bin", None)
+        }
+        "en-long" => {
+            let (samples, reference) = english_long_meeting(dir)?;
+            (samples, reference, "ggml-tiny.en.bin", None)
+        }
+        other => bail!("meeting {other:?}: use en, en-long or ja"),
+    })
+}

@@ -13,7 +13,7 @@
 
 use std::time::Instant;
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
 use kiroku_engine::engine::default_model_dir;
 use kiroku_engine::file::{FILE_GATHER_MS, transcribe_gathered};
 use kiroku_engine::{Engine, EngineConfig, TranscribeOptions};
@@ -28,21 +28,8 @@ fn main() -> Result<()> {
         gathers = vec![0, FILE_GATHER_MS];
     }
     let dir = tempfile::tempdir()?;
-    let (samples, reference, model, code) = match meeting.as_str() {
-        "ja" => {
-            let (samples, reference) = kiroku_tests::speech::japanese_meeting(dir.path())?;
-            (samples, reference, "ggml-base.bin", Some("ja"))
-        }
-        "en" => {
-            let (samples, reference) = kiroku_tests::speech::english_meeting(dir.path())?;
-            (samples, reference, "ggml-tiny.en.bin", None)
-        }
-        "en-long" => {
-            let (samples, reference) = kiroku_tests::speech::english_long_meeting(dir.path())?;
-            (samples, reference, "ggml-tiny.en.bin", None)
-        }
-        other => bail!("meeting {other:?}: use en, en-long or ja"),
-    };
+    let (samples, reference, model, code) =
+        kiroku_tests::speech::trial_meeting(&meeting, dir.path())?;
     let model = std::env::var("KIROKU_TRIAL_MODEL").unwrap_or_else(|_| model.into());
     let error_rate = |text: &str| match code {
         Some(_) => kiroku_tests::cer::character_error_rate(&reference, text),

@@ -38,21 +38,8 @@ fn main() -> Result<()> {
         .map(|a| parse_variant(&a).map(|c| (a, c)))
         .collect::<Result<_>>()?;
     let dir = tempfile::tempdir()?;
-    let (samples, reference, model, code) = match language.as_str() {
-        "ja" => {
-            let (samples, reference) = kiroku_tests::speech::japanese_meeting(dir.path())?;
-            (samples, reference, "ggml-base.bin", Some("ja"))
-        }
-        "en" => {
-            let (samples, reference) = kiroku_tests::speech::english_meeting(dir.path())?;
-            (samples, reference, "ggml-tiny.en.bin", None)
-        }
-        "en-long" => {
-            let (samples, reference) = kiroku_tests::speech::english_long_meeting(dir.path())?;
-            (samples, reference, "ggml-tiny.en.bin", None)
-        }
-        other => bail!("meeting {other:?}: use en, en-long or ja"),
-    };
+    let (samples, reference, model, code) =
+        kiroku_tests::speech::trial_meeting(&language, dir.path())?;
     if variants.is_empty() {
         let defaults = FinalsConfig::default().for_language(code.unwrap_or("en"));
         let name = format!(
