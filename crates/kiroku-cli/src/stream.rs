@@ -594,10 +594,12 @@ fn is_final(result: &api::StreamingResult) -> bool {
 }
 
 /// Statuses worth a reconnect (the session survives them) versus errors to report.
+/// `ABORTED` is not retried: the gateway sends it when the tenant's minutes were erased
+/// while the stream ran, and the session is gone (docs/api.md, "Errors").
 fn classify(status: tonic::Status) -> Result<String> {
     use tonic::Code;
     match status.code() {
-        Code::Unavailable | Code::Unknown | Code::Cancelled | Code::Aborted | Code::Internal
+        Code::Unavailable | Code::Unknown | Code::Cancelled | Code::Internal
             if !status.message().starts_with("the worker failed") =>
         {
             Ok(format!("{:?}: {}", status.code(), status.message()))
@@ -712,5 +714,25 @@ fn print_stats(progress: &Progress, args: &Args, reconnects: u32) {
             "gateway-measured final latency: p50 {} ms  p95 {} ms",
             server.final_latency_p50_ms, server.final_latency_p95_ms
         );
+    }
+}
+
+#[cfg(test)]
+mod classify_tests {
+    use super::classify;
+
+    #[test]
+    fn a_dropped_connection_is_retried_and_an_erased_session_is_not() {
+        assert!(classify(tonic::Status::unavailable("connection reset")).is_ok());
+        assert!(classify(tonic::Status::internal("h2 protocol error")).is_ok());
+        let erased = classify(tonic::Status::aborted(
+            "the tenant's minutes were erased while this ran",
+        ));
+        assert!(
+            erased.is_err_and(|e| e.to_string().contains("erased")),
+            "an erased session must end the client, not reconnect"
+        );
+        assert!(classify(tonic::Status::internal("the worker failed: boom")).is_err());
+        assert!(classify(tonic::Status::invalid_argument("bad rate")).is_err());
     }
 }
