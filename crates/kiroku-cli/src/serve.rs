@@ -329,10 +329,11 @@ pub struct WorkerArgs {
     /// sooner and costs more CPU per stream.
     #[arg(long, env = "KIROKU_WORKER_STEP_MS")]
     pub step_ms: Option<u32>,
-    /// Voice activity detector that finds the pauses ending utterances: silero (Silero
-    /// VAD, `kiroku model fetch --model silero-vad`), energy (a level threshold, which
-    /// background noise defeats) or auto (silero when installed, else energy).
-    #[arg(long, env = "KIROKU_VAD", default_value = "auto",
+    /// Voice activity detector that finds the pauses ending utterances: energy (a level
+    /// threshold, which background noise defeats), silero (Silero VAD, `kiroku model
+    /// fetch --model silero-vad`; finds pauses in noise, but lost sentences of a clean
+    /// meeting's minutes: docs/streaming.md) or auto (silero when installed).
+    #[arg(long, env = "KIROKU_VAD", default_value = "energy",
           value_parser = ["auto", "silero", "energy"])]
     pub vad: String,
     /// `whisper`, or `null-benchmark`: BENCHMARK ONLY, no inference (plumbing runs).

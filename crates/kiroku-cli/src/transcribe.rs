@@ -43,9 +43,10 @@ pub struct Args {
     /// --whole: pieces size their own); smaller is faster on short audio.
     #[arg(long)]
     audio_ctx: Option<u32>,
-    /// Voice activity detector that cuts the file at its pauses: silero, energy, or auto
-    /// (silero when installed: `kiroku model fetch --model silero-vad`).
-    #[arg(long, default_value = "auto", value_parser = ["auto", "silero", "energy"])]
+    /// Voice activity detector that cuts the file at its pauses: energy, silero (`kiroku
+    /// model fetch --model silero-vad`; see docs/streaming.md) or auto (silero when
+    /// installed).
+    #[arg(long, default_value = "energy", value_parser = ["auto", "silero", "energy"])]
     vad: String,
     /// Use flash attention (less memory; slower on CPU).
     #[arg(long)]
