@@ -36,7 +36,8 @@ use kiroku_core::transcript::{Word, join_words};
 use crate::engine::{Engine, EngineError, TranscribeOptions};
 use crate::streaming::{
     Caption, Checkpoint, DecodeKind, DecodeRequest, Interim, Policy, PolicyConfig, SAMPLES_PER_MS,
-    UNSPACED_LANGUAGES, UtteranceEvent, VAD_BLOCK_SAMPLES, cut_loop, drop_squeezed_repeats, units,
+    UNSPACED_LANGUAGES, UtteranceEvent, VAD_BLOCK_SAMPLES, block_rms, cut_loop,
+    drop_squeezed_repeats, units,
 };
 
 /// Final decode ids have this bit set, caption decode ids (the policy's) do not.
@@ -456,10 +457,7 @@ impl Live {
         let threshold = self.policy.config().vad_threshold_rms;
         let voiced = self.audio[from..to]
             .chunks(VAD_BLOCK_SAMPLES)
-            .filter(|block| {
-                let energy = block.iter().map(|s| s * s).sum::<f32>() / block.len() as f32;
-                energy.sqrt() >= threshold
-            })
+            .filter(|block| block_rms(block) >= threshold)
             .count();
         voiced as u64 * VAD_BLOCK_SAMPLES as u64 / SAMPLES_PER_MS
     }

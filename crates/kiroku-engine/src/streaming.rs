@@ -101,8 +101,8 @@ pub struct PolicyConfig {
     /// −40 dBFS: conversational speech at normal microphone gain is −30 to −15 dBFS RMS,
     /// a quiet room's noise floor below −50 dBFS.
     pub vad_threshold_rms: f32,
-    /// Which detector decides speech ([`crate::vad`]): the energy threshold above, or
-    /// Silero VAD. Workers and files use Silero when its model is installed.
+    /// Which detector decides speech ([`crate::vad`]): the energy threshold above (the
+    /// default), or Silero VAD (`--vad silero|auto`).
     pub vad: crate::vad::Vad,
     /// Encoder frames added to the audio context beyond the buffer's own.
     pub audio_ctx_margin_frames: u32,
@@ -363,6 +363,12 @@ struct Hypothesis {
     words: Vec<Word>,
 }
 
+/// Root mean square of `block` (full scale 1.0): what the energy detector compares with
+/// [`PolicyConfig::vad_threshold_rms`].
+pub(crate) fn block_rms(block: &[f32]) -> f32 {
+    (block.iter().map(|s| s * s).sum::<f32>() / block.len().max(1) as f32).sqrt()
+}
+
 /// The streaming policy of one session. See the module docs for the rules.
 #[derive(Debug)]
 pub struct Policy {
@@ -468,8 +474,7 @@ impl Policy {
     }
 
     fn push_block(&mut self, block: &[f32]) {
-        let energy = block.iter().map(|s| s * s).sum::<f32>() / block.len().max(1) as f32;
-        let loud = energy.sqrt() >= self.config.vad_threshold_rms;
+        let loud = block_rms(block) >= self.config.vad_threshold_rms;
         let speech = self.detector.is_speech(block, loud);
         self.buffer.extend_from_slice(block);
         let end = self.buffer_end();

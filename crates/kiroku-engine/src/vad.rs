@@ -12,8 +12,9 @@
 //!   thresholds: speech from probability 0.5, silence below 0.35, unchanged in between.
 //!   Measured with `make vad-trials` (docs/streaming.md): on the three-voice meeting
 //!   with pink noise at 20 dB SNR it found 40 of 40 turn ends against the energy
-//!   detector's 20, at 10 dB 39 against 1; clean, both found all 40. About 0.15 ms of one
-//!   core per 32 ms window.
+//!   detector's 20, at 10 dB 40 against 1; clean, both found all 40. About 0.15 ms of one
+//!   core per 32 ms window. Not the default yet: see docs/streaming.md for the
+//!   sentences its cuts lost on a clean meeting.
 
 use std::fmt;
 use std::path::Path;
@@ -201,9 +202,17 @@ impl SileroTrack {
             return None;
         }
         self.pending.extend_from_slice(samples);
-        while self.pending.len() >= WINDOW {
-            let window: Vec<f32> = self.pending.drain(..WINDOW).collect();
-            match self.run(&window) {
+        let mut used = 0;
+        while self.pending.len() - used >= WINDOW {
+            let result = run(
+                &self.model,
+                &mut self.h,
+                &mut self.c,
+                &mut self.context,
+                &self.pending[used..used + WINDOW],
+            );
+            used += WINDOW;
+            match result {
                 Ok(probability) => {
                     if probability >= SPEECH_FROM {
                         self.speech = true;
@@ -218,28 +227,37 @@ impl SileroTrack {
                 }
             }
         }
+        self.pending.drain(..used);
         Some(self.speech)
     }
+}
 
-    fn run(&mut self, window: &[f32]) -> TractResult<f32> {
-        let mut input = Vec::with_capacity(CONTEXT + WINDOW);
-        input.extend_from_slice(&self.context);
-        input.extend_from_slice(window);
-        self.context.copy_from_slice(&window[WINDOW - CONTEXT..]);
-        let input = tract_ndarray::Array2::from_shape_vec((1, CONTEXT + WINDOW), input)?;
-        let outputs = self.model.plan.run(tvec!(
-            input.into_tensor().into(),
-            self.h.clone().into(),
-            self.c.clone().into()
-        ))?;
-        let probability = outputs[0]
-            .to_array_view::<f32>()?
-            .iter()
-            .next()
-            .copied()
-            .unwrap_or(0.0);
-        self.h = outputs[1].clone().into_tensor();
-        self.c = outputs[2].clone().into_tensor();
-        Ok(probability)
-    }
+/// One window through the model: its speech probability; the LSTM state and the
+/// context move on.
+fn run(
+    model: &SileroModel,
+    h: &mut Tensor,
+    c: &mut Tensor,
+    context: &mut [f32],
+    window: &[f32],
+) -> TractResult<f32> {
+    let mut input = Vec::with_capacity(CONTEXT + WINDOW);
+    input.extend_from_slice(context);
+    input.extend_from_slice(window);
+    context.copy_from_slice(&window[WINDOW - CONTEXT..]);
+    let input = tract_ndarray::Array2::from_shape_vec((1, CONTEXT + WINDOW), input)?;
+    let outputs = model.plan.run(tvec!(
+        input.into_tensor().into(),
+        h.clone().into(),
+        c.clone().into()
+    ))?;
+    let probability = outputs[0]
+        .to_array_view::<f32>()?
+        .iter()
+        .next()
+        .copied()
+        .unwrap_or(0.0);
+    *h = outputs[1].clone().into_tensor();
+    *c = outputs[2].clone().into_tensor();
+    Ok(probability)
 }
