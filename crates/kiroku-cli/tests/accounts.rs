@@ -1575,7 +1575,9 @@ fn control_cld_6_3_1_no_consent_no_recording() {
 }
 
 /// Per-tenant concurrent-stream quota: RESOURCE_EXHAUSTED with retry info; the slot
-/// comes back when the stream ends. Another tenant is not affected.
+/// comes back when the stream ends, also when the client half-closed first and then
+/// went away (the gateway waits for no worker on its behalf). Another tenant is not
+/// affected.
 #[test]
 fn stream_quota_is_per_tenant_and_answers_with_retry_info() {
     let options = Options {
@@ -1589,7 +1591,7 @@ fn stream_quota_is_per_tenant_and_answers_with_retry_info() {
         let mut client = account(&account_url).await;
         let a = tenant(&mut client, "quota-a").await;
         let b = tenant(&mut client, "quota-b").await;
-        let first = open_stream(
+        let mut first = open_stream(
             &gateway_url,
             &Credential::Bearer(a.member.token.clone()),
             "",
@@ -1616,8 +1618,10 @@ fn stream_quota_is_per_tenant_and_answers_with_retry_info() {
         )
         .await
         .expect("tenant B has its own quota");
+        first.half_close(Duration::from_secs(1)).await;
         drop(first);
-        // The client went away: the gateway ends the stream and frees the slot.
+        // The client went away (no worker runs, so no final would ever end the
+        // session): the gateway ends the stream and frees the slot.
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             match open_stream(

@@ -454,6 +454,113 @@ mod bad_input {
         }
     }
 
+    /// A client whose line dropped right after its end_of_stream resumes the session
+    /// and re-sends the frames it has no ack for: the gateway drops the copies (they
+    /// are stored) instead of refusing them as audio after the end. A new frame after
+    /// the end is still refused.
+    #[test]
+    fn resent_frames_after_the_end_are_dropped_on_resume() {
+        use api::stream_transcribe_response::Response;
+        let cluster = Cluster::start(1, 0, Options::default());
+        let (url, token) = (cluster.gateway_url(0), cluster.access_token());
+        cluster::block_on(async move {
+            let ms100 = 3200;
+            let open = |first: Vec<R>| {
+                let (url, token) = (url.clone(), token.clone());
+                async move {
+                    let (tx, rx) = tokio::sync::mpsc::channel(16);
+                    for r in first {
+                        tx.send(api::StreamTranscribeRequest { request: Some(r) })
+                            .await
+                            .expect("queue");
+                    }
+                    let mut client = api::transcription_client::TranscriptionClient::connect(url)
+                        .await
+                        .expect("connect");
+                    let inbound = client
+                        .stream_transcribe(cluster::authorized(
+                            tokio_stream::wrappers::ReceiverStream::new(rx),
+                            &token,
+                        ))
+                        .await
+                        .expect("stream")
+                        .into_inner();
+                    (tx, inbound)
+                }
+            };
+            let (tx, mut inbound) = open(vec![
+                config(16_000, 1),
+                audio(1, ms100),
+                audio(2, ms100),
+                audio(3, ms100),
+                end(),
+            ])
+            .await;
+            // Three frames and the end are stored once four acks came (the end's ack
+            // repeats seq 3); then the line drops.
+            let (mut resume_token, mut acks) = (String::new(), 0);
+            while acks < 4 {
+                match next(&mut inbound).await {
+                    Ok(Ok(Some(response))) => match response.response {
+                        Some(Response::Session(info)) => resume_token = info.resume_token,
+                        Some(Response::AudioAck(_)) => acks += 1,
+                        _ => {}
+                    },
+                    other => panic!("the first connection ended: {other:?}"),
+                }
+            }
+            drop((tx, inbound));
+            let R::Config(mut resume) = config(16_000, 1) else {
+                unreachable!("a config")
+            };
+            resume.resume_token = resume_token;
+            let (tx, mut inbound) =
+                open(vec![R::Config(resume), audio(2, ms100), audio(3, ms100)]).await;
+            match next(&mut inbound).await {
+                Ok(Ok(Some(api::StreamTranscribeResponse {
+                    response: Some(Response::Session(info)),
+                }))) => assert!(info.resumed, "{info:?}"),
+                other => panic!("no resumed session: {other:?}"),
+            }
+            // The copies are dropped: nothing ends the call (no worker runs here).
+            let quiet = tokio::time::Instant::now() + Duration::from_secs(2);
+            loop {
+                match tokio::time::timeout_at(quiet, inbound.message()).await {
+                    Err(_) => break,
+                    Ok(Ok(Some(_))) => {}
+                    other => panic!("the re-sent frames were refused: {other:?}"),
+                }
+            }
+            tx.send(api::StreamTranscribeRequest {
+                request: Some(audio(4, ms100)),
+            })
+            .await
+            .expect("queue");
+            let status = loop {
+                match next(&mut inbound).await {
+                    Ok(Ok(Some(_))) => {}
+                    Ok(Err(status)) => break status,
+                    other => panic!("new audio after the end was not refused: {other:?}"),
+                }
+            };
+            assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+            assert!(
+                status.message().contains("after end_of_stream"),
+                "{status:?}"
+            );
+        });
+    }
+
+    /// The next response, or `Err` after 10 s without one.
+    async fn next(
+        inbound: &mut tonic::Streaming<api::StreamTranscribeResponse>,
+    ) -> Result<
+        Result<Option<api::StreamTranscribeResponse>, tonic::Status>,
+        tokio::time::error::Elapsed,
+    > {
+        tokio::time::timeout(Duration::from_secs(10), inbound.message()).await
+    }
+
     fn keep_alive() -> R {
         R::Control(api::Control {
             action: Some(api::control::Action::KeepAlive(api::KeepAlive {})),

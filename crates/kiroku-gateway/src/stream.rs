@@ -683,6 +683,13 @@ impl Session {
                         break Err(self.revoked(shared, &mut acks).await);
                     }
                 }
+                // The client cancelled the call (RST_STREAM) after its end of stream:
+                // `inbound` is no longer read, so only the closed response channel
+                // tells. The session still finishes on the worker; the slot is freed.
+                () = tx.closed(), if !client_open => {
+                    debug!("client went away after its end of stream");
+                    break Ok(());
+                }
                 Ok(()) = guard.watch.ended.changed() => {
                     let ended = *guard.watch.ended.borrow();
                     match ended {
@@ -813,14 +820,15 @@ impl Session {
         acks: &mut FuturesOrdered<AckFuture>,
     ) -> Result<(), Status> {
         let limits = &shared.config.limits;
+        if frame.seq <= self.last_seq {
+            // A re-send after a reconnect: already stored, dropped here (also when the
+            // session had already ended: the client may not have seen those acks).
+            return Ok(());
+        }
         if self.ended {
             return Err(Status::failed_precondition(
                 "audio after end_of_stream: open a new stream",
             ));
-        }
-        if frame.seq <= self.last_seq {
-            // A re-send after a reconnect: already stored, dropped here.
-            return Ok(());
         }
         if frame.seq != self.last_seq + 1 {
             return Err(Status::invalid_argument(format!(

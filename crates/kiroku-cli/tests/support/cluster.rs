@@ -1047,6 +1047,16 @@ impl LiveStream {
         }
     }
 
+    /// The client stops sending (half-close) and reads what the gateway still answers
+    /// for `period`: afterwards the gateway has nothing more to send, so a client that
+    /// then goes away is noticed only by the cancelled call, not by a failed send.
+    pub async fn half_close(&mut self, period: Duration) {
+        self.sender.abort();
+        let until = tokio::time::Instant::now() + period;
+        while let Ok(Ok(Some(_))) = tokio::time::timeout_at(until, self.responses.message()).await {
+        }
+    }
+
     /// Audio acks keep coming for `period`: the stream is alive.
     pub async fn keeps_acking(&mut self, period: Duration) {
         let until = tokio::time::Instant::now() + period;
