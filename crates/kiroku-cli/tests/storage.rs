@@ -181,9 +181,10 @@ fn control_10_1_1_finals_stored_once_encrypted_and_tamper_evident() {
         let (ok, found) = cluster::psql(
             &owner,
             &format!(
-                "SELECT count(*) FROM \"{schema}\".segments \
-                 WHERE position('budget'::bytea IN sealed) > 0 \
-                    OR array_to_string(search_terms, ' ') LIKE '%budget%'"
+                "SELECT (SELECT count(*) FROM \"{schema}\".segments \
+                         WHERE position('budget'::bytea IN sealed) > 0) \
+                      + (SELECT count(*) FROM \"{schema}\".segment_terms \
+                         WHERE array_to_string(terms, ' ') LIKE '%budget%')"
             ),
         );
         assert!(ok && found == "0", "plaintext at rest: {found}");
@@ -197,9 +198,12 @@ fn control_10_1_1_finals_stored_once_encrypted_and_tamper_evident() {
             ),
         );
         assert!(ok, "{flags}");
+        // segment_terms is the one table outside row-level security: the service role
+        // cannot read it at all (see control_13_1_3_search_rows_...).
         assert_eq!(
             flags,
-            "data_keys:truetrue,labels:truetrue,meetings:truetrue,segments:truetrue,sessions:truetrue"
+            "data_keys:truetrue,labels:truetrue,meetings:truetrue,segment_terms:falsefalse,\
+             segments:truetrue,sessions:truetrue"
         );
         let service = owner.replacen("postgres@", "kiroku_storage@", 1);
         let (ok, seen) = cluster::psql(
@@ -228,6 +232,111 @@ fn control_10_1_1_finals_stored_once_encrypted_and_tamper_evident() {
             .expect_err("tampered");
         assert_eq!(status.code(), Code::DataLoss, "{status:?}");
     });
+}
+
+/// control 13.1.3: the search index lives outside row-level security (so that its GIN
+/// index can be used), and yet no tenant reaches another's rows: the service role can
+/// neither read nor write the table, and the only two ways in (`kiroku_search`,
+/// `kiroku_index_segment`) apply the transaction's tenant themselves. Erasing segments
+/// erases their terms.
+#[test]
+fn control_13_1_3_search_rows_are_reachable_only_through_the_callers_tenant() {
+    let cluster = Cluster::start(0, 0, options());
+    let token = cluster.access_token();
+    let (account_url, storage_url, root) = (
+        cluster.account_url(),
+        cluster.storage_url(),
+        cluster.root.clone(),
+    );
+    let schema = format!("{root}_storage");
+    let owner = cluster::database_url();
+    let other = uuid::Uuid::new_v4().simple().to_string();
+    let other_in_task = other.clone();
+    let tenant = block_on(async move {
+        let other = other_in_task;
+        let tenant = cluster::tenant_of(&account_url, &token).await;
+        let js = async_nats::jetstream::new(
+            async_nats::connect(cluster::nats_url())
+                .await
+                .expect("nats"),
+        );
+        let layout = kiroku_core::nats::Layout::new(&root).expect("layout");
+        for (who, text) in [
+            (&tenant, "the quarterly budget review starts now"),
+            (&other, "the secret budget of the other tenant"),
+        ] {
+            let message = final_result(who, "s1", "budget-review", 1, segment(0, text));
+            publish(&js, &layout, &message, &format!("{who}:s1:r1")).await;
+        }
+        let mut client = storage(&storage_url).await;
+        wait_for_segments(&mut client, &token, "budget-review", 1).await;
+        tenant
+    });
+    let rows_of = |who: &str| {
+        cluster::psql(
+            &owner,
+            &format!("SELECT count(*) FROM \"{schema}\".segment_terms WHERE tenant_id = '{who}'"),
+        )
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while rows_of(&other) != (true, "1".into()) {
+        assert!(
+            Instant::now() < deadline,
+            "the other tenant's final was not indexed"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (ok, theirs) = cluster::psql(
+        &owner,
+        &format!("SELECT terms::text FROM \"{schema}\".segment_terms WHERE tenant_id = '{other}'"),
+    );
+    assert!(ok && theirs.starts_with('{'), "{theirs}");
+    // The service role, acting for a tenant (kiroku.tenant_id, as its transactions set it).
+    let service = |acting_for: &str| {
+        let url = owner.replacen("postgres@", "kiroku_storage@", 1);
+        let separator = if url.contains('?') { '&' } else { '?' };
+        format!("{url}{separator}options=-ckiroku.tenant_id%3D{acting_for}")
+    };
+    for sql in [
+        format!("SELECT count(*) FROM \"{schema}\".segment_terms"),
+        format!(
+            "INSERT INTO \"{schema}\".segment_terms VALUES \
+             ('{tenant}', 's1', 1, 'budget-review', now(), 0, '{{x}}')"
+        ),
+        format!("DELETE FROM \"{schema}\".segment_terms"),
+    ] {
+        let (ok, out) = cluster::psql(&service(&tenant), &sql);
+        assert!(!ok && out.contains("permission denied"), "{sql}: {out}");
+    }
+    let search = |acting_for: &str| {
+        cluster::psql(
+            &service(acting_for),
+            &format!("SELECT count(*) FROM \"{schema}\".kiroku_search('{theirs}'::text[], 100)"),
+        )
+    };
+    // The other tenant's own terms find its segment for it, and for no one else.
+    assert_eq!(search(&other), (true, "1".into()));
+    assert_eq!(search(&tenant), (true, "0".into()), "cross-tenant search");
+    assert_eq!(search(""), (true, "0".into()), "search without a tenant");
+    // Indexing the other tenant's segment while acting for this one changes nothing.
+    let (ok, out) = cluster::psql(
+        &service(&tenant),
+        &format!("SELECT \"{schema}\".kiroku_index_segment('s1', 1, '{{planted}}'::text[])"),
+    );
+    assert!(ok, "{out}");
+    let (ok, now) = cluster::psql(
+        &owner,
+        &format!("SELECT terms::text FROM \"{schema}\".segment_terms WHERE tenant_id = '{other}'"),
+    );
+    assert!(ok && now == theirs, "{now}");
+    // Deleting a segment deletes its terms (tenant erasure deletes every segment).
+    let (ok, out) = cluster::psql(
+        &owner,
+        &format!("DELETE FROM \"{schema}\".segments WHERE tenant_id = '{other}'"),
+    );
+    assert!(ok, "{out}");
+    assert_eq!(rows_of(&other), (true, "0".into()));
+    assert_eq!(rows_of(&tenant), (true, "1".into()));
 }
 
 /// control 8.2.2 and 13.1.3: real speech streamed through the cluster is stored with the

@@ -261,29 +261,18 @@ impl Import {
         for (seq, segment) in m.segments.iter().enumerate() {
             let seq = seq as i64;
             let segment = api::Segment::from(segment);
-            let sealed = self.key.seal(
-                &segment.encode_to_vec(),
-                &segment_aad(tenant, &session, seq),
-            )?;
-            let terms: Vec<String> = search::index_terms(&segment.text)
-                .iter()
-                .map(|term| self.key.index_token(term))
-                .collect();
-            sqlx::query(
-                "INSERT INTO segments (tenant_id, session_id, result_seq, meeting_id, start_ms,
-                     end_ms, sealed, search_terms, meeting_started_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            insert_segment(
+                tx,
+                &self.key,
+                SegmentRow {
+                    tenant,
+                    session_id: &session,
+                    result_seq: seq,
+                    meeting_id: &m.meeting_id,
+                    meeting_started_at: m.started_at,
+                },
+                &segment,
             )
-            .bind(tenant)
-            .bind(&session)
-            .bind(seq)
-            .bind(&m.meeting_id)
-            .bind(segment.start_ms as i64)
-            .bind(segment.end_ms as i64)
-            .bind(&sealed)
-            .bind(&terms)
-            .bind(m.started_at)
-            .execute(&mut **tx)
             .await?;
         }
         for label in &m.labels {
@@ -377,36 +366,81 @@ pub async fn persist_final(db: &Db, keys: &Keys, f: &Final<'_>) -> Result<bool> 
     .bind(f.meeting_id)
     .execute(&mut *tx)
     .await?;
-    let seq = f.result_seq as i64;
+    let inserted = insert_segment(
+        &mut tx,
+        &key,
+        SegmentRow {
+            tenant: f.tenant,
+            session_id: f.session_id,
+            result_seq: f.result_seq as i64,
+            meeting_id: f.meeting_id,
+            meeting_started_at: started_at,
+        },
+        f.segment,
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(inserted)
+}
+
+/// Where a segment goes: its identity (session, seq) and its meeting.
+struct SegmentRow<'a> {
+    tenant: Uuid,
+    session_id: &'a str,
+    result_seq: i64,
+    meeting_id: &'a str,
+    meeting_started_at: DateTime<Utc>,
+}
+
+/// Seals a segment and indexes its terms, in the tenant's transaction `tx`. A segment
+/// already stored (same session and seq) is left as it is; returns whether it was new.
+/// The terms go in through `kiroku_index_segment` (migration 0005): the search table is
+/// outside row-level security and the service role cannot write it directly.
+async fn insert_segment(
+    tx: &mut Transaction<'static, Postgres>,
+    key: &DataKey,
+    row: SegmentRow<'_>,
+    segment: &api::Segment,
+) -> Result<bool> {
     let sealed = key.seal(
-        &f.segment.encode_to_vec(),
-        &segment_aad(f.tenant, f.session_id, seq),
+        &segment.encode_to_vec(),
+        &segment_aad(row.tenant, row.session_id, row.result_seq),
     )?;
-    let terms: Vec<String> = search::index_terms(&f.segment.text)
-        .iter()
-        .map(|term| key.index_token(term))
-        .collect();
     let inserted = sqlx::query(
         "INSERT INTO segments (tenant_id, session_id, result_seq, meeting_id, start_ms, end_ms,
-             sealed, search_terms, meeting_started_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+             sealed, meeting_started_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
          ON CONFLICT (tenant_id, session_id, result_seq) DO NOTHING",
     )
-    .bind(f.tenant)
-    .bind(f.session_id)
-    .bind(seq)
-    .bind(f.meeting_id)
-    .bind(f.segment.start_ms as i64)
-    .bind(f.segment.end_ms as i64)
+    .bind(row.tenant)
+    .bind(row.session_id)
+    .bind(row.result_seq)
+    .bind(row.meeting_id)
+    .bind(segment.start_ms as i64)
+    .bind(segment.end_ms as i64)
     .bind(&sealed)
-    .bind(&terms)
-    .bind(started_at)
-    .execute(&mut *tx)
+    .bind(row.meeting_started_at)
+    .execute(&mut **tx)
     .await?
     .rows_affected()
         == 1;
-    tx.commit().await?;
+    if inserted {
+        sqlx::query("SELECT kiroku_index_segment($1, $2, $3)")
+            .bind(row.session_id)
+            .bind(row.result_seq)
+            .bind(index_tokens(key, &segment.text))
+            .execute(&mut **tx)
+            .await?;
+    }
     Ok(inserted)
+}
+
+/// The keyed hashes a text is found by.
+pub fn index_tokens(key: &DataKey, text: &str) -> Vec<String> {
+    search::index_terms(text)
+        .iter()
+        .map(|term| key.index_token(term))
+        .collect()
 }
 
 /// The session's last message: the meeting ends now (until another session joins it).
@@ -551,15 +585,10 @@ pub async fn meeting(
     Ok(Some((meeting, segments)))
 }
 
-/// How many of the newest segments a search walks in order before it asks the GIN index
-/// for every match instead.
-const SEARCH_WALK: i64 = 20_000;
-
-/// Segments containing every term of `query`, newest meetings first. Two plans, chosen by
-/// what the first finds: walking the newest segments in result order stops after the
-/// first hits, which is fast for common words and slow for rare ones; collecting every
-/// match through the GIN index and sorting is the opposite. The walk is bounded; when it
-/// finds fewer hits than asked, the index answers.
+/// Segments containing every term of `query`, newest meetings first. The matches come
+/// from `kiroku_search` (migration 0005), which runs outside row-level security so that
+/// PostgreSQL can use the terms' GIN index, and applies this transaction's tenant
+/// itself; the sealed segments are then read under row-level security as always.
 pub async fn search(
     db: &Db,
     keys: &Keys,
@@ -578,35 +607,17 @@ pub async fn search(
     if terms.is_empty() {
         return Ok(Vec::new());
     }
-    // Common words: the newest segments, walked in result order, hold the first hits.
-    let mut rows = sqlx::query(
+    let rows = sqlx::query(
         "SELECT g.meeting_id, m.title, g.session_id, g.result_seq, g.sealed
-         FROM (SELECT * FROM segments
-               ORDER BY meeting_started_at DESC, meeting_id, start_ms LIMIT $3) g
+         FROM kiroku_search($1, $2) WITH ORDINALITY AS h (session_id, result_seq, n)
+         JOIN segments g ON g.session_id = h.session_id AND g.result_seq = h.result_seq
          JOIN meetings m ON m.meeting_id = g.meeting_id
-         WHERE g.search_terms @> $1
-         ORDER BY g.meeting_started_at DESC, g.meeting_id, g.start_ms LIMIT $2",
+         ORDER BY h.n",
     )
     .bind(&terms)
-    .bind(limit)
-    .bind(SEARCH_WALK)
+    .bind(i32::try_from(limit).unwrap_or(i32::MAX))
     .fetch_all(&mut *tx)
     .await?;
-    if (rows.len() as i64) < limit {
-        // Rarer words: every match through the GIN index (few), then sorted.
-        rows = sqlx::query(
-            "WITH hits AS MATERIALIZED (
-                 SELECT meeting_id, session_id, result_seq, sealed, meeting_started_at, start_ms
-                 FROM segments WHERE search_terms @> $1)
-             SELECT g.meeting_id, m.title, g.session_id, g.result_seq, g.sealed
-             FROM hits g JOIN meetings m ON m.meeting_id = g.meeting_id
-             ORDER BY g.meeting_started_at DESC, g.meeting_id, g.start_ms LIMIT $2",
-        )
-        .bind(&terms)
-        .bind(limit)
-        .fetch_all(&mut *tx)
-        .await?;
-    }
     tx.commit().await?;
     rows.iter()
         .map(|row| {

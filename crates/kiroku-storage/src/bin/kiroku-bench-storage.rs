@@ -5,7 +5,8 @@
 //!   tenant transaction, data-key unwrap, AES-256-GCM seal, blind-index terms, insert),
 //!   versus the same rows inserted in plaintext with no index (the cost of encryption
 //!   and the index);
-//! - search: `store::search` (blind index, GIN) over the whole tenant, p50/p95, versus
+//! - search: `store::search` (blind index, GIN, read through `kiroku_search` outside
+//!   row-level security) over the whole tenant, p50/p95, versus
 //!   PostgreSQL full-text search (`tsvector`, GIN) over the same text in plaintext, both
 //!   returning the first 20 hits in meeting order.
 //!
@@ -257,7 +258,7 @@ async fn run(args: &Args, db: &Db, owner: &sqlx::PgPool, schema: &str) -> anyhow
     .await?;
     // Statistics, as autovacuum would gather them (one statement per query: sqlx
     // prepares each).
-    for table in ["plain", "segments", "meetings"] {
+    for table in ["plain", "segments", "segment_terms", "meetings"] {
         sqlx::query(&format!("ANALYZE \"{schema}\".{table}"))
             .execute(owner)
             .await?;
@@ -367,13 +368,7 @@ async fn bulk_load(
             let aad = kiroku_storage::crypto::aad(tenant, "segment", &format!("{session}:{seq}"));
             sealed.push(key.seal(&prost::Message::encode_to_vec(&segment), &aad)?);
             // One string per row: the terms joined, split again in SQL.
-            terms.push(
-                kiroku_storage::search::index_terms(text)
-                    .iter()
-                    .map(|t| key.index_token(t))
-                    .collect::<Vec<_>>()
-                    .join(" "),
-            );
+            terms.push(store::index_tokens(key, text).join(" "));
             meetings.push(format!("m{}", i / args.segments));
             starts.push(segment.start_ms as i64);
             sessions.push(session);
@@ -383,11 +378,10 @@ async fn bulk_load(
         let mut tx = db.tenant_tx(tenant).await?;
         sqlx::query(
             "INSERT INTO segments (tenant_id, session_id, result_seq, meeting_id, start_ms, end_ms,
-                 sealed, search_terms, meeting_started_at)
-             SELECT $1, s, q, m, a, b, c, string_to_array(t, ' '),
-                 (SELECT started_at FROM meetings WHERE meeting_id = m)
+                 sealed, meeting_started_at)
+             SELECT $1, s, q, m, a, b, c, (SELECT started_at FROM meetings WHERE meeting_id = m)
              FROM UNNEST($2::text[], $3::bigint[], $4::text[], $5::bigint[], $6::bigint[],
-                         $7::bytea[], $8::text[]) AS x(s, q, m, a, b, c, t)
+                         $7::bytea[]) AS x(s, q, m, a, b, c)
              ON CONFLICT DO NOTHING",
         )
         .bind(tenant)
@@ -397,6 +391,14 @@ async fn bulk_load(
         .bind(&starts)
         .bind(&ends)
         .bind(&sealed)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "SELECT kiroku_index_segment(s, q, string_to_array(t, ' '))
+             FROM UNNEST($1::text[], $2::bigint[], $3::text[]) AS x(s, q, t)",
+        )
+        .bind(&sessions)
+        .bind(&seqs)
         .bind(&terms)
         .execute(&mut *tx)
         .await?;
