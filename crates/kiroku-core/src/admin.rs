@@ -169,7 +169,11 @@ pub async fn serve_grpc(
         let _ = rx.wait_for(|stop| *stop).await;
     };
     let admin_task = tokio::spawn(serve_admin(admin, ready, wait_stop(stop_rx.clone())));
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc);
+    // TCP_NODELAY on every accepted connection: tonic applies its own `tcp_nodelay`
+    // only to listeners it binds itself. With Nagle on, a small response (an audio ack,
+    // a caption) that follows another unacknowledged one waits for the client's delayed
+    // ACK, about 40 ms on Linux: that was the plumbing benchmark's p99.
+    let incoming = tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true));
     server
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, wait_stop(stop_rx))
