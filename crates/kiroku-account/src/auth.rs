@@ -668,15 +668,12 @@ impl OperatorToken {
     /// From `KIROKU_OPERATOR_TOKEN` or the file `KIROKU_OPERATOR_TOKEN_FILE` names; not
     /// configured when neither is set.
     pub fn from_env() -> Result<Self, String> {
-        if let Ok(token) = std::env::var(Self::ENV) {
-            return Self::new(&token).map_err(|e| format!("{}: {e}", Self::ENV));
+        match kiroku_core::secret::from_env(Self::ENV)? {
+            Some(secret) => {
+                Self::new(&secret.text).map_err(|e| format!("{}: {e}", secret.source))
+            }
+            None => Ok(Self::default()),
         }
-        if let Ok(path) = std::env::var(Self::FILE_ENV) {
-            let token = std::fs::read_to_string(&path)
-                .map_err(|e| format!("{} ({path}): {e}", Self::FILE_ENV))?;
-            return Self::new(&token).map_err(|e| format!("{} ({path}): {e}", Self::FILE_ENV));
-        }
-        Ok(Self::default())
     }
 
     pub fn is_configured(&self) -> bool {

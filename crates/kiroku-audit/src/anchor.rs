@@ -46,15 +46,9 @@ impl AnchorKey {
     /// `KIROKU_AUDIT_ANCHOR_KEY`, else the file named by `KIROKU_AUDIT_ANCHOR_KEY_FILE`,
     /// else none (never a flag: flags show in `ps`).
     pub fn from_env() -> Result<Option<Self>, String> {
-        if let Ok(text) = std::env::var(Self::ENV) {
-            return Self::from_hex(&text).map(Some);
-        }
-        if let Ok(path) = std::env::var(format!("{}_FILE", Self::ENV)) {
-            let text = std::fs::read_to_string(&path)
-                .map_err(|e| format!("{}_FILE ({path}): {e}", Self::ENV))?;
-            return Self::from_hex(&text).map(Some);
-        }
-        Ok(None)
+        kiroku_core::secret::from_env(Self::ENV)?
+            .map(|secret| Self::from_hex(&secret.text))
+            .transpose()
     }
 
     pub fn from_hex(text: &str) -> Result<Self, String> {

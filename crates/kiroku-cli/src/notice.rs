@@ -57,22 +57,16 @@ pub enum NoticeCommand {
 /// The operator token from `KIROKU_OPERATOR_TOKEN`, or the file `KIROKU_OPERATOR_TOKEN_FILE`
 /// names (`kiroku up` writes `.run/operator-token`).
 pub fn operator_credential() -> Result<(&'static str, tonic::metadata::AsciiMetadataValue)> {
-    let token = match (
-        std::env::var(OperatorToken::ENV),
-        std::env::var(OperatorToken::FILE_ENV),
-    ) {
-        (Ok(token), _) => token,
-        (Err(_), Ok(path)) => std::fs::read_to_string(&path)
-            .with_context(|| format!("reading the operator token from {path}"))?,
-        _ => {
-            return Err(InputError(format!(
+    let token = kiroku_core::secret::from_env(OperatorToken::ENV)
+        .map_err(|e| anyhow::anyhow!("reading the operator token: {e}"))?
+        .ok_or_else(|| {
+            InputError(format!(
                 "set {} (or {}) to act as the operator",
                 OperatorToken::ENV,
                 OperatorToken::FILE_ENV
             ))
-            .into());
-        }
-    };
+        })?
+        .text;
     let value = token.trim().parse().map_err(|_| {
         InputError(format!(
             "{} is not a valid header value",

@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod nats;
 mod process;
 pub mod region;
+pub mod secret;
 pub mod status;
 pub mod telemetry;
 pub mod trace;

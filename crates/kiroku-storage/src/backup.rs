@@ -100,14 +100,8 @@ impl BackupKey {
 
     /// From `KIROKU_BACKUP_KEY` or the file `KIROKU_BACKUP_KEY_FILE` names.
     pub fn from_env() -> Result<Self, BackupError> {
-        if let Ok(text) = std::env::var(Self::ENV) {
-            return Self::from_hex(&text);
-        }
-        let path = std::env::var(Self::FILE_ENV)
-            .map_err(|_| BackupError::Key(format!("set {} or {}", Self::FILE_ENV, Self::ENV)))?;
-        let text =
-            std::fs::read_to_string(&path).map_err(|e| BackupError::Key(format!("{path}: {e}")))?;
-        Self::from_hex(&text)
+        let secret = kiroku_core::secret::required_from_env(Self::ENV).map_err(BackupError::Key)?;
+        Self::from_hex(&secret.text)
     }
 
     /// Names the key without revealing it (in the manifest, so a restore with another

@@ -177,15 +177,9 @@ impl LocalKeyProvider {
 
     /// From `KIROKU_MASTER_KEY` or the file `KIROKU_MASTER_KEY_FILE` names.
     pub fn from_env() -> Result<Self, CryptoError> {
-        if let Ok(text) = std::env::var(Self::ENV) {
-            return Self::from_hex(&text);
-        }
-        let path = std::env::var(Self::FILE_ENV).map_err(|_| {
-            CryptoError::MasterKey(format!("set {} or {}", Self::FILE_ENV, Self::ENV))
-        })?;
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| CryptoError::MasterKey(format!("{path}: {e}")))?;
-        Self::from_hex(&text)
+        let secret =
+            kiroku_core::secret::required_from_env(Self::ENV).map_err(CryptoError::MasterKey)?;
+        Self::from_hex(&secret.text)
     }
 }
 
@@ -223,14 +217,11 @@ impl MasterKeys {
     /// `KIROKU_PREVIOUS_MASTER_KEY(_FILE)`.
     pub fn from_env() -> Result<Self, CryptoError> {
         let current = LocalKeyProvider::from_env()?;
-        let previous = if let Ok(text) = std::env::var(Self::PREVIOUS_ENV) {
-            vec![LocalKeyProvider::from_hex(&text)?]
-        } else if let Ok(path) = std::env::var(Self::PREVIOUS_FILE_ENV) {
-            let text = std::fs::read_to_string(&path)
-                .map_err(|e| CryptoError::MasterKey(format!("{path}: {e}")))?;
-            vec![LocalKeyProvider::from_hex(&text)?]
-        } else {
-            Vec::new()
+        let previous = match kiroku_core::secret::from_env(Self::PREVIOUS_ENV)
+            .map_err(CryptoError::MasterKey)?
+        {
+            Some(secret) => vec![LocalKeyProvider::from_hex(&secret.text)?],
+            None => Vec::new(),
         };
         Ok(Self::new(current, previous))
     }
