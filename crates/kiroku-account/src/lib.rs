@@ -4,19 +4,19 @@
 //! Data lives in the service's own PostgreSQL schema, reached as a non-owner role with
 //! row-level security forced on every table ([`db`]); Redis holds revocations and
 //! sign-in throttles ([`auth`], [`throttle`]); every security event goes to JetStream
-//! `AUDIT`. The [`auth`] and [`tokens`] modules are also what gateways use to check
-//! credentials.
+//! `AUDIT`. The [`auth`] and [`tokens`] modules (crate `kiroku-auth`) are also what
+//! the other services use to check credentials.
 
-pub mod auth;
-pub mod checker;
 pub mod db;
 pub mod error;
 pub mod password;
-pub mod proxy;
 mod service;
 pub mod throttle;
-pub mod tokens;
 pub mod totp;
+
+// What every service uses to check credentials lives in `kiroku-auth`; re-exported so
+// the account service's own code reads `crate::auth`, `crate::tokens`.
+pub use kiroku_auth::{DEFAULT_REDIS_URL, auth, checker, proxy, redis_prefix, tokens};
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -32,15 +32,8 @@ pub use service::{Accounts, METHODS, TokenLifetimes, access};
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50053";
 /// Default admin HTTP address (`/healthz`, `/readyz`, `/metrics`).
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9466";
-/// Where the services find Redis when `KIROKU_REDIS_URL` is unset.
-pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
 /// Where the services find PostgreSQL when `KIROKU_DATABASE_URL` is unset.
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/kiroku";
-
-/// The Redis key prefix of a cluster: every key a Kiroku cluster writes starts with it.
-pub fn redis_prefix(layout: &Layout) -> String {
-    format!("kiroku:{}", layout.root())
-}
 
 /// Everything the account service needs.
 #[derive(Debug, Clone)]

@@ -90,7 +90,7 @@ pub struct TokenLifetimes {
 impl Default for TokenLifetimes {
     fn default() -> Self {
         Self {
-            access: Duration::from_secs(15 * 60),
+            access: kiroku_auth::ACCESS_TOKEN_LIFETIME,
             refresh: Duration::from_secs(30 * 24 * 3600),
             invitation: Duration::from_secs(7 * 24 * 3600),
         }

@@ -52,7 +52,7 @@ pub struct AuditConfig {
     pub account_url: String,
     /// The operator token: publishes notices, and asks the account service for their
     /// recipients.
-    pub operator: kiroku_account::auth::OperatorToken,
+    pub operator: kiroku_auth::auth::OperatorToken,
     /// Where notice mail goes; without it notices are stored and listed, and their
     /// deliveries wait (pending) until a server is configured.
     pub smtp: Option<notice::SmtpConfig>,
@@ -68,9 +68,9 @@ impl AuditConfig {
             migrate: true,
             nats_url: kiroku_core::nats::DEFAULT_NATS_URL.into(),
             layout: Layout::default(),
-            redis_url: kiroku_account::DEFAULT_REDIS_URL.into(),
+            redis_url: kiroku_auth::DEFAULT_REDIS_URL.into(),
             account_url: account_url.into(),
-            operator: kiroku_account::auth::OperatorToken::default(),
+            operator: kiroku_auth::auth::OperatorToken::default(),
             smtp: None,
             anchor_key: None,
         }
@@ -129,7 +129,7 @@ pub async fn serve(
         kiroku_core::db::migrate(&config.database, &MIGRATOR).await?;
     }
     let db = Db::connect(&config.database).await?;
-    let checker = kiroku_account::checker::Checker::for_service(
+    let checker = kiroku_auth::checker::Checker::for_service(
         &config.account_url,
         &config.redis_url,
         &config.layout,

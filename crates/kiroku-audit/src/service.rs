@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use kiroku_account::auth::{Access, OperatorToken, Principal};
-use kiroku_account::checker::Checker;
+use kiroku_auth::auth::{Access, OperatorToken, Principal};
+use kiroku_auth::checker::Checker;
 use kiroku_core::audit::{Actor, AuditEmitter, AuditRecord, actions};
 use kiroku_core::db::Db;
 use kiroku_proto::account::v1::ListNoticeRecipientsRequest;
@@ -648,9 +648,9 @@ mod tests {
     #[test]
     fn control_9_2_2_every_method_has_an_access_rule() {
         let problems =
-            kiroku_account::auth::access_table_problems("kiroku.audit.v1.AuditService", METHODS);
+            kiroku_auth::auth::access_table_problems("kiroku.audit.v1.AuditService", METHODS);
         assert!(problems.is_empty(), "{problems:?}");
-        let problems = kiroku_account::auth::access_table_problems(
+        let problems = kiroku_auth::auth::access_table_problems(
             "kiroku.audit.v1.NoticeService",
             NOTICE_METHODS,
         );

@@ -95,8 +95,8 @@ fn load_audio(path: &PathBuf, frame_ms: u32) -> Result<ClientAudio> {
     } else {
         drop(reader);
         let file = std::fs::File::open(path).map_err(|e| open_error(&e))?;
-        let decoded = kiroku_engine::audio::decode_wav(std::io::BufReader::new(file))
-            .map_err(|e| open_error(&e))?;
+        let decoded =
+            kiroku_audio::decode_wav(std::io::BufReader::new(file)).map_err(|e| open_error(&e))?;
         let pcm = decoded
             .samples
             .iter()

@@ -4,8 +4,8 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Result;
+use kiroku_audio::{AudioError, decode_wav};
 use kiroku_core::transcript::Format;
-use kiroku_engine::audio::{AudioError, decode_wav};
 use kiroku_engine::engine::{EngineError, default_model_path};
 use kiroku_engine::{Engine, EngineConfig, TranscribeOptions};
 

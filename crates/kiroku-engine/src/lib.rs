@@ -1,6 +1,7 @@
-//! The Whisper engine: model conversion, audio decoding and inference. No network.
+//! The Whisper engine: model conversion and inference. No network. Audio decoding is
+//! the `kiroku-audio` crate, re-exported here as [`audio`].
 
-pub mod audio;
+pub use kiroku_audio as audio;
 pub mod convert;
 pub mod engine;
 pub mod file;

@@ -14,8 +14,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt as _;
-use kiroku_account::auth::{Access, Principal, RevocationEvent, Revocations, SCOPE_TRANSCRIBE};
-use kiroku_account::checker::Checker;
+use kiroku_auth::auth::{Access, Principal, RevocationEvent, Revocations, SCOPE_TRANSCRIBE};
+use kiroku_auth::checker::Checker;
 use tonic::Status;
 use tonic::metadata::MetadataMap;
 use tracing::{info, warn};

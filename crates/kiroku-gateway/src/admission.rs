@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use kiroku_account::auth::Principal;
+use kiroku_auth::auth::Principal;
 use tonic::Status;
 use tracing::warn;
 

@@ -15,7 +15,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use kiroku_account::proxy::TrustedProxies;
+use kiroku_auth::proxy::TrustedProxies;
 use kiroku_core::grpc_metrics::MeteredChannel as Channel;
 use tonic::transport::server::TcpConnectInfo;
 use tower::ServiceExt as _;
@@ -98,7 +98,7 @@ impl tower::Service<http::Request<axum::body::Body>> for Forward {
         // a request carrying it is answered as the tenant call it otherwise is.
         parts
             .headers
-            .remove(kiroku_account::auth::OperatorToken::METADATA);
+            .remove(kiroku_auth::auth::OperatorToken::METADATA);
         if let Some(value) = client.and_then(|ip| http::HeaderValue::try_from(ip.to_string()).ok())
         {
             parts.headers.insert(FORWARDED_FOR, value);

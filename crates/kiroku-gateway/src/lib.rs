@@ -141,7 +141,7 @@ pub struct GatewayConfig {
     pub routes: kiroku_core::nats::SessionRoutes,
     /// Proxies in front of the gateway (an ingress) whose `x-forwarded-for` names the
     /// client; empty: the connection's address is the client.
-    pub trusted_proxies: kiroku_account::proxy::TrustedProxies,
+    pub trusted_proxies: kiroku_auth::proxy::TrustedProxies,
     /// Serve gRPC server reflection on the public port (`KIROKU_GATEWAY_REFLECTION`);
     /// off by default: it hands anyone the schema of every API behind the gateway.
     pub reflection: bool,
@@ -158,10 +158,10 @@ impl GatewayConfig {
             account_url: account_url.into(),
             audit_url: None,
             storage_url: None,
-            redis_url: kiroku_account::DEFAULT_REDIS_URL.into(),
+            redis_url: kiroku_auth::DEFAULT_REDIS_URL.into(),
             quotas: Quotas::default(),
             routes: Default::default(),
-            trusted_proxies: kiroku_account::proxy::TrustedProxies::parse("").unwrap_or_default(),
+            trusted_proxies: kiroku_auth::proxy::TrustedProxies::parse("").unwrap_or_default(),
             reflection: false,
             nats_url: nats_url.into(),
             layout,
@@ -214,12 +214,12 @@ impl Gateway {
             .context("creating the JetStream streams")?;
         let audio = js.get_stream(config.layout.audio_stream()).await?;
         let transcripts = js.get_stream(config.layout.transcripts_stream()).await?;
-        let redis = kiroku_account::auth::connect_redis(&config.redis_url).await?;
-        let prefix = kiroku_account::redis_prefix(&config.layout);
-        let revocations = kiroku_account::auth::Revocations::new(
+        let redis = kiroku_auth::auth::connect_redis(&config.redis_url).await?;
+        let prefix = kiroku_auth::redis_prefix(&config.layout);
+        let revocations = kiroku_auth::auth::Revocations::new(
             redis.clone(),
             &prefix,
-            kiroku_account::TokenLifetimes::default().access,
+            kiroku_auth::ACCESS_TOKEN_LIFETIME,
         );
         let gatekeeper = access::Gatekeeper::start(
             &config.account_url,

@@ -31,7 +31,7 @@ use crate::access::{Ended, StreamWatch};
 use crate::admission::StreamLease;
 use crate::resample::{OUTPUT_RATE_HZ, SUPPORTED_RATES_HZ, StreamResampler};
 use crate::{Limits, ResponseStream, Shared};
-use kiroku_account::auth::Principal;
+use kiroku_auth::auth::Principal;
 use kiroku_core::audit::{AuditRecord, actions};
 
 type Out = mpsc::Sender<Result<StreamTranscribeResponse, Status>>;
@@ -283,7 +283,7 @@ pub(crate) async fn start(
     } else {
         config.meeting_id.trim().to_string()
     };
-    for header in ["authorization", kiroku_account::auth::API_KEY_HEADER] {
+    for header in ["authorization", kiroku_auth::auth::API_KEY_HEADER] {
         if let Some(value) = metadata.get(header) {
             session.credentials.insert(header, value.clone());
         }

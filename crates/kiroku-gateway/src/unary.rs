@@ -5,9 +5,9 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use kiroku_audio::{AudioError, decode_wav};
 use kiroku_core::audit::{AuditRecord, actions};
 use kiroku_core::nats::{Follower, Layout};
-use kiroku_engine::audio::{AudioError, decode_wav};
 use kiroku_proto::events::v1 as events;
 use kiroku_proto::transcribe::v1::{self as api, transcribe_request};
 use prost::Message as _;
@@ -27,7 +27,7 @@ const TRANSCRIBE_PATH: &str = "/kiroku.transcribe.v1.Transcription/Transcribe";
 
 /// The caller of a `Transcribe` request, admitted before its body was read.
 #[derive(Clone)]
-struct Admitted(kiroku_account::auth::Principal);
+struct Admitted(kiroku_auth::auth::Principal);
 
 /// Authenticates `Transcribe` callers from their headers before tonic reads the request
 /// body: an anonymous or revoked caller is refused without the gateway receiving (or

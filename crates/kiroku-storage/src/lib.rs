@@ -59,7 +59,7 @@ pub struct StorageConfig {
     /// Wraps the tenants' data keys.
     pub keys: Arc<dyn crypto::KeyProvider>,
     /// The operator token (master-key rotation).
-    pub operator: kiroku_account::auth::OperatorToken,
+    pub operator: kiroku_auth::auth::OperatorToken,
     /// How long `ImportTenant` waits for the client's next file before abandoning the
     /// import (`KIROKU_IMPORT_IDLE_TIMEOUT_S`).
     pub import_idle_timeout: std::time::Duration,
@@ -77,10 +77,10 @@ impl StorageConfig {
             migrate: true,
             nats_url: kiroku_core::nats::DEFAULT_NATS_URL.into(),
             layout: Layout::default(),
-            redis_url: kiroku_account::DEFAULT_REDIS_URL.into(),
+            redis_url: kiroku_auth::DEFAULT_REDIS_URL.into(),
             account_url: account_url.into(),
             keys,
-            operator: kiroku_account::auth::OperatorToken::default(),
+            operator: kiroku_auth::auth::OperatorToken::default(),
             import_idle_timeout: std::time::Duration::from_secs(30),
         }
     }
@@ -161,7 +161,7 @@ pub async fn serve(
     }
     let db = Db::connect(&config.database).await?;
     let keys = Keys::new(config.keys.clone());
-    let checker = kiroku_account::checker::Checker::for_service(
+    let checker = kiroku_auth::checker::Checker::for_service(
         &config.account_url,
         &config.redis_url,
         &config.layout,

@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
-use kiroku_account::auth::{Access, Principal, SCOPE_TRANSCRIBE};
-use kiroku_account::checker::Checker;
+use kiroku_auth::auth::{Access, Principal, SCOPE_TRANSCRIBE};
+use kiroku_auth::checker::Checker;
 use kiroku_core::audit::{AuditEmitter, AuditRecord, actions};
 use kiroku_core::db::Db;
 use kiroku_core::docx;
@@ -55,7 +55,7 @@ pub struct StorageService {
     keys: Keys,
     checker: Arc<Checker>,
     audit: AuditEmitter,
-    operator: kiroku_account::auth::OperatorToken,
+    operator: kiroku_auth::auth::OperatorToken,
     nats: NatsParts,
     /// How long `ImportTenant` waits for the client's next file.
     import_idle_timeout: std::time::Duration,
@@ -184,7 +184,7 @@ impl StorageService {
         keys: Keys,
         checker: Arc<Checker>,
         audit: AuditEmitter,
-        operator: kiroku_account::auth::OperatorToken,
+        operator: kiroku_auth::auth::OperatorToken,
         nats: NatsParts,
         import_idle_timeout: std::time::Duration,
     ) -> Self {
@@ -555,7 +555,7 @@ impl StorageApi for StorageService {
         request: Request<pb::EraseTenantRequest>,
     ) -> Result<Response<pb::EraseTenantResponse>, Status> {
         let caller = self.caller(&request, "EraseTenant").await?;
-        if caller.role != kiroku_account::auth::Role::Owner {
+        if caller.role != kiroku_auth::auth::Role::Owner {
             return Err(Status::permission_denied(
                 "only an owner can erase the tenant's minutes",
             ));
@@ -942,7 +942,7 @@ mod tests {
     #[test]
     fn control_9_2_2_every_method_has_an_access_rule() {
         let problems =
-            kiroku_account::auth::access_table_problems("kiroku.storage.v1.Storage", METHODS);
+            kiroku_auth::auth::access_table_problems("kiroku.storage.v1.Storage", METHODS);
         assert!(problems.is_empty(), "{problems:?}");
     }
 }

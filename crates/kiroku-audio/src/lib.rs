@@ -1,4 +1,5 @@
-//! Audio input: WAV decoding, downmixing and resampling to Whisper's 16 kHz mono f32.
+//! Audio input (its own crate so the gateway and the CLI decode WAV without linking
+//! whisper.cpp): WAV decoding, downmixing and resampling to Whisper's 16 kHz mono f32.
 //!
 //! Accepted: RIFF/WAVE PCM 8/16/24/32-bit integer or 32-bit float, 1 to
 //! [`MAX_CHANNELS`] channels (averaged to mono), sample rates from

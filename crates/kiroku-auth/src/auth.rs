@@ -669,9 +669,7 @@ impl OperatorToken {
     /// configured when neither is set.
     pub fn from_env() -> Result<Self, String> {
         match kiroku_core::secret::from_env(Self::ENV)? {
-            Some(secret) => {
-                Self::new(&secret.text).map_err(|e| format!("{}: {e}", secret.source))
-            }
+            Some(secret) => Self::new(&secret.text).map_err(|e| format!("{}: {e}", secret.source)),
             None => Ok(Self::default()),
         }
     }

@@ -95,7 +95,7 @@ impl Checker {
         let revocations = Revocations::new(
             redis,
             &crate::redis_prefix(layout),
-            crate::TokenLifetimes::default().access,
+            crate::ACCESS_TOKEN_LIFETIME,
         );
         Self::connect(account_url, revocations, Duration::from_secs(30)).await
     }
