@@ -44,6 +44,8 @@ pub struct AccountConfig {
     pub redis_url: String,
     pub nats_url: String,
     pub layout: Layout,
+    /// Replication and retention of the streams this service creates if missing.
+    pub retention: kiroku_core::nats::Retention,
     /// Ed25519 signing key (PKCS#8 DER), created when missing; share it between
     /// replicas.
     pub signing_key_file: PathBuf,
@@ -64,6 +66,7 @@ impl AccountConfig {
             redis_url: DEFAULT_REDIS_URL.into(),
             nats_url: kiroku_core::nats::DEFAULT_NATS_URL.into(),
             layout: Layout::default(),
+            retention: kiroku_core::nats::Retention::default(),
             signing_key_file,
             lifetimes: TokenLifetimes::default(),
             throttle: throttle::ThrottleConfig::default(),
@@ -98,9 +101,13 @@ pub async fn serve(
     let prefix = redis_prefix(&config.layout);
     let revocations = auth::Revocations::new(redis.clone(), &prefix, config.lifetimes.access);
     let throttle = throttle::Throttle::new(redis, &prefix, config.throttle.clone());
-    let (nats, js) =
-        kiroku_core::nats::connect_and_ensure(&config.nats_url, "kiroku-account", &config.layout)
-            .await?;
+    let (nats, js) = kiroku_core::nats::connect_and_ensure(
+        &config.nats_url,
+        "kiroku-account",
+        &config.layout,
+        &config.retention,
+    )
+    .await?;
     let accounts = Accounts::new(service::State {
         db: db.clone(),
         signer,

@@ -48,6 +48,8 @@ pub struct AuditConfig {
     pub migrate: bool,
     pub nats_url: String,
     pub layout: Layout,
+    /// Replication and retention of the streams this service creates if missing.
+    pub retention: kiroku_core::nats::Retention,
     pub redis_url: String,
     pub account_url: String,
     /// The operator token: publishes notices, and asks the account service for their
@@ -68,6 +70,7 @@ impl AuditConfig {
             migrate: true,
             nats_url: kiroku_core::nats::DEFAULT_NATS_URL.into(),
             layout: Layout::default(),
+            retention: kiroku_core::nats::Retention::default(),
             redis_url: kiroku_auth::DEFAULT_REDIS_URL.into(),
             account_url: account_url.into(),
             operator: kiroku_auth::auth::OperatorToken::default(),
@@ -135,9 +138,13 @@ pub async fn serve(
         &config.layout,
     )
     .await?;
-    let (nats, js) =
-        kiroku_core::nats::connect_and_ensure(&config.nats_url, "kiroku-audit", &config.layout)
-            .await?;
+    let (nats, js) = kiroku_core::nats::connect_and_ensure(
+        &config.nats_url,
+        "kiroku-audit",
+        &config.layout,
+        &config.retention,
+    )
+    .await?;
     if config.anchor_key.is_none() {
         warn!("KIROKU_AUDIT_ANCHOR_KEY is not set: audit chain heads are anchored unsigned");
     }

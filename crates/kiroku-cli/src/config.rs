@@ -164,13 +164,6 @@ pub const OTHER: &[(&str, Kind, &str, &str, &str)] = &[
         "the Python that runs pip and the model converter",
     ),
     (
-        "KIROKU_NATS_REPLICAS",
-        Kind::Environment,
-        "every service",
-        "1",
-        "replicas of every JetStream stream and bucket, 1 to 5 (3 on a 3-server NATS cluster)",
-    ),
-    (
         "KIROKU_LOG_FORMAT",
         Kind::Environment,
         "every command",

@@ -158,11 +158,23 @@ pub struct Common {
     /// Region of PostgreSQL [default: --region].
     #[arg(long, env = "KIROKU_DATABASE_REGION")]
     pub database_region: Option<String>,
+    /// Replicas of every JetStream stream and bucket (each service creates missing ones),
+    /// 1 to 5 (3 on a 3-server NATS cluster).
+    #[arg(long, env = "KIROKU_NATS_REPLICAS", default_value_t = 1,
+          value_parser = clap::value_parser!(u8).range(1..=5))]
+    pub nats_replicas: u8,
 }
 
 impl Common {
     fn layout(&self) -> Result<Layout> {
         Ok(Layout::new(&self.cluster).map_err(|e| InputError(e.to_string()))?)
+    }
+
+    fn retention(&self) -> kiroku_core::nats::Retention {
+        kiroku_core::nats::Retention {
+            replicas: self.nats_replicas.into(),
+            ..Default::default()
+        }
     }
 
     /// Refuses to start when a place this role keeps data is outside the allowed
@@ -426,6 +438,7 @@ async fn gateway(args: GatewayArgs) -> Result<()> {
         kiroku_gateway::ResumeKeys::new(secret),
         args.account_url.clone(),
     );
+    config.retention = args.common.retention();
     config.audit_url = Some(args.audit_url.clone());
     config.storage_url = Some(args.storage_url.clone());
     config.redis_url = args.redis.clone();
@@ -521,6 +534,7 @@ async fn worker(args: WorkerArgs) -> Result<()> {
     }
     let mut config =
         kiroku_worker::WorkerConfig::new(args.common.nats.clone(), args.common.layout()?, engine);
+    config.retention = args.common.retention();
     config.max_sessions = args.sessions.max(1);
     kiroku_core::nats::check_token("pool", &args.pool).map_err(|e| InputError(e.to_string()))?;
     config.pool = args.pool.clone();
@@ -560,6 +574,7 @@ async fn account(args: AccountArgs) -> Result<()> {
     config.redis_url = args.redis.clone();
     config.nats_url = args.common.nats.clone();
     config.layout = args.common.layout()?;
+    config.retention = args.common.retention();
     if !(30..=86_400).contains(&args.access_ttl_s) {
         return Err(InputError("--access-ttl-s must be between 30 and 86400".into()).into());
     }
@@ -588,6 +603,7 @@ async fn audit(args: AuditArgs) -> Result<()> {
     config.redis_url = args.redis.clone();
     config.nats_url = args.common.nats.clone();
     config.layout = args.common.layout()?;
+    config.retention = args.common.retention();
     config.operator = operator_token()?;
     config.anchor_key = kiroku_audit::anchor::AnchorKey::from_env().map_err(InputError)?;
     config.smtp = smtp_config(&args)?;
@@ -621,6 +637,7 @@ async fn storage(args: StorageArgs) -> Result<()> {
     config.redis_url = args.redis.clone();
     config.nats_url = args.common.nats.clone();
     config.layout = args.common.layout()?;
+    config.retention = args.common.retention();
     config.operator = operator_token()?;
     config.import_idle_timeout = Duration::from_secs(args.import_idle_timeout_s);
     let grpc = bind(&args.listen, "gRPC").await?;
@@ -638,6 +655,26 @@ mod tests {
     use kiroku_account::auth::Access;
 
     /// The gateway refuses exactly the operator methods of the services it forwards.
+    /// `--nats-replicas` (KIROKU_NATS_REPLICAS) reaches the streams every role creates
+    /// and stays within what NATS allows.
+    #[test]
+    fn nats_replicas_are_checked_and_reach_the_retention() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            common: super::Common,
+        }
+        use clap::Parser as _;
+        let parse = |value: &str| Cli::try_parse_from(["kiroku", "--nats-replicas", value]);
+        let three = parse("3").expect("3 replicas");
+        assert_eq!(three.common.retention().replicas, 3);
+        for bad in ["0", "6", "three"] {
+            assert!(parse(bad).is_err(), "--nats-replicas {bad} was accepted");
+        }
+        let default = Cli::try_parse_from(["kiroku"]).expect("defaults");
+        assert_eq!(default.common.retention().replicas, 1);
+    }
+
     #[test]
     fn the_gateway_blocks_every_operator_method_it_could_forward() {
         let tables = [

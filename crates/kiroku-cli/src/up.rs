@@ -121,6 +121,10 @@ async fn up(args: Args) -> Result<()> {
             .env("KIROKU_NATS_URL", &args.common.nats)
             .env("KIROKU_CLUSTER", &args.common.cluster)
             .env(
+                "KIROKU_NATS_REPLICAS",
+                args.common.nats_replicas.to_string(),
+            )
+            .env(
                 "KIROKU_RESUME_WINDOW_S",
                 args.common.resume_window_s.to_string(),
             )

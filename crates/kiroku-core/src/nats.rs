@@ -19,9 +19,12 @@ pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
 /// The default cluster root.
 pub const DEFAULT_ROOT: &str = "kiroku";
 
-/// Retention settings of the cluster's streams.
+/// Retention and replication of the cluster's streams.
 #[derive(Debug, Clone)]
 pub struct Retention {
+    /// Replicas of every stream and bucket, 1 to 5: a NATS cluster of three servers
+    /// needs 3 for Kiroku's data to survive losing one (`--nats-replicas`).
+    pub replicas: usize,
     /// How long session audio stays in `AUDIO` (resume and failover replay from it).
     pub audio_max_age: Duration,
     /// How long finals stay in `TRANSCRIPTS` (storage persists them long before).
@@ -37,6 +40,7 @@ pub struct Retention {
 impl Default for Retention {
     fn default() -> Self {
         Self {
+            replicas: 1,
             audio_max_age: Duration::from_secs(2 * 3600),
             transcripts_max_age: Duration::from_secs(24 * 3600),
             audit_max_age: Duration::from_secs(30 * 24 * 3600),
@@ -289,14 +293,14 @@ impl Layout {
     }
 
     /// Creates (or updates to this configuration) every stream and bucket, each with
-    /// [`replicas()`] replicas.
+    /// `retention.replicas` replicas.
     pub async fn ensure(
         &self,
         js: &jetstream::Context,
         retention: &Retention,
     ) -> Result<(), NatsError> {
         let file = stream::StorageType::File;
-        let num_replicas = replicas()?;
+        let num_replicas = retention.replicas;
         js.create_or_update_stream(stream::Config {
             name: self.audio_stream(),
             subjects: vec![format!("{}.audio.>", self.root)],
@@ -406,12 +410,13 @@ impl Layout {
     }
 }
 
-/// Connects as `name` and makes sure the cluster's streams and buckets exist (with the
-/// default retention): what every service but the gateway does first.
+/// Connects as `name` and makes sure the cluster's streams and buckets exist: what every
+/// service but the gateway does first.
 pub async fn connect_and_ensure(
     url: &str,
     name: &str,
     layout: &Layout,
+    retention: &Retention,
 ) -> anyhow::Result<(async_nats::Client, jetstream::Context)> {
     use anyhow::Context as _;
     let nats = connect(url, name)
@@ -419,7 +424,7 @@ pub async fn connect_and_ensure(
         .with_context(|| format!("connecting to NATS at {url}"))?;
     let js = jetstream::new(nats.clone());
     layout
-        .ensure(&js, &Retention::default())
+        .ensure(&js, retention)
         .await
         .context("creating the JetStream streams")?;
     Ok((nats, js))
@@ -675,20 +680,6 @@ where
                     .await;
             }
         }
-    }
-}
-
-/// The replicas of every stream and bucket: `KIROKU_NATS_REPLICAS`, 1 (default) to 5.
-/// A NATS cluster of three servers needs 3 for Kiroku's data to survive losing one.
-pub fn replicas() -> Result<usize, NatsError> {
-    match std::env::var("KIROKU_NATS_REPLICAS") {
-        Err(_) => Ok(1),
-        Ok(value) => match value.trim().parse::<usize>() {
-            Ok(n @ 1..=5) => Ok(n),
-            _ => Err(NatsError(format!(
-                "KIROKU_NATS_REPLICAS={value:?}: a number of replicas from 1 to 5"
-            ))),
-        },
     }
 }
 

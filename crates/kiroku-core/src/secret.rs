@@ -90,7 +90,10 @@ mod tests {
         assert!(!format!("{secret:?}").contains("from-file"), "{secret:?}");
         std::fs::remove_file(&path).expect("remove");
         let error = lookup("KEY", env(&[("KEY_FILE", &path_text)])).expect_err("file gone");
-        assert!(error.starts_with(&format!("KEY_FILE ({path_text}): ")), "{error}");
+        assert!(
+            error.starts_with(&format!("KEY_FILE ({path_text}): ")),
+            "{error}"
+        );
     }
 
     #[test]

@@ -54,6 +54,8 @@ pub struct StorageConfig {
     pub migrate: bool,
     pub nats_url: String,
     pub layout: Layout,
+    /// Replication and retention of the streams this service creates if missing.
+    pub retention: kiroku_core::nats::Retention,
     pub redis_url: String,
     pub account_url: String,
     /// Wraps the tenants' data keys.
@@ -77,6 +79,7 @@ impl StorageConfig {
             migrate: true,
             nats_url: kiroku_core::nats::DEFAULT_NATS_URL.into(),
             layout: Layout::default(),
+            retention: kiroku_core::nats::Retention::default(),
             redis_url: kiroku_auth::DEFAULT_REDIS_URL.into(),
             account_url: account_url.into(),
             keys,
@@ -167,9 +170,13 @@ pub async fn serve(
         &config.layout,
     )
     .await?;
-    let (nats, js) =
-        kiroku_core::nats::connect_and_ensure(&config.nats_url, "kiroku-storage", &config.layout)
-            .await?;
+    let (nats, js) = kiroku_core::nats::connect_and_ensure(
+        &config.nats_url,
+        "kiroku-storage",
+        &config.layout,
+        &config.retention,
+    )
+    .await?;
     let consumer = tokio::spawn(consume(
         db.clone(),
         keys.clone(),
