@@ -86,207 +86,30 @@ async fn up(args: Args) -> Result<()> {
     std::fs::create_dir_all(&args.run_dir)
         .with_context(|| format!("creating {}", args.run_dir.display()))?;
     let run_dir = args.run_dir.canonicalize()?;
-    let mut nats = ensure_nats(&args.common.nats, &run_dir).await?;
-    let exe = std::env::current_exe().context("finding the kiroku binary")?;
-    let secret = std::env::var("KIROKU_RESUME_SECRET").unwrap_or_else(|_| {
-        format!(
-            "{}{}",
-            uuid::Uuid::new_v4().simple(),
-            uuid::Uuid::new_v4().simple()
-        )
-    });
-    // The local operator token (notices): kept in `.run/operator-token` (0600), unless
-    // the environment gives one.
-    let operator_file = run_dir.join("operator-token");
-    let operator_env = match std::env::var(kiroku_account::auth::OperatorToken::ENV) {
-        Ok(token) => (kiroku_account::auth::OperatorToken::ENV, token),
-        Err(_) => {
-            if !operator_file.is_file() {
-                let token = format!(
-                    "{}{}",
-                    uuid::Uuid::new_v4().simple(),
-                    uuid::Uuid::new_v4().simple()
-                );
-                kiroku_account::tokens::write_private(&operator_file, token.as_bytes())?;
-            }
-            (
-                kiroku_account::auth::OperatorToken::FILE_ENV,
-                operator_file.display().to_string(),
-            )
-        }
+    let nats = ensure_nats(&args.common.nats, &run_dir).await?;
+    let local = Local::new(&args, run_dir)?;
+    let redis = ensure_redis(&args.redis, &local.run_dir).await?;
+    let mut children = Children {
+        nats,
+        redis,
+        ..Children::default()
     };
-    let common = |command: &mut Command| {
-        command
-            .env(operator_env.0, &operator_env.1)
-            .env("KIROKU_NATS_URL", &args.common.nats)
-            .env("KIROKU_CLUSTER", &args.common.cluster)
-            .env(
-                "KIROKU_NATS_REPLICAS",
-                args.common.nats_replicas.to_string(),
-            )
-            .env(
-                "KIROKU_RESUME_WINDOW_S",
-                args.common.resume_window_s.to_string(),
-            )
-            .env("KIROKU_RESUME_SECRET", &secret)
-            .env("KIROKU_DATABASE_URL", &args.database_url)
-            .env("KIROKU_REDIS_URL", &args.redis)
-            .stdin(Stdio::null())
-            .kill_on_drop(true);
-    };
+    // Started in dependency order; a failed start stops what already runs (kill on drop).
+    let (account, account_url, account_admin) = local.start_account().await?;
+    children.account = Some(account);
+    let demo = bootstrap_demo(&account_url, &local.run_dir).await?;
+    let (audit, audit_url, audit_admin) = local.start_service("audit", &account_url).await?;
+    children.audit = Some(audit);
+    let (storage, storage_url, storage_admin) =
+        local.start_service("storage", &account_url).await?;
+    children.storage = Some(storage);
+    let (workers, worker_admins) = local.start_workers().await?;
+    children.workers = workers;
+    let (gateway, endpoints) = local
+        .start_gateway(&account_url, &audit_url, &storage_url)
+        .await?;
+    children.gateway = Some(gateway);
 
-    let mut redis = ensure_redis(&args.redis, &run_dir).await?;
-
-    let log = log_file(&run_dir, "account.log")?;
-    let mut command = Command::new(&exe);
-    command.args([
-        "serve",
-        "account",
-        "--listen",
-        &args.account_listen,
-        "--admin-listen",
-        "127.0.0.1:0",
-        "--schema",
-        &account_schema(&args.common.cluster),
-        "--signing-key-file",
-    ]);
-    command.arg(run_dir.join("account-signing-key.der"));
-    common(&mut command);
-    command.stdout(Stdio::piped()).stderr(log);
-    let mut account = command.spawn().context("starting the account service")?;
-    let account_line = first_line(&mut account).await;
-    let (Some(account_url), Some(account_admin)) =
-        (field(&account_line, "grpc"), field(&account_line, "admin"))
-    else {
-        bail!(
-            "the account service did not start (is PostgreSQL at {} up? `make services`): see {}",
-            args.database_url,
-            run_dir.join("account.log").display()
-        );
-    };
-    let demo = bootstrap_demo(&account_url, &run_dir).await?;
-
-    let schema = |role: &str| account_schema(&args.common.cluster).replacen("account", role, 1);
-    let (mut audit, audit_url, audit_admin) = spawn_service(
-        &exe,
-        &run_dir,
-        "audit",
-        &args.audit_listen,
-        &account_url,
-        &schema("audit"),
-        &common,
-    )
-    .await?;
-    // The storage master key: the environment's, else `.run/master-key` (0600).
-    let master_key_file = run_dir.join("master-key");
-    let storage_env = |command: &mut Command| {
-        common(command);
-        if std::env::var(kiroku_storage::crypto::LocalKeyProvider::ENV).is_err()
-            && std::env::var(kiroku_storage::crypto::LocalKeyProvider::FILE_ENV).is_err()
-        {
-            command.env(
-                kiroku_storage::crypto::LocalKeyProvider::FILE_ENV,
-                &master_key_file,
-            );
-        }
-    };
-    if !master_key_file.is_file() {
-        let key = kiroku_storage::crypto::LocalKeyProvider::generate_hex()
-            .map_err(|e| anyhow::anyhow!("generating a master key: {e}"))?;
-        kiroku_account::tokens::write_private(&master_key_file, key.as_bytes())?;
-    }
-    let (mut storage, storage_url, storage_admin) = spawn_service(
-        &exe,
-        &run_dir,
-        "storage",
-        &args.storage_listen,
-        &account_url,
-        &schema("storage"),
-        &storage_env,
-    )
-    .await?;
-
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let threads = args.threads.unwrap_or(cores);
-    let per_worker = (threads / args.workers).max(1);
-    let mut workers = Vec::new();
-    for index in 0..args.workers {
-        let log = log_file(&run_dir, &format!("worker-{index}.log"))?;
-        let mut command = Command::new(&exe);
-        command.args([
-            "serve",
-            "worker",
-            "--threads",
-            &per_worker.to_string(),
-            "--engine",
-            &args.engine,
-            "--sessions",
-            &args.sessions.to_string(),
-        ]);
-        if let Some(model) = &args.model {
-            command.arg("--model").arg(model);
-        }
-        if let Some(model) = &args.final_model {
-            command.arg("--final-model").arg(model);
-        }
-        common(&mut command);
-        command.stdout(Stdio::piped()).stderr(log);
-        let mut worker = command.spawn().context("starting a worker")?;
-        let line = first_line(&mut worker).await;
-        let Some(admin) = field(&line, "admin") else {
-            bail!(
-                "worker {index} did not start: see {}",
-                run_dir.join(format!("worker-{index}.log")).display()
-            );
-        };
-        workers.push((worker, admin));
-    }
-    // Ready = model loaded and the job consumer exists.
-    for (index, (worker, admin)) in workers.iter_mut().enumerate() {
-        let mut waited = Duration::ZERO;
-        while !ready(admin.trim_start_matches("http://")).await {
-            if let Ok(Some(status)) = worker.try_wait() {
-                bail!(
-                    "worker {index} exited ({status}): see {}",
-                    run_dir.join(format!("worker-{index}.log")).display()
-                );
-            }
-            if waited > Duration::from_secs(120) {
-                bail!("worker {index} is not ready after 2 minutes");
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            waited += Duration::from_millis(200);
-        }
-    }
-    let worker_admins: Vec<String> = workers.iter().map(|(_, admin)| admin.clone()).collect();
-    let mut workers: Vec<Child> = workers.into_iter().map(|(worker, _)| worker).collect();
-
-    let log = log_file(&run_dir, "gateway.log")?;
-    let mut command = Command::new(&exe);
-    command.args([
-        "serve",
-        "gateway",
-        "--listen",
-        &args.listen,
-        "--admin-listen",
-        &args.admin_listen,
-        "--account-url",
-        &account_url,
-        "--audit-url",
-        &audit_url,
-        "--storage-url",
-        &storage_url,
-    ]);
-    common(&mut command);
-    command.stdout(Stdio::piped()).stderr(log);
-    let mut gateway = command.spawn().context("starting the gateway")?;
-    let endpoints = first_line(&mut gateway).await;
-    if endpoints.is_empty() {
-        bail!(
-            "the gateway did not start: see {}",
-            run_dir.join("gateway.log").display()
-        );
-    }
     println!("kiroku up: {endpoints}");
     println!("  account={account_url} audit={audit_url} storage={storage_url}");
     // Every process's /healthz, /readyz and /metrics (random ports but the gateway's).
@@ -304,51 +127,31 @@ async fn up(args: Args) -> Result<()> {
     println!("  admin: {}", admins.join(" "));
     println!("  {demo}");
     println!(
-        "  nats={} cluster={} workers={} x {per_worker} threads",
-        args.common.nats, args.common.cluster, args.workers
+        "  nats={} cluster={} workers={} x {} threads",
+        args.common.nats,
+        args.common.cluster,
+        args.workers,
+        local.threads_per_worker()
     );
-    if operator_env.0 == kiroku_account::auth::OperatorToken::FILE_ENV {
+    if local.operator.0 == kiroku_account::auth::OperatorToken::FILE_ENV {
         println!(
             "  operator token (notices): KIROKU_OPERATOR_TOKEN_FILE={}",
-            operator_file.display()
+            local.operator.1
         );
     }
-    println!("  logs in {}; Ctrl-C stops", run_dir.display());
+    println!("  logs in {}; Ctrl-C stops", local.run_dir.display());
 
     let exited = tokio::select! {
         () = shutdown_signal() => None,
-        status = audit.wait() => Some(format!("the audit service exited ({})", status.map(|s| s.to_string()).unwrap_or_default())),
-        status = storage.wait() => Some(format!("the storage service exited ({})", status.map(|s| s.to_string()).unwrap_or_default())),
-        status = account.wait() => Some(format!("the account service exited ({})", status.map(|s| s.to_string()).unwrap_or_default())),
-        status = gateway.wait() => Some(format!("the gateway exited ({})", status.map(|s| s.to_string()).unwrap_or_default())),
-        status = first_exit(&mut workers) => Some(format!("a worker exited ({status})")),
+        why = children.first_exit() => Some(why),
     };
     if let Some(why) = &exited {
-        eprintln!("kiroku up: {why}; stopping (logs in {})", run_dir.display());
+        eprintln!(
+            "kiroku up: {why}; stopping (logs in {})",
+            local.run_dir.display()
+        );
     }
-    // Workers first (they drain and hand sessions back), then the gateway, then NATS.
-    for worker in &mut workers {
-        terminate(worker);
-    }
-    for worker in &mut workers {
-        wait_or_kill(worker, Duration::from_secs(15)).await;
-    }
-    terminate(&mut gateway);
-    wait_or_kill(&mut gateway, Duration::from_secs(10)).await;
-    terminate(&mut storage);
-    wait_or_kill(&mut storage, Duration::from_secs(10)).await;
-    terminate(&mut audit);
-    wait_or_kill(&mut audit, Duration::from_secs(10)).await;
-    terminate(&mut account);
-    wait_or_kill(&mut account, Duration::from_secs(10)).await;
-    if let Some(redis) = &mut redis {
-        terminate(redis);
-        wait_or_kill(redis, Duration::from_secs(5)).await;
-    }
-    if let Some(nats) = &mut nats {
-        terminate(nats);
-        wait_or_kill(nats, Duration::from_secs(10)).await;
-    }
+    children.stop().await;
     println!("kiroku up: stopped");
     match exited {
         Some(why) => bail!(why),
@@ -356,45 +159,338 @@ async fn up(args: Args) -> Result<()> {
     }
 }
 
-/// The first line a child prints on stdout (its endpoints), or "" after 30 s.
-/// Starts `kiroku serve <role>` (audit, storage) beside the account service; the child
-/// and its gRPC URL.
-async fn spawn_service(
-    exe: &Path,
-    run_dir: &Path,
-    role: &str,
-    listen: &str,
-    account_url: &str,
-    schema: &str,
-    env: &dyn Fn(&mut Command),
-) -> Result<(Child, String, String)> {
-    let log = log_file(run_dir, &format!("{role}.log"))?;
-    let mut command = Command::new(exe);
-    command.args([
-        "serve",
-        role,
-        "--listen",
-        listen,
-        "--admin-listen",
-        "127.0.0.1:0",
-        "--account-url",
-        account_url,
-        "--schema",
-        schema,
-    ]);
-    env(&mut command);
-    command.stdout(Stdio::piped()).stderr(log);
-    let mut child = command
-        .spawn()
-        .with_context(|| format!("starting the {role} service"))?;
-    let line = first_line(&mut child).await;
-    let (Some(url), Some(admin)) = (field(&line, "grpc"), field(&line, "admin")) else {
-        bail!(
-            "the {role} service did not start: see {}",
-            run_dir.join(format!("{role}.log")).display()
+/// This machine's cluster: the arguments, the binary, the run directory and what every
+/// child process is given.
+struct Local<'a> {
+    args: &'a Args,
+    exe: PathBuf,
+    run_dir: PathBuf,
+    /// `KIROKU_RESUME_SECRET`: the same for every gateway of the cluster.
+    resume_secret: String,
+    /// The operator token (notices) as the variable to set and its value: the
+    /// environment's `KIROKU_OPERATOR_TOKEN`, else `KIROKU_OPERATOR_TOKEN_FILE` naming
+    /// `.run/operator-token` (0600, created once).
+    operator: (&'static str, String),
+}
+
+impl<'a> Local<'a> {
+    fn new(args: &'a Args, run_dir: PathBuf) -> Result<Self> {
+        let random = || {
+            format!(
+                "{}{}",
+                uuid::Uuid::new_v4().simple(),
+                uuid::Uuid::new_v4().simple()
+            )
+        };
+        let resume_secret = std::env::var("KIROKU_RESUME_SECRET").unwrap_or_else(|_| random());
+        let operator = match std::env::var(kiroku_account::auth::OperatorToken::ENV) {
+            Ok(token) => (kiroku_account::auth::OperatorToken::ENV, token),
+            Err(_) => {
+                let file = run_dir.join("operator-token");
+                if !file.is_file() {
+                    kiroku_account::tokens::write_private(&file, random().as_bytes())?;
+                }
+                (
+                    kiroku_account::auth::OperatorToken::FILE_ENV,
+                    file.display().to_string(),
+                )
+            }
+        };
+        Ok(Self {
+            args,
+            exe: std::env::current_exe().context("finding the kiroku binary")?,
+            run_dir,
+            resume_secret,
+            operator,
+        })
+    }
+
+    /// `kiroku serve <role_args>` with the cluster's environment, stdout piped (its
+    /// first line names its endpoints), stderr into `.run/<log>.log`.
+    fn command(&self, log: &str, role_args: &[&str]) -> Result<Command> {
+        let common = &self.args.common;
+        let mut command = Command::new(&self.exe);
+        command
+            .arg("serve")
+            .args(role_args)
+            .env(self.operator.0, &self.operator.1)
+            .env("KIROKU_NATS_URL", &common.nats)
+            .env("KIROKU_CLUSTER", &common.cluster)
+            .env("KIROKU_NATS_REPLICAS", common.nats_replicas.to_string())
+            .env("KIROKU_RESUME_WINDOW_S", common.resume_window_s.to_string())
+            .env("KIROKU_RESUME_SECRET", &self.resume_secret)
+            .env("KIROKU_DATABASE_URL", &self.args.database_url)
+            .env("KIROKU_REDIS_URL", &self.args.redis)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log_file(&self.run_dir, &format!("{log}.log"))?)
+            .kill_on_drop(true);
+        Ok(command)
+    }
+
+    fn log_path(&self, log: &str) -> String {
+        self.run_dir
+            .join(format!("{log}.log"))
+            .display()
+            .to_string()
+    }
+
+    /// The schema of `role` in this cluster root (`account`, `audit_<root>`, …).
+    fn schema(&self, role: &str) -> String {
+        account_schema(&self.args.common.cluster).replacen("account", role, 1)
+    }
+
+    /// The account service (it migrates its schema): the child, its gRPC URL and admin
+    /// address.
+    async fn start_account(&self) -> Result<(Child, String, String)> {
+        let schema = self.schema("account");
+        let key = self.run_dir.join("account-signing-key.der");
+        let key = key.display().to_string();
+        let mut command = self.command(
+            "account",
+            &[
+                "account",
+                "--listen",
+                &self.args.account_listen,
+                "--admin-listen",
+                "127.0.0.1:0",
+                "--schema",
+                &schema,
+                "--signing-key-file",
+                &key,
+            ],
+        )?;
+        let mut child = command.spawn().context("starting the account service")?;
+        let line = first_line(&mut child).await;
+        let (Some(url), Some(admin)) = (field(&line, "grpc"), field(&line, "admin")) else {
+            bail!(
+                "the account service did not start (is PostgreSQL at {} up? `make services`): see {}",
+                self.args.database_url,
+                self.log_path("account")
+            );
+        };
+        Ok((child, url, admin))
+    }
+
+    /// `kiroku serve <role>` (audit, storage) beside the account service: the child, its
+    /// gRPC URL and admin address.
+    async fn start_service(
+        &self,
+        role: &str,
+        account_url: &str,
+    ) -> Result<(Child, String, String)> {
+        let listen = match role {
+            "audit" => &self.args.audit_listen,
+            _ => &self.args.storage_listen,
+        };
+        let schema = self.schema(role);
+        let mut command = self.command(
+            role,
+            &[
+                role,
+                "--listen",
+                listen,
+                "--admin-listen",
+                "127.0.0.1:0",
+                "--account-url",
+                account_url,
+                "--schema",
+                &schema,
+            ],
+        )?;
+        if role == "storage" {
+            self.give_master_key(&mut command)?;
+        }
+        let mut child = command
+            .spawn()
+            .with_context(|| format!("starting the {role} service"))?;
+        let line = first_line(&mut child).await;
+        let (Some(url), Some(admin)) = (field(&line, "grpc"), field(&line, "admin")) else {
+            bail!(
+                "the {role} service did not start: see {}",
+                self.log_path(role)
+            );
+        };
+        Ok((child, url, admin))
+    }
+
+    /// The storage master key: the environment's, else `.run/master-key` (0600,
+    /// generated once).
+    fn give_master_key(&self, command: &mut Command) -> Result<()> {
+        use kiroku_storage::crypto::LocalKeyProvider;
+        let file = self.run_dir.join("master-key");
+        if !file.is_file() {
+            let key = LocalKeyProvider::generate_hex()
+                .map_err(|e| anyhow::anyhow!("generating a master key: {e}"))?;
+            kiroku_account::tokens::write_private(&file, key.as_bytes())?;
+        }
+        if std::env::var(LocalKeyProvider::ENV).is_err()
+            && std::env::var(LocalKeyProvider::FILE_ENV).is_err()
+        {
+            command.env(LocalKeyProvider::FILE_ENV, &file);
+        }
+        Ok(())
+    }
+
+    /// Inference threads per worker: the budget (`--threads`, else every core) split
+    /// between the workers.
+    fn threads_per_worker(&self) -> usize {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        (self.args.threads.unwrap_or(cores) / self.args.workers).max(1)
+    }
+
+    /// Starts the workers and waits until each is ready (model loaded, job consumer
+    /// there): the children and their admin addresses.
+    async fn start_workers(&self) -> Result<(Vec<Child>, Vec<String>)> {
+        let (threads, sessions) = (
+            self.threads_per_worker().to_string(),
+            self.args.sessions.to_string(),
         );
-    };
-    Ok((child, url, admin))
+        let (mut workers, mut admins) = (Vec::new(), Vec::new());
+        for index in 0..self.args.workers {
+            let log = format!("worker-{index}");
+            let mut command = self.command(
+                &log,
+                &[
+                    "worker",
+                    "--threads",
+                    &threads,
+                    "--engine",
+                    &self.args.engine,
+                    "--sessions",
+                    &sessions,
+                ],
+            )?;
+            if let Some(model) = &self.args.model {
+                command.arg("--model").arg(model);
+            }
+            if let Some(model) = &self.args.final_model {
+                command.arg("--final-model").arg(model);
+            }
+            let mut worker = command.spawn().context("starting a worker")?;
+            let line = first_line(&mut worker).await;
+            let Some(admin) = field(&line, "admin") else {
+                bail!("worker {index} did not start: see {}", self.log_path(&log));
+            };
+            workers.push(worker);
+            admins.push(admin);
+        }
+        for (index, (worker, admin)) in workers.iter_mut().zip(&admins).enumerate() {
+            let mut waited = Duration::ZERO;
+            while !ready(admin.trim_start_matches("http://")).await {
+                if let Ok(Some(status)) = worker.try_wait() {
+                    bail!(
+                        "worker {index} exited ({status}): see {}",
+                        self.log_path(&format!("worker-{index}"))
+                    );
+                }
+                if waited > Duration::from_secs(120) {
+                    bail!("worker {index} is not ready after 2 minutes");
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                waited += Duration::from_millis(200);
+            }
+        }
+        Ok((workers, admins))
+    }
+
+    /// The gateway, last: the child and its endpoints line.
+    async fn start_gateway(
+        &self,
+        account_url: &str,
+        audit_url: &str,
+        storage_url: &str,
+    ) -> Result<(Child, String)> {
+        let mut command = self.command(
+            "gateway",
+            &[
+                "gateway",
+                "--listen",
+                &self.args.listen,
+                "--admin-listen",
+                &self.args.admin_listen,
+                "--account-url",
+                account_url,
+                "--audit-url",
+                audit_url,
+                "--storage-url",
+                storage_url,
+            ],
+        )?;
+        let mut gateway = command.spawn().context("starting the gateway")?;
+        let endpoints = first_line(&mut gateway).await;
+        if endpoints.is_empty() {
+            bail!(
+                "the gateway did not start: see {}",
+                self.log_path("gateway")
+            );
+        }
+        Ok((gateway, endpoints))
+    }
+}
+
+/// The processes `kiroku up` runs (each killed if dropped).
+#[derive(Default)]
+struct Children {
+    nats: Option<Child>,
+    redis: Option<Child>,
+    account: Option<Child>,
+    audit: Option<Child>,
+    storage: Option<Child>,
+    workers: Vec<Child>,
+    gateway: Option<Child>,
+}
+
+impl Children {
+    /// Which service exited first, and how (a worker, the gateway, a service).
+    async fn first_exit(&mut self) -> String {
+        loop {
+            let named = [
+                ("the audit service", self.audit.as_mut()),
+                ("the storage service", self.storage.as_mut()),
+                ("the account service", self.account.as_mut()),
+                ("the gateway", self.gateway.as_mut()),
+            ];
+            for (name, child) in named {
+                if let Some(child) = child
+                    && let Ok(Some(status)) = child.try_wait()
+                {
+                    return format!("{name} exited ({status})");
+                }
+            }
+            for worker in &mut self.workers {
+                if let Ok(Some(status)) = worker.try_wait() {
+                    return format!("a worker exited ({status})");
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// Workers first (they drain and hand sessions back), then the gateway, the
+    /// services, Redis and NATS.
+    async fn stop(&mut self) {
+        for worker in &mut self.workers {
+            terminate(worker);
+        }
+        for worker in &mut self.workers {
+            wait_or_kill(worker, Duration::from_secs(15)).await;
+        }
+        let rest = [
+            (self.gateway.as_mut(), 10),
+            (self.storage.as_mut(), 10),
+            (self.audit.as_mut(), 10),
+            (self.account.as_mut(), 10),
+            (self.redis.as_mut(), 5),
+            (self.nats.as_mut(), 10),
+        ];
+        for (child, grace_s) in rest {
+            if let Some(child) = child {
+                terminate(child);
+                wait_or_kill(child, Duration::from_secs(grace_s)).await;
+            }
+        }
+    }
 }
 
 /// `key=value` from a service's first line (`kiroku audit grpc=… admin=…`).
@@ -443,17 +539,6 @@ async fn ready(admin: &str) -> bool {
 fn log_file(run_dir: &Path, name: &str) -> Result<std::fs::File> {
     let path = run_dir.join(name);
     std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))
-}
-
-async fn first_exit(children: &mut [Child]) -> String {
-    loop {
-        for child in children.iter_mut() {
-            if let Ok(Some(status)) = child.try_wait() {
-                return status.to_string();
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
 }
 
 /// SIGTERM: the child drains and exits on its own.
