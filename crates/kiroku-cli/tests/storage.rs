@@ -76,23 +76,64 @@ fn final_result(
     }
 }
 
-/// Publishes to `TRANSCRIPTS` under `msg_id` (the worker uses `<session>:r<seq>`).
-async fn publish(
-    js: &async_nats::jetstream::Context,
-    layout: &kiroku_core::nats::Layout,
-    message: &TranscriptResult,
-    msg_id: &str,
-) {
-    js.send_publish(
-        layout.transcript_subject(&message.tenant_id, &message.session_id),
-        async_nats::jetstream::message::PublishMessage::build()
-            .payload(message.encode_to_vec().into())
-            .message_id(msg_id),
-    )
-    .await
-    .expect("publish")
-    .await
-    .expect("ack");
+/// Account and storage services, no gateway or worker (finals are published directly):
+/// the cluster, an access token of its tenant, the URLs, the root and storage's schema.
+struct StorageOnly {
+    cluster: Cluster,
+    token: String,
+    account_url: String,
+    storage_url: String,
+    root: String,
+    schema: String,
+}
+
+impl StorageOnly {
+    fn start() -> Self {
+        let cluster = Cluster::start(0, 0, options());
+        let root = cluster.root.clone();
+        Self {
+            token: cluster.access_token(),
+            account_url: cluster.account_url(),
+            storage_url: cluster.storage_url(),
+            schema: format!("{root}_storage"),
+            root,
+            cluster,
+        }
+    }
+}
+
+/// Publishes finals into a cluster's `TRANSCRIPTS`, as a worker does.
+struct Transcripts {
+    js: async_nats::jetstream::Context,
+    layout: kiroku_core::nats::Layout,
+}
+
+impl Transcripts {
+    async fn of(root: &str) -> Self {
+        let nats = async_nats::connect(cluster::nats_url())
+            .await
+            .expect("nats");
+        Self {
+            js: async_nats::jetstream::new(nats),
+            layout: kiroku_core::nats::Layout::new(root).expect("layout"),
+        }
+    }
+
+    /// Publishes under `msg_id` (the worker uses `<session>:r<seq>`).
+    async fn publish(&self, message: &TranscriptResult, msg_id: &str) {
+        self.js
+            .send_publish(
+                self.layout
+                    .transcript_subject(&message.tenant_id, &message.session_id),
+                async_nats::jetstream::message::PublishMessage::build()
+                    .payload(message.encode_to_vec().into())
+                    .message_id(msg_id),
+            )
+            .await
+            .expect("publish")
+            .await
+            .expect("ack");
+    }
 }
 
 async fn wait_for_segments(
@@ -131,21 +172,17 @@ async fn wait_for_segments(
 /// text; forced row-level security on every table.
 #[test]
 fn control_10_1_1_finals_stored_once_encrypted_and_tamper_evident() {
-    let cluster = Cluster::start(0, 0, options());
-    let token = cluster.access_token();
-    let (account_url, storage_url, root) = (
-        cluster.account_url(),
-        cluster.storage_url(),
-        cluster.root.clone(),
-    );
-    let schema = format!("{root}_storage");
+    let StorageOnly {
+        cluster: _cluster,
+        token,
+        account_url,
+        storage_url,
+        root,
+        schema,
+    } = StorageOnly::start();
     block_on(async move {
         let tenant = cluster::tenant_of(&account_url, &token).await;
-        let js = async_nats::jetstream::new(
-            async_nats::connect(cluster::nats_url())
-                .await
-                .expect("nats"),
-        );
+        let transcripts = Transcripts::of(&root).await;
         let lines = [
             "the quarterly budget review starts now",
             "marketing spent twelve thousand on the launch",
@@ -153,7 +190,6 @@ fn control_10_1_1_finals_stored_once_encrypted_and_tamper_evident() {
         ];
         // Out of order, and seq 2 twice under different message ids (JetStream's own
         // de-duplication cannot catch it: storage must).
-        let layout = kiroku_core::nats::Layout::new(&root).expect("layout");
         for (seq, id) in [(2, "s1:r2"), (1, "s1:r1"), (2, "s1:r2-retry"), (3, "s1:r3")] {
             let start = (seq - 1) * 4000;
             let message = final_result(
@@ -163,7 +199,7 @@ fn control_10_1_1_finals_stored_once_encrypted_and_tamper_evident() {
                 seq,
                 segment(start, lines[seq as usize - 1]),
             );
-            publish(&js, &layout, &message, id).await;
+            transcripts.publish(&message, id).await;
         }
         let mut client = storage(&storage_url).await;
         wait_for_segments(&mut client, &token, "budget-review", 3).await;
@@ -241,32 +277,27 @@ fn control_10_1_1_finals_stored_once_encrypted_and_tamper_evident() {
 /// erases their terms.
 #[test]
 fn control_13_1_3_search_rows_are_reachable_only_through_the_callers_tenant() {
-    let cluster = Cluster::start(0, 0, options());
-    let token = cluster.access_token();
-    let (account_url, storage_url, root) = (
-        cluster.account_url(),
-        cluster.storage_url(),
-        cluster.root.clone(),
-    );
-    let schema = format!("{root}_storage");
+    let StorageOnly {
+        cluster: _cluster,
+        token,
+        account_url,
+        storage_url,
+        root,
+        schema,
+    } = StorageOnly::start();
     let owner = cluster::database_url();
     let other = uuid::Uuid::new_v4().simple().to_string();
     let other_in_task = other.clone();
     let tenant = block_on(async move {
         let other = other_in_task;
         let tenant = cluster::tenant_of(&account_url, &token).await;
-        let js = async_nats::jetstream::new(
-            async_nats::connect(cluster::nats_url())
-                .await
-                .expect("nats"),
-        );
-        let layout = kiroku_core::nats::Layout::new(&root).expect("layout");
+        let transcripts = Transcripts::of(&root).await;
         for (who, text) in [
             (&tenant, "the quarterly budget review starts now"),
             (&other, "the secret budget of the other tenant"),
         ] {
             let message = final_result(who, "s1", "budget-review", 1, segment(0, text));
-            publish(&js, &layout, &message, &format!("{who}:s1:r1")).await;
+            transcripts.publish(&message, &format!("{who}:s1:r1")).await;
         }
         let mut client = storage(&storage_url).await;
         wait_for_segments(&mut client, &token, "budget-review", 1).await;
@@ -816,12 +847,7 @@ fn control_cld_8_1_5_tenant_export_and_crypto_shredding_erasure() {
         let (token, storage_url) = (token.clone(), storage_url.clone());
         async move {
             let tenant = cluster::tenant_of(&account_url, &token).await;
-            let js = async_nats::jetstream::new(
-                async_nats::connect(cluster::nats_url())
-                    .await
-                    .expect("nats"),
-            );
-            let layout = kiroku_core::nats::Layout::new(&root).expect("layout");
+            let transcripts = Transcripts::of(&root).await;
             let finals = [
                 ("s1", "weekly sync", 1, "the budget is approved"),
                 ("s1", "weekly sync", 2, "next meeting on friday"),
@@ -829,7 +855,9 @@ fn control_cld_8_1_5_tenant_export_and_crypto_shredding_erasure() {
             ];
             for (session, meeting, seq, text) in finals {
                 let message = final_result(&tenant, session, meeting, seq, segment(0, text));
-                publish(&js, &layout, &message, &format!("{session}:r{seq}")).await;
+                transcripts
+                    .publish(&message, &format!("{session}:r{seq}"))
+                    .await;
             }
             let mut client = storage(&storage_url).await;
             wait_for_segments(&mut client, &token, "weekly sync", 2).await;
@@ -931,11 +959,10 @@ fn control_cld_8_1_5_tenant_export_and_crypto_shredding_erasure() {
     let bucket = || {
         let checkpoints = checkpoints.clone();
         async move {
-            let js = async_nats::jetstream::new(
-                async_nats::connect(cluster::nats_url())
-                    .await
-                    .expect("nats"),
-            );
+            let nats = async_nats::connect(cluster::nats_url())
+                .await
+                .expect("nats");
+            let js = async_nats::jetstream::new(nats);
             js.get_key_value(checkpoints).await.expect("checkpoints")
         }
     };
@@ -1059,12 +1086,7 @@ fn control_cld_8_1_5_export_then_import_into_a_clean_instance_is_equal() {
         let (token, storage_url) = (token.clone(), storage_url.clone());
         async move {
             let tenant = cluster::tenant_of(&account_url, &token).await;
-            let js = async_nats::jetstream::new(
-                async_nats::connect(cluster::nats_url())
-                    .await
-                    .expect("nats"),
-            );
-            let layout = kiroku_core::nats::Layout::new(&root).expect("layout");
+            let transcripts = Transcripts::of(&root).await;
             let finals = [
                 ("s1", "weekly sync", 1, 0, "the budget is approved"),
                 ("s1", "weekly sync", 2, 2000, "next meeting on friday"),
@@ -1073,7 +1095,9 @@ fn control_cld_8_1_5_export_then_import_into_a_clean_instance_is_equal() {
             ];
             for (session, meeting, seq, start, text) in finals {
                 let message = final_result(&tenant, session, meeting, seq, segment(start, text));
-                publish(&js, &layout, &message, &format!("{session}:r{seq}")).await;
+                transcripts
+                    .publish(&message, &format!("{session}:r{seq}"))
+                    .await;
             }
             let mut client = storage(&storage_url).await;
             wait_for_segments(&mut client, &token, "weekly sync", 3).await;
@@ -1378,14 +1402,9 @@ fn control_10_1_1_master_key_rotation_rewraps_every_data_key() {
         let (url, token) = (cluster.storage_url(), token.clone());
         async move {
             let tenant = cluster::tenant_of(&account_url, &token).await;
-            let js = async_nats::jetstream::new(
-                async_nats::connect(cluster::nats_url())
-                    .await
-                    .expect("nats"),
-            );
-            let layout = kiroku_core::nats::Layout::new(&root).expect("layout");
+            let transcripts = Transcripts::of(&root).await;
             let message = final_result(&tenant, "s1", "rotation", 1, segment(0, "key rotation"));
-            publish(&js, &layout, &message, "s1:r1").await;
+            transcripts.publish(&message, "s1:r1").await;
             wait_for_segments(&mut storage(&url).await, &token, "rotation", 1).await;
         }
     });
