@@ -193,65 +193,10 @@ pub(crate) async fn start(
         .await?;
     shared.admission.admit_request(&principal).await?;
     let mut inbound = request.into_inner();
-    let limits = shared.config.limits.clone();
-    let first = match tokio::time::timeout(limits.idle_timeout, inbound.message()).await {
-        Err(_) => {
-            return Err(Status::deadline_exceeded(format!(
-                "no config message within {} s",
-                limits.idle_timeout.as_secs()
-            )));
-        }
-        Ok(Err(status)) => return Err(status),
-        Ok(Ok(None)) => {
-            return Err(Status::invalid_argument(
-                "the stream ended before its config message",
-            ));
-        }
-        Ok(Ok(Some(message))) => message,
-    };
-    let config = match first.request {
-        Some(stream_transcribe_request::Request::Config(config)) => config,
-        Some(_) => {
-            return Err(Status::invalid_argument(
-                "the first message must be `config`; audio and control come after it",
-            ));
-        }
-        None => return Err(Status::invalid_argument("empty message: expected `config`")),
-    };
-    let spec = validate_format(config.audio_format.as_ref())?;
-    validate_options(config.options.as_ref(), &limits)?;
-    validate_labels(&config.labels)?;
-    if !config.meeting_id.trim().is_empty() {
-        kiroku_core::validate::meeting_id("config.meeting_id", &config.meeting_id)?;
-    }
-    kiroku_core::validate::text(
-        "config.resume_token",
-        &config.resume_token,
-        1024,
-        kiroku_core::validate::Text::Line,
-    )?;
-
+    let (config, spec) = read_config(&mut inbound, &shared.config.limits).await?;
     if config.resume_token.is_empty() {
         // Control CLD.6.3.1: no consent, no session, no frame published.
-        if let Err(status) = shared
-            .gatekeeper
-            .check_consent(&metadata, &config.meeting_id)
-            .await
-        {
-            if status.code() == tonic::Code::FailedPrecondition {
-                shared.audit.spawn_emit(
-                    AuditRecord::new(
-                        principal.tenant_token(),
-                        principal.actor(),
-                        actions::STREAM_REFUSED,
-                    )
-                    .failed()
-                    .target(format!("meeting/{}", config.meeting_id))
-                    .detail("reason", "consent"),
-                );
-            }
-            return Err(status);
-        }
+        check_consent(&shared, &principal, &metadata, &config.meeting_id).await?;
     }
     let lease = shared
         .admission
@@ -291,35 +236,12 @@ pub(crate) async fn start(
     span.record("session", session.id.as_str());
 
     let (tx, rx) = mpsc::channel(256);
+    session.info = session_info(&shared, &session, &config);
     let info = StreamTranscribeResponse {
         response: Some(stream_transcribe_response::Response::Session(
-            api::SessionInfo {
-                session_id: session.id.clone(),
-                resume_token: shared
-                    .config
-                    .resume_keys
-                    .issue(&session.tenant, &session.id),
-                resume_window: prost_types::Duration::try_from(shared.config.resume_window).ok(),
-                // Empty until detected when the client asked for detection.
-                language: config
-                    .options
-                    .as_ref()
-                    .map(|o| o.language.clone())
-                    .filter(|l| l != "auto")
-                    .unwrap_or_default(),
-                model: config
-                    .options
-                    .as_ref()
-                    .map(|o| o.model.clone())
-                    .unwrap_or_default(),
-                resumed: session.resumed,
-                started_at: Some(prost_types::Timestamp::from(std::time::SystemTime::now())),
-            },
+            session.info.clone(),
         )),
     };
-    if let Some(stream_transcribe_response::Response::Session(sent)) = &info.response {
-        session.info = sent.clone();
-    }
     tx.send(Ok(info))
         .await
         .map_err(|_| Status::cancelled("client went away"))?;
@@ -366,6 +288,102 @@ pub(crate) async fn start(
     Ok(Response::new(Box::pin(
         tokio_stream::wrappers::ReceiverStream::new(rx),
     )))
+}
+
+/// The stream's first message, which must be a valid `config`: it and the audio
+/// format it names.
+async fn read_config(
+    inbound: &mut Streaming<StreamTranscribeRequest>,
+    limits: &Limits,
+) -> Result<(api::StreamConfig, AudioSpec), Status> {
+    let first = match tokio::time::timeout(limits.idle_timeout, inbound.message()).await {
+        Err(_) => {
+            return Err(Status::deadline_exceeded(format!(
+                "no config message within {} s",
+                limits.idle_timeout.as_secs()
+            )));
+        }
+        Ok(Err(status)) => return Err(status),
+        Ok(Ok(None)) => {
+            return Err(Status::invalid_argument(
+                "the stream ended before its config message",
+            ));
+        }
+        Ok(Ok(Some(message))) => message,
+    };
+    let config = match first.request {
+        Some(stream_transcribe_request::Request::Config(config)) => config,
+        Some(_) => {
+            return Err(Status::invalid_argument(
+                "the first message must be `config`; audio and control come after it",
+            ));
+        }
+        None => return Err(Status::invalid_argument("empty message: expected `config`")),
+    };
+    let spec = validate_format(config.audio_format.as_ref())?;
+    validate_options(config.options.as_ref(), limits)?;
+    validate_labels(&config.labels)?;
+    if !config.meeting_id.trim().is_empty() {
+        kiroku_core::validate::meeting_id("config.meeting_id", &config.meeting_id)?;
+    }
+    kiroku_core::validate::text(
+        "config.resume_token",
+        &config.resume_token,
+        1024,
+        kiroku_core::validate::Text::Line,
+    )?;
+    Ok((config, spec))
+}
+
+/// Control CLD.6.3.1: a new session needs the meeting's recording consent; a refusal
+/// is audited.
+async fn check_consent(
+    shared: &Shared,
+    principal: &Principal,
+    metadata: &tonic::metadata::MetadataMap,
+    meeting_id: &str,
+) -> Result<(), Status> {
+    let Err(status) = shared.gatekeeper.check_consent(metadata, meeting_id).await else {
+        return Ok(());
+    };
+    if status.code() == tonic::Code::FailedPrecondition {
+        shared.audit.spawn_emit(
+            AuditRecord::new(
+                principal.tenant_token(),
+                principal.actor(),
+                actions::STREAM_REFUSED,
+            )
+            .failed()
+            .target(format!("meeting/{meeting_id}"))
+            .detail("reason", "consent"),
+        );
+    }
+    Err(status)
+}
+
+/// The `SessionInfo` a stream starts with.
+fn session_info(
+    shared: &Shared,
+    session: &Session,
+    config: &api::StreamConfig,
+) -> api::SessionInfo {
+    let options = config.options.as_ref();
+    api::SessionInfo {
+        session_id: session.id.clone(),
+        resume_token: shared
+            .config
+            .resume_keys
+            .issue(&session.tenant, &session.id),
+        resume_window: prost_types::Duration::try_from(shared.config.resume_window).ok(),
+        // Empty until detected when the client asked for detection.
+        language: options
+            .map(|o| o.language.clone())
+            .filter(|l| l != "auto")
+            .unwrap_or_default(),
+        model: options.map(|o| o.model.clone()).unwrap_or_default(),
+        resumed: session.resumed,
+        started_at: Some(prost_types::Timestamp::from(std::time::SystemTime::now())),
+    }
 }
 
 /// What a running stream holds on behalf of its caller.

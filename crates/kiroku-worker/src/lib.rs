@@ -117,44 +117,99 @@ pub async fn serve(
     ready: watch::Sender<kiroku_core::admin::Readiness>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let (engine, final_engine, model_name) = match &config.engine {
-        EngineKind::Whisper {
-            model_path,
-            final_model_path,
-            threads,
-            slots,
-        } => {
-            let load = |path: &PathBuf| {
-                let mut engine_config = EngineConfig::new(path);
-                engine_config.threads = *threads;
-                engine_config.slots = *slots;
-                engine_config.queue_capacity = config.max_sessions.max(1);
-                async move {
-                    tokio::task::spawn_blocking(move || Engine::load(&engine_config))
-                        .await
-                        .context("loading the model")?
-                        .map(Arc::new)
-                        .map_err(anyhow::Error::from)
-                }
-            };
-            let engine = load(model_path).await?;
-            let final_engine = match final_model_path {
-                Some(path) => load(path).await?,
-                None => engine.clone(),
-            };
-            let name = if Arc::ptr_eq(&engine, &final_engine) {
-                engine.info().name()
-            } else {
-                // Captions' model + the minutes' model, e.g. "tiny.en+base".
-                format!("{}+{}", engine.info().name(), final_engine.info().name())
-            };
-            (Some(engine), Some(final_engine), name)
-        }
-        EngineKind::NullForBenchmarks => {
-            warn!("BENCHMARK-ONLY null engine: no inference, captions are frame numbers");
-            (None, None, "null-benchmark".to_string())
+    let engines = load_engines(&config).await?;
+    let (ctx, jobs) = connect(&config, engines).await?;
+    info!(
+        model = ctx.model_name,
+        pool = config.pool,
+        max_sessions = config.max_sessions,
+        ack_wait_s = config.ack_wait.as_secs_f32(),
+        "worker ready"
+    );
+    tokio::spawn(follow_readiness(ctx.clone(), ready));
+    let (drain_tx, drain_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = drain_tx.send(true);
+    });
+    // The backlog is read from NATS on its own schedule, busy or not: with every slot
+    // taken it is exactly when jobs wait (what the alert and the autoscaler watch).
+    let backlog = {
+        let jobs = jobs.clone();
+        tokio::spawn(async move {
+            loop {
+                report_backlog(&jobs).await;
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+        })
+    };
+    let tasks = take_jobs(&ctx, &jobs, drain_rx).await?;
+    backlog.abort();
+    hand_back(tasks, config.drain_timeout).await;
+    Ok(())
+}
+
+/// The caption engine, the minutes' engine (the same one unless a final model was
+/// given) and the name `kiroku` reports for them.
+struct Engines {
+    engine: Option<Arc<Engine>>,
+    final_engine: Option<Arc<Engine>>,
+    model_name: String,
+}
+
+/// Loads the model(s) off the async threads.
+async fn load_engines(config: &WorkerConfig) -> anyhow::Result<Engines> {
+    let EngineKind::Whisper {
+        model_path,
+        final_model_path,
+        threads,
+        slots,
+    } = &config.engine
+    else {
+        warn!("BENCHMARK-ONLY null engine: no inference, captions are frame numbers");
+        return Ok(Engines {
+            engine: None,
+            final_engine: None,
+            model_name: "null-benchmark".to_string(),
+        });
+    };
+    let load = |path: &PathBuf| {
+        let mut engine_config = EngineConfig::new(path);
+        engine_config.threads = *threads;
+        engine_config.slots = *slots;
+        engine_config.queue_capacity = config.max_sessions.max(1);
+        async move {
+            tokio::task::spawn_blocking(move || Engine::load(&engine_config))
+                .await
+                .context("loading the model")?
+                .map(Arc::new)
+                .map_err(anyhow::Error::from)
         }
     };
+    let engine = load(model_path).await?;
+    let final_engine = match final_model_path {
+        Some(path) => load(path).await?,
+        None => engine.clone(),
+    };
+    let model_name = if Arc::ptr_eq(&engine, &final_engine) {
+        engine.info().name()
+    } else {
+        // Captions' model + the minutes' model, e.g. "tiny.en+base".
+        format!("{}+{}", engine.info().name(), final_engine.info().name())
+    };
+    Ok(Engines {
+        engine: Some(engine),
+        final_engine: Some(final_engine),
+        model_name,
+    })
+}
+
+/// Connects to NATS, makes sure the streams exist and binds the pool's job consumer:
+/// what every session shares, and the consumer.
+async fn connect(
+    config: &WorkerConfig,
+    engines: Engines,
+) -> anyhow::Result<(Arc<Ctx>, consumer::PullConsumer)> {
     let nats = kiroku_core::nats::connect(&config.nats_url, "kiroku-worker")
         .await
         .with_context(|| format!("connecting to NATS at {}", config.nats_url))?;
@@ -162,9 +217,8 @@ pub async fn serve(
     config.layout.ensure(&js, &config.retention).await?;
     let layout = &config.layout;
     let sessions = js.get_stream(layout.sessions_stream()).await?;
-    let consumer_name = layout.workers_consumer(&config.pool);
     let jobs_config = consumer::pull::Config {
-        durable_name: Some(consumer_name.clone()),
+        durable_name: Some(layout.workers_consumer(&config.pool)),
         filter_subject: layout.pool_sessions_filter(&config.pool),
         ack_policy: consumer::AckPolicy::Explicit,
         ack_wait: config.ack_wait,
@@ -180,65 +234,49 @@ pub async fn serve(
         config: config.clone(),
         nats,
         js,
-        engine,
-        final_engine,
-        model_name,
+        engine: engines.engine,
+        final_engine: engines.final_engine,
+        model_name: engines.model_name,
         active: Default::default(),
     });
-    info!(
-        model = ctx.model_name,
-        pool = config.pool,
-        max_sessions = config.max_sessions,
-        ack_wait_s = config.ack_wait.as_secs_f32(),
-        "worker ready"
-    );
-    // Ready while every decoding slot runs and NATS is connected; re-checked twice a
-    // second so a lost connection or a slot that could not be restored shows.
-    {
-        let engines = [ctx.engine.clone(), ctx.final_engine.clone()];
-        let nats = ctx.nats.clone();
-        tokio::spawn(async move {
-            loop {
-                let now = kiroku_core::admin::nats_ready(&nats).and_then(|()| {
-                    if engines.iter().flatten().all(|e| e.is_healthy()) {
-                        Ok(())
-                    } else {
-                        Err("a decoding slot could not be restored".to_string())
-                    }
-                });
-                if now != *ready.borrow() {
-                    match &now {
-                        Ok(()) => info!("ready"),
-                        Err(why) => warn!(why, "not ready"),
-                    }
-                }
-                if ready.send(now).is_err() {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(500)).await;
+    Ok((ctx, jobs))
+}
+
+/// Ready while every decoding slot runs and NATS is connected; re-checked twice a
+/// second so a lost connection or a slot that could not be restored shows.
+async fn follow_readiness(ctx: Arc<Ctx>, ready: watch::Sender<kiroku_core::admin::Readiness>) {
+    let engines = [ctx.engine.clone(), ctx.final_engine.clone()];
+    loop {
+        let now = kiroku_core::admin::nats_ready(&ctx.nats).and_then(|()| {
+            if engines.iter().flatten().all(|e| e.is_healthy()) {
+                Ok(())
+            } else {
+                Err("a decoding slot could not be restored".to_string())
             }
         });
+        if now != *ready.borrow() {
+            match &now {
+                Ok(()) => info!("ready"),
+                Err(why) => warn!(why, "not ready"),
+            }
+        }
+        if ready.send(now).is_err() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
 
-    let (drain_tx, drain_rx) = watch::channel(false);
-    tokio::spawn(async move {
-        shutdown.await;
-        let _ = drain_tx.send(true);
-    });
-    let slots = Arc::new(Semaphore::new(config.max_sessions));
+/// Takes jobs, one per free session slot, until the drain starts: the sessions still
+/// running then.
+async fn take_jobs(
+    ctx: &Arc<Ctx>,
+    jobs: &consumer::PullConsumer,
+    drain_rx: watch::Receiver<bool>,
+) -> anyhow::Result<tokio::task::JoinSet<()>> {
+    let slots = Arc::new(Semaphore::new(ctx.config.max_sessions));
     let mut tasks = tokio::task::JoinSet::new();
     let mut drain = drain_rx.clone();
-    // The backlog is read from NATS on its own schedule, busy or not: with every slot
-    // taken it is exactly when jobs wait (what the alert and the autoscaler watch).
-    let backlog = {
-        let jobs = jobs.clone();
-        tokio::spawn(async move {
-            loop {
-                report_backlog(&jobs).await;
-                tokio::time::sleep(Duration::from_secs(5)).await;
-            }
-        })
-    };
     loop {
         // A job is fetched only once a slot is free: natural load balancing.
         let permit = tokio::select! {
@@ -263,7 +301,7 @@ pub async fn serve(
         };
         match message {
             Some(Ok(message)) => {
-                if let Some(message) = redelivered_here(&ctx, message) {
+                if let Some(message) = redelivered_here(ctx, message) {
                     let ctx = ctx.clone();
                     let drain = drain_rx.clone();
                     tasks.spawn(async move {
@@ -277,12 +315,17 @@ pub async fn serve(
         }
         while tasks.try_join_next().is_some() {}
     }
-    backlog.abort();
+    Ok(tasks)
+}
+
+/// Waits up to `timeout` for the running sessions to hand themselves back (each writes
+/// its checkpoint); what is left fails over by ack timeout.
+async fn hand_back(mut tasks: tokio::task::JoinSet<()>, timeout: Duration) {
     info!(
         running = tasks.len(),
         "draining: handing running sessions back"
     );
-    let deadline = tokio::time::sleep(config.drain_timeout);
+    let deadline = tokio::time::sleep(timeout);
     tokio::pin!(deadline);
     loop {
         tokio::select! {
@@ -293,7 +336,6 @@ pub async fn serve(
             }
         }
     }
-    Ok(())
 }
 
 /// A job for a session this worker already runs (redelivered after a NATS outage
