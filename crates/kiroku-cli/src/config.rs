@@ -49,6 +49,16 @@ pub struct Setting {
     pub help: String,
 }
 
+/// Logging and tracing of this process, from `RUST_LOG`, `KIROKU_LOG_FORMAT` and
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` (listed in [`OTHER`]).
+pub fn telemetry_settings() -> kiroku_core::telemetry::Settings {
+    kiroku_core::telemetry::Settings {
+        filter: std::env::var("RUST_LOG").ok(),
+        json: std::env::var("KIROKU_LOG_FORMAT").as_deref() == Ok("json"),
+        otlp_endpoint: std::env::var(kiroku_core::telemetry::OTLP_ENDPOINT_ENV).ok(),
+    }
+}
+
 /// Settings read outside clap: (name, kind, used by, default, meaning).
 pub const OTHER: &[(&str, Kind, &str, &str, &str)] = &[
     (

@@ -105,7 +105,7 @@ fn main() -> ExitCode {
     // (`RUST_LOG=whisper_rs=debug` shows them).
     // Services set up their own telemetry (service name, OTLP export).
     if !matches!(cli.command, Command::Serve(_)) {
-        kiroku_core::telemetry::init("warn,whisper_rs=off");
+        kiroku_core::telemetry::init("warn,whisper_rs=off", &config::telemetry_settings());
     }
     let result = match cli.command {
         Command::Transcribe(args) => transcribe::run(args),

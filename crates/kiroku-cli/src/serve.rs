@@ -414,7 +414,11 @@ pub async fn shutdown_signal() {
 
 async fn gateway(args: GatewayArgs) -> Result<()> {
     args.common.check_location(false)?;
-    let _telemetry = kiroku_core::telemetry::init_service("kiroku-gateway", "info,whisper_rs=off");
+    let _telemetry = kiroku_core::telemetry::init_service(
+        "kiroku-gateway",
+        "info,whisper_rs=off",
+        &crate::config::telemetry_settings(),
+    );
     let secret = match args
         .resume_secret
         .or_else(|| std::env::var("KIROKU_RESUME_SECRET").ok())
@@ -488,7 +492,11 @@ async fn gateway(args: GatewayArgs) -> Result<()> {
 
 async fn worker(args: WorkerArgs) -> Result<()> {
     args.common.check_location(false)?;
-    let _telemetry = kiroku_core::telemetry::init_service("kiroku-worker", "info,whisper_rs=off");
+    let _telemetry = kiroku_core::telemetry::init_service(
+        "kiroku-worker",
+        "info,whisper_rs=off",
+        &crate::config::telemetry_settings(),
+    );
     let engine = match args.engine.as_str() {
         "whisper" => {
             let model_path = match &args.model {
@@ -567,7 +575,11 @@ async fn worker(args: WorkerArgs) -> Result<()> {
 
 async fn account(args: AccountArgs) -> Result<()> {
     args.common.check_location(true)?;
-    let _telemetry = kiroku_core::telemetry::init_service("kiroku-account", "info");
+    let _telemetry = kiroku_core::telemetry::init_service(
+        "kiroku-account",
+        "info",
+        &crate::config::telemetry_settings(),
+    );
     let mut database = kiroku_account::db::config(&args.database_url, &args.schema);
     database.app_url = args.app_database_url.clone();
     let mut config = kiroku_account::AccountConfig::new(database, args.signing_key_file.clone());
@@ -596,7 +608,11 @@ async fn account(args: AccountArgs) -> Result<()> {
 
 async fn audit(args: AuditArgs) -> Result<()> {
     args.common.check_location(true)?;
-    let _telemetry = kiroku_core::telemetry::init_service("kiroku-audit", "info");
+    let _telemetry = kiroku_core::telemetry::init_service(
+        "kiroku-audit",
+        "info",
+        &crate::config::telemetry_settings(),
+    );
     let mut config =
         kiroku_audit::AuditConfig::new(&args.database_url, &args.schema, &args.account_url);
     config.database.app_url = args.app_database_url.clone();
@@ -619,7 +635,11 @@ async fn audit(args: AuditArgs) -> Result<()> {
 
 async fn storage(args: StorageArgs) -> Result<()> {
     args.common.check_location(true)?;
-    let _telemetry = kiroku_core::telemetry::init_service("kiroku-storage", "info");
+    let _telemetry = kiroku_core::telemetry::init_service(
+        "kiroku-storage",
+        "info",
+        &crate::config::telemetry_settings(),
+    );
     // The master key wraps every tenant's data key: from KIROKU_MASTER_KEY_FILE (or
     // KIROKU_MASTER_KEY), never a flag.
     let keys = kiroku_storage::crypto::MasterKeys::from_env().map_err(|e| {

@@ -1,10 +1,10 @@
 //! Logging and tracing set-up shared by every binary role.
 //!
-//! Logs go to stderr (stdout is for command output such as transcripts). The level comes
-//! from `RUST_LOG` (default `warn` for the CLI, `info` for services) and the format from
-//! `KIROKU_LOG_FORMAT` (`json` or the default human-readable text). The same filter
-//! decides which spans exist at all, so a span below the log level is neither logged nor
-//! traced.
+//! Logs go to stderr (stdout is for command output such as transcripts). The binary reads
+//! the [`Settings`] from its environment: the filter from `RUST_LOG` (default `warn` for
+//! the CLI, `info` for services), the format from `KIROKU_LOG_FORMAT` (`json` or the
+//! default human-readable text). The same filter decides which spans exist at all, so a
+//! span below the log level is neither logged nor traced.
 //!
 //! Every process also tracks OpenTelemetry span context (trace and span ids) for its
 //! `tracing` spans and installs the W3C TraceContext propagator, so [`crate::trace`] can
@@ -28,13 +28,30 @@ use tracing_subscriber::{EnvFilter, Layer};
 /// The environment variable that turns OTLP span export on (`http://collector:4317`).
 pub const OTLP_ENDPOINT_ENV: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
 
+/// How a process logs and traces. The binary fills it from its environment
+/// (`RUST_LOG`, `KIROKU_LOG_FORMAT`, [`OTLP_ENDPOINT_ENV`]); this module reads none.
+#[derive(Debug, Clone, Default)]
+pub struct Settings {
+    /// Filter directives in `RUST_LOG` syntax; the caller's default level when `None` or
+    /// not valid.
+    pub filter: Option<String>,
+    /// One JSON object a log line (service, instance, trace ids) instead of text.
+    pub json: bool,
+    /// Export spans over OTLP/gRPC to this collector (services only; off when `None`).
+    pub otlp_endpoint: Option<String>,
+}
+
 /// How long dropping a [`TelemetryGuard`] waits for the last spans to reach the collector.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Installs the global subscriber once (logs, span context, no export); later calls are
 /// no-ops. For CLI commands; services call [`init_service`].
-pub fn init(default_level: &str) {
-    let (dispatch, _guard, _error) = build("kiroku", default_level, None);
+pub fn init(default_level: &str, settings: &Settings) {
+    let settings = Settings {
+        otlp_endpoint: None,
+        ..settings.clone()
+    };
+    let (dispatch, _guard, _error) = build("kiroku", default_level, &settings);
     install(dispatch);
 }
 
@@ -46,11 +63,20 @@ pub fn init(default_level: &str) {
 /// still buffered. If a subscriber is already installed (tests), the first one stays and
 /// this returns a guard that flushes nothing. A bad endpoint is logged and export stays
 /// off: telemetry never stops a service from starting.
-pub fn init_service(service_name: &str, default_level: &str) -> TelemetryGuard {
-    let endpoint = std::env::var(OTLP_ENDPOINT_ENV)
-        .ok()
+pub fn init_service(
+    service_name: &str,
+    default_level: &str,
+    settings: &Settings,
+) -> TelemetryGuard {
+    let endpoint = settings
+        .otlp_endpoint
+        .clone()
         .filter(|value| !value.trim().is_empty());
-    let (dispatch, guard, error) = build(service_name, default_level, endpoint.as_deref());
+    let settings = Settings {
+        otlp_endpoint: endpoint.clone(),
+        ..settings.clone()
+    };
+    let (dispatch, guard, error) = build(service_name, default_level, &settings);
     if !install(dispatch) {
         return TelemetryGuard::disabled();
     }
@@ -74,7 +100,11 @@ pub fn service_subscriber(
     default_level: &str,
     otlp_endpoint: Option<&str>,
 ) -> (tracing::Dispatch, TelemetryGuard) {
-    let (dispatch, guard, error) = build(service_name, default_level, otlp_endpoint);
+    let settings = Settings {
+        otlp_endpoint: otlp_endpoint.map(str::to_string),
+        ..Settings::default()
+    };
+    let (dispatch, guard, error) = build(service_name, default_level, &settings);
     if let Some(error) = error {
         eprintln!("kiroku telemetry: otlp export disabled: {error}");
     }
@@ -141,12 +171,16 @@ fn install(dispatch: tracing::Dispatch) -> bool {
 fn build(
     service_name: &str,
     default_level: &str,
-    otlp_endpoint: Option<&str>,
+    settings: &Settings,
 ) -> (tracing::Dispatch, TelemetryGuard, Option<String>) {
+    let otlp_endpoint = settings.otlp_endpoint.as_deref();
     let cell = crate::logfmt::DispatchCell::default();
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
-    let json = std::env::var("KIROKU_LOG_FORMAT").as_deref() == Ok("json");
+    let filter = settings
+        .filter
+        .as_deref()
+        .and_then(|directives| EnvFilter::try_new(directives).ok())
+        .unwrap_or_else(|| EnvFilter::new(default_level));
+    let json = settings.json;
     let json_logs = json.then(|| {
         tracing_subscriber::fmt::layer()
             .json()
@@ -256,9 +290,9 @@ fn resource(service_name: &str) -> Resource {
 pub fn instance() -> &'static str {
     static INSTANCE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     INSTANCE.get_or_init(|| {
-        let host = std::env::var("HOSTNAME")
+        // The kernel's host name: a pod's name on Kubernetes.
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
             .ok()
-            .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
             .map(|h| h.trim().to_string())
             .filter(|h| !h.is_empty())
             .unwrap_or_else(|| "localhost".into());

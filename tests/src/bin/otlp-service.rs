@@ -10,7 +10,12 @@ fn main() {
         .expect("KIROKU_OTLP_TEST_TRACEPARENT is set by the test");
     let runtime = tokio::runtime::Runtime::new().expect("start the runtime");
     runtime.block_on(async move {
-        let telemetry = telemetry::init_service("kiroku-test-worker", "info");
+        // The endpoint from the environment, as `kiroku serve` reads it.
+        let settings = telemetry::Settings {
+            otlp_endpoint: std::env::var(telemetry::OTLP_ENDPOINT_ENV).ok(),
+            ..telemetry::Settings::default()
+        };
+        let telemetry = telemetry::init_service("kiroku-test-worker", "info", &settings);
         assert!(
             telemetry.is_exporting(),
             "OTEL_EXPORTER_OTLP_ENDPOINT turns export on"
