@@ -84,6 +84,13 @@ pub struct Metrics {
     pub caption_latency: Histogram,
     /// `kiroku_decode_seconds`: wall time of one engine decode.
     pub decode_seconds: Histogram,
+    /// `kiroku_decode_queue_seconds`: how long a decode waited for a free decoding slot
+    /// (part of `kiroku_decode_seconds`, which a worker measures around the whole call).
+    pub decode_queue_seconds: Histogram,
+    /// `kiroku_worker_load`: the share of a worker's decoding slots busy over the last
+    /// 5 s, 0 to 1. Near 1, new decodes queue (`kiroku_decode_queue_seconds`) and
+    /// captions fall behind.
+    pub worker_load: Gauge<f64, AtomicU64>,
     /// `kiroku_sessions_backlog`: session jobs waiting for a worker (the `SESSIONS`
     /// stream's pending count), the signal GPU workers scale on.
     pub sessions_backlog: Gauge,
@@ -193,6 +200,18 @@ impl Metrics {
             "kiroku_decode_seconds",
             "Wall time of one engine decode",
             decode_seconds.clone(),
+        );
+        let decode_queue_seconds = Histogram::new(DECODE_BUCKETS_S);
+        registry.register(
+            "kiroku_decode_queue_seconds",
+            "Seconds a decode waited for a free decoding slot",
+            decode_queue_seconds.clone(),
+        );
+        let worker_load = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "kiroku_worker_load",
+            "Share of the worker's decoding slots busy over the last 5 s (0 to 1)",
+            worker_load.clone(),
         );
         let sessions_backlog = Gauge::default();
         registry.register(
@@ -324,6 +343,8 @@ impl Metrics {
             final_latency,
             caption_latency,
             decode_seconds,
+            decode_queue_seconds,
+            worker_load,
             sessions_backlog,
             finals,
             errors,
@@ -533,6 +554,8 @@ mod tests {
             ("kiroku_final_latency_seconds", "histogram"),
             ("kiroku_caption_latency_seconds", "histogram"),
             ("kiroku_decode_seconds", "histogram"),
+            ("kiroku_decode_queue_seconds", "histogram"),
+            ("kiroku_worker_load", "gauge"),
             ("kiroku_sessions_backlog", "gauge"),
             ("kiroku_errors_total", "counter"),
             ("kiroku_finals_total", "counter"),

@@ -11,10 +11,11 @@
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use kiroku_core::transcript::{Segment, Transcript, Word, is_unspaced, join_words};
 use whisper_rs::{
@@ -128,11 +129,12 @@ struct Job {
     reply_tx: mpsc::Sender<Result<Transcript>>,
 }
 
-/// The jobs waiting for a slot: urgent ones first, each kind in arrival order.
+/// The jobs waiting for a slot, each with when it came: urgent ones first, each kind
+/// in arrival order.
 #[derive(Default)]
 struct Waiting {
-    urgent: VecDeque<Job>,
-    normal: VecDeque<Job>,
+    urgent: VecDeque<(Instant, Job)>,
+    normal: VecDeque<(Instant, Job)>,
     closed: bool,
 }
 
@@ -171,25 +173,30 @@ impl JobQueue {
         if waiting.closed {
             return Err(EngineError::ShutDown);
         }
-        if job.options.urgent {
-            waiting.urgent.push_back(job);
+        let entry = (Instant::now(), job);
+        if entry.1.options.urgent {
+            waiting.urgent.push_back(entry);
         } else {
-            waiting.normal.push_back(job);
+            waiting.normal.push_back(entry);
         }
         self.job_ready.notify_one();
         Ok(())
     }
 
-    /// The next job, urgent first; `None` once the queue is closed and empty.
+    /// The next job, urgent first (its wait goes to `kiroku_decode_queue_seconds`);
+    /// `None` once the queue is closed and empty.
     fn pop(&self) -> Option<Job> {
         let mut waiting = self.waiting.lock().ok()?;
         loop {
-            if let Some(job) = waiting
+            if let Some((queued_at, job)) = waiting
                 .urgent
                 .pop_front()
                 .or_else(|| waiting.normal.pop_front())
             {
                 self.room.notify_one();
+                kiroku_core::metrics::metrics()
+                    .decode_queue_seconds
+                    .observe(queued_at.elapsed().as_secs_f64());
                 return Some(job);
             }
             if waiting.closed {
@@ -215,6 +222,9 @@ pub struct Engine {
     slots: Vec<JoinHandle<()>>,
     /// Slots still running (see [`Engine::is_healthy`]).
     live: Arc<AtomicUsize>,
+    /// Nanoseconds the slots have spent decoding, all together (see
+    /// [`Engine::busy_seconds`]).
+    busy_nanos: Arc<AtomicU64>,
     info: ModelInfo,
     threads_per_slot: usize,
 }
@@ -273,6 +283,7 @@ impl Engine {
         let queue = Arc::new(JobQueue::new(config.queue_capacity));
         let mut slots = Vec::with_capacity(config.slots);
         let live = Arc::new(AtomicUsize::new(config.slots));
+        let busy_nanos = Arc::new(AtomicU64::new(0));
         for index in 0..config.slots {
             let state = context
                 .create_state()
@@ -282,6 +293,7 @@ impl Engine {
                 state,
                 threads: threads_per_slot,
                 live: Arc::clone(&live),
+                busy_nanos: Arc::clone(&busy_nanos),
             };
             let queue = Arc::clone(&queue);
             let handle = std::thread::Builder::new()
@@ -294,6 +306,7 @@ impl Engine {
             queue,
             slots,
             live,
+            busy_nanos,
             info,
             threads_per_slot,
         })
@@ -307,6 +320,18 @@ impl Engine {
     /// the worker then reports itself not ready).
     pub fn is_healthy(&self) -> bool {
         self.live.load(Ordering::SeqCst) == self.slots.len()
+    }
+
+    /// Seconds the slots have spent decoding since the engine was loaded, all slots
+    /// together: its growth over a period, divided by the period and [`Engine::slots`],
+    /// is the engine's load.
+    pub fn busy_seconds(&self) -> f64 {
+        Duration::from_nanos(self.busy_nanos.load(Ordering::Relaxed)).as_secs_f64()
+    }
+
+    /// Decoding slots the engine was loaded with.
+    pub fn slots(&self) -> usize {
+        self.slots.len()
     }
 
     /// Transcribes 16 kHz mono samples; blocks until a slot has decoded them.
@@ -400,6 +425,8 @@ struct Slot {
     /// Slots that are running; when one cannot be restored after a panic it leaves,
     /// and the last one to leave closes the queue.
     live: Arc<AtomicUsize>,
+    /// The engine's decoding time, which each slot adds to after every job.
+    busy_nanos: Arc<AtomicU64>,
 }
 
 impl Slot {
@@ -414,9 +441,12 @@ impl Slot {
             } = job;
             // A panic while decoding (whisper-rs panics on some inputs) fails this one
             // request; the slot keeps serving everyone else.
+            let started = Instant::now();
             let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 self.decode(&samples, &options, progress)
             }));
+            let busy = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            self.busy_nanos.fetch_add(busy, Ordering::Relaxed);
             match outcome {
                 Ok(result) => {
                     let _ = reply_tx.send(result);
@@ -999,10 +1029,20 @@ mod tests {
             assert!(err.to_string().contains("null byte"), "{err}");
         }
         assert!(engine.is_healthy());
+        let busy_before = engine.busy_seconds();
         let transcript = engine
             .transcribe(vec![0.0; 16_000], short_context(), None)
             .expect("the slot still decodes");
         assert_eq!(transcript.duration_ms, 1000);
+        // The load a worker reports: decoding time is counted, and every job's wait for
+        // its slot is observed (three hostile jobs and one decode in this test).
+        assert!(engine.busy_seconds() > busy_before, "decode time not counted");
+        let waits = kiroku_core::metrics::render()
+            .lines()
+            .find_map(|line| line.strip_prefix("kiroku_decode_queue_seconds_count "))
+            .and_then(|n| n.trim().parse::<u64>().ok())
+            .expect("kiroku_decode_queue_seconds_count exported");
+        assert!(waits >= 4, "{waits} queue waits observed");
     }
 
     /// An urgent job (an utterance final) is taken before every waiting caption decode;

@@ -16,7 +16,7 @@ mod session;
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use async_nats::jetstream::{self, consumer};
@@ -243,10 +243,13 @@ async fn connect(
 }
 
 /// Ready while every decoding slot runs and NATS is connected; re-checked twice a
-/// second so a lost connection or a slot that could not be restored shows.
+/// second so a lost connection or a slot that could not be restored shows. Also
+/// refreshes `kiroku_worker_load`.
 async fn follow_readiness(ctx: Arc<Ctx>, ready: watch::Sender<kiroku_core::admin::Readiness>) {
     let engines = [ctx.engine.clone(), ctx.final_engine.clone()];
+    let mut load = LoadMeter::new(&engines);
     loop {
+        load.update();
         let now = kiroku_core::admin::nats_ready(&ctx.nats).and_then(|()| {
             if engines.iter().flatten().all(|e| e.is_healthy()) {
                 Ok(())
@@ -265,6 +268,57 @@ async fn follow_readiness(ctx: Arc<Ctx>, ready: watch::Sender<kiroku_core::admin
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// `kiroku_worker_load`: busy decoding time over wall time and slots, over the last
+/// [`LoadMeter::PERIOD`], across the worker's engines (the caption and the minutes'
+/// engine count once when they are the same).
+struct LoadMeter {
+    engines: Vec<Arc<Engine>>,
+    since: Instant,
+    busy_since: f64,
+}
+
+impl LoadMeter {
+    const PERIOD: Duration = Duration::from_secs(5);
+
+    fn new(engines: &[Option<Arc<Engine>>]) -> Self {
+        let mut unique: Vec<Arc<Engine>> = Vec::new();
+        for engine in engines.iter().flatten() {
+            if !unique.iter().any(|known| Arc::ptr_eq(known, engine)) {
+                unique.push(engine.clone());
+            }
+        }
+        let busy_since = unique.iter().map(|e| e.busy_seconds()).sum();
+        Self {
+            engines: unique,
+            since: Instant::now(),
+            busy_since,
+        }
+    }
+
+    /// Sets the gauge once a period has passed since the last time.
+    fn update(&mut self) {
+        let elapsed = self.since.elapsed();
+        if elapsed < Self::PERIOD || self.engines.is_empty() {
+            return;
+        }
+        let busy: f64 = self.engines.iter().map(|e| e.busy_seconds()).sum();
+        let slots: usize = self.engines.iter().map(|e| e.slots()).sum();
+        let load = worker_load(busy - self.busy_since, elapsed, slots);
+        kiroku_core::metrics::metrics().worker_load.set(load);
+        self.since = Instant::now();
+        self.busy_since = busy;
+    }
+}
+
+/// Busy slot-seconds over `elapsed` on `slots` slots, as a share from 0 to 1.
+fn worker_load(busy_s: f64, elapsed: Duration, slots: usize) -> f64 {
+    let capacity = elapsed.as_secs_f64() * slots.max(1) as f64;
+    if capacity <= 0.0 {
+        return 0.0;
+    }
+    (busy_s / capacity).clamp(0.0, 1.0)
 }
 
 /// Takes jobs, one per free session slot, until the drain starts: the sessions still
@@ -409,5 +463,24 @@ async fn report_backlog(jobs: &consumer::PullConsumer) {
         kiroku_core::metrics::metrics()
             .sessions_backlog
             .set(info.num_pending as i64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::worker_load;
+
+    /// Busy slot time over the period and the slots, never outside 0..=1.
+    #[test]
+    fn worker_load_is_the_busy_share_of_every_slot() {
+        let five = Duration::from_secs(5);
+        assert_eq!(worker_load(0.0, five, 1), 0.0);
+        assert!((worker_load(2.5, five, 1) - 0.5).abs() < 1e-9);
+        assert!((worker_load(5.0, five, 2) - 0.5).abs() < 1e-9);
+        assert_eq!(worker_load(12.0, five, 2), 1.0, "clamped");
+        assert_eq!(worker_load(1.0, Duration::ZERO, 1), 0.0, "no time, no load");
+        assert_eq!(worker_load(1.0, five, 0), 0.2, "no slot counts as one");
     }
 }
