@@ -443,36 +443,7 @@ fn refused(error: BackupError) -> anyhow::Error {
 pub fn run_restore(args: RestoreArgs) -> Result<()> {
     let key = key()?;
     let dir = &args.dir;
-    let read = |name: &str| {
-        std::fs::read(dir.join(name)).map_err(|e| {
-            InputError(format!(
-                "{}: {e} (not a backup written by `kiroku admin backup`?)",
-                dir.join(name).display()
-            ))
-        })
-    };
-    let manifest_data = read(backup::MANIFEST)?;
-    let mac = String::from_utf8_lossy(&read(backup::MANIFEST_MAC)?).into_owned();
-    let manifest = key.verify_manifest(&manifest_data, &mac).map_err(refused)?;
-    for file in &manifest.files {
-        let (bytes, sha256) = backup::file_digest(&dir.join(&file.path))
-            .with_context(|| format!("reading {}", file.path))?;
-        if bytes != file.bytes || sha256 != file.sha256 {
-            return Err(refused(BackupError::Tampered(format!(
-                "{}: size or SHA-256 differs from the manifest: the backup was altered",
-                file.path
-            ))));
-        }
-    }
-    let entry = |name: &str| {
-        manifest
-            .files
-            .iter()
-            .find(|f| f.path == name)
-            .with_context(|| format!("the manifest lists no {name}"))
-    };
-    entry(backup::POSTGRES)?;
-    entry(backup::NATS)?;
+    let manifest = verified_manifest(&key, dir)?;
     let target = &args.target;
     let layout = layout(target)?;
     if manifest.nats_root != layout.root() {
@@ -513,9 +484,76 @@ pub fn run_restore(args: RestoreArgs) -> Result<()> {
         anyhow::Ok(async_nats::jetstream::new(client))
     })?;
     let erased = runtime.block_on(erased_tenants(&js, &layout))?;
-    let storage_schema = manifest.schemas.get("storage");
+    let plan = DatabaseRestore {
+        schemas: &schemas,
+        replace: args.replace,
+        storage_schema: manifest.schemas.get("storage").map(String::as_str),
+        erased: &erased,
+    };
+    let copied = restore_database(&key, dir, &target.database_url, &plan)?;
+    eprintln!("  {} of SQL restored in one transaction", mib(copied));
+    let streams = runtime.block_on(restore_streams(&key, dir, &js))?;
+    println!(
+        "restored {} schemas and {streams} stream configurations from {}; re-applied {} tenant erasures from the register",
+        schemas.len(),
+        dir.display(),
+        erased.len()
+    );
+    Ok(())
+}
 
-    let pg = PgTarget::new(&target.database_url)?;
+/// The backup's manifest, once its MAC verifies under `key` and every file it lists
+/// has the listed size and SHA-256 (and the database dump and stream configurations
+/// are among them).
+fn verified_manifest(key: &BackupKey, dir: &Path) -> Result<backup::Manifest> {
+    let read = |name: &str| {
+        std::fs::read(dir.join(name)).map_err(|e| {
+            InputError(format!(
+                "{}: {e} (not a backup written by `kiroku admin backup`?)",
+                dir.join(name).display()
+            ))
+        })
+    };
+    let manifest_data = read(backup::MANIFEST)?;
+    let mac = String::from_utf8_lossy(&read(backup::MANIFEST_MAC)?).into_owned();
+    let manifest = key.verify_manifest(&manifest_data, &mac).map_err(refused)?;
+    for file in &manifest.files {
+        let (bytes, sha256) = backup::file_digest(&dir.join(&file.path))
+            .with_context(|| format!("reading {}", file.path))?;
+        if bytes != file.bytes || sha256 != file.sha256 {
+            return Err(refused(BackupError::Tampered(format!(
+                "{}: size or SHA-256 differs from the manifest: the backup was altered",
+                file.path
+            ))));
+        }
+    }
+    for name in [backup::POSTGRES, backup::NATS] {
+        if !manifest.files.iter().any(|f| f.path == name) {
+            anyhow::bail!("the manifest lists no {name}");
+        }
+    }
+    Ok(manifest)
+}
+
+/// What goes into the database restore's one transaction.
+struct DatabaseRestore<'a> {
+    schemas: &'a [&'a String],
+    /// Drop the schemas first.
+    replace: bool,
+    /// Where the tenants erased after the backup are erased again.
+    storage_schema: Option<&'a str>,
+    erased: &'a [Erasure],
+}
+
+/// Feeds the decrypted dump (and the re-erasures) to one `psql --single-transaction`:
+/// all of it commits or nothing does. The SQL bytes restored.
+fn restore_database(
+    key: &BackupKey,
+    dir: &Path,
+    database_url: &str,
+    plan: &DatabaseRestore<'_>,
+) -> Result<u64> {
+    let pg = PgTarget::new(database_url)?;
     let mut psql = pg
         .command("psql")
         .args([
@@ -535,8 +573,8 @@ pub fn run_restore(args: RestoreArgs) -> Result<()> {
         .context("running psql (install postgresql-client)")?;
     let mut stdin = psql.stdin.take().context("psql stdin")?;
     let fed: Result<u64> = (|| {
-        if args.replace {
-            for schema in &schemas {
+        if plan.replace {
+            for schema in plan.schemas {
                 writeln!(
                     stdin,
                     "DROP SCHEMA IF EXISTS {} CASCADE;",
@@ -545,10 +583,10 @@ pub fn run_restore(args: RestoreArgs) -> Result<()> {
             }
         }
         let file = std::fs::File::open(dir.join(backup::POSTGRES))?;
-        let mut reader = OpenReader::new(&key, backup::POSTGRES, std::io::BufReader::new(file))?;
+        let mut reader = OpenReader::new(key, backup::POSTGRES, std::io::BufReader::new(file))?;
         let copied = std::io::copy(&mut reader, &mut stdin)?;
-        if let Some(storage_schema) = storage_schema.filter(|_| !erased.is_empty()) {
-            stdin.write_all(reerase_sql(storage_schema, &erased).as_bytes())?;
+        if let Some(storage_schema) = plan.storage_schema.filter(|_| !plan.erased.is_empty()) {
+            stdin.write_all(reerase_sql(storage_schema, plan.erased).as_bytes())?;
         }
         Ok(copied)
     })();
@@ -564,37 +602,33 @@ pub fn run_restore(args: RestoreArgs) -> Result<()> {
             String::from_utf8_lossy(&output.stderr).trim()
         );
     }
-    let copied = fed.map_err(|error| {
+    fed.map_err(|error| {
         anyhow::anyhow!("the restore was stopped and rolled back, nothing changed: {error:#}")
-    })?;
-    eprintln!("  {} of SQL restored in one transaction", mib(copied));
+    })
+}
 
+/// Creates (or updates) every stream of the backup's configurations: how many.
+async fn restore_streams(
+    key: &BackupKey,
+    dir: &Path,
+    js: &async_nats::jetstream::Context,
+) -> Result<usize> {
     let file = std::fs::File::open(dir.join(backup::NATS))?;
     let mut json = Vec::new();
-    OpenReader::new(&key, backup::NATS, file)?.read_to_end(&mut json)?;
+    OpenReader::new(key, backup::NATS, file)?.read_to_end(&mut json)?;
     let configs: Vec<async_nats::jetstream::stream::Config> =
         serde_json::from_slice(&json).context("the stream configurations do not parse")?;
-    runtime.block_on(async {
-        for config in &configs {
-            js.create_or_update_stream(config.clone())
-                .await
-                .with_context(|| {
-                    format!(
-                        "the database is restored, but stream {} is not (the services create it at start-up): retry the restore with --replace",
-                        config.name
-                    )
-                })?;
-        }
-        anyhow::Ok(())
-    })?;
-    println!(
-        "restored {} schemas and {} stream configurations from {}; re-applied {} tenant erasures from the register",
-        schemas.len(),
-        configs.len(),
-        dir.display(),
-        erased.len()
-    );
-    Ok(())
+    for config in &configs {
+        js.create_or_update_stream(config.clone())
+            .await
+            .with_context(|| {
+                format!(
+                    "the database is restored, but stream {} is not (the services create it at start-up): retry the restore with --replace",
+                    config.name
+                )
+            })?;
+    }
+    Ok(configs.len())
 }
 
 #[cfg(test)]

@@ -1036,7 +1036,10 @@ mod tests {
         assert_eq!(transcript.duration_ms, 1000);
         // The load a worker reports: decoding time is counted, and every job's wait for
         // its slot is observed (three hostile jobs and one decode in this test).
-        assert!(engine.busy_seconds() > busy_before, "decode time not counted");
+        assert!(
+            engine.busy_seconds() > busy_before,
+            "decode time not counted"
+        );
         let waits = kiroku_core::metrics::render()
             .lines()
             .find_map(|line| line.strip_prefix("kiroku_decode_queue_seconds_count "))
