@@ -162,120 +162,15 @@ pub fn run(command: AuditCommand) -> Result<()> {
         let cred = &credential;
         match command {
             AuditCommand::List { filter, limit, .. } => {
-                let mut shown = 0u32;
-                let mut page_token = String::new();
-                while shown < limit {
-                    let page = client
-                        .list_events(authed(
-                            pb::ListEventsRequest {
-                                filter: Some(filter.filter()?),
-                                page_size: (limit - shown).min(kiroku_audit::MAX_PAGE),
-                                page_token: page_token.clone(),
-                                time_zone: filter.zone.clone().unwrap_or_default(),
-                            },
-                            cred,
-                        ))
-                        .await
-                        .map_err(refused)?
-                        .into_inner();
-                    for e in &page.entries {
-                        // The actor's e-mail or key name as recorded, else its id.
-                        let actor = e
-                            .details
-                            .get(kiroku_core::audit::ACTOR_DETAIL)
-                            .filter(|name| !name.trim().is_empty())
-                            .unwrap_or(&e.actor_id);
-                        println!(
-                            "{:>6}  {}  {:<24} {:<8} {:<9} {}:{}  {}",
-                            e.seq,
-                            e.occurred_at,
-                            e.action,
-                            e.outcome,
-                            e.actor_kind,
-                            actor,
-                            if e.target.is_empty() { "-" } else { &e.target },
-                            e.source_ip
-                        );
-                        shown += 1;
-                    }
-                    if page.next_page_token.is_empty() {
-                        break;
-                    }
-                    page_token = page.next_page_token;
-                }
+                list_events(&mut client, &filter, limit, cred).await?;
             }
-            AuditCommand::Verify(_) => {
-                let result = client
-                    .verify_chain(authed(pb::VerifyChainRequest {}, cred))
-                    .await
-                    .map_err(refused)?
-                    .into_inner();
-                if result.intact {
-                    println!(
-                        "audit chain intact: {} entries verified",
-                        result.entries_checked
-                    );
-                } else {
-                    anyhow::bail!(
-                        "audit chain BROKEN at entry {}: {} ({} entries verified before it)",
-                        result.first_broken_seq,
-                        result.problem,
-                        result.entries_checked
-                    );
-                }
-            }
+            AuditCommand::Verify(_) => verify_chain(&mut client, cred).await?,
             AuditCommand::Export {
                 filter,
                 format,
                 out,
                 ..
-            } => {
-                let format = match format.as_str() {
-                    "csv" => pb::ExportFormat::Csv,
-                    "json" => pb::ExportFormat::Json,
-                    other => {
-                        return Err(InputError(format!("format {other:?}: use csv or json")).into());
-                    }
-                };
-                let request = authed(
-                    pb::ExportEventsRequest {
-                        filter: Some(filter.filter()?),
-                        format: format as i32,
-                        time_zone: filter.zone.clone().unwrap_or_default(),
-                    },
-                    cred,
-                );
-                match out {
-                    Some(path) => {
-                        // Written beside the target and renamed at the end: an export
-                        // that fails half-way leaves no truncated file behind.
-                        let part = path.with_extension("part");
-                        let mut file = std::io::BufWriter::new(
-                            std::fs::File::create(&part)
-                                .with_context(|| format!("creating {}", part.display()))?,
-                        );
-                        let result = stream_export(&mut client, request, &mut file, true).await;
-                        let entries = match result.and_then(|n| {
-                            use std::io::Write as _;
-                            file.flush()?;
-                            Ok(n)
-                        }) {
-                            Ok(n) => n,
-                            Err(error) => {
-                                let _ = std::fs::remove_file(&part);
-                                return Err(error);
-                            }
-                        };
-                        std::fs::rename(&part, &path)
-                            .with_context(|| format!("writing {}", path.display()))?;
-                        eprintln!("{entries} entries written to {}", path.display());
-                    }
-                    None => {
-                        let mut stdout = std::io::stdout().lock();
-                        stream_export(&mut client, request, &mut stdout, false).await?;
-                    }
-                }
-            }
+            } => export(&mut client, &filter, &format, out, cred).await?,
             AuditCommand::TimeZone { zone, .. } => {
                 let set = client
                     .set_time_zone(authed(pb::SetTimeZoneRequest { time_zone: zone }, cred))
@@ -302,6 +197,132 @@ pub fn run(command: AuditCommand) -> Result<()> {
         }
         Ok(())
     })
+}
+
+type Client = AuditServiceClient<tonic::transport::Channel>;
+type Credential = (&'static str, tonic::metadata::AsciiMetadataValue);
+
+/// `kiroku audit list`: up to `limit` entries, a page at a time.
+async fn list_events(
+    client: &mut Client,
+    filter: &FilterArgs,
+    limit: u32,
+    cred: &Credential,
+) -> Result<()> {
+    let mut shown = 0u32;
+    let mut page_token = String::new();
+    while shown < limit {
+        let page = client
+            .list_events(authed(
+                pb::ListEventsRequest {
+                    filter: Some(filter.filter()?),
+                    page_size: (limit - shown).min(kiroku_audit::MAX_PAGE),
+                    page_token: page_token.clone(),
+                    time_zone: filter.zone.clone().unwrap_or_default(),
+                },
+                cred,
+            ))
+            .await
+            .map_err(refused)?
+            .into_inner();
+        for e in &page.entries {
+            // The actor's e-mail or key name as recorded, else its id.
+            let actor = e
+                .details
+                .get(kiroku_core::audit::ACTOR_DETAIL)
+                .filter(|name| !name.trim().is_empty())
+                .unwrap_or(&e.actor_id);
+            println!(
+                "{:>6}  {}  {:<24} {:<8} {:<9} {}:{}  {}",
+                e.seq,
+                e.occurred_at,
+                e.action,
+                e.outcome,
+                e.actor_kind,
+                actor,
+                if e.target.is_empty() { "-" } else { &e.target },
+                e.source_ip
+            );
+            shown += 1;
+        }
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    Ok(())
+}
+
+/// `kiroku audit verify`: an error when the chain is broken.
+async fn verify_chain(client: &mut Client, cred: &Credential) -> Result<()> {
+    let result = client
+        .verify_chain(authed(pb::VerifyChainRequest {}, cred))
+        .await
+        .map_err(refused)?
+        .into_inner();
+    if !result.intact {
+        anyhow::bail!(
+            "audit chain BROKEN at entry {}: {} ({} entries verified before it)",
+            result.first_broken_seq,
+            result.problem,
+            result.entries_checked
+        );
+    }
+    println!(
+        "audit chain intact: {} entries verified",
+        result.entries_checked
+    );
+    Ok(())
+}
+
+/// `kiroku audit export`: to `out` (written beside it and renamed at the end, so an
+/// export that fails half-way leaves no truncated file behind) or stdout.
+async fn export(
+    client: &mut Client,
+    filter: &FilterArgs,
+    format: &str,
+    out: Option<PathBuf>,
+    cred: &Credential,
+) -> Result<()> {
+    let format = match format {
+        "csv" => pb::ExportFormat::Csv,
+        "json" => pb::ExportFormat::Json,
+        other => {
+            return Err(InputError(format!("format {other:?}: use csv or json")).into());
+        }
+    };
+    let request = authed(
+        pb::ExportEventsRequest {
+            filter: Some(filter.filter()?),
+            format: format as i32,
+            time_zone: filter.zone.clone().unwrap_or_default(),
+        },
+        cred,
+    );
+    let Some(path) = out else {
+        let mut stdout = std::io::stdout().lock();
+        stream_export(client, request, &mut stdout, false).await?;
+        return Ok(());
+    };
+    let part = path.with_extension("part");
+    let mut file = std::io::BufWriter::new(
+        std::fs::File::create(&part).with_context(|| format!("creating {}", part.display()))?,
+    );
+    let result = stream_export(client, request, &mut file, true).await;
+    let entries = match result.and_then(|n| {
+        use std::io::Write as _;
+        file.flush()?;
+        Ok(n)
+    }) {
+        Ok(n) => n,
+        Err(error) => {
+            let _ = std::fs::remove_file(&part);
+            return Err(error);
+        }
+    };
+    std::fs::rename(&part, &path).with_context(|| format!("writing {}", path.display()))?;
+    eprintln!("{entries} entries written to {}", path.display());
+    Ok(())
 }
 
 /// Connects to the audit service (notices use it too).
