@@ -78,7 +78,6 @@ fn derive(key: &[u8; 32], purpose: &str) -> [u8; 32] {
 
 impl BackupKey {
     pub const ENV: &'static str = "KIROKU_BACKUP_KEY";
-    pub const FILE_ENV: &'static str = "KIROKU_BACKUP_KEY_FILE";
 
     /// From 64 hex characters (surrounding whitespace ignored).
     pub fn from_hex(text: &str) -> Result<Self, BackupError> {

@@ -207,7 +207,6 @@ pub struct MasterKeys {
 
 impl MasterKeys {
     pub const PREVIOUS_ENV: &'static str = "KIROKU_PREVIOUS_MASTER_KEY";
-    pub const PREVIOUS_FILE_ENV: &'static str = "KIROKU_PREVIOUS_MASTER_KEY_FILE";
 
     pub fn new(current: LocalKeyProvider, previous: Vec<LocalKeyProvider>) -> Self {
         Self { current, previous }
