@@ -127,7 +127,7 @@ schema = {
                        "capabilities": {"type": "object", "required": ["drop"], "properties": {"drop": {"type": "array", "contains": {"const": "ALL"}}, "add": {"type": "array", "maxItems": 0}}}}},
     "podAnnotations": MAP, "podLabels": MAP, "priorityClassName": S(), "tmpSizeLimit": QTY,
     "gateway": role({
-        "idleTimeoutSeconds": I(1), "streamsPerTenant": I(1), "tenantRate": N(0.01, 10000), "callerRate": N(0.01, 10000),
+        "idleTimeoutSeconds": I(1), "queueTimeoutSeconds": I(1, 3600), "streamsPerTenant": I(1), "tenantRate": N(0.01, 10000), "callerRate": N(0.01, 10000),
         "trustedProxies": {"type": "array", "items": S(minLength=1), "description": "KIROKU_GATEWAY_TRUSTED_PROXIES: the ingress controller's pod network"},
         "preStopSleepSeconds": I(0, 60),
         "service": obj({"type": S(enum=["ClusterIP", "LoadBalancer", "NodePort"]), "annotations": MAP, "loadBalancerSourceRanges": {"type": "array", "items": S()}, "externalTrafficPolicy": S(enum=["", "Cluster", "Local"])}),
@@ -135,7 +135,7 @@ schema = {
         "autoscaling": obj({"enabled": B(), "minReplicas": I(1), "maxReplicas": I(1), "targetCPUUtilizationPercentage": I(1, 100), "activeStreamsPerPod": I(0)}),
     }, ["grpc", "admin"]),
     "worker": role({
-        "threads": I(0), "slots": I(1), "sessions": I(1), "ackWaitSeconds": N(0.5, 3600), "stepMs": {"anyOf": [{"const": 0}, I(100, 5000)]},
+        "threads": I(0), "slots": I(1), "sessions": I(1), "ackWaitSeconds": N(0.5, 3600), "admitMaxLagSeconds": N(0, 3600), "stepMs": {"anyOf": [{"const": 0}, I(100, 5000)]},
         "model": obj({"dir": S(pattern="^/"), "file": S(pattern="^[^/]+$"), "existingClaim": S(), "sizeLimit": QTY,
                       "fetch": obj({"enabled": B(), "package": S(pattern="^[A-Za-z0-9_.-]+==[A-Za-z0-9_.]+$"), "vadPackage": S(pattern="^([A-Za-z0-9_.-]+==[A-Za-z0-9_.]+)?$"), "quantize": S(enum=["", "q8_0"]),
                                     "downloaderImage": S(pattern=":[^:]*[0-9][^:]*$"), "indexUrl": S(), "resources": {"$ref": "#/definitions/resources"}})}),

@@ -213,6 +213,12 @@ pub struct GatewayArgs {
     #[arg(long, env = "KIROKU_MAX_STREAM_WALL_S", default_value_t = 4 * 3600,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub max_stream_wall_s: u64,
+    /// Seconds a live session may wait for a worker (every worker at capacity) before
+    /// the stream is refused with RESOURCE_EXHAUSTED; the client is told it is queued
+    /// after 2 s.
+    #[arg(long, env = "KIROKU_QUEUE_TIMEOUT_S", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub queue_timeout_s: u64,
     /// Secret shared by all gateways of the cluster, for resume tokens (read from the
     /// environment only, never a flag: flags show up in `ps`).
     #[arg(skip)]
@@ -330,6 +336,11 @@ pub struct WorkerArgs {
     /// Seconds without a progress ack before a job moves to another worker.
     #[arg(long, env = "KIROKU_WORKER_ACK_WAIT_S", default_value_t = 10.0)]
     pub ack_wait_s: f64,
+    /// Below --sessions, take a new session only while every running live stream is
+    /// decoded to within this many seconds of its newest audio (and the newest session
+    /// has run 3 s); otherwise the job waits for another worker. 0: only --sessions.
+    #[arg(long, env = "KIROKU_WORKER_ADMIT_MAX_LAG_S", default_value_t = 2.0)]
+    pub admit_max_lag_s: f64,
     /// Admin HTTP address (/healthz, /readyz, /metrics); port 0 picks a free one.
     #[arg(
         long,
@@ -470,6 +481,7 @@ async fn gateway(args: GatewayArgs) -> Result<()> {
     }
     config.limits.idle_timeout = Duration::from_secs(args.idle_timeout_s);
     config.limits.max_stream_wall = Duration::from_secs(args.max_stream_wall_s);
+    config.queue_timeout = Duration::from_secs(args.queue_timeout_s);
     config.routes = kiroku_core::nats::SessionRoutes::parse(&args.routes)
         .map_err(|e| InputError(format!("--routes / KIROKU_SESSION_ROUTES: {e}")))?;
     config.reflection = args.reflection;
@@ -540,6 +552,9 @@ async fn worker(args: WorkerArgs) -> Result<()> {
     if !(0.5..=3600.0).contains(&args.ack_wait_s) {
         return Err(InputError("--ack-wait-s must be between 0.5 and 3600".into()).into());
     }
+    if !(0.0..=3600.0).contains(&args.admit_max_lag_s) {
+        return Err(InputError("--admit-max-lag-s must be between 0 and 3600".into()).into());
+    }
     let mut config =
         kiroku_worker::WorkerConfig::new(args.common.nats.clone(), args.common.layout()?, engine);
     config.retention = args.common.retention();
@@ -547,6 +562,7 @@ async fn worker(args: WorkerArgs) -> Result<()> {
     kiroku_core::nats::check_token("pool", &args.pool).map_err(|e| InputError(e.to_string()))?;
     config.pool = args.pool.clone();
     config.ack_wait = Duration::from_secs_f64(args.ack_wait_s);
+    config.admit_max_lag = Duration::from_secs_f64(args.admit_max_lag_s);
     config.resume_window = Duration::from_secs(args.common.resume_window_s);
     config.policy.vad =
         kiroku_engine::vad::choose(&args.vad).map_err(|e| InputError(e.to_string()))?;

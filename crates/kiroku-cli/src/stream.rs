@@ -178,6 +178,8 @@ struct Progress {
     language: String,
     session_languages: Vec<String>,
     captions: Captions,
+    /// The gateway said no worker has taken the session yet.
+    queued: bool,
 }
 
 /// The caption line on stdout.
@@ -362,6 +364,7 @@ async fn stream(args: Args, audio: ClientAudio) -> Result<()> {
             tty,
             ..Captions::default()
         },
+        queued: false,
     };
     let origin = Instant::now();
     let mut reconnects = 0u32;
@@ -520,6 +523,15 @@ async fn attempt(
                 match message.response {
                     Some(R::Session(info)) => {
                         progress.resume_token = Some(info.resume_token);
+                        if info.queued != progress.queued {
+                            progress.queued = info.queued;
+                            progress.captions.notice(if info.queued {
+                                "kiroku stream: every transcription worker is busy: queued \
+                                 (audio is kept and transcribed once a worker is free)"
+                            } else {
+                                "kiroku stream: a worker took the session"
+                            });
+                        }
                         progress.session_languages.push(info.language.clone());
                         if !info.language.is_empty() && info.language != progress.language {
                             if args.language.as_deref().is_none_or(|l| l == "auto") {

@@ -1365,3 +1365,290 @@ fn sessions_go_to_the_pool_of_their_language_and_japanese_is_detected() {
         "finals per worker (english, multilingual) must be the English and the Japanese stream's"
     );
 }
+
+/// Issue "Four live meetings per two cores", clean overload: a worker sized for two
+/// sessions, four streams offered.
+/// - A and B are served;
+/// - C waits: it is told it is queued (`SessionInfo.queued`), then refused after the
+///   gateway's queue timeout with RESOURCE_EXHAUSTED and RetryInfo; its job and audio
+///   are withdrawn (no worker ever runs it, its resume token finds nothing);
+/// - D is told it is queued, and when A ends a worker takes it (`queued` false) and
+///   serves it;
+/// - every served stream's minutes are complete: contiguous finals matching its speech.
+///
+/// Audio goes at real time, so the served streams keep up and the worker's lag check
+/// (`--admit-max-lag-s`) lets B and D in: only the session limit makes C and D wait.
+#[test]
+fn streams_beyond_a_workers_capacity_are_queued_then_served_or_refused() {
+    use overload::*;
+    const QUEUE_TIMEOUT_S: u64 = 10;
+    let options = Options {
+        worker_sessions: 2,
+        env: vec![
+            ("KIROKU_QUEUE_TIMEOUT_S".into(), QUEUE_TIMEOUT_S.to_string()),
+            ("KIROKU_IDLE_TIMEOUT_S".into(), "600".into()),
+        ],
+        ..Default::default()
+    };
+    let cluster = Cluster::start(1, 1, options);
+    let sentences = sentences();
+    let speech = |name: &str, group: &[&str]| {
+        let (wav, text) = meeting_wav(cluster.dir.path(), name, group, 16_000, 1);
+        (frames(&wav), text)
+    };
+    let (a_audio, a_text) = speech("a", &sentences[0..2]);
+    let (b_audio, b_text) = speech("b", &sentences[2..4]);
+    let (d_audio, d_text) = speech("d", &sentences[4..6]);
+    let (url, token) = (cluster.gateway_url(0), cluster.access_token());
+    let gateway_admin = cluster.gateways[0].admin.clone();
+    let (c_session, c_token) = cluster::block_on(async move {
+        let mut a = Driven::open(&url, &token, "overload-a").await;
+        a.send_audio(&a_audio).await;
+        a.until_result().await;
+        let mut b = Driven::open(&url, &token, "overload-b").await;
+        b.send_audio(&b_audio).await;
+        b.until_result().await;
+
+        // The worker runs two sessions: C waits, is told so, and is refused.
+        let mut c = Driven::open(&url, &token, "overload-c").await;
+        c.send_audio(&b_audio[..20]).await;
+        let opened = Instant::now();
+        let info = c.until_queued(true).await;
+        assert!(c.results.is_empty(), "a queued session got results");
+        let status = c.until_status().await;
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+        assert!(
+            status
+                .message()
+                .contains("no transcription worker was free"),
+            "{status:?}"
+        );
+        assert!(
+            kiroku_core::status::retry_after(&status).is_some(),
+            "no RetryInfo: {status:?}"
+        );
+        assert!(
+            opened.elapsed() >= Duration::from_secs(QUEUE_TIMEOUT_S - 3),
+            "refused before the queue timeout: {:?}",
+            opened.elapsed()
+        );
+
+        // D waits too, until A ends and frees a session.
+        let mut d = Driven::open(&url, &token, "overload-d").await;
+        d.until_queued(true).await;
+        a.end().await;
+        d.send_audio(&d_audio).await;
+        d.end().await;
+        a.until_closed().await;
+        d.until_queued(false).await;
+        d.until_closed().await;
+        b.end().await;
+        b.until_closed().await;
+        for (name, stream, reference) in
+            [("A", &a, &a_text), ("B", &b, &b_text), ("D", &d, &d_text)]
+        {
+            stream.assert_minutes(name, reference);
+        }
+        (info.session_id, info.resume_token)
+    });
+    // Nothing of C reached a worker, and its audio is gone.
+    let worker_log = cluster.workers[0].log_text();
+    assert!(
+        !worker_log.contains(&c_session),
+        "a worker ran the refused session {c_session}:\n{worker_log}"
+    );
+    let (url, token) = (cluster.gateway_url(0), cluster.access_token());
+    cluster::block_on(async move {
+        let mut resumed = Driven::resume(&url, &token, &c_token).await;
+        let status = resumed.until_status().await;
+        assert_eq!(status.code(), tonic::Code::NotFound, "{status:?}");
+    });
+    assert!(counter(&gateway_admin, "kiroku_streams_queued_total") >= 2.0);
+}
+
+/// A live stream driven step by step by a test (for the overload test).
+mod overload {
+    use std::time::Duration;
+
+    use super::{cluster, word_error_rate};
+    use api::stream_transcribe_request::Request as R;
+    use api::stream_transcribe_response::Response;
+    use kiroku_proto::transcribe::v1 as api;
+
+    /// 100 ms frames of a 16 kHz mono WAV, as LINEAR16.
+    pub fn frames(wav: &std::path::Path) -> Vec<Vec<u8>> {
+        let file = std::fs::File::open(wav).expect("open wav");
+        let pcm = kiroku_audio::decode_wav(file).expect("decode wav");
+        pcm.samples
+            .chunks(1600)
+            .map(|chunk| {
+                chunk
+                    .iter()
+                    .flat_map(|s| ((s.clamp(-1.0, 1.0) * 32767.0) as i16).to_le_bytes())
+                    .collect()
+            })
+            .collect()
+    }
+
+    pub struct Driven {
+        requests: tokio::sync::mpsc::Sender<api::StreamTranscribeRequest>,
+        inbound: Option<tonic::Streaming<api::StreamTranscribeResponse>>,
+        /// The call's status when it failed at the start.
+        refused: Option<tonic::Status>,
+        next_seq: u64,
+        pub results: Vec<api::StreamingResult>,
+    }
+
+    impl Driven {
+        pub async fn open(url: &str, token: &str, meeting: &str) -> Self {
+            Self::start(url, token, cluster::stream_config(meeting)).await
+        }
+
+        pub async fn resume(url: &str, token: &str, resume_token: &str) -> Self {
+            let mut config = cluster::stream_config("overload-c");
+            if let Some(R::Config(config)) = config.request.as_mut() {
+                config.resume_token = resume_token.to_string();
+            }
+            Self::start(url, token, config).await
+        }
+
+        async fn start(url: &str, token: &str, config: api::StreamTranscribeRequest) -> Self {
+            let mut client =
+                api::transcription_client::TranscriptionClient::connect(url.to_string())
+                    .await
+                    .expect("connect");
+            let (requests, rx) = tokio::sync::mpsc::channel(1024);
+            requests.send(config).await.expect("queue config");
+            let call = client
+                .stream_transcribe(cluster::authorized(
+                    tokio_stream::wrappers::ReceiverStream::new(rx),
+                    token,
+                ))
+                .await;
+            let (inbound, refused) = match call {
+                Ok(response) => (Some(response.into_inner()), None),
+                Err(status) => (None, Some(status)),
+            };
+            Self {
+                requests,
+                inbound,
+                refused,
+                next_seq: 1,
+                results: Vec::new(),
+            }
+        }
+
+        pub async fn send_audio(&mut self, frames: &[Vec<u8>]) {
+            for data in frames {
+                let frame = api::AudioFrame {
+                    data: data.clone(),
+                    seq: self.next_seq,
+                };
+                self.next_seq += 1;
+                self.send(R::Audio(frame)).await;
+                // Real time, as a meeting: a worker keeps up with such streams.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+
+        pub async fn end(&mut self) {
+            self.send(R::Control(api::Control {
+                action: Some(api::control::Action::EndOfStream(api::EndOfStream {})),
+            }))
+            .await;
+        }
+
+        async fn send(&self, request: R) {
+            self.requests
+                .send(api::StreamTranscribeRequest {
+                    request: Some(request),
+                })
+                .await
+                .expect("request side open");
+        }
+
+        /// The next response; `Err` with the status the call ended with; panics when
+        /// nothing comes within 90 s or the call ends cleanly.
+        async fn next(&mut self) -> Result<Response, tonic::Status> {
+            if let Some(status) = self.refused.take() {
+                return Err(status);
+            }
+            let inbound = self.inbound.as_mut().expect("call open");
+            match tokio::time::timeout(Duration::from_secs(90), inbound.message()).await {
+                Err(_) => panic!("no response within 90 s"),
+                Ok(Ok(Some(message))) => Ok(message.response.expect("a response")),
+                Ok(Ok(None)) => panic!("the call closed"),
+                Ok(Err(status)) => Err(status),
+            }
+        }
+
+        /// Reads until the first caption or final.
+        pub async fn until_result(&mut self) {
+            loop {
+                if let Response::Result(result) = self.next().await.expect("stream ok") {
+                    self.results.push(result);
+                    return;
+                }
+            }
+        }
+
+        /// Reads until a `SessionInfo` with `queued` as given; results are kept.
+        pub async fn until_queued(&mut self, queued: bool) -> api::SessionInfo {
+            loop {
+                match self.next().await.expect("stream ok") {
+                    Response::Session(info) if info.queued == queued => return info,
+                    Response::Result(result) => self.results.push(result),
+                    _ => {}
+                }
+            }
+        }
+
+        /// Reads until the call ends with an error status.
+        pub async fn until_status(&mut self) -> tonic::Status {
+            loop {
+                match self.next().await {
+                    Ok(Response::Result(result)) => self.results.push(result),
+                    Ok(_) => {}
+                    Err(status) => return status,
+                }
+            }
+        }
+
+        /// Reads until the server closes the call after the session's end.
+        pub async fn until_closed(&mut self) {
+            let inbound = self.inbound.as_mut().expect("call open");
+            loop {
+                match tokio::time::timeout(Duration::from_secs(120), inbound.message()).await {
+                    Err(_) => panic!("the session did not close within 120 s"),
+                    Ok(Ok(Some(message))) => {
+                        if let Some(Response::Result(result)) = message.response {
+                            self.results.push(result);
+                        }
+                    }
+                    Ok(Ok(None)) => return,
+                    Ok(Err(status)) => panic!("the stream failed: {status:?}"),
+                }
+            }
+        }
+
+        /// Finals numbered 1, 2, 3, … whose text matches the speech.
+        pub fn assert_minutes(&self, name: &str, reference: &str) {
+            let finals: Vec<&api::StreamingResult> =
+                self.results.iter().filter(|r| r.is_final).collect();
+            let seqs: Vec<u64> = finals.iter().map(|r| r.result_seq).collect();
+            let expected: Vec<u64> = (1..=finals.len() as u64).collect();
+            assert_eq!(seqs, expected, "{name}: finals not contiguous");
+            let text = finals
+                .iter()
+                .filter_map(|r| r.segment.as_ref().map(|s| s.text.trim().to_string()))
+                .collect::<Vec<_>>()
+                .join(" ");
+            let wer = word_error_rate(reference, &text);
+            eprintln!("{name}: WER {wer:.3}: {text}");
+            assert!(
+                wer <= 0.25,
+                "{name}: WER {wer:.3}\nreference: {reference}\nhypothesis: {text}"
+            );
+        }
+    }
+}

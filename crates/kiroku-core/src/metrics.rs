@@ -91,6 +91,10 @@ pub struct Metrics {
     /// 5 s, 0 to 1. Near 1, new decodes queue (`kiroku_decode_queue_seconds`) and
     /// captions fall behind.
     pub worker_load: Gauge<f64, AtomicU64>,
+    /// `kiroku_worker_stream_lag_seconds`: how far the most behind of the worker's live
+    /// streams is from its newest audio (0 when every stream is decoded up to date).
+    /// Above the worker's `--admit-max-lag-s` it takes no new session.
+    pub worker_stream_lag: Gauge<f64, AtomicU64>,
     /// `kiroku_sessions_backlog`: session jobs waiting for a worker (the `SESSIONS`
     /// stream's pending count), the signal GPU workers scale on.
     pub sessions_backlog: Gauge,
@@ -122,6 +126,11 @@ pub struct Metrics {
     grpc_client_duration: CallHistograms,
     /// `kiroku_streams_started_total`: live streams and files accepted by the gateway.
     pub streams_started: Counter,
+    /// `kiroku_streams_queued_total`: live streams that waited for a worker long
+    /// enough to be told they are queued (`SessionInfo.queued`); those refused after
+    /// the gateway's queue timeout end with `RESOURCE_EXHAUSTED`
+    /// (`kiroku_streams_ended_total{code}`).
+    pub streams_queued: Counter,
     /// `kiroku_streams_refused_total{reason}`: streams refused before they began
     /// (`unauthenticated`, `quota`, `consent`, `invalid`, `unavailable`).
     streams_refused: Family<OneLabel, Counter>,
@@ -213,6 +222,12 @@ impl Metrics {
             "Share of the worker's decoding slots busy over the last 5 s (0 to 1)",
             worker_load.clone(),
         );
+        let worker_stream_lag = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "kiroku_worker_stream_lag_seconds",
+            "Seconds of received audio the most behind of the worker's live streams has not decoded yet",
+            worker_stream_lag.clone(),
+        );
         let sessions_backlog = Gauge::default();
         registry.register(
             "kiroku_sessions_backlog",
@@ -297,6 +312,12 @@ impl Metrics {
             "Streams and files accepted",
             streams_started.clone(),
         );
+        let streams_queued = Counter::default();
+        registry.register(
+            "kiroku_streams_queued",
+            "Live streams told they wait for a worker (SessionInfo.queued)",
+            streams_queued.clone(),
+        );
         let streams_refused = Family::<OneLabel, Counter>::default();
         registry.register(
             "kiroku_streams_refused",
@@ -345,6 +366,7 @@ impl Metrics {
             decode_seconds,
             decode_queue_seconds,
             worker_load,
+            worker_stream_lag,
             sessions_backlog,
             finals,
             errors,
@@ -358,6 +380,7 @@ impl Metrics {
             grpc_client_requests,
             grpc_client_duration,
             streams_started,
+            streams_queued,
             streams_refused,
             streams_ended,
             nats_connected,
@@ -556,6 +579,8 @@ mod tests {
             ("kiroku_decode_seconds", "histogram"),
             ("kiroku_decode_queue_seconds", "histogram"),
             ("kiroku_worker_load", "gauge"),
+            ("kiroku_worker_stream_lag_seconds", "gauge"),
+            ("kiroku_streams_queued_total", "counter"),
             ("kiroku_sessions_backlog", "gauge"),
             ("kiroku_errors_total", "counter"),
             ("kiroku_finals_total", "counter"),

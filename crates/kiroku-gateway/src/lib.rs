@@ -11,6 +11,7 @@
 mod access;
 mod admission;
 pub mod forward;
+mod queue;
 mod resample;
 mod stream;
 mod token;
@@ -125,6 +126,9 @@ pub struct GatewayConfig {
     pub limits: Limits,
     /// How long a gateway waits, at most, for a file transcription's results.
     pub transcribe_timeout: Duration,
+    /// How long a live session may wait for a worker to take it (every worker at
+    /// capacity) before the stream is refused with `RESOURCE_EXHAUSTED`.
+    pub queue_timeout: Duration,
     /// The account service (token keys, API keys, consent); its public API is also
     /// forwarded ([`forward`]).
     pub account_url: String,
@@ -170,6 +174,7 @@ impl GatewayConfig {
             resume_window: Duration::from_secs(120),
             limits: Limits::default(),
             transcribe_timeout: Duration::from_secs(600),
+            queue_timeout: Duration::from_secs(30),
         }
     }
 }

@@ -383,6 +383,7 @@ fn session_info(
         model: options.map(|o| o.model.clone()).unwrap_or_default(),
         resumed: session.resumed,
         started_at: Some(prost_types::Timestamp::from(std::time::SystemTime::now())),
+        queued: false,
     }
 }
 
@@ -438,6 +439,14 @@ struct Session {
     bookmarks: u32,
     /// The previous frame was shorter than the minimum: only end of stream may follow.
     short_frame_seen: bool,
+    /// The session's core NATS subject (captions, interims, the worker's notices),
+    /// subscribed before the job is published so the worker's first notice is not
+    /// missed; taken by the stream's loop.
+    live: Option<async_nats::Subscriber>,
+    /// The job's sequence in `SESSIONS` (a new session's), to withdraw it on refusal.
+    job_seq: Option<u64>,
+    /// Until a worker takes the session ([`crate::queue`]).
+    wait: crate::queue::WorkerWait,
 }
 
 impl Session {
@@ -460,9 +469,18 @@ impl Session {
             traceparent: kiroku_core::trace::traceparent(span),
             batch: false,
         };
-        publish_job(shared, &job).await?;
+        let live = subscribe_live(shared, &tenant, &id).await?;
+        let job_seq = publish_job(shared, &job).await?;
         info!(session = %id, "session opened");
-        Ok(Self::new(tenant, id, false, config, spec, 0, 0, false))
+        let mut session = Self::new(tenant, id, false, config, spec, 0, 0, false);
+        session.live = Some(live);
+        session.job_seq = Some(job_seq);
+        session.wait = crate::queue::WorkerWait::new(
+            tokio::time::Instant::now(),
+            shared.config.queue_timeout,
+            true,
+        );
+        Ok(session)
     }
 
     async fn resume(
@@ -557,6 +575,10 @@ impl Session {
             rate_window: (Instant::now(), 0),
             bookmarks: 0,
             short_frame_seen: false,
+            live: None,
+            job_seq: None,
+            // Reported queued, never refused: see crate::queue.
+            wait: crate::queue::WorkerWait::new(tokio::time::Instant::now(), Duration::ZERO, false),
         }
     }
 
@@ -602,11 +624,10 @@ impl Session {
         )
         .await
         .map_err(|e| Status::unavailable(format!("cannot follow the session's results: {e}")))?;
-        let mut interims = shared
-            .nats
-            .subscribe(layout.interim_subject(&self.tenant, &self.id))
-            .await
-            .map_err(|e| Status::unavailable(format!("cannot follow interim results: {e}")))?;
+        let mut interims = match self.live.take() {
+            Some(live) => live,
+            None => subscribe_live(shared, &self.tenant, &self.id).await?,
+        };
         let presence_subject = layout.presence_subject(&self.tenant, &self.id);
         let mut presence = tokio::time::interval(Duration::from_secs(5));
         let mut acks = FuturesOrdered::new();
@@ -665,8 +686,16 @@ impl Session {
                     }
                 }
                 Some(message) = interims.next() => {
-                    if self.relay_live(&message.payload, tx).await.is_err() {
+                    // Only the worker running the session publishes here.
+                    if self.worker_running(tx).await.is_err()
+                        || self.relay_live(&message.payload, tx).await.is_err()
+                    {
                         break Ok(());
+                    }
+                }
+                () = tokio::time::sleep_until(self.wait.next_at().unwrap_or_else(far_future)), if self.wait.next_at().is_some() => {
+                    if let Err(status) = self.still_queued(shared, tx).await {
+                        break Err(status);
                     }
                 }
                 () = &mut wall_limit, if !self.ended => {
@@ -721,6 +750,50 @@ impl Session {
         };
         finals.close().await;
         result
+    }
+
+    /// A worker runs the session: a client told it was queued learns it is not.
+    async fn worker_running(&mut self, tx: &Out) -> Result<(), ()> {
+        if !self.wait.taken() {
+            return Ok(());
+        }
+        info!("a worker took the queued session");
+        self.info.queued = false;
+        send(
+            tx,
+            stream_transcribe_response::Response::Session(self.info.clone()),
+        )
+        .await
+    }
+
+    /// No worker has taken the session yet: tell the client it is queued, or refuse
+    /// the stream once the queue timeout has passed ([`crate::queue`]).
+    async fn still_queued(&mut self, shared: &Shared, tx: &Out) -> Result<(), Status> {
+        match self.wait.due(tokio::time::Instant::now()) {
+            crate::queue::Step::Wait => Ok(()),
+            crate::queue::Step::TellQueued => {
+                info!("no worker free: the session is queued");
+                kiroku_core::metrics::metrics().streams_queued.inc();
+                self.info.queued = true;
+                send(
+                    tx,
+                    stream_transcribe_response::Response::Session(self.info.clone()),
+                )
+                .await
+                .map_err(|()| Status::cancelled("client went away"))
+            }
+            crate::queue::Step::Refuse => {
+                let job_seq = self.job_seq.unwrap_or_default();
+                Err(crate::queue::refuse(
+                    shared,
+                    &self.tenant,
+                    &self.id,
+                    job_seq,
+                    shared.config.queue_timeout,
+                )
+                .await)
+            }
+        }
     }
 
     /// Counts one client message against the per-second limit.
@@ -1157,7 +1230,21 @@ async fn send(tx: &Out, response: stream_transcribe_response::Response) -> Resul
     .map_err(|_| ())
 }
 
-pub(crate) async fn publish_job(shared: &Shared, job: &events::SessionJob) -> Result<(), Status> {
+/// The session's core NATS subject: captions, interims and the worker's notices.
+async fn subscribe_live(
+    shared: &Shared,
+    tenant: &str,
+    session: &str,
+) -> Result<async_nats::Subscriber, Status> {
+    shared
+        .nats
+        .subscribe(shared.config.layout.interim_subject(tenant, session))
+        .await
+        .map_err(|e| Status::unavailable(format!("cannot follow interim results: {e}")))
+}
+
+/// Queues the job on `SESSIONS`; its stream sequence.
+pub(crate) async fn publish_job(shared: &Shared, job: &events::SessionJob) -> Result<u64, Status> {
     let language = job.options.as_ref().map_or("", |o| o.language.as_str());
     let pool = shared.config.routes.pool_for(language);
     let subject = shared.config.layout.session_subject(pool, &job.tenant_id);
@@ -1169,10 +1256,10 @@ pub(crate) async fn publish_job(shared: &Shared, job: &events::SessionJob) -> Re
         .send_publish(subject, publish)
         .await
         .map_err(|e| Status::unavailable(format!("cannot queue the session: {e}")))?;
-    kiroku_core::nats::await_ack(ack)
+    let ack = kiroku_core::nats::await_ack(ack)
         .await
         .map_err(|e| Status::unavailable(format!("cannot queue the session: {e}")))?;
-    Ok(())
+    Ok(ack.sequence)
 }
 
 /// Resolves to (client seq, end offset in samples, stored or why not). Shared: the

@@ -56,6 +56,10 @@ pub struct WorkerConfig {
     pub engine: EngineKind,
     /// Sessions this worker runs at once (it takes no job beyond that).
     pub max_sessions: usize,
+    /// Below `max_sessions`, a new session is taken only while every running live
+    /// stream is decoded to within this much of its newest audio (see [`has_headroom`]);
+    /// zero: only `max_sessions` limits.
+    pub admit_max_lag: Duration,
     /// How long a job may go without a progress ack before JetStream hands it to
     /// another worker: the failover time after a crash.
     pub ack_wait: Duration,
@@ -79,6 +83,7 @@ impl WorkerConfig {
             retention: Retention::default(),
             engine,
             max_sessions: 4,
+            admit_max_lag: Duration::from_secs(2),
             ack_wait: Duration::from_secs(10),
             resume_window: Duration::from_secs(120),
             drain_timeout: Duration::from_secs(10),
@@ -107,6 +112,32 @@ pub(crate) struct Ctx {
         std::collections::HashMap<String, watch::Sender<Arc<async_nats::jetstream::Message>>>,
     >,
     pub model_name: String,
+    /// Live sessions running here → how far their decoding is behind their newest
+    /// audio (see `session::Session::run_live`).
+    pub lags: std::sync::Mutex<std::collections::HashMap<String, Duration>>,
+}
+
+impl Ctx {
+    /// The largest lag among the live sessions running here.
+    fn max_lag(&self) -> Duration {
+        self.lags
+            .lock()
+            .map(|lags| lags.values().copied().max().unwrap_or_default())
+            .unwrap_or_default()
+    }
+
+    pub(crate) fn set_lag(&self, session: &str, lag: Option<Duration>) {
+        if let Ok(mut lags) = self.lags.lock() {
+            match lag {
+                Some(lag) => lags.insert(session.to_string(), lag),
+                None => lags.remove(session),
+            };
+        }
+    }
+
+    fn running(&self) -> usize {
+        self.active.lock().map(|a| a.len()).unwrap_or_default()
+    }
 }
 
 /// Runs the worker until `shutdown` resolves, then drains. `ready` turns `Ok` once
@@ -238,6 +269,7 @@ async fn connect(
         final_engine: engines.final_engine,
         model_name: engines.model_name,
         active: Default::default(),
+        lags: Default::default(),
     });
     Ok((ctx, jobs))
 }
@@ -250,6 +282,9 @@ async fn follow_readiness(ctx: Arc<Ctx>, ready: watch::Sender<kiroku_core::admin
     let mut load = LoadMeter::new(&engines);
     loop {
         load.update();
+        kiroku_core::metrics::metrics()
+            .worker_stream_lag
+            .set(ctx.max_lag().as_secs_f64());
         let now = kiroku_core::admin::nats_ready(&ctx.nats).and_then(|()| {
             if engines.iter().flatten().all(|e| e.is_healthy()) {
                 Ok(())
@@ -321,8 +356,57 @@ fn worker_load(busy_s: f64, elapsed: Duration, slots: usize) -> f64 {
     (busy_s / capacity).clamp(0.0, 1.0)
 }
 
-/// Takes jobs, one per free session slot, until the drain starts: the sessions still
-/// running then.
+/// How long a newly taken session runs before the worker judges its headroom again:
+/// a new stream's cost shows in the lags only once it has audio to decode.
+const ADMIT_SETTLE: Duration = Duration::from_secs(3);
+
+/// Whether a worker that has a free session slot may take one more session: always
+/// when it runs none; otherwise once the newest session has run for [`ADMIT_SETTLE`]
+/// and while no live stream's decoding is more than `max_lag` behind its audio (a
+/// worker that cannot keep its streams real time takes no more; the job waits in
+/// `SESSIONS` for another worker). A zero `max_lag` turns the check off.
+fn has_headroom(
+    running: usize,
+    newest_age: Option<Duration>,
+    lag: Duration,
+    max_lag: Duration,
+) -> bool {
+    if running == 0 || max_lag.is_zero() {
+        return true;
+    }
+    newest_age.is_none_or(|age| age >= ADMIT_SETTLE) && lag <= max_lag
+}
+
+/// Waits until [`has_headroom`] says yes; `false` when draining started meanwhile.
+async fn wait_for_headroom(
+    ctx: &Ctx,
+    newest: Option<Instant>,
+    drain: &mut watch::Receiver<bool>,
+) -> bool {
+    let mut told = false;
+    loop {
+        let lag = ctx.max_lag();
+        let age = newest.map(|at| at.elapsed());
+        if has_headroom(ctx.running(), age, lag, ctx.config.admit_max_lag) {
+            return true;
+        }
+        if !told && age.is_some_and(|age| age >= ADMIT_SETTLE) {
+            told = true;
+            info!(
+                lag_s = lag.as_secs_f32(),
+                max_lag_s = ctx.config.admit_max_lag.as_secs_f32(),
+                "streams lag: taking no new session until they catch up"
+            );
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(250)) => {}
+            () = crate::drained(drain) => return false,
+        }
+    }
+}
+
+/// Takes jobs, one per free session slot and only with headroom ([`has_headroom`]),
+/// until the drain starts: the sessions still running then.
 async fn take_jobs(
     ctx: &Arc<Ctx>,
     jobs: &consumer::PullConsumer,
@@ -331,12 +415,17 @@ async fn take_jobs(
     let slots = Arc::new(Semaphore::new(ctx.config.max_sessions));
     let mut tasks = tokio::task::JoinSet::new();
     let mut drain = drain_rx.clone();
+    let mut newest: Option<Instant> = None;
     loop {
-        // A job is fetched only once a slot is free: natural load balancing.
+        // A job is fetched only once a slot is free and the running streams keep up:
+        // natural load balancing.
         let permit = tokio::select! {
             permit = slots.clone().acquire_owned() => permit.context("slots closed")?,
             () = crate::drained(&mut drain) => break,
         };
+        if !wait_for_headroom(ctx, newest, &mut drain).await {
+            break;
+        }
         let fetched = tokio::select! {
             batch = jobs.batch().max_messages(1).expires(Duration::from_secs(5)).messages() => batch,
             () = crate::drained(&mut drain) => break,
@@ -356,6 +445,7 @@ async fn take_jobs(
         match message {
             Some(Ok(message)) => {
                 if let Some(message) = redelivered_here(ctx, message) {
+                    newest = Some(Instant::now());
                     let ctx = ctx.clone();
                     let drain = drain_rx.clone();
                     tasks.spawn(async move {
@@ -470,7 +560,35 @@ async fn report_backlog(jobs: &consumer::PullConsumer) {
 mod tests {
     use std::time::Duration;
 
-    use super::worker_load;
+    use super::{ADMIT_SETTLE, has_headroom, worker_load};
+
+    /// The first session always; more only once the newest one has settled and while
+    /// no stream lags beyond the limit; a zero limit turns the check off.
+    #[test]
+    fn headroom_needs_a_settled_newest_session_and_streams_that_keep_up() {
+        let limit = Duration::from_secs(2);
+        let settled = Some(ADMIT_SETTLE);
+        let fresh = Some(Duration::from_millis(100));
+        assert!(has_headroom(0, None, Duration::ZERO, limit), "idle worker");
+        assert!(
+            has_headroom(0, fresh, Duration::from_secs(60), limit),
+            "no session runs: the lag map is stale"
+        );
+        assert!(has_headroom(2, settled, Duration::from_millis(500), limit));
+        assert!(has_headroom(2, None, limit, limit), "at the limit");
+        assert!(
+            !has_headroom(2, settled, Duration::from_millis(2_001), limit),
+            "a stream lags"
+        );
+        assert!(
+            !has_headroom(1, fresh, Duration::ZERO, limit),
+            "the newest session has not shown its cost yet"
+        );
+        assert!(
+            has_headroom(3, fresh, Duration::from_secs(60), Duration::ZERO),
+            "check off"
+        );
+    }
 
     /// Busy slot time over the period and the slots, never outside 0..=1.
     #[test]

@@ -105,6 +105,7 @@ pub(crate) async fn run(
     if let Ok(mut active) = ctx.active.lock() {
         active.remove(&job_session);
     }
+    ctx.set_lag(&job_session, None);
     let message = latest.borrow().clone();
     let _enter = span.enter();
     match outcome {
@@ -233,6 +234,10 @@ impl Session {
         if let Some(error) = refused {
             return self.close_invalid(error.to_string()).await;
         }
+        if !self.job.batch {
+            // The client may have been told it is queued: it no longer is.
+            self.announce_running().await;
+        }
         let resumed =
             self.checkpoint.last_result_seq > 0 || self.checkpoint.committed_offset_ms > 0;
         if resumed {
@@ -316,6 +321,9 @@ impl Session {
         let mut in_flight: Option<tokio::task::JoinHandle<Decoded>> = None;
         let mut closing: Option<&'static str> = None;
         let mut last_checkpoint_write = Instant::now();
+        // The lag: received audio (ms) the running decode does not reach.
+        let mut received_ms: u64 = 0;
+        let mut decoding_until_ms = 0;
 
         loop {
             if in_flight.is_none()
@@ -333,8 +341,16 @@ impl Session {
                     DecodeKind::Final => final_engine.clone(),
                     _ => engine.clone(),
                 };
+                decoding_until_ms = request.start_ms + request.samples.len() as u64 / 16;
                 in_flight = Some(spawn_decode(engine, request, options.clone()));
             }
+            // Nothing to decode means caught up.
+            let lag_ms = match in_flight {
+                Some(_) => received_ms.saturating_sub(decoding_until_ms),
+                None => 0,
+            };
+            self.ctx
+                .set_lag(&self.job.session_id, Some(Duration::from_millis(lag_ms)));
             if let Some(reason) = closing
                 && in_flight.is_none()
                 && live.is_idle()
@@ -353,6 +369,9 @@ impl Session {
                         // takes it as left context only, so no seq check is needed.
                         self.last_audio_seq = self.last_audio_seq.max(frame.seq);
                         live.push_audio(frame.offset_samples, &to_f32(&frame.pcm_s16le));
+                        received_ms = received_ms.max(
+                            (frame.offset_samples + frame.pcm_s16le.len() as u64 / 2) * 1000 / RATE,
+                        );
                     }
                     if frame.flush_utterance {
                         live.flush();
@@ -416,6 +435,7 @@ impl Session {
                 }
                 Some(_) = presence.next() => {
                     idle.as_mut().reset(tokio::time::Instant::now() + window);
+                    self.announce_running().await;
                 }
                 Some(_) = erased.next() => {
                     if let Some(handle) = in_flight.take() {
@@ -658,6 +678,7 @@ impl Session {
             session_closed: false,
             checkpoint: Some(carried.clone()),
             close_reason: String::new(),
+            worker_running: false,
         };
         let id = Layout::result_msg_id(&self.job.session_id, seq);
         self.publish_durable(message, id).await?;
@@ -699,6 +720,31 @@ impl Session {
         .await
     }
 
+    /// Tells the gateway a worker runs this session (core NATS, no result): it stops
+    /// reporting the session as queued and does not refuse it for want of a worker.
+    async fn announce_running(&self) {
+        let message = events::TranscriptResult {
+            tenant_id: self.job.tenant_id.clone(),
+            session_id: self.job.session_id.clone(),
+            meeting_id: self.job.meeting_id.clone(),
+            worker_running: true,
+            ..Default::default()
+        };
+        self.publish_core(message).await;
+    }
+
+    /// Publishes on the session's core NATS subject (captions, interims, notices).
+    async fn publish_core(&self, message: events::TranscriptResult) {
+        let subject = self
+            .layout()
+            .interim_subject(&self.job.tenant_id, &self.job.session_id);
+        let _ = self
+            .ctx
+            .nats
+            .publish(subject, Bytes::from(message.encode_to_vec()))
+            .await;
+    }
+
     async fn publish_caption(&self, caption: Caption) {
         self.publish_live(
             api::ResultKind::Caption,
@@ -738,14 +784,7 @@ impl Session {
             }),
             ..Default::default()
         };
-        let subject = self
-            .layout()
-            .interim_subject(&self.job.tenant_id, &self.job.session_id);
-        let _ = self
-            .ctx
-            .nats
-            .publish(subject, Bytes::from(message.encode_to_vec()))
-            .await;
+        self.publish_core(message).await;
     }
 
     /// Publishes to `TRANSCRIPTS` and waits for the ack, retrying with the same
