@@ -18,12 +18,18 @@ paced at real time.
   finals (`--final-model base`).
 - sweep: N clients at once on one worker, N = 1, 2, ... until p95 passes 2 s, for the
   250 ms and 500 ms steps: per-word final latency against the batch timeline.
+  The sweep turns the worker's admission by lag off (KIROKU_WORKER_ADMIT_MAX_LAG_S=0):
+  every stream is decoded at once, which is what it measures.
+- overload: 8 clients of the 42 s meeting at once on one worker with the default
+  admission (--sessions 8: the worker's lag check decides): how many were served at
+  once, queued then served, or refused (RESOURCE_EXHAUSTED after the gateway's queue
+  timeout), the served streams' final latency and WER.
 - plumbing: workers on the BENCHMARK-ONLY null engine (no inference), `kiroku
   bench-plumbing` with 10, 100 and 1000 concurrent streams: the per-frame latency the
   plumbing adds (frame sent -> its echo back at the client).
 
 Usage: bench_stream.py KIROKU_BIN WORK_DIR [PART...]
-PART: english, english-base, long, sweep, plumbing, japanese; default all. Japanese needs
+PART: english, english-base, long, sweep, overload, plumbing, japanese; default all. Japanese needs
 `make japanese-voice` (or KIROKU_TEST_HTS_VOICE) and `kiroku model fetch --model base`.
 """
 import difflib
@@ -247,9 +253,10 @@ def stop_cluster(proc):
         proc.kill()
 
 
-def stream_clients(kiroku, work, wav, n, tag, extra=()):
+def stream_clients(kiroku, work, wav, n, tag, extra=(), refusals=False):
     """n `kiroku stream` clients at once; their reports, each with the client's JSON
-    transcript (stdout) added as "transcript"."""
+    transcript (stdout) added as "transcript". With `refusals`, a client refused with
+    RESOURCE_EXHAUSTED gives {"refused": <its error>} instead of ending the bench."""
     procs = []
     for i in range(n):
         report = os.path.join(work, f"{tag}-{i}.json")
@@ -259,6 +266,9 @@ def stream_clients(kiroku, work, wav, n, tag, extra=()):
     reports = []
     for p, report in procs:
         out, err = p.communicate(timeout=600)
+        if p.returncode != 0 and refusals and "ResourceExhausted" in err.decode():
+            reports.append({"refused": err.decode().strip().splitlines()[-1]})
+            continue
         if p.returncode != 0:
             sys.exit(f"kiroku stream failed: {err.decode()}")
         try:
@@ -279,7 +289,7 @@ def concurrency_sweep(kiroku, work):
     sweep = []
     for step in (250, 500):
         cluster = start_cluster(kiroku, work, f"sweep{step}", ["--workers", "1", "--sessions", "16"],
-                                {"KIROKU_WORKER_STEP_MS": str(step)})
+                                {"KIROKU_WORKER_STEP_MS": str(step), "KIROKU_WORKER_ADMIT_MAX_LAG_S": "0"})
         try:
             n = 1
             while n <= 8:
@@ -297,6 +307,92 @@ def concurrency_sweep(kiroku, work):
         finally:
             stop_cluster(cluster)
     return sweep
+
+
+def overload(kiroku, work, offered=8):
+    """`offered` clients of the 42 s meeting at once on one worker, default admission."""
+    text = " ".join(SENTENCES)
+    wav = synthesize(work, "meeting-long", text)
+    timeline = reference_words(batch(kiroku, wav))
+    cluster = start_cluster(kiroku, work, "overload", ["--workers", "1", "--sessions", str(offered)])
+    try:
+        reports = stream_clients(kiroku, work, wav, offered, "overload", refusals=True)
+    finally:
+        stop_cluster(cluster)
+    rows = []
+    for r in reports:
+        if "refused" in r:
+            rows.append({"outcome": "refused", "detail": r["refused"]})
+            continue
+        lat = word_latencies(r, timeline)
+        queued = r.get("queue_left_ms")
+        rows.append({"outcome": "queued, then served" if queued else "served at once",
+                     "waited_ms": queued or 0, "p50": pct(lat, 0.5), "p95": pct(lat, 0.95),
+                     "wer": wer(text, " ".join(f["segment"]["text"] for f in r["finals"]))})
+    return rows
+
+
+def overload_table(rows):
+    print()
+    served = [r for r in rows if r["outcome"] == "served at once"]
+    within = [r for r in served if r["p95"] <= 2000]
+    print(f"overload: {len(rows)} streams of the 42 s meeting offered at once to one worker "
+          f"(default admission, --sessions {len(rows)}): {len(served)} served at once "
+          f"({len(within)} with final p95 <= 2 s), "
+          f"{sum(r['outcome'] == 'queued, then served' for r in rows)} queued then served, "
+          f"{sum(r['outcome'] == 'refused' for r in rows)} refused (goal: 4+ served within bounds, "
+          f"the rest queued or refused cleanly, none starved)")
+    print("| stream | outcome | waited for a worker | final latency p50 / p95 (from the word's end) | WER |")
+    print("|---|---|---|---|---|")
+    for i, r in enumerate(rows, 1):
+        if r["outcome"] == "refused":
+            print(f"| {i} | refused: {r['detail'][:90]} | - | - | - |")
+        else:
+            print(f"| {i} | {r['outcome']} | {r['waited_ms'] / 1000:.1f} s | {r['p50'] / 1000:.2f} / "
+                  f"{r['p95'] / 1000:.2f} s | {r['wer']:.3f} |")
+
+
+def sweep_plot(sweep, path):
+    """The sweep as an SVG line chart: final latency p50 and p95 against concurrent
+    streams, one colour per worker step, the 2 s goal dashed."""
+    w, h, left, right, top, bottom = 640, 400, 60, 20, 30, 50
+    ns = [n for _, n, _, _, _ in sweep]
+    ymax = max(4.0, max((p95 / 1000 for _, _, _, p95, _ in sweep), default=0) * 1.1)
+    xmax = max(ns + [8])
+
+    def x(n):
+        return left + (n - 1) / max(xmax - 1, 1) * (w - left - right)
+
+    def y(s):
+        return top + (1 - min(s, ymax) / ymax) * (h - top - bottom)
+
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" '
+           f'font-size="12"><rect width="{w}" height="{h}" fill="white"/>',
+           f'<text x="{w / 2}" y="18" text-anchor="middle">Final latency vs concurrent real-time streams '
+           f'(one 2-core worker, tiny.en)</text>',
+           f'<line x1="{left}" y1="{y(0)}" x2="{w - right}" y2="{y(0)}" stroke="black"/>',
+           f'<line x1="{left}" y1="{top}" x2="{left}" y2="{y(0)}" stroke="black"/>',
+           f'<line x1="{left}" y1="{y(2)}" x2="{w - right}" y2="{y(2)}" stroke="red" stroke-dasharray="4 4"/>',
+           f'<text x="{w - right}" y="{y(2) - 4}" text-anchor="end" fill="red">2 s goal (p95)</text>',
+           f'<text x="{w / 2}" y="{h - 10}" text-anchor="middle">concurrent streams</text>',
+           f'<text x="14" y="{h / 2}" transform="rotate(-90 14 {h / 2})" text-anchor="middle">seconds</text>']
+    for n in range(1, xmax + 1):
+        out.append(f'<text x="{x(n)}" y="{y(0) + 16}" text-anchor="middle">{n}</text>')
+    for t in range(0, int(ymax) + 1):
+        out.append(f'<text x="{left - 6}" y="{y(t) + 4}" text-anchor="end">{t}</text>')
+    colours = {250: "#1f77b4", 500: "#ff7f0e"}
+    for k, step in enumerate(sorted({st for st, *_ in sweep})):
+        colour = colours.get(step, "#2ca02c")
+        rows = [r for r in sweep if r[0] == step]
+        for label, idx, dash in (("p95", 3, ""), ("p50", 2, ' stroke-dasharray="2 3"')):
+            points = " ".join(f"{x(n):.1f},{y(r[idx] / 1000):.1f}" for r in rows for n in [r[1]])
+            out.append(f'<polyline points="{points}" fill="none" stroke="{colour}" stroke-width="2"{dash}/>')
+            ly = top + 16 + 16 * (2 * k + (idx == 2))
+            out.append(f'<line x1="{left + 10}" y1="{ly - 4}" x2="{left + 40}" y2="{ly - 4}" stroke="{colour}" '
+                       f'stroke-width="2"{dash}/><text x="{left + 46}" y="{ly}">step {step} ms, {label}</text>')
+    out.append("</svg>")
+    with open(path, "w") as f:
+        f.write("\n".join(out))
 
 
 def plumbing_latency(kiroku, work):
@@ -317,7 +413,7 @@ def plumbing_latency(kiroku, work):
 
 def main():
     kiroku, work = sys.argv[1], sys.argv[2]
-    all_parts = ["english", "english-base", "long", "sweep", "plumbing", "japanese"]
+    all_parts = ["english", "english-base", "long", "sweep", "overload", "plumbing", "japanese"]
     parts = sys.argv[3:] or all_parts
     unknown = set(parts) - set(all_parts)
     if unknown:
@@ -325,6 +421,7 @@ def main():
     os.makedirs(work, exist_ok=True)
     voice = japanese_voice(work) if "japanese" in parts else None  # checked before any part runs
     sweep = concurrency_sweep(kiroku, work) if "sweep" in parts else []
+    overloaded = overload(kiroku, work) if "overload" in parts else []
     plumbing = plumbing_latency(kiroku, work) if "plumbing" in parts else []
     minutes = []
     if "english" in parts:
@@ -359,6 +456,11 @@ def main():
         print("|---|---|---|---|---|")
         for step, n, p50, p95, worst in sweep:
             print(f"| {step} ms | {n} | {p50 / 1000:.2f} s | {p95 / 1000:.2f} s | {worst:.3f} |")
+        plot = os.path.join(work, "sweep.svg")
+        sweep_plot(sweep, plot)
+        print(f"plot: {plot}")
+    if overloaded:
+        overload_table(overloaded)
     if plumbing:
         print()
         print("plumbing (BENCHMARK-ONLY null engine, no inference; frame sent -> echo at client):")

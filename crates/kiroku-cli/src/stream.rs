@@ -153,6 +153,9 @@ struct Report {
     server_stats: Option<ServerStats>,
     /// The stream's trace (every connection of it sends a `traceparent` in it).
     trace_id: String,
+    /// When a worker took the session after the gateway had said it was queued (ms
+    /// from the start); absent when it was never queued.
+    queue_left_ms: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -180,6 +183,7 @@ struct Progress {
     captions: Captions,
     /// The gateway said no worker has taken the session yet.
     queued: bool,
+    queue_left_ms: Option<f64>,
 }
 
 /// The caption line on stdout.
@@ -365,6 +369,7 @@ async fn stream(args: Args, audio: ClientAudio) -> Result<()> {
             ..Captions::default()
         },
         queued: false,
+        queue_left_ms: None,
     };
     let origin = Instant::now();
     let mut reconnects = 0u32;
@@ -414,6 +419,7 @@ async fn stream(args: Args, audio: ClientAudio) -> Result<()> {
             captions: progress.captions_received.clone(),
             server_stats: progress.server_stats.clone(),
             trace_id: progress.trace_id.clone(),
+            queue_left_ms: progress.queue_left_ms,
         };
         std::fs::write(path, serde_json::to_string_pretty(&report)?)
             .with_context(|| format!("writing {}", path.display()))?;
@@ -525,6 +531,10 @@ async fn attempt(
                         progress.resume_token = Some(info.resume_token);
                         if info.queued != progress.queued {
                             progress.queued = info.queued;
+                            if !info.queued {
+                                progress.queue_left_ms =
+                                    Some(origin.elapsed().as_secs_f64() * 1000.0);
+                            }
                             progress.captions.notice(if info.queued {
                                 "kiroku stream: every transcription worker is busy: queued \
                                  (audio is kept and transcribed once a worker is free)"
