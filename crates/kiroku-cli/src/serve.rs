@@ -336,9 +336,10 @@ pub struct WorkerArgs {
     /// Seconds without a progress ack before a job moves to another worker.
     #[arg(long, env = "KIROKU_WORKER_ACK_WAIT_S", default_value_t = 10.0)]
     pub ack_wait_s: f64,
-    /// Below --sessions, take a new session only while every running live stream is
-    /// decoded to within this many seconds of its newest audio (and the newest session
-    /// has run 3 s); otherwise the job waits for another worker. 0: only --sessions.
+    /// Below --sessions, take a new session only while no running live stream's
+    /// caption lag (peak of the last 10 s) is over this many seconds, and the newest
+    /// session has run 3 s; otherwise the job waits for another worker. 0: only
+    /// --sessions.
     #[arg(long, env = "KIROKU_WORKER_ADMIT_MAX_LAG_S", default_value_t = 2.0)]
     pub admit_max_lag_s: f64,
     /// Admin HTTP address (/healthz, /readyz, /metrics); port 0 picks a free one.

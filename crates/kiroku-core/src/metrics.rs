@@ -91,9 +91,10 @@ pub struct Metrics {
     /// 5 s, 0 to 1. Near 1, new decodes queue (`kiroku_decode_queue_seconds`) and
     /// captions fall behind.
     pub worker_load: Gauge<f64, AtomicU64>,
-    /// `kiroku_worker_stream_lag_seconds`: how far the most behind of the worker's live
-    /// streams is from its newest audio (0 when every stream is decoded up to date).
-    /// Above the worker's `--admit-max-lag-s` it takes no new session.
+    /// `kiroku_worker_stream_lag_seconds`: the caption lag of the worker's most behind
+    /// live stream: the peak over the last 10 s of how much audio had arrived after the
+    /// words a caption or final showed (or a running decode does not cover). Above the
+    /// worker's `--admit-max-lag-s` it takes no new session.
     pub worker_stream_lag: Gauge<f64, AtomicU64>,
     /// `kiroku_sessions_backlog`: session jobs waiting for a worker (the `SESSIONS`
     /// stream's pending count), the signal GPU workers scale on.
@@ -225,7 +226,7 @@ impl Metrics {
         let worker_stream_lag = Gauge::<f64, AtomicU64>::default();
         registry.register(
             "kiroku_worker_stream_lag_seconds",
-            "Seconds of received audio the most behind of the worker's live streams has not decoded yet",
+            "Caption lag of the worker's most behind live stream, peak of the last 10 s",
             worker_stream_lag.clone(),
         );
         let sessions_backlog = Gauge::default();

@@ -56,9 +56,9 @@ pub struct WorkerConfig {
     pub engine: EngineKind,
     /// Sessions this worker runs at once (it takes no job beyond that).
     pub max_sessions: usize,
-    /// Below `max_sessions`, a new session is taken only while every running live
-    /// stream is decoded to within this much of its newest audio (see [`has_headroom`]);
-    /// zero: only `max_sessions` limits.
+    /// Below `max_sessions`, a new session is taken only while no running live stream's
+    /// caption lag ([`LagWindow`]) is over this (see [`has_headroom`]); zero: only
+    /// `max_sessions` limits.
     pub admit_max_lag: Duration,
     /// How long a job may go without a progress ack before JetStream hands it to
     /// another worker: the failover time after a crash.
@@ -112,9 +112,47 @@ pub(crate) struct Ctx {
         std::collections::HashMap<String, watch::Sender<Arc<async_nats::jetstream::Message>>>,
     >,
     pub model_name: String,
-    /// Live sessions running here → how far their decoding is behind their newest
-    /// audio (see `session::Session::run_live`).
+    /// Live sessions running here → their caption lag ([`LagWindow`]).
     pub lags: std::sync::Mutex<std::collections::HashMap<String, Duration>>,
+}
+
+/// A live stream's lag over the last [`LagWindow::PERIOD`]: for each caption and final
+/// it published, how much audio had arrived after the words' end (what the people in
+/// the meeting wait for their words, less the network), and, while a decode runs, the
+/// received audio it does not cover (a stream whose decodes stall shows even before it
+/// commits anything). Its peak is what admission and `kiroku_worker_stream_lag_seconds`
+/// read: a sample at one instant would miss it, as each new decode covers all audio.
+#[derive(Debug, Default)]
+pub(crate) struct LagWindow {
+    samples: std::collections::VecDeque<(Instant, Duration)>,
+}
+
+impl LagWindow {
+    const PERIOD: Duration = Duration::from_secs(10);
+
+    pub(crate) fn record(&mut self, now: Instant, lag: Duration) {
+        self.samples.push_back((now, lag));
+        self.forget(now);
+    }
+
+    /// The largest lag of the last period (zero without samples).
+    pub(crate) fn peak(&mut self, now: Instant) -> Duration {
+        self.forget(now);
+        self.samples
+            .iter()
+            .map(|(_, lag)| *lag)
+            .max()
+            .unwrap_or_default()
+    }
+
+    fn forget(&mut self, now: Instant) {
+        while let Some((at, _)) = self.samples.front() {
+            if now.duration_since(*at) <= Self::PERIOD {
+                break;
+            }
+            self.samples.pop_front();
+        }
+    }
 }
 
 impl Ctx {
@@ -133,10 +171,6 @@ impl Ctx {
                 None => lags.remove(session),
             };
         }
-    }
-
-    fn running(&self) -> usize {
-        self.active.lock().map(|a| a.len()).unwrap_or_default()
     }
 }
 
@@ -362,9 +396,9 @@ const ADMIT_SETTLE: Duration = Duration::from_secs(3);
 
 /// Whether a worker that has a free session slot may take one more session: always
 /// when it runs none; otherwise once the newest session has run for [`ADMIT_SETTLE`]
-/// and while no live stream's decoding is more than `max_lag` behind its audio (a
-/// worker that cannot keep its streams real time takes no more; the job waits in
-/// `SESSIONS` for another worker). A zero `max_lag` turns the check off.
+/// and while no live stream's caption lag ([`LagWindow`]) is over `max_lag` (a worker
+/// that cannot keep its streams real time takes no more; the job waits in `SESSIONS`
+/// for another worker). A zero `max_lag` turns the check off.
 fn has_headroom(
     running: usize,
     newest_age: Option<Duration>,
@@ -378,8 +412,10 @@ fn has_headroom(
 }
 
 /// Waits until [`has_headroom`] says yes; `false` when draining started meanwhile.
+/// `slots` are the session slots, one of which the caller holds for the new session.
 async fn wait_for_headroom(
     ctx: &Ctx,
+    slots: &Semaphore,
     newest: Option<Instant>,
     drain: &mut watch::Receiver<bool>,
 ) -> bool {
@@ -387,7 +423,12 @@ async fn wait_for_headroom(
     loop {
         let lag = ctx.max_lag();
         let age = newest.map(|at| at.elapsed());
-        if has_headroom(ctx.running(), age, lag, ctx.config.admit_max_lag) {
+        // Slots taken, not sessions registered: a session just spawned has not yet.
+        let running = ctx
+            .config
+            .max_sessions
+            .saturating_sub(slots.available_permits() + 1);
+        if has_headroom(running, age, lag, ctx.config.admit_max_lag) {
             return true;
         }
         if !told && age.is_some_and(|age| age >= ADMIT_SETTLE) {
@@ -423,7 +464,7 @@ async fn take_jobs(
             permit = slots.clone().acquire_owned() => permit.context("slots closed")?,
             () = crate::drained(&mut drain) => break,
         };
-        if !wait_for_headroom(ctx, newest, &mut drain).await {
+        if !wait_for_headroom(ctx, &slots, newest, &mut drain).await {
             break;
         }
         let fetched = tokio::select! {
@@ -560,7 +601,33 @@ async fn report_backlog(jobs: &consumer::PullConsumer) {
 mod tests {
     use std::time::Duration;
 
-    use super::{ADMIT_SETTLE, has_headroom, worker_load};
+    use std::time::Instant;
+
+    use super::{ADMIT_SETTLE, LagWindow, has_headroom, worker_load};
+
+    /// The peak of the last ten seconds: older samples drop out.
+    #[test]
+    fn the_lag_is_the_peak_of_the_last_period() {
+        let start = Instant::now();
+        let mut window = LagWindow::default();
+        assert_eq!(window.peak(start), Duration::ZERO, "no sample");
+        window.record(start, Duration::from_millis(3_000));
+        window.record(start + Duration::from_secs(4), Duration::from_millis(500));
+        assert_eq!(
+            window.peak(start + Duration::from_secs(5)),
+            Duration::from_millis(3_000)
+        );
+        assert_eq!(
+            window.peak(start + LagWindow::PERIOD + Duration::from_secs(1)),
+            Duration::from_millis(500),
+            "the old peak is forgotten"
+        );
+        assert_eq!(
+            window.peak(start + Duration::from_secs(60)),
+            Duration::ZERO,
+            "a quiet stream has no lag"
+        );
+    }
 
     /// The first session always; more only once the newest one has settled and while
     /// no stream lags beyond the limit; a zero limit turns the check off.

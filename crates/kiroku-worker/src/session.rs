@@ -321,7 +321,9 @@ impl Session {
         let mut in_flight: Option<tokio::task::JoinHandle<Decoded>> = None;
         let mut closing: Option<&'static str> = None;
         let mut last_checkpoint_write = Instant::now();
-        // The lag: received audio (ms) the running decode does not reach.
+        // The caption lag (crate::LagWindow): received audio (ms), and the end of the
+        // running decode's audio.
+        let mut lag = crate::LagWindow::default();
         let mut received_ms: u64 = 0;
         let mut decoding_until_ms = 0;
 
@@ -344,13 +346,12 @@ impl Session {
                 decoding_until_ms = request.start_ms + request.samples.len() as u64 / 16;
                 in_flight = Some(spawn_decode(engine, request, options.clone()));
             }
-            // Nothing to decode means caught up.
-            let lag_ms = match in_flight {
-                Some(_) => received_ms.saturating_sub(decoding_until_ms),
-                None => 0,
-            };
+            if in_flight.is_some() {
+                let behind = received_ms.saturating_sub(decoding_until_ms);
+                lag.record(Instant::now(), Duration::from_millis(behind));
+            }
             self.ctx
-                .set_lag(&self.job.session_id, Some(Duration::from_millis(lag_ms)));
+                .set_lag(&self.job.session_id, Some(lag.peak(Instant::now())));
             if let Some(reason) = closing
                 && in_flight.is_none()
                 && live.is_idle()
@@ -414,6 +415,11 @@ impl Session {
                         idle = live.is_idle(),
                         "decoded"
                     );
+                    let shown = output.captions.iter().map(|c| c.end_ms)
+                        .chain(output.finals.iter().map(|f| f.end_ms));
+                    for end_ms in shown {
+                        lag.record(Instant::now(), Duration::from_millis(received_ms.saturating_sub(end_ms)));
+                    }
                     for caption in output.captions {
                         self.publish_caption(caption).await;
                     }

@@ -503,6 +503,9 @@ impl Cluster {
                 "RUST_LOG",
                 "info,kiroku_worker=debug,kiroku_gateway=debug,whisper_rs=off",
             )
+            // Tests size workers by --sessions: on a shared 2-core machine a debug-build
+            // worker's streams lag, and admission by lag would make tests wait on it.
+            .env("KIROKU_WORKER_ADMIT_MAX_LAG_S", "0")
             .envs(self.options.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
