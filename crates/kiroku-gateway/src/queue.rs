@@ -93,17 +93,12 @@ impl WorkerWait {
     }
 }
 
-/// The refusal of a new session no worker took within `queue_timeout`, after its job
+/// The refusal of a new session no worker took within the queue timeout, after its job
 /// and audio are withdrawn (best effort: a job a worker fetched at this very moment
 /// runs, finds no audio and closes when no client comes back).
-pub(crate) async fn refuse(
-    shared: &Shared,
-    tenant: &str,
-    session: &str,
-    job_seq: u64,
-    queue_timeout: Duration,
-) -> Status {
+pub(crate) async fn refuse(shared: &Shared, tenant: &str, session: &str, job_seq: u64) -> Status {
     let layout = &shared.config.layout;
+    let queue_timeout = shared.config.queue_timeout;
     match shared.js.get_stream(layout.sessions_stream()).await {
         Ok(sessions) => {
             if let Err(error) = sessions.delete_message(job_seq).await {

@@ -759,6 +759,11 @@ impl Session {
         }
         info!("a worker took the queued session");
         self.info.queued = false;
+        self.send_info(tx).await
+    }
+
+    /// The session info again, after a change (language detected, queued or not).
+    async fn send_info(&self, tx: &Out) -> Result<(), ()> {
         send(
             tx,
             stream_transcribe_response::Response::Session(self.info.clone()),
@@ -775,23 +780,13 @@ impl Session {
                 info!("no worker free: the session is queued");
                 kiroku_core::metrics::metrics().streams_queued.inc();
                 self.info.queued = true;
-                send(
-                    tx,
-                    stream_transcribe_response::Response::Session(self.info.clone()),
-                )
-                .await
-                .map_err(|()| Status::cancelled("client went away"))
+                self.send_info(tx)
+                    .await
+                    .map_err(|()| Status::cancelled("client went away"))
             }
             crate::queue::Step::Refuse => {
                 let job_seq = self.job_seq.unwrap_or_default();
-                Err(crate::queue::refuse(
-                    shared,
-                    &self.tenant,
-                    &self.id,
-                    job_seq,
-                    shared.config.queue_timeout,
-                )
-                .await)
+                Err(crate::queue::refuse(shared, &self.tenant, &self.id, job_seq).await)
             }
         }
     }
@@ -1055,12 +1050,9 @@ impl Session {
         }
         if !result.language.is_empty() && result.language != self.info.language {
             self.info.language = result.language.clone();
-            send(
-                tx,
-                stream_transcribe_response::Response::Session(self.info.clone()),
-            )
-            .await
-            .map_err(|_| Status::cancelled("client went away"))?;
+            self.send_info(tx)
+                .await
+                .map_err(|()| Status::cancelled("client went away"))?;
         }
         self.delivered_seq = result.result_seq;
         self.finals += 1;

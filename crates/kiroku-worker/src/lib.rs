@@ -118,10 +118,12 @@ pub(crate) struct Ctx {
 
 /// A live stream's lag over the last [`LagWindow::PERIOD`]: for each caption and final
 /// it published, how much audio had arrived after the words' end (what the people in
-/// the meeting wait for their words, less the network), and, while a decode runs, the
-/// received audio it does not cover (a stream whose decodes stall shows even before it
-/// commits anything). Its peak is what admission and `kiroku_worker_stream_lag_seconds`
-/// read: a sample at one instant would miss it, as each new decode covers all audio.
+/// the meeting wait for their words, less the network), and the received audio a
+/// decode did not cover, taken when it ends and every 5 s while it runs (a stream whose
+/// decodes stall shows even before it commits anything). The session reports its peak
+/// when a decode ends and every 5 s (not per audio frame); admission and
+/// `kiroku_worker_stream_lag_seconds` read it: a sample at one instant would miss it, as
+/// each new decode covers all audio.
 #[derive(Debug, Default)]
 pub(crate) struct LagWindow {
     samples: std::collections::VecDeque<(Instant, Duration)>,

@@ -346,12 +346,6 @@ impl Session {
                 decoding_until_ms = request.start_ms + request.samples.len() as u64 / 16;
                 in_flight = Some(spawn_decode(engine, request, options.clone()));
             }
-            if in_flight.is_some() {
-                let behind = received_ms.saturating_sub(decoding_until_ms);
-                lag.record(Instant::now(), Duration::from_millis(behind));
-            }
-            self.ctx
-                .set_lag(&self.job.session_id, Some(lag.peak(Instant::now())));
             if let Some(reason) = closing
                 && in_flight.is_none()
                 && live.is_idle()
@@ -415,11 +409,14 @@ impl Session {
                         idle = live.is_idle(),
                         "decoded"
                     );
+                    // The audio this decode did not cover (the peak of that staleness),
+                    // and how late its words are shown.
                     let shown = output.captions.iter().map(|c| c.end_ms)
                         .chain(output.finals.iter().map(|f| f.end_ms));
-                    for end_ms in shown {
+                    for end_ms in shown.chain([decoding_until_ms]) {
                         lag.record(Instant::now(), Duration::from_millis(received_ms.saturating_sub(end_ms)));
                     }
+                    self.ctx.set_lag(&self.job.session_id, Some(lag.peak(Instant::now())));
                     for caption in output.captions {
                         self.publish_caption(caption).await;
                     }
@@ -442,6 +439,11 @@ impl Session {
                 Some(_) = presence.next() => {
                     idle.as_mut().reset(tokio::time::Instant::now() + window);
                     self.announce_running().await;
+                    // Every 5 s: a decode that stalls shows, an old peak is forgotten.
+                    if in_flight.is_some() {
+                        lag.record(Instant::now(), Duration::from_millis(received_ms.saturating_sub(decoding_until_ms)));
+                    }
+                    self.ctx.set_lag(&self.job.session_id, Some(lag.peak(Instant::now())));
                 }
                 Some(_) = erased.next() => {
                     if let Some(handle) = in_flight.take() {
