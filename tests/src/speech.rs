@@ -191,6 +191,18 @@ pub fn duration_ms(path: &Path) -> Result<u64> {
 /// noise floor (~−55 dBFS) so a VAD does not see digital silence. The noise is a fixed
 /// linear congruential generator: the same on every run.
 pub fn over_noise_floor(wavs: &[PathBuf]) -> Result<Vec<f32>> {
+    let mut samples = concatenated(wavs)?;
+    let mut state: u32 = 0x1234_5678;
+    for sample in &mut samples {
+        state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+        *sample += ((state >> 8) as f32 / (1u32 << 24) as f32 - 0.5) * 0.006;
+    }
+    Ok(samples)
+}
+
+/// 16 kHz mono 16-bit WAV files one after the other as samples in -1..1, the pauses
+/// digital silence (as a noise gate or a conferencing app's noise suppression leaves).
+pub fn concatenated(wavs: &[PathBuf]) -> Result<Vec<f32>> {
     let mut samples = Vec::new();
     for wav in wavs {
         let reader =
@@ -198,11 +210,6 @@ pub fn over_noise_floor(wavs: &[PathBuf]) -> Result<Vec<f32>> {
         for sample in reader.into_samples::<i16>() {
             samples.push(f32::from(sample?) / 32768.0);
         }
-    }
-    let mut state: u32 = 0x1234_5678;
-    for sample in &mut samples {
-        state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-        *sample += ((state >> 8) as f32 / (1u32 << 24) as f32 - 0.5) * 0.006;
     }
     Ok(samples)
 }
@@ -217,6 +224,16 @@ pub fn english_meeting(dir: &Path) -> Result<(Vec<f32>, String)> {
         .map(|(index, sentence)| synthesize(dir, &format!("s{index}"), sentence, 16_000, 1, 0.3))
         .collect::<Result<Vec<_>>>()?;
     Ok((over_noise_floor(&wavs)?, sentences.join(" ")))
+}
+
+/// The English meeting script spoken as one text (a single espeak-ng call: only its
+/// short pauses between sentences, 0.5 s of silence before and after), over the noise
+/// floor; and the script. This is `make bench-stream`'s 42 s meeting: harder for
+/// utterance cuts than [`english_meeting`], as real speech without long pauses is.
+pub fn english_continuous_meeting(dir: &Path) -> Result<(Vec<f32>, String)> {
+    let script = meeting_sentences().join(" ");
+    let wav = synthesize_voice(dir, "continuous", &script, "en-us", 16_000, 1, 0.5, 0.5)?;
+    Ok((over_noise_floor(&[wav])?, script))
 }
 
 /// The long English meeting (`tests/support/long_meeting.txt`, written for Kiroku's
@@ -240,6 +257,12 @@ pub fn long_meeting_turns() -> Vec<(&'static str, &'static str)> {
 /// between turns (shorter within one speaker's turns), over the noise floor; and the
 /// script. About 3.5 minutes.
 pub fn english_long_meeting(dir: &Path) -> Result<(Vec<f32>, String)> {
+    let (wavs, script) = english_long_meeting_turns(dir)?;
+    Ok((over_noise_floor(&wavs)?, script))
+}
+
+/// The long meeting's turns as WAV files (see [`english_long_meeting`]) and the script.
+pub fn english_long_meeting_turns(dir: &Path) -> Result<(Vec<PathBuf>, String)> {
     let turns = long_meeting_turns();
     let mut wavs = Vec::with_capacity(turns.len());
     for (index, (voice, text)) in turns.iter().enumerate() {
@@ -262,7 +285,7 @@ pub fn english_long_meeting(dir: &Path) -> Result<(Vec<f32>, String)> {
         )?);
     }
     let script: Vec<&str> = turns.iter().map(|(_, text)| *text).collect();
-    Ok((over_noise_floor(&wavs)?, script.join(" ")))
+    Ok((wavs, script.join(" ")))
 }
 
 /// The Japanese meeting sentences (Open JTalk, 0.5 s of silence before the first, 0.4 s
@@ -281,7 +304,8 @@ pub fn japanese_meeting(dir: &Path) -> Result<(Vec<f32>, String)> {
 }
 
 /// A test meeting of the engine's trial examples (`finals_trials`, `file_trials`) by
-/// name: `en` ([`english_meeting`], tiny.en), `en-long` ([`english_long_meeting`],
+/// name: `en` ([`english_meeting`], tiny.en), `en-cont` ([`english_continuous_meeting`],
+/// tiny.en), `en-long` ([`english_long_meeting`],
 /// tiny.en) or `ja` ([`japanese_meeting`], base). Returns the samples, the script, the
 /// model file name in the model directory and the language to pass (`None`: the
 /// model's own, English).
@@ -302,6 +326,10 @@ pub fn trial_meeting(
             let (samples, reference) = english_long_meeting(dir)?;
             (samples, reference, "ggml-tiny.en.bin", None)
         }
-        other => bail!("meeting {other:?}: use en, en-long or ja"),
+        "en-cont" => {
+            let (samples, reference) = english_continuous_meeting(dir)?;
+            (samples, reference, "ggml-tiny.en.bin", None)
+        }
+        other => bail!("meeting {other:?}: use en, en-cont, en-long or ja"),
     })
 }

@@ -33,6 +33,45 @@ pub fn word_error_rate(reference: &str, hypothesis: &str) -> f64 {
     edit_distance(&r, &h) as f64 / r.len() as f64
 }
 
+/// The longest run of consecutive reference words a minimal word alignment deletes: a
+/// transcript that lost a sentence has a run as long as the sentence, one that misheard
+/// words has substitutions instead (ties are aligned as substitutions).
+pub fn longest_deletion(reference: &str, hypothesis: &str) -> usize {
+    let (r, h) = (normalize(reference), normalize(hypothesis));
+    let columns = h.len() + 1;
+    // cost[i * columns + j]: edits turning r[..i] into h[..j].
+    let mut cost = vec![0usize; (r.len() + 1) * columns];
+    for i in 0..=r.len() {
+        for j in 0..=h.len() {
+            cost[i * columns + j] = match (i, j) {
+                (0, _) => j,
+                (_, 0) => i,
+                _ => {
+                    let substitution =
+                        cost[(i - 1) * columns + j - 1] + usize::from(r[i - 1] != h[j - 1]);
+                    substitution
+                        .min(cost[(i - 1) * columns + j] + 1)
+                        .min(cost[i * columns + j - 1] + 1)
+                }
+            };
+        }
+    }
+    let (mut i, mut j, mut run, mut longest) = (r.len(), h.len(), 0, 0);
+    while i > 0 {
+        let here = cost[i * columns + j];
+        if j > 0 && here == cost[(i - 1) * columns + j - 1] + usize::from(r[i - 1] != h[j - 1]) {
+            (i, j, run) = (i - 1, j - 1, 0);
+        } else if j > 0 && here == cost[i * columns + j - 1] + 1 {
+            j -= 1;
+        } else {
+            i -= 1;
+            run += 1;
+            longest = longest.max(run);
+        }
+    }
+    longest
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -47,5 +86,25 @@ mod tests {
         assert_eq!(word_error_rate("a b c d", "a b c d e f"), 0.5);
         assert_eq!(word_error_rate("a b c d", "a d"), 0.5);
         assert_eq!(word_error_rate("a b", ""), 1.0);
+    }
+
+    #[test]
+    fn finds_the_longest_run_of_lost_words() {
+        assert_eq!(longest_deletion("a b c d", "a b c d"), 0);
+        assert_eq!(
+            longest_deletion("a b c d", "a x y d"),
+            0,
+            "misheard, not lost"
+        );
+        assert_eq!(longest_deletion("a b c d e f", "a f"), 4);
+        assert_eq!(longest_deletion("a b c d e f", "a c f"), 2);
+        assert_eq!(longest_deletion("a b", ""), 2);
+        assert_eq!(
+            longest_deletion(
+                "test servers support needs two more people because customers keep growing",
+                "test servers growing"
+            ),
+            8
+        );
     }
 }

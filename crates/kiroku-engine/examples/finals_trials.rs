@@ -4,7 +4,8 @@
 //!
 //! ```text
 //! cargo run --release -p kiroku-engine --example finals_trials -- en|en-long|ja [VARIANT...]
-//! VARIANT = left_ms:margin_frames:prompt_chars:beam   (default: the language's defaults)
+//! VARIANT = left_ms:margin_frames:prompt_chars:beam[:gather_ms]
+//!           (default: the language's defaults)
 //! ```
 //!
 //! English uses tiny.en (`ggml-tiny.en.bin`), Japanese base (`ggml-base.bin`) from
@@ -19,15 +20,20 @@ use kiroku_engine::{Engine, EngineConfig, TranscribeOptions};
 
 fn parse_variant(text: &str) -> Result<FinalsConfig> {
     let parts: Vec<&str> = text.split(':').collect();
-    let [left, margin, prompt, beam] = parts.as_slice() else {
-        bail!("variant {text:?} is not left_ms:margin_frames:prompt_chars:beam");
+    let (left, margin, prompt, beam, rest) = match parts.as_slice() {
+        [left, margin, prompt, beam, rest @ ..] if rest.len() <= 1 => {
+            (left, margin, prompt, beam, rest)
+        }
+        _ => bail!("variant {text:?} is not left_ms:margin_frames:prompt_chars:beam[:gather_ms]"),
     };
+    let defaults = FinalsConfig::default();
     Ok(FinalsConfig {
         left_context_ms: left.parse()?,
         audio_ctx_margin_frames: margin.parse()?,
         prompt_chars: prompt.parse()?,
         beam_size: beam.parse()?,
-        ..FinalsConfig::default()
+        gather_ms: rest.first().map_or(Ok(defaults.gather_ms), |v| v.parse())?,
+        ..defaults
     })
 }
 

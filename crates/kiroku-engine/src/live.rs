@@ -79,7 +79,13 @@ const MISSED_SPEECH_MARGIN_MS: u64 = 500;
 const MISSED_SPEECH_MS: u64 = 400;
 /// A span's audio is cut for skipped speech at most this often: the energy test behind
 /// it takes background noise for speech, and each cut costs a decode.
-const MAX_SPLITS: u32 = 2;
+const MAX_SPLITS: u32 = 3;
+/// From this many cuts on, the rest of a span is decoded without left context. Whisper
+/// can skip the same speech again with the same context: in a 3.5-minute file, a decode
+/// stopped after "…plus the cost of the new test servers." and the re-decode from
+/// "servers" did too, losing the next speaker's sentence ("Support needs two more
+/// people…", another voice), both times with DTW stretching "servers" over it.
+const CONTEXT_FREE_SPLITS: u32 = 2;
 /// A word is taken to end at most this long after its start (DTW stretches the word
 /// before skipped speech over it).
 const MAX_WORD_MS: u64 = 1_200;
@@ -504,7 +510,11 @@ impl Live {
 
     fn final_request(&mut self, span: Span) -> DecodeRequest {
         let config = self.policy.config().clone();
-        let left = u64::from(self.finals.left_context_ms) * SAMPLES_PER_MS;
+        let left = if span.splits >= CONTEXT_FREE_SPLITS {
+            0
+        } else {
+            u64::from(self.finals.left_context_ms) * SAMPLES_PER_MS
+        };
         let end = span.decode_end.min(self.position());
         // The encoder's window bounds the whole decode: left context gives way first.
         let window_start = self
@@ -680,13 +690,18 @@ impl Live {
                 "final decode skipped speech: decoding the rest of its span again"
             );
             words.truncate(index);
-            self.spans.push_front(Span {
-                splits: span.splits + 1,
-                ..span
-            });
+            // No word kept: the minutes do not move on (no empty final, no gap between
+            // finals), and the same decode again would hear the same: the rest goes
+            // without left context at once.
+            let (end, splits) = if words.is_empty() {
+                (self.boundary, (span.splits + 1).max(CONTEXT_FREE_SPLITS))
+            } else {
+                (cut, span.splits + 1)
+            };
+            self.spans.push_front(Span { splits, ..span });
             span = Span {
-                end: cut,
-                decode_end: cut,
+                end,
+                decode_end: end,
                 failures: span.failures,
                 splits: span.splits,
             };
@@ -1055,6 +1070,50 @@ mod tests {
             output.finals[0].span_start_ms, 1_100,
             "finals tile the timeline"
         );
+        assert!(live.is_idle());
+    }
+
+    #[test]
+    fn speech_skipped_again_with_the_same_context_is_decoded_without_it() {
+        let mut live = Live::new(PolicyConfig::default(), FinalsConfig::default(), None);
+        push(&mut live, &speech(6_000));
+        push(&mut live, &silence(1_000));
+        // Twice Whisper stops after "servers", stretched over 4 s of the next speaker.
+        let stopped = [("test", 100, 900), ("servers.", 1_000, 5_900)];
+        let first = next_final(&mut live);
+        assert_eq!(first.start_ms, 0);
+        let output = live.on_decoded(first.id, heard(&first, &stopped));
+        assert_eq!(texts(&output.finals), ["test"]);
+        let again = next_final(&mut live);
+        assert_eq!(
+            again.start_ms, 0,
+            "the first re-decode keeps the left context"
+        );
+        let output = live.on_decoded(again.id, heard(&again, &[("servers.", 1_060, 5_900)]));
+        assert!(output.finals.is_empty(), "{output:?}");
+        assert_eq!(live.checkpoint_ms(), 1_000, "no word kept: no empty final");
+        // The third decode of the rest starts at the boundary: no left context.
+        let alone = next_final(&mut live);
+        assert_eq!(alone.start_ms, 1_000);
+        let output = live.on_decoded(
+            alone.id,
+            heard(
+                &alone,
+                &[
+                    ("servers.", 1_060, 1_600),
+                    ("Support", 2_000, 2_500),
+                    ("needs", 2_500, 3_000),
+                    ("two", 3_000, 3_500),
+                    ("more", 3_500, 4_500),
+                    ("people.", 4_500, 5_900),
+                ],
+            ),
+        );
+        assert_eq!(
+            texts(&output.finals),
+            ["servers. Support needs two more people."]
+        );
+        assert_eq!(output.finals[0].span_start_ms, 1_000);
         assert!(live.is_idle());
     }
 

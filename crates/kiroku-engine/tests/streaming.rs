@@ -476,3 +476,37 @@ fn silero_finds_the_pauses_of_noisy_speech_that_the_energy_detector_misses() {
         "the noise did not defeat the energy detector ({energy_noisy} ends): the test proves nothing"
     );
 }
+
+/// A file of three voices taking turns, the pauses digital silence (a noise gate's
+/// output): no sentence may be lost. Whisper ends a decode early now and then (DTW then
+/// stretches the last word over the rest); this file lost two whole sentences that way,
+/// each after a change of voice, until a decode that skips the same speech twice is
+/// repeated without left context.
+#[test]
+fn a_file_of_three_voices_loses_no_sentence() {
+    let engine = load_engine();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (wavs, reference) =
+        kiroku_tests::speech::english_long_meeting_turns(dir.path()).expect("synthesize speech");
+    let samples = kiroku_tests::speech::concatenated(&wavs).expect("read speech");
+    let options = TranscribeOptions {
+        beam_size: 1,
+        ..TranscribeOptions::default()
+    };
+    let transcript =
+        kiroku_engine::file::transcribe_file(&engine, &samples, options, Default::default(), None)
+            .expect("file decode");
+    let lost = kiroku_tests::wer::longest_deletion(&reference, &transcript.text);
+    let wer = word_error_rate(&reference, &transcript.text);
+    eprintln!(
+        "file: WER {wer:.3}, longest run of lost words {lost}\n{}",
+        transcript.text
+    );
+    // The script's shortest sentences have 3 words ("What about the mobile
+    // application?" has 5); misheard words are substitutions, not losses.
+    assert!(
+        lost < 5,
+        "{lost} consecutive words of the script are missing from the file transcript:\n{}",
+        transcript.text
+    );
+}
