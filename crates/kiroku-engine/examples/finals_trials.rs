@@ -3,7 +3,7 @@
 //! variant, beside the whole-file decode of the same audio.
 //!
 //! ```text
-//! cargo run --release -p kiroku-engine --example finals_trials -- en|en-long|ja [VARIANT...]
+//! cargo run --release -p kiroku-engine --example finals_trials -- en|en-cont|en-long|ja [VARIANT...]
 //! VARIANT = left_ms:margin_frames:prompt_chars:beam[:gather_ms]
 //!           (default: the language's defaults)
 //! ```

@@ -413,10 +413,7 @@ impl Session {
                     // and how late its words are shown.
                     let shown = output.captions.iter().map(|c| c.end_ms)
                         .chain(output.finals.iter().map(|f| f.end_ms));
-                    for end_ms in shown.chain([decoding_until_ms]) {
-                        lag.record(Instant::now(), Duration::from_millis(received_ms.saturating_sub(end_ms)));
-                    }
-                    self.ctx.set_lag(&self.job.session_id, Some(lag.peak(Instant::now())));
+                    self.report_lag(&mut lag, shown.chain([decoding_until_ms]), received_ms);
                     for caption in output.captions {
                         self.publish_caption(caption).await;
                     }
@@ -440,10 +437,8 @@ impl Session {
                     idle.as_mut().reset(tokio::time::Instant::now() + window);
                     self.announce_running().await;
                     // Every 5 s: a decode that stalls shows, an old peak is forgotten.
-                    if in_flight.is_some() {
-                        lag.record(Instant::now(), Duration::from_millis(received_ms.saturating_sub(decoding_until_ms)));
-                    }
-                    self.ctx.set_lag(&self.job.session_id, Some(lag.peak(Instant::now())));
+                    let stalled = in_flight.is_some().then_some(decoding_until_ms);
+                    self.report_lag(&mut lag, stalled, received_ms);
                 }
                 Some(_) = erased.next() => {
                     if let Some(handle) = in_flight.take() {
@@ -726,6 +721,25 @@ impl Session {
             position,
         )
         .await
+    }
+
+    /// Records how far the audio received (`received_ms`) is past each of `ends_ms` (the
+    /// ends of words just shown, or of audio a running decode does not cover) and
+    /// reports the stream's caption lag, the window's peak, to admission and metrics.
+    fn report_lag(
+        &self,
+        lag: &mut crate::LagWindow,
+        ends_ms: impl IntoIterator<Item = u64>,
+        received_ms: u64,
+    ) {
+        let now = Instant::now();
+        for end_ms in ends_ms {
+            lag.record(
+                now,
+                Duration::from_millis(received_ms.saturating_sub(end_ms)),
+            );
+        }
+        self.ctx.set_lag(&self.job.session_id, Some(lag.peak(now)));
     }
 
     /// Tells the gateway a worker runs this session (core NATS, no result): it stops
