@@ -11,6 +11,7 @@ pub mod db;
 pub mod error;
 pub mod password;
 mod service;
+mod store;
 pub mod throttle;
 pub mod totp;
 

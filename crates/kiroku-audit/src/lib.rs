@@ -9,6 +9,7 @@
 
 pub mod anchor;
 pub mod chain;
+mod error;
 pub mod notice;
 pub mod render;
 mod service;

@@ -16,6 +16,7 @@ use kiroku_proto::audit::v1::notice_service_server::NoticeService;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
+use crate::error::{AuditError, Result, respond};
 use crate::store::{self, Query, Stored};
 use crate::{notice, render};
 
@@ -74,7 +75,7 @@ impl Export {
     }
 
     /// The next chunk and how many entries it holds; `None` after the last.
-    async fn next_chunk(&mut self) -> Result<Option<(Vec<u8>, u64)>, Status> {
+    async fn next_chunk(&mut self) -> Result<Option<(Vec<u8>, u64)>> {
         if self.done {
             return Ok(None);
         }
@@ -88,9 +89,7 @@ impl Export {
                 out.extend_from_slice(render::JSON_OPEN);
             }
         }
-        let rows = store::list(&self.db, self.tenant, &self.query)
-            .await
-            .map_err(internal)?;
+        let rows = store::list(&self.db, self.tenant, &self.query).await?;
         let entries: Vec<_> = rows
             .iter()
             .map(|row| Audit::entry(row, self.zone))
@@ -114,9 +113,8 @@ impl Export {
     }
 }
 
-fn csv_error(error: csv::Error) -> Status {
-    tracing::error!(%error, "csv");
-    Status::internal("internal error")
+fn csv_error(error: csv::Error) -> AuditError {
+    AuditError::internal("csv", error)
 }
 
 #[derive(Clone)]
@@ -131,10 +129,6 @@ impl std::fmt::Debug for Audit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Audit").finish_non_exhaustive()
     }
-}
-
-fn internal(error: sqlx::Error) -> Status {
-    kiroku_core::status::database_error(&error)
 }
 
 fn time(value: Option<prost_types::Timestamp>) -> Option<DateTime<Utc>> {
@@ -182,7 +176,7 @@ impl Audit {
         tenant: uuid::Uuid,
         head: Result<Option<crate::anchor::Head>, crate::anchor::AnchorProblem>,
         checked: u64,
-    ) -> Result<Option<(u64, String)>, Status> {
+    ) -> Result<Option<(u64, String)>> {
         use crate::anchor::AnchorProblem;
         let head = match head {
             Ok(Some(head)) => head,
@@ -196,7 +190,7 @@ impl Audit {
             }
             Err(AnchorProblem::Unavailable(error)) => {
                 tracing::error!(%error, "reading the anchored chain head");
-                return Err(Status::unavailable(
+                return Err(AuditError::unavailable(
                     "the anchored chain head cannot be read; retry",
                 ));
             }
@@ -212,8 +206,7 @@ impl Audit {
             )));
         }
         let stored = store::hash_at(&self.db, tenant, head.seq)
-            .await
-            .map_err(internal)?
+            .await?
             .map(hex::encode);
         if stored.as_deref() != Some(head.hash.as_str()) {
             return Ok(Some((
@@ -231,28 +224,23 @@ impl Audit {
     }
 
     /// The zone to render in: the request's, else the tenant's, else Asia/Tokyo.
-    async fn zone(&self, tenant: Uuid, requested: &str) -> Result<(chrono_tz::Tz, String), Status> {
+    async fn zone(&self, tenant: Uuid, requested: &str) -> Result<(chrono_tz::Tz, String)> {
         let name = match non_empty(requested) {
             Some(name) => name,
             None => store::time_zone(&self.db, tenant)
-                .await
-                .map_err(internal)?
+                .await?
                 .unwrap_or_else(|| render::DEFAULT_TIME_ZONE.to_string()),
         };
-        let zone = render::zone(&name).map_err(Status::invalid_argument)?;
+        let zone = render::zone(&name).map_err(AuditError::invalid)?;
         Ok((zone, name))
     }
 
     /// An export of `request`'s entries, oldest first.
-    async fn export(
-        &self,
-        tenant: Uuid,
-        request: pb::ExportEventsRequest,
-    ) -> Result<Export, Status> {
+    async fn export(&self, tenant: Uuid, request: pb::ExportEventsRequest) -> Result<Export> {
         let format = pb::ExportFormat::try_from(request.format)
             .ok()
             .filter(|f| *f != pb::ExportFormat::Unspecified)
-            .ok_or_else(|| Status::invalid_argument("format must be CSV or JSON"))?;
+            .ok_or_else(|| AuditError::invalid("format must be CSV or JSON"))?;
         let (zone, _) = self.zone(tenant, &request.time_zone).await?;
         let mut query = Self::query(request.filter)?;
         query.limit = EXPORT_PAGE;
@@ -269,7 +257,7 @@ impl Audit {
         })
     }
 
-    fn query(filter: Option<pb::Filter>) -> Result<Query, Status> {
+    fn query(filter: Option<pb::Filter>) -> Result<Query> {
         let filter = filter.unwrap_or_default();
         let query = Query {
             from: time(filter.from),
@@ -285,9 +273,7 @@ impl Audit {
         if let (Some(from), Some(to)) = (query.from, query.to)
             && from >= to
         {
-            return Err(Status::invalid_argument(
-                "filter: `from` must be before `to`",
-            ));
+            return Err(AuditError::invalid("filter: `from` must be before `to`"));
         }
         Ok(query)
     }
@@ -317,68 +303,73 @@ impl AuditService for Audit {
         &self,
         request: Request<pb::ListEventsRequest>,
     ) -> Result<Response<pb::ListEventsResponse>, Status> {
-        let tenant = self.log_of(&request, "ListEvents").await?;
-        let request = request.into_inner();
-        let (zone, zone_name) = self.zone(tenant, &request.time_zone).await?;
-        let mut query = Self::query(request.filter)?;
-        let page_size = match request.page_size {
-            0 => 100,
-            n if n > MAX_PAGE => {
-                return Err(Status::invalid_argument(format!(
-                    "page_size is at most {MAX_PAGE}"
-                )));
+        respond(async move {
+            let tenant = self.log_of(&request, "ListEvents").await?;
+            let request = request.into_inner();
+            let (zone, zone_name) = self.zone(tenant, &request.time_zone).await?;
+            let mut query = Self::query(request.filter)?;
+            let page_size = match request.page_size {
+                0 => 100,
+                n if n > MAX_PAGE => {
+                    return Err(AuditError::invalid(format!(
+                        "page_size is at most {MAX_PAGE}"
+                    )));
+                }
+                n => n,
+            };
+            query.limit = i64::from(page_size) + 1;
+            if let Some(token) = non_empty(&request.page_token) {
+                query.before_seq = Some(
+                    token
+                        .parse()
+                        .map_err(|_| AuditError::invalid("page_token is not one we issued"))?,
+                );
             }
-            n => n,
-        };
-        query.limit = i64::from(page_size) + 1;
-        if let Some(token) = non_empty(&request.page_token) {
-            query.before_seq = Some(
-                token
-                    .parse()
-                    .map_err(|_| Status::invalid_argument("page_token is not one we issued"))?,
-            );
-        }
-        let mut rows = store::list(&self.db, tenant, &query)
-            .await
-            .map_err(internal)?;
-        let more = rows.len() > page_size as usize;
-        rows.truncate(page_size as usize);
-        let next_page_token = match (more, rows.last()) {
-            (true, Some(last)) => last.entry.seq.to_string(),
-            _ => String::new(),
-        };
-        Ok(Response::new(pb::ListEventsResponse {
-            entries: rows.iter().map(|row| Self::entry(row, zone)).collect(),
-            next_page_token,
-            time_zone: zone_name,
-        }))
+            let mut rows = store::list(&self.db, tenant, &query).await?;
+            let more = rows.len() > page_size as usize;
+            rows.truncate(page_size as usize);
+            let next_page_token = match (more, rows.last()) {
+                (true, Some(last)) => last.entry.seq.to_string(),
+                _ => String::new(),
+            };
+            Ok(pb::ListEventsResponse {
+                entries: rows.iter().map(|row| Self::entry(row, zone)).collect(),
+                next_page_token,
+                time_zone: zone_name,
+            })
+        })
+        .await
     }
 
     async fn verify_chain(
         &self,
         request: Request<pb::VerifyChainRequest>,
     ) -> Result<Response<pb::VerifyChainResponse>, Status> {
-        let tenant = self.log_of(&request, "VerifyChain").await?;
-        // The head first: it only moves after its entry is committed, so the walk that
-        // follows sees at least that entry even while events keep arriving.
-        let head = self.anchors.head(tenant).await;
-        let (checked, broken) = store::verify(&self.db, tenant).await.map_err(internal)?;
-        let broken = match broken {
-            Some(b) => Some((b.seq as u64, b.problem)),
-            None => self.check_head(tenant, head, checked).await?,
-        };
-        Ok(Response::new(pb::VerifyChainResponse {
-            intact: broken.is_none(),
-            entries_checked: checked,
-            first_broken_seq: broken.as_ref().map_or(0, |b| b.0),
-            problem: broken.map(|b| b.1).unwrap_or_default(),
-        }))
+        respond(async move {
+            let tenant = self.log_of(&request, "VerifyChain").await?;
+            // The head first: it only moves after its entry is committed, so the walk that
+            // follows sees at least that entry even while events keep arriving.
+            let head = self.anchors.head(tenant).await;
+            let (checked, broken) = store::verify(&self.db, tenant).await?;
+            let broken = match broken {
+                Some(b) => Some((b.seq as u64, b.problem)),
+                None => self.check_head(tenant, head, checked).await?,
+            };
+            Ok(pb::VerifyChainResponse {
+                intact: broken.is_none(),
+                entries_checked: checked,
+                first_broken_seq: broken.as_ref().map_or(0, |b| b.0),
+                problem: broken.map(|b| b.1).unwrap_or_default(),
+            })
+        })
+        .await
     }
 
     async fn export_events(
         &self,
         request: Request<pb::ExportEventsRequest>,
     ) -> Result<Response<pb::ExportEventsResponse>, Status> {
+        respond(async move {
         let tenant = self.log_of(&request, "ExportEvents").await?;
         let mut export = self.export(tenant, request.into_inner()).await?;
         let mut data = Vec::new();
@@ -387,16 +378,18 @@ impl AuditService for Audit {
             data.extend(chunk);
             entries += n;
             if entries as usize > MAX_EXPORT {
-                return Err(Status::out_of_range(format!(
+                return Err(AuditError::OutOfRange(format!(
                     "more than {MAX_EXPORT} entries: narrow the time range, or use ExportEventsStream"
                 )));
             }
         }
-        Ok(Response::new(pb::ExportEventsResponse {
+        Ok(pb::ExportEventsResponse {
             data,
             entries,
             content_type: export.content_type().into(),
-        }))
+        })
+        })
+        .await
     }
 
     type ExportEventsStreamStream =
@@ -419,7 +412,7 @@ impl AuditService for Audit {
                         content_type: content_type.into(),
                     }),
                     Ok(None) => return,
-                    Err(status) => Err(status),
+                    Err(error) => Err(Status::from(error)),
                 };
                 let failed = chunk.is_err();
                 // A client that went away ends the export.
@@ -437,55 +430,57 @@ impl AuditService for Audit {
         &self,
         request: Request<pb::SetTimeZoneRequest>,
     ) -> Result<Response<pb::SetTimeZoneResponse>, Status> {
-        let caller = self.caller(&request, "SetTimeZone").await?;
-        let name = request.into_inner().time_zone.trim().to_string();
-        render::zone(&name).map_err(Status::invalid_argument)?;
-        store::set_time_zone(&self.db, caller.tenant_id, &name)
-            .await
-            .map_err(internal)?;
-        Ok(Response::new(pb::SetTimeZoneResponse { time_zone: name }))
+        respond(async move {
+            let caller = self.caller(&request, "SetTimeZone").await?;
+            let name = request.into_inner().time_zone.trim().to_string();
+            render::zone(&name).map_err(AuditError::invalid)?;
+            store::set_time_zone(&self.db, caller.tenant_id, &name).await?;
+            Ok(pb::SetTimeZoneResponse { time_zone: name })
+        })
+        .await
     }
 
     async fn get_usage(
         &self,
         request: Request<pb::GetUsageRequest>,
     ) -> Result<Response<pb::GetUsageResponse>, Status> {
-        let caller = self.caller(&request, "GetUsage").await?;
-        let request = request.into_inner();
-        let (_, zone_name) = self.zone(caller.tenant_id, &request.time_zone).await?;
-        let to = time(request.to).unwrap_or_else(Utc::now);
-        let from =
-            time(request.from).unwrap_or_else(|| to - chrono::Duration::days(DEFAULT_USAGE_DAYS));
-        if from >= to {
-            return Err(Status::invalid_argument("`from` must be before `to`"));
-        }
-        if to - from > chrono::Duration::days(MAX_USAGE_DAYS) {
-            return Err(Status::invalid_argument(format!(
-                "the period is at most {MAX_USAGE_DAYS} days"
-            )));
-        }
-        let rows = store::usage(&self.db, caller.tenant_id, from, to, &zone_name)
-            .await
-            .map_err(internal)?;
-        let usage = |row: &store::UsageRow| pb::Usage {
-            date: row.date.clone().unwrap_or_default(),
-            streams: row.streams.max(0) as u64,
-            failed_streams: row.failed_streams.max(0) as u64,
-            refused_streams: row.refused_streams.max(0) as u64,
-            audio_minutes: row.audio_ms.max(0) as f64 / 60_000.0,
-            finals: row.finals.max(0) as u64,
-            final_latency_p50_ms: row.latency_p50_ms.unwrap_or(0).max(0) as u32,
-            final_latency_p95_ms: row.latency_p95_ms.unwrap_or(0).max(0) as u32,
-        };
-        Ok(Response::new(pb::GetUsageResponse {
-            total: rows.iter().find(|row| row.date.is_none()).map(usage),
-            days: rows
-                .iter()
-                .filter(|row| row.date.is_some())
-                .map(usage)
-                .collect(),
-            time_zone: zone_name,
-        }))
+        respond(async move {
+            let caller = self.caller(&request, "GetUsage").await?;
+            let request = request.into_inner();
+            let (_, zone_name) = self.zone(caller.tenant_id, &request.time_zone).await?;
+            let to = time(request.to).unwrap_or_else(Utc::now);
+            let from = time(request.from)
+                .unwrap_or_else(|| to - chrono::Duration::days(DEFAULT_USAGE_DAYS));
+            if from >= to {
+                return Err(AuditError::invalid("`from` must be before `to`"));
+            }
+            if to - from > chrono::Duration::days(MAX_USAGE_DAYS) {
+                return Err(AuditError::invalid(format!(
+                    "the period is at most {MAX_USAGE_DAYS} days"
+                )));
+            }
+            let rows = store::usage(&self.db, caller.tenant_id, from, to, &zone_name).await?;
+            let usage = |row: &store::UsageRow| pb::Usage {
+                date: row.date.clone().unwrap_or_default(),
+                streams: row.streams.max(0) as u64,
+                failed_streams: row.failed_streams.max(0) as u64,
+                refused_streams: row.refused_streams.max(0) as u64,
+                audio_minutes: row.audio_ms.max(0) as f64 / 60_000.0,
+                finals: row.finals.max(0) as u64,
+                final_latency_p50_ms: row.latency_p50_ms.unwrap_or(0).max(0) as u32,
+                final_latency_p95_ms: row.latency_p95_ms.unwrap_or(0).max(0) as u32,
+            };
+            Ok(pb::GetUsageResponse {
+                total: rows.iter().find(|row| row.date.is_none()).map(usage),
+                days: rows
+                    .iter()
+                    .filter(|row| row.date.is_some())
+                    .map(usage)
+                    .collect(),
+                time_zone: zone_name,
+            })
+        })
+        .await
     }
 }
 
@@ -533,10 +528,11 @@ impl NoticeService for Notices {
         &self,
         request: Request<pb::PublishNoticeRequest>,
     ) -> Result<Response<pb::Notice>, Status> {
+        respond(async move {
         self.operator.check(&request, "PublishNotice")?;
         let now = Utc::now();
         let draft =
-            notice::validate(request.into_inner(), now).map_err(Status::invalid_argument)?;
+            notice::validate(request.into_inner(), now).map_err(AuditError::invalid)?;
         // The recipients first: an unknown tenant refuses the notice before anything is
         // stored, and a stored notice always has its deliveries.
         let mut ask = Request::new(ListNoticeRecipientsRequest {
@@ -549,10 +545,10 @@ impl NoticeService for Notices {
             .list_notice_recipients(ask)
             .await
             .map_err(|status| match status.code() {
-                tonic::Code::NotFound => Status::not_found(
-                    "a tenant named in the notice does not exist (give ids or slugs)",
+                tonic::Code::NotFound => AuditError::NotFound(
+                    "a tenant named in the notice does not exist (give ids or slugs)".into(),
                 ),
-                _ => Status::unavailable(format!(
+                _ => AuditError::unavailable(format!(
                     "the account service cannot list recipients: {}",
                     status.message()
                 )),
@@ -561,7 +557,7 @@ impl NoticeService for Notices {
             .tenants;
         let stored = notice::insert(&self.db, &draft, &recipients)
             .await
-            .map_err(internal)?;
+            ?;
         self.wake.notify_one();
         // Every concerned tenant's log shows the notice (control 12.4.1).
         for tenant in &recipients {
@@ -578,65 +574,67 @@ impl NoticeService for Notices {
             }
         }
         tracing::info!(notice = %stored.id, kind = draft.kind.as_str(), tenants = recipients.len(), mails = stored.pending, "notice published");
-        Ok(Response::new(stored.to_proto(chrono_tz::UTC, true, now)))
+        Ok(stored.to_proto(chrono_tz::UTC, true, now))
+        })
+        .await
     }
 
     async fn list_notices(
         &self,
         request: Request<pb::ListNoticesRequest>,
     ) -> Result<Response<pb::ListNoticesResponse>, Status> {
-        let (reader, zone) = if OperatorToken::presented(request.metadata()) {
-            self.operator.check(&request, "ListNotices")?;
-            (notice::Reader::Operator, chrono_tz::UTC)
-        } else {
-            let caller = self
-                .checker
-                .admit(request.metadata(), Access::SignedIn)
-                .await?;
-            let name = store::time_zone(&self.db, caller.tenant_id)
-                .await
-                .map_err(internal)?
-                .unwrap_or_else(|| render::DEFAULT_TIME_ZONE.to_string());
-            (
-                notice::Reader::Tenant(caller.tenant_id),
-                render::zone(&name).unwrap_or(chrono_tz::Asia::Tokyo),
-            )
-        };
-        let request = request.into_inner();
-        let page_size = match request.page_size {
-            0 => 100,
-            n if n > MAX_PAGE => {
-                return Err(Status::invalid_argument(format!(
-                    "page_size is at most {MAX_PAGE}"
-                )));
-            }
-            n => n,
-        };
-        let before = match non_empty(&request.page_token) {
-            Some(token) => Some(
-                token
-                    .parse::<i64>()
-                    .map_err(|_| Status::invalid_argument("page_token is not one we issued"))?,
-            ),
-            None => None,
-        };
-        let mut rows = notice::list(&self.db, reader, before, i64::from(page_size) + 1)
-            .await
-            .map_err(internal)?;
-        let more = rows.len() > page_size as usize;
-        rows.truncate(page_size as usize);
-        let now = Utc::now();
-        let operator = matches!(reader, notice::Reader::Operator);
-        Ok(Response::new(pb::ListNoticesResponse {
-            next_page_token: match (more, rows.last()) {
-                (true, Some(last)) => last.seq.to_string(),
-                _ => String::new(),
-            },
-            notices: rows
-                .iter()
-                .map(|row| row.to_proto(zone, operator, now))
-                .collect(),
-        }))
+        respond(async move {
+            let (reader, zone) = if OperatorToken::presented(request.metadata()) {
+                self.operator.check(&request, "ListNotices")?;
+                (notice::Reader::Operator, chrono_tz::UTC)
+            } else {
+                let caller = self
+                    .checker
+                    .admit(request.metadata(), Access::SignedIn)
+                    .await?;
+                let name = store::time_zone(&self.db, caller.tenant_id)
+                    .await?
+                    .unwrap_or_else(|| render::DEFAULT_TIME_ZONE.to_string());
+                (
+                    notice::Reader::Tenant(caller.tenant_id),
+                    render::zone(&name).unwrap_or(chrono_tz::Asia::Tokyo),
+                )
+            };
+            let request = request.into_inner();
+            let page_size = match request.page_size {
+                0 => 100,
+                n if n > MAX_PAGE => {
+                    return Err(AuditError::invalid(format!(
+                        "page_size is at most {MAX_PAGE}"
+                    )));
+                }
+                n => n,
+            };
+            let before = match non_empty(&request.page_token) {
+                Some(token) => Some(
+                    token
+                        .parse::<i64>()
+                        .map_err(|_| AuditError::invalid("page_token is not one we issued"))?,
+                ),
+                None => None,
+            };
+            let mut rows = notice::list(&self.db, reader, before, i64::from(page_size) + 1).await?;
+            let more = rows.len() > page_size as usize;
+            rows.truncate(page_size as usize);
+            let now = Utc::now();
+            let operator = matches!(reader, notice::Reader::Operator);
+            Ok(pb::ListNoticesResponse {
+                next_page_token: match (more, rows.last()) {
+                    (true, Some(last)) => last.seq.to_string(),
+                    _ => String::new(),
+                },
+                notices: rows
+                    .iter()
+                    .map(|row| row.to_proto(zone, operator, now))
+                    .collect(),
+            })
+        })
+        .await
     }
 }
 

@@ -25,3 +25,24 @@ pub const ACCESS_TOKEN_LIFETIME: Duration = Duration::from_secs(15 * 60);
 pub fn redis_prefix(layout: &Layout) -> String {
     format!("kiroku:{}", layout.root())
 }
+
+/// Runs one RPC of a service whose `caller(&request, method)` admits the caller through
+/// its access table: the caller and the request's body are handed to `$call`, the work,
+/// whose error (the service's error enum) becomes the status through its one
+/// `From<…> for tonic::Status`.
+///
+/// ```ignore
+/// authorized!(self, request, "GetMeeting", |caller, body| self.get_meeting(caller, body))
+/// ```
+#[macro_export]
+macro_rules! authorized {
+    ($service:expr, $request:ident, $method:literal, |$caller:ident, $body:ident| $call:expr) => {{
+        let $caller = $service.caller(&$request, $method).await?;
+        let $body = $request.into_inner();
+        let _ = &$body;
+        $call
+            .await
+            .map(::tonic::Response::new)
+            .map_err(::tonic::Status::from)
+    }};
+}

@@ -5,17 +5,31 @@ use std::time::Duration;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt as _};
 
-/// `RESOURCE_EXHAUSTED` with a `google.rpc.RetryInfo` detail, so clients know when to
-/// try again (`kiroku` prints it; gRPC libraries expose it as structured detail).
-/// A failed database operation as the caller sees it: logged with its cause, counted in
-/// `kiroku_db_errors_total`, answered `INTERNAL` without details. Every service maps
-/// database errors through this.
-pub fn database_error(error: &dyn std::fmt::Display) -> tonic::Status {
-    tracing::error!(%error, "database error");
-    crate::metrics::metrics().db_errors.inc();
-    tonic::Status::internal("internal error")
+/// An internal failure as the caller sees it: `INTERNAL` with a short reference and
+/// nothing of the cause. The cause is logged once, with the same reference
+/// (`error_ref`), so an operator finds the log line from what a client reports. Every
+/// service answers internal errors through this (or [`database_error`]).
+pub fn internal(what: &str, error: &dyn std::fmt::Display) -> Status {
+    let reference = error_reference();
+    tracing::error!(error_ref = %reference, %error, "{what}");
+    Status::internal(format!("internal error (ref {reference})"))
 }
 
+/// A failed database operation as the caller sees it: [`internal`], counted in
+/// `kiroku_db_errors_total`. Every service maps database errors through this.
+pub fn database_error(error: &dyn std::fmt::Display) -> Status {
+    crate::metrics::metrics().db_errors.inc();
+    internal("database error", error)
+}
+
+/// Eight hex digits: enough to find one log line, short enough to read out.
+fn error_reference() -> String {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    id[..8].to_string()
+}
+
+/// `RESOURCE_EXHAUSTED` with a `google.rpc.RetryInfo` detail, so clients know when to
+/// try again (`kiroku` prints it; gRPC libraries expose it as structured detail).
 pub fn resource_exhausted(message: impl Into<String>, retry_after: Duration) -> Status {
     let retry_after = retry_after.max(Duration::from_secs(1));
     let message = format!(
@@ -40,6 +54,28 @@ pub fn retry_after(status: &Status) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn internal_errors_carry_a_reference_and_not_the_cause() {
+        let status = internal("export", &"disk /var/secret full");
+        assert_eq!(status.code(), Code::Internal);
+        let message = status.message();
+        assert!(!message.contains("secret"), "{message}");
+        let reference = message
+            .strip_prefix("internal error (ref ")
+            .and_then(|rest| rest.strip_suffix(')'))
+            .unwrap_or_else(|| panic!("no reference in {message:?}"));
+        assert_eq!(reference.len(), 8, "{message}");
+        assert!(
+            reference.chars().all(|c| c.is_ascii_hexdigit()),
+            "{message}"
+        );
+        assert_ne!(
+            internal("export", &"x").message(),
+            message,
+            "one reference per error"
+        );
+    }
 
     #[test]
     fn retry_info_survives_the_status() {

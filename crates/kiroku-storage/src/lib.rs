@@ -11,6 +11,7 @@
 pub mod backup;
 pub mod bundle;
 pub mod crypto;
+pub mod error;
 pub mod search;
 mod service;
 pub mod store;

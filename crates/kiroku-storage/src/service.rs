@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use kiroku_auth::auth::{Access, Principal, SCOPE_TRANSCRIBE};
+use kiroku_auth::authorized;
 use kiroku_auth::checker::Checker;
 use kiroku_core::audit::{AuditEmitter, AuditRecord, actions};
 use kiroku_core::db::Db;
@@ -16,6 +17,7 @@ use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use crate::bundle;
+use crate::error::{Result, StorageError};
 use crate::store::{self, Keys, LabelRow, MeetingRow, StoreError};
 
 /// Who may call each method (deny by default).
@@ -85,20 +87,6 @@ impl std::fmt::Debug for StorageService {
     }
 }
 
-fn internal(error: StoreError) -> Status {
-    match error {
-        StoreError::Crypto(_) => {
-            tracing::error!(%error, "storage error");
-            Status::data_loss("stored data does not decrypt")
-        }
-        _ => kiroku_core::status::database_error(&error),
-    }
-}
-
-fn not_found(what: &str) -> Status {
-    Status::not_found(format!("{what} not found"))
-}
-
 fn timestamp(time: chrono::DateTime<chrono::Utc>) -> prost_types::Timestamp {
     prost_types::Timestamp {
         seconds: time.timestamp(),
@@ -106,7 +94,7 @@ fn timestamp(time: chrono::DateTime<chrono::Utc>) -> prost_types::Timestamp {
     }
 }
 
-fn meeting_id(value: &str) -> Result<String, Status> {
+fn meeting_id(value: &str) -> Result<String> {
     Ok(kiroku_core::validate::meeting_id("meeting_id", value)?)
 }
 
@@ -204,7 +192,7 @@ impl StorageService {
     /// rows are deleted, its audio and finals still in JetStream are purged, and the
     /// workers are told, so the sessions still running end without keeping more (their
     /// clients get `ABORTED`).
-    async fn erase(&self, tenant: Uuid) -> Result<(store::Erased, u64), Status> {
+    async fn erase(&self, tenant: Uuid) -> Result<(store::Erased, u64)> {
         self.nats
             .erasures
             .put(
@@ -214,16 +202,14 @@ impl StorageService {
             .await
             .map_err(|error| {
                 tracing::error!(%error, "erasure register unavailable");
-                Status::unavailable("NATS is unavailable: nothing was erased; retry")
+                StorageError::unavailable("NATS is unavailable: nothing was erased; retry")
             })?;
-        let (erased, sessions) = store::erase_tenant(&self.db, tenant)
-            .await
-            .map_err(internal)?;
+        let (erased, sessions) = store::erase_tenant(&self.db, tenant).await?;
         // Worker checkpoints hold the tail of recent captions: they go too.
         for session in &sessions {
             if let Err(error) = self.nats.checkpoints.purge(session).await {
                 tracing::error!(%error, "a session checkpoint was not purged");
-                return Err(Status::unavailable(
+                return Err(StorageError::unavailable(
                     "the minutes are erased but a session checkpoint was not purged; retry the erasure",
                 ));
             }
@@ -254,7 +240,7 @@ impl StorageService {
                 Ok(n) => purged += n,
                 Err(error) => {
                     tracing::error!(%error, stream, "tenant messages not purged");
-                    return Err(Status::unavailable(format!(
+                    return Err(StorageError::unavailable(format!(
                         "the minutes are erased but {stream} was not purged; retry the erasure"
                     )));
                 }
@@ -381,13 +367,6 @@ async fn bundle(
     Ok(files)
 }
 
-fn bundle_status(error: bundle::BundleError) -> Status {
-    match error {
-        bundle::BundleError::Invalid(problem) => Status::invalid_argument(problem),
-        bundle::BundleError::Corrupt(problem) => Status::data_loss(problem),
-    }
-}
-
 impl StorageService {
     /// Reads a bundle (manifest first) into one import transaction; commits only when
     /// every listed file came and matched and the import is audited.
@@ -400,47 +379,42 @@ impl StorageService {
         &self,
         caller: &Principal,
         mut files: tonic::Streaming<pb::BundleFile>,
-    ) -> Result<(store::Imported, u64), Status> {
+    ) -> Result<(store::Imported, u64)> {
         use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _, AsyncWriteExt as _};
         let idle = self.import_idle_timeout;
         let mut next = async || match tokio::time::timeout(idle, files.message()).await {
-            Ok(message) => message,
-            Err(_) => Err(Status::deadline_exceeded(format!(
+            Ok(message) => message.map_err(StorageError::from),
+            Err(_) => Err(StorageError::Timeout(format!(
                 "no bundle file within {} s: the import is abandoned",
                 idle.as_secs()
             ))),
         };
         let first = next().await?.ok_or_else(|| {
-            Status::invalid_argument(format!("empty bundle: send {} first", bundle::MANIFEST))
+            StorageError::invalid(format!("empty bundle: send {} first", bundle::MANIFEST))
         })?;
         if first.path != bundle::MANIFEST {
-            return Err(Status::invalid_argument(format!(
+            return Err(StorageError::invalid(format!(
                 "the first file must be {}, not {:?}",
                 bundle::MANIFEST,
                 first.path
             )));
         }
-        let manifest = bundle::Manifest::parse(&first.data).map_err(bundle_status)?;
+        let manifest = bundle::Manifest::parse(&first.data)?;
         let mut checker = bundle::Checker::new(&manifest);
-        let spool_error = |e: std::io::Error| {
-            tracing::error!(error = %e, "bundle spool");
-            Status::internal("the bundle could not be spooled to disk")
-        };
+        let spool_error = |e: std::io::Error| StorageError::internal("bundle spool", e);
         let mut spool = tokio::fs::File::from_std(tempfile::tempfile().map_err(spool_error)?);
         let (mut spooled, mut meetings) = (0u64, Vec::new());
         while let Some(file) = next().await? {
-            checker
-                .check(&file.path, &file.data)
-                .map_err(bundle_status)?;
+            checker.check(&file.path, &file.data)?;
             if !bundle::is_meeting(&file.path) {
                 continue;
             }
             // Parsed now so a bad file is refused before anything is written.
             serde_json::from_slice::<bundle::BundleMeeting>(&file.data)
-                .map_err(|e| Status::invalid_argument(format!("{}: {e}", file.path)))?;
+                .map_err(|e| StorageError::invalid(format!("{}: {e}", file.path)))?;
             spooled += file.data.len() as u64;
             if spooled > crate::MAX_BUNDLE_BYTES {
-                return Err(Status::invalid_argument(format!(
+                return Err(StorageError::invalid(format!(
                     "the bundle's meetings exceed {} bytes; import it in parts",
                     crate::MAX_BUNDLE_BYTES
                 )));
@@ -448,7 +422,7 @@ impl StorageService {
             spool.write_all(&file.data).await.map_err(spool_error)?;
             meetings.push((file.path, file.data.len()));
         }
-        let checked = checker.finish().map_err(bundle_status)?;
+        let checked = checker.finish()?;
 
         spool.flush().await.map_err(spool_error)?;
         spool
@@ -456,21 +430,386 @@ impl StorageService {
             .await
             .map_err(spool_error)?;
         let mut spool = tokio::io::BufReader::new(spool);
-        let mut import = store::Import::begin(&self.db, &self.keys, caller.tenant_id)
-            .await
-            .map_err(internal)?;
+        let mut import = store::Import::begin(&self.db, &self.keys, caller.tenant_id).await?;
         for (path, len) in meetings {
             let mut data = vec![0; len];
             spool.read_exact(&mut data).await.map_err(spool_error)?;
             let meeting: bundle::BundleMeeting = serde_json::from_slice(&data)
-                .map_err(|e| Status::invalid_argument(format!("{path}: {e}")))?;
+                .map_err(|e| StorageError::invalid(format!("{path}: {e}")))?;
             import.meeting(&meeting).await.map_err(|e| match e {
-                StoreError::Exists(_) => Status::already_exists(e.to_string()),
-                StoreError::Invalid(_) => Status::invalid_argument(format!("{path}: {e}")),
-                e => internal(e),
+                StoreError::Invalid(_) => StorageError::invalid(format!("{path}: {e}")),
+                e => e.into(),
             })?;
         }
-        Ok((import.commit().await.map_err(internal)?, checked))
+        Ok((import.commit().await?, checked))
+    }
+}
+
+/// What each RPC does, after [`StorageService::caller`] admitted the caller.
+impl StorageService {
+    async fn erase_tenant(
+        &self,
+        caller: Principal,
+        request: pb::EraseTenantRequest,
+    ) -> Result<pb::EraseTenantResponse> {
+        if caller.role != kiroku_auth::auth::Role::Owner {
+            return Err(StorageError::Denied(
+                "only an owner can erase the tenant's minutes".into(),
+            ));
+        }
+        if request.confirm_tenant_slug.trim() != caller.tenant_slug {
+            return Err(StorageError::Precondition(
+                "confirm_tenant_slug must be your tenant's slug".into(),
+            ));
+        }
+        let (erased, purged) = self.erase(caller.tenant_id).await?;
+        self.audit.spawn_emit(
+            AuditRecord::new(
+                caller.tenant_token(),
+                caller.actor(),
+                actions::TENANT_ERASED,
+            )
+            .detail("meetings", erased.meetings.to_string())
+            .detail("segments", erased.segments.to_string())
+            .detail("labels", erased.labels.to_string())
+            .detail("stream_messages", purged.to_string()),
+        );
+        tracing::info!(tenant = %caller.tenant_id, ?erased, purged, "tenant minutes erased");
+        Ok(pb::EraseTenantResponse {
+            meetings: erased.meetings,
+            segments: erased.segments,
+            labels: erased.labels,
+            stream_messages: purged,
+        })
+    }
+
+    async fn list_meetings(
+        &self,
+        caller: Principal,
+        request: pb::ListMeetingsRequest,
+    ) -> Result<pb::ListMeetingsResponse> {
+        let page_size = match request.page_size {
+            0 => 50,
+            n if n > MAX_PAGE => {
+                return Err(StorageError::invalid(format!(
+                    "page_size is at most {MAX_PAGE}"
+                )));
+            }
+            n => n,
+        };
+        let after = if request.page_token.is_empty() {
+            None
+        } else {
+            let (micros, id) = request
+                .page_token
+                .split_once(':')
+                .and_then(|(t, id)| Some((t.parse::<i64>().ok()?, id.to_string())))
+                .ok_or_else(|| StorageError::invalid("page_token is not one we issued"))?;
+            let time = chrono::DateTime::from_timestamp_micros(micros)
+                .ok_or_else(|| StorageError::invalid("page_token is not one we issued"))?;
+            Some((time, id))
+        };
+        let tag = Some(request.tag.trim()).filter(|t| !t.is_empty());
+        let mut rows = store::list_meetings(
+            &self.db,
+            &self.keys,
+            caller.tenant_id,
+            after,
+            tag,
+            i64::from(page_size) + 1,
+        )
+        .await?;
+        let more = rows.len() > page_size as usize;
+        rows.truncate(page_size as usize);
+        let ids: Vec<String> = rows.iter().map(|r| r.meeting_id.clone()).collect();
+        let mut tags = store::tags(&self.db, &self.keys, caller.tenant_id, &ids).await?;
+        let meetings: Vec<pb::MeetingSummary> = rows
+            .iter()
+            .map(|row| summary(row, tags.remove(&row.meeting_id).unwrap_or_default()))
+            .collect();
+        Ok(pb::ListMeetingsResponse {
+            next_page_token: match (more, rows.last()) {
+                (true, Some(last)) => {
+                    format!("{}:{}", last.started_at.timestamp_micros(), last.meeting_id)
+                }
+                _ => String::new(),
+            },
+            meetings,
+        })
+    }
+
+    async fn get_meeting(
+        &self,
+        caller: Principal,
+        request: pb::GetMeetingRequest,
+    ) -> Result<pb::Meeting> {
+        let id = meeting_id(&request.meeting_id)?;
+        let (row, segments) = store::meeting(&self.db, &self.keys, caller.tenant_id, &id)
+            .await?
+            .ok_or_else(|| StorageError::NotFound("meeting"))?;
+        let labels = store::labels(&self.db, &self.keys, caller.tenant_id, &id)
+            .await?
+            .unwrap_or_default();
+        Ok(pb::Meeting {
+            summary: Some(summary(
+                &row,
+                labels
+                    .iter()
+                    .filter(|l| l.kind == "tag")
+                    .map(|l| l.text.clone())
+                    .collect(),
+            )),
+            segments,
+            labels: labels.iter().map(label).collect(),
+        })
+    }
+
+    async fn search(
+        &self,
+        caller: Principal,
+        request: pb::SearchRequest,
+    ) -> Result<pb::SearchResponse> {
+        let query = request.query.trim();
+        if query.is_empty() || query.chars().count() > MAX_QUERY_CHARS {
+            return Err(StorageError::invalid(format!(
+                "query must be 1 to {MAX_QUERY_CHARS} characters"
+            )));
+        }
+        if crate::search::query_terms(query).is_empty() {
+            return Err(StorageError::invalid("query has no words to search for"));
+        }
+        let limit = match request.limit {
+            0 => 20,
+            n => n.min(MAX_HITS),
+        };
+        let hits = store::search(
+            &self.db,
+            &self.keys,
+            caller.tenant_id,
+            query,
+            i64::from(limit),
+        )
+        .await?;
+        Ok(pb::SearchResponse {
+            hits: hits
+                .into_iter()
+                .map(|(meeting_id, title, segment)| pb::SearchHit {
+                    meeting_id,
+                    title,
+                    segment: Some(segment),
+                })
+                .collect(),
+        })
+    }
+
+    async fn export_meeting(
+        &self,
+        caller: Principal,
+        request: pb::ExportMeetingRequest,
+    ) -> Result<pb::ExportMeetingResponse> {
+        let id = meeting_id(&request.meeting_id)?;
+        let format = pb::ExportFormat::try_from(request.format)
+            .ok()
+            .filter(|f| *f != pb::ExportFormat::Unspecified)
+            .ok_or_else(|| StorageError::invalid("format must be TXT, SRT, VTT, JSON or DOCX"))?;
+        let (row, segments) = store::meeting(&self.db, &self.keys, caller.tenant_id, &id)
+            .await?
+            .ok_or_else(|| StorageError::NotFound("meeting"))?;
+        let transcript = transcript(&row, &segments);
+        let (data, content_type, extension) = match format {
+            pb::ExportFormat::Txt => (
+                transcript.render(Format::Txt).into_bytes(),
+                "text/plain; charset=utf-8",
+                "txt",
+            ),
+            pb::ExportFormat::Srt => (
+                transcript.render(Format::Srt).into_bytes(),
+                "application/x-subrip",
+                "srt",
+            ),
+            pb::ExportFormat::Vtt => (
+                transcript.render(Format::Vtt).into_bytes(),
+                "text/vtt",
+                "vtt",
+            ),
+            pb::ExportFormat::Json => (
+                transcript.render(Format::Json).into_bytes(),
+                "application/json",
+                "json",
+            ),
+            _ => {
+                let labels = store::labels(&self.db, &self.keys, caller.tenant_id, &id)
+                    .await?
+                    .unwrap_or_default();
+                let labels: Vec<docx::Label<'_>> = labels
+                    .iter()
+                    .map(|l| docx::Label {
+                        kind: &l.kind,
+                        at_ms: (l.kind != "tag").then_some(l.at_ms.max(0) as u64),
+                        end_ms: (l.kind == "memo").then_some(l.end_ms.max(0) as u64),
+                        text: &l.text,
+                    })
+                    .collect();
+                // Minutes show Japan time (the service's market); the audit log's
+                // per-tenant zone setting is the audit service's.
+                let jst = chrono::FixedOffset::east_opt(9 * 3600)
+                    .ok_or_else(|| StorageError::internal("time zone", "UTC+9 out of range"))?;
+                let started = row
+                    .started_at
+                    .with_timezone(&jst)
+                    .format("%Y-%m-%d %H:%M JST")
+                    .to_string();
+                let data = docx::render(&docx::Minutes {
+                    title: &row.title,
+                    started_at: &started,
+                    participants: &[],
+                    transcript: &transcript,
+                    labels: &labels,
+                })
+                .map_err(|e| StorageError::internal("docx", e))?;
+                (
+                    data,
+                    "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+                    "docx",
+                )
+            }
+        };
+        let record = AuditRecord::new(
+            caller.tenant_token(),
+            caller.actor(),
+            actions::MEETING_EXPORTED,
+        )
+        .target(format!("meeting/{id}"))
+        .detail("format", extension);
+        if let Err(error) = self.audit.emit(record).await {
+            // The customer must be able to see every export: none without its entry.
+            tracing::error!(%error, "meeting.exported not audited: export refused");
+            return Err(StorageError::unavailable(
+                "the audit log is unavailable; retry",
+            ));
+        }
+        let safe: String = id
+            .chars()
+            .map(|c| {
+                if c.is_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        Ok(pb::ExportMeetingResponse {
+            data,
+            content_type: content_type.into(),
+            file_name: format!("{safe}.{extension}"),
+        })
+    }
+
+    async fn add_label(
+        &self,
+        caller: Principal,
+        request: pb::AddLabelRequest,
+    ) -> Result<pb::Label> {
+        let id = meeting_id(&request.meeting_id)?;
+        let kind = kind_name(request.kind)
+            .ok_or_else(|| StorageError::invalid("kind must be TAG, BOOKMARK or MEMO"))?;
+        let text = request.text.trim();
+        let chars = text.chars().count();
+        if chars > MAX_LABEL_CHARS || (kind != "bookmark" && chars == 0) {
+            return Err(StorageError::invalid(format!(
+                "label text must be {} to {MAX_LABEL_CHARS} characters",
+                if kind == "bookmark" { 0 } else { 1 }
+            )));
+        }
+        if kind == "tag" && (chars > 64 || text.contains(char::is_control)) {
+            return Err(StorageError::invalid(
+                "a tag is one line of at most 64 characters",
+            ));
+        }
+        if text
+            .chars()
+            .any(|c| c.is_control() && !matches!(c, '\n' | '\t'))
+        {
+            return Err(StorageError::invalid(
+                "label text must not contain control characters",
+            ));
+        }
+        let (at_ms, end_ms) = match kind {
+            "tag" => (0, 0),
+            "bookmark" => (request.at_ms, request.at_ms),
+            _ => {
+                if request.end_ms < request.at_ms {
+                    return Err(StorageError::invalid(
+                        "a memo's end_ms must not be before its at_ms",
+                    ));
+                }
+                (request.at_ms, request.end_ms)
+            }
+        };
+        if at_ms > i64::MAX as u64 || end_ms > i64::MAX as u64 {
+            return Err(StorageError::invalid("time out of range"));
+        }
+        let created_by = caller.subject.to_string();
+        let row = store::add_label(
+            &self.db,
+            &self.keys,
+            caller.tenant_id,
+            &store::NewLabel {
+                label_id: Uuid::new_v4(),
+                meeting_id: &id,
+                kind,
+                text,
+                at_ms: at_ms as i64,
+                end_ms: end_ms as i64,
+                created_by: &created_by,
+                create_meeting: request.live && kind == "bookmark",
+            },
+        )
+        .await?
+        .ok_or_else(|| StorageError::NotFound("meeting"))?;
+        self.audit.spawn_emit(
+            AuditRecord::new(caller.tenant_token(), caller.actor(), actions::LABEL_ADDED)
+                .target(format!("meeting/{id}"))
+                .detail("label", row.label_id.to_string())
+                .detail("kind", kind),
+        );
+        Ok(label(&row))
+    }
+
+    async fn list_labels(
+        &self,
+        caller: Principal,
+        request: pb::ListLabelsRequest,
+    ) -> Result<pb::ListLabelsResponse> {
+        let id = meeting_id(&request.meeting_id)?;
+        let rows = store::labels(&self.db, &self.keys, caller.tenant_id, &id)
+            .await?
+            .ok_or_else(|| StorageError::NotFound("meeting"))?;
+        Ok(pb::ListLabelsResponse {
+            labels: rows.iter().map(label).collect(),
+        })
+    }
+
+    async fn remove_label(
+        &self,
+        caller: Principal,
+        request: pb::RemoveLabelRequest,
+    ) -> Result<pb::RemoveLabelResponse> {
+        let label_id = Uuid::try_parse(request.label_id.trim())
+            .map_err(|_| StorageError::NotFound("label"))?;
+        let meeting = store::remove_label(&self.db, caller.tenant_id, label_id)
+            .await?
+            .ok_or_else(|| StorageError::NotFound("label"))?;
+        self.audit.spawn_emit(
+            AuditRecord::new(
+                caller.tenant_token(),
+                caller.actor(),
+                actions::LABEL_REMOVED,
+            )
+            .target(format!("meeting/{meeting}"))
+            .detail("label", label_id.to_string()),
+        );
+        Ok(pb::RemoveLabelResponse {})
     }
 }
 
@@ -486,7 +825,7 @@ impl StorageApi for StorageService {
         let caller = self.caller(&request, "ExportTenant").await?;
         let files = bundle(self, caller.tenant_id, &caller.tenant_slug)
             .await
-            .map_err(internal)?;
+            .map_err(StorageError::from)?;
         let record = AuditRecord::new(
             caller.tenant_token(),
             caller.actor(),
@@ -495,7 +834,7 @@ impl StorageApi for StorageService {
         .detail("files", files.len().to_string());
         if let Err(error) = self.audit.emit(record).await {
             tracing::error!(%error, "tenant.exported not audited: export refused");
-            return Err(Status::unavailable("the audit log is unavailable; retry"));
+            return Err(StorageError::unavailable("the audit log is unavailable; retry").into());
         }
         Ok(Response::new(Box::pin(futures::stream::iter(
             files.into_iter().map(Ok),
@@ -536,7 +875,7 @@ impl StorageApi for StorageService {
         self.operator.check(&request, "RotateMasterKey")?;
         let (rewrapped, failed) = store::rewrap_keys(&self.db, self.keys.provider())
             .await
-            .map_err(internal)?;
+            .map_err(StorageError::from)?;
         tracing::info!(
             rewrapped,
             failed,
@@ -554,383 +893,72 @@ impl StorageApi for StorageService {
         &self,
         request: Request<pb::EraseTenantRequest>,
     ) -> Result<Response<pb::EraseTenantResponse>, Status> {
-        let caller = self.caller(&request, "EraseTenant").await?;
-        if caller.role != kiroku_auth::auth::Role::Owner {
-            return Err(Status::permission_denied(
-                "only an owner can erase the tenant's minutes",
-            ));
-        }
-        if request.into_inner().confirm_tenant_slug.trim() != caller.tenant_slug {
-            return Err(Status::failed_precondition(
-                "confirm_tenant_slug must be your tenant's slug",
-            ));
-        }
-        let (erased, purged) = self.erase(caller.tenant_id).await?;
-        self.audit.spawn_emit(
-            AuditRecord::new(
-                caller.tenant_token(),
-                caller.actor(),
-                actions::TENANT_ERASED,
-            )
-            .detail("meetings", erased.meetings.to_string())
-            .detail("segments", erased.segments.to_string())
-            .detail("labels", erased.labels.to_string())
-            .detail("stream_messages", purged.to_string()),
-        );
-        tracing::info!(tenant = %caller.tenant_id, ?erased, purged, "tenant minutes erased");
-        Ok(Response::new(pb::EraseTenantResponse {
-            meetings: erased.meetings,
-            segments: erased.segments,
-            labels: erased.labels,
-            stream_messages: purged,
-        }))
+        authorized!(self, request, "EraseTenant", |caller, body| {
+            StorageService::erase_tenant(self, caller, body)
+        })
     }
 
     async fn list_meetings(
         &self,
         request: Request<pb::ListMeetingsRequest>,
     ) -> Result<Response<pb::ListMeetingsResponse>, Status> {
-        let caller = self.caller(&request, "ListMeetings").await?;
-        let request = request.into_inner();
-        let page_size = match request.page_size {
-            0 => 50,
-            n if n > MAX_PAGE => {
-                return Err(Status::invalid_argument(format!(
-                    "page_size is at most {MAX_PAGE}"
-                )));
-            }
-            n => n,
-        };
-        let after = if request.page_token.is_empty() {
-            None
-        } else {
-            let (micros, id) = request
-                .page_token
-                .split_once(':')
-                .and_then(|(t, id)| Some((t.parse::<i64>().ok()?, id.to_string())))
-                .ok_or_else(|| Status::invalid_argument("page_token is not one we issued"))?;
-            let time = chrono::DateTime::from_timestamp_micros(micros)
-                .ok_or_else(|| Status::invalid_argument("page_token is not one we issued"))?;
-            Some((time, id))
-        };
-        let tag = Some(request.tag.trim()).filter(|t| !t.is_empty());
-        let mut rows = store::list_meetings(
-            &self.db,
-            &self.keys,
-            caller.tenant_id,
-            after,
-            tag,
-            i64::from(page_size) + 1,
-        )
-        .await
-        .map_err(internal)?;
-        let more = rows.len() > page_size as usize;
-        rows.truncate(page_size as usize);
-        let ids: Vec<String> = rows.iter().map(|r| r.meeting_id.clone()).collect();
-        let mut tags = store::tags(&self.db, &self.keys, caller.tenant_id, &ids)
-            .await
-            .map_err(internal)?;
-        let meetings: Vec<pb::MeetingSummary> = rows
-            .iter()
-            .map(|row| summary(row, tags.remove(&row.meeting_id).unwrap_or_default()))
-            .collect();
-        Ok(Response::new(pb::ListMeetingsResponse {
-            next_page_token: match (more, rows.last()) {
-                (true, Some(last)) => {
-                    format!("{}:{}", last.started_at.timestamp_micros(), last.meeting_id)
-                }
-                _ => String::new(),
-            },
-            meetings,
-        }))
+        authorized!(self, request, "ListMeetings", |caller, body| {
+            StorageService::list_meetings(self, caller, body)
+        })
     }
 
     async fn get_meeting(
         &self,
         request: Request<pb::GetMeetingRequest>,
     ) -> Result<Response<pb::Meeting>, Status> {
-        let caller = self.caller(&request, "GetMeeting").await?;
-        let id = meeting_id(&request.into_inner().meeting_id)?;
-        let (row, segments) = store::meeting(&self.db, &self.keys, caller.tenant_id, &id)
-            .await
-            .map_err(internal)?
-            .ok_or_else(|| not_found("meeting"))?;
-        let labels = store::labels(&self.db, &self.keys, caller.tenant_id, &id)
-            .await
-            .map_err(internal)?
-            .unwrap_or_default();
-        Ok(Response::new(pb::Meeting {
-            summary: Some(summary(
-                &row,
-                labels
-                    .iter()
-                    .filter(|l| l.kind == "tag")
-                    .map(|l| l.text.clone())
-                    .collect(),
-            )),
-            segments,
-            labels: labels.iter().map(label).collect(),
-        }))
+        authorized!(self, request, "GetMeeting", |caller, body| {
+            StorageService::get_meeting(self, caller, body)
+        })
     }
 
     async fn search(
         &self,
         request: Request<pb::SearchRequest>,
     ) -> Result<Response<pb::SearchResponse>, Status> {
-        let caller = self.caller(&request, "Search").await?;
-        let request = request.into_inner();
-        let query = request.query.trim();
-        if query.is_empty() || query.chars().count() > MAX_QUERY_CHARS {
-            return Err(Status::invalid_argument(format!(
-                "query must be 1 to {MAX_QUERY_CHARS} characters"
-            )));
-        }
-        if crate::search::query_terms(query).is_empty() {
-            return Err(Status::invalid_argument("query has no words to search for"));
-        }
-        let limit = match request.limit {
-            0 => 20,
-            n => n.min(MAX_HITS),
-        };
-        let hits = store::search(
-            &self.db,
-            &self.keys,
-            caller.tenant_id,
-            query,
-            i64::from(limit),
-        )
-        .await
-        .map_err(internal)?;
-        Ok(Response::new(pb::SearchResponse {
-            hits: hits
-                .into_iter()
-                .map(|(meeting_id, title, segment)| pb::SearchHit {
-                    meeting_id,
-                    title,
-                    segment: Some(segment),
-                })
-                .collect(),
-        }))
+        authorized!(self, request, "Search", |caller, body| {
+            StorageService::search(self, caller, body)
+        })
     }
 
     async fn export_meeting(
         &self,
         request: Request<pb::ExportMeetingRequest>,
     ) -> Result<Response<pb::ExportMeetingResponse>, Status> {
-        let caller = self.caller(&request, "ExportMeeting").await?;
-        let request = request.into_inner();
-        let id = meeting_id(&request.meeting_id)?;
-        let format = pb::ExportFormat::try_from(request.format)
-            .ok()
-            .filter(|f| *f != pb::ExportFormat::Unspecified)
-            .ok_or_else(|| {
-                Status::invalid_argument("format must be TXT, SRT, VTT, JSON or DOCX")
-            })?;
-        let (row, segments) = store::meeting(&self.db, &self.keys, caller.tenant_id, &id)
-            .await
-            .map_err(internal)?
-            .ok_or_else(|| not_found("meeting"))?;
-        let transcript = transcript(&row, &segments);
-        let (data, content_type, extension) = match format {
-            pb::ExportFormat::Txt => (
-                transcript.render(Format::Txt).into_bytes(),
-                "text/plain; charset=utf-8",
-                "txt",
-            ),
-            pb::ExportFormat::Srt => (
-                transcript.render(Format::Srt).into_bytes(),
-                "application/x-subrip",
-                "srt",
-            ),
-            pb::ExportFormat::Vtt => (
-                transcript.render(Format::Vtt).into_bytes(),
-                "text/vtt",
-                "vtt",
-            ),
-            pb::ExportFormat::Json => (
-                transcript.render(Format::Json).into_bytes(),
-                "application/json",
-                "json",
-            ),
-            _ => {
-                let labels = store::labels(&self.db, &self.keys, caller.tenant_id, &id)
-                    .await
-                    .map_err(internal)?
-                    .unwrap_or_default();
-                let labels: Vec<docx::Label<'_>> = labels
-                    .iter()
-                    .map(|l| docx::Label {
-                        kind: &l.kind,
-                        at_ms: (l.kind != "tag").then_some(l.at_ms.max(0) as u64),
-                        end_ms: (l.kind == "memo").then_some(l.end_ms.max(0) as u64),
-                        text: &l.text,
-                    })
-                    .collect();
-                // Minutes show Japan time (the service's market); the audit log's
-                // per-tenant zone setting is the audit service's.
-                let jst = chrono::FixedOffset::east_opt(9 * 3600)
-                    .ok_or_else(|| Status::internal("time zone"))?;
-                let started = row
-                    .started_at
-                    .with_timezone(&jst)
-                    .format("%Y-%m-%d %H:%M JST")
-                    .to_string();
-                let data = docx::render(&docx::Minutes {
-                    title: &row.title,
-                    started_at: &started,
-                    participants: &[],
-                    transcript: &transcript,
-                    labels: &labels,
-                })
-                .map_err(|e| {
-                    tracing::error!(error = %e, "docx");
-                    Status::internal("internal error")
-                })?;
-                (
-                    data,
-                    "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
-                    "docx",
-                )
-            }
-        };
-        let record = AuditRecord::new(
-            caller.tenant_token(),
-            caller.actor(),
-            actions::MEETING_EXPORTED,
-        )
-        .target(format!("meeting/{id}"))
-        .detail("format", extension);
-        if let Err(error) = self.audit.emit(record).await {
-            // The customer must be able to see every export: none without its entry.
-            tracing::error!(%error, "meeting.exported not audited: export refused");
-            return Err(Status::unavailable("the audit log is unavailable; retry"));
-        }
-        let safe: String = id
-            .chars()
-            .map(|c| {
-                if c.is_alphanumeric() || c == '-' || c == '_' {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
-        Ok(Response::new(pb::ExportMeetingResponse {
-            data,
-            content_type: content_type.into(),
-            file_name: format!("{safe}.{extension}"),
-        }))
+        authorized!(self, request, "ExportMeeting", |caller, body| {
+            StorageService::export_meeting(self, caller, body)
+        })
     }
 
     async fn add_label(
         &self,
         request: Request<pb::AddLabelRequest>,
     ) -> Result<Response<pb::Label>, Status> {
-        let caller = self.caller(&request, "AddLabel").await?;
-        let request = request.into_inner();
-        let id = meeting_id(&request.meeting_id)?;
-        let kind = kind_name(request.kind)
-            .ok_or_else(|| Status::invalid_argument("kind must be TAG, BOOKMARK or MEMO"))?;
-        let text = request.text.trim();
-        let chars = text.chars().count();
-        if chars > MAX_LABEL_CHARS || (kind != "bookmark" && chars == 0) {
-            return Err(Status::invalid_argument(format!(
-                "label text must be {} to {MAX_LABEL_CHARS} characters",
-                if kind == "bookmark" { 0 } else { 1 }
-            )));
-        }
-        if kind == "tag" && (chars > 64 || text.contains(char::is_control)) {
-            return Err(Status::invalid_argument(
-                "a tag is one line of at most 64 characters",
-            ));
-        }
-        if text
-            .chars()
-            .any(|c| c.is_control() && !matches!(c, '\n' | '\t'))
-        {
-            return Err(Status::invalid_argument(
-                "label text must not contain control characters",
-            ));
-        }
-        let (at_ms, end_ms) = match kind {
-            "tag" => (0, 0),
-            "bookmark" => (request.at_ms, request.at_ms),
-            _ => {
-                if request.end_ms < request.at_ms {
-                    return Err(Status::invalid_argument(
-                        "a memo's end_ms must not be before its at_ms",
-                    ));
-                }
-                (request.at_ms, request.end_ms)
-            }
-        };
-        if at_ms > i64::MAX as u64 || end_ms > i64::MAX as u64 {
-            return Err(Status::invalid_argument("time out of range"));
-        }
-        let created_by = caller.subject.to_string();
-        let row = store::add_label(
-            &self.db,
-            &self.keys,
-            caller.tenant_id,
-            &store::NewLabel {
-                label_id: Uuid::new_v4(),
-                meeting_id: &id,
-                kind,
-                text,
-                at_ms: at_ms as i64,
-                end_ms: end_ms as i64,
-                created_by: &created_by,
-                create_meeting: request.live && kind == "bookmark",
-            },
-        )
-        .await
-        .map_err(internal)?
-        .ok_or_else(|| not_found("meeting"))?;
-        self.audit.spawn_emit(
-            AuditRecord::new(caller.tenant_token(), caller.actor(), actions::LABEL_ADDED)
-                .target(format!("meeting/{id}"))
-                .detail("label", row.label_id.to_string())
-                .detail("kind", kind),
-        );
-        Ok(Response::new(label(&row)))
+        authorized!(self, request, "AddLabel", |caller, body| {
+            StorageService::add_label(self, caller, body)
+        })
     }
 
     async fn list_labels(
         &self,
         request: Request<pb::ListLabelsRequest>,
     ) -> Result<Response<pb::ListLabelsResponse>, Status> {
-        let caller = self.caller(&request, "ListLabels").await?;
-        let id = meeting_id(&request.into_inner().meeting_id)?;
-        let rows = store::labels(&self.db, &self.keys, caller.tenant_id, &id)
-            .await
-            .map_err(internal)?
-            .ok_or_else(|| not_found("meeting"))?;
-        Ok(Response::new(pb::ListLabelsResponse {
-            labels: rows.iter().map(label).collect(),
-        }))
+        authorized!(self, request, "ListLabels", |caller, body| {
+            StorageService::list_labels(self, caller, body)
+        })
     }
 
     async fn remove_label(
         &self,
         request: Request<pb::RemoveLabelRequest>,
     ) -> Result<Response<pb::RemoveLabelResponse>, Status> {
-        let caller = self.caller(&request, "RemoveLabel").await?;
-        let label_id = Uuid::try_parse(request.into_inner().label_id.trim())
-            .map_err(|_| not_found("label"))?;
-        let meeting = store::remove_label(&self.db, caller.tenant_id, label_id)
-            .await
-            .map_err(internal)?
-            .ok_or_else(|| not_found("label"))?;
-        self.audit.spawn_emit(
-            AuditRecord::new(
-                caller.tenant_token(),
-                caller.actor(),
-                actions::LABEL_REMOVED,
-            )
-            .target(format!("meeting/{meeting}"))
-            .detail("label", label_id.to_string()),
-        );
-        Ok(Response::new(pb::RemoveLabelResponse {}))
+        authorized!(self, request, "RemoveLabel", |caller, body| {
+            StorageService::remove_label(self, caller, body)
+        })
     }
 }
 
