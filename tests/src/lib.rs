@@ -1,8 +1,11 @@
 //! Test support shared by Kiroku's end-to-end tests: real speech made with espeak-ng,
 //! Open JTalk and sox (installed by `make test`), word and character error rates, and an
-//! in-process OTLP collector.
+//! in-process OTLP collector; with the `cluster` feature, a real Kiroku cluster of
+//! `kiroku serve` processes ([`cluster`]).
 
 pub mod cer;
+#[cfg(feature = "cluster")]
+pub mod cluster;
 pub mod otlp;
 pub mod speech;
 pub mod wer;
@@ -22,6 +25,17 @@ pub fn assert_input_error(out: &std::process::Output, expected: &str) {
         "expected {expected:?} in {stderr}"
     );
     assert!(out.stdout.is_empty());
+}
+
+/// The model directory the tests load from: `KIROKU_MODEL_DIR`, else
+/// `~/.cache/kiroku/models` (where `make model` puts them), as `kiroku` resolves it.
+pub fn model_dir() -> std::path::PathBuf {
+    let configured = std::env::var_os("KIROKU_MODEL_DIR").map(Into::into);
+    let home: Option<std::path::PathBuf> = std::env::var_os("HOME").map(Into::into);
+    configured.unwrap_or_else(|| {
+        home.unwrap_or_else(|| ".".into())
+            .join(".cache/kiroku/models")
+    })
 }
 
 /// The test-side Python (`KIROKU_TEST_PYTHON`, else `build/pyenv/bin/python` as `make

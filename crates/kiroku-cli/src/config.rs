@@ -59,6 +59,20 @@ pub fn telemetry_settings() -> kiroku_core::telemetry::Settings {
     }
 }
 
+/// Where models are fetched to and loaded from: `KIROKU_MODEL_DIR`, else
+/// `~/.cache/kiroku/models` (listed in [`OTHER`]).
+pub fn model_dir() -> std::path::PathBuf {
+    kiroku_engine::engine::model_dir(
+        std::env::var_os(kiroku_engine::engine::MODEL_DIR_ENV).map(Into::into),
+        std::env::var_os("HOME").map(Into::into),
+    )
+}
+
+/// The default model file (`ggml-tiny.en.bin`) in [`model_dir`].
+pub fn default_model_path() -> std::path::PathBuf {
+    model_dir().join(kiroku_engine::engine::DEFAULT_MODEL_FILE)
+}
+
 /// Settings read outside clap: (name, kind, used by, default, meaning).
 pub const OTHER: &[(&str, Kind, &str, &str, &str)] = &[
     (

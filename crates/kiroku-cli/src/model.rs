@@ -19,7 +19,7 @@ use std::process::Command as Process;
 
 use anyhow::{Context, Result, bail};
 use kiroku_engine::convert::{self, WeightType};
-use kiroku_engine::engine::{default_model_dir, is_ggml_file, model_language_count};
+use kiroku_engine::engine::{is_ggml_file, model_language_count};
 use sha2::{Digest, Sha256};
 
 use crate::InputError;
@@ -238,7 +238,7 @@ pub fn run(command: Command) -> Result<()> {
 /// else a file of that name in the current directory. A model `fetch` knows but that is
 /// not installed, and an unknown name, are input errors that say what to do.
 pub fn resolve(model: &str) -> Result<PathBuf> {
-    resolve_in(&default_model_dir(), model)
+    resolve_in(&crate::config::model_dir(), model)
 }
 
 fn resolve_in(dir: &Path, model: &str) -> Result<PathBuf> {
@@ -286,7 +286,7 @@ fn fetch(
     quantize: Option<WeightType>,
     force: bool,
 ) -> Result<()> {
-    let dir = default_model_dir();
+    let dir = crate::config::model_dir();
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let ct2_dir = dir.join(format!("ct2-{}", source.name));
     let mut outputs = vec![(model_file(&dir, source.name), WeightType::F16)];
@@ -325,7 +325,7 @@ fn fetch(
 /// Installs Silero VAD into the model directory: the pinned wheel, the one file out of
 /// it, checked against its own pinned SHA-256, written whole or not at all.
 fn fetch_vad(given_wheels: &[PathBuf], force: bool) -> Result<()> {
-    let dir = default_model_dir();
+    let dir = crate::config::model_dir();
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let out = dir.join(kiroku_engine::vad::SILERO_FILE);
     if !force && out.is_file() && sha256_file(&out)? == SILERO_VAD_SHA256 {
@@ -650,7 +650,7 @@ fn installed(dir: &Path) -> Vec<Installed> {
 
 /// One line per installed model: name (what `--model` takes), languages, size, path.
 fn list() -> Result<()> {
-    let dir = default_model_dir();
+    let dir = crate::config::model_dir();
     let models = installed(&dir);
     let width = models
         .iter()

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use kiroku_core::nats::{DEFAULT_NATS_URL, DEFAULT_ROOT, Layout};
+use kiroku_core::ready::ReadyLine;
 use tokio::net::TcpListener;
 
 use crate::InputError;
@@ -56,7 +57,8 @@ pub struct StorageArgs {
     pub account_url: String,
     /// Seconds ImportTenant waits for the client's next bundle file before abandoning
     /// the import (nothing is written until the whole bundle has arrived).
-    #[arg(long, env = "KIROKU_IMPORT_IDLE_TIMEOUT_S", default_value_t = 30,
+    #[arg(long, env = "KIROKU_IMPORT_IDLE_TIMEOUT_S",
+          default_value_t = kiroku_storage::DEFAULT_IMPORT_IDLE_TIMEOUT.as_secs(),
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub import_idle_timeout_s: u64,
 }
@@ -144,7 +146,8 @@ pub struct Common {
     #[arg(long, env = "KIROKU_CLUSTER", default_value = DEFAULT_ROOT)]
     pub cluster: String,
     /// How long a dropped stream may be resumed, in seconds.
-    #[arg(long, env = "KIROKU_RESUME_WINDOW_S", default_value_t = 120)]
+    #[arg(long, env = "KIROKU_RESUME_WINDOW_S",
+          default_value_t = kiroku_core::nats::DEFAULT_RESUME_WINDOW.as_secs())]
     pub resume_window_s: u64,
     /// The region this service runs in (control 6.1.3).
     #[arg(long, env = "KIROKU_REGION", default_value = kiroku_core::region::DEFAULT_REGION)]
@@ -206,17 +209,20 @@ pub struct GatewayArgs {
     pub admin_listen: String,
     /// Seconds without any client message before a stream is closed
     /// (DEADLINE_EXCEEDED); clients send keep_alive while muted.
-    #[arg(long, env = "KIROKU_IDLE_TIMEOUT_S", default_value_t = 30)]
+    #[arg(long, env = "KIROKU_IDLE_TIMEOUT_S",
+          default_value_t = kiroku_gateway::Limits::default().idle_timeout.as_secs())]
     pub idle_timeout_s: u64,
     /// Seconds one stream connection may stay open, audio or not (OUT_OF_RANGE after;
     /// what was received is finalized).
-    #[arg(long, env = "KIROKU_MAX_STREAM_WALL_S", default_value_t = 4 * 3600,
+    #[arg(long, env = "KIROKU_MAX_STREAM_WALL_S",
+          default_value_t = kiroku_gateway::Limits::default().max_stream_wall.as_secs(),
           value_parser = clap::value_parser!(u64).range(1..))]
     pub max_stream_wall_s: u64,
     /// Seconds a live session may wait for a worker (every worker at capacity) before
     /// the stream is refused with RESOURCE_EXHAUSTED; the client is told it is queued
     /// after 2 s.
-    #[arg(long, env = "KIROKU_QUEUE_TIMEOUT_S", default_value_t = 30,
+    #[arg(long, env = "KIROKU_QUEUE_TIMEOUT_S",
+          default_value_t = kiroku_gateway::DEFAULT_QUEUE_TIMEOUT.as_secs(),
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub queue_timeout_s: u64,
     /// Secret shared by all gateways of the cluster, for resume tokens (read from the
@@ -236,13 +242,16 @@ pub struct GatewayArgs {
     #[arg(long, env = "KIROKU_REDIS_URL", default_value = kiroku_account::DEFAULT_REDIS_URL)]
     pub redis: String,
     /// Live streams a tenant may have open at once.
-    #[arg(long, env = "KIROKU_STREAMS_PER_TENANT", default_value_t = 20)]
+    #[arg(long, env = "KIROKU_STREAMS_PER_TENANT",
+          default_value_t = kiroku_gateway::Quotas::default().streams_per_tenant)]
     pub streams_per_tenant: u32,
     /// Stream starts and file transcriptions per second per tenant (burst: 20x).
-    #[arg(long, env = "KIROKU_TENANT_RATE", default_value_t = 2.0)]
+    #[arg(long, env = "KIROKU_TENANT_RATE",
+          default_value_t = kiroku_gateway::Quotas::default().tenant_rate.per_second)]
     pub tenant_rate: f64,
     /// The same per user or API key (burst: 20x).
-    #[arg(long, env = "KIROKU_CALLER_RATE", default_value_t = 1.0)]
+    #[arg(long, env = "KIROKU_CALLER_RATE",
+          default_value_t = kiroku_gateway::Quotas::default().caller_rate.per_second)]
     pub caller_rate: f64,
     /// Worker pool per language, `LANGUAGE=POOL,…` (`auto`: streams that ask for
     /// detection; `*`: any other language), e.g. `en=english,*=multilingual`.
@@ -297,13 +306,16 @@ pub struct AccountArgs {
     )]
     pub signing_key_file: PathBuf,
     /// Access-token lifetime in seconds.
-    #[arg(long, env = "KIROKU_ACCESS_TOKEN_TTL_S", default_value_t = 900)]
+    #[arg(long, env = "KIROKU_ACCESS_TOKEN_TTL_S",
+          default_value_t = kiroku_account::TokenLifetimes::default().access.as_secs())]
     pub access_ttl_s: u64,
     /// Failed sign-ins per account per 15 minutes before sign-in is refused.
-    #[arg(long, env = "KIROKU_LOGIN_ATTEMPTS", default_value_t = 5)]
+    #[arg(long, env = "KIROKU_LOGIN_ATTEMPTS",
+          default_value_t = kiroku_account::throttle::ThrottleConfig::default().per_account)]
     pub login_attempts: u32,
     /// Failed sign-ins per client address per 15 minutes.
-    #[arg(long, env = "KIROKU_LOGIN_ATTEMPTS_PER_IP", default_value_t = 50)]
+    #[arg(long, env = "KIROKU_LOGIN_ATTEMPTS_PER_IP",
+          default_value_t = kiroku_account::throttle::ThrottleConfig::default().per_ip)]
     pub login_attempts_per_ip: u32,
     /// Gateways (addresses or CIDR networks, comma-separated) whose x-forwarded-for
     /// names the client; everyone else is known by the connection's address.
@@ -331,16 +343,19 @@ pub struct WorkerArgs {
     #[arg(long, env = "KIROKU_WORKER_SLOTS", default_value_t = 1)]
     pub slots: usize,
     /// Sessions this worker runs at once.
-    #[arg(long, env = "KIROKU_WORKER_SESSIONS", default_value_t = 4)]
+    #[arg(long, env = "KIROKU_WORKER_SESSIONS",
+          default_value_t = kiroku_worker::DEFAULT_MAX_SESSIONS)]
     pub sessions: usize,
     /// Seconds without a progress ack before a job moves to another worker.
-    #[arg(long, env = "KIROKU_WORKER_ACK_WAIT_S", default_value_t = 10.0)]
+    #[arg(long, env = "KIROKU_WORKER_ACK_WAIT_S",
+          default_value_t = kiroku_worker::DEFAULT_ACK_WAIT.as_secs_f64())]
     pub ack_wait_s: f64,
     /// Below --sessions, take a new session only while no running live stream's
     /// caption lag (peak of the last 10 s) is over this many seconds, and the newest
     /// session has run 3 s; otherwise the job waits for another worker. 0: only
     /// --sessions.
-    #[arg(long, env = "KIROKU_WORKER_ADMIT_MAX_LAG_S", default_value_t = 2.0)]
+    #[arg(long, env = "KIROKU_WORKER_ADMIT_MAX_LAG_S",
+          default_value_t = kiroku_worker::DEFAULT_ADMIT_MAX_LAG.as_secs_f64())]
     pub admit_max_lag_s: f64,
     /// Admin HTTP address (/healthz, /readyz, /metrics); port 0 picks a free one.
     #[arg(
@@ -494,12 +509,7 @@ async fn gateway(args: GatewayArgs) -> Result<()> {
         })?;
     let grpc = bind(&args.listen, "gRPC").await?;
     let admin = bind(&args.admin_listen, "admin").await?;
-    // One line on stdout that scripts and tests read to find the ports.
-    println!(
-        "kiroku gateway grpc=http://{} admin=http://{}",
-        grpc.local_addr()?,
-        admin.local_addr()?
-    );
+    ReadyLine::new("gateway", Some(grpc.local_addr()?), admin.local_addr()?).announce();
     kiroku_gateway::serve(config, grpc, admin, shutdown_signal()).await
 }
 
@@ -514,7 +524,7 @@ async fn worker(args: WorkerArgs) -> Result<()> {
         "whisper" => {
             let model_path = match &args.model {
                 Some(model) => crate::model::resolve(model)?,
-                None => kiroku_engine::engine::default_model_path(),
+                None => crate::config::default_model_path(),
             };
             let final_model_path = match &args.final_model {
                 Some(model) => Some(crate::model::resolve(model)?),
@@ -565,8 +575,8 @@ async fn worker(args: WorkerArgs) -> Result<()> {
     config.ack_wait = Duration::from_secs_f64(args.ack_wait_s);
     config.admit_max_lag = Duration::from_secs_f64(args.admit_max_lag_s);
     config.resume_window = Duration::from_secs(args.common.resume_window_s);
-    config.policy.vad =
-        kiroku_engine::vad::choose(&args.vad).map_err(|e| InputError(e.to_string()))?;
+    config.policy.vad = kiroku_engine::vad::choose(&args.vad, &crate::config::model_dir())
+        .map_err(|e| InputError(e.to_string()))?;
     tracing::info!(vad = config.policy.vad.name(), "voice activity detector");
     if let Some(step_ms) = args.step_ms {
         if !(100..=5_000).contains(&step_ms) {
@@ -575,7 +585,7 @@ async fn worker(args: WorkerArgs) -> Result<()> {
         config.policy.step_ms = step_ms;
     }
     let admin = bind(&args.admin_listen, "admin").await?;
-    println!("kiroku worker admin=http://{}", admin.local_addr()?);
+    ReadyLine::new("worker", None, admin.local_addr()?).announce();
     let (ready_tx, ready_rx) = tokio::sync::watch::channel(kiroku_core::admin::starting());
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(kiroku_core::admin::serve_admin(
@@ -615,11 +625,7 @@ async fn account(args: AccountArgs) -> Result<()> {
     config.operator = operator_token()?;
     let grpc = bind(&args.listen, "gRPC").await?;
     let admin = bind(&args.admin_listen, "admin").await?;
-    println!(
-        "kiroku account grpc=http://{} admin=http://{}",
-        grpc.local_addr()?,
-        admin.local_addr()?
-    );
+    ReadyLine::new("account", Some(grpc.local_addr()?), admin.local_addr()?).announce();
     kiroku_account::serve(config, grpc, admin, shutdown_signal()).await
 }
 
@@ -642,11 +648,7 @@ async fn audit(args: AuditArgs) -> Result<()> {
     config.smtp = smtp_config(&args)?;
     let grpc = bind(&args.listen, "gRPC").await?;
     let admin = bind(&args.admin_listen, "admin").await?;
-    println!(
-        "kiroku audit grpc=http://{} admin=http://{}",
-        grpc.local_addr()?,
-        admin.local_addr()?
-    );
+    ReadyLine::new("audit", Some(grpc.local_addr()?), admin.local_addr()?).announce();
     kiroku_audit::serve(config, grpc, admin, shutdown_signal()).await
 }
 
@@ -679,11 +681,7 @@ async fn storage(args: StorageArgs) -> Result<()> {
     config.import_idle_timeout = Duration::from_secs(args.import_idle_timeout_s);
     let grpc = bind(&args.listen, "gRPC").await?;
     let admin = bind(&args.admin_listen, "admin").await?;
-    println!(
-        "kiroku storage grpc=http://{} admin=http://{}",
-        grpc.local_addr()?,
-        admin.local_addr()?
-    );
+    ReadyLine::new("storage", Some(grpc.local_addr()?), admin.local_addr()?).announce();
     kiroku_storage::serve(config, grpc, admin, shutdown_signal()).await
 }
 

@@ -6,10 +6,11 @@ use std::time::Instant;
 use anyhow::Result;
 use kiroku_audio::{AudioError, decode_wav};
 use kiroku_core::transcript::Format;
-use kiroku_engine::engine::{EngineError, default_model_path};
+use kiroku_engine::engine::EngineError;
 use kiroku_engine::{Engine, EngineConfig, TranscribeOptions};
 
 use crate::InputError;
+use crate::config::default_model_path;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -197,7 +198,8 @@ pub fn run(args: Args) -> Result<()> {
     let transcript = if args.whole || args.audio_ctx.is_some() {
         engine.transcribe(pcm.samples, options, Some(progress))
     } else {
-        let vad = kiroku_engine::vad::choose(&args.vad).map_err(engine_error)?;
+        let vad = kiroku_engine::vad::choose(&args.vad, &crate::config::model_dir())
+            .map_err(engine_error)?;
         kiroku_engine::file::transcribe_file(&engine, &pcm.samples, options, vad, Some(progress))
     }
     .map_err(engine_error)?;

@@ -22,6 +22,8 @@ use anyhow::{Context as _, Result, bail};
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio::process::{Child, Command};
 
+use kiroku_core::ready::ReadyLine;
+
 use crate::InputError;
 use crate::serve::{Common, shutdown_signal};
 
@@ -261,8 +263,13 @@ impl<'a> Local<'a> {
             ],
         )?;
         let mut child = command.spawn().context("starting the account service")?;
-        let line = first_line(&mut child).await;
-        let (Some(url), Some(admin)) = (field(&line, "grpc"), field(&line, "admin")) else {
+        let line = ready_line(&mut child).await;
+        let Some(ReadyLine {
+            grpc: Some(url),
+            admin,
+            ..
+        }) = line
+        else {
             bail!(
                 "the account service did not start (is PostgreSQL at {} up? `make services`): see {}",
                 self.args.database_url,
@@ -304,8 +311,13 @@ impl<'a> Local<'a> {
         let mut child = command
             .spawn()
             .with_context(|| format!("starting the {role} service"))?;
-        let line = first_line(&mut child).await;
-        let (Some(url), Some(admin)) = (field(&line, "grpc"), field(&line, "admin")) else {
+        let line = ready_line(&mut child).await;
+        let Some(ReadyLine {
+            grpc: Some(url),
+            admin,
+            ..
+        }) = line
+        else {
             bail!(
                 "the {role} service did not start: see {}",
                 self.log_path(role)
@@ -368,8 +380,7 @@ impl<'a> Local<'a> {
                 command.arg("--final-model").arg(model);
             }
             let mut worker = command.spawn().context("starting a worker")?;
-            let line = first_line(&mut worker).await;
-            let Some(admin) = field(&line, "admin") else {
+            let Some(ReadyLine { admin, .. }) = ready_line(&mut worker).await else {
                 bail!("worker {index} did not start: see {}", self.log_path(&log));
             };
             workers.push(worker);
@@ -418,14 +429,13 @@ impl<'a> Local<'a> {
             ],
         )?;
         let mut gateway = command.spawn().context("starting the gateway")?;
-        let endpoints = first_line(&mut gateway).await;
-        if endpoints.is_empty() {
+        let Some(endpoints) = ready_line(&mut gateway).await else {
             bail!(
                 "the gateway did not start: see {}",
                 self.log_path("gateway")
             );
-        }
-        Ok((gateway, endpoints))
+        };
+        Ok((gateway, endpoints.to_string()))
     }
 }
 
@@ -493,17 +503,9 @@ impl Children {
     }
 }
 
-/// `key=value` from a service's first line (`kiroku audit grpc=… admin=…`).
-fn field(line: &str, key: &str) -> Option<String> {
-    line.split_whitespace()
-        .find_map(|part| part.strip_prefix(key)?.strip_prefix('='))
-        .map(str::to_string)
-}
-
-async fn first_line(child: &mut Child) -> String {
-    let Some(stdout) = child.stdout.take() else {
-        return String::new();
-    };
+/// The service's ready line (its first line on stdout), if it prints one within 30 s.
+async fn ready_line(child: &mut Child) -> Option<ReadyLine> {
+    let stdout = child.stdout.take()?;
     let mut reader = BufReader::new(stdout);
     let mut line = String::new();
     let read = tokio::time::timeout(Duration::from_secs(30), reader.read_line(&mut line)).await;
@@ -515,8 +517,8 @@ async fn first_line(child: &mut Child) -> String {
         }
     });
     match read {
-        Ok(Ok(n)) if n > 0 => line.trim().to_string(),
-        _ => String::new(),
+        Ok(Ok(n)) if n > 0 => ReadyLine::parse(&line),
+        _ => None,
     }
 }
 

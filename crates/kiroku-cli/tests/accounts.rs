@@ -2,8 +2,7 @@
 //! processes against the real PostgreSQL, Redis and NATS. Each test names the
 //! ISO 27017 control it proves (the control id is in the test's name).
 
-#[path = "support/cluster.rs"]
-mod cluster;
+use kiroku_tests::cluster;
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -1342,8 +1341,7 @@ fn control_9_2_1_disabled_users_stream_is_cut() {
         assert!(status.message().contains("revoked"), "{status:?}");
         let status = open_stream(&gateway_url, &member, "standup")
             .await
-            .err()
-            .expect("token refused");
+            .expect_err("token refused");
         assert_eq!(status.code(), Code::Unauthenticated);
         login(
             &mut client,
@@ -1405,8 +1403,7 @@ fn control_9_2_1_disabled_users_stream_is_cut() {
         assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
         let status = open_stream(&gateway_url, &key, "standup")
             .await
-            .err()
-            .expect("revoked key refused");
+            .expect_err("revoked key refused");
         assert_eq!(status.code(), Code::Unauthenticated);
     });
 }
@@ -1476,8 +1473,7 @@ fn control_cld_6_3_1_no_consent_no_recording() {
         for meeting in ["", "board"] {
             let status = open_stream(&gateway_url, &member, meeting)
                 .await
-                .err()
-                .expect("refused");
+                .expect_err("refused");
             assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
             assert!(status.message().contains("consent"), "{status:?}");
         }
@@ -1504,8 +1500,7 @@ fn control_cld_6_3_1_no_consent_no_recording() {
             .expect("Ana consents");
         let status = open_stream(&gateway_url, &member, "board")
             .await
-            .err()
-            .expect("Ben has not consented");
+            .expect_err("Ben has not consented");
         assert_eq!(status.code(), Code::FailedPrecondition);
         assert!(status.message().contains("Ben"), "{status:?}");
         assert_eq!(
@@ -1604,8 +1599,7 @@ fn stream_quota_is_per_tenant_and_answers_with_retry_info() {
             "",
         )
         .await
-        .err()
-        .expect("over quota");
+        .expect_err("over quota");
         assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
         assert!(
             kiroku_core::status::retry_after(&status).is_some(),
@@ -1808,7 +1802,7 @@ fn admin_cli_manages_users_and_keys_after_mfa() {
     assert!(ok, "{err}");
     // Ana accepts in her own config folder.
     let ana_dir = cluster.dir.path().join("ana");
-    let output = Command::new(cluster::KIROKU)
+    let output = Command::new(cluster::kiroku())
         .args([
             "accept-invite",
             token.trim(),
@@ -1941,7 +1935,7 @@ fn kiroku_up_starts_after_the_demo_owner_enrolls_mfa_or_its_password_file_is_los
     let config_dir = dir.path().join("config");
     // Starts `kiroku up`, returns it and what it printed up to its "logs in" line.
     let up = || {
-        let mut child = Command::new(cluster::KIROKU)
+        let mut child = Command::new(cluster::kiroku())
             .args([
                 "up",
                 "--cluster",

@@ -2,8 +2,7 @@
 //! real NATS JetStream and PostgreSQL; events published to `AUDIT` as every service
 //! publishes them. Tests name the controls they prove (12.4.1, 12.4.4).
 
-#[path = "support/cluster.rs"]
-mod cluster;
+use kiroku_tests::cluster;
 
 use std::time::{Duration, Instant};
 
@@ -563,7 +562,7 @@ fn hostile_audit_input_is_refused_or_stored_harmlessly_and_poison_is_set_aside()
         }
     });
     let dead_letters = |args: &[&str]| {
-        let output = std::process::Command::new(cluster::KIROKU)
+        let output = std::process::Command::new(cluster::kiroku())
             .args(["admin", "dead-letters"])
             .args(args)
             .env("KIROKU_NATS_URL", cluster::nats_url())

@@ -2,8 +2,7 @@
 //! `restore` (pg_dump and psql underneath) against the services' schemas in the real
 //! PostgreSQL and their streams in the real NATS JetStream.
 
-#[path = "support/cluster.rs"]
-mod cluster;
+use kiroku_tests::cluster;
 
 use std::path::Path;
 use std::process::Command;
@@ -125,7 +124,7 @@ fn dump(cluster: &Cluster) -> String {
 /// `kiroku admin backup|restore ...` with this cluster's database, schemas and NATS.
 fn admin(cluster: &Cluster, args: &[&str], key: &str) -> (bool, String, String) {
     let root = &cluster.root;
-    let output = Command::new(cluster::KIROKU)
+    let output = Command::new(cluster::kiroku())
         .arg("admin")
         .args(args)
         .env("KIROKU_DATABASE_URL", cluster::database_url())

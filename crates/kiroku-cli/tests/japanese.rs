@@ -25,7 +25,7 @@ fn kiroku(args: &[&str]) -> Output {
 }
 
 fn installed_model(name: &str) -> PathBuf {
-    let model = kiroku_engine::engine::default_model_dir().join(format!("ggml-{name}.bin"));
+    let model = kiroku_tests::model_dir().join(format!("ggml-{name}.bin"));
     assert!(
         model.is_file(),
         "{} is missing: run `make model` first",
@@ -185,7 +185,7 @@ fn model_list_shows_each_installed_model_with_languages_and_size() {
         )
         .expect("symlink");
     }
-    let vad = kiroku_engine::vad::silero_path();
+    let vad = kiroku_engine::vad::silero_path(&kiroku_tests::model_dir());
     assert!(
         vad.is_file(),
         "{} is missing: run `make model`",

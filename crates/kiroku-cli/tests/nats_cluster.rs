@@ -11,8 +11,7 @@
 //! - Every metric the dashboards and alerts use (`tests/chart/used_metrics.py --kiroku`)
 //!   is exported by the running cluster's processes.
 
-#[path = "support/cluster.rs"]
-mod cluster;
+use kiroku_tests::cluster;
 
 use std::collections::BTreeSet;
 use std::io::{Read as _, Write as _};

@@ -3,8 +3,7 @@
 //! the mail goes over SMTP to a real SMTP server (Python's aiosmtpd, `tests/smtp/sink.py`)
 //! started by the test; tenants list their notices through the web API.
 
-#[path = "support/cluster.rs"]
-mod cluster;
+use kiroku_tests::cluster;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

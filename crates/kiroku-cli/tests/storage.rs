@@ -3,8 +3,7 @@
 //! worker publishes them, or come from real speech streamed through the cluster. Tests
 //! name the controls they prove (8.2.2, 10.1.1, 13.1.3).
 
-#[path = "support/cluster.rs"]
-mod cluster;
+use kiroku_tests::cluster;
 
 use std::time::{Duration, Instant};
 
@@ -1350,7 +1349,7 @@ fn control_6_1_3_storage_outside_the_allowed_regions_is_refused_at_start() {
         ("audit", "KIROKU_NATS_REGION", "eu-west-1", "NATS JetStream"),
         ("gateway", "KIROKU_REGION", "us-east-1", "this service"),
     ] {
-        let output = std::process::Command::new(cluster::KIROKU)
+        let output = std::process::Command::new(cluster::kiroku())
             .args([
                 "serve",
                 role,

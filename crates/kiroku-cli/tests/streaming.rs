@@ -2,8 +2,7 @@
 //! NATS JetStream server, the real model and real synthesized speech, driven by the
 //! real `kiroku stream` client (and a raw gRPC client for malformed input).
 
-#[path = "support/cluster.rs"]
-mod cluster;
+use kiroku_tests::cluster;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

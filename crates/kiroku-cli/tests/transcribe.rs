@@ -17,7 +17,7 @@ fn kiroku(args: &[&str]) -> Output {
 }
 
 fn model_path() -> PathBuf {
-    let model = kiroku_engine::engine::default_model_path();
+    let model = kiroku_tests::model_dir().join(kiroku_engine::engine::DEFAULT_MODEL_FILE);
     assert!(
         model.is_file(),
         "{} is missing: run `make model` first",

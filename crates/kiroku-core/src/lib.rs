@@ -11,6 +11,7 @@ mod logfmt;
 pub mod metrics;
 pub mod nats;
 mod process;
+pub mod ready;
 pub mod region;
 pub mod secret;
 pub mod status;

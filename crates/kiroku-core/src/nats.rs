@@ -15,6 +15,9 @@ use futures::StreamExt as _;
 use tracing::Instrument as _;
 
 /// Where the services find NATS when `KIROKU_NATS_URL` is unset.
+/// How long a dropped stream may be resumed (gateway and worker; `--resume-window-s`).
+pub const DEFAULT_RESUME_WINDOW: std::time::Duration = std::time::Duration::from_secs(120);
+
 pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
 /// The default cluster root.
 pub const DEFAULT_ROOT: &str = "kiroku";

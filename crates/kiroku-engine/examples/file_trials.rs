@@ -14,7 +14,6 @@
 use std::time::Instant;
 
 use anyhow::{Context as _, Result};
-use kiroku_engine::engine::default_model_dir;
 use kiroku_engine::file::{FILE_GATHER_MS, transcribe_gathered};
 use kiroku_engine::{Engine, EngineConfig, TranscribeOptions};
 
@@ -35,7 +34,7 @@ fn main() -> Result<()> {
         Some(_) => kiroku_tests::cer::character_error_rate(&reference, text),
         None => kiroku_tests::wer::word_error_rate(&reference, text),
     };
-    let engine = Engine::load(&EngineConfig::new(default_model_dir().join(&model)))
+    let engine = Engine::load(&EngineConfig::new(kiroku_tests::model_dir().join(&model)))
         .context("loading the model (make model)")?;
     let options = TranscribeOptions {
         language: code.map(str::to_string),
@@ -46,6 +45,7 @@ fn main() -> Result<()> {
     // KIROKU_TRIAL_VAD: auto (default), silero or energy.
     let vad = kiroku_engine::vad::choose(
         &std::env::var("KIROKU_TRIAL_VAD").unwrap_or_else(|_| "auto".into()),
+        &kiroku_tests::model_dir(),
     )?;
     println!("voice activity: {vad:?}");
     // (name, times, text, segments)

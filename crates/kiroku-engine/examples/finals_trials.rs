@@ -13,7 +13,6 @@
 //! English, CER for Japanese), the batch's, the decodes and the finals; then the minutes.
 
 use anyhow::{Context as _, Result, bail};
-use kiroku_engine::engine::default_model_dir;
 use kiroku_engine::live::{FinalsConfig, simulate};
 use kiroku_engine::streaming::PolicyConfig;
 use kiroku_engine::{Engine, EngineConfig, TranscribeOptions};
@@ -61,7 +60,7 @@ fn main() -> Result<()> {
         Some(_) => kiroku_tests::cer::character_error_rate(&reference, text),
         None => kiroku_tests::wer::word_error_rate(&reference, text),
     };
-    let engine = Engine::load(&EngineConfig::new(default_model_dir().join(model)))
+    let engine = Engine::load(&EngineConfig::new(kiroku_tests::model_dir().join(model)))
         .context("loading the model (make model)")?;
     let batch = engine
         .transcribe(

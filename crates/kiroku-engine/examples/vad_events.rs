@@ -15,7 +15,10 @@ fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
     let path = args.next().context("usage: vad_events FILE.wav [en|ja]")?;
     let language = args.next().unwrap_or_else(|| "en".into());
-    let vad = kiroku_engine::vad::choose(&args.next().unwrap_or_else(|| "energy".into()))?;
+    let vad = kiroku_engine::vad::choose(
+        &args.next().unwrap_or_else(|| "energy".into()),
+        &kiroku_tests::model_dir(),
+    )?;
     let file = std::fs::File::open(&path).with_context(|| format!("opening {path}"))?;
     let pcm = decode_wav(std::io::BufReader::new(file))?;
     let config = PolicyConfig {

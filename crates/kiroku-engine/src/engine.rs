@@ -731,19 +731,19 @@ fn place_words(
     words
 }
 
-/// Where `kiroku` keeps models unless told otherwise: `$KIROKU_MODEL_DIR`, else
-/// `~/.cache/kiroku/models`.
-pub fn default_model_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("KIROKU_MODEL_DIR") {
-        return PathBuf::from(dir);
-    }
-    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("."), PathBuf::from);
-    home.join(".cache").join("kiroku").join("models")
-}
+/// The variable that names the model directory; the binary's configuration reads it
+/// and passes the directory in (the engine reads no environment).
+pub const MODEL_DIR_ENV: &str = "KIROKU_MODEL_DIR";
 
-/// The default model file: `ggml-tiny.en.bin` in the model directory.
-pub fn default_model_path() -> PathBuf {
-    default_model_dir().join(DEFAULT_MODEL_FILE)
+/// Where `kiroku` keeps models: the `configured` directory (`KIROKU_MODEL_DIR`), else
+/// `<home>/.cache/kiroku/models`, else `.cache/kiroku/models` under the current one.
+pub fn model_dir(configured: Option<PathBuf>, home: Option<PathBuf>) -> PathBuf {
+    configured.unwrap_or_else(|| {
+        home.unwrap_or_else(|| PathBuf::from("."))
+            .join(".cache")
+            .join("kiroku")
+            .join("models")
+    })
 }
 
 /// File name of the default converted model.

@@ -74,15 +74,16 @@ impl SileroModel {
     }
 }
 
-/// Where `kiroku model fetch --model silero-vad` installs Silero VAD.
-pub fn silero_path() -> std::path::PathBuf {
-    crate::engine::default_model_dir().join(SILERO_FILE)
+/// Where `kiroku model fetch --model silero-vad` installs Silero VAD in a model directory.
+pub fn silero_path(model_dir: &Path) -> std::path::PathBuf {
+    model_dir.join(SILERO_FILE)
 }
 
 /// The detector a `--vad` value names: `silero` (its model must be installed),
 /// `energy`, or `auto` (Silero when installed, else energy, with a warning).
-pub fn choose(choice: &str) -> Result<Vad, EngineError> {
-    let path = silero_path();
+/// Silero's model is looked for in `model_dir`.
+pub fn choose(choice: &str, model_dir: &Path) -> Result<Vad, EngineError> {
+    let path = silero_path(model_dir);
     match choice {
         "silero" => Ok(Vad::Silero(SileroModel::load(&path)?)),
         "energy" => Ok(Vad::Energy),

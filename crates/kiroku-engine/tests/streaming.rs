@@ -5,7 +5,6 @@
 
 use std::path::{Path, PathBuf};
 
-use kiroku_engine::engine::{default_model_dir, default_model_path};
 use kiroku_engine::live::{FinalsConfig, Simulation, simulate};
 use kiroku_engine::streaming::PolicyConfig;
 use kiroku_engine::{Engine, EngineConfig, TranscribeOptions};
@@ -17,7 +16,7 @@ use kiroku_tests::wer::word_error_rate;
 const CHUNK_MS: u32 = 100;
 
 fn model_path() -> PathBuf {
-    let model = default_model_path();
+    let model = kiroku_tests::model_dir().join(kiroku_engine::engine::DEFAULT_MODEL_FILE);
     assert!(
         model.is_file(),
         "{} is missing: run `make model` first",
@@ -33,7 +32,8 @@ fn meeting_audio(dir: &Path) -> (Vec<f32>, String) {
 /// The voice activity detector the worker and files use: Silero (installed by `make
 /// model`).
 fn test_vad() -> kiroku_engine::vad::Vad {
-    kiroku_engine::vad::choose("silero").expect("Silero VAD (make model)")
+    kiroku_engine::vad::choose("silero", &kiroku_tests::model_dir())
+        .expect("Silero VAD (make model)")
 }
 
 fn load_engine() -> Engine {
@@ -318,7 +318,7 @@ fn japanese_meeting_audio(dir: &Path) -> (Vec<f32>, String) {
 /// engine's output, no wall clock involved.
 #[test]
 fn streamed_japanese_commits_tokens_before_the_sentence_ends() {
-    let model = default_model_dir().join("ggml-base.bin");
+    let model = kiroku_tests::model_dir().join("ggml-base.bin");
     assert!(
         model.is_file(),
         "{} is missing: run `make model` first",

@@ -95,6 +95,10 @@ pub struct Limits {
     pub min_frame: Duration,
 }
 
+/// How long a live session may wait for a worker before it is refused
+/// (`--queue-timeout-s`).
+pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(30);
+
 impl Default for Limits {
     fn default() -> Self {
         Self {
@@ -171,10 +175,10 @@ impl GatewayConfig {
             layout,
             retention: Retention::default(),
             resume_keys,
-            resume_window: Duration::from_secs(120),
+            resume_window: kiroku_core::nats::DEFAULT_RESUME_WINDOW,
             limits: Limits::default(),
             transcribe_timeout: Duration::from_secs(600),
-            queue_timeout: Duration::from_secs(30),
+            queue_timeout: DEFAULT_QUEUE_TIMEOUT,
         }
     }
 }

@@ -49,6 +49,9 @@ pub const MAX_BUNDLE_BYTES: u64 = 8 << 30;
 /// The durable consumer through which storage replicas share `TRANSCRIPTS`.
 pub const CONSUMER: &str = "storage";
 
+/// How long `ImportTenant` waits for the client's next file (`--import-idle-timeout-s`).
+pub const DEFAULT_IMPORT_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 #[derive(Debug, Clone)]
 pub struct StorageConfig {
     pub database: DatabaseConfig,
@@ -85,7 +88,7 @@ impl StorageConfig {
             account_url: account_url.into(),
             keys,
             operator: kiroku_auth::auth::OperatorToken::default(),
-            import_idle_timeout: std::time::Duration::from_secs(30),
+            import_idle_timeout: DEFAULT_IMPORT_IDLE_TIMEOUT,
         }
     }
 }

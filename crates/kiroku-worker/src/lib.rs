@@ -75,6 +75,13 @@ pub struct WorkerConfig {
     pub pool: String,
 }
 
+/// Sessions a worker runs at once (`--sessions`).
+pub const DEFAULT_MAX_SESSIONS: usize = 4;
+/// Caption lag over which a worker takes no new session (`--admit-max-lag-s`).
+pub const DEFAULT_ADMIT_MAX_LAG: Duration = Duration::from_secs(2);
+/// Time without a progress ack before a job moves to another worker (`--ack-wait-s`).
+pub const DEFAULT_ACK_WAIT: Duration = Duration::from_secs(10);
+
 impl WorkerConfig {
     pub fn new(nats_url: impl Into<String>, layout: Layout, engine: EngineKind) -> Self {
         Self {
@@ -82,10 +89,10 @@ impl WorkerConfig {
             layout,
             retention: Retention::default(),
             engine,
-            max_sessions: 4,
-            admit_max_lag: Duration::from_secs(2),
-            ack_wait: Duration::from_secs(10),
-            resume_window: Duration::from_secs(120),
+            max_sessions: DEFAULT_MAX_SESSIONS,
+            admit_max_lag: DEFAULT_ADMIT_MAX_LAG,
+            ack_wait: DEFAULT_ACK_WAIT,
+            resume_window: kiroku_core::nats::DEFAULT_RESUME_WINDOW,
             drain_timeout: Duration::from_secs(10),
             policy: PolicyConfig::default(),
             finals: FinalsConfig::default(),

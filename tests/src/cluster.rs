@@ -2,7 +2,9 @@
 //! against the real NATS server, under a cluster root of their own (so tests running
 //! in parallel never share streams or jobs). Dropping the cluster kills the processes
 //! and deletes its streams.
-#![allow(dead_code)] // each test file uses a different part
+//!
+//! Enabled by the `cluster` feature; the tests of `kiroku-cli` use it. The processes are
+//! the `kiroku` binary Cargo builds for those tests ([`kiroku`]).
 
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::TcpStream;
@@ -12,8 +14,34 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use kiroku_core::nats::Layout;
+use kiroku_core::ready::ReadyLine;
 
-pub const KIROKU: &str = env!("CARGO_BIN_EXE_kiroku");
+/// The `kiroku` binary under test: `KIROKU_TEST_BIN` if set, else the one Cargo built
+/// beside the test executable (`target/<profile>/kiroku`; test executables live in
+/// `target/<profile>/deps`). Cargo builds a package's binaries for its integration tests,
+/// and nextest names it in `NEXTEST_BIN_EXE_kiroku`.
+pub fn kiroku() -> &'static str {
+    static BINARY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BINARY.get_or_init(|| {
+        for variable in ["KIROKU_TEST_BIN", "NEXTEST_BIN_EXE_kiroku"] {
+            if let Ok(path) = std::env::var(variable) {
+                return path;
+            }
+        }
+        let test = std::env::current_exe().expect("the test executable's path");
+        let profile = test
+            .parent()
+            .and_then(Path::parent)
+            .expect("the test executable is in target/<profile>/deps");
+        let binary = profile.join("kiroku");
+        assert!(
+            binary.exists(),
+            "no kiroku binary at {}: run the tests with cargo, or set KIROKU_TEST_BIN",
+            binary.display()
+        );
+        binary.display().to_string()
+    })
+}
 
 /// PostgreSQL as the schema owner (each cluster migrates a schema of its own).
 pub fn database_url() -> String {
@@ -126,9 +154,16 @@ fn first_line(child: &mut Child, timeout: Duration) -> String {
     rx.recv_timeout(timeout).unwrap_or_default()
 }
 
-fn field(line: &str, key: &str) -> Option<String> {
-    line.split_whitespace()
-        .find_map(|part| part.strip_prefix(&format!("{key}=")).map(str::to_string))
+/// The service's ready line within `timeout`; panics with its log when it did not start.
+fn ready_line(child: &mut Child, timeout: Duration, what: &str, log: &Path) -> ReadyLine {
+    let line = first_line(child, timeout);
+    ReadyLine::parse(&line).unwrap_or_else(|| {
+        let _ = child.kill();
+        panic!(
+            "{what} did not start: {line:?}\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        )
+    })
 }
 
 /// GET on the admin port; (status, body).
@@ -205,7 +240,7 @@ impl Cluster {
 
     /// A `kiroku` client command signed in as this cluster's cached login.
     pub fn cli(&self, args: &[&str]) -> Command {
-        let mut command = Command::new(KIROKU);
+        let mut command = Command::new(kiroku());
         command
             .args(args)
             .env("KIROKU_CONFIG_DIR", self.config_dir())
@@ -278,18 +313,12 @@ impl Cluster {
             "account.log",
         );
         let mut child = command.spawn().expect("spawn account service");
-        let line = first_line(&mut child, Duration::from_secs(60));
-        let (Some(grpc), Some(admin)) = (field(&line, "grpc"), field(&line, "admin")) else {
-            let _ = child.kill();
-            panic!(
-                "account service did not start: {line:?}\n{}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            );
-        };
+        let ReadyLine { grpc, admin, .. } =
+            ready_line(&mut child, Duration::from_secs(60), "account service", &log);
         self.account = Some(Proc {
             child,
             log,
-            grpc: Some(grpc),
+            grpc,
             admin,
         });
     }
@@ -394,18 +423,16 @@ impl Cluster {
             ),
         );
         let mut child = command.spawn().expect("spawn service");
-        let line = first_line(&mut child, Duration::from_secs(60));
-        let (Some(grpc), Some(admin)) = (field(&line, "grpc"), field(&line, "admin")) else {
-            let _ = child.kill();
-            panic!(
-                "{role} service did not start: {line:?}\n{}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            );
-        };
+        let ReadyLine { grpc, admin, .. } = ready_line(
+            &mut child,
+            Duration::from_secs(60),
+            &format!("{role} service"),
+            &log,
+        );
         Proc {
             child,
             log,
-            grpc: Some(grpc),
+            grpc,
             admin,
         }
     }
@@ -485,7 +512,7 @@ impl Cluster {
 
     fn command(&self, args: &[&str], log_name: &str) -> (Command, PathBuf) {
         let log = self.dir.path().join(log_name);
-        let mut command = Command::new(KIROKU);
+        let mut command = Command::new(kiroku());
         command
             .args(args)
             .env("KIROKU_NATS_URL", &self.options.nats_url)
@@ -544,18 +571,12 @@ impl Cluster {
             &format!("gateway-{index}.log"),
         );
         let mut child = command.spawn().expect("spawn gateway");
-        let line = first_line(&mut child, Duration::from_secs(30));
-        let (Some(grpc), Some(admin)) = (field(&line, "grpc"), field(&line, "admin")) else {
-            let _ = child.kill();
-            panic!(
-                "gateway did not start: {line:?}\n{}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            );
-        };
+        let ReadyLine { grpc, admin, .. } =
+            ready_line(&mut child, Duration::from_secs(30), "gateway", &log);
         self.gateways.push(Proc {
             child,
             log,
-            grpc: Some(grpc),
+            grpc,
             admin,
         });
         index
@@ -586,14 +607,8 @@ impl Cluster {
         args.extend_from_slice(extra);
         let (mut command, log) = self.command(&args, &format!("worker-{index}.log"));
         let mut child = command.spawn().expect("spawn worker");
-        let line = first_line(&mut child, Duration::from_secs(30));
-        let Some(admin) = field(&line, "admin") else {
-            let _ = child.kill();
-            panic!(
-                "worker did not start: {line:?}\n{}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            );
-        };
+        let ReadyLine { admin, .. } =
+            ready_line(&mut child, Duration::from_secs(30), "worker", &log);
         // Ready = model loaded and the job consumer exists.
         let deadline = Instant::now() + Duration::from_secs(60);
         while http_get(&admin, "/readyz").map(|(s, _)| s) != Some(200) {
@@ -746,6 +761,7 @@ impl Drop for Cluster {
 }
 
 /// A running `kiroku stream` client.
+#[derive(Debug)]
 pub struct StreamClient {
     pub child: Child,
     pub report: PathBuf,
@@ -770,7 +786,7 @@ impl StreamClient {
     ) -> StreamClient {
         let report = dir.join(format!("{name}.report.json"));
         let stderr = dir.join(format!("{name}.client.log"));
-        let mut child = Command::new(KIROKU)
+        let mut child = Command::new(kiroku())
             .args([
                 "stream",
                 wav.to_str().expect("utf8"),
@@ -976,6 +992,7 @@ pub fn stream_config(meeting: &str) -> kiroku_proto::transcribe::v1::StreamTrans
 }
 
 /// A live stream that sends a frame every 100 ms until dropped.
+#[derive(Debug)]
 pub struct LiveStream {
     pub responses: tonic::Streaming<kiroku_proto::transcribe::v1::StreamTranscribeResponse>,
     pub sender: tokio::task::JoinHandle<()>,
