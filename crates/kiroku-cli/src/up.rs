@@ -263,13 +263,7 @@ impl<'a> Local<'a> {
             ],
         )?;
         let mut child = command.spawn().context("starting the account service")?;
-        let line = ready_line(&mut child).await;
-        let Some(ReadyLine {
-            grpc: Some(url),
-            admin,
-            ..
-        }) = line
-        else {
+        let Some((url, admin)) = grpc_endpoints(&mut child).await else {
             bail!(
                 "the account service did not start (is PostgreSQL at {} up? `make services`): see {}",
                 self.args.database_url,
@@ -311,13 +305,7 @@ impl<'a> Local<'a> {
         let mut child = command
             .spawn()
             .with_context(|| format!("starting the {role} service"))?;
-        let line = ready_line(&mut child).await;
-        let Some(ReadyLine {
-            grpc: Some(url),
-            admin,
-            ..
-        }) = line
-        else {
+        let Some((url, admin)) = grpc_endpoints(&mut child).await else {
             bail!(
                 "the {role} service did not start: see {}",
                 self.log_path(role)
@@ -501,6 +489,12 @@ impl Children {
             }
         }
     }
+}
+
+/// A gRPC service's URL and admin address, from its ready line.
+async fn grpc_endpoints(child: &mut Child) -> Option<(String, String)> {
+    let line = ready_line(child).await?;
+    Some((line.grpc?, line.admin))
 }
 
 /// The service's ready line (its first line on stdout), if it prints one within 30 s.
