@@ -187,7 +187,54 @@ pub fn http_get(base: &str, path: &str) -> Option<(u16, String)> {
     Some((status, body))
 }
 
+/// What [`Cluster::builder`] starts: `Cluster::builder().gateways(1).workers(2)
+/// .storage().start()`. The account service always runs.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterBuilder {
+    gateways: usize,
+    workers: usize,
+    options: Options,
+}
+
+impl ClusterBuilder {
+    pub fn gateways(mut self, count: usize) -> Self {
+        self.gateways = count;
+        self
+    }
+    pub fn workers(mut self, count: usize) -> Self {
+        self.workers = count;
+        self
+    }
+    /// Also run the audit service.
+    pub fn audit(mut self) -> Self {
+        self.options.audit = true;
+        self
+    }
+    /// Also run the storage service.
+    pub fn storage(mut self) -> Self {
+        self.options.storage = true;
+        self
+    }
+    /// The remaining options (NATS URL, worker threads, environment…).
+    pub fn options(mut self, options: Options) -> Self {
+        let (audit, storage) = (self.options.audit, self.options.storage);
+        self.options = options;
+        self.options.audit |= audit;
+        self.options.storage |= storage;
+        self
+    }
+    pub fn start(self) -> Cluster {
+        Cluster::start(self.gateways, self.workers, self.options)
+    }
+}
+
 impl Cluster {
+    pub fn builder() -> ClusterBuilder {
+        ClusterBuilder::default()
+    }
+
+    /// `gateways` gateways and `workers` workers beside the account service (and the
+    /// audit and storage services when `options` asks).
     pub fn start(gateways: usize, workers: usize, options: Options) -> Cluster {
         let root = format!("t{}", uuid::Uuid::new_v4().simple())[..13].to_string();
         let mut cluster = Cluster {

@@ -84,6 +84,30 @@ pub struct Endpoints {
     pub admin: SocketAddr,
 }
 
+impl AccountConfig {
+    /// The settings' ranges (`docs/configuration.md` lists them with their defaults).
+    pub fn validate(&self) -> Result<(), kiroku_core::settings::InvalidSetting> {
+        use kiroku_core::settings::{at_least, seconds_within};
+        seconds_within(
+            "--access-ttl-s / KIROKU_ACCESS_TOKEN_TTL_S",
+            self.lifetimes.access,
+            30.0..=86_400.0,
+        )?;
+        at_least(
+            "--login-attempts / KIROKU_LOGIN_ATTEMPTS",
+            self.throttle.per_account,
+            1,
+            "",
+        )?;
+        at_least(
+            "--login-attempts-per-ip / KIROKU_LOGIN_ATTEMPTS_PER_IP",
+            self.throttle.per_ip,
+            1,
+            "",
+        )
+    }
+}
+
 /// Migrates, connects to PostgreSQL, Redis and NATS, then serves gRPC (with health and
 /// reflection) and the admin port until `shutdown` resolves.
 pub async fn serve(
@@ -92,6 +116,7 @@ pub async fn serve(
     admin: TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    config.validate()?;
     if config.migrate {
         kiroku_core::db::migrate(&config.database, &db::MIGRATOR).await?;
     }

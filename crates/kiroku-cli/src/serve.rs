@@ -58,8 +58,7 @@ pub struct StorageArgs {
     /// Seconds ImportTenant waits for the client's next bundle file before abandoning
     /// the import (nothing is written until the whole bundle has arrived).
     #[arg(long, env = "KIROKU_IMPORT_IDLE_TIMEOUT_S",
-          default_value_t = kiroku_storage::DEFAULT_IMPORT_IDLE_TIMEOUT.as_secs(),
-          value_parser = clap::value_parser!(u64).range(1..=3600))]
+          default_value_t = kiroku_storage::DEFAULT_IMPORT_IDLE_TIMEOUT.as_secs())]
     pub import_idle_timeout_s: u64,
 }
 
@@ -215,15 +214,13 @@ pub struct GatewayArgs {
     /// Seconds one stream connection may stay open, audio or not (OUT_OF_RANGE after;
     /// what was received is finalized).
     #[arg(long, env = "KIROKU_MAX_STREAM_WALL_S",
-          default_value_t = kiroku_gateway::Limits::default().max_stream_wall.as_secs(),
-          value_parser = clap::value_parser!(u64).range(1..))]
+          default_value_t = kiroku_gateway::Limits::default().max_stream_wall.as_secs())]
     pub max_stream_wall_s: u64,
     /// Seconds a live session may wait for a worker (every worker at capacity) before
     /// the stream is refused with RESOURCE_EXHAUSTED; the client is told it is queued
     /// after 2 s.
     #[arg(long, env = "KIROKU_QUEUE_TIMEOUT_S",
-          default_value_t = kiroku_gateway::DEFAULT_QUEUE_TIMEOUT.as_secs(),
-          value_parser = clap::value_parser!(u64).range(1..=3600))]
+          default_value_t = kiroku_gateway::DEFAULT_QUEUE_TIMEOUT.as_secs())]
     pub queue_timeout_s: u64,
     /// Secret shared by all gateways of the cluster, for resume tokens (read from the
     /// environment only, never a flag: flags show up in `ps`).
@@ -406,6 +403,11 @@ pub fn run(role: Role) -> Result<()> {
     })
 }
 
+/// A setting the service's `validate()` refused, as a usage error (exit code 2).
+fn invalid(error: kiroku_core::settings::InvalidSetting) -> InputError {
+    InputError(error.to_string())
+}
+
 async fn bind(address: &str, what: &str) -> Result<TcpListener> {
     let address: SocketAddr = address
         .parse()
@@ -473,15 +475,6 @@ async fn gateway(args: GatewayArgs) -> Result<()> {
     config.audit_url = Some(args.audit_url.clone());
     config.storage_url = Some(args.storage_url.clone());
     config.redis_url = args.redis.clone();
-    let rates = [args.tenant_rate, args.caller_rate];
-    if args.streams_per_tenant == 0 || rates.iter().any(|r| !(0.01..=10_000.0).contains(r)) {
-        return Err(InputError(
-            "--streams-per-tenant must be at least 1, --tenant-rate and --caller-rate within \
-             0.01..10000"
-                .into(),
-        )
-        .into());
-    }
     config.quotas.streams_per_tenant = args.streams_per_tenant;
     config.quotas.tenant_rate = kiroku_gateway::Rate {
         burst: (args.tenant_rate * 20.0).ceil() as u32,
@@ -492,9 +485,6 @@ async fn gateway(args: GatewayArgs) -> Result<()> {
         per_second: args.caller_rate,
     };
     config.resume_window = Duration::from_secs(args.common.resume_window_s);
-    if args.idle_timeout_s == 0 {
-        return Err(InputError("--idle-timeout-s must be at least 1".into()).into());
-    }
     config.limits.idle_timeout = Duration::from_secs(args.idle_timeout_s);
     config.limits.max_stream_wall = Duration::from_secs(args.max_stream_wall_s);
     config.queue_timeout = Duration::from_secs(args.queue_timeout_s);
@@ -507,6 +497,7 @@ async fn gateway(args: GatewayArgs) -> Result<()> {
                 "--trusted-proxies / KIROKU_GATEWAY_TRUSTED_PROXIES: {e}"
             ))
         })?;
+    config.validate().map_err(invalid)?;
     let grpc = bind(&args.listen, "gRPC").await?;
     let admin = bind(&args.admin_listen, "admin").await?;
     ReadyLine::new("gateway", Some(grpc.local_addr()?), admin.local_addr()?).announce();
@@ -560,30 +551,31 @@ async fn worker(args: WorkerArgs) -> Result<()> {
             .into());
         }
     };
-    if !(0.5..=3600.0).contains(&args.ack_wait_s) {
-        return Err(InputError("--ack-wait-s must be between 0.5 and 3600".into()).into());
-    }
-    if !(0.0..=3600.0).contains(&args.admit_max_lag_s) {
-        return Err(InputError("--admit-max-lag-s must be between 0 and 3600".into()).into());
+    // Durations from seconds: NaN or negative would panic in Duration.
+    for (flag, seconds) in [
+        ("--ack-wait-s", args.ack_wait_s),
+        ("--admit-max-lag-s", args.admit_max_lag_s),
+    ] {
+        if !(0.0..=86_400.0).contains(&seconds) {
+            return Err(InputError(format!("{flag} must be between 0 and 86400")).into());
+        }
     }
     let mut config =
         kiroku_worker::WorkerConfig::new(args.common.nats.clone(), args.common.layout()?, engine);
     config.retention = args.common.retention();
-    config.max_sessions = args.sessions.max(1);
+    config.max_sessions = args.sessions;
     kiroku_core::nats::check_token("pool", &args.pool).map_err(|e| InputError(e.to_string()))?;
     config.pool = args.pool.clone();
     config.ack_wait = Duration::from_secs_f64(args.ack_wait_s);
     config.admit_max_lag = Duration::from_secs_f64(args.admit_max_lag_s);
     config.resume_window = Duration::from_secs(args.common.resume_window_s);
+    if let Some(step_ms) = args.step_ms {
+        config.policy.step_ms = step_ms;
+    }
+    config.validate().map_err(invalid)?;
     config.policy.vad = kiroku_engine::vad::choose(&args.vad, &crate::config::model_dir())
         .map_err(|e| InputError(e.to_string()))?;
     tracing::info!(vad = config.policy.vad.name(), "voice activity detector");
-    if let Some(step_ms) = args.step_ms {
-        if !(100..=5_000).contains(&step_ms) {
-            return Err(InputError("--step-ms must be between 100 and 5000".into()).into());
-        }
-        config.policy.step_ms = step_ms;
-    }
     let admin = bind(&args.admin_listen, "admin").await?;
     ReadyLine::new("worker", None, admin.local_addr()?).announce();
     let (ready_tx, ready_rx) = tokio::sync::watch::channel(kiroku_core::admin::starting());
@@ -614,15 +606,13 @@ async fn account(args: AccountArgs) -> Result<()> {
     config.nats_url = args.common.nats.clone();
     config.layout = args.common.layout()?;
     config.retention = args.common.retention();
-    if !(30..=86_400).contains(&args.access_ttl_s) {
-        return Err(InputError("--access-ttl-s must be between 30 and 86400".into()).into());
-    }
     config.lifetimes.access = Duration::from_secs(args.access_ttl_s);
-    config.throttle.per_account = args.login_attempts.max(1);
-    config.throttle.per_ip = args.login_attempts_per_ip.max(1);
+    config.throttle.per_account = args.login_attempts;
+    config.throttle.per_ip = args.login_attempts_per_ip;
     config.trusted_proxies =
         kiroku_account::proxy::TrustedProxies::parse(&args.trusted_proxies).map_err(InputError)?;
     config.operator = operator_token()?;
+    config.validate().map_err(invalid)?;
     let grpc = bind(&args.listen, "gRPC").await?;
     let admin = bind(&args.admin_listen, "admin").await?;
     ReadyLine::new("account", Some(grpc.local_addr()?), admin.local_addr()?).announce();
@@ -679,6 +669,7 @@ async fn storage(args: StorageArgs) -> Result<()> {
     config.retention = args.common.retention();
     config.operator = operator_token()?;
     config.import_idle_timeout = Duration::from_secs(args.import_idle_timeout_s);
+    config.validate().map_err(invalid)?;
     let grpc = bind(&args.listen, "gRPC").await?;
     let admin = bind(&args.admin_listen, "admin").await?;
     ReadyLine::new("storage", Some(grpc.local_addr()?), admin.local_addr()?).announce();

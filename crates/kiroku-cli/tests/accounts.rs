@@ -357,7 +357,7 @@ fn matrix_callers(t: &Tenant) -> [(&'static str, Credential); 8] {
 /// that needs a credential, on both the account service and the gateway.
 #[test]
 fn control_9_2_2_method_by_role_matrix() {
-    let cluster = Cluster::start(1, 0, Options::default());
+    let cluster = Cluster::builder().gateways(1).start();
     let account_url = cluster.account_url();
     let gateway_url = cluster.gateway_url(0);
     block_on(async move {
@@ -439,15 +439,7 @@ fn control_9_2_2_method_by_role_matrix() {
 fn control_9_2_2_storage_and_audit_method_by_role_matrix() {
     use kiroku_proto::audit::v1 as audit;
     use kiroku_proto::storage::v1 as storage;
-    let cluster = Cluster::start(
-        0,
-        0,
-        Options {
-            storage: true,
-            audit: true,
-            ..Options::default()
-        },
-    );
+    let cluster = Cluster::builder().audit().storage().start();
     let (account_url, storage_url, audit_url) = (
         cluster.account_url(),
         cluster.storage_url(),
@@ -651,7 +643,7 @@ fn control_9_2_2_storage_and_audit_method_by_role_matrix() {
 /// sees none of A's users or consent records.
 #[test]
 fn control_13_1_3_cross_tenant_ids_are_not_found() {
-    let cluster = Cluster::start(0, 0, Options::default());
+    let cluster = Cluster::builder().start();
     let account_url = cluster.account_url();
     block_on(async move {
         let mut client = account(&account_url).await;
@@ -775,7 +767,7 @@ fn psql(url: &str, sql: &str) -> String {
 /// without tenant context returns zero rows.
 #[test]
 fn control_13_1_3_every_tenant_table_forces_row_level_security() {
-    let cluster = Cluster::start(0, 0, Options::default());
+    let cluster = Cluster::builder().start();
     let account_url = cluster.account_url();
     block_on(async move {
         let mut client = account(&account_url).await;
@@ -886,7 +878,7 @@ fn control_13_1_3_works_with_a_non_superuser_schema_owner() {
 /// missing credentials are refused by the gateway.
 #[test]
 fn gateway_refuses_missing_forged_and_revoked_credentials() {
-    let cluster = Cluster::start(1, 0, Options::default());
+    let cluster = Cluster::builder().gateways(1).start();
     let account_url = cluster.account_url();
     let gateway_url = cluster.gateway_url(0);
     block_on(async move {
@@ -958,7 +950,7 @@ fn gateway_refuses_missing_forged_and_revoked_credentials() {
 /// control 9.2.3: admin calls need MFA; a TOTP code works once; drift of one step.
 #[test]
 fn control_9_2_3_admin_calls_need_mfa_and_codes_are_single_use() {
-    let cluster = Cluster::start(0, 0, Options::default());
+    let cluster = Cluster::builder().start();
     let account_url = cluster.account_url();
     block_on(async move {
         let mut client = account(&account_url).await;
@@ -1017,7 +1009,7 @@ fn control_9_2_3_admin_calls_need_mfa_and_codes_are_single_use() {
 /// the user's other sessions; refresh tokens rotate and a reused one ends the session.
 #[test]
 fn control_9_2_4_password_change_and_refresh_rotation() {
-    let cluster = Cluster::start(0, 0, Options::default());
+    let cluster = Cluster::builder().start();
     let account_url = cluster.account_url();
     block_on(async move {
         let mut client = account(&account_url).await;
@@ -1197,7 +1189,7 @@ fn failed_sign_ins_from_one_address_are_throttled_across_accounts() {
 /// account's sign-in throttle: a stolen access token cannot guess the password there.
 #[test]
 fn wrong_current_passwords_are_throttled_like_sign_ins() {
-    let cluster = Cluster::start(0, 0, Options::default());
+    let cluster = Cluster::builder().start();
     let account_url = cluster.account_url();
     let token = cluster.access_token();
     block_on(async move {
@@ -1245,7 +1237,7 @@ fn wrong_current_passwords_are_throttled_like_sign_ins() {
 /// refused with RESOURCE_EXHAUSTED and a retry delay; failures are audited.
 #[test]
 fn failed_sign_ins_are_throttled_and_audited() {
-    let cluster = Cluster::start(0, 0, Options::default());
+    let cluster = Cluster::builder().start();
     let account_url = cluster.account_url();
     let layout = cluster.layout();
     let slug = cluster.tenant_slug.clone();
@@ -1313,7 +1305,7 @@ async fn open_stream(
 /// token is refused afterwards; deleting a user does the same for their sessions.
 #[test]
 fn control_9_2_1_disabled_users_stream_is_cut() {
-    let cluster = Cluster::start(1, 0, Options::default());
+    let cluster = Cluster::builder().gateways(1).start();
     let account_url = cluster.account_url();
     let gateway_url = cluster.gateway_url(0);
     block_on(async move {
@@ -1411,7 +1403,7 @@ fn control_9_2_1_disabled_users_stream_is_cut() {
 /// Self-registration is limited per client address (10 an hour).
 #[test]
 fn registrations_from_one_address_are_limited() {
-    let cluster = Cluster::start(0, 0, Options::default());
+    let cluster = Cluster::builder().start();
     let account_url = cluster.account_url();
     block_on(async move {
         let mut client = account(&account_url).await;
@@ -1453,7 +1445,7 @@ async fn stored_messages(stream: String) -> u64 {
 /// frame (nor a session job) is published; with every consent recorded it runs.
 #[test]
 fn control_cld_6_3_1_no_consent_no_recording() {
-    let cluster = Cluster::start(1, 0, Options::default());
+    let cluster = Cluster::builder().gateways(1).start();
     let account_url = cluster.account_url();
     let gateway_url = cluster.gateway_url(0);
     let layout = cluster.layout();
@@ -1755,7 +1747,7 @@ fn redis_down_fails_closed_for_new_calls_and_running_streams_continue() {
 #[test]
 fn admin_cli_manages_users_and_keys_after_mfa() {
     use std::os::unix::fs::PermissionsExt as _;
-    let cluster = Cluster::start(0, 0, Options::default());
+    let cluster = Cluster::builder().start();
     let slug = cluster.tenant_slug.clone();
     let email = cluster.owner_email.clone();
     let (ok, out, err) = cluster.run_cli(
@@ -1871,7 +1863,7 @@ fn admin_cli_manages_users_and_keys_after_mfa() {
 /// a revoked key is refused at once.
 #[test]
 fn transcribe_remote_uses_the_api_key_and_a_revoked_key_is_refused() {
-    let cluster = Cluster::start(1, 1, Options::default());
+    let cluster = Cluster::builder().gateways(1).workers(1).start();
     let wav = kiroku_tests::speech::synthesize(
         cluster.dir.path(),
         "file",
@@ -2091,7 +2083,7 @@ fn kiroku_up_starts_after_the_demo_owner_enrolls_mfa_or_its_password_file_is_los
 /// from it): stopped, the gateway's `/readyz` answers 503 naming it.
 #[test]
 fn the_gateway_is_not_ready_without_the_account_service() {
-    let mut cluster = Cluster::start(1, 0, Options::default());
+    let mut cluster = Cluster::builder().gateways(1).start();
     let admin = cluster.gateways[0].admin.clone();
     let readyz = |want: u16| {
         let deadline = std::time::Instant::now() + Duration::from_secs(15);

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use cluster::{Cluster, Options, authorized, block_on};
+use cluster::{Cluster, authorized, block_on};
 use kiroku_proto::events::v1::TranscriptResult;
 use kiroku_proto::storage::v1 as pb;
 use kiroku_proto::transcribe::v1 as api;
@@ -224,15 +224,7 @@ fn altered(dir: &Path, to: &Path, name: &str, change: impl FnOnce(&mut Vec<u8>))
 /// tenant's rows come back unchanged.
 #[test]
 fn control_12_3_1_backup_wipe_restore_is_byte_equal_and_erasures_stay() {
-    let mut cluster = Cluster::start(
-        0,
-        0,
-        Options {
-            audit: true,
-            storage: true,
-            ..Options::default()
-        },
-    );
+    let mut cluster = Cluster::builder().audit().storage().start();
     cluster.enroll_owner_mfa_with_cli();
     let token = cluster.access_token();
     let other = uuid::Uuid::new_v4().simple().to_string();
@@ -463,15 +455,7 @@ fn control_12_3_1_backup_wipe_restore_is_byte_equal_and_erasures_stay() {
 /// decrypts the later meeting.
 #[test]
 fn a_restore_keeps_what_an_erased_tenant_stored_after_its_erasure() {
-    let mut cluster = Cluster::start(
-        0,
-        0,
-        Options {
-            audit: true,
-            storage: true,
-            ..Options::default()
-        },
-    );
+    let mut cluster = Cluster::builder().audit().storage().start();
     cluster.enroll_owner_mfa_with_cli();
     let token = cluster.access_token();
     let (account_url, layout) = (cluster.account_url(), cluster.layout());

@@ -40,7 +40,7 @@ fn assert_wer(report: &serde_json::Value, reference: &str, limit: f64) {
 
 #[test]
 fn live_stream_gives_finals_that_match_the_speech() {
-    let cluster = Cluster::start(1, 1, Options::default());
+    let cluster = Cluster::builder().gateways(1).workers(1).start();
     let sentences = sentences();
     // 48 kHz stereo: the gateway's resampler and down-mix are on the path.
     let (wav, reference) = meeting_wav(cluster.dir.path(), "meeting", &sentences[..4], 48_000, 2);
@@ -57,7 +57,7 @@ fn live_stream_gives_finals_that_match_the_speech() {
 
 #[test]
 fn concurrent_streams_each_get_their_own_transcript() {
-    let cluster = Cluster::start(1, 1, Options::default());
+    let cluster = Cluster::builder().gateways(1).workers(1).start();
     let sentences = sentences();
     // Disjoint sentences per stream, so a stream that received another's audio or
     // finals would show it.
@@ -102,14 +102,7 @@ fn concurrent_streams_each_get_their_own_transcript() {
 
 #[test]
 fn worker_killed_mid_stream_fails_over_without_losing_or_doubling_finals() {
-    let mut cluster = Cluster::start(
-        1,
-        2,
-        Options {
-            storage: true,
-            ..Options::default()
-        },
-    );
+    let mut cluster = Cluster::builder().gateways(1).workers(2).storage().start();
     let sentences = sentences();
     let (wav, reference) = meeting_wav(cluster.dir.path(), "meeting", &sentences[..6], 16_000, 1);
     let mut client =
@@ -209,7 +202,7 @@ fn a_draining_worker_hands_its_session_to_another_at_once() {
 
 #[test]
 fn client_resumes_on_a_second_gateway_and_misses_nothing() {
-    let mut cluster = Cluster::start(2, 1, Options::default());
+    let mut cluster = Cluster::builder().gateways(2).workers(1).start();
     let sentences = sentences();
     let (wav, reference) = meeting_wav(cluster.dir.path(), "meeting", &sentences[1..6], 16_000, 1);
     let gateways = format!("{},{}", cluster.gateway_url(0), cluster.gateway_url(1));
@@ -234,7 +227,7 @@ fn client_resumes_on_a_second_gateway_and_misses_nothing() {
 #[test]
 fn unary_transcribe_goes_through_the_cluster() {
     use kiroku_proto::transcribe::v1 as api;
-    let mut cluster = Cluster::start(1, 0, Options::default());
+    let mut cluster = Cluster::builder().gateways(1).start();
     cluster.spawn_worker_with(&["--model", "tiny.en", "--final-model", "base"]);
     let sentences = sentences();
     let (wav, reference) = meeting_wav(cluster.dir.path(), "file", &sentences[..3], 22_050, 1);
@@ -460,7 +453,7 @@ mod bad_input {
     #[test]
     fn resent_frames_after_the_end_are_dropped_on_resume() {
         use api::stream_transcribe_response::Response;
-        let cluster = Cluster::start(1, 0, Options::default());
+        let cluster = Cluster::builder().gateways(1).start();
         let (url, token) = (cluster.gateway_url(0), cluster.access_token());
         cluster::block_on(async move {
             let ms100 = 3200;
@@ -856,7 +849,7 @@ fn hostile_strings_from_one_tenant_never_stop_another() {
     use kiroku_proto::account::v1 as pb;
     use kiroku_proto::transcribe::v1 as api;
     use tonic::Code;
-    let mut cluster = Cluster::start(1, 1, Options::default());
+    let mut cluster = Cluster::builder().gateways(1).workers(1).start();
     let (wav, reference) = meeting_wav(cluster.dir.path(), "clean", &sentences()[..2], 16_000, 1);
     let bytes = std::fs::read(&wav).expect("wav");
     let (url, account_url) = (cluster.gateway_url(0), cluster.account_url());

@@ -332,3 +332,43 @@ fn model_fetch_is_a_no_op_when_the_model_is_installed() {
         modified
     );
 }
+
+/// Each service's `validate()` refuses a setting out of range before anything starts:
+/// exit code 2 and one line naming the flag and its variable (`docs/configuration.md`).
+#[test]
+fn serve_settings_out_of_range_are_refused_before_anything_starts() {
+    let serve = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_kiroku"))
+            .arg("serve")
+            .args(args)
+            .env("KIROKU_RESUME_SECRET", "a-resume-secret-of-enough-length")
+            .env("RUST_LOG", "error")
+            .env("KIROKU_MASTER_KEY", "0".repeat(63) + "1")
+            .output()
+            .expect("run kiroku serve")
+    };
+    assert_input_error(
+        &serve(&["worker", "--engine", "null-benchmark", "--sessions", "0"]),
+        "--sessions / KIROKU_WORKER_SESSIONS must be at least 1 (got 0)",
+    );
+    assert_input_error(
+        &serve(&["worker", "--engine", "null-benchmark", "--step-ms", "50"]),
+        "--step-ms / KIROKU_WORKER_STEP_MS must be between 100 ms and 5000 ms",
+    );
+    assert_input_error(
+        &serve(&["gateway", "--queue-timeout-s", "0"]),
+        "--queue-timeout-s / KIROKU_QUEUE_TIMEOUT_S must be between 1 s and 3600 s",
+    );
+    assert_input_error(
+        &serve(&["gateway", "--tenant-rate", "0"]),
+        "--tenant-rate / KIROKU_TENANT_RATE must be between 0.01/s and 10000/s",
+    );
+    assert_input_error(
+        &serve(&["account", "--access-ttl-s", "10"]),
+        "--access-ttl-s / KIROKU_ACCESS_TOKEN_TTL_S must be between 30 s and 86400 s",
+    );
+    assert_input_error(
+        &serve(&["storage", "--import-idle-timeout-s", "0"]),
+        "--import-idle-timeout-s / KIROKU_IMPORT_IDLE_TIMEOUT_S must be between 1 s and 3600 s",
+    );
+}

@@ -14,6 +14,7 @@ mod process;
 pub mod ready;
 pub mod region;
 pub mod secret;
+pub mod settings;
 pub mod status;
 pub mod telemetry;
 pub mod trace;

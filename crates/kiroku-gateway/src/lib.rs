@@ -342,6 +342,48 @@ fn transcription_routes(gateway: Gateway) -> tonic::service::Routes {
     tonic::service::Routes::from(router)
 }
 
+impl GatewayConfig {
+    /// The settings' ranges (`docs/configuration.md` lists them with their defaults).
+    pub fn validate(&self) -> Result<(), kiroku_core::settings::InvalidSetting> {
+        use kiroku_core::settings::{at_least, seconds_within, within};
+        at_least(
+            "--streams-per-tenant / KIROKU_STREAMS_PER_TENANT",
+            self.quotas.streams_per_tenant,
+            1,
+            "",
+        )?;
+        within(
+            "--tenant-rate / KIROKU_TENANT_RATE",
+            self.quotas.tenant_rate.per_second,
+            0.01..=10_000.0,
+            "/s",
+        )?;
+        within(
+            "--caller-rate / KIROKU_CALLER_RATE",
+            self.quotas.caller_rate.per_second,
+            0.01..=10_000.0,
+            "/s",
+        )?;
+        at_least(
+            "--idle-timeout-s / KIROKU_IDLE_TIMEOUT_S",
+            self.limits.idle_timeout.as_secs_f64(),
+            1.0,
+            " s",
+        )?;
+        at_least(
+            "--max-stream-wall-s / KIROKU_MAX_STREAM_WALL_S",
+            self.limits.max_stream_wall.as_secs_f64(),
+            1.0,
+            " s",
+        )?;
+        seconds_within(
+            "--queue-timeout-s / KIROKU_QUEUE_TIMEOUT_S",
+            self.queue_timeout,
+            1.0..=3600.0,
+        )
+    }
+}
+
 /// Serves gRPC (with health and reflection) and the admin HTTP port until `shutdown`
 /// resolves; in-flight streams then get a few seconds to finish.
 pub async fn serve(
@@ -350,6 +392,7 @@ pub async fn serve(
     admin: TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    config.validate()?;
     let mut forwards = Vec::new();
     let channel = |url: &str| -> anyhow::Result<kiroku_core::grpc_metrics::MeteredChannel> {
         use anyhow::Context as _;

@@ -157,12 +157,24 @@ async fn consume(db: Db, keys: Keys, js: jetstream::Context, layout: Layout) -> 
     .await
 }
 
+impl StorageConfig {
+    /// The settings' ranges (`docs/configuration.md` lists them with their defaults).
+    pub fn validate(&self) -> Result<(), kiroku_core::settings::InvalidSetting> {
+        kiroku_core::settings::seconds_within(
+            "--import-idle-timeout-s / KIROKU_IMPORT_IDLE_TIMEOUT_S",
+            self.import_idle_timeout,
+            1.0..=3600.0,
+        )
+    }
+}
+
 pub async fn serve(
     config: StorageConfig,
     grpc: TcpListener,
     admin: TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    config.validate()?;
     if config.migrate {
         kiroku_core::db::migrate(&config.database, &MIGRATOR).await?;
     }

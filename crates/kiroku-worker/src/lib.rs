@@ -183,6 +183,35 @@ impl Ctx {
     }
 }
 
+impl WorkerConfig {
+    /// The settings' ranges (`docs/configuration.md` lists them with their defaults).
+    pub fn validate(&self) -> Result<(), kiroku_core::settings::InvalidSetting> {
+        use kiroku_core::settings::{at_least, seconds_within, within};
+        at_least(
+            "--sessions / KIROKU_WORKER_SESSIONS",
+            self.max_sessions,
+            1,
+            "",
+        )?;
+        seconds_within(
+            "--ack-wait-s / KIROKU_WORKER_ACK_WAIT_S",
+            self.ack_wait,
+            0.5..=3600.0,
+        )?;
+        seconds_within(
+            "--admit-max-lag-s / KIROKU_WORKER_ADMIT_MAX_LAG_S",
+            self.admit_max_lag,
+            0.0..=3600.0,
+        )?;
+        within(
+            "--step-ms / KIROKU_WORKER_STEP_MS",
+            self.policy.step_ms,
+            100..=5_000,
+            " ms",
+        )
+    }
+}
+
 /// Runs the worker until `shutdown` resolves, then drains. `ready` turns `Ok` once
 /// the model is loaded and the job consumer exists, and follows NATS and the decoding
 /// slots from then on (the admin port's `/readyz`).
@@ -191,6 +220,7 @@ pub async fn serve(
     ready: watch::Sender<kiroku_core::admin::Readiness>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    config.validate()?;
     let engines = load_engines(&config).await?;
     let (ctx, jobs) = connect(&config, engines).await?;
     info!(
