@@ -463,43 +463,7 @@ async fn attempt(
         resume_after_result_seq: progress.last_final_seq,
         labels: Default::default(),
     };
-    let send = |request| StreamTranscribeRequest {
-        request: Some(request),
-    };
-    // Buffered before the call starts, so config is the first message.
-    let _ = tx
-        .send(send(stream_transcribe_request::Request::Config(config)))
-        .await;
-
-    // Frames are due on the original timeline: a reconnect re-sends what was not
-    // acknowledged at once, then keeps the real-time pace.
-    let first_seq = progress.acked_seq + 1;
-    let frames: Vec<Vec<u8>> =
-        audio.frames[(first_seq as usize - 1).min(audio.frames.len())..].to_vec();
-    let frame_period = Duration::from_secs_f64(f64::from(args.frame_ms) / 1000.0 / args.speed);
-    let sender = tokio::spawn(async move {
-        for (index, data) in frames.into_iter().enumerate() {
-            let seq = first_seq + index as u64;
-            let due = origin + frame_period * (seq - 1) as u32;
-            tokio::time::sleep_until(due.into()).await;
-            let frame = api::AudioFrame { data, seq };
-            if tx
-                .send(send(stream_transcribe_request::Request::Audio(frame)))
-                .await
-                .is_err()
-            {
-                return;
-            }
-        }
-        let end = api::Control {
-            action: Some(api::control::Action::EndOfStream(api::EndOfStream {})),
-        };
-        let _ = tx
-            .send(send(stream_transcribe_request::Request::Control(end)))
-            .await;
-        // Keep the request stream open until the server closes the call.
-        tx.closed().await;
-    });
+    let sender = spawn_sender(args, audio, config, progress.acked_seq + 1, origin, tx).await;
 
     // Fetched per attempt: a long meeting outlives an access token.
     let credential = crate::credentials::credential().await?;
@@ -524,89 +488,146 @@ async fn attempt(
         match inbound.next().await {
             None => break Ok(Attempt::Closed),
             Some(Err(status)) => break classify(status).map(Attempt::Reconnect),
-            Some(Ok(message)) => {
-                use stream_transcribe_response::Response as R;
-                match message.response {
-                    Some(R::Session(info)) => {
-                        progress.resume_token = Some(info.resume_token);
-                        if info.queued != progress.queued {
-                            progress.queued = info.queued;
-                            if !info.queued {
-                                progress.queue_left_ms =
-                                    Some(origin.elapsed().as_secs_f64() * 1000.0);
-                            }
-                            progress.captions.notice(if info.queued {
-                                "kiroku stream: every transcription worker is busy: queued \
-                                 (audio is kept and transcribed once a worker is free)"
-                            } else {
-                                "kiroku stream: a worker took the session"
-                            });
-                        }
-                        progress.session_languages.push(info.language.clone());
-                        if !info.language.is_empty() && info.language != progress.language {
-                            if args.language.as_deref().is_none_or(|l| l == "auto") {
-                                progress.captions.notice(&format!(
-                                    "kiroku stream: language detected: {}",
-                                    info.language
-                                ));
-                            }
-                            progress.language = info.language;
-                        }
-                    }
-                    Some(R::AudioAck(ack)) => {
-                        progress.acked_seq = progress.acked_seq.max(ack.acked_seq);
-                    }
-                    Some(R::Result(result)) if is_final(&result) => {
-                        if result.result_seq <= progress.last_final_seq {
-                            continue;
-                        }
-                        progress.last_final_seq = result.result_seq;
-                        if progress.language.is_empty() {
-                            progress.language = result.language.clone();
-                        }
-                        let segment = to_segment(result.segment.unwrap_or_default());
-                        progress.captions.add_final(&segment);
-                        progress.finals.push(ReceivedFinal {
-                            result_seq: result.result_seq,
-                            arrival_ms: origin.elapsed().as_secs_f64() * 1000.0,
-                            language: result.language.clone(),
-                            segment,
-                        });
-                    }
-                    Some(R::Result(result)) => {
-                        let arrival_ms = origin.elapsed().as_secs_f64() * 1000.0;
-                        progress.first_interim_ms.get_or_insert(arrival_ms);
-                        if result.result_seq <= progress.last_final_seq {
-                            continue; // its final already replaced it
-                        }
-                        let segment = to_segment(result.segment.unwrap_or_default());
-                        if result.kind == api::ResultKind::Caption as i32 {
-                            progress.captions.add_caption(&segment);
-                            progress.captions_received.push(ReceivedCaption {
-                                result_seq: result.result_seq,
-                                arrival_ms,
-                                segment,
-                            });
-                        } else {
-                            progress.captions.set_interim(segment.text);
-                        }
-                    }
-                    Some(R::Stats(stats)) => {
-                        progress.server_stats = Some(ServerStats {
-                            finals: stats.finals,
-                            final_latency_p50_ms: stats.final_latency_p50_ms,
-                            final_latency_p95_ms: stats.final_latency_p95_ms,
-                            caption_latency_p50_ms: stats.caption_latency_p50_ms,
-                            caption_latency_p95_ms: stats.caption_latency_p95_ms,
-                        });
-                    }
-                    Some(R::BookmarkAck(_)) | None => {}
-                }
-            }
+            Some(Ok(message)) => progress.receive(message, args, origin),
         }
     };
     sender.abort();
     outcome
+}
+
+fn request(request: stream_transcribe_request::Request) -> StreamTranscribeRequest {
+    StreamTranscribeRequest {
+        request: Some(request),
+    }
+}
+
+/// Sends `config`, then the frames from `first_seq` on the original timeline (a
+/// reconnect re-sends what was not acknowledged at once, then keeps the real-time pace),
+/// then end of stream, and keeps the request stream open until the server closes the
+/// call.
+async fn spawn_sender(
+    args: &Args,
+    audio: &ClientAudio,
+    config: api::StreamConfig,
+    first_seq: u64,
+    origin: Instant,
+    tx: mpsc::Sender<StreamTranscribeRequest>,
+) -> tokio::task::JoinHandle<()> {
+    // Buffered before the call starts, so config is the first message.
+    let _ = tx
+        .send(request(stream_transcribe_request::Request::Config(config)))
+        .await;
+    let frames: Vec<Vec<u8>> =
+        audio.frames[(first_seq as usize - 1).min(audio.frames.len())..].to_vec();
+    let frame_period = Duration::from_secs_f64(f64::from(args.frame_ms) / 1000.0 / args.speed);
+    tokio::spawn(async move {
+        for (index, data) in frames.into_iter().enumerate() {
+            let seq = first_seq + index as u64;
+            let due = origin + frame_period * (seq - 1) as u32;
+            tokio::time::sleep_until(due.into()).await;
+            let frame = api::AudioFrame { data, seq };
+            if tx
+                .send(request(stream_transcribe_request::Request::Audio(frame)))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+        let end = api::Control {
+            action: Some(api::control::Action::EndOfStream(api::EndOfStream {})),
+        };
+        let _ = tx
+            .send(request(stream_transcribe_request::Request::Control(end)))
+            .await;
+        tx.closed().await;
+    })
+}
+
+impl Progress {
+    /// One message from the gateway: session state, acks, results and stats.
+    fn receive(&mut self, message: api::StreamTranscribeResponse, args: &Args, origin: Instant) {
+        use stream_transcribe_response::Response as R;
+        let arrival_ms = origin.elapsed().as_secs_f64() * 1000.0;
+        match message.response {
+            Some(R::Session(info)) => self.session(info, args, arrival_ms),
+            Some(R::AudioAck(ack)) => {
+                self.acked_seq = self.acked_seq.max(ack.acked_seq);
+            }
+            // Results already replaced by a final (or received before a reconnect) are
+            // dropped.
+            Some(R::Result(result)) if result.result_seq <= self.last_final_seq => {
+                if !is_final(&result) {
+                    self.first_interim_ms.get_or_insert(arrival_ms);
+                }
+            }
+            Some(R::Result(result)) if is_final(&result) => {
+                self.last_final_seq = result.result_seq;
+                if self.language.is_empty() {
+                    self.language = result.language.clone();
+                }
+                let segment = to_segment(result.segment.unwrap_or_default());
+                self.captions.add_final(&segment);
+                self.finals.push(ReceivedFinal {
+                    result_seq: result.result_seq,
+                    arrival_ms,
+                    language: result.language.clone(),
+                    segment,
+                });
+            }
+            Some(R::Result(result)) => {
+                self.first_interim_ms.get_or_insert(arrival_ms);
+                let segment = to_segment(result.segment.unwrap_or_default());
+                if result.kind == api::ResultKind::Caption as i32 {
+                    self.captions.add_caption(&segment);
+                    self.captions_received.push(ReceivedCaption {
+                        result_seq: result.result_seq,
+                        arrival_ms,
+                        segment,
+                    });
+                } else {
+                    self.captions.set_interim(segment.text);
+                }
+            }
+            Some(R::Stats(stats)) => {
+                self.server_stats = Some(ServerStats {
+                    finals: stats.finals,
+                    final_latency_p50_ms: stats.final_latency_p50_ms,
+                    final_latency_p95_ms: stats.final_latency_p95_ms,
+                    caption_latency_p50_ms: stats.caption_latency_p50_ms,
+                    caption_latency_p95_ms: stats.caption_latency_p95_ms,
+                });
+            }
+            Some(R::BookmarkAck(_)) | None => {}
+        }
+    }
+
+    /// The session's state: resume token, queued or not, the language.
+    fn session(&mut self, info: api::SessionInfo, args: &Args, arrival_ms: f64) {
+        self.resume_token = Some(info.resume_token);
+        if info.queued != self.queued {
+            self.queued = info.queued;
+            if !info.queued {
+                self.queue_left_ms = Some(arrival_ms);
+            }
+            self.captions.notice(if info.queued {
+                "kiroku stream: every transcription worker is busy: queued \
+                 (audio is kept and transcribed once a worker is free)"
+            } else {
+                "kiroku stream: a worker took the session"
+            });
+        }
+        self.session_languages.push(info.language.clone());
+        if !info.language.is_empty() && info.language != self.language {
+            if args.language.as_deref().is_none_or(|l| l == "auto") {
+                self.captions.notice(&format!(
+                    "kiroku stream: language detected: {}",
+                    info.language
+                ));
+            }
+            self.language = info.language;
+        }
+    }
 }
 
 /// An utterance final. A server from before result kinds sets only `is_final`.

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use kiroku_audio::{AudioError, decode_wav};
+use kiroku_auth::auth::Principal;
 use kiroku_core::audit::{AuditRecord, actions};
 use kiroku_core::nats::{Follower, Layout};
 use kiroku_proto::events::v1 as events;
@@ -15,6 +16,7 @@ use tonic::{Request, Response, Status};
 use tracing::{Instrument as _, info};
 
 use crate::Shared;
+use crate::admission::StreamLease;
 use crate::resample::{OUTPUT_RATE_HZ, StreamResampler};
 use crate::stream::{publish_frame, publish_job, validate_format, validate_options};
 
@@ -128,26 +130,8 @@ async fn transcribe_file(
     request: Request<api::TranscribeRequest>,
     started: &mut bool,
 ) -> Result<Response<api::TranscribeResponse>, Status> {
-    let principal = match request.extensions().get::<Admitted>() {
-        Some(Admitted(principal)) => principal.clone(),
-        None => {
-            shared
-                .gatekeeper
-                .admit(request.metadata(), "Transcribe")
-                .await?
-        }
-    };
-    shared.admission.admit_request(&principal).await?;
-    if !request.get_ref().meeting_id.trim().is_empty() {
-        kiroku_core::validate::meeting_id("meeting_id", &request.get_ref().meeting_id)?;
-    }
-    validate_options(request.get_ref().options.as_ref(), &shared.config.limits)?;
-    shared
-        .gatekeeper
-        .check_consent(request.metadata(), &request.get_ref().meeting_id)
-        .await?;
+    let principal = admit_file(&shared, &request).await?;
     let mut request = request.into_inner();
-    let limits = &shared.config.limits;
     let Some(source) = request.source.take() else {
         return Err(Status::invalid_argument(
             "set `wav` (a WAV file) or `raw` with `raw_format`",
@@ -158,41 +142,11 @@ async fn transcribe_file(
             bytes.len()
         }
     };
-    check_size(input_bytes, limits.max_file_bytes)?;
+    check_size(input_bytes, shared.config.limits.max_file_bytes)?;
     // A file counts against the tenant's concurrent-stream quota like a live stream.
     let session_id = uuid::Uuid::new_v4().simple().to_string();
-    let lease = Arc::new(
-        shared
-            .admission
-            .acquire_stream(&principal, &session_id)
-            .await?,
-    );
-    let renewal = {
-        let lease = lease.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(std::time::Duration::from_secs(5)).await;
-                lease.renew().await;
-            }
-        })
-    };
-    let _stop_renewal = AbortOnDrop(renewal);
-    // Decoding holds about four times the input (f32 samples, then 16-bit at 16 kHz).
-    let budget_mib = (input_bytes.saturating_mul(4) >> 20).max(1) as u32;
-    let _budget = match tokio::time::timeout(
-        DECODE_BUDGET_WAIT,
-        shared.decode_budget.acquire_many(budget_mib),
-    )
-    .await
-    {
-        Ok(Ok(permit)) => permit,
-        _ => {
-            return Err(kiroku_core::status::resource_exhausted(
-                "this gateway is decoding other files; retry shortly",
-                std::time::Duration::from_secs(5),
-            ));
-        }
-    };
+    let _slot = StreamSlot::take(&shared, &principal, &session_id).await?;
+    let _budget = decode_budget_for(&shared, input_bytes).await?;
     let pcm = decode_source(source, request.raw_format.take()).await?;
     let duration_ms = pcm.len() as u64 * 1000 / u64::from(OUTPUT_RATE_HZ);
     let model = request
@@ -200,13 +154,13 @@ async fn transcribe_file(
         .as_ref()
         .map(|o| o.model.clone())
         .unwrap_or_default();
+    // A child of the call's SERVER span (kiroku_core::grpc_metrics), which continues
+    // the client's trace.
     let span = tracing::info_span!(
         "gateway.transcribe",
         duration_ms,
         otel.name = "gateway transcribe"
     );
-    // A child of the call's SERVER span (kiroku_core::grpc_metrics), which continues
-    // the client's trace.
     // Audited as a stream (kind "file"): the usage view counts files with streams.
     let audit = |action| {
         AuditRecord::new(principal.tenant_token(), principal.actor(), action)
@@ -229,26 +183,14 @@ async fn transcribe_file(
     )
     .instrument(span.clone())
     .await;
-    let (segments, language) = match outcome {
-        Ok(done) => {
-            span.in_scope(|| {
-                shared
-                    .audit
-                    .spawn_emit(ended.detail("finals", done.0.len().to_string()))
-            });
-            done
-        }
-        Err(status) => {
-            span.in_scope(|| {
-                shared.audit.spawn_emit(
-                    ended
-                        .failed()
-                        .detail("code", format!("{:?}", status.code())),
-                )
-            });
-            return Err(status);
-        }
+    let ended = match &outcome {
+        Ok((segments, _)) => ended.detail("finals", segments.len().to_string()),
+        Err(status) => ended
+            .failed()
+            .detail("code", format!("{:?}", status.code())),
     };
+    span.in_scope(|| shared.audit.spawn_emit(ended));
+    let (segments, language) = outcome?;
     let processing = started.elapsed();
     let text = kiroku_core::transcript::join_words(segments.iter().map(|s| s.text.as_str()));
     Ok(Response::new(api::TranscribeResponse {
@@ -266,6 +208,82 @@ async fn transcribe_file(
             model,
         }),
     }))
+}
+
+/// The caller of `Transcribe` (already admitted by the interceptor on the public port),
+/// its request rate, the request's meeting id and options, and the meeting's consent.
+async fn admit_file(
+    shared: &Shared,
+    request: &Request<api::TranscribeRequest>,
+) -> Result<Principal, Status> {
+    let principal = match request.extensions().get::<Admitted>() {
+        Some(Admitted(principal)) => principal.clone(),
+        None => {
+            shared
+                .gatekeeper
+                .admit(request.metadata(), "Transcribe")
+                .await?
+        }
+    };
+    shared.admission.admit_request(&principal).await?;
+    let body = request.get_ref();
+    if !body.meeting_id.trim().is_empty() {
+        kiroku_core::validate::meeting_id("meeting_id", &body.meeting_id)?;
+    }
+    validate_options(body.options.as_ref(), &shared.config.limits)?;
+    shared
+        .gatekeeper
+        .check_consent(request.metadata(), &body.meeting_id)
+        .await?;
+    Ok(principal)
+}
+
+/// One of the tenant's concurrent-stream slots, renewed every 5 s while held and
+/// released when dropped.
+struct StreamSlot {
+    _lease: Arc<StreamLease>,
+    _renewal: AbortOnDrop,
+}
+
+impl StreamSlot {
+    async fn take(shared: &Shared, principal: &Principal, session: &str) -> Result<Self, Status> {
+        let lease = Arc::new(shared.admission.acquire_stream(principal, session).await?);
+        let renewal = {
+            let lease = lease.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+                    lease.renew().await;
+                }
+            })
+        };
+        Ok(Self {
+            _lease: lease,
+            _renewal: AbortOnDrop(renewal),
+        })
+    }
+}
+
+/// This gateway's memory for decoding a file of `input_bytes`: about four times the
+/// input (f32 samples, then 16-bit at 16 kHz); refused with retry info when other
+/// files hold it for longer than [`DECODE_BUDGET_WAIT`].
+async fn decode_budget_for(
+    shared: &Shared,
+    input_bytes: usize,
+) -> Result<tokio::sync::SemaphorePermit<'_>, Status> {
+    let budget_mib = (input_bytes.saturating_mul(4) >> 20).max(1) as u32;
+    match tokio::time::timeout(
+        DECODE_BUDGET_WAIT,
+        shared.decode_budget.acquire_many(budget_mib),
+    )
+    .await
+    {
+        Ok(Ok(permit)) => Ok(permit),
+        _ => Err(kiroku_core::status::resource_exhausted(
+            "this gateway is decoding other files; retry shortly",
+            std::time::Duration::from_secs(5),
+        )),
+    }
 }
 
 /// Aborts a background task when dropped (the lease renewal of a file request).

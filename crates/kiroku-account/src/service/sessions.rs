@@ -147,6 +147,7 @@ impl State {
         Ok(())
     }
 
+    /// Sign-in: throttle, credentials, TOTP when enrolled, then a new session.
     pub(super) async fn login(
         &self,
         request: pb::LoginRequest,
@@ -157,42 +158,95 @@ impl State {
         let email = check_email(&request.email)?;
         let ip_text = ip.map(|ip| ip.to_string()).unwrap_or_default();
         let tenant = self.db.tenant_for_slug(&slug).await?;
+        self.reserve_sign_in(tenant, &slug, &email, ip, &ip_text)
+            .await?;
+        let (tenant, user) = self
+            .check_credentials(tenant, &email, request.password, &ip_text)
+            .await?;
+        if user.disabled {
+            return Err(AccountError::Denied("this user is disabled".into()));
+        }
+        let mut tx = self.db.tenant_tx(tenant).await?;
+        let mfa = user.totp_enabled;
+        if mfa {
+            self.check_sign_in_totp(&mut tx, tenant, &user, &request.totp_code, &ip_text)
+                .await?;
+        }
+        let tokens = self
+            .issue(&mut tx, &user, &slug, mfa, Uuid::new_v4())
+            .await?;
+        tx.commit().await?;
+        self.throttle.succeeded(&slug, &email, ip).await?;
+        let actor = || Actor::user(user.id).named(user.email.clone());
+        let mut record = AuditRecord::new(tenant.simple(), actor(), actions::LOGIN_SUCCEEDED)
+            .source_ip(&ip_text);
+        if mfa {
+            record = record.detail("mfa", "totp");
+            self.audit(
+                AuditRecord::new(tenant.simple(), actor(), actions::MFA_USED).source_ip(&ip_text),
+            );
+        }
+        self.audit(record);
+        Ok(tokens)
+    }
+
+    /// Counts the attempt against the sign-in throttles; refused (and audited once per
+    /// account and window) when they are spent.
+    async fn reserve_sign_in(
+        &self,
+        tenant: Option<Uuid>,
+        slug: &str,
+        email: &str,
+        ip: Option<IpAddr>,
+        ip_text: &str,
+    ) -> Result<()> {
         // Attempts on a tenant that does not exist are counted in their own bucket per
         // address: they cannot guess any real password, and must not use up the
         // address's budget for real accounts (or lock anyone out).
         let reserved = match tenant {
-            Some(_) => self.throttle.reserve_login(&slug, &email, ip).await?,
+            Some(_) => self.throttle.reserve_login(slug, email, ip).await?,
             None => self.throttle.reserve_unknown_tenant(ip).await?,
         };
-        if let Err(throttled) = reserved {
-            // One `login.throttled` per account and window, however many attempts.
-            if let Some(tenant) = tenant
-                && self
-                    .throttle
-                    .first_refusal(&slug, &email)
-                    .await
-                    .unwrap_or(false)
-            {
-                self.audit(
-                    AuditRecord::new(tenant.simple(), Actor::system(), actions::LOGIN_THROTTLED)
-                        .target(format!("email/{email}"))
-                        .failed()
-                        .source_ip(&ip_text),
-                );
-            }
-            return Err(AccountError::Throttled {
-                message: "too many failed sign-ins".into(),
-                retry_after: throttled.0,
-            });
+        let Err(throttled) = reserved else {
+            return Ok(());
+        };
+        // One `login.throttled` per account and window, however many attempts.
+        if let Some(tenant) = tenant
+            && self
+                .throttle
+                .first_refusal(slug, email)
+                .await
+                .unwrap_or(false)
+        {
+            self.audit(
+                AuditRecord::new(tenant.simple(), Actor::system(), actions::LOGIN_THROTTLED)
+                    .target(format!("email/{email}"))
+                    .failed()
+                    .source_ip(ip_text),
+            );
         }
-        let invalid = || AccountError::Unauthenticated("invalid tenant, email or password".into());
+        Err(AccountError::Throttled {
+            message: "too many failed sign-ins".into(),
+            retry_after: throttled.0,
+        })
+    }
+
+    /// The tenant's user with this email and password. Unknown tenants, unknown users
+    /// and wrong passwords get the same answer after the same hashing time.
+    async fn check_credentials(
+        &self,
+        tenant: Option<Uuid>,
+        email: &str,
+        password: String,
+        ip_text: &str,
+    ) -> Result<(Uuid, UserRow)> {
         let user = match tenant {
             Some(tenant) => {
                 let mut tx = self.db.tenant_tx(tenant).await?;
                 let user = sqlx::query_as::<_, UserRow>(&format!(
                     "SELECT {USER_COLUMNS} FROM users WHERE email = $1"
                 ))
-                .bind(&email)
+                .bind(email)
                 .fetch_optional(&mut *tx)
                 .await?;
                 tx.commit().await?;
@@ -205,90 +259,73 @@ impl State {
             .as_ref()
             .map(|u| u.password_hash.clone())
             .unwrap_or_else(|| password::decoy_hash().to_string());
-        let password_ok = verify_password(request.password, stored).await? && user.is_some();
-        let (Some(tenant), Some(user), true) = (tenant, user, password_ok) else {
-            if let Some(tenant) = tenant {
-                self.audit(
-                    AuditRecord::new(tenant.simple(), Actor::system(), actions::LOGIN_FAILED)
-                        .target(format!("email/{email}"))
-                        .failed()
-                        .source_ip(&ip_text)
-                        .detail("reason", "bad credentials"),
-                );
+        let password_ok = verify_password(password, stored).await? && user.is_some();
+        match (tenant, user, password_ok) {
+            (Some(tenant), Some(user), true) => Ok((tenant, user)),
+            (tenant, _, _) => {
+                if let Some(tenant) = tenant {
+                    self.audit(
+                        AuditRecord::new(tenant.simple(), Actor::system(), actions::LOGIN_FAILED)
+                            .target(format!("email/{email}"))
+                            .failed()
+                            .source_ip(ip_text)
+                            .detail("reason", "bad credentials"),
+                    );
+                }
+                Err(AccountError::Unauthenticated(
+                    "invalid tenant, email or password".into(),
+                ))
             }
-            return Err(invalid());
-        };
-        if user.disabled {
-            return Err(AccountError::Denied("this user is disabled".into()));
         }
-        let mut tx = self.db.tenant_tx(tenant).await?;
-        let mut mfa = false;
-        if user.totp_enabled {
-            let code = request.totp_code.trim();
-            if code.is_empty() {
-                return Err(AccountError::Unauthenticated(
-                    "totp code required: pass the 6-digit code of your authenticator".into(),
-                ));
-            }
-            let secret = user.totp_secret.clone().unwrap_or_default();
-            let accepted =
-                match totp::verify(&secret, code, tokens::unix_now(), user.totp_last_step) {
-                    Some(step) => {
-                        // Atomic single use: a concurrent sign-in with the same code loses.
-                        sqlx::query(
-                            "UPDATE users SET totp_last_step = $2
-                         WHERE id = $1 AND (totp_last_step IS NULL OR totp_last_step < $2)",
-                        )
-                        .bind(user.id)
-                        .bind(step)
-                        .execute(&mut *tx)
-                        .await?
-                        .rows_affected()
-                            == 1
-                    }
-                    None => false,
-                };
-            if !accepted {
-                tx.rollback().await?;
-                self.audit(
-                    AuditRecord::new(
-                        tenant.simple(),
-                        Actor::user(user.id).named(user.email.clone()),
-                        actions::MFA_FAILED,
-                    )
-                    .failed()
-                    .source_ip(&ip_text),
-                );
-                return Err(AccountError::Unauthenticated(
-                    "totp code wrong, expired or already used".into(),
-                ));
-            }
-            mfa = true;
+    }
+
+    /// The enrolled user's TOTP code, used once (a concurrent sign-in with the same code
+    /// loses); a refusal is audited, and the caller's `tx`, dropped, rolls back.
+    async fn check_sign_in_totp(
+        &self,
+        tx: &mut Transaction<'static, Postgres>,
+        tenant: Uuid,
+        user: &UserRow,
+        code: &str,
+        ip_text: &str,
+    ) -> Result<()> {
+        let code = code.trim();
+        if code.is_empty() {
+            return Err(AccountError::Unauthenticated(
+                "totp code required: pass the 6-digit code of your authenticator".into(),
+            ));
         }
-        let tokens = self
-            .issue(&mut tx, &user, &slug, mfa, Uuid::new_v4())
-            .await?;
-        tx.commit().await?;
-        self.throttle.succeeded(&slug, &email, ip).await?;
-        let mut record = AuditRecord::new(
-            tenant.simple(),
-            Actor::user(user.id).named(user.email.clone()),
-            actions::LOGIN_SUCCEEDED,
-        )
-        .source_ip(&ip_text);
-        if mfa {
-            record = record.detail("mfa", "totp");
-            self.audit(
-                AuditRecord::new(
-                    tenant.simple(),
-                    Actor::user(user.id).named(user.email.clone()),
-                    actions::MFA_USED,
+        let secret = user.totp_secret.clone().unwrap_or_default();
+        let accepted = match totp::verify(&secret, code, tokens::unix_now(), user.totp_last_step) {
+            Some(step) => {
+                sqlx::query(
+                    "UPDATE users SET totp_last_step = $2
+                     WHERE id = $1 AND (totp_last_step IS NULL OR totp_last_step < $2)",
                 )
-                .source_ip(&ip_text),
-            );
+                .bind(user.id)
+                .bind(step)
+                .execute(&mut **tx)
+                .await?
+                .rows_affected()
+                    == 1
+            }
+            None => false,
+        };
+        if accepted {
+            return Ok(());
         }
-        self.audit(record);
-        Ok(tokens)
+        self.audit(
+            AuditRecord::new(
+                tenant.simple(),
+                Actor::user(user.id).named(user.email.clone()),
+                actions::MFA_FAILED,
+            )
+            .failed()
+            .source_ip(ip_text),
+        );
+        Err(AccountError::Unauthenticated(
+            "totp code wrong, expired or already used".into(),
+        ))
     }
 
     pub(super) async fn refresh(&self, request: pb::RefreshRequest) -> Result<pb::TokenPair> {
