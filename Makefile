@@ -14,7 +14,7 @@ KIROKU_RELEASE := $(CURDIR)/target/release/kiroku
 APT_PACKAGES := cmake espeak-ng open-jtalk open-jtalk-mecab-naist-jdic sox python3-venv nats-server redis-server postgresql libreoffice-writer-nogui
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help demo deps nats services model japanese-voice test lint rules-test fmt bench bench-stream bench-storage vad-trials build pyenv fuzz
+.PHONY: help demo deps bench-deps nats services model japanese-voice test lint rules-test fmt bench bench-stream bench-storage vad-trials build pyenv fuzz
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -22,12 +22,23 @@ help: ## list targets
 demo: deps services model ## the local cluster, a two-voice meeting streamed to it, live captions
 	bash deploy/demo/demo.sh $(KIROKU)
 
-deps: ## install missing system packages (apt)
-	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+# Installs the Debian packages named in $(1) that are missing.
+define apt_install
+	@missing=""; for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; \
 	fi
+endef
+
+deps: ## install missing system packages (apt)
+	$(call apt_install,$(APT_PACKAGES))
+
+# What only the benchmarks need: rsvg-convert renders the sweep's plot to PNG.
+BENCH_APT_PACKAGES := librsvg2-bin
+
+bench-deps: deps
+	$(call apt_install,$(BENCH_APT_PACKAGES))
 
 build: deps ## build the kiroku binary (debug)
 	cargo build -p kiroku-cli
@@ -148,7 +159,7 @@ bench: deps model japanese-voice $(BUILD)/bench-venv/.ok ## kiroku vs faster-whi
 	cargo build --release -p kiroku-cli
 	python3 tests/bench/bench.py $(KIROKU_RELEASE) $(KIROKU_MODEL_DIR) $(BUILD)/bench $(or $(ROUNDS),3)
 
-bench-stream: deps model japanese-voice ## live streaming on the local cluster: latency, concurrency, WER, plumbing
+bench-stream: bench-deps model japanese-voice ## live streaming on the local cluster: latency, concurrency, WER, plumbing
 	cargo build --release -p kiroku-cli
 	python3 tests/bench/bench_stream.py $(KIROKU_RELEASE) $(BUILD)/bench-stream
 

@@ -18,7 +18,8 @@ paced at real time.
   finals (`--final-model base`).
 - sweep: N clients at once on one worker, N = 1, 2, ... until p95 passes 2 s, for the
   250 ms and 500 ms steps: per-word caption latency (first shown, by a caption or its
-  final) against the batch timeline.
+  final) against the batch timeline. SWEEP_REPEATS=3 runs each point three times and
+  reports the medians and the p95 range (a capacity claim needs it: p95 moves run to run).
   The sweep turns the worker's admission by lag off (KIROKU_WORKER_ADMIT_MAX_LAG_S=0):
   every stream is decoded at once, which is what it measures.
 - overload: 8 clients of the 42 s meeting at once on one worker with the default
@@ -37,6 +38,7 @@ import difflib
 import json
 import os
 import re
+import shutil
 import signal
 import statistics
 import subprocess
@@ -281,6 +283,12 @@ def stream_clients(kiroku, work, wav, n, tag, extra=(), refusals=False):
     return reports
 
 
+# Runs per sweep point (environment SWEEP_REPEATS, default 1); the table reports the
+# median, and the p95 range when there are several runs.
+SWEEP_REPEATS = max(1, int(os.environ.get("SWEEP_REPEATS", "1")))
+SWEEP_P95_RANGE = {}
+
+
 def concurrency_sweep(kiroku, work):
     short_text = " ".join(SENTENCES[:5])
     short_wav = synthesize(work, "meeting-short", short_text)
@@ -294,15 +302,25 @@ def concurrency_sweep(kiroku, work):
         try:
             n = 1
             while n <= 8:
-                reports = stream_clients(kiroku, work, short_wav, n, f"sweep{step}-{n}")
-                lat = []
-                for r in reports:
-                    lat += shown_latencies(r, reference_words(short_batch))
-                wers = [wer(short_text, " ".join(f["segment"]["text"] for f in r["finals"])) for r in reports]
-                sweep.append((step, n, pct(lat, 0.5), pct(lat, 0.95), max(wers)))
-                print(f"  step {step} ms, {n} concurrent streams: p50 {pct(lat, 0.5):.0f} ms "
-                      f"p95 {pct(lat, 0.95):.0f} ms worst WER {max(wers):.3f}", file=sys.stderr)
-                if n >= 4 and pct(lat, 0.95) > 2000:
+                # Each point SWEEP_REPEATS times (p95 moves run to run on a shared
+                # machine): the median of the runs' p50 and p95, their p95 range.
+                p50s, p95s, worst = [], [], 0.0
+                for run in range(SWEEP_REPEATS):
+                    reports = stream_clients(kiroku, work, short_wav, n, f"sweep{step}-{n}-{run}")
+                    lat = []
+                    for r in reports:
+                        lat += shown_latencies(r, reference_words(short_batch))
+                    wers = [wer(short_text, " ".join(f["segment"]["text"] for f in r["finals"])) for r in reports]
+                    p50s.append(pct(lat, 0.5))
+                    p95s.append(pct(lat, 0.95))
+                    worst = max(worst, max(wers))
+                    print(f"  step {step} ms, {n} concurrent streams, run {run + 1}/{SWEEP_REPEATS}: "
+                          f"p50 {p50s[-1]:.0f} ms p95 {p95s[-1]:.0f} ms worst WER {max(wers):.3f}",
+                          file=sys.stderr)
+                p95 = statistics.median(p95s)
+                sweep.append((step, n, statistics.median(p50s), p95, worst))
+                SWEEP_P95_RANGE[(step, n)] = (min(p95s), max(p95s))
+                if n >= 4 and p95 > 2000:
                     break
                 n += 1
         finally:
@@ -456,13 +474,23 @@ def main():
         print()
         print(f"concurrent real-time streams with p95 <= 2 s (any step): {held} (goal >= 4)")
         print("concurrency sweep (short meeting, every stream at real time; caption latency, word end -> shown):")
-        print("| worker step | streams | p50 | p95 | worst WER |")
-        print("|---|---|---|---|---|")
+        if SWEEP_REPEATS > 1:
+            print(f"(median of {SWEEP_REPEATS} runs per row; p95 range = lowest to highest run)")
+        print("| worker step | streams | p50 | p95 | p95 range | worst WER |")
+        print("|---|---|---|---|---|---|")
         for step, n, p50, p95, worst in sweep:
-            print(f"| {step} ms | {n} | {p50 / 1000:.2f} s | {p95 / 1000:.2f} s | {worst:.3f} |")
+            lo, hi = SWEEP_P95_RANGE.get((step, n), (p95, p95))
+            print(f"| {step} ms | {n} | {p50 / 1000:.2f} s | {p95 / 1000:.2f} s | "
+                  f"{lo / 1000:.2f}–{hi / 1000:.2f} s | {worst:.3f} |")
         plot = os.path.join(work, "sweep.svg")
         sweep_plot(sweep, plot)
         print(f"plot: {plot}")
+        png = plot[:-4] + ".png"
+        if shutil.which("rsvg-convert"):
+            subprocess.run(["rsvg-convert", "-o", png, plot], check=True)
+            print(f"plot: {png}")
+        else:
+            print("no PNG: rsvg-convert missing (Debian librsvg2-bin; `make bench-stream` installs it)")
     if overloaded:
         overload_table(overloaded)
     if plumbing:
