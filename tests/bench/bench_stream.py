@@ -18,7 +18,7 @@ paced at real time.
   finals (`--final-model base`).
 - sweep: N clients at once on one worker, N = 1, 2, ... until p95 passes 2 s, for the
   250 ms and 500 ms steps: per-word caption latency (first shown, by a caption or its
-  final) against the batch timeline. SWEEP_REPEATS=3 runs each point three times and
+  final) against the batch timeline (SWEEP_STEPS=250 sweeps one step). SWEEP_REPEATS=3 runs each point three times and
   reports the medians and the p95 range (a capacity claim needs it: p95 moves run to run).
   The sweep turns the worker's admission by lag off (KIROKU_WORKER_ADMIT_MAX_LAG_S=0):
   every stream is decoded at once, which is what it measures.
@@ -287,6 +287,8 @@ def stream_clients(kiroku, work, wav, n, tag, extra=(), refusals=False):
 # median, and the p95 range when there are several runs.
 SWEEP_REPEATS = max(1, int(os.environ.get("SWEEP_REPEATS", "1")))
 SWEEP_P95_RANGE = {}
+# The worker steps swept (environment SWEEP_STEPS, comma-separated ms; default 250,500).
+SWEEP_STEPS = [int(v) for v in os.environ.get("SWEEP_STEPS", "250,500").split(",") if v.strip()]
 
 
 def concurrency_sweep(kiroku, work):
@@ -296,7 +298,7 @@ def concurrency_sweep(kiroku, work):
     # Concurrency: N clients at once, for the default step (250 ms) and 500 ms; N = 1..4
     # always, then on while p95 stays within 2 s.
     sweep = []
-    for step in (250, 500):
+    for step in SWEEP_STEPS:
         cluster = start_cluster(kiroku, work, f"sweep{step}", ["--workers", "1", "--sessions", "16"],
                                 {"KIROKU_WORKER_STEP_MS": str(step), "KIROKU_WORKER_ADMIT_MAX_LAG_S": "0"})
         try:

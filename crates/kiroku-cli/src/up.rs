@@ -589,7 +589,8 @@ const DEMO_SLUG: &str = "demo";
 const DEMO_EMAIL: &str = "owner@demo.kiroku.local";
 
 /// Registers the `demo` tenant on first start (a random password kept in
-/// `.run/demo-password`, mode 0600), signs its owner in, and caches the login. When the
+/// `.run/demo-password`, mode 0600), signs its owner in, and caches the login (unless
+/// the user is signed in to another tenant at another account service). When the
 /// owner cannot be signed in here (the owner enrolled MFA, the password file was lost
 /// while the database was kept, sign-in is throttled) the cluster still starts: the
 /// returned line says why no login was cached and the command that fixes it.
@@ -670,6 +671,18 @@ async fn bootstrap_demo(account_url: &str, run_dir: &Path) -> Result<String> {
         }
         Err(status) => bail!("signing in to the demo tenant: {}", status.message()),
     };
+    // A login of the user's own (another tenant at another account service: a real
+    // deployment) is theirs; the demo's replaces only a demo login or one to this URL.
+    if let Ok(Some(existing)) = crate::credentials::Login::load()
+        && existing.account_url != account_url
+        && existing.tenant_slug != DEMO_SLUG
+    {
+        return Ok(format!(
+            "demo tenant: {DEMO_SLUG} / {DEMO_EMAIL} / password {password}; no login was cached, \
+             to keep yours (tenant {} at {}): {sign_in} --account-url {account_url}",
+            existing.tenant_slug, existing.account_url
+        ));
+    }
     let path = crate::credentials::Login::from_pair(account_url, &pair)?.save()?;
     Ok(format!(
         "demo tenant: {DEMO_SLUG} / {DEMO_EMAIL} / password {password} (login cached in {})",

@@ -1919,7 +1919,8 @@ fn transcribe_remote_uses_the_api_key_and_a_revoked_key_is_refused() {
 /// to, and after `.run/demo-password` was deleted while the database was kept. Each
 /// time the cluster comes up and says why no login was cached and what to run instead.
 #[test]
-fn kiroku_up_starts_after_the_demo_owner_enrolls_mfa_or_its_password_file_is_lost() {
+fn kiroku_up_keeps_a_users_own_login_and_starts_after_the_demo_owner_enrolls_mfa_or_its_password_file_is_lost()
+ {
     use std::io::BufRead as _;
     let dir = tempfile::tempdir().expect("tempdir");
     let name = format!("up{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
@@ -1993,6 +1994,33 @@ fn kiroku_up_starts_after_the_demo_owner_enrolls_mfa_or_its_password_file_is_los
         );
         let _ = child.wait();
     };
+
+    // A login of the user's own, to another account service, is kept.
+    std::fs::create_dir_all(&config_dir).expect("config dir");
+    let own = serde_json::json!({
+        "account_url": "http://127.0.0.1:1",
+        "tenant_slug": "acme",
+        "email": "ana@acme.example",
+        "access_token": "a",
+        "access_expires_at": 0,
+        "refresh_token": "r",
+        "mfa": false,
+        "role": "owner",
+    })
+    .to_string();
+    std::fs::write(config_dir.join("credentials.json"), &own).expect("own login");
+    let (zeroth, printed) = up();
+    assert!(
+        printed.contains("no login was cached, to keep yours (tenant acme at http://127.0.0.1:1)"),
+        "{printed}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(config_dir.join("credentials.json")).expect("login"),
+        own,
+        "the user's own login was replaced"
+    );
+    stop(zeroth);
+    std::fs::remove_file(config_dir.join("credentials.json")).expect("remove own login");
 
     let (first, printed) = up();
     assert!(printed.contains("login cached in"), "{printed}");

@@ -6,7 +6,7 @@ use uuid::Uuid;
 
 use crate::auth::Principal;
 use crate::error::{AccountError, Result};
-use crate::tokens::{self};
+use crate::tokens;
 use crate::totp;
 
 use super::*;

@@ -1,6 +1,9 @@
 //! `kiroku.account.v1.AccountService`: each RPC is a thin wrapper that authenticates
 //! the caller against the one access table ([`METHODS`]) and calls an inner function
-//! returning [`AccountError`].
+//! returning [`AccountError`]. The inner functions are methods of [`State`], one file per
+//! area: `tenants` (registration), `sessions` (sign-in, refresh, logout,
+//! revocation), `users`, `mfa`, `api_keys` and `consent`; the row types and
+//! shared lookups are in `crate::store`.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
