@@ -287,6 +287,8 @@ def stream_clients(kiroku, work, wav, n, tag, extra=(), refusals=False):
 # median, and the p95 range when there are several runs.
 SWEEP_REPEATS = max(1, int(os.environ.get("SWEEP_REPEATS", "1")))
 SWEEP_P95_RANGE = {}
+# The workers' model (KIROKU_MODEL, which they read; default tiny.en), named in titles.
+WORKER_MODEL = os.environ.get("KIROKU_MODEL") or "tiny.en"
 # The worker steps swept (environment SWEEP_STEPS, comma-separated ms; default 250,500).
 SWEEP_STEPS = [int(v) for v in os.environ.get("SWEEP_STEPS", "250,500").split(",") if v.strip()]
 
@@ -393,7 +395,7 @@ def sweep_plot(sweep, path):
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" '
            f'font-size="12"><rect width="{w}" height="{h}" fill="white"/>',
            f'<text x="{w / 2}" y="18" text-anchor="middle">Caption latency vs concurrent real-time streams '
-           f'(one 2-core worker, tiny.en)</text>',
+           f'(one 2-core worker, {WORKER_MODEL})</text>',
            f'<line x1="{left}" y1="{y(0)}" x2="{w - right}" y2="{y(0)}" stroke="black"/>',
            f'<line x1="{left}" y1="{top}" x2="{left}" y2="{y(0)}" stroke="black"/>',
            f'<line x1="{left}" y1="{y(2)}" x2="{w - right}" y2="{y(2)}" stroke="red" stroke-dasharray="4 4"/>',
@@ -450,7 +452,7 @@ def main():
     minutes = []
     if "english" in parts:
         text = " ".join(SENTENCES)
-        minutes.append(("English minutes: tiny.en, the 42 s meeting", minutes_run(
+        minutes.append((f"English minutes: {WORKER_MODEL}, the 42 s meeting", minutes_run(
             kiroku, work, "minutes-en", synthesize(work, "meeting-long", text), text, []), "WER",
             {"minutes": "0.172", "batch": "0.060", "finals": "40 for 59 words", "caption": "0.51 / 1.25 s"},
             "1.5 s"))
@@ -462,7 +464,7 @@ def main():
                         {"minutes": "-", "batch": "0.060", "finals": "-", "caption": "-"}, "1.5 s"))
     if "long" in parts:
         wav, text = long_meeting(work)
-        minutes.append(("English minutes: tiny.en, 3.5-minute meeting, three voices", minutes_run(
+        minutes.append((f"English minutes: {WORKER_MODEL}, 3.5-minute meeting, three voices", minutes_run(
             kiroku, work, "minutes-long", wav, text, []), "WER",
             {"minutes": "-", "batch": "-", "finals": "-", "caption": "-"}, "1.5 s"))
     if "japanese" in parts:
