@@ -20,8 +20,8 @@ pub enum AuditError {
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
     /// A local failure (a renderer): logged, never shown.
-    #[error("{what}: {cause}")]
-    Internal { what: &'static str, cause: String },
+    #[error(transparent)]
+    Internal(#[from] kiroku_core::status::Internal),
     /// Already a status: the credential checks' refusals.
     #[error("{}", .0.message())]
     Status(#[from] Status),
@@ -37,10 +37,7 @@ impl AuditError {
         Self::Unavailable(message.into())
     }
     pub fn internal(what: &'static str, cause: impl std::fmt::Display) -> Self {
-        Self::Internal {
-            what,
-            cause: cause.to_string(),
-        }
+        Self::Internal(kiroku_core::status::Internal::new(what, cause))
     }
 }
 
@@ -52,7 +49,7 @@ impl From<AuditError> for Status {
             AuditError::OutOfRange(message) => Status::out_of_range(message),
             AuditError::Unavailable(message) => Status::unavailable(message),
             AuditError::Database(error) => kiroku_core::status::database_error(&error),
-            AuditError::Internal { what, cause } => kiroku_core::status::internal(what, &cause),
+            AuditError::Internal(error) => error.into(),
             AuditError::Status(status) => status,
         }
     }

@@ -15,6 +15,30 @@ pub fn internal(what: &str, error: &dyn std::fmt::Display) -> Status {
     Status::internal(format!("internal error (ref {reference})"))
 }
 
+/// A local failure (a spool file, a renderer) whose cause is logged, never shown: the
+/// services' error enums carry it, and it becomes [`internal`]'s status.
+#[derive(Debug, thiserror::Error)]
+#[error("{what}: {cause}")]
+pub struct Internal {
+    pub what: &'static str,
+    pub cause: String,
+}
+
+impl Internal {
+    pub fn new(what: &'static str, cause: impl std::fmt::Display) -> Self {
+        Self {
+            what,
+            cause: cause.to_string(),
+        }
+    }
+}
+
+impl From<Internal> for Status {
+    fn from(error: Internal) -> Self {
+        internal(error.what, &error.cause)
+    }
+}
+
 /// A failed database operation as the caller sees it: [`internal`], counted in
 /// `kiroku_db_errors_total`. Every service maps database errors through this.
 pub fn database_error(error: &dyn std::fmt::Display) -> Status {

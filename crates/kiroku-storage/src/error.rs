@@ -33,8 +33,8 @@ pub enum StorageError {
     #[error(transparent)]
     Store(#[from] StoreError),
     /// A local failure (a spool file, a renderer): logged, never shown.
-    #[error("{what}: {cause}")]
-    Internal { what: &'static str, cause: String },
+    #[error(transparent)]
+    Internal(#[from] kiroku_core::status::Internal),
     /// Already a status: the credential checker's refusals and the client stream's errors.
     #[error("{}", .0.message())]
     Status(#[from] Status),
@@ -50,10 +50,7 @@ impl StorageError {
         Self::Unavailable(message.into())
     }
     pub fn internal(what: &'static str, cause: impl std::fmt::Display) -> Self {
-        Self::Internal {
-            what,
-            cause: cause.to_string(),
-        }
+        Self::Internal(kiroku_core::status::Internal::new(what, cause))
     }
 }
 
@@ -94,7 +91,7 @@ impl From<StorageError> for Status {
                     kiroku_core::status::database_error(&error)
                 }
             },
-            StorageError::Internal { what, cause } => kiroku_core::status::internal(what, &cause),
+            StorageError::Internal(error) => error.into(),
             StorageError::Status(status) => status,
         }
     }
