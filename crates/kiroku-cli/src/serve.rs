@@ -417,6 +417,35 @@ async fn bind(address: &str, what: &str) -> Result<TcpListener> {
         .with_context(|| format!("binding the {what} address {address}"))
 }
 
+/// SIGTERM and SIGINT, caught from the moment this is made: one that arrives before
+/// anything waits for it is kept for [`Signals::recv`] instead of killing the process
+/// (a supervisor such as `kiroku up` would leave its children running).
+#[cfg(unix)]
+pub struct Signals {
+    term: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+}
+
+#[cfg(unix)]
+impl Signals {
+    /// Starts catching both signals (inside the runtime).
+    pub fn catch() -> Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            term: signal(SignalKind::terminate()).context("catching SIGTERM")?,
+            interrupt: signal(SignalKind::interrupt()).context("catching SIGINT")?,
+        })
+    }
+
+    /// Resolves on the first signal caught since [`Signals::catch`].
+    pub async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.interrupt.recv() => {}
+        }
+    }
+}
+
 /// Resolves on SIGTERM or Ctrl-C.
 pub async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();

@@ -25,7 +25,7 @@ use tokio::process::{Child, Command};
 use kiroku_core::ready::ReadyLine;
 
 use crate::InputError;
-use crate::serve::{Common, shutdown_signal};
+use crate::serve::{Common, Signals};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -85,6 +85,9 @@ pub fn run(args: Args) -> Result<()> {
 }
 
 async fn up(args: Args) -> Result<()> {
+    // Caught before the first child starts: a SIGTERM during start-up stops the
+    // children once they run, instead of leaving them behind.
+    let mut signals = Signals::catch()?;
     std::fs::create_dir_all(&args.run_dir)
         .with_context(|| format!("creating {}", args.run_dir.display()))?;
     let run_dir = args.run_dir.canonicalize()?;
@@ -144,7 +147,7 @@ async fn up(args: Args) -> Result<()> {
     println!("  logs in {}; Ctrl-C stops", local.run_dir.display());
 
     let exited = tokio::select! {
-        () = shutdown_signal() => None,
+        () = signals.recv() => None,
         why = children.first_exit() => Some(why),
     };
     if let Some(why) = &exited {

@@ -2107,6 +2107,107 @@ fn kiroku_up_keeps_a_users_own_login_and_starts_after_the_demo_owner_enrolls_mfa
     });
 }
 
+/// `kiroku up` told to stop (SIGTERM) while it is still starting leaves no process of
+/// its cluster behind: the signal is caught from the start, and the children that run by
+/// then are stopped (before, a SIGTERM before the "Ctrl-C stops" line killed `kiroku up`
+/// alone and its children ran on).
+#[test]
+fn kiroku_up_stopped_while_starting_leaves_no_process_behind() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let name = format!("up{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
+    let marker = format!("KIROKU_CLUSTER={name}");
+    // Processes whose environment names this cluster (what `kiroku up` gives each child).
+    let cluster_processes = || -> Vec<u32> {
+        std::fs::read_dir("/proc")
+            .expect("/proc")
+            .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|pid| {
+                std::fs::read(format!("/proc/{pid}/environ"))
+                    .map(|env| env.split(|b| *b == 0).any(|v| v == marker.as_bytes()))
+                    .unwrap_or(false)
+            })
+            .collect()
+    };
+    let mut up = Command::new(cluster::kiroku())
+        .args([
+            "up",
+            "--cluster",
+            &name,
+            "--engine",
+            "null-benchmark",
+            "--run-dir",
+        ])
+        .arg(dir.path().join("run"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--account-listen",
+            "127.0.0.1:0",
+            "--audit-listen",
+            "127.0.0.1:0",
+            "--storage-listen",
+            "127.0.0.1:0",
+        ])
+        .env("KIROKU_CONFIG_DIR", dir.path().join("config"))
+        .env("KIROKU_DATABASE_URL", cluster::database_url())
+        .env("KIROKU_REDIS_URL", cluster::redis_url())
+        .env("KIROKU_NATS_URL", cluster::nats_url())
+        .env_remove("KIROKU_API_KEY")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("kiroku up");
+    // The first child (the account service) runs: `kiroku up` is still starting.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while cluster_processes().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "no child started");
+        assert!(
+            matches!(up.try_wait(), Ok(None)),
+            "kiroku up exited while starting"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(up.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while matches!(up.try_wait(), Ok(None)) {
+        if std::time::Instant::now() > deadline {
+            let _ = up.kill();
+            panic!("kiroku up did not stop");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let left = cluster_processes();
+    for pid in &left {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(*pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    let schema = format!("account_{name}");
+    let _ = cluster::psql(
+        &cluster::database_url(),
+        &format!(
+            "DROP SCHEMA IF EXISTS {schema} CASCADE; DROP SCHEMA IF EXISTS {} CASCADE; \
+             DROP SCHEMA IF EXISTS {} CASCADE;",
+            schema.replacen("account", "audit", 1),
+            schema.replacen("account", "storage", 1)
+        ),
+    );
+    let layout = kiroku_core::nats::Layout::new(&name).expect("layout");
+    block_on(async move {
+        let nats = async_nats::connect(cluster::nats_url())
+            .await
+            .expect("nats");
+        layout.destroy(&async_nats::jetstream::new(nats)).await;
+    });
+    assert!(left.is_empty(), "processes left running: {left:?}");
+}
+
 /// The gateway's readiness follows the account service (credentials and consent come
 /// from it): stopped, the gateway's `/readyz` answers 503 naming it.
 #[test]
