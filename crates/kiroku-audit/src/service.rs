@@ -308,15 +308,8 @@ impl AuditService for Audit {
             let request = request.into_inner();
             let (zone, zone_name) = self.zone(tenant, &request.time_zone).await?;
             let mut query = Self::query(request.filter)?;
-            let page_size = match request.page_size {
-                0 => 100,
-                n if n > MAX_PAGE => {
-                    return Err(AuditError::invalid(format!(
-                        "page_size is at most {MAX_PAGE}"
-                    )));
-                }
-                n => n,
-            };
+            let page_size = kiroku_core::validate::page_size(request.page_size, 100, MAX_PAGE)
+                .map_err(Status::from)?;
             query.limit = i64::from(page_size) + 1;
             if let Some(token) = non_empty(&request.page_token) {
                 query.before_seq = Some(
@@ -601,15 +594,8 @@ impl NoticeService for Notices {
                 )
             };
             let request = request.into_inner();
-            let page_size = match request.page_size {
-                0 => 100,
-                n if n > MAX_PAGE => {
-                    return Err(AuditError::invalid(format!(
-                        "page_size is at most {MAX_PAGE}"
-                    )));
-                }
-                n => n,
-            };
+            let page_size = kiroku_core::validate::page_size(request.page_size, 100, MAX_PAGE)
+                .map_err(Status::from)?;
             let before = match non_empty(&request.page_token) {
                 Some(token) => Some(
                     token

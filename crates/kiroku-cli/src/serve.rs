@@ -448,26 +448,12 @@ impl Signals {
 
 /// Resolves on SIGTERM or Ctrl-C.
 pub async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(term) => term,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
+    if let Ok(mut signals) = Signals::catch() {
+        signals.recv().await;
+        return;
     }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
-    }
+    let _ = tokio::signal::ctrl_c().await;
 }
 
 async fn gateway(args: GatewayArgs) -> Result<()> {
@@ -580,23 +566,19 @@ async fn worker(args: WorkerArgs) -> Result<()> {
             .into());
         }
     };
-    // Durations from seconds: NaN or negative would panic in Duration.
-    for (flag, seconds) in [
-        ("--ack-wait-s", args.ack_wait_s),
-        ("--admit-max-lag-s", args.admit_max_lag_s),
-    ] {
-        if !(0.0..=86_400.0).contains(&seconds) {
-            return Err(InputError(format!("{flag} must be between 0 and 86400")).into());
-        }
-    }
     let mut config =
         kiroku_worker::WorkerConfig::new(args.common.nats.clone(), args.common.layout()?, engine);
     config.retention = args.common.retention();
     config.max_sessions = args.sessions;
     kiroku_core::nats::check_token("pool", &args.pool).map_err(|e| InputError(e.to_string()))?;
     config.pool = args.pool.clone();
-    config.ack_wait = Duration::from_secs_f64(args.ack_wait_s);
-    config.admit_max_lag = Duration::from_secs_f64(args.admit_max_lag_s);
+    // Negative, NaN or huge seconds are not durations; the ranges are validate()'s.
+    let seconds = |flag: &str, value: f64| {
+        Duration::try_from_secs_f64(value)
+            .map_err(|_| InputError(format!("{flag} {value} is not a number of seconds")))
+    };
+    config.ack_wait = seconds("--ack-wait-s", args.ack_wait_s)?;
+    config.admit_max_lag = seconds("--admit-max-lag-s", args.admit_max_lag_s)?;
     config.resume_window = Duration::from_secs(args.common.resume_window_s);
     if let Some(step_ms) = args.step_ms {
         config.policy.step_ms = step_ms;

@@ -1914,6 +1914,40 @@ fn transcribe_remote_uses_the_api_key_and_a_revoked_key_is_refused() {
     );
 }
 
+/// `kiroku up` for cluster `name` on free ports and the null engine, with its run
+/// directory (`dir/run`) and login cache (`dir/config`) under `dir`.
+fn kiroku_up(name: &str, dir: &std::path::Path) -> Command {
+    let mut command = Command::new(cluster::kiroku());
+    command
+        .args([
+            "up",
+            "--cluster",
+            name,
+            "--engine",
+            "null-benchmark",
+            "--run-dir",
+        ])
+        .arg(dir.join("run"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--account-listen",
+            "127.0.0.1:0",
+            "--audit-listen",
+            "127.0.0.1:0",
+            "--storage-listen",
+            "127.0.0.1:0",
+        ])
+        .env("KIROKU_CONFIG_DIR", dir.join("config"))
+        .env("KIROKU_DATABASE_URL", cluster::database_url())
+        .env("KIROKU_REDIS_URL", cluster::redis_url())
+        .env("KIROKU_NATS_URL", cluster::nats_url())
+        .env_remove("KIROKU_API_KEY");
+    command
+}
+
 /// `kiroku up` (issue: found trying it as a new user) keeps starting when it cannot sign
 /// the demo owner in by itself: after the owner enrolled MFA, as the README tells admins
 /// to, and after `.run/demo-password` was deleted while the database was kept. Each
@@ -1928,33 +1962,7 @@ fn kiroku_up_keeps_a_users_own_login_and_starts_after_the_demo_owner_enrolls_mfa
     let config_dir = dir.path().join("config");
     // Starts `kiroku up`, returns it and what it printed up to its "logs in" line.
     let up = || {
-        let mut child = Command::new(cluster::kiroku())
-            .args([
-                "up",
-                "--cluster",
-                &name,
-                "--engine",
-                "null-benchmark",
-                "--run-dir",
-            ])
-            .arg(&run_dir)
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--admin-listen",
-                "127.0.0.1:0",
-                "--account-listen",
-                "127.0.0.1:0",
-                "--audit-listen",
-                "127.0.0.1:0",
-                "--storage-listen",
-                "127.0.0.1:0",
-            ])
-            .env("KIROKU_CONFIG_DIR", &config_dir)
-            .env("KIROKU_DATABASE_URL", cluster::database_url())
-            .env("KIROKU_REDIS_URL", cluster::redis_url())
-            .env("KIROKU_NATS_URL", cluster::nats_url())
-            .env_remove("KIROKU_API_KEY")
+        let mut child = kiroku_up(&name, dir.path())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -2128,33 +2136,7 @@ fn kiroku_up_stopped_while_starting_leaves_no_process_behind() {
             })
             .collect()
     };
-    let mut up = Command::new(cluster::kiroku())
-        .args([
-            "up",
-            "--cluster",
-            &name,
-            "--engine",
-            "null-benchmark",
-            "--run-dir",
-        ])
-        .arg(dir.path().join("run"))
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--account-listen",
-            "127.0.0.1:0",
-            "--audit-listen",
-            "127.0.0.1:0",
-            "--storage-listen",
-            "127.0.0.1:0",
-        ])
-        .env("KIROKU_CONFIG_DIR", dir.path().join("config"))
-        .env("KIROKU_DATABASE_URL", cluster::database_url())
-        .env("KIROKU_REDIS_URL", cluster::redis_url())
-        .env("KIROKU_NATS_URL", cluster::nats_url())
-        .env_remove("KIROKU_API_KEY")
+    let mut up = kiroku_up(&name, dir.path())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

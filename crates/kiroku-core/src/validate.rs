@@ -29,6 +29,15 @@ impl From<FieldError> for tonic::Status {
     }
 }
 
+/// A list request's `page_size`: 0 asks for `default`, more than `max` is refused.
+pub fn page_size(requested: u32, default: u32, max: u32) -> Result<u32, FieldError> {
+    match requested {
+        0 => Ok(default),
+        n if n > max => Err(refuse("page_size", format!("is at most {max}"))),
+        n => Ok(n),
+    }
+}
+
 fn refuse(field: &str, problem: impl Into<String>) -> FieldError {
     FieldError {
         field: field.to_string(),
@@ -122,6 +131,16 @@ pub fn sanitized(value: &str, max_bytes: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn page_sizes_default_and_cap() {
+        assert_eq!(page_size(0, 50, 200), Ok(50));
+        assert_eq!(page_size(200, 50, 200), Ok(200));
+        assert_eq!(
+            page_size(201, 50, 200).expect_err("over").to_string(),
+            "page_size is at most 200"
+        );
+    }
 
     #[test]
     fn control_characters_are_named_with_their_place() {

@@ -488,15 +488,7 @@ impl StorageService {
         caller: Principal,
         request: pb::ListMeetingsRequest,
     ) -> Result<pb::ListMeetingsResponse> {
-        let page_size = match request.page_size {
-            0 => 50,
-            n if n > MAX_PAGE => {
-                return Err(StorageError::invalid(format!(
-                    "page_size is at most {MAX_PAGE}"
-                )));
-            }
-            n => n,
-        };
+        let page_size = kiroku_core::validate::page_size(request.page_size, 50, MAX_PAGE)?;
         let after = if request.page_token.is_empty() {
             None
         } else {
