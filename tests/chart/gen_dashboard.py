@@ -146,7 +146,7 @@ ts("Decode time p95 by worker", [(q(0.95, "kiroku_decode_seconds", WK, "pod"), "
 ts("Sessions per worker", [(f'sum by (pod) (kiroku_active_streams{{{WK}}})', "{{pod}}")], "none", "Sessions each worker runs (bounded by KIROKU_WORKER_SESSIONS).")
 heatmap("Real-time factor distribution", f'sum by (le) (increase(kiroku_real_time_factor_bucket{{{WK}}}[$__rate_interval]))', "Buckets of kiroku_real_time_factor.", "none")
 ts("Worker load", [(f'max by (pod) (kiroku_worker_load{{{WK}}})', "{{pod}}")], "percentunit",
-   "kiroku_worker_load: the share of each worker's decoding slots busy over the last 5 s. Near 100 % the worker has no room left: decodes queue (next panel) and captions fall behind.", thresholds=[("red", 0.9)])
+   "kiroku_worker_load: the share of each worker's inference threads busy over the last 5 s. Near 100 % the worker has no room left: decodes queue (next panel) and captions fall behind.", thresholds=[("red", 0.9)])
 ts("Decode queue wait p95 by worker", [(q(0.95, "kiroku_decode_queue_seconds", WK, "pod"), "{{pod}}")], "s",
    "kiroku_decode_queue_seconds: how long a decode waited for a free decoding slot (included in the decode time). Growing waits mean more streams than the worker can keep real-time.", thresholds=[("red", 0.5)])
 ts("Stream lag by worker", [(f'max by (pod) (kiroku_worker_stream_lag_seconds{{{WK}}})', "{{pod}}")], "s",

@@ -336,7 +336,8 @@ pub struct WorkerArgs {
     /// Inference threads across all slots [default: all cores].
     #[arg(long, env = "KIROKU_WORKER_THREADS")]
     pub threads: Option<usize>,
-    /// Decodes at once (each gets threads/slots threads).
+    /// Decodes at once (alone, a decode gets every thread; under load each gets
+    /// threads/slots).
     #[arg(long, env = "KIROKU_WORKER_SLOTS", default_value_t = 1)]
     pub slots: usize,
     /// Sessions this worker runs at once.

@@ -87,8 +87,8 @@ pub struct Metrics {
     /// `kiroku_decode_queue_seconds`: how long a decode waited for a free decoding slot
     /// (part of `kiroku_decode_seconds`, which a worker measures around the whole call).
     pub decode_queue_seconds: Histogram,
-    /// `kiroku_worker_load`: the share of a worker's decoding slots busy over the last
-    /// 5 s, 0 to 1. Near 1, new decodes queue (`kiroku_decode_queue_seconds`) and
+    /// `kiroku_worker_load`: the share of a worker's inference threads busy over the
+    /// last 5 s, 0 to 1. Near 1, new decodes queue (`kiroku_decode_queue_seconds`) and
     /// captions fall behind.
     pub worker_load: Gauge<f64, AtomicU64>,
     /// `kiroku_worker_stream_lag_seconds`: the caption lag of the worker's most behind
@@ -220,7 +220,7 @@ impl Metrics {
         let worker_load = Gauge::<f64, AtomicU64>::default();
         registry.register(
             "kiroku_worker_load",
-            "Share of the worker's decoding slots busy over the last 5 s (0 to 1)",
+            "Share of the worker's inference threads busy over the last 5 s (0 to 1)",
             worker_load.clone(),
         );
         let worker_stream_lag = Gauge::<f64, AtomicU64>::default();

@@ -2,12 +2,28 @@
 //!
 //! ggml's worker threads busy-spin, so running more inference threads than cores makes
 //! everything dramatically slower (2 decodes × 2 threads on 2 cores took 72–91 s instead
-//! of ~6 s, see shared/notes/whisper-engine.md). The pool therefore owns `slots` named
-//! OS threads, each with its own `WhisperState` and `threads / slots` inference threads,
-//! so the total never exceeds the configured core budget. Requests wait in a bounded
+//! of ~6 s). The pool therefore owns `slots` named OS threads, each with its own
+//! `WhisperState`, and a budget of `threads` inference threads that the running decodes
+//! share, so the total never exceeds the configured cores. Requests wait in a bounded
 //! queue in front of the slots; callers block (or, from async code, await a
 //! `spawn_blocking`) until a slot has run their job. Urgent requests (a live utterance's
 //! final, the minutes) are taken before every other waiting request.
+//!
+//! A live stream does not queue its audio: it queues a *turn*
+//! ([`Engine::request_turn`]) and chooses what to decode when a slot takes the turn, so
+//! a decode that waited behind other streams' decodes still covers every sample that
+//! arrived meanwhile (a caption decode queued with its audio would be as stale as its
+//! wait). Each stream holds at most one turn, so streams take turns in arrival order,
+//! the stalest first, and under load each decode simply covers more new audio: the
+//! caption step widens by itself instead of a queue growing.
+//!
+//! How many threads a decode gets depends on what waits ([`Waiting::threads_for`]): a
+//! decode with nothing behind it takes every free thread (one decode is fastest on all
+//! cores), while one taken from a queue that still holds work takes only its share
+//! (`threads / slots`), leaving the rest to the next slot. Small decodes use a second core
+//! poorly (the decoder's per-token matrices are small), so under load several one-thread
+//! decodes side by side get through more audio than the same decodes one after the other
+//! on all cores (see docs/performance.md, "Slots").
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -53,7 +69,8 @@ pub struct EngineConfig {
     pub model_path: PathBuf,
     /// Total inference threads across all slots: at most the cores given to Kiroku.
     pub threads: usize,
-    /// Decodes that may run at once; each gets `threads / slots` threads.
+    /// Decodes that may run at once. A decode with nothing waiting behind it takes
+    /// every free thread; under load each takes `threads / slots`.
     pub slots: usize,
     /// Jobs that may wait for a slot before `transcribe` blocks the caller.
     pub queue_capacity: usize,
@@ -122,32 +139,116 @@ impl ModelInfo {
 /// Progress callback: percentage 0..=100 of the audio decoded.
 pub type ProgressFn = Box<dyn FnMut(i32) + Send>;
 
-struct Job {
+struct Decode {
     samples: Vec<f32>,
     options: TranscribeOptions,
     progress: Option<ProgressFn>,
     reply_tx: mpsc::Sender<Result<Transcript>>,
 }
 
+/// What waits in the queue: a decode with its audio, or a turn whose owner hands over
+/// the decode once a slot takes it.
+enum Job {
+    Decode(Decode),
+    Turn {
+        urgent: bool,
+        grant_tx: tokio::sync::oneshot::Sender<Turn>,
+    },
+}
+
+impl Job {
+    fn urgent(&self) -> bool {
+        match self {
+            Job::Decode(decode) => decode.options.urgent,
+            Job::Turn { urgent, .. } => *urgent,
+        }
+    }
+}
+
+/// How long a slot that granted a turn waits for its decode before it serves the next
+/// job (the owner builds the decode from audio it already holds: microseconds, unless
+/// it has gone).
+const TURN_HANDOVER_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A slot ready to decode for the owner of a turn ([`Engine::request_turn`]); dropped
+/// unused, the slot goes on with the next job.
+pub struct Turn {
+    decode_tx: mpsc::Sender<Decode>,
+}
+
+impl std::fmt::Debug for Turn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Turn").finish_non_exhaustive()
+    }
+}
+
+impl Turn {
+    /// Decodes `samples` on the slot that granted this turn (options checked as
+    /// [`Engine::transcribe`] checks them); blocks until done.
+    pub fn transcribe(
+        self,
+        engine: &Engine,
+        samples: Vec<f32>,
+        options: TranscribeOptions,
+    ) -> Result<Transcript> {
+        engine.check_request(&samples, &options)?;
+        let (reply_tx, reply_rx) = mpsc::channel();
+        self.decode_tx
+            .send(Decode {
+                samples,
+                options,
+                progress: None,
+                reply_tx,
+            })
+            .map_err(|_| EngineError::ShutDown)?;
+        reply_rx.recv().map_err(|_| EngineError::ShutDown)?
+    }
+}
+
 /// The jobs waiting for a slot, each with when it came: urgent ones first, each kind
 /// in arrival order.
-#[derive(Default)]
+/// The inference threads not lent to a running decode live here too, so that a slot
+/// takes a job and its threads in one step.
 struct Waiting {
     urgent: VecDeque<(Instant, Job)>,
     normal: VecDeque<(Instant, Job)>,
     closed: bool,
+    /// Inference threads no running decode holds.
+    free_threads: usize,
+    /// What one decode takes while others wait: the budget split over the slots.
+    share: usize,
 }
 
 impl Waiting {
+    fn new(threads: usize, slots: usize) -> Self {
+        Self {
+            urgent: VecDeque::new(),
+            normal: VecDeque::new(),
+            closed: false,
+            free_threads: threads,
+            share: (threads / slots.max(1)).max(1),
+        }
+    }
+
     fn len(&self) -> usize {
         self.urgent.len() + self.normal.len()
     }
+
+    /// Threads for the job just taken: every free one when nothing else waits (one
+    /// decode runs fastest on all cores), else its share, leaving the rest to the next.
+    fn threads_for(&self) -> usize {
+        if self.len() == 0 {
+            self.free_threads
+        } else {
+            self.free_threads.min(self.share)
+        }
+    }
 }
 
-/// The bounded two-class queue in front of the slots.
+/// The bounded two-class queue in front of the slots, and the thread budget.
 struct JobQueue {
     waiting: Mutex<Waiting>,
-    /// Signalled when a job arrives or the queue closes.
+    /// Signalled when a job arrives, threads come back, or the queue closes.
     job_ready: Condvar,
     /// Signalled when a job leaves (room for a blocked caller).
     room: Condvar,
@@ -155,26 +256,27 @@ struct JobQueue {
 }
 
 impl JobQueue {
-    fn new(capacity: usize) -> Self {
+    fn new(capacity: usize, threads: usize, slots: usize) -> Self {
         Self {
-            waiting: Mutex::new(Waiting::default()),
+            waiting: Mutex::new(Waiting::new(threads, slots)),
             job_ready: Condvar::new(),
             room: Condvar::new(),
             capacity: capacity.max(1),
         }
     }
 
-    /// Queues `job`, waiting while the queue is full; `Err` once it is closed.
+    /// Queues `job`, waiting while the queue is full (turns never wait: each stream
+    /// holds at most one); `Err` once it is closed.
     fn push(&self, job: Job) -> Result<()> {
         let mut waiting = self.waiting.lock().map_err(|_| EngineError::ShutDown)?;
-        while !waiting.closed && waiting.len() >= self.capacity {
+        while !waiting.closed && waiting.len() >= self.capacity && matches!(job, Job::Decode(_)) {
             waiting = self.room.wait(waiting).map_err(|_| EngineError::ShutDown)?;
         }
         if waiting.closed {
             return Err(EngineError::ShutDown);
         }
         let entry = (Instant::now(), job);
-        if entry.1.options.urgent {
+        if entry.1.urgent() {
             waiting.urgent.push_back(entry);
         } else {
             waiting.normal.push_back(entry);
@@ -183,27 +285,40 @@ impl JobQueue {
         Ok(())
     }
 
-    /// The next job, urgent first (its wait goes to `kiroku_decode_queue_seconds`);
-    /// `None` once the queue is closed and empty.
-    fn pop(&self) -> Option<Job> {
+    /// The next job, urgent first, once a thread is free, with the threads it may use
+    /// (give them back with [`JobQueue::release`]); its wait goes to
+    /// `kiroku_decode_queue_seconds`. `None` once the queue is closed and empty.
+    fn pop(&self) -> Option<(Job, usize)> {
         let mut waiting = self.waiting.lock().ok()?;
         loop {
-            if let Some((queued_at, job)) = waiting
-                .urgent
-                .pop_front()
-                .or_else(|| waiting.normal.pop_front())
+            if waiting.free_threads > 0
+                && let Some((queued_at, job)) = waiting
+                    .urgent
+                    .pop_front()
+                    .or_else(|| waiting.normal.pop_front())
             {
+                let threads = waiting.threads_for();
+                waiting.free_threads -= threads;
                 self.room.notify_one();
                 kiroku_core::metrics::metrics()
                     .decode_queue_seconds
                     .observe(queued_at.elapsed().as_secs_f64());
-                return Some(job);
+                return Some((job, threads));
             }
-            if waiting.closed {
+            if waiting.closed && waiting.len() == 0 {
                 return None;
             }
             waiting = self.job_ready.wait(waiting).ok()?;
         }
+    }
+
+    /// Gives back the threads a finished decode held.
+    fn release(&self, threads: usize) {
+        if let Ok(mut waiting) = self.waiting.lock() {
+            waiting.free_threads += threads;
+        }
+        // Every slot: one waiting for threads and one waiting for a job are both woken.
+        self.job_ready.notify_all();
     }
 
     /// No more jobs are taken; the slots finish what waits and exit.
@@ -222,11 +337,10 @@ pub struct Engine {
     slots: Vec<JoinHandle<()>>,
     /// Slots still running (see [`Engine::is_healthy`]).
     live: Arc<AtomicUsize>,
-    /// Nanoseconds the slots have spent decoding, all together (see
-    /// [`Engine::busy_seconds`]).
+    /// Thread-nanoseconds the decodes have held (see [`Engine::busy_seconds`]).
     busy_nanos: Arc<AtomicU64>,
     info: ModelInfo,
-    threads_per_slot: usize,
+    threads: usize,
 }
 
 impl std::fmt::Debug for Engine {
@@ -234,7 +348,7 @@ impl std::fmt::Debug for Engine {
         f.debug_struct("Engine")
             .field("info", &self.info)
             .field("slots", &self.slots.len())
-            .field("threads_per_slot", &self.threads_per_slot)
+            .field("threads", &self.threads)
             .finish()
     }
 }
@@ -279,8 +393,11 @@ impl Engine {
             n_mels: context.model_n_mels(),
         };
         let context = Arc::new(context);
-        let threads_per_slot = config.threads / config.slots;
-        let queue = Arc::new(JobQueue::new(config.queue_capacity));
+        let queue = Arc::new(JobQueue::new(
+            config.queue_capacity,
+            config.threads,
+            config.slots,
+        ));
         let mut slots = Vec::with_capacity(config.slots);
         let live = Arc::new(AtomicUsize::new(config.slots));
         let busy_nanos = Arc::new(AtomicU64::new(0));
@@ -291,7 +408,6 @@ impl Engine {
             let slot = Slot {
                 context: Arc::clone(&context),
                 state,
-                threads: threads_per_slot,
                 live: Arc::clone(&live),
                 busy_nanos: Arc::clone(&busy_nanos),
             };
@@ -308,7 +424,7 @@ impl Engine {
             live,
             busy_nanos,
             info,
-            threads_per_slot,
+            threads: config.threads,
         })
     }
 
@@ -322,9 +438,9 @@ impl Engine {
         self.live.load(Ordering::SeqCst) == self.slots.len()
     }
 
-    /// Seconds the slots have spent decoding since the engine was loaded, all slots
-    /// together: its growth over a period, divided by the period and [`Engine::slots`],
-    /// is the engine's load.
+    /// Thread-seconds the decodes have held since the engine was loaded (a decode on
+    /// two threads for 1 s counts 2): its growth over a period, divided by the period
+    /// and [`Engine::threads`], is the engine's load.
     pub fn busy_seconds(&self) -> f64 {
         Duration::from_nanos(self.busy_nanos.load(Ordering::Relaxed)).as_secs_f64()
     }
@@ -334,6 +450,11 @@ impl Engine {
         self.slots.len()
     }
 
+    /// The inference threads its decodes share.
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
     /// Transcribes 16 kHz mono samples; blocks until a slot has decoded them.
     pub fn transcribe(
         &self,
@@ -341,7 +462,30 @@ impl Engine {
         options: TranscribeOptions,
         progress: Option<ProgressFn>,
     ) -> Result<Transcript> {
-        self.check_options(&options)?;
+        self.check_request(&samples, &options)?;
+        let (reply_tx, reply_rx) = mpsc::channel();
+        self.queue.push(Job::Decode(Decode {
+            samples,
+            options,
+            progress,
+            reply_tx,
+        }))?;
+        reply_rx.recv().map_err(|_| EngineError::ShutDown)?
+    }
+
+    /// Queues a turn (urgent ones, a live utterance's final, go first): the receiver
+    /// gets a [`Turn`] when a slot is ready, and the caller then decodes with
+    /// [`Turn::transcribe`] the audio it holds at that moment. Dropping the receiver
+    /// gives the turn up. Never blocks.
+    pub fn request_turn(&self, urgent: bool) -> Result<tokio::sync::oneshot::Receiver<Turn>> {
+        let (grant_tx, grant_rx) = tokio::sync::oneshot::channel();
+        self.queue.push(Job::Turn { urgent, grant_tx })?;
+        Ok(grant_rx)
+    }
+
+    /// [`Engine::check_options`], and the audio fits the audio context.
+    fn check_request(&self, samples: &[f32], options: &TranscribeOptions) -> Result<()> {
+        self.check_options(options)?;
         if let Some(audio_ctx) = options.audio_ctx {
             // whisper.cpp encodes only the first `audio_ctx` frames of each 30 s window:
             // the rest would be silently dropped (and DTW aborts), so refuse instead.
@@ -354,14 +498,7 @@ impl Engine {
                 )));
             }
         }
-        let (reply_tx, reply_rx) = mpsc::channel();
-        self.queue.push(Job {
-            samples,
-            options,
-            progress,
-            reply_tx,
-        })?;
-        reply_rx.recv().map_err(|_| EngineError::ShutDown)?
+        Ok(())
     }
 
     /// Refuses options this model cannot honour (an unknown language, a language other
@@ -421,31 +558,36 @@ impl Drop for Engine {
 struct Slot {
     context: Arc<WhisperContext>,
     state: WhisperState,
-    threads: usize,
     /// Slots that are running; when one cannot be restored after a panic it leaves,
     /// and the last one to leave closes the queue.
     live: Arc<AtomicUsize>,
-    /// The engine's decoding time, which each slot adds to after every job.
+    /// The engine's thread-time, which each slot adds to after every job.
     busy_nanos: Arc<AtomicU64>,
 }
 
 impl Slot {
     fn run(mut self, queue: &JobQueue) {
         // The queue's lock is held only while taking a job, not while decoding it.
-        while let Some(job) = queue.pop() {
-            let Job {
+        while let Some((job, threads)) = queue.pop() {
+            let Some(Decode {
                 samples,
                 options,
                 progress,
                 reply_tx,
-            } = job;
+            }) = Self::decode_of(job)
+            else {
+                queue.release(threads);
+                continue;
+            };
             // A panic while decoding (whisper-rs panics on some inputs) fails this one
             // request; the slot keeps serving everyone else.
             let started = Instant::now();
             let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                self.decode(&samples, &options, progress)
+                self.decode(&samples, &options, threads, progress)
             }));
-            let busy = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            queue.release(threads);
+            let busy =
+                u64::try_from(started.elapsed().as_nanos() * threads as u128).unwrap_or(u64::MAX);
             self.busy_nanos.fetch_add(busy, Ordering::Relaxed);
             match outcome {
                 Ok(result) => {
@@ -474,10 +616,24 @@ impl Slot {
         }
     }
 
+    /// The decode to run for `job`: its own, or the one a turn's owner hands over
+    /// (`None` when the owner gave the turn up or did not answer in time).
+    fn decode_of(job: Job) -> Option<Decode> {
+        match job {
+            Job::Decode(decode) => Some(decode),
+            Job::Turn { grant_tx, .. } => {
+                let (decode_tx, decode_rx) = mpsc::channel();
+                grant_tx.send(Turn { decode_tx }).ok()?;
+                decode_rx.recv_timeout(TURN_HANDOVER_TIMEOUT).ok()
+            }
+        }
+    }
+
     fn decode(
         &mut self,
         samples: &[f32],
         options: &TranscribeOptions,
+        threads: usize,
         progress: Option<ProgressFn>,
     ) -> Result<Transcript> {
         let duration_ms = samples.len() as u64 * 1000 / u64::from(WHISPER_SAMPLE_RATE_HZ);
@@ -490,7 +646,7 @@ impl Slot {
             SamplingStrategy::Greedy { best_of: 1 }
         };
         let mut params = FullParams::new(strategy);
-        params.set_n_threads(self.threads as i32);
+        params.set_n_threads(i32::try_from(threads).unwrap_or(1));
         params.set_print_progress(false);
         params.set_print_realtime(false);
         params.set_print_special(false);
@@ -1015,12 +1171,12 @@ mod tests {
             let (reply_tx, reply_rx) = mpsc::channel();
             engine
                 .queue
-                .push(Job {
+                .push(Job::Decode(Decode {
                     samples: vec![0.0; 16_000],
                     options: hostile.clone(),
                     progress: None,
                     reply_tx,
-                })
+                }))
                 .expect("queued");
             let err = reply_rx
                 .recv()
@@ -1053,36 +1209,131 @@ mod tests {
     /// nothing, and refuses new jobs.
     #[test]
     fn urgent_jobs_are_taken_before_waiting_ones() {
-        let queue = JobQueue::new(8);
-        let job = |marker: usize, urgent: bool| {
-            let (reply_tx, _) = mpsc::channel();
-            Job {
-                samples: vec![0.0; marker],
-                options: TranscribeOptions {
-                    urgent,
-                    ..TranscribeOptions::default()
-                },
-                progress: None,
-                reply_tx,
-            }
-        };
+        let queue = JobQueue::new(8, 2, 1);
         for (marker, urgent) in [(1, false), (2, false), (3, true), (4, false), (5, true)] {
-            queue.push(job(marker, urgent)).expect("queued");
+            queue.push(queued_job(marker, urgent)).expect("queued");
         }
-        let order: Vec<usize> = (0..3)
-            .filter_map(|_| queue.pop())
-            .map(|j| j.samples.len())
-            .collect();
+        let take = || {
+            queue.pop().map(|(job, threads)| {
+                queue.release(threads);
+                marker(&job)
+            })
+        };
+        let order: Vec<usize> = (0..3).filter_map(|_| take()).collect();
         assert_eq!(order, [3, 5, 1]);
         queue.close();
         assert!(
-            queue.push(job(6, true)).is_err(),
+            queue.push(queued_job(6, true)).is_err(),
             "a closed queue takes nothing"
         );
-        let rest: Vec<usize> = std::iter::from_fn(|| queue.pop())
-            .map(|j| j.samples.len())
-            .collect();
+        let rest: Vec<usize> = std::iter::from_fn(take).collect();
         assert_eq!(rest, [2, 4]);
+    }
+
+    /// A job for the queue tests; `marker` samples tell jobs apart.
+    fn queued_job(marker: usize, urgent: bool) -> Job {
+        let (reply_tx, _) = mpsc::channel();
+        Job::Decode(Decode {
+            samples: vec![0.0; marker],
+            options: TranscribeOptions {
+                urgent,
+                ..TranscribeOptions::default()
+            },
+            progress: None,
+            reply_tx,
+        })
+    }
+
+    /// The marker of a job from [`queued_job`] (a turn: 0).
+    fn marker(job: &Job) -> usize {
+        match job {
+            Job::Decode(decode) => decode.samples.len(),
+            Job::Turn { .. } => 0,
+        }
+    }
+
+    /// The thread budget (2 threads, 2 slots): a decode with nothing behind it gets
+    /// every thread; one taken while more wait gets its share and leaves the rest to the
+    /// next; a job waits while no thread is free and is taken once one comes back.
+    #[test]
+    fn a_decode_gets_every_thread_alone_and_its_share_under_load() {
+        let queue = JobQueue::new(8, 2, 2);
+        queue.push(queued_job(1, false)).expect("queued");
+        let (_, alone) = queue.pop().expect("a job");
+        assert_eq!(alone, 2, "nothing waits behind it");
+        queue.release(alone);
+
+        for marker in [2, 3, 4] {
+            queue.push(queued_job(marker, false)).expect("queued");
+        }
+        let (_, first) = queue.pop().expect("a job");
+        assert_eq!(first, 1, "two more wait: its share");
+        let (_, second) = queue.pop().expect("a job");
+        assert_eq!(second, 1, "the one thread left");
+        std::thread::scope(|scope| {
+            let (taken_tx, taken_rx) = mpsc::channel();
+            let queue = &queue;
+            scope.spawn(move || {
+                let taken = queue.pop().map(|(job, threads)| (marker(&job), threads));
+                let _ = taken_tx.send(taken);
+            });
+            assert!(
+                taken_rx.recv_timeout(Duration::from_millis(200)).is_err(),
+                "a job was taken while every thread was lent"
+            );
+            queue.release(first);
+            assert_eq!(
+                taken_rx.recv().expect("the waiting slot answers"),
+                Some((4, 1)),
+                "taken with the thread that came back"
+            );
+        });
+    }
+
+    /// A turn is granted once a slot is ready and decodes what its owner hands over
+    /// then; a turn given up (its receiver dropped before the grant, or the granted
+    /// turn dropped unused) holds no slot: the next job runs. An urgent turn goes ahead
+    /// of waiting decodes like an urgent decode.
+    #[test]
+    fn a_turn_decodes_what_its_owner_hands_over_when_a_slot_is_ready() {
+        let (_dir, engine) = small_english_engine(4);
+        let turn = engine
+            .request_turn(false)
+            .expect("queued")
+            .blocking_recv()
+            .expect("granted");
+        let transcript = turn
+            .transcribe(&engine, vec![0.0; 8_000], short_context())
+            .expect("decoded on the granted slot");
+        assert_eq!(transcript.duration_ms, 500);
+
+        drop(engine.request_turn(true).expect("queued"));
+        let unused = engine
+            .request_turn(false)
+            .expect("queued")
+            .blocking_recv()
+            .expect("granted");
+        drop(unused);
+        let transcript = engine
+            .transcribe(vec![0.0; 16_000], short_context(), None)
+            .expect("the slot goes on");
+        assert_eq!(transcript.duration_ms, 1000);
+
+        let queue = JobQueue::new(8, 2, 1);
+        queue.push(queued_job(1, false)).expect("queued");
+        let (grant_tx, _grant_rx) = tokio::sync::oneshot::channel();
+        queue
+            .push(Job::Turn {
+                urgent: true,
+                grant_tx,
+            })
+            .expect("queued");
+        let (first, threads) = queue.pop().expect("a job");
+        assert!(
+            matches!(first, Job::Turn { urgent: true, .. }),
+            "the urgent turn first"
+        );
+        queue.release(threads);
     }
 
     /// Jobs from many callers queue in front of one slot and all complete.

@@ -489,15 +489,34 @@ impl Live {
             && (self.policy.is_idle() || !self.captions)
     }
 
+    /// What [`Live::next_decode`] would return now, without taking it: a worker asks
+    /// the engine for a turn of that kind, and takes the decode (with every sample
+    /// received by then) only when the turn comes.
+    pub fn due(&self) -> Option<DecodeKind> {
+        if self.in_flight.is_some() {
+            None
+        } else if self.final_due().is_some() {
+            Some(DecodeKind::Final)
+        } else {
+            (self.captions && self.policy.decode_due()).then_some(DecodeKind::Caption)
+        }
+    }
+
+    /// The first span, once all of its decode's audio has arrived.
+    fn final_due(&self) -> Option<Span> {
+        self.spans
+            .front()
+            .copied()
+            .filter(|span| self.position() >= span.decode_end)
+    }
+
     /// The decode to run now, if one is due and none is in flight: a final first (the
     /// minutes never wait behind captions), else the policy's caption decode.
     pub fn next_decode(&mut self) -> Option<DecodeRequest> {
         if self.in_flight.is_some() {
             return None;
         }
-        if let Some(span) = self.spans.front().copied()
-            && self.position() >= span.decode_end
-        {
+        if let Some(span) = self.final_due() {
             return Some(self.final_request(span));
         }
         if !self.captions {
@@ -950,7 +969,9 @@ mod tests {
     /// Answers every caption decode with nothing until a final is asked for; returns it.
     fn next_final(live: &mut Live) -> DecodeRequest {
         loop {
+            let due = live.due();
             let request = live.next_decode().expect("a decode is due");
+            assert_eq!(due, Some(request.kind), "due() foretells next_decode()");
             if request.kind == DecodeKind::Final {
                 return request;
             }
@@ -1236,6 +1257,50 @@ mod tests {
             output.finals[0].start_ms, boundary,
             "times stay inside the span"
         );
+    }
+
+    /// `due` tells which decode `next_decode` would take, without taking it: none while
+    /// one runs, a caption only after a step of new speech, a final once its utterance
+    /// has ended.
+    #[test]
+    fn due_tells_which_decode_next_decode_would_take() {
+        let mut live = Live::new(PolicyConfig::default(), FinalsConfig::default(), None);
+        assert_eq!(live.due(), None, "no speech yet");
+        push(&mut live, &speech(1_000));
+        assert_eq!(live.due(), Some(DecodeKind::Caption));
+        assert_eq!(
+            live.due(),
+            Some(DecodeKind::Caption),
+            "asking takes nothing"
+        );
+        let caption = live.next_decode().expect("a caption decode");
+        assert_eq!(live.due(), None, "one decode at a time");
+        live.on_decoded(caption.id, Vec::new());
+        push(&mut live, &speech(100));
+        assert_eq!(live.due(), None, "less than a step of new audio");
+        assert!(live.next_decode().is_none());
+        push(&mut live, &silence(400));
+        assert_eq!(live.due(), Some(DecodeKind::Final));
+        assert_eq!(
+            live.next_decode().map(|request| request.kind),
+            Some(DecodeKind::Final)
+        );
+    }
+
+    /// A worker takes the decode only when the engine's turn comes: the audio that
+    /// arrived while it waited is in that decode (under load the caption step widens
+    /// instead of decodes going stale in a queue).
+    #[test]
+    fn a_decode_taken_late_covers_the_audio_received_while_waiting() {
+        let mut live = Live::new(PolicyConfig::default(), FinalsConfig::default(), None);
+        push(&mut live, &speech(500));
+        assert_eq!(live.due(), Some(DecodeKind::Caption));
+        // The turn comes 1.5 s later.
+        push(&mut live, &speech(1_500));
+        let request = live.next_decode().expect("a caption decode");
+        assert_eq!(request.kind, DecodeKind::Caption);
+        let covered_ms = request.start_ms + request.samples.len() as u64 / SAMPLES_PER_MS;
+        assert_eq!(covered_ms, 2_000, "every sample received by the turn");
     }
 
     #[test]

@@ -606,6 +606,22 @@ impl Policy {
         self.in_flight.is_none() && self.ended.is_empty() && self.utterance.is_none()
     }
 
+    /// Whether [`Policy::next_decode`] would return a decode now (it is not taken).
+    pub fn decode_due(&self) -> bool {
+        self.in_flight.is_none() && (!self.ended.is_empty() || self.open_utterance_due())
+    }
+
+    /// The open utterance has `step_ms` of new audio since the last decode and enough
+    /// speech to be decoded.
+    fn open_utterance_due(&self) -> bool {
+        let step = Self::ms_to_samples(self.config.step_ms);
+        let min_speech = Self::ms_to_samples(self.config.min_speech_ms);
+        self.utterance.as_ref().is_some_and(|utterance| {
+            self.buffer_end() >= self.last_decode_end + step
+                && utterance.speech_samples >= min_speech
+        })
+    }
+
     /// The decode to run now, if one is due and none is in flight: an ended utterance's
     /// finalizing decode first, else a re-decode of the open utterance once `step_ms` of
     /// new audio has arrived.
@@ -621,13 +637,10 @@ impl Policy {
                 false,
             )
         } else {
-            let utterance = self.utterance.as_ref()?;
-            let end = self.buffer_end();
-            let step = Self::ms_to_samples(self.config.step_ms);
-            let min_speech = Self::ms_to_samples(self.config.min_speech_ms);
-            if end < self.last_decode_end + step || utterance.speech_samples < min_speech {
+            if !self.open_utterance_due() {
                 return None;
             }
+            let end = self.buffer_end();
             let force = end - self.buffer_start >= Self::ms_to_samples(self.config.max_buffer_ms);
             (end, false, force)
         };

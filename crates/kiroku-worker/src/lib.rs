@@ -39,7 +39,8 @@ pub enum EngineKind {
         final_model_path: Option<PathBuf>,
         /// Inference threads across all slots: never more than the cores given.
         threads: usize,
-        /// Decodes that may run at once (each gets `threads / slots` threads).
+        /// Decodes that may run at once (alone, a decode gets every thread; under load
+        /// each gets `threads / slots`).
         slots: usize,
     },
     /// BENCHMARK ONLY: no inference. Echoes each audio frame's seq as an interim and
@@ -412,17 +413,18 @@ impl LoadMeter {
             return;
         }
         let busy: f64 = self.engines.iter().map(|e| e.busy_seconds()).sum();
-        let slots: usize = self.engines.iter().map(|e| e.slots()).sum();
-        let load = worker_load(busy - self.busy_since, elapsed, slots);
+        let threads: usize = self.engines.iter().map(|e| e.threads()).sum();
+        let load = worker_load(busy - self.busy_since, elapsed, threads);
         kiroku_core::metrics::metrics().worker_load.set(load);
         self.since = Instant::now();
         self.busy_since = busy;
     }
 }
 
-/// Busy slot-seconds over `elapsed` on `slots` slots, as a share from 0 to 1.
-fn worker_load(busy_s: f64, elapsed: Duration, slots: usize) -> f64 {
-    let capacity = elapsed.as_secs_f64() * slots.max(1) as f64;
+/// Busy thread-seconds over `elapsed` on `threads` inference threads, as a share from 0
+/// to 1.
+fn worker_load(busy_s: f64, elapsed: Duration, threads: usize) -> f64 {
+    let capacity = elapsed.as_secs_f64() * threads.max(1) as f64;
     if capacity <= 0.0 {
         return 0.0;
     }
@@ -705,6 +707,6 @@ mod tests {
         assert!((worker_load(5.0, five, 2) - 0.5).abs() < 1e-9);
         assert_eq!(worker_load(12.0, five, 2), 1.0, "clamped");
         assert_eq!(worker_load(1.0, Duration::ZERO, 1), 0.0, "no time, no load");
-        assert_eq!(worker_load(1.0, five, 0), 0.2, "no slot counts as one");
+        assert_eq!(worker_load(1.0, five, 0), 0.2, "no thread counts as one");
     }
 }

@@ -10,9 +10,9 @@ use bytes::Bytes;
 use futures::StreamExt as _;
 use kiroku_core::nats::{Follower, Layout};
 use kiroku_core::transcript::Word;
-use kiroku_engine::TranscribeOptions;
 use kiroku_engine::live::{Live, UtteranceFinal};
 use kiroku_engine::streaming::{Caption, DecodeKind, DecodeRequest};
+use kiroku_engine::{TranscribeOptions, Turn};
 use kiroku_proto::events::v1 as events;
 use kiroku_proto::transcribe::v1 as api;
 use prost::Message as _;
@@ -319,6 +319,10 @@ impl Session {
         let idle = tokio::time::sleep(window);
         tokio::pin!(idle);
         let mut in_flight: Option<tokio::task::JoinHandle<Decoded>> = None;
+        // The engine turn asked for while a decode is due and none runs (see
+        // kiroku_engine::engine: the decode is taken when the turn comes, with every
+        // sample received by then).
+        let mut turn: Option<PendingTurn> = None;
         let mut closing: Option<&'static str> = None;
         let mut last_checkpoint_write = Instant::now();
         // The caption lag (crate::LagWindow): received audio (ms), and the end of the
@@ -327,24 +331,22 @@ impl Session {
         let mut received_ms: u64 = 0;
         let mut decoding_until_ms = 0;
 
+        let engine_for = |kind: DecodeKind| match kind {
+            DecodeKind::Final => final_engine.clone(),
+            DecodeKind::Caption => engine.clone(),
+        };
         loop {
-            if in_flight.is_none()
-                && let Some(request) = live.next_decode()
-            {
-                debug!(
-                    id = request.id,
-                    kind = ?request.kind,
-                    start_ms = request.start_ms,
-                    audio_ms = request.samples.len() as u64 / 16,
-                    audio_ctx = request.audio_ctx,
-                    "decode"
-                );
-                let engine = match request.kind {
-                    DecodeKind::Final => final_engine.clone(),
-                    _ => engine.clone(),
-                };
-                decoding_until_ms = request.start_ms + request.samples.len() as u64 / 16;
-                in_flight = Some(spawn_decode(engine, request, options.clone()));
+            if in_flight.is_none() {
+                // A turn of the kind that is due: a final due replaces a waiting caption
+                // turn (finals go first); with nothing due, no turn is held.
+                match live.due() {
+                    None => turn = None,
+                    Some(kind) if turn.as_ref().is_some_and(|t| t.kind == kind) => {}
+                    Some(kind) => match engine_for(kind).request_turn(kind == DecodeKind::Final) {
+                        Ok(grant) => turn = Some(PendingTurn { kind, grant }),
+                        Err(error) => return Outcome::Retry(format!("inference pool: {error}")),
+                    },
+                }
             }
             if let Some(reason) = closing
                 && in_flight.is_none()
@@ -375,6 +377,28 @@ impl Session {
                         live.flush();
                         closing = Some("end_of_stream");
                     }
+                }
+                granted = wait_for_turn(&mut turn), if turn.is_some() => {
+                    let Some(PendingTurn { kind, .. }) = turn.take() else { continue };
+                    let Ok(granted) = granted else {
+                        return Outcome::Retry("the inference pool has shut down".into());
+                    };
+                    // The decode is taken now, with all the audio received meanwhile
+                    // (a turn no longer needed is dropped: its slot goes on).
+                    if live.due() != Some(kind) {
+                        continue;
+                    }
+                    let Some(request) = live.next_decode() else { continue };
+                    debug!(
+                        id = request.id,
+                        kind = ?request.kind,
+                        start_ms = request.start_ms,
+                        audio_ms = request.samples.len() as u64 / 16,
+                        audio_ctx = request.audio_ctx,
+                        "decode"
+                    );
+                    decoding_until_ms = request.start_ms + request.samples.len() as u64 / 16;
+                    in_flight = Some(spawn_decode(engine_for(kind), granted, request, options.clone()));
                 }
                 decoded = join_in_flight(&mut in_flight), if in_flight.is_some() => {
                     in_flight = None;
@@ -895,6 +919,23 @@ fn to_f32(pcm_s16le: &[u8]) -> Vec<f32> {
         .collect()
 }
 
+/// An engine turn asked for a decode of `kind`, not yet granted.
+struct PendingTurn {
+    kind: DecodeKind,
+    grant: tokio::sync::oneshot::Receiver<Turn>,
+}
+
+/// The pending turn's grant; pending forever when none is asked for (guarded in
+/// `select!`).
+async fn wait_for_turn(
+    turn: &mut Option<PendingTurn>,
+) -> Result<Turn, tokio::sync::oneshot::error::RecvError> {
+    match turn {
+        Some(pending) => (&mut pending.grant).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// The running decode's result; pending forever when none runs (guarded in `select!`).
 async fn join_in_flight(
     in_flight: &mut Option<tokio::task::JoinHandle<Decoded>>,
@@ -932,8 +973,10 @@ struct Decoded {
     words: Result<Vec<Word>, String>,
 }
 
+/// Runs `request` on the slot that granted `turn`.
 fn spawn_decode(
     engine: Arc<kiroku_engine::Engine>,
+    turn: Turn,
     request: DecodeRequest,
     options: TranscribeOptions,
 ) -> tokio::task::JoinHandle<Decoded> {
@@ -964,7 +1007,7 @@ fn spawn_decode(
     tokio::task::spawn_blocking(move || {
         let _enter = span.enter();
         let started = Instant::now();
-        let result = engine.transcribe(request.samples, options, None);
+        let result = turn.transcribe(&engine, request.samples, options);
         let elapsed = started.elapsed().as_secs_f64();
         kiroku_core::metrics::metrics()
             .decode_seconds
