@@ -20,6 +20,8 @@ paced at real time.
   250 ms and 500 ms steps: per-word caption latency (first shown, by a caption or its
   final) against the batch timeline (SWEEP_STEPS=250 sweeps one step). SWEEP_REPEATS=3 runs each point three times and
   reports the medians and the p95 range (a capacity claim needs it: p95 moves run to run).
+  SWEEP_STAGGER_MS=700 starts the clients 0.7 s apart (by default they start together,
+  the same audio in step: every stream's utterance ends at the same moment).
   The sweep turns the worker's admission by lag off (KIROKU_WORKER_ADMIT_MAX_LAG_S=0):
   every stream is decoded at once, which is what it measures.
 - overload: 8 clients of the 42 s meeting at once on one worker with the default
@@ -256,12 +258,15 @@ def stop_cluster(proc):
         proc.kill()
 
 
-def stream_clients(kiroku, work, wav, n, tag, extra=(), refusals=False):
-    """n `kiroku stream` clients at once; their reports, each with the client's JSON
-    transcript (stdout) added as "transcript". With `refusals`, a client refused with
-    RESOURCE_EXHAUSTED gives {"refused": <its error>} instead of ending the bench."""
+def stream_clients(kiroku, work, wav, n, tag, extra=(), refusals=False, stagger_ms=0):
+    """n `kiroku stream` clients at once (with `stagger_ms`, client i starts i times that
+    later); their reports, each with the client's JSON transcript (stdout) added as
+    "transcript". With `refusals`, a client refused with RESOURCE_EXHAUSTED gives
+    {"refused": <its error>} instead of ending the bench."""
     procs = []
     for i in range(n):
+        if i and stagger_ms:
+            time.sleep(stagger_ms / 1000)
         report = os.path.join(work, f"{tag}-{i}.json")
         p = subprocess.Popen([kiroku, "stream", wav, "--gateway", "http://" + GRPC, "--format", "json",
                               "--report", report, *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -291,6 +296,10 @@ SWEEP_P95_RANGE = {}
 WORKER_MODEL = os.environ.get("KIROKU_MODEL") or "tiny.en"
 # The worker steps swept (environment SWEEP_STEPS, comma-separated ms; default 250,500).
 SWEEP_STEPS = [int(v) for v in os.environ.get("SWEEP_STEPS", "250,500").split(",") if v.strip()]
+# Start the sweep's clients this many ms apart (environment SWEEP_STAGGER_MS, default 0:
+# all at once, the same audio in step, so that every stream's sentence ends, and so its
+# utterance finals, fall due at the same moment: the worst case for a worker's queue).
+SWEEP_STAGGER_MS = int(os.environ.get("SWEEP_STAGGER_MS", "0"))
 
 
 def concurrency_sweep(kiroku, work):
@@ -310,7 +319,8 @@ def concurrency_sweep(kiroku, work):
                 # machine): the median of the runs' p50 and p95, their p95 range.
                 p50s, p95s, worst = [], [], 0.0
                 for run in range(SWEEP_REPEATS):
-                    reports = stream_clients(kiroku, work, short_wav, n, f"sweep{step}-{n}-{run}")
+                    reports = stream_clients(kiroku, work, short_wav, n, f"sweep{step}-{n}-{run}",
+                                             stagger_ms=SWEEP_STAGGER_MS)
                     lat = []
                     for r in reports:
                         lat += shown_latencies(r, reference_words(short_batch))
@@ -477,7 +487,9 @@ def main():
     if sweep:
         print()
         print(f"concurrent real-time streams with p95 <= 2 s (any step): {held} (goal >= 4)")
-        print("concurrency sweep (short meeting, every stream at real time; caption latency, word end -> shown):")
+        start = f"clients started {SWEEP_STAGGER_MS} ms apart" if SWEEP_STAGGER_MS else "clients started together"
+        print(f"concurrency sweep (short meeting, every stream at real time, {start}; "
+              "caption latency, word end -> shown):")
         if SWEEP_REPEATS > 1:
             print(f"(median of {SWEEP_REPEATS} runs per row; p95 range = lowest to highest run)")
         print("| worker step | streams | p50 | p95 | p95 range | worst WER |")

@@ -3,8 +3,9 @@
 //! ggml's worker threads busy-spin, so running more inference threads than cores makes
 //! everything dramatically slower (2 decodes × 2 threads on 2 cores took 72–91 s instead
 //! of ~6 s). The pool therefore owns `slots` named OS threads, each with its own
-//! `WhisperState`, and a budget of `threads` inference threads that the running decodes
-//! share, so the total never exceeds the configured cores. Requests wait in a bounded
+//! `WhisperState`, and draws inference threads for each decode from a [`ThreadBudget`]
+//! (its own, or one shared with another engine: a worker's caption and final models),
+//! so the total never exceeds the configured cores. Requests wait in a bounded
 //! queue in front of the slots; callers block (or, from async code, await a
 //! `spawn_blocking`) until a slot has run their job. Urgent requests (a live utterance's
 //! final, the minutes) are taken before every other waiting request.
@@ -17,7 +18,7 @@
 //! the stalest first, and under load each decode simply covers more new audio: the
 //! caption step widens by itself instead of a queue growing.
 //!
-//! How many threads a decode gets depends on what waits ([`Waiting::threads_for`]): a
+//! How many threads a decode gets depends on what waits ([`Waiting::threads_wanted`]): a
 //! decode with nothing behind it takes every free thread (one decode is fastest on all
 //! cores), while one taken from a queue that still holds work takes only its share
 //! (`threads / slots`), leaving the rest to the next slot. Small decodes use a second core
@@ -76,6 +77,9 @@ pub struct EngineConfig {
     pub queue_capacity: usize,
     /// Flash attention: less memory, slower on CPU here; disables DTW timestamps.
     pub flash_attn: bool,
+    /// A thread budget shared with other engines (then `threads` is the budget's);
+    /// `None`: the engine has its own `threads`.
+    pub budget: Option<Arc<ThreadBudget>>,
 }
 
 impl EngineConfig {
@@ -86,6 +90,7 @@ impl EngineConfig {
             slots: 1,
             queue_capacity: 16,
             flash_attn: false,
+            budget: None,
         }
     }
 }
@@ -205,17 +210,64 @@ impl Turn {
     }
 }
 
+/// Inference threads shared by the running decodes of one engine, or of several (a
+/// worker's caption and final engines share one budget, so that two models decoding at
+/// once never run more threads than cores).
+#[derive(Debug)]
+pub struct ThreadBudget {
+    total: usize,
+    free: Mutex<usize>,
+    returned: Condvar,
+}
+
+impl ThreadBudget {
+    /// A budget of `threads` (at least 1).
+    pub fn new(threads: usize) -> Arc<Self> {
+        let total = threads.max(1);
+        Arc::new(Self {
+            total,
+            free: Mutex::new(total),
+            returned: Condvar::new(),
+        })
+    }
+
+    /// The threads in the budget.
+    pub fn threads(&self) -> usize {
+        self.total
+    }
+
+    /// Takes up to `wanted` threads (at least 1), waiting until one is free.
+    fn acquire(&self, wanted: usize) -> usize {
+        let Ok(mut free) = self.free.lock() else {
+            return 1;
+        };
+        while *free == 0 {
+            free = match self.returned.wait(free) {
+                Ok(free) => free,
+                Err(_) => return 1,
+            };
+        }
+        let taken = wanted.clamp(1, *free);
+        *free -= taken;
+        taken
+    }
+
+    /// Gives back threads a finished decode held.
+    fn release(&self, threads: usize) {
+        if let Ok(mut free) = self.free.lock() {
+            *free = (*free + threads).min(self.total);
+        }
+        self.returned.notify_all();
+    }
+}
+
 /// The jobs waiting for a slot, each with when it came: urgent ones first, each kind
 /// in arrival order.
-/// The inference threads not lent to a running decode live here too, so that a slot
-/// takes a job and its threads in one step.
 struct Waiting {
     urgent: VecDeque<(Instant, Job)>,
     normal: VecDeque<(Instant, Job)>,
     closed: bool,
-    /// Inference threads no running decode holds.
-    free_threads: usize,
-    /// What one decode takes while others wait: the budget split over the slots.
+    /// What one decode takes while others wait: the threads split over the slots.
     share: usize,
 }
 
@@ -225,7 +277,6 @@ impl Waiting {
             urgent: VecDeque::new(),
             normal: VecDeque::new(),
             closed: false,
-            free_threads: threads,
             share: (threads / slots.max(1)).max(1),
         }
     }
@@ -234,21 +285,22 @@ impl Waiting {
         self.urgent.len() + self.normal.len()
     }
 
-    /// Threads for the job just taken: every free one when nothing else waits (one
-    /// decode runs fastest on all cores), else its share, leaving the rest to the next.
-    fn threads_for(&self) -> usize {
+    /// Threads the job just taken asks of the budget: every free one when nothing else
+    /// waits (one decode runs fastest on all cores), else its share, leaving the rest
+    /// to the next.
+    fn threads_wanted(&self) -> usize {
         if self.len() == 0 {
-            self.free_threads
+            usize::MAX
         } else {
-            self.free_threads.min(self.share)
+            self.share
         }
     }
 }
 
-/// The bounded two-class queue in front of the slots, and the thread budget.
+/// The bounded two-class queue in front of the slots.
 struct JobQueue {
     waiting: Mutex<Waiting>,
-    /// Signalled when a job arrives, threads come back, or the queue closes.
+    /// Signalled when a job arrives or the queue closes.
     job_ready: Condvar,
     /// Signalled when a job leaves (room for a blocked caller).
     room: Condvar,
@@ -285,40 +337,26 @@ impl JobQueue {
         Ok(())
     }
 
-    /// The next job, urgent first, once a thread is free, with the threads it may use
-    /// (give them back with [`JobQueue::release`]); its wait goes to
-    /// `kiroku_decode_queue_seconds`. `None` once the queue is closed and empty.
-    fn pop(&self) -> Option<(Job, usize)> {
+    /// The next job, urgent first, with when it was queued and the threads it asks of
+    /// the budget ([`Waiting::threads_wanted`]). `None` once the queue is closed and
+    /// empty.
+    fn pop(&self) -> Option<(Job, Instant, usize)> {
         let mut waiting = self.waiting.lock().ok()?;
         loop {
-            if waiting.free_threads > 0
-                && let Some((queued_at, job)) = waiting
-                    .urgent
-                    .pop_front()
-                    .or_else(|| waiting.normal.pop_front())
+            if let Some((queued_at, job)) = waiting
+                .urgent
+                .pop_front()
+                .or_else(|| waiting.normal.pop_front())
             {
-                let threads = waiting.threads_for();
-                waiting.free_threads -= threads;
+                let wanted = waiting.threads_wanted();
                 self.room.notify_one();
-                kiroku_core::metrics::metrics()
-                    .decode_queue_seconds
-                    .observe(queued_at.elapsed().as_secs_f64());
-                return Some((job, threads));
+                return Some((job, queued_at, wanted));
             }
-            if waiting.closed && waiting.len() == 0 {
+            if waiting.closed {
                 return None;
             }
             waiting = self.job_ready.wait(waiting).ok()?;
         }
-    }
-
-    /// Gives back the threads a finished decode held.
-    fn release(&self, threads: usize) {
-        if let Ok(mut waiting) = self.waiting.lock() {
-            waiting.free_threads += threads;
-        }
-        // Every slot: one waiting for threads and one waiting for a job are both woken.
-        self.job_ready.notify_all();
     }
 
     /// No more jobs are taken; the slots finish what waits and exit.
@@ -340,7 +378,7 @@ pub struct Engine {
     /// Thread-nanoseconds the decodes have held (see [`Engine::busy_seconds`]).
     busy_nanos: Arc<AtomicU64>,
     info: ModelInfo,
-    threads: usize,
+    budget: Arc<ThreadBudget>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -348,7 +386,7 @@ impl std::fmt::Debug for Engine {
         f.debug_struct("Engine")
             .field("info", &self.info)
             .field("slots", &self.slots.len())
-            .field("threads", &self.threads)
+            .field("threads", &self.budget.threads())
             .finish()
     }
 }
@@ -356,15 +394,19 @@ impl std::fmt::Debug for Engine {
 impl Engine {
     /// Loads the model once and starts the slot threads.
     pub fn load(config: &EngineConfig) -> Result<Self> {
-        if config.slots == 0 || config.threads == 0 {
+        let threads = config
+            .budget
+            .as_ref()
+            .map_or(config.threads, |budget| budget.threads());
+        if config.slots == 0 || threads == 0 {
             return Err(EngineError::InvalidOption(
                 "threads and slots must be at least 1".into(),
             ));
         }
-        if config.slots > config.threads {
+        if config.slots > threads {
             return Err(EngineError::InvalidOption(format!(
-                "{} slots need at least {} threads, the budget is {}",
-                config.slots, config.slots, config.threads
+                "{} slots need at least {} threads, the budget is {threads}",
+                config.slots, config.slots
             )));
         }
         if !config.model_path.is_file() {
@@ -393,11 +435,11 @@ impl Engine {
             n_mels: context.model_n_mels(),
         };
         let context = Arc::new(context);
-        let queue = Arc::new(JobQueue::new(
-            config.queue_capacity,
-            config.threads,
-            config.slots,
-        ));
+        let queue = Arc::new(JobQueue::new(config.queue_capacity, threads, config.slots));
+        let budget = config
+            .budget
+            .clone()
+            .unwrap_or_else(|| ThreadBudget::new(threads));
         let mut slots = Vec::with_capacity(config.slots);
         let live = Arc::new(AtomicUsize::new(config.slots));
         let busy_nanos = Arc::new(AtomicU64::new(0));
@@ -410,6 +452,7 @@ impl Engine {
                 state,
                 live: Arc::clone(&live),
                 busy_nanos: Arc::clone(&busy_nanos),
+                budget: Arc::clone(&budget),
             };
             let queue = Arc::clone(&queue);
             let handle = std::thread::Builder::new()
@@ -424,7 +467,7 @@ impl Engine {
             live,
             busy_nanos,
             info,
-            threads: config.threads,
+            budget,
         })
     }
 
@@ -450,9 +493,10 @@ impl Engine {
         self.slots.len()
     }
 
-    /// The inference threads its decodes share.
+    /// The inference threads its decodes share (with other engines', when its
+    /// budget is shared).
     pub fn threads(&self) -> usize {
-        self.threads
+        self.budget.threads()
     }
 
     /// Transcribes 16 kHz mono samples; blocks until a slot has decoded them.
@@ -563,12 +607,17 @@ struct Slot {
     live: Arc<AtomicUsize>,
     /// The engine's thread-time, which each slot adds to after every job.
     busy_nanos: Arc<AtomicU64>,
+    budget: Arc<ThreadBudget>,
 }
 
 impl Slot {
     fn run(mut self, queue: &JobQueue) {
         // The queue's lock is held only while taking a job, not while decoding it.
-        while let Some((job, threads)) = queue.pop() {
+        while let Some((job, queued_at, wanted)) = queue.pop() {
+            let threads = self.budget.acquire(wanted);
+            kiroku_core::metrics::metrics()
+                .decode_queue_seconds
+                .observe(queued_at.elapsed().as_secs_f64());
             let Some(Decode {
                 samples,
                 options,
@@ -576,7 +625,7 @@ impl Slot {
                 reply_tx,
             }) = Self::decode_of(job)
             else {
-                queue.release(threads);
+                self.budget.release(threads);
                 continue;
             };
             // A panic while decoding (whisper-rs panics on some inputs) fails this one
@@ -585,7 +634,7 @@ impl Slot {
             let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 self.decode(&samples, &options, threads, progress)
             }));
-            queue.release(threads);
+            self.budget.release(threads);
             let busy =
                 u64::try_from(started.elapsed().as_nanos() * threads as u128).unwrap_or(u64::MAX);
             self.busy_nanos.fetch_add(busy, Ordering::Relaxed);
@@ -1213,12 +1262,7 @@ mod tests {
         for (marker, urgent) in [(1, false), (2, false), (3, true), (4, false), (5, true)] {
             queue.push(queued_job(marker, urgent)).expect("queued");
         }
-        let take = || {
-            queue.pop().map(|(job, threads)| {
-                queue.release(threads);
-                marker(&job)
-            })
-        };
+        let take = || queue.pop().map(|(job, _, _)| marker(&job));
         let order: Vec<usize> = (0..3).filter_map(|_| take()).collect();
         assert_eq!(order, [3, 5, 1]);
         queue.close();
@@ -1254,38 +1298,43 @@ mod tests {
 
     /// The thread budget (2 threads, 2 slots): a decode with nothing behind it gets
     /// every thread; one taken while more wait gets its share and leaves the rest to the
-    /// next; a job waits while no thread is free and is taken once one comes back.
+    /// next; a decode (of this engine or another sharing the budget) waits while no
+    /// thread is free and gets one when it comes back.
     #[test]
     fn a_decode_gets_every_thread_alone_and_its_share_under_load() {
         let queue = JobQueue::new(8, 2, 2);
+        let budget = ThreadBudget::new(2);
+        let take = || {
+            let (_, _, wanted) = queue.pop().expect("a job");
+            budget.acquire(wanted)
+        };
         queue.push(queued_job(1, false)).expect("queued");
-        let (_, alone) = queue.pop().expect("a job");
+        let alone = take();
         assert_eq!(alone, 2, "nothing waits behind it");
-        queue.release(alone);
+        budget.release(alone);
 
-        for marker in [2, 3, 4] {
+        for marker in [2, 3] {
             queue.push(queued_job(marker, false)).expect("queued");
         }
-        let (_, first) = queue.pop().expect("a job");
-        assert_eq!(first, 1, "two more wait: its share");
-        let (_, second) = queue.pop().expect("a job");
+        let first = take();
+        assert_eq!(first, 1, "another waits: its share");
+        let second = take();
         assert_eq!(second, 1, "the one thread left");
         std::thread::scope(|scope| {
             let (taken_tx, taken_rx) = mpsc::channel();
-            let queue = &queue;
+            let budget = &budget;
             scope.spawn(move || {
-                let taken = queue.pop().map(|(job, threads)| (marker(&job), threads));
-                let _ = taken_tx.send(taken);
+                let _ = taken_tx.send(budget.acquire(usize::MAX));
             });
             assert!(
                 taken_rx.recv_timeout(Duration::from_millis(200)).is_err(),
-                "a job was taken while every thread was lent"
+                "threads were taken while every thread was lent"
             );
-            queue.release(first);
+            budget.release(first);
             assert_eq!(
-                taken_rx.recv().expect("the waiting slot answers"),
-                Some((4, 1)),
-                "taken with the thread that came back"
+                taken_rx.recv().expect("the waiting decode answers"),
+                1,
+                "the thread that came back"
             );
         });
     }
@@ -1328,12 +1377,11 @@ mod tests {
                 grant_tx,
             })
             .expect("queued");
-        let (first, threads) = queue.pop().expect("a job");
+        let (first, _, _) = queue.pop().expect("a job");
         assert!(
             matches!(first, Job::Turn { urgent: true, .. }),
             "the urgent turn first"
         );
-        queue.release(threads);
     }
 
     /// Jobs from many callers queue in front of one slot and all complete.

@@ -11,4 +11,4 @@ pub mod streaming;
 mod test_support;
 pub mod vad;
 
-pub use engine::{Engine, EngineConfig, EngineError, TranscribeOptions, Turn};
+pub use engine::{Engine, EngineConfig, EngineError, ThreadBudget, TranscribeOptions, Turn};

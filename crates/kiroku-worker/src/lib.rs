@@ -24,7 +24,7 @@ use futures::StreamExt as _;
 use kiroku_core::nats::{Layout, Retention};
 use kiroku_engine::live::FinalsConfig;
 use kiroku_engine::streaming::PolicyConfig;
-use kiroku_engine::{Engine, EngineConfig};
+use kiroku_engine::{Engine, EngineConfig, ThreadBudget};
 use tokio::sync::{Semaphore, watch};
 use tracing::{info, warn};
 
@@ -35,7 +35,7 @@ pub enum EngineKind {
     Whisper {
         model_path: PathBuf,
         /// The model of utterance finals and files, when not `model_path` (loaded as a
-        /// second engine with the same threads and slots).
+        /// second engine with the same slots, sharing the threads).
         final_model_path: Option<PathBuf>,
         /// Inference threads across all slots: never more than the cores given.
         threads: usize,
@@ -278,10 +278,14 @@ async fn load_engines(config: &WorkerConfig) -> anyhow::Result<Engines> {
             model_name: "null-benchmark".to_string(),
         });
     };
+    // One thread budget for both models: a caption and a final decoding at once never
+    // run more threads than the worker was given.
+    let budget = ThreadBudget::new(*threads);
     let load = |path: &PathBuf| {
         let mut engine_config = EngineConfig::new(path);
         engine_config.threads = *threads;
         engine_config.slots = *slots;
+        engine_config.budget = Some(budget.clone());
         engine_config.queue_capacity = config.max_sessions.max(1);
         async move {
             tokio::task::spawn_blocking(move || Engine::load(&engine_config))
@@ -413,7 +417,8 @@ impl LoadMeter {
             return;
         }
         let busy: f64 = self.engines.iter().map(|e| e.busy_seconds()).sum();
-        let threads: usize = self.engines.iter().map(|e| e.threads()).sum();
+        // A worker's engines share one thread budget.
+        let threads = self.engines.iter().map(|e| e.threads()).max().unwrap_or(1);
         let load = worker_load(busy - self.busy_since, elapsed, threads);
         kiroku_core::metrics::metrics().worker_load.set(load);
         self.since = Instant::now();
