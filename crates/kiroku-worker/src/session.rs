@@ -298,12 +298,22 @@ impl Session {
         else {
             return Outcome::Retry("no engine".into());
         };
-        let mut live = Live::new(
-            self.ctx.config.policy.clone().for_language(&self.language),
-            self.ctx.config.finals.clone().for_language(&self.language),
-            resumed.then_some(self.checkpoint.committed_offset_ms),
-        );
-        let mut options = self.decode_options();
+        let mut track = Track {
+            live: Live::new(
+                self.ctx.config.policy.clone().for_language(&self.language),
+                self.ctx.config.finals.clone().for_language(&self.language),
+                resumed.then_some(self.checkpoint.committed_offset_ms),
+            ),
+            options: self.decode_options(),
+            engine,
+            final_engine,
+            in_flight: None,
+            turn: None,
+            lag: crate::LagWindow::default(),
+            received_ms: 0,
+            decoding_until_ms: 0,
+            last_checkpoint_write: Instant::now(),
+        };
         let presence_subject = self
             .layout()
             .presence_subject(&self.job.tenant_id, &self.job.session_id);
@@ -318,39 +328,15 @@ impl Session {
         let window = self.ctx.config.resume_window;
         let idle = tokio::time::sleep(window);
         tokio::pin!(idle);
-        let mut in_flight: Option<tokio::task::JoinHandle<Decoded>> = None;
-        // The engine turn asked for while a decode is due and none runs (see
-        // kiroku_engine::engine: the decode is taken when the turn comes, with every
-        // sample received by then).
-        let mut turn: Option<PendingTurn> = None;
         let mut closing: Option<&'static str> = None;
-        let mut last_checkpoint_write = Instant::now();
-        // The caption lag (crate::LagWindow): received audio (ms), and the end of the
-        // running decode's audio.
-        let mut lag = crate::LagWindow::default();
-        let mut received_ms: u64 = 0;
-        let mut decoding_until_ms = 0;
 
-        let engine_for = |kind: DecodeKind| match kind {
-            DecodeKind::Final => final_engine.clone(),
-            DecodeKind::Caption => engine.clone(),
-        };
         loop {
-            if in_flight.is_none() {
-                // A turn of the kind that is due: a final due replaces a waiting caption
-                // turn (finals go first); with nothing due, no turn is held.
-                match live.due() {
-                    None => turn = None,
-                    Some(kind) if turn.as_ref().is_some_and(|t| t.kind == kind) => {}
-                    Some(kind) => match engine_for(kind).request_turn(kind == DecodeKind::Final) {
-                        Ok(grant) => turn = Some(PendingTurn { kind, grant }),
-                        Err(error) => return Outcome::Retry(format!("inference pool: {error}")),
-                    },
-                }
+            if let Err(error) = track.ask_for_turn() {
+                return Outcome::Retry(format!("inference pool: {error}"));
             }
             if let Some(reason) = closing
-                && in_flight.is_none()
-                && live.is_idle()
+                && track.in_flight.is_none()
+                && track.live.is_idle()
             {
                 return self.close(reason).await;
             }
@@ -365,127 +351,135 @@ impl Session {
                         // Replays after a takeover overlap finalized audio: the track
                         // takes it as left context only, so no seq check is needed.
                         self.last_audio_seq = self.last_audio_seq.max(frame.seq);
-                        live.push_audio(frame.offset_samples, &to_f32(&frame.pcm_s16le));
-                        received_ms = received_ms.max(
-                            (frame.offset_samples + frame.pcm_s16le.len() as u64 / 2) * 1000 / RATE,
-                        );
                     }
-                    if frame.flush_utterance {
-                        live.flush();
-                    }
-                    if frame.end_of_stream {
-                        live.flush();
+                    if track.push_frame(&frame) {
                         closing = Some("end_of_stream");
                     }
                 }
-                granted = wait_for_turn(&mut turn), if turn.is_some() => {
-                    let Some(PendingTurn { kind, .. }) = turn.take() else { continue };
-                    let Ok(granted) = granted else {
+                granted = wait_for_turn(&mut track.turn), if track.turn.is_some() => {
+                    if track.start_decode(granted).is_err() {
                         return Outcome::Retry("the inference pool has shut down".into());
-                    };
-                    // The decode is taken now, with all the audio received meanwhile
-                    // (a turn no longer needed is dropped: its slot goes on).
-                    if live.due() != Some(kind) {
-                        continue;
                     }
-                    let Some(request) = live.next_decode() else { continue };
-                    debug!(
-                        id = request.id,
-                        kind = ?request.kind,
-                        start_ms = request.start_ms,
-                        audio_ms = request.samples.len() as u64 / 16,
-                        audio_ctx = request.audio_ctx,
-                        "decode"
-                    );
-                    decoding_until_ms = request.start_ms + request.samples.len() as u64 / 16;
-                    in_flight = Some(spawn_decode(engine_for(kind), granted, request, options.clone()));
                 }
-                decoded = join_in_flight(&mut in_flight), if in_flight.is_some() => {
-                    in_flight = None;
-                    let decoded = match decoded {
-                        Ok(decoded) => decoded,
-                        Err(error) => return self.close_with_error(format!("decode task: {error}")).await,
-                    };
-                    let words = match decoded.words {
-                        Ok(words) => words,
-                        Err(error) => return self.close_with_error(error).await,
-                    };
-                    let output = live.on_decoded(decoded.id, words);
-                    if self.language.is_empty()
-                        && !decoded.language.is_empty()
-                        && (decoded.audio_ms >= DETECTION_MIN_AUDIO_MS
-                            || !output.captions.is_empty()
-                            || !output.finals.is_empty())
-                    {
-                        info!(language = decoded.language, "language detected");
-                        self.language = decoded.language;
-                        options = self.decode_options();
-                        live.set_config(
-                            self.ctx.config.policy.clone().for_language(&self.language),
-                            self.ctx.config.finals.clone().for_language(&self.language),
-                        );
-                    }
-                    debug!(
-                        id = decoded.id,
-                        captions = output.captions.len(),
-                        finals = output.finals.len(),
-                        interim = output.interim.as_ref().map(|i| i.text.as_str()).unwrap_or(""),
-                        idle = live.is_idle(),
-                        "decoded"
-                    );
-                    // The audio this decode did not cover (the peak of that staleness),
-                    // and how late its words are shown.
-                    let shown = output.captions.iter().map(|c| c.end_ms)
-                        .chain(output.finals.iter().map(|f| f.end_ms));
-                    self.report_lag(&mut lag, shown.chain([decoding_until_ms]), received_ms);
-                    for caption in output.captions {
-                        self.publish_caption(caption).await;
-                    }
-                    let position = Position::of(&live);
-                    for final_ in output.finals {
-                        if let Err(why) = self.publish_utterance(final_, position).await {
-                            return Outcome::Retry(why);
-                        }
-                        last_checkpoint_write = Instant::now();
-                    }
-                    if let Some(interim) = output.interim {
-                        self.publish_live(api::ResultKind::Interim, interim.start_ms, interim.end_ms, interim.text, interim.words).await;
-                    }
-                    if last_checkpoint_write.elapsed() > Duration::from_secs(5) {
-                        // Silence moves the minutes' boundary without finals.
-                        self.write_checkpoint(Position::of(&live)).await;
-                        last_checkpoint_write = Instant::now();
+                decoded = join_in_flight(&mut track.in_flight), if track.in_flight.is_some() => {
+                    track.in_flight = None;
+                    if let Err(outcome) = self.on_decoded(&mut track, decoded).await {
+                        return outcome;
                     }
                 }
                 Some(_) = presence.next() => {
                     idle.as_mut().reset(tokio::time::Instant::now() + window);
                     self.announce_running().await;
                     // Every 5 s: a decode that stalls shows, an old peak is forgotten.
-                    let stalled = in_flight.is_some().then_some(decoding_until_ms);
-                    self.report_lag(&mut lag, stalled, received_ms);
+                    let stalled = track.in_flight.is_some().then_some(track.decoding_until_ms);
+                    self.report_lag(&mut track.lag, stalled, track.received_ms);
                 }
                 Some(_) = erased.next() => {
-                    if let Some(handle) = in_flight.take() {
+                    if let Some(handle) = track.in_flight.take() {
                         handle.abort();
                     }
                     return self.close_erased().await;
                 }
                 () = &mut idle, if closing.is_none() => {
                     info!(window_s = window.as_secs(), "no client within the resume window: closing");
-                    live.flush();
+                    track.live.flush();
                     closing = Some("abandoned");
                 }
                 () = crate::drained(drain) => {
-                    if let Some(handle) = in_flight.take() {
+                    if let Some(handle) = track.in_flight.take() {
                         // Let the running decode finish: its words are not lost, they
                         // are simply decoded again by the next worker.
                         let _ = handle.await;
                     }
-                    self.write_checkpoint(Position::of(&live)).await;
+                    self.write_checkpoint(Position::of(&track.live)).await;
                     return Outcome::HandedBack;
                 }
             }
         }
+    }
+
+    /// A decode of the live track ended: its captions, finals and interim are
+    /// published, the lag reported, the checkpoint kept fresh. `Err` ends the session.
+    async fn on_decoded(
+        &mut self,
+        track: &mut Track,
+        decoded: Result<Decoded, tokio::task::JoinError>,
+    ) -> Result<(), Outcome> {
+        let decoded = match decoded {
+            Ok(decoded) => decoded,
+            Err(error) => {
+                return Err(self.close_with_error(format!("decode task: {error}")).await);
+            }
+        };
+        let words = match decoded.words {
+            Ok(words) => words,
+            Err(error) => return Err(self.close_with_error(error).await),
+        };
+        let output = track.live.on_decoded(decoded.id, words);
+        if self.language.is_empty()
+            && !decoded.language.is_empty()
+            && (decoded.audio_ms >= DETECTION_MIN_AUDIO_MS
+                || !output.captions.is_empty()
+                || !output.finals.is_empty())
+        {
+            info!(language = decoded.language, "language detected");
+            self.language = decoded.language;
+            track.options = self.decode_options();
+            track.live.set_config(
+                self.ctx.config.policy.clone().for_language(&self.language),
+                self.ctx.config.finals.clone().for_language(&self.language),
+            );
+        }
+        debug!(
+            id = decoded.id,
+            captions = output.captions.len(),
+            finals = output.finals.len(),
+            interim = output
+                .interim
+                .as_ref()
+                .map(|i| i.text.as_str())
+                .unwrap_or(""),
+            idle = track.live.is_idle(),
+            "decoded"
+        );
+        // The audio this decode did not cover (the peak of that staleness), and how
+        // late its words are shown.
+        let shown = output
+            .captions
+            .iter()
+            .map(|c| c.end_ms)
+            .chain(output.finals.iter().map(|f| f.end_ms));
+        self.report_lag(
+            &mut track.lag,
+            shown.chain([track.decoding_until_ms]),
+            track.received_ms,
+        );
+        for caption in output.captions {
+            self.publish_caption(caption).await;
+        }
+        let position = Position::of(&track.live);
+        for final_ in output.finals {
+            self.publish_utterance(final_, position)
+                .await
+                .map_err(Outcome::Retry)?;
+            track.last_checkpoint_write = Instant::now();
+        }
+        if let Some(interim) = output.interim {
+            self.publish_live(
+                api::ResultKind::Interim,
+                interim.start_ms,
+                interim.end_ms,
+                interim.text,
+                interim.words,
+            )
+            .await;
+        }
+        if track.last_checkpoint_write.elapsed() > Duration::from_secs(5) {
+            // Silence moves the minutes' boundary without finals.
+            self.write_checkpoint(Position::of(&track.live)).await;
+            track.last_checkpoint_write = Instant::now();
+        }
+        Ok(())
     }
 
     /// BENCHMARK ONLY (null engine): every audio frame becomes an interim whose text is
@@ -917,6 +911,103 @@ fn to_f32(pcm_s16le: &[u8]) -> Vec<f32> {
         .chunks_exact(2)
         .map(|b| f32::from(i16::from_le_bytes([b[0], b[1]])) / 32768.0)
         .collect()
+}
+
+/// A live session's decoding: the track, its engines, the turn asked for or the decode
+/// running (at most one of them), and what the lag report needs.
+struct Track {
+    live: Live,
+    options: TranscribeOptions,
+    engine: Arc<kiroku_engine::Engine>,
+    /// The minutes' engine (the same as `engine` unless the worker has a final model).
+    final_engine: Arc<kiroku_engine::Engine>,
+    in_flight: Option<tokio::task::JoinHandle<Decoded>>,
+    /// The engine turn asked for while a decode is due and none runs (see
+    /// kiroku_engine::engine: the decode is taken when the turn comes, with every
+    /// sample received by then).
+    turn: Option<PendingTurn>,
+    /// The caption lag (crate::LagWindow): received audio (ms), and the end of the
+    /// running decode's audio.
+    lag: crate::LagWindow,
+    received_ms: u64,
+    decoding_until_ms: u64,
+    last_checkpoint_write: Instant,
+}
+
+impl Track {
+    fn engine_for(&self, kind: DecodeKind) -> Arc<kiroku_engine::Engine> {
+        match kind {
+            DecodeKind::Final => self.final_engine.clone(),
+            DecodeKind::Caption => self.engine.clone(),
+        }
+    }
+
+    /// Holds a turn of the kind that is due while no decode runs: a final due replaces
+    /// a waiting caption turn (finals go first); with nothing due, no turn is held.
+    fn ask_for_turn(&mut self) -> Result<(), kiroku_engine::EngineError> {
+        if self.in_flight.is_some() {
+            return Ok(());
+        }
+        match self.live.due() {
+            None => self.turn = None,
+            Some(kind) if self.turn.as_ref().is_some_and(|t| t.kind == kind) => {}
+            Some(kind) => {
+                let grant = self
+                    .engine_for(kind)
+                    .request_turn(kind == DecodeKind::Final)?;
+                self.turn = Some(PendingTurn { kind, grant });
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes a client frame's audio and utterance marks; true at the end of the stream.
+    fn push_frame(&mut self, frame: &events::AudioFrame) -> bool {
+        if !frame.pcm_s16le.is_empty() {
+            self.live
+                .push_audio(frame.offset_samples, &to_f32(&frame.pcm_s16le));
+            let end_samples = frame.offset_samples + frame.pcm_s16le.len() as u64 / 2;
+            self.received_ms = self.received_ms.max(end_samples * 1000 / RATE);
+        }
+        if frame.flush_utterance || frame.end_of_stream {
+            self.live.flush();
+        }
+        frame.end_of_stream
+    }
+
+    /// The turn came: the decode is taken now, with all the audio received meanwhile
+    /// (a turn no longer needed is dropped: its slot goes on). `Err`: the engine is gone.
+    fn start_decode(
+        &mut self,
+        granted: Result<Turn, tokio::sync::oneshot::error::RecvError>,
+    ) -> Result<(), ()> {
+        let Some(PendingTurn { kind, .. }) = self.turn.take() else {
+            return Ok(());
+        };
+        let granted = granted.map_err(|_| ())?;
+        if self.live.due() != Some(kind) {
+            return Ok(());
+        }
+        let Some(request) = self.live.next_decode() else {
+            return Ok(());
+        };
+        debug!(
+            id = request.id,
+            kind = ?request.kind,
+            start_ms = request.start_ms,
+            audio_ms = request.samples.len() as u64 / 16,
+            audio_ctx = request.audio_ctx,
+            "decode"
+        );
+        self.decoding_until_ms = request.start_ms + request.samples.len() as u64 / 16;
+        self.in_flight = Some(spawn_decode(
+            self.engine_for(kind),
+            granted,
+            request,
+            self.options.clone(),
+        ));
+        Ok(())
+    }
 }
 
 /// An engine turn asked for a decode of `kind`, not yet granted.
