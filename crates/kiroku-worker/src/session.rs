@@ -311,7 +311,7 @@ impl Session {
             turn: None,
             lag: crate::LagWindow::default(),
             received_ms: 0,
-            decoding_until_ms: 0,
+            turn_asked_at_ms: 0,
             last_checkpoint_write: Instant::now(),
         };
         let presence_subject = self
@@ -371,7 +371,7 @@ impl Session {
                     idle.as_mut().reset(tokio::time::Instant::now() + window);
                     self.announce_running().await;
                     // Every 5 s: a decode that stalls shows, an old peak is forgotten.
-                    let stalled = track.in_flight.is_some().then_some(track.decoding_until_ms);
+                    let stalled = track.in_flight.is_some().then_some(track.turn_asked_at_ms);
                     self.report_lag(&mut track.lag, stalled, track.received_ms);
                 }
                 Some(_) = erased.next() => {
@@ -451,7 +451,7 @@ impl Session {
             .chain(output.finals.iter().map(|f| f.end_ms));
         self.report_lag(
             &mut track.lag,
-            shown.chain([track.decoding_until_ms]),
+            shown.chain([track.turn_asked_at_ms]),
             track.received_ms,
         );
         for caption in output.captions {
@@ -926,11 +926,12 @@ struct Track {
     /// kiroku_engine::engine: the decode is taken when the turn comes, with every
     /// sample received by then).
     turn: Option<PendingTurn>,
-    /// The caption lag (crate::LagWindow): received audio (ms), and the end of the
-    /// running decode's audio.
+    /// The caption lag (crate::LagWindow): received audio (ms), and the audio received
+    /// when the running decode's turn was asked for (what its captions can show at
+    /// most: the wait for the turn is part of the lag, as it is of caption latency).
     lag: crate::LagWindow,
     received_ms: u64,
-    decoding_until_ms: u64,
+    turn_asked_at_ms: u64,
     last_checkpoint_write: Instant,
 }
 
@@ -955,7 +956,11 @@ impl Track {
                 let grant = self
                     .engine_for(kind)
                     .request_turn(kind == DecodeKind::Final)?;
-                self.turn = Some(PendingTurn { kind, grant });
+                self.turn = Some(PendingTurn {
+                    kind,
+                    grant,
+                    asked_at_ms: self.received_ms,
+                });
             }
         }
         Ok(())
@@ -981,7 +986,10 @@ impl Track {
         &mut self,
         granted: Result<Turn, tokio::sync::oneshot::error::RecvError>,
     ) -> Result<(), ()> {
-        let Some(PendingTurn { kind, .. }) = self.turn.take() else {
+        let Some(PendingTurn {
+            kind, asked_at_ms, ..
+        }) = self.turn.take()
+        else {
             return Ok(());
         };
         let granted = granted.map_err(|_| ())?;
@@ -999,7 +1007,7 @@ impl Track {
             audio_ctx = request.audio_ctx,
             "decode"
         );
-        self.decoding_until_ms = request.start_ms + request.samples.len() as u64 / 16;
+        self.turn_asked_at_ms = asked_at_ms;
         self.in_flight = Some(spawn_decode(
             self.engine_for(kind),
             granted,
@@ -1014,6 +1022,8 @@ impl Track {
 struct PendingTurn {
     kind: DecodeKind,
     grant: tokio::sync::oneshot::Receiver<Turn>,
+    /// Audio received (ms) when the turn was asked for.
+    asked_at_ms: u64,
 }
 
 /// The pending turn's grant; pending forever when none is asked for (guarded in
