@@ -2095,8 +2095,15 @@ fn kiroku_up_keeps_a_users_own_login_and_starts_after_the_demo_owner_enrolls_mfa
     );
     stop(third);
 
+    let (ok, output) = remove_cluster_state(&name);
+    assert!(ok, "{output}");
+}
+
+/// Drops what a `kiroku up --cluster NAME` left in PostgreSQL (its three schemas) and
+/// NATS (its streams and buckets); the psql outcome.
+fn remove_cluster_state(name: &str) -> (bool, String) {
     let schema = format!("account_{name}");
-    let (ok, output) = cluster::psql(
+    let dropped = cluster::psql(
         &cluster::database_url(),
         &format!(
             "DROP SCHEMA IF EXISTS {schema} CASCADE; DROP SCHEMA IF EXISTS {} CASCADE; \
@@ -2105,14 +2112,14 @@ fn kiroku_up_keeps_a_users_own_login_and_starts_after_the_demo_owner_enrolls_mfa
             schema.replacen("account", "storage", 1)
         ),
     );
-    assert!(ok, "{output}");
-    let layout = kiroku_core::nats::Layout::new(&name).expect("layout");
+    let layout = kiroku_core::nats::Layout::new(name).expect("layout");
     block_on(async move {
         let nats = async_nats::connect(cluster::nats_url())
             .await
             .expect("nats");
         layout.destroy(&async_nats::jetstream::new(nats)).await;
     });
+    dropped
 }
 
 /// `kiroku up` told to stop (SIGTERM) while it is still starting leaves no process of
@@ -2170,23 +2177,7 @@ fn kiroku_up_stopped_while_starting_leaves_no_process_behind() {
             nix::sys::signal::Signal::SIGKILL,
         );
     }
-    let schema = format!("account_{name}");
-    let _ = cluster::psql(
-        &cluster::database_url(),
-        &format!(
-            "DROP SCHEMA IF EXISTS {schema} CASCADE; DROP SCHEMA IF EXISTS {} CASCADE; \
-             DROP SCHEMA IF EXISTS {} CASCADE;",
-            schema.replacen("account", "audit", 1),
-            schema.replacen("account", "storage", 1)
-        ),
-    );
-    let layout = kiroku_core::nats::Layout::new(&name).expect("layout");
-    block_on(async move {
-        let nats = async_nats::connect(cluster::nats_url())
-            .await
-            .expect("nats");
-        layout.destroy(&async_nats::jetstream::new(nats)).await;
-    });
+    let _ = remove_cluster_state(&name);
     assert!(left.is_empty(), "processes left running: {left:?}");
 }
 

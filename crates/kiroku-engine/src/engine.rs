@@ -488,11 +488,6 @@ impl Engine {
         Duration::from_nanos(self.busy_nanos.load(Ordering::Relaxed)).as_secs_f64()
     }
 
-    /// Decoding slots the engine was loaded with.
-    pub fn slots(&self) -> usize {
-        self.slots.len()
-    }
-
     /// The inference threads its decodes share (with other engines', when its
     /// budget is shared).
     pub fn threads(&self) -> usize {

@@ -357,9 +357,10 @@ impl Session {
                     }
                 }
                 granted = wait_for_turn(&mut track.turn), if track.turn.is_some() => {
-                    if track.start_decode(granted).is_err() {
+                    let Ok(granted) = granted else {
                         return Outcome::Retry("the inference pool has shut down".into());
-                    }
+                    };
+                    track.start_decode(granted);
                 }
                 decoded = join_in_flight(&mut track.in_flight), if track.in_flight.is_some() => {
                     track.in_flight = None;
@@ -981,23 +982,19 @@ impl Track {
     }
 
     /// The turn came: the decode is taken now, with all the audio received meanwhile
-    /// (a turn no longer needed is dropped: its slot goes on). `Err`: the engine is gone.
-    fn start_decode(
-        &mut self,
-        granted: Result<Turn, tokio::sync::oneshot::error::RecvError>,
-    ) -> Result<(), ()> {
+    /// (a turn no longer needed is dropped: its slot goes on).
+    fn start_decode(&mut self, granted: Turn) {
         let Some(PendingTurn {
             kind, asked_at_ms, ..
         }) = self.turn.take()
         else {
-            return Ok(());
+            return;
         };
-        let granted = granted.map_err(|_| ())?;
         if self.live.due() != Some(kind) {
-            return Ok(());
+            return;
         }
         let Some(request) = self.live.next_decode() else {
-            return Ok(());
+            return;
         };
         debug!(
             id = request.id,
@@ -1014,7 +1011,6 @@ impl Track {
             request,
             self.options.clone(),
         ));
-        Ok(())
     }
 }
 
