@@ -643,7 +643,7 @@ fn classify(status: tonic::Status) -> Result<String> {
     use tonic::Code;
     match status.code() {
         Code::Unavailable | Code::Unknown | Code::Cancelled | Code::Internal
-            if !status.message().starts_with("the worker failed") =>
+            if !status.message().starts_with(kiroku_gateway::WORKER_FAILED) =>
         {
             Ok(format!("{:?}: {}", status.code(), status.message()))
         }
@@ -775,7 +775,7 @@ mod classify_tests {
             erased.is_err_and(|e| e.to_string().contains("erased")),
             "an erased session must end the client, not reconnect"
         );
-        assert!(classify(tonic::Status::internal("the worker failed: boom")).is_err());
+        assert!(classify(tonic::Status::internal("the worker failed (ref 1a2b3c4d)")).is_err());
         assert!(classify(tonic::Status::invalid_argument("bad rate")).is_err());
     }
 }

@@ -10,9 +10,16 @@ use tonic_types::{ErrorDetails, StatusExt as _};
 /// (`error_ref`), so an operator finds the log line from what a client reports. Every
 /// service answers internal errors through this (or [`database_error`]).
 pub fn internal(what: &str, error: &dyn std::fmt::Display) -> Status {
+    internal_as("internal error", what, error)
+}
+
+/// [`internal`] with the public part of the message chosen by the caller (a fixed
+/// phrase clients may recognise, such as "the worker failed"), still followed by the
+/// reference only, never the cause.
+pub fn internal_as(public: &str, what: &str, error: &dyn std::fmt::Display) -> Status {
     let reference = error_reference();
     tracing::error!(error_ref = %reference, %error, "{what}");
-    Status::internal(format!("internal error (ref {reference})"))
+    Status::internal(format!("{public} (ref {reference})"))
 }
 
 /// A local failure (a spool file, a renderer) whose cause is logged, never shown: the

@@ -206,3 +206,18 @@ impl Gatekeeper {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Deny by default: every RPC of the gateway has exactly one access rule.
+    #[test]
+    fn control_9_2_2_every_method_has_an_access_rule() {
+        let methods = kiroku_proto::method_names("kiroku.transcribe.v1.Transcription");
+        assert!(methods.len() >= 2, "{methods:?}");
+        let problems =
+            kiroku_auth::auth::access_table_problems("kiroku.transcribe.v1.Transcription", METHODS);
+        assert!(problems.is_empty(), "{problems:?}");
+    }
+}

@@ -287,7 +287,10 @@ impl Admission {
             Err(error) => {
                 warn!(%error, "redis unavailable: stream quota counted in this gateway only");
                 let Ok(mut local) = self.local.lock() else {
-                    return Err(Status::internal("internal error"));
+                    return Err(kiroku_core::status::internal(
+                        "the local stream quota",
+                        &"its lock is poisoned",
+                    ));
                 };
                 let count = local.streams.entry(tenant.clone()).or_default();
                 if *count >= limit {

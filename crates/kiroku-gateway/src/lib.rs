@@ -10,6 +10,7 @@
 
 mod access;
 mod admission;
+mod error;
 pub mod forward;
 mod queue;
 mod resample;
@@ -50,16 +51,9 @@ pub(crate) fn stream_refused(status: &Status) {
     tracing::info!(reason, code = ?status.code(), message = status.message(), "stream refused");
 }
 
-/// A stream or file whose tenant erased its minutes while it ran: nothing more of it
-/// is kept.
-pub(crate) fn erased() -> Status {
-    Status::aborted(
-        "the tenant's minutes were erased while this ran: nothing more of it is kept; start again",
-    )
-}
-
 pub use access::METHODS;
 pub use admission::{Quotas, Rate};
+pub use error::WORKER_FAILED;
 pub use resample::{OUTPUT_RATE_HZ, SUPPORTED_RATES_HZ};
 pub use token::{ResumeClaim, ResumeKeys};
 
@@ -293,6 +287,7 @@ impl Transcription for Gateway {
         // stream's loop where they happen.
         stream::start(self.inner.clone(), request)
             .await
+            .map_err(Status::from)
             .inspect_err(|status| {
                 kiroku_core::metrics::metrics().error(status.code());
                 stream_refused(status);

@@ -7,6 +7,7 @@
 //! vanishes ends only this loop: the session lives on in NATS for the resume window.
 
 use std::collections::VecDeque;
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,6 +30,7 @@ use tracing::{Instrument as _, debug, info, warn};
 
 use crate::access::{Ended, StreamWatch};
 use crate::admission::StreamLease;
+use crate::error::{GatewayError, Result};
 use crate::resample::{OUTPUT_RATE_HZ, SUPPORTED_RATES_HZ, StreamResampler};
 use crate::{Limits, ResponseStream, Shared};
 use kiroku_auth::auth::Principal;
@@ -49,23 +51,23 @@ impl AudioSpec {
     }
 }
 
-pub(crate) fn validate_format(format: Option<&api::AudioFormat>) -> Result<AudioSpec, Status> {
+pub(crate) fn validate_format(format: Option<&api::AudioFormat>) -> Result<AudioSpec> {
     let format = format.ok_or_else(|| {
-        Status::invalid_argument("config.audio_format is required (LINEAR16, rate, channels)")
+        GatewayError::invalid("config.audio_format is required (LINEAR16, rate, channels)")
     })?;
     if format.encoding != api::AudioEncoding::Linear16 as i32 {
-        return Err(Status::invalid_argument(
+        return Err(GatewayError::invalid(
             "config.audio_format.encoding must be LINEAR16 (signed 16-bit little-endian PCM)",
         ));
     }
     if !SUPPORTED_RATES_HZ.contains(&format.sample_rate_hz) {
-        return Err(Status::invalid_argument(format!(
+        return Err(GatewayError::invalid(format!(
             "sample rate {} Hz is not supported; use one of {SUPPORTED_RATES_HZ:?}",
             format.sample_rate_hz
         )));
     }
     if !(1..=2).contains(&format.channels) {
-        return Err(Status::invalid_argument(format!(
+        return Err(GatewayError::invalid(format!(
             "{} channels are not supported; send mono or stereo",
             format.channels
         )));
@@ -88,12 +90,10 @@ pub(crate) const MAX_LABELS: usize = 16;
 pub(crate) const MAX_LABEL_BYTES: usize = 128;
 
 /// The stream config's client labels: a few short one-line strings.
-pub(crate) fn validate_labels(
-    labels: &std::collections::HashMap<String, String>,
-) -> Result<(), Status> {
+pub(crate) fn validate_labels(labels: &std::collections::HashMap<String, String>) -> Result<()> {
     use kiroku_core::validate::{Text, text};
     if labels.len() > MAX_LABELS {
-        return Err(Status::invalid_argument(format!(
+        return Err(GatewayError::invalid(format!(
             "config.labels has {} entries; at most {MAX_LABELS} are allowed",
             labels.len()
         )));
@@ -113,7 +113,7 @@ pub(crate) fn validate_labels(
 pub(crate) fn validate_options(
     options: Option<&api::RecognitionOptions>,
     limits: &Limits,
-) -> Result<(), Status> {
+) -> Result<()> {
     use kiroku_core::validate::{Text, text};
     let Some(options) = options else {
         return Ok(());
@@ -127,7 +127,7 @@ pub(crate) fn validate_options(
         Text::Multiline,
     )?;
     if options.vocabulary.len() > MAX_VOCABULARY_ENTRIES {
-        return Err(Status::invalid_argument(format!(
+        return Err(GatewayError::invalid(format!(
             "options.vocabulary has {} entries; at most {MAX_VOCABULARY_ENTRIES} are allowed",
             options.vocabulary.len()
         )));
@@ -146,7 +146,7 @@ pub(crate) fn validate_options(
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
     {
-        return Err(Status::invalid_argument(format!(
+        return Err(GatewayError::invalid(format!(
             "options.model {:?} is not a model name such as \"tiny.en\" or \"base\"",
             options.model
         )));
@@ -158,7 +158,7 @@ pub(crate) fn validate_options(
             .map(|v| v.chars().count())
             .sum::<usize>();
     if prompt_chars > limits.max_prompt_chars {
-        return Err(Status::invalid_argument(format!(
+        return Err(GatewayError::invalid(format!(
             "vocabulary and prompt are {prompt_chars} characters; at most {} are allowed",
             limits.max_prompt_chars
         )));
@@ -167,12 +167,12 @@ pub(crate) fn validate_options(
     let well_formed = language == "auto"
         || (language.len() <= 3 && language.bytes().all(|b| b.is_ascii_lowercase()));
     if !well_formed {
-        return Err(Status::invalid_argument(format!(
+        return Err(GatewayError::invalid(format!(
             "language {language:?} is not an ISO 639-1 code such as \"en\" or \"ja\""
         )));
     }
     if options.beam_size > 16 {
-        return Err(Status::invalid_argument(format!(
+        return Err(GatewayError::invalid(format!(
             "beam size {} is above the maximum 16",
             options.beam_size
         )));
@@ -184,7 +184,7 @@ pub(crate) fn validate_options(
 pub(crate) async fn start(
     shared: Arc<Shared>,
     request: Request<Streaming<StreamTranscribeRequest>>,
-) -> Result<Response<ResponseStream>, Status> {
+) -> Result<Response<ResponseStream>> {
     // Credential first: nothing of an unauthenticated caller is read.
     let metadata = request.metadata().clone();
     let principal = shared
@@ -244,7 +244,7 @@ pub(crate) async fn start(
     };
     tx.send(Ok(info))
         .await
-        .map_err(|_| Status::cancelled("client went away"))?;
+        .map_err(|_| GatewayError::ClientGone)?;
     kiroku_core::metrics::metrics().active_streams.inc();
     kiroku_core::metrics::metrics().streams_started.inc();
     let audit_start = |action| {
@@ -269,6 +269,9 @@ pub(crate) async fn start(
             let ended = usage
                 .into_iter()
                 .fold(ended, |record, (key, value)| record.detail(key, value));
+            // The one place a stream's error becomes its status (internal causes are
+            // logged here, with the reference the client sees).
+            let outcome = outcome.map_err(Status::from);
             shared.audit.spawn_emit(match &outcome {
                 Ok(()) => ended,
                 Err(status) => ended.failed().detail("code", format!("{:?}", status.code())),
@@ -295,17 +298,17 @@ pub(crate) async fn start(
 async fn read_config(
     inbound: &mut Streaming<StreamTranscribeRequest>,
     limits: &Limits,
-) -> Result<(api::StreamConfig, AudioSpec), Status> {
+) -> Result<(api::StreamConfig, AudioSpec)> {
     let first = match tokio::time::timeout(limits.idle_timeout, inbound.message()).await {
         Err(_) => {
-            return Err(Status::deadline_exceeded(format!(
+            return Err(GatewayError::Timeout(format!(
                 "no config message within {} s",
                 limits.idle_timeout.as_secs()
             )));
         }
-        Ok(Err(status)) => return Err(status),
+        Ok(Err(status)) => return Err(status.into()),
         Ok(Ok(None)) => {
-            return Err(Status::invalid_argument(
+            return Err(GatewayError::invalid(
                 "the stream ended before its config message",
             ));
         }
@@ -314,11 +317,11 @@ async fn read_config(
     let config = match first.request {
         Some(stream_transcribe_request::Request::Config(config)) => config,
         Some(_) => {
-            return Err(Status::invalid_argument(
+            return Err(GatewayError::invalid(
                 "the first message must be `config`; audio and control come after it",
             ));
         }
-        None => return Err(Status::invalid_argument("empty message: expected `config`")),
+        None => return Err(GatewayError::invalid("empty message: expected `config`")),
     };
     let spec = validate_format(config.audio_format.as_ref())?;
     validate_options(config.options.as_ref(), limits)?;
@@ -342,7 +345,7 @@ async fn check_consent(
     principal: &Principal,
     metadata: &tonic::metadata::MetadataMap,
     meeting_id: &str,
-) -> Result<(), Status> {
+) -> Result<()> {
     let Err(status) = shared.gatekeeper.check_consent(metadata, meeting_id).await else {
         return Ok(());
     };
@@ -358,7 +361,7 @@ async fn check_consent(
             .detail("reason", "consent"),
         );
     }
-    Err(status)
+    Err(status.into())
 }
 
 /// The `SessionInfo` a stream starts with.
@@ -456,7 +459,7 @@ impl Session {
         config: &api::StreamConfig,
         spec: AudioSpec,
         span: &tracing::Span,
-    ) -> Result<Self, Status> {
+    ) -> Result<Self> {
         let tenant = principal.tenant_token();
         let id = uuid::Uuid::new_v4().simple().to_string();
         let job = events::SessionJob {
@@ -488,17 +491,15 @@ impl Session {
         principal: &Principal,
         config: &api::StreamConfig,
         spec: AudioSpec,
-    ) -> Result<Self, Status> {
+    ) -> Result<Self> {
         let claim = shared
             .config
             .resume_keys
             .verify(&config.resume_token)
-            .ok_or_else(|| {
-                Status::invalid_argument("resume_token is not valid for this cluster")
-            })?;
+            .ok_or_else(|| GatewayError::invalid("resume_token is not valid for this cluster"))?;
         if claim.tenant != principal.tenant_token() {
             // Another tenant's session does not exist for this caller.
-            return Err(Status::not_found(format!(
+            return Err(GatewayError::NotFound(format!(
                 "session {} is unknown or its audio has expired",
                 claim.session
             )));
@@ -512,13 +513,13 @@ impl Session {
             .get_last_raw_message_by_subject(&subject)
             .await
             .map_err(|_| {
-                Status::not_found(format!(
+                GatewayError::NotFound(format!(
                     "session {} is unknown or its audio has expired",
                     claim.session
                 ))
             })?;
         let frame = events::AudioFrame::decode(last.payload.as_ref())
-            .map_err(|e| Status::internal(format!("stored frame does not decode: {e}")))?;
+            .map_err(|e| GatewayError::internal("a stored audio frame does not decode", e))?;
         let next_offset = frame.offset_samples + frame.pcm_s16le.len() as u64 / 2;
         info!(session = %claim.session, last_seq = frame.seq, "session resumed");
         let mut session = Self::new(
@@ -590,7 +591,7 @@ impl Session {
         inbound: Streaming<StreamTranscribeRequest>,
         tx: &Out,
         guard: Guard,
-    ) -> (Result<(), Status>, Vec<(&'static str, String)>) {
+    ) -> (Result<()>, Vec<(&'static str, String)>) {
         let outcome = self.run_until_end(shared, inbound, tx, guard).await;
         let stats = self.stats();
         let audio_ms = (self.next_offset - self.start_offset.min(self.next_offset)) * 1000
@@ -612,23 +613,13 @@ impl Session {
         mut inbound: Streaming<StreamTranscribeRequest>,
         tx: &Out,
         mut guard: Guard,
-    ) -> Result<(), Status> {
-        let layout = &shared.config.layout;
+    ) -> Result<()> {
         let limits = &shared.config.limits;
-        let mut finals = Follower::new(
-            shared.nats.clone(),
-            shared.transcripts.clone(),
-            layout.transcript_subject(&self.tenant, &self.id),
-            &format!("gw_{}", self.id),
-            0,
-        )
-        .await
-        .map_err(|e| Status::unavailable(format!("cannot follow the session's results: {e}")))?;
+        let mut finals = self.follow_finals(shared).await?;
         let mut interims = match self.live.take() {
             Some(live) => live,
             None => subscribe_live(shared, &self.tenant, &self.id).await?,
         };
-        let presence_subject = layout.presence_subject(&self.tenant, &self.id);
         let mut presence = tokio::time::interval(Duration::from_secs(5));
         let mut acks = FuturesOrdered::new();
         let idle = tokio::time::sleep(limits.idle_timeout);
@@ -644,40 +635,21 @@ impl Session {
                 finish_by = Some(tokio::time::Instant::now() + shared.config.transcribe_timeout);
             }
             tokio::select! {
-                message = inbound.message(), if client_open => match message {
-                    Ok(Some(request)) => {
+                message = inbound.message(), if client_open => {
+                    if matches!(message, Ok(Some(_))) {
                         idle.as_mut().reset(tokio::time::Instant::now() + limits.idle_timeout);
-                        if let Err(status) = self.count_message(limits) {
-                            break Err(status);
-                        }
-                        match self.handle(shared, request, tx, &mut acks).await {
-                            Ok(()) => {}
-                            Err(status) => break Err(status),
-                        }
                     }
-                    Ok(None) => {
-                        // Half-close without EndOfStream: the client is done sending.
-                        client_open = false;
-                        if !self.ended && let Err(status) = self.end_of_stream(shared, &mut acks).await {
-                            break Err(status);
-                        }
+                    if let ControlFlow::Break(outcome) =
+                        self.on_client_message(shared, message, tx, &mut acks, &mut client_open).await
+                    {
+                        break outcome;
                     }
-                    Err(status) => {
-                        debug!(message = status.message(), "client went away; the session waits for a resume");
-                        break Ok(());
+                }
+                Some((seq, offset, outcome)) = acks.next() => {
+                    if let ControlFlow::Break(outcome) = on_ack(seq, offset, outcome, tx).await {
+                        break outcome;
                     }
-                },
-                Some((seq, offset, outcome)) = acks.next() => match outcome {
-                    Ok(()) => {
-                        let ack = api::AudioAck { acked_seq: seq, acked_offset_ms: offset * 1000 / u64::from(OUTPUT_RATE_HZ) };
-                        if send(tx, stream_transcribe_response::Response::AudioAck(ack)).await.is_err() {
-                            break Ok(());
-                        }
-                    }
-                    Err(error) => break Err(Status::unavailable(format!(
-                        "the audio queue did not store frame {seq} ({error}); resume with the token and re-send unacknowledged frames"
-                    ))),
-                },
+                }
                 message = finals.next() => {
                     match self.relay_final(&message.payload, tx).await {
                         Ok(true) => break Ok(()),
@@ -701,13 +673,13 @@ impl Session {
                 () = &mut wall_limit, if !self.ended => {
                     // What was received is finalized; the client opens a new stream.
                     let _ = self.end_of_stream(shared, &mut acks).await;
-                    break Err(Status::out_of_range(format!(
+                    break Err(GatewayError::OutOfRange(format!(
                         "the stream passed its limit of {} s open: open a new stream",
                         limits.max_stream_wall.as_secs()
                     )));
                 }
                 () = &mut idle, if client_open && !self.ended => {
-                    break Err(Status::deadline_exceeded(format!(
+                    break Err(GatewayError::Timeout(format!(
                         "no message for {} s: send keep_alive while muted",
                         limits.idle_timeout.as_secs()
                     )));
@@ -716,18 +688,14 @@ impl Session {
                 // the idle limit no longer applies, a generous deadline for the workers
                 // does.
                 () = tokio::time::sleep_until(finish_by.unwrap_or_else(far_future)), if finish_by.is_some() => {
-                    break Err(Status::deadline_exceeded(format!(
+                    break Err(GatewayError::Timeout(format!(
                         "no worker finished the session within {} s of its end (are workers running?)",
                         shared.config.transcribe_timeout.as_secs()
                     )));
                 }
                 _ = presence.tick() => {
-                    // Tells the worker the client is still here (muted streams too).
-                    let _ = shared.nats.publish(presence_subject.clone(), Bytes::new()).await;
-                    guard.lease.renew().await;
-                    // A revocation broadcast may have been missed: ask Redis too.
-                    if !shared.gatekeeper.still_valid(&guard.principal).await {
-                        break Err(self.revoked(shared, &mut acks).await);
+                    if let Err(error) = self.still_here(shared, &mut guard, &mut acks).await {
+                        break Err(error);
                     }
                 }
                 // The client cancelled the call (RST_STREAM) after its end of stream:
@@ -742,7 +710,7 @@ impl Session {
                     match ended {
                         Some(Ended::Revoked) => break Err(self.revoked(shared, &mut acks).await),
                         // Nothing is finalized: the worker drops what it held.
-                        Some(Ended::Erased) => break Err(crate::erased()),
+                        Some(Ended::Erased) => break Err(GatewayError::Erased),
                         None => {}
                     }
                 }
@@ -750,6 +718,82 @@ impl Session {
         };
         finals.close().await;
         result
+    }
+
+    /// The session's utterance finals, from the first (an ordered consumer of its
+    /// `TRANSCRIPTS` subject).
+    async fn follow_finals(&self, shared: &Shared) -> Result<Follower> {
+        Follower::new(
+            shared.nats.clone(),
+            shared.transcripts.clone(),
+            shared
+                .config
+                .layout
+                .transcript_subject(&self.tenant, &self.id),
+            &format!("gw_{}", self.id),
+            0,
+        )
+        .await
+        .map_err(|e| GatewayError::unavailable(format!("cannot follow the session's results: {e}")))
+    }
+
+    /// Every few seconds: tells the worker the client is still here (muted streams
+    /// too), renews the tenant's stream slot, and asks Redis whether the credentials
+    /// were revoked (in case the broadcast was missed).
+    async fn still_here(
+        &mut self,
+        shared: &Shared,
+        guard: &mut Guard,
+        acks: &mut FuturesOrdered<AckFuture>,
+    ) -> Result<()> {
+        let subject = shared
+            .config
+            .layout
+            .presence_subject(&self.tenant, &self.id);
+        let _ = shared.nats.publish(subject, Bytes::new()).await;
+        guard.lease.renew().await;
+        if !shared.gatekeeper.still_valid(&guard.principal).await {
+            return Err(self.revoked(shared, acks).await);
+        }
+        Ok(())
+    }
+
+    /// One message from the client, or the end of its side: handled, or how the
+    /// stream ends.
+    async fn on_client_message(
+        &mut self,
+        shared: &Shared,
+        message: std::result::Result<Option<StreamTranscribeRequest>, Status>,
+        tx: &Out,
+        acks: &mut FuturesOrdered<AckFuture>,
+        client_open: &mut bool,
+    ) -> ControlFlow<Result<()>> {
+        let outcome = match message {
+            Ok(Some(request)) => match self.count_message(&shared.config.limits) {
+                Ok(()) => self.handle(shared, request, tx, acks).await,
+                Err(error) => Err(error),
+            },
+            Ok(None) => {
+                // Half-close without EndOfStream: the client is done sending.
+                *client_open = false;
+                if self.ended {
+                    Ok(())
+                } else {
+                    self.end_of_stream(shared, acks).await
+                }
+            }
+            Err(status) => {
+                debug!(
+                    message = status.message(),
+                    "client went away; the session waits for a resume"
+                );
+                return ControlFlow::Break(Ok(()));
+            }
+        };
+        match outcome {
+            Ok(()) => ControlFlow::Continue(()),
+            Err(error) => ControlFlow::Break(Err(error)),
+        }
     }
 
     /// A worker runs the session: a client told it was queued learns it is not.
@@ -773,7 +817,7 @@ impl Session {
 
     /// No worker has taken the session yet: tell the client it is queued, or refuse
     /// the stream once the queue timeout has passed ([`crate::queue`]).
-    async fn still_queued(&mut self, shared: &Shared, tx: &Out) -> Result<(), Status> {
+    async fn still_queued(&mut self, shared: &Shared, tx: &Out) -> Result<()> {
         match self.wait.due(tokio::time::Instant::now()) {
             crate::queue::Step::Wait => Ok(()),
             crate::queue::Step::TellQueued => {
@@ -782,17 +826,21 @@ impl Session {
                 self.info.queued = true;
                 self.send_info(tx)
                     .await
-                    .map_err(|()| Status::cancelled("client went away"))
+                    .map_err(|()| GatewayError::ClientGone)
             }
             crate::queue::Step::Refuse => {
                 let job_seq = self.job_seq.unwrap_or_default();
-                Err(crate::queue::refuse(shared, &self.tenant, &self.id, job_seq).await)
+                Err(
+                    crate::queue::refuse(shared, &self.tenant, &self.id, job_seq)
+                        .await
+                        .into(),
+                )
             }
         }
     }
 
     /// Counts one client message against the per-second limit.
-    fn count_message(&mut self, limits: &crate::Limits) -> Result<(), Status> {
+    fn count_message(&mut self, limits: &crate::Limits) -> Result<()> {
         let (since, count) = &mut self.rate_window;
         if since.elapsed() >= Duration::from_secs(1) {
             *since = Instant::now();
@@ -806,18 +854,23 @@ impl Session {
                     limits.max_messages_per_second
                 ),
                 Duration::from_secs(1),
-            ));
+            )
+            .into());
         }
         Ok(())
     }
 
     /// The caller's credentials were revoked: what was received is finalized (the
     /// session ends), and the client is told why.
-    async fn revoked(&mut self, shared: &Shared, acks: &mut FuturesOrdered<AckFuture>) -> Status {
+    async fn revoked(
+        &mut self,
+        shared: &Shared,
+        acks: &mut FuturesOrdered<AckFuture>,
+    ) -> GatewayError {
         if !self.ended {
             let _ = self.end_of_stream(shared, acks).await;
         }
-        Status::unauthenticated("credentials revoked: the stream was ended")
+        GatewayError::Revoked
     }
 
     async fn handle(
@@ -826,11 +879,11 @@ impl Session {
         request: StreamTranscribeRequest,
         tx: &Out,
         acks: &mut FuturesOrdered<AckFuture>,
-    ) -> Result<(), Status> {
+    ) -> Result<()> {
         use stream_transcribe_request::Request as R;
         match request.request {
-            None => Err(Status::invalid_argument("empty message")),
-            Some(R::Config(_)) => Err(Status::invalid_argument(
+            None => Err(GatewayError::invalid("empty message")),
+            Some(R::Config(_)) => Err(GatewayError::invalid(
                 "config may only be sent once, as the first message",
             )),
             Some(R::Audio(frame)) => self.audio(shared, frame, acks).await,
@@ -861,7 +914,7 @@ impl Session {
                         let limit = shared.config.limits.max_bookmarks;
                         self.bookmarks += 1;
                         if self.bookmarks > limit {
-                            return Err(Status::resource_exhausted(format!(
+                            return Err(GatewayError::Exhausted(format!(
                                 "at most {limit} bookmarks per stream"
                             )));
                         }
@@ -871,7 +924,7 @@ impl Session {
                             bookmark.offset_ms
                         };
                         if bookmark.note.chars().count() > 2000 {
-                            return Err(Status::invalid_argument(
+                            return Err(GatewayError::invalid(
                                 "a bookmark note is at most 2000 characters",
                             ));
                         }
@@ -893,7 +946,7 @@ impl Session {
                         ));
                         Ok(())
                     }
-                    None => Err(Status::invalid_argument("empty control message")),
+                    None => Err(GatewayError::invalid("empty control message")),
                 }
             }
         }
@@ -904,7 +957,7 @@ impl Session {
         shared: &Shared,
         frame: api::AudioFrame,
         acks: &mut FuturesOrdered<AckFuture>,
-    ) -> Result<(), Status> {
+    ) -> Result<()> {
         let limits = &shared.config.limits;
         if frame.seq <= self.last_seq {
             // A re-send after a reconnect: already stored, dropped here (also when the
@@ -912,12 +965,12 @@ impl Session {
             return Ok(());
         }
         if self.ended {
-            return Err(Status::failed_precondition(
-                "audio after end_of_stream: open a new stream",
+            return Err(GatewayError::Precondition(
+                "audio after end_of_stream: open a new stream".into(),
             ));
         }
         if frame.seq != self.last_seq + 1 {
-            return Err(Status::invalid_argument(format!(
+            return Err(GatewayError::invalid(format!(
                 "frame seq {} follows {}: seqs must increase by one",
                 frame.seq, self.last_seq
             )));
@@ -925,13 +978,13 @@ impl Session {
         let bytes = frame.data.len();
         let sample_frame = 2 * self.spec.channels as usize;
         if bytes == 0 || !bytes.is_multiple_of(sample_frame) {
-            return Err(Status::invalid_argument(format!(
+            return Err(GatewayError::invalid(format!(
                 "frame {} has {bytes} bytes: not whole 16-bit samples for {} channel(s)",
                 frame.seq, self.spec.channels
             )));
         }
         if self.short_frame_seen {
-            return Err(Status::invalid_argument(format!(
+            return Err(GatewayError::invalid(format!(
                 "frame {} follows a frame shorter than {} ms: only the last frame before end_of_stream may be that short",
                 frame.seq,
                 limits.min_frame.as_millis()
@@ -941,7 +994,7 @@ impl Session {
         self.short_frame_seen = bytes < min_bytes;
         let max_bytes = (limits.max_frame.as_millis() as f64 * self.spec.bytes_per_ms()) as usize;
         if bytes > limits.max_frame_bytes || bytes > max_bytes {
-            return Err(Status::invalid_argument(format!(
+            return Err(GatewayError::invalid(format!(
                 "frame {} holds {:.0} ms of audio ({bytes} bytes); at most {} ms and {} bytes per frame",
                 frame.seq,
                 bytes as f64 / self.spec.bytes_per_ms(),
@@ -951,7 +1004,7 @@ impl Session {
         }
         let max_samples = limits.max_stream_audio.as_secs() * u64::from(OUTPUT_RATE_HZ);
         if self.next_offset > max_samples {
-            return Err(Status::out_of_range(format!(
+            return Err(GatewayError::OutOfRange(format!(
                 "the stream passed its limit of {} h of audio",
                 limits.max_stream_audio.as_secs() / 3600
             )));
@@ -974,7 +1027,7 @@ impl Session {
         &mut self,
         shared: &Shared,
         acks: &mut FuturesOrdered<AckFuture>,
-    ) -> Result<(), Status> {
+    ) -> Result<()> {
         let tail = self.resampler.finish();
         let event = self.frame(tail, true, false);
         self.next_offset += event.pcm_s16le.len() as u64 / 2;
@@ -994,7 +1047,7 @@ impl Session {
         seq: u64,
         end_offset: u64,
         acks: &mut FuturesOrdered<AckFuture>,
-    ) -> Result<(), Status> {
+    ) -> Result<()> {
         let previous = self.last_publish.take();
         let ack = publish_frame(shared, frame, msg_id, seq, end_offset, previous).await?;
         self.last_publish = Some(ack.clone());
@@ -1020,19 +1073,11 @@ impl Session {
     }
 
     /// Returns true when the session closed.
-    async fn relay_final(&mut self, payload: &[u8], tx: &Out) -> Result<bool, Status> {
+    async fn relay_final(&mut self, payload: &[u8], tx: &Out) -> Result<bool> {
         let message = events::TranscriptResult::decode(payload)
-            .map_err(|e| Status::internal(format!("a stored result does not decode: {e}")))?;
+            .map_err(|e| GatewayError::internal("a stored result does not decode", e))?;
         if message.session_closed {
-            if let Some(error) = message.close_reason.strip_prefix("invalid: ") {
-                return Err(Status::invalid_argument(error.to_string()));
-            }
-            if message.close_reason == kiroku_core::nats::CLOSED_ERASED {
-                return Err(crate::erased());
-            }
-            if let Some(error) = message.close_reason.strip_prefix("error: ") {
-                return Err(Status::internal(format!("the worker failed: {error}")));
-            }
+            GatewayError::from_close_reason(&message.close_reason)?;
             let stats = self.stats();
             let _ = send(tx, stream_transcribe_response::Response::Stats(stats)).await;
             info!(
@@ -1052,7 +1097,7 @@ impl Session {
             self.info.language = result.language.clone();
             self.send_info(tx)
                 .await
-                .map_err(|()| Status::cancelled("client went away"))?;
+                .map_err(|()| GatewayError::ClientGone)?;
         }
         self.delivered_seq = result.result_seq;
         self.finals += 1;
@@ -1060,7 +1105,7 @@ impl Session {
         kiroku_core::metrics::metrics().finals.inc();
         send(tx, stream_transcribe_response::Response::Result(result))
             .await
-            .map_err(|_| Status::cancelled("client went away"))?;
+            .map_err(|_| GatewayError::ClientGone)?;
         Ok(false)
     }
 
@@ -1214,6 +1259,30 @@ async fn store_bookmark(
     let _ = send(&tx, stream_transcribe_response::Response::BookmarkAck(ack)).await;
 }
 
+/// A frame's acknowledgement from JetStream: an `AudioAck` to the client once the frame
+/// is stored, or the end of the stream when it was not.
+async fn on_ack(
+    seq: u64,
+    offset: u64,
+    stored: Result<(), String>,
+    tx: &Out,
+) -> ControlFlow<Result<()>> {
+    if let Err(error) = stored {
+        return ControlFlow::Break(Err(GatewayError::unavailable(format!(
+            "the audio queue did not store frame {seq} ({error}); resume with the token and re-send unacknowledged frames"
+        ))));
+    }
+    let ack = api::AudioAck {
+        acked_seq: seq,
+        acked_offset_ms: offset * 1000 / u64::from(OUTPUT_RATE_HZ),
+    };
+    match send(tx, stream_transcribe_response::Response::AudioAck(ack)).await {
+        Ok(()) => ControlFlow::Continue(()),
+        // The client is gone: the session waits for a resume.
+        Err(()) => ControlFlow::Break(Ok(())),
+    }
+}
+
 async fn send(tx: &Out, response: stream_transcribe_response::Response) -> Result<(), ()> {
     tx.send(Ok(StreamTranscribeResponse {
         response: Some(response),
@@ -1227,16 +1296,16 @@ async fn subscribe_live(
     shared: &Shared,
     tenant: &str,
     session: &str,
-) -> Result<async_nats::Subscriber, Status> {
+) -> Result<async_nats::Subscriber> {
     shared
         .nats
         .subscribe(shared.config.layout.interim_subject(tenant, session))
         .await
-        .map_err(|e| Status::unavailable(format!("cannot follow interim results: {e}")))
+        .map_err(|e| GatewayError::unavailable(format!("cannot follow interim results: {e}")))
 }
 
 /// Queues the job on `SESSIONS`; its stream sequence.
-pub(crate) async fn publish_job(shared: &Shared, job: &events::SessionJob) -> Result<u64, Status> {
+pub(crate) async fn publish_job(shared: &Shared, job: &events::SessionJob) -> Result<u64> {
     let language = job.options.as_ref().map_or("", |o| o.language.as_str());
     let pool = shared.config.routes.pool_for(language);
     let subject = shared.config.layout.session_subject(pool, &job.tenant_id);
@@ -1247,10 +1316,10 @@ pub(crate) async fn publish_job(shared: &Shared, job: &events::SessionJob) -> Re
         .js
         .send_publish(subject, publish)
         .await
-        .map_err(|e| Status::unavailable(format!("cannot queue the session: {e}")))?;
+        .map_err(|e| GatewayError::unavailable(format!("cannot queue the session: {e}")))?;
     let ack = kiroku_core::nats::await_ack(ack)
         .await
-        .map_err(|e| Status::unavailable(format!("cannot queue the session: {e}")))?;
+        .map_err(|e| GatewayError::unavailable(format!("cannot queue the session: {e}")))?;
     Ok(ack.sequence)
 }
 
@@ -1280,7 +1349,7 @@ pub(crate) async fn publish_frame(
     seq: u64,
     end_offset: u64,
     after: Option<AckFuture>,
-) -> Result<AckFuture, Status> {
+) -> Result<AckFuture> {
     let subject = shared
         .config
         .layout

@@ -17,6 +17,7 @@ use tracing::{Instrument as _, info};
 
 use crate::Shared;
 use crate::admission::StreamLease;
+use crate::error::{GatewayError, Result};
 use crate::resample::{OUTPUT_RATE_HZ, StreamResampler};
 use crate::stream::{publish_frame, publish_job, validate_format, validate_options};
 
@@ -79,7 +80,7 @@ pub(crate) fn decode_budget() -> tokio::sync::Semaphore {
 async fn decode_source(
     source: transcribe_request::Source,
     raw_format: Option<api::AudioFormat>,
-) -> Result<Vec<i16>, Status> {
+) -> Result<Vec<i16>> {
     let decoded = tokio::task::spawn_blocking(move || match source {
         transcribe_request::Source::Wav(bytes) => match decode_wav(std::io::Cursor::new(bytes)) {
             Ok(pcm) => Ok(pcm
@@ -88,26 +89,26 @@ async fn decode_source(
                 .map(|s| (s * 32768.0).round().clamp(-32768.0, 32767.0) as i16)
                 .collect()),
             Err(AudioError::Silent) => Ok(Vec::new()),
-            Err(error) => Err(Status::invalid_argument(format!("wav: {error}"))),
+            Err(error) => Err(GatewayError::invalid(format!("wav: {error}"))),
         },
         transcribe_request::Source::Raw(bytes) => {
             let spec = validate_format(raw_format.as_ref())?;
             if !bytes.len().is_multiple_of(2 * spec.channels as usize) {
-                return Err(Status::invalid_argument(format!(
+                return Err(GatewayError::invalid(format!(
                     "raw audio of {} bytes is not whole 16-bit samples for {} channel(s)",
                     bytes.len(),
                     spec.channels
                 )));
             }
-            let mut resampler =
-                StreamResampler::new(spec.rate_hz, spec.channels).map_err(Status::internal)?;
+            let mut resampler = StreamResampler::new(spec.rate_hz, spec.channels)
+                .map_err(|e| GatewayError::internal("a validated format was refused", e))?;
             let mut pcm = resampler.push(&bytes);
             pcm.extend(resampler.finish());
             Ok(pcm)
         }
     })
     .await;
-    decoded.map_err(|_| Status::internal("decoding the audio failed"))?
+    decoded.map_err(|e| GatewayError::internal("decoding the audio failed", e))?
 }
 
 /// A file request, counted as a stream: refused before it began, or ended.
@@ -116,7 +117,10 @@ pub(crate) async fn transcribe(
     request: Request<api::TranscribeRequest>,
 ) -> Result<Response<api::TranscribeResponse>, Status> {
     let mut started = false;
-    let result = transcribe_file(shared, request, &mut started).await;
+    // The one place a file's error becomes its status (internal causes logged here).
+    let result = transcribe_file(shared, request, &mut started)
+        .await
+        .map_err(Status::from);
     match (&result, started) {
         (Err(status), false) => crate::stream_refused(status),
         (Err(status), true) => kiroku_core::metrics::metrics().stream_ended(status.code()),
@@ -129,11 +133,11 @@ async fn transcribe_file(
     shared: Arc<Shared>,
     request: Request<api::TranscribeRequest>,
     started: &mut bool,
-) -> Result<Response<api::TranscribeResponse>, Status> {
+) -> Result<Response<api::TranscribeResponse>> {
     let principal = admit_file(&shared, &request).await?;
     let mut request = request.into_inner();
     let Some(source) = request.source.take() else {
-        return Err(Status::invalid_argument(
+        return Err(GatewayError::invalid(
             "set `wav` (a WAV file) or `raw` with `raw_format`",
         ));
     };
@@ -215,7 +219,7 @@ async fn transcribe_file(
 async fn admit_file(
     shared: &Shared,
     request: &Request<api::TranscribeRequest>,
-) -> Result<Principal, Status> {
+) -> Result<Principal> {
     let principal = match request.extensions().get::<Admitted>() {
         Some(Admitted(principal)) => principal.clone(),
         None => {
@@ -246,7 +250,7 @@ struct StreamSlot {
 }
 
 impl StreamSlot {
-    async fn take(shared: &Shared, principal: &Principal, session: &str) -> Result<Self, Status> {
+    async fn take(shared: &Shared, principal: &Principal, session: &str) -> Result<Self> {
         let lease = Arc::new(shared.admission.acquire_stream(principal, session).await?);
         let renewal = {
             let lease = lease.clone();
@@ -295,9 +299,9 @@ impl Drop for AbortOnDrop {
     }
 }
 
-fn check_size(bytes: usize, max: usize) -> Result<(), Status> {
+fn check_size(bytes: usize, max: usize) -> Result<()> {
     if bytes > max {
-        return Err(Status::invalid_argument(format!(
+        return Err(GatewayError::invalid(format!(
             "the audio is {bytes} bytes; at most {max} bytes per request (stream longer audio)"
         )));
     }
@@ -311,7 +315,7 @@ async fn run_batch(
     request: api::TranscribeRequest,
     pcm: Vec<i16>,
     span: &tracing::Span,
-) -> Result<(Vec<api::Segment>, String), Status> {
+) -> Result<(Vec<api::Segment>, String)> {
     let (tenant, session) = (tenant.to_string(), session.to_string());
     let layout = &shared.config.layout;
     let mut finals = Follower::new(
@@ -322,7 +326,7 @@ async fn run_batch(
         0,
     )
     .await
-    .map_err(|e| Status::unavailable(format!("cannot follow results: {e}")))?;
+    .map_err(|e| GatewayError::unavailable(format!("cannot follow results: {e}")))?;
 
     publish_job(
         shared,
@@ -363,7 +367,8 @@ async fn run_batch(
     }
     for ack in acks {
         let (seq, _, outcome) = ack.await;
-        outcome.map_err(|e| Status::unavailable(format!("frame {seq} was not stored: {e}")))?;
+        outcome
+            .map_err(|e| GatewayError::unavailable(format!("frame {seq} was not stored: {e}")))?;
     }
     // The end of stream only once every frame is stored: the worker stops reading at it.
     let eos_id = format!("{session}:eos");
@@ -376,7 +381,9 @@ async fn run_batch(
         None,
     );
     let (_, _, outcome) = eos.await?.await;
-    outcome.map_err(|e| Status::unavailable(format!("the end of the file was not stored: {e}")))?;
+    outcome.map_err(|e| {
+        GatewayError::unavailable(format!("the end of the file was not stored: {e}"))
+    })?;
     info!(%session, frames = seq, "file queued");
 
     let deadline = tokio::time::Instant::now() + shared.config.transcribe_timeout;
@@ -384,24 +391,15 @@ async fn run_batch(
     let mut language = String::new();
     let outcome = loop {
         let Ok(message) = tokio::time::timeout_at(deadline, finals.next()).await else {
-            break Err(Status::deadline_exceeded(format!(
+            break Err(GatewayError::Timeout(format!(
                 "no transcript within {} s (are workers running?)",
                 shared.config.transcribe_timeout.as_secs()
             )));
         };
         let result = events::TranscriptResult::decode(message.payload.as_ref())
-            .map_err(|e| Status::internal(format!("a stored result does not decode: {e}")))?;
+            .map_err(|e| GatewayError::internal("a stored result does not decode", e))?;
         if result.session_closed {
-            if let Some(error) = result.close_reason.strip_prefix("invalid: ") {
-                break Err(Status::invalid_argument(error.to_string()));
-            }
-            if result.close_reason == kiroku_core::nats::CLOSED_ERASED {
-                break Err(crate::erased());
-            }
-            if let Some(error) = result.close_reason.strip_prefix("error: ") {
-                break Err(Status::internal(format!("the worker failed: {error}")));
-            }
-            break Ok(());
+            break GatewayError::from_close_reason(&result.close_reason);
         }
         if let Some(result) = result.result {
             if language.is_empty() {
