@@ -6,8 +6,7 @@
 //! Enabled by the `cluster` feature; the tests of `kiroku-cli` use it. The processes are
 //! the `kiroku` binary Cargo builds for those tests ([`kiroku`]).
 
-use std::io::{BufRead as _, BufReader, Read as _, Write as _};
-use std::net::TcpStream;
+use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -138,53 +137,26 @@ pub struct Cluster {
     master_key: String,
 }
 
-/// Reads the first stdout line of a child within `timeout`.
-fn first_line(child: &mut Child, timeout: Duration) -> String {
-    let stdout = child.stdout.take().expect("stdout piped");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut reader = BufReader::new(stdout);
-        let mut line = String::new();
-        let _ = reader.read_line(&mut line);
-        let _ = tx.send(line);
-        // Keep draining so the child never blocks on a full pipe.
-        let mut sink = Vec::new();
-        let _ = reader.read_to_end(&mut sink);
-    });
-    rx.recv_timeout(timeout).unwrap_or_default()
-}
-
-/// The service's ready line within `timeout`; panics with its log when it did not start.
-fn ready_line(child: &mut Child, timeout: Duration, what: &str, log: &Path) -> ReadyLine {
-    let line = first_line(child, timeout);
-    ReadyLine::parse(&line).unwrap_or_else(|| {
-        let _ = child.kill();
-        panic!(
-            "{what} did not start: {line:?}\n{}",
+/// Starts a service of a test cluster ([`kiroku_core::supervise::start`]); panics with
+/// its log when it did not start.
+fn start_service(
+    command: &mut Command,
+    log: &Path,
+    timeout: Duration,
+    what: &str,
+) -> (Child, ReadyLine) {
+    match kiroku_core::supervise::start(command, log, timeout) {
+        Ok(started) => (started.child, started.ready),
+        Err(error) => panic!(
+            "{what}: {error}\n{}",
             std::fs::read_to_string(log).unwrap_or_default()
-        )
-    })
+        ),
+    }
 }
 
 /// GET on the admin port; (status, body).
 pub fn http_get(base: &str, path: &str) -> Option<(u16, String)> {
-    let address = base.trim_start_matches("http://");
-    let mut stream = TcpStream::connect(address).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let status = response.split_whitespace().nth(1)?.parse().ok()?;
-    let body = response
-        .split("\r\n\r\n")
-        .nth(1)
-        .unwrap_or_default()
-        .to_string();
-    Some((status, body))
+    kiroku_core::supervise::http_get(base, path, Duration::from_secs(5))
 }
 
 /// What [`Cluster::builder`] starts: `Cluster::builder().gateways(1).workers(2)
@@ -359,9 +331,12 @@ impl Cluster {
             ],
             "account.log",
         );
-        let mut child = command.spawn().expect("spawn account service");
-        let ReadyLine { grpc, admin, .. } =
-            ready_line(&mut child, Duration::from_secs(60), "account service", &log);
+        let (child, ReadyLine { grpc, admin, .. }) = start_service(
+            &mut command,
+            &log,
+            Duration::from_secs(60),
+            "account service",
+        );
         self.account = Some(Proc {
             child,
             log,
@@ -469,12 +444,11 @@ impl Cluster {
                     .trim_start_matches('_')
             ),
         );
-        let mut child = command.spawn().expect("spawn service");
-        let ReadyLine { grpc, admin, .. } = ready_line(
-            &mut child,
+        let (child, ReadyLine { grpc, admin, .. }) = start_service(
+            &mut command,
+            &log,
             Duration::from_secs(60),
             &format!("{role} service"),
-            &log,
         );
         Proc {
             child,
@@ -557,6 +531,7 @@ impl Cluster {
         );
     }
 
+    /// `kiroku <args>` with this cluster's environment, and the path of its log.
     fn command(&self, args: &[&str], log_name: &str) -> (Command, PathBuf) {
         let log = self.dir.path().join(log_name);
         let mut command = Command::new(kiroku());
@@ -580,10 +555,7 @@ impl Cluster {
             // Tests size workers by --sessions: on a shared 2-core machine a debug-build
             // worker's streams lag, and admission by lag would make tests wait on it.
             .env("KIROKU_WORKER_ADMIT_MAX_LAG_S", "0")
-            .envs(self.options.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).expect("log file"));
+            .envs(self.options.env.iter().map(|(k, v)| (k, v)));
         (command, log)
     }
 
@@ -617,9 +589,8 @@ impl Cluster {
             ],
             &format!("gateway-{index}.log"),
         );
-        let mut child = command.spawn().expect("spawn gateway");
-        let ReadyLine { grpc, admin, .. } =
-            ready_line(&mut child, Duration::from_secs(30), "gateway", &log);
+        let (child, ReadyLine { grpc, admin, .. }) =
+            start_service(&mut command, &log, Duration::from_secs(30), "gateway");
         self.gateways.push(Proc {
             child,
             log,
@@ -653,9 +624,8 @@ impl Cluster {
         ];
         args.extend_from_slice(extra);
         let (mut command, log) = self.command(&args, &format!("worker-{index}.log"));
-        let mut child = command.spawn().expect("spawn worker");
-        let ReadyLine { admin, .. } =
-            ready_line(&mut child, Duration::from_secs(30), "worker", &log);
+        let (mut child, ReadyLine { admin, .. }) =
+            start_service(&mut command, &log, Duration::from_secs(30), "worker");
         // Ready = model loaded and the job consumer exists.
         let deadline = Instant::now() + Duration::from_secs(60);
         while http_get(&admin, "/readyz").map(|(s, _)| s) != Some(200) {

@@ -15,14 +15,11 @@
 
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
-use tokio::io::{AsyncBufReadExt as _, BufReader};
-use tokio::process::{Child, Command};
-
-use kiroku_core::ready::ReadyLine;
+use kiroku_core::supervise::{self, Started};
 
 use crate::InputError;
 use crate::serve::{Common, Signals};
@@ -91,15 +88,11 @@ async fn up(args: Args) -> Result<()> {
     std::fs::create_dir_all(&args.run_dir)
         .with_context(|| format!("creating {}", args.run_dir.display()))?;
     let run_dir = args.run_dir.canonicalize()?;
-    let nats = ensure_nats(&args.common.nats, &run_dir).await?;
-    let local = Local::new(&args, run_dir)?;
-    let redis = ensure_redis(&args.redis, &local.run_dir).await?;
-    let mut children = Children {
-        nats,
-        redis,
-        ..Children::default()
-    };
     // Started in dependency order; a failed start stops what already runs (kill on drop).
+    let mut children = Children::default();
+    children.nats = ensure_nats(&args.common.nats, &run_dir).await?;
+    let local = Local::new(&args, run_dir)?;
+    children.redis = ensure_redis(&args.redis, &local.run_dir).await?;
     let (account, account_url, account_admin) = local.start_account().await?;
     children.account = Some(account);
     let demo = bootstrap_demo(&account_url, &local.run_dir).await?;
@@ -156,7 +149,7 @@ async fn up(args: Args) -> Result<()> {
             local.run_dir.display()
         );
     }
-    children.stop().await;
+    children.stop();
     println!("kiroku up: stopped");
     match exited {
         Some(why) => bail!(why),
@@ -210,9 +203,9 @@ impl<'a> Local<'a> {
         })
     }
 
-    /// `kiroku serve <role_args>` with the cluster's environment, stdout piped (its
-    /// first line names its endpoints), stderr into `.run/<log>.log`.
-    fn command(&self, log: &str, role_args: &[&str]) -> Result<Command> {
+    /// `kiroku serve <role_args>` with the cluster's environment ([`Local::start`] runs
+    /// it).
+    fn command(&self, role_args: &[&str]) -> Command {
         let common = &self.args.common;
         let mut command = Command::new(&self.exe);
         command
@@ -225,19 +218,20 @@ impl<'a> Local<'a> {
             .env("KIROKU_RESUME_WINDOW_S", common.resume_window_s.to_string())
             .env("KIROKU_RESUME_SECRET", &self.resume_secret)
             .env("KIROKU_DATABASE_URL", &self.args.database_url)
-            .env("KIROKU_REDIS_URL", &self.args.redis)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log_file(&self.run_dir, &format!("{log}.log"))?)
-            .kill_on_drop(true);
-        Ok(command)
+            .env("KIROKU_REDIS_URL", &self.args.redis);
+        command
     }
 
-    fn log_path(&self, log: &str) -> String {
-        self.run_dir
-            .join(format!("{log}.log"))
-            .display()
-            .to_string()
+    /// Starts `command` with its log in `.run/<log>.log` and waits for its ready line
+    /// ([`supervise::start`], on a blocking thread: it reads a pipe).
+    async fn start(&self, mut command: Command, log: &str) -> Result<Started> {
+        let path = self.run_dir.join(format!("{log}.log"));
+        let started = tokio::task::spawn_blocking(move || {
+            supervise::start(&mut command, &path, Duration::from_secs(30))
+        })
+        .await
+        .context("starting a service")??;
+        Ok(started)
     }
 
     /// The schema of `role` in this cluster root (`account`, `audit_<root>`, …).
@@ -251,29 +245,24 @@ impl<'a> Local<'a> {
         let schema = self.schema("account");
         let key = self.run_dir.join("account-signing-key.der");
         let key = key.display().to_string();
-        let mut command = self.command(
+        let command = self.command(&[
             "account",
-            &[
-                "account",
-                "--listen",
-                &self.args.account_listen,
-                "--admin-listen",
-                "127.0.0.1:0",
-                "--schema",
-                &schema,
-                "--signing-key-file",
-                &key,
-            ],
-        )?;
-        let mut child = command.spawn().context("starting the account service")?;
-        let Some((url, admin)) = grpc_endpoints(&mut child).await else {
-            bail!(
-                "the account service did not start (is PostgreSQL at {} up? `make services`): see {}",
-                self.args.database_url,
-                self.log_path("account")
-            );
-        };
-        Ok((child, url, admin))
+            "--listen",
+            &self.args.account_listen,
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--schema",
+            &schema,
+            "--signing-key-file",
+            &key,
+        ]);
+        let started = self.start(command, "account").await.with_context(|| {
+            format!(
+                "the account service (is PostgreSQL at {} up? `make services`)",
+                self.args.database_url
+            )
+        })?;
+        grpc_endpoints(started)
     }
 
     /// `kiroku serve <role>` (audit, storage) beside the account service: the child, its
@@ -288,33 +277,25 @@ impl<'a> Local<'a> {
             _ => &self.args.storage_listen,
         };
         let schema = self.schema(role);
-        let mut command = self.command(
+        let mut command = self.command(&[
             role,
-            &[
-                role,
-                "--listen",
-                listen,
-                "--admin-listen",
-                "127.0.0.1:0",
-                "--account-url",
-                account_url,
-                "--schema",
-                &schema,
-            ],
-        )?;
+            "--listen",
+            listen,
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--account-url",
+            account_url,
+            "--schema",
+            &schema,
+        ]);
         if role == "storage" {
             self.give_master_key(&mut command)?;
         }
-        let mut child = command
-            .spawn()
-            .with_context(|| format!("starting the {role} service"))?;
-        let Some((url, admin)) = grpc_endpoints(&mut child).await else {
-            bail!(
-                "the {role} service did not start: see {}",
-                self.log_path(role)
-            );
-        };
-        Ok((child, url, admin))
+        let started = self
+            .start(command, role)
+            .await
+            .with_context(|| format!("the {role} service"))?;
+        grpc_endpoints(started)
     }
 
     /// The storage master key: the environment's, else `.run/master-key` (0600,
@@ -352,38 +333,35 @@ impl<'a> Local<'a> {
         let (mut workers, mut admins) = (Vec::new(), Vec::new());
         for index in 0..self.args.workers {
             let log = format!("worker-{index}");
-            let mut command = self.command(
-                &log,
-                &[
-                    "worker",
-                    "--threads",
-                    &threads,
-                    "--engine",
-                    &self.args.engine,
-                    "--sessions",
-                    &sessions,
-                ],
-            )?;
+            let mut command = self.command(&[
+                "worker",
+                "--threads",
+                &threads,
+                "--engine",
+                &self.args.engine,
+                "--sessions",
+                &sessions,
+            ]);
             if let Some(model) = &self.args.model {
                 command.arg("--model").arg(model);
             }
             if let Some(model) = &self.args.final_model {
                 command.arg("--final-model").arg(model);
             }
-            let mut worker = command.spawn().context("starting a worker")?;
-            let Some(ReadyLine { admin, .. }) = ready_line(&mut worker).await else {
-                bail!("worker {index} did not start: see {}", self.log_path(&log));
-            };
-            workers.push(worker);
-            admins.push(admin);
+            let started = self
+                .start(command, &log)
+                .await
+                .with_context(|| format!("worker {index}"))?;
+            workers.push(started.child);
+            admins.push(started.ready.admin);
         }
         for (index, (worker, admin)) in workers.iter_mut().zip(&admins).enumerate() {
             let mut waited = Duration::ZERO;
-            while !ready(admin.trim_start_matches("http://")).await {
+            while !ready(admin).await {
                 if let Ok(Some(status)) = worker.try_wait() {
                     bail!(
                         "worker {index} exited ({status}): see {}",
-                        self.log_path(&format!("worker-{index}"))
+                        self.run_dir.join(format!("worker-{index}.log")).display()
                     );
                 }
                 if waited > Duration::from_secs(120) {
@@ -403,34 +381,29 @@ impl<'a> Local<'a> {
         audit_url: &str,
         storage_url: &str,
     ) -> Result<(Child, String)> {
-        let mut command = self.command(
+        let command = self.command(&[
             "gateway",
-            &[
-                "gateway",
-                "--listen",
-                &self.args.listen,
-                "--admin-listen",
-                &self.args.admin_listen,
-                "--account-url",
-                account_url,
-                "--audit-url",
-                audit_url,
-                "--storage-url",
-                storage_url,
-            ],
-        )?;
-        let mut gateway = command.spawn().context("starting the gateway")?;
-        let Some(endpoints) = ready_line(&mut gateway).await else {
-            bail!(
-                "the gateway did not start: see {}",
-                self.log_path("gateway")
-            );
-        };
-        Ok((gateway, endpoints.to_string()))
+            "--listen",
+            &self.args.listen,
+            "--admin-listen",
+            &self.args.admin_listen,
+            "--account-url",
+            account_url,
+            "--audit-url",
+            audit_url,
+            "--storage-url",
+            storage_url,
+        ]);
+        let started = self
+            .start(command, "gateway")
+            .await
+            .context("the gateway")?;
+        Ok((started.child, started.ready.to_string()))
     }
 }
 
-/// The processes `kiroku up` runs (each killed if dropped).
+/// The processes `kiroku up` runs (each killed if dropped: a failed start stops what
+/// already runs).
 #[derive(Default)]
 struct Children {
     nats: Option<Child>,
@@ -468,14 +441,32 @@ impl Children {
         }
     }
 
+    /// Every child, killed at once (a failed start, an early return).
+    fn kill(&mut self) {
+        let children = [
+            self.gateway.as_mut(),
+            self.storage.as_mut(),
+            self.audit.as_mut(),
+            self.account.as_mut(),
+            self.redis.as_mut(),
+            self.nats.as_mut(),
+        ];
+        for child in children.into_iter().flatten().chain(&mut self.workers) {
+            if let Ok(None) = child.try_wait() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+
     /// Workers first (they drain and hand sessions back), then the gateway, the
     /// services, Redis and NATS.
-    async fn stop(&mut self) {
-        for worker in &mut self.workers {
-            terminate(worker);
+    fn stop(&mut self) {
+        for worker in &self.workers {
+            supervise::terminate(worker);
         }
         for worker in &mut self.workers {
-            wait_or_kill(worker, Duration::from_secs(15)).await;
+            wait_or_kill(worker, Duration::from_secs(15));
         }
         let rest = [
             (self.gateway.as_mut(), 10),
@@ -487,73 +478,41 @@ impl Children {
         ];
         for (child, grace_s) in rest {
             if let Some(child) = child {
-                terminate(child);
-                wait_or_kill(child, Duration::from_secs(grace_s)).await;
+                supervise::terminate(child);
+                wait_or_kill(child, Duration::from_secs(grace_s));
             }
         }
     }
 }
 
-/// A gRPC service's URL and admin address, from its ready line.
-async fn grpc_endpoints(child: &mut Child) -> Option<(String, String)> {
-    let line = ready_line(child).await?;
-    Some((line.grpc?, line.admin))
+impl Drop for Children {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }
 
-/// The service's ready line (its first line on stdout), if it prints one within 30 s.
-async fn ready_line(child: &mut Child) -> Option<ReadyLine> {
-    let stdout = child.stdout.take()?;
-    let mut reader = BufReader::new(stdout);
-    let mut line = String::new();
-    let read = tokio::time::timeout(Duration::from_secs(30), reader.read_line(&mut line)).await;
-    // Keep draining so the child never blocks on a full pipe.
-    tokio::spawn(async move {
-        let mut sink = String::new();
-        while matches!(reader.read_line(&mut sink).await, Ok(n) if n > 0) {
-            sink.clear();
-        }
-    });
-    match read {
-        Ok(Ok(n)) if n > 0 => ReadyLine::parse(&line),
-        _ => None,
-    }
+/// A gRPC service's process, URL and admin address.
+fn grpc_endpoints(started: Started) -> Result<(Child, String, String)> {
+    let Some(url) = started.ready.grpc else {
+        bail!("{} announced no gRPC address", started.ready.role);
+    };
+    Ok((started.child, url, started.ready.admin))
 }
 
 /// `GET /readyz` on an admin address answers 200.
 async fn ready(admin: &str) -> bool {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let Ok(mut stream) = tokio::net::TcpStream::connect(admin).await else {
-        return false;
-    };
-    let request = format!("GET /readyz HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n");
-    if stream.write_all(request.as_bytes()).await.is_err() {
-        return false;
-    }
-    let mut response = String::new();
-    let _ =
-        tokio::time::timeout(Duration::from_secs(2), stream.read_to_string(&mut response)).await;
-    response.starts_with("HTTP/1.1 200") || response.starts_with("HTTP/1.0 200")
+    let admin = admin.to_string();
+    tokio::task::spawn_blocking(move || {
+        supervise::http_get(&admin, "/readyz", Duration::from_secs(2))
+            .is_some_and(|(status, _)| status == 200)
+    })
+    .await
+    .unwrap_or(false)
 }
 
-fn log_file(run_dir: &Path, name: &str) -> Result<std::fs::File> {
-    let path = run_dir.join(name);
-    std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))
-}
-
-/// SIGTERM: the child drains and exits on its own.
-fn terminate(child: &mut Child) {
-    if let Some(pid) = child.id() {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-    }
-}
-
-async fn wait_or_kill(child: &mut Child, grace: Duration) {
-    if tokio::time::timeout(grace, child.wait()).await.is_err() {
-        let _ = child.kill().await;
-    }
+/// [`supervise::wait_or_kill`], letting the runtime's other tasks run meanwhile.
+fn wait_or_kill(child: &mut Child, grace: Duration) {
+    tokio::task::block_in_place(|| supervise::wait_or_kill(child, grace));
 }
 
 fn nats_address(url: &str) -> Result<SocketAddr> {
@@ -717,7 +676,7 @@ async fn ensure_redis(url: &str, run_dir: &Path) -> Result<Option<Child>> {
         bail!("Redis at {url} does not answer (and is not local, so it cannot be started here)");
     }
     println!("kiroku up: starting redis-server on {address}");
-    let child = Command::new("redis-server")
+    let mut child = Command::new("redis-server")
         .args([
             "--bind",
             &address.ip().to_string(),
@@ -729,7 +688,6 @@ async fn ensure_redis(url: &str, run_dir: &Path) -> Result<Option<Child>> {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
-        .kill_on_drop(true)
         .spawn()
         .context(
             "starting redis-server (install it: apt-get install redis-server, or `make services`)",
@@ -740,6 +698,8 @@ async fn ensure_redis(url: &str, run_dir: &Path) -> Result<Option<Child>> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let _ = child.kill();
+    let _ = child.wait();
     bail!("redis-server did not start on {address}")
 }
 
@@ -756,7 +716,7 @@ async fn ensure_nats(url: &str, run_dir: &Path) -> Result<Option<Child>> {
     let store = run_dir.join("nats");
     std::fs::create_dir_all(&store)?;
     println!("kiroku up: starting {} -js on {address}", binary.display());
-    let child = Command::new(&binary)
+    let mut child = Command::new(&binary)
         .arg("-js")
         .arg("-a")
         .arg(address.ip().to_string())
@@ -769,7 +729,6 @@ async fn ensure_nats(url: &str, run_dir: &Path) -> Result<Option<Child>> {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
-        .kill_on_drop(true)
         .spawn()
         .with_context(|| format!("starting {}", binary.display()))?;
     for _ in 0..50 {
@@ -778,6 +737,8 @@ async fn ensure_nats(url: &str, run_dir: &Path) -> Result<Option<Child>> {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    let _ = child.kill();
+    let _ = child.wait();
     bail!(
         "nats-server did not start: see {}",
         run_dir.join("nats.log").display()
@@ -802,7 +763,7 @@ async fn find_nats_server() -> Result<PathBuf> {
             &["update", "-qq"][..],
             &["install", "-y", "-qq", "nats-server"][..],
         ] {
-            let status = Command::new("apt-get")
+            let status = tokio::process::Command::new("apt-get")
                 .args(args)
                 .env("DEBIAN_FRONTEND", "noninteractive")
                 .status()

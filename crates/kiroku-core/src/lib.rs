@@ -16,6 +16,7 @@ pub mod region;
 pub mod secret;
 pub mod settings;
 pub mod status;
+pub mod supervise;
 pub mod telemetry;
 pub mod trace;
 pub mod transcript;
