@@ -33,7 +33,8 @@ paced at real time.
   plumbing adds (frame sent -> its echo back at the client).
 
 Usage: bench_stream.py KIROKU_BIN WORK_DIR [PART...]
-PART: english, english-base, long, sweep, overload, plumbing, japanese; default all. Japanese needs
+PART: english, english-base, long, sweep, sweep-ja, overload, plumbing, japanese; default all.
+sweep-ja is the sweep with base workers and the Japanese clip (CER). Japanese needs
 `make japanese-voice` (or KIROKU_TEST_HTS_VOICE) and `kiroku model fetch --model base`.
 """
 import difflib
@@ -302,15 +303,25 @@ SWEEP_STEPS = [int(v) for v in os.environ.get("SWEEP_STEPS", "250,500").split(",
 SWEEP_STAGGER_MS = int(os.environ.get("SWEEP_STAGGER_MS", "0"))
 
 
-def concurrency_sweep(kiroku, work):
-    short_text = " ".join(SENTENCES[:5])
-    short_wav = synthesize(work, "meeting-short", short_text)
-    short_batch = batch(kiroku, short_wav)
-    # Concurrency: N clients at once, for the default step (250 ms) and 500 ms; N = 1..4
-    # always, then on while p95 stays within 2 s.
+def concurrency_sweep(kiroku, work, voice=None):
+    """N clients at once on one worker, for each of SWEEP_STEPS; N = 1..4 always, then on
+    while p95 stays within 2 s. English: tiny.en (or KIROKU_MODEL), the 5-sentence
+    meeting, WER, caption latency against the batch timeline. With a Japanese `voice`:
+    base workers, the Japanese clip streamed with --language ja, CER, caption latency
+    against the stream's own word times (characters have no batch timeline to match)."""
+    if voice:
+        short_wav, short_text = japanese_meeting_clip(work, voice, JAPANESE_SENTENCES, "sweep-ja")
+        timeline, error, join = None, cer, "".join
+        cluster_args, stream_args, tag = ["--model", "base"], ["--language", "ja"], "sweepja"
+    else:
+        short_text = " ".join(SENTENCES[:5])
+        short_wav = synthesize(work, "meeting-short", short_text)
+        timeline, error, join = reference_words(batch(kiroku, short_wav)), wer, " ".join
+        cluster_args, stream_args, tag = [], [], "sweep"
     sweep = []
     for step in SWEEP_STEPS:
-        cluster = start_cluster(kiroku, work, f"sweep{step}", ["--workers", "1", "--sessions", "16"],
+        cluster = start_cluster(kiroku, work, f"{tag}{step}",
+                                ["--workers", "1", "--sessions", "16", *cluster_args],
                                 {"KIROKU_WORKER_STEP_MS": str(step), "KIROKU_WORKER_ADMIT_MAX_LAG_S": "0"})
         try:
             n = 1
@@ -319,21 +330,21 @@ def concurrency_sweep(kiroku, work):
                 # machine): the median of the runs' p50 and p95, their p95 range.
                 p50s, p95s, worst = [], [], 0.0
                 for run in range(SWEEP_REPEATS):
-                    reports = stream_clients(kiroku, work, short_wav, n, f"sweep{step}-{n}-{run}",
-                                             stagger_ms=SWEEP_STAGGER_MS)
+                    reports = stream_clients(kiroku, work, short_wav, n, f"{tag}{step}-{n}-{run}",
+                                             stream_args, stagger_ms=SWEEP_STAGGER_MS)
                     lat = []
                     for r in reports:
-                        lat += shown_latencies(r, reference_words(short_batch))
-                    wers = [wer(short_text, " ".join(f["segment"]["text"] for f in r["finals"])) for r in reports]
+                        lat += shown_latencies(r, timeline)
+                    wers = [error(short_text, join(f["segment"]["text"] for f in r["finals"])) for r in reports]
                     p50s.append(pct(lat, 0.5))
                     p95s.append(pct(lat, 0.95))
                     worst = max(worst, max(wers))
-                    print(f"  step {step} ms, {n} concurrent streams, run {run + 1}/{SWEEP_REPEATS}: "
-                          f"p50 {p50s[-1]:.0f} ms p95 {p95s[-1]:.0f} ms worst WER {max(wers):.3f}",
+                    print(f"  {tag}: step {step} ms, {n} concurrent streams, run {run + 1}/{SWEEP_REPEATS}: "
+                          f"p50 {p50s[-1]:.0f} ms p95 {p95s[-1]:.0f} ms worst error {max(wers):.3f}",
                           file=sys.stderr)
                 p95 = statistics.median(p95s)
                 sweep.append((step, n, statistics.median(p50s), p95, worst))
-                SWEEP_P95_RANGE[(step, n)] = (min(p95s), max(p95s))
+                SWEEP_P95_RANGE[(tag, step, n)] = (min(p95s), max(p95s))
                 if n >= 4 and p95 > 2000:
                     break
                 n += 1
@@ -388,7 +399,7 @@ def overload_table(rows):
                   f"{r['p95'] / 1000:.2f} s | {r['final_p95'] / 1000:.2f} s | {r['wer']:.3f} |")
 
 
-def sweep_plot(sweep, path):
+def sweep_plot(sweep, path, model):
     """The sweep as an SVG line chart: final latency p50 and p95 against concurrent
     streams, one colour per worker step, the 2 s goal dashed."""
     w, h, left, right, top, bottom = 640, 400, 60, 20, 30, 50
@@ -405,7 +416,7 @@ def sweep_plot(sweep, path):
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" '
            f'font-size="12"><rect width="{w}" height="{h}" fill="white"/>',
            f'<text x="{w / 2}" y="18" text-anchor="middle">Caption latency vs concurrent real-time streams '
-           f'(one 2-core worker, {WORKER_MODEL})</text>',
+           f'(one 2-core worker, {model})</text>',
            f'<line x1="{left}" y1="{y(0)}" x2="{w - right}" y2="{y(0)}" stroke="black"/>',
            f'<line x1="{left}" y1="{top}" x2="{left}" y2="{y(0)}" stroke="black"/>',
            f'<line x1="{left}" y1="{y(2)}" x2="{w - right}" y2="{y(2)}" stroke="red" stroke-dasharray="4 4"/>',
@@ -431,6 +442,33 @@ def sweep_plot(sweep, path):
         f.write("\n".join(out))
 
 
+def sweep_table(sweep, tag, model, meeting, unit, goal, work):
+    """The sweep's table and plot (SVG, and PNG when rsvg-convert is there)."""
+    held = max([n for _, n, _, p95, _ in sweep if p95 <= 2000], default=0)
+    print()
+    print(f"concurrent real-time streams with p95 <= 2 s (any step), {model}: {held} (goal >= {goal})")
+    start = f"clients started {SWEEP_STAGGER_MS} ms apart" if SWEEP_STAGGER_MS else "clients started together"
+    print(f"concurrency sweep ({meeting}, every stream at real time, {start}; "
+          "caption latency, word end -> shown):")
+    if SWEEP_REPEATS > 1:
+        print(f"(median of {SWEEP_REPEATS} runs per row; p95 range = lowest to highest run)")
+    print(f"| worker step | streams | p50 | p95 | p95 range | worst {unit} |")
+    print("|---|---|---|---|---|---|")
+    for step, n, p50, p95, worst in sweep:
+        lo, hi = SWEEP_P95_RANGE.get((tag, step, n), (p95, p95))
+        print(f"| {step} ms | {n} | {p50 / 1000:.2f} s | {p95 / 1000:.2f} s | "
+              f"{lo / 1000:.2f}–{hi / 1000:.2f} s | {worst:.3f} |")
+    plot = os.path.join(work, f"{tag}.svg")
+    sweep_plot(sweep, plot, model)
+    print(f"plot: {plot}")
+    png = plot[:-4] + ".png"
+    if shutil.which("rsvg-convert"):
+        subprocess.run(["rsvg-convert", "-o", png, plot], check=True)
+        print(f"plot: {png}")
+    else:
+        print("no PNG: rsvg-convert missing (Debian librsvg2-bin; `make bench-stream` installs it)")
+
+
 def plumbing_latency(kiroku, work):
     plumbing = []
     cluster = start_cluster(kiroku, work, "plumbing", ["--engine", "null-benchmark", "--sessions", "5000"])
@@ -449,14 +487,16 @@ def plumbing_latency(kiroku, work):
 
 def main():
     kiroku, work = sys.argv[1], sys.argv[2]
-    all_parts = ["english", "english-base", "long", "sweep", "overload", "plumbing", "japanese"]
+    all_parts = ["english", "english-base", "long", "sweep", "sweep-ja", "overload", "plumbing", "japanese"]
     parts = sys.argv[3:] or all_parts
     unknown = set(parts) - set(all_parts)
     if unknown:
         sys.exit(f"unknown parts {sorted(unknown)}: use {', '.join(all_parts)}")
     os.makedirs(work, exist_ok=True)
-    voice = japanese_voice(work) if "japanese" in parts else None  # checked before any part runs
+    # The voice is checked before any part runs.
+    voice = japanese_voice(work) if {"japanese", "sweep-ja"} & set(parts) else None
     sweep = concurrency_sweep(kiroku, work) if "sweep" in parts else []
+    sweep_ja = concurrency_sweep(kiroku, work, voice) if "sweep-ja" in parts else []
     overloaded = overload(kiroku, work) if "overload" in parts else []
     plumbing = plumbing_latency(kiroku, work) if "plumbing" in parts else []
     minutes = []
@@ -483,30 +523,10 @@ def main():
             kiroku, work, "minutes-ja", wav, text, ["--model", "base"], ["--language", "ja"], cer), "CER",
             {"minutes": "0.138", "batch": "0.033", "finals": "-", "caption": "-"}, "2.5 s"))
 
-    held = max([n for _, n, _, p95, _ in sweep if p95 <= 2000], default=0)
     if sweep:
-        print()
-        print(f"concurrent real-time streams with p95 <= 2 s (any step): {held} (goal >= 4)")
-        start = f"clients started {SWEEP_STAGGER_MS} ms apart" if SWEEP_STAGGER_MS else "clients started together"
-        print(f"concurrency sweep (short meeting, every stream at real time, {start}; "
-              "caption latency, word end -> shown):")
-        if SWEEP_REPEATS > 1:
-            print(f"(median of {SWEEP_REPEATS} runs per row; p95 range = lowest to highest run)")
-        print("| worker step | streams | p50 | p95 | p95 range | worst WER |")
-        print("|---|---|---|---|---|---|")
-        for step, n, p50, p95, worst in sweep:
-            lo, hi = SWEEP_P95_RANGE.get((step, n), (p95, p95))
-            print(f"| {step} ms | {n} | {p50 / 1000:.2f} s | {p95 / 1000:.2f} s | "
-                  f"{lo / 1000:.2f}–{hi / 1000:.2f} s | {worst:.3f} |")
-        plot = os.path.join(work, "sweep.svg")
-        sweep_plot(sweep, plot)
-        print(f"plot: {plot}")
-        png = plot[:-4] + ".png"
-        if shutil.which("rsvg-convert"):
-            subprocess.run(["rsvg-convert", "-o", png, plot], check=True)
-            print(f"plot: {png}")
-        else:
-            print("no PNG: rsvg-convert missing (Debian librsvg2-bin; `make bench-stream` installs it)")
+        sweep_table(sweep, "sweep", WORKER_MODEL, "short meeting", "WER", 4, work)
+    if sweep_ja:
+        sweep_table(sweep_ja, "sweepja", "base, Japanese", "Japanese clip, --language ja", "CER", 2, work)
     if overloaded:
         overload_table(overloaded)
     if plumbing:

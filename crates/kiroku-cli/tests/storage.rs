@@ -421,6 +421,20 @@ fn control_8_2_2_a_streamed_meeting_is_searchable_labelled_and_exportable() {
     let (ok, out, err) = cluster.run_cli(&["meetings", "list"], None);
     assert!(ok && out.starts_with("standup-1126"), "{out}{err}");
 
+    tag_bookmark_and_memo(&cluster);
+    export_in_every_format(&cluster);
+    // Another tenant: nothing of this meeting exists for it (control 13.1.3).
+    let (storage_url, account_url) = (cluster.storage_url(), cluster.account_url());
+    let slug = format!("{}-b", cluster.tenant_slug);
+    let owner = cluster.access_token();
+    block_on(async move {
+        let other = register_other_tenant(account_url, slug).await;
+        another_tenant_sees_none_of_it(&storage_url, &owner, &other).await;
+    });
+}
+
+/// A tag, a bookmark and a memo holding markup, listed back and found by tag.
+fn tag_bookmark_and_memo(cluster: &Cluster) {
     let label = |args: &[&str]| {
         let mut all = vec!["label", "add", "standup-1126"];
         all.extend_from_slice(args);
@@ -453,7 +467,11 @@ fn control_8_2_2_a_streamed_meeting_is_searchable_labelled_and_exportable() {
     );
     let (ok, out, _) = cluster.run_cli(&["meetings", "list", "--tag", "legal"], None);
     assert!(ok && out.contains("no meetings"), "{out}");
+}
 
+/// `kiroku export` in every format: each holds the words; the subtitles parse with
+/// independent parsers, the DOCX keeps the memo as text and LibreOffice opens it.
+fn export_in_every_format(cluster: &Cluster) {
     let dir = cluster.dir.path().to_path_buf();
     for format in ["txt", "srt", "vtt", "json", "docx"] {
         let file = dir.join(format!("standup.{format}"));
@@ -536,149 +554,150 @@ fn control_8_2_2_a_streamed_meeting_is_searchable_labelled_and_exportable() {
         let pdf = std::fs::read(dir.join("standup.pdf")).expect("pdf written");
         assert!(pdf.starts_with(b"%PDF"), "LibreOffice opened the DOCX");
     }
+}
 
-    // Another tenant: nothing of this meeting exists for it (control 13.1.3).
-    let storage_url = cluster.storage_url();
-    let account_url = cluster.account_url();
-    let slug = format!("{}-b", cluster.tenant_slug);
-    let owner = cluster.access_token();
-    block_on(async move {
-        use kiroku_proto::account::v1 as account;
-        let other = account::account_service_client::AccountServiceClient::connect(account_url)
+/// A second tenant, registered through the account service: its owner's access token.
+async fn register_other_tenant(account_url: String, slug: String) -> String {
+    use kiroku_proto::account::v1 as account;
+    account::account_service_client::AccountServiceClient::connect(account_url)
+        .await
+        .expect("account")
+        .register(account::RegisterRequest {
+            tenant_slug: slug,
+            tenant_name: "Other".into(),
+            email: "eve@other.example".into(),
+            display_name: "Eve".into(),
+            password: "eves long passphrase".into(),
+        })
+        .await
+        .expect("register")
+        .into_inner()
+        .tokens
+        .expect("tokens")
+        .access_token
+}
+
+/// Every storage call about the first tenant's meeting answers NOT_FOUND (or nothing)
+/// to `other`; bad input from the owner gets precise statuses.
+async fn another_tenant_sees_none_of_it(storage_url: &str, owner: &str, other: &str) {
+    let mut client = storage(storage_url).await;
+    let labels = client
+        .list_labels(authorized(
+            pb::ListLabelsRequest {
+                meeting_id: "standup-1126".into(),
+            },
+            owner,
+        ))
+        .await
+        .expect("owner labels")
+        .into_inner()
+        .labels;
+    let label_id = labels[0].label_id.clone();
+    let meeting = || "standup-1126".to_string();
+    let not_found = |status: tonic::Status| {
+        assert_eq!(status.code(), Code::NotFound, "{status:?}");
+    };
+    not_found(
+        client
+            .get_meeting(authorized(
+                pb::GetMeetingRequest {
+                    meeting_id: meeting(),
+                },
+                other,
+            ))
             .await
-            .expect("account")
-            .register(account::RegisterRequest {
-                tenant_slug: slug,
-                tenant_name: "Other".into(),
-                email: "eve@other.example".into(),
-                display_name: "Eve".into(),
-                password: "eves long passphrase".into(),
-            })
+            .expect_err("get"),
+    );
+    not_found(
+        client
+            .export_meeting(authorized(
+                pb::ExportMeetingRequest {
+                    meeting_id: meeting(),
+                    format: pb::ExportFormat::Txt as i32,
+                },
+                other,
+            ))
             .await
-            .expect("register")
-            .into_inner()
-            .tokens
-            .expect("tokens")
-            .access_token;
-        let mut client = storage(&storage_url).await;
-        let labels = client
+            .expect_err("export"),
+    );
+    not_found(
+        client
             .list_labels(authorized(
                 pb::ListLabelsRequest {
-                    meeting_id: "standup-1126".into(),
+                    meeting_id: meeting(),
                 },
-                &owner,
+                other,
             ))
             .await
-            .expect("owner labels")
-            .into_inner()
-            .labels;
-        let label_id = labels[0].label_id.clone();
-        let meeting = || "standup-1126".to_string();
-        let not_found = |status: tonic::Status| {
-            assert_eq!(status.code(), Code::NotFound, "{status:?}");
-        };
-        not_found(
-            client
-                .get_meeting(authorized(
-                    pb::GetMeetingRequest {
-                        meeting_id: meeting(),
-                    },
-                    &other,
-                ))
-                .await
-                .expect_err("get"),
-        );
-        not_found(
-            client
-                .export_meeting(authorized(
-                    pb::ExportMeetingRequest {
-                        meeting_id: meeting(),
-                        format: pb::ExportFormat::Txt as i32,
-                    },
-                    &other,
-                ))
-                .await
-                .expect_err("export"),
-        );
-        not_found(
-            client
-                .list_labels(authorized(
-                    pb::ListLabelsRequest {
-                        meeting_id: meeting(),
-                    },
-                    &other,
-                ))
-                .await
-                .expect_err("labels"),
-        );
-        not_found(
-            client
-                .add_label(authorized(
-                    pb::AddLabelRequest {
-                        meeting_id: meeting(),
-                        kind: pb::LabelKind::Tag as i32,
-                        text: "mine".into(),
-                        ..Default::default()
-                    },
-                    &other,
-                ))
-                .await
-                .expect_err("add"),
-        );
-        not_found(
-            client
-                .remove_label(authorized(pb::RemoveLabelRequest { label_id }, &other))
-                .await
-                .expect_err("remove"),
-        );
-        let hits = client
-            .search(authorized(
-                pb::SearchRequest {
-                    query: "budget".into(),
-                    limit: 0,
-                },
-                &other,
-            ))
-            .await
-            .expect("search")
-            .into_inner()
-            .hits;
-        assert!(hits.is_empty());
-        let listed = client
-            .list_meetings(authorized(pb::ListMeetingsRequest::default(), &other))
-            .await
-            .expect("list")
-            .into_inner()
-            .meetings;
-        assert!(listed.is_empty());
-        // Bad input gets precise statuses.
-        let status = client
-            .search(authorized(
-                pb::SearchRequest {
-                    query: " ... ".into(),
-                    limit: 0,
-                },
-                &owner,
-            ))
-            .await
-            .expect_err("no words");
-        assert_eq!(status.code(), Code::InvalidArgument);
-        let status = client
+            .expect_err("labels"),
+    );
+    not_found(
+        client
             .add_label(authorized(
                 pb::AddLabelRequest {
                     meeting_id: meeting(),
-                    kind: pb::LabelKind::Memo as i32,
-                    text: "backwards".into(),
-                    at_ms: 5000,
-                    end_ms: 1000,
-                    live: false,
+                    kind: pb::LabelKind::Tag as i32,
+                    text: "mine".into(),
+                    ..Default::default()
                 },
-                &owner,
+                other,
             ))
             .await
-            .expect_err("backwards memo");
-        assert_eq!(status.code(), Code::InvalidArgument);
-    });
+            .expect_err("add"),
+    );
+    not_found(
+        client
+            .remove_label(authorized(pb::RemoveLabelRequest { label_id }, other))
+            .await
+            .expect_err("remove"),
+    );
+    let hits = client
+        .search(authorized(
+            pb::SearchRequest {
+                query: "budget".into(),
+                limit: 0,
+            },
+            other,
+        ))
+        .await
+        .expect("search")
+        .into_inner()
+        .hits;
+    assert!(hits.is_empty());
+    let listed = client
+        .list_meetings(authorized(pb::ListMeetingsRequest::default(), other))
+        .await
+        .expect("list")
+        .into_inner()
+        .meetings;
+    assert!(listed.is_empty());
+    // Bad input gets precise statuses.
+    let status = client
+        .search(authorized(
+            pb::SearchRequest {
+                query: " ... ".into(),
+                limit: 0,
+            },
+            owner,
+        ))
+        .await
+        .expect_err("no words");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    let status = client
+        .add_label(authorized(
+            pb::AddLabelRequest {
+                meeting_id: meeting(),
+                kind: pb::LabelKind::Memo as i32,
+                text: "backwards".into(),
+                at_ms: 5000,
+                end_ms: 1000,
+                live: false,
+            },
+            owner,
+        ))
+        .await
+        .expect_err("backwards memo");
+    assert_eq!(status.code(), Code::InvalidArgument);
 }
 
 /// control 8.2.2: a bookmark set live from the stream (its Bookmark control message) is
