@@ -732,8 +732,11 @@ fn every_metric_the_dashboards_and_alerts_use_is_exported() {
             ]);
         }
         for name in expected {
+            // CPU time counts in 10 ms ticks: a service that has done little since it
+            // started may read 0, so that one only has to be there.
+            let moved = |v: &f64| *v > 0.0 || name == "process_cpu_seconds_total";
             assert!(
-                own.get(name).is_some_and(|v| *v > 0.0),
+                own.get(name).is_some_and(moved),
                 "{name} is missing or 0 on {}:\n{text}",
                 proc.admin
             );
