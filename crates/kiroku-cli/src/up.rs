@@ -441,17 +441,28 @@ impl Children {
         }
     }
 
+    /// Everything but the workers, in stopping order, each with its grace period: the
+    /// gateway, the services, Redis and NATS.
+    fn after_workers(&mut self) -> [(Option<&mut Child>, Duration); 6] {
+        let seconds = Duration::from_secs;
+        [
+            (self.gateway.as_mut(), seconds(10)),
+            (self.storage.as_mut(), seconds(10)),
+            (self.audit.as_mut(), seconds(10)),
+            (self.account.as_mut(), seconds(10)),
+            (self.redis.as_mut(), seconds(5)),
+            (self.nats.as_mut(), seconds(10)),
+        ]
+    }
+
     /// Every child, killed at once (a failed start, an early return).
     fn kill(&mut self) {
-        let children = [
-            self.gateway.as_mut(),
-            self.storage.as_mut(),
-            self.audit.as_mut(),
-            self.account.as_mut(),
-            self.redis.as_mut(),
-            self.nats.as_mut(),
-        ];
-        for child in children.into_iter().flatten().chain(&mut self.workers) {
+        let mut workers = std::mem::take(&mut self.workers);
+        let rest = self
+            .after_workers()
+            .into_iter()
+            .filter_map(|(child, _)| child);
+        for child in workers.iter_mut().chain(rest) {
             if let Ok(None) = child.try_wait() {
                 let _ = child.kill();
                 let _ = child.wait();
@@ -468,18 +479,10 @@ impl Children {
         for worker in &mut self.workers {
             wait_or_kill(worker, Duration::from_secs(15));
         }
-        let rest = [
-            (self.gateway.as_mut(), 10),
-            (self.storage.as_mut(), 10),
-            (self.audit.as_mut(), 10),
-            (self.account.as_mut(), 10),
-            (self.redis.as_mut(), 5),
-            (self.nats.as_mut(), 10),
-        ];
-        for (child, grace_s) in rest {
+        for (child, grace) in self.after_workers() {
             if let Some(child) = child {
                 supervise::terminate(child);
-                wait_or_kill(child, Duration::from_secs(grace_s));
+                wait_or_kill(child, grace);
             }
         }
     }

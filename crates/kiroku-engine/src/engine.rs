@@ -609,6 +609,9 @@ impl Slot {
     fn run(mut self, queue: &JobQueue) {
         // The queue's lock is held only while taking a job, not while decoding it.
         while let Some((job, queued_at, wanted)) = queue.pop() {
+            // Threads first, then the turn's hand-over: its owner takes its audio only
+            // when the decode can start at once (not while waiting for threads another
+            // engine of the budget holds).
             let threads = self.budget.acquire(wanted);
             kiroku_core::metrics::metrics()
                 .decode_queue_seconds

@@ -615,7 +615,7 @@ impl Session {
         mut guard: Guard,
     ) -> Result<()> {
         let limits = &shared.config.limits;
-        let mut finals = self.follow_finals(shared).await?;
+        let mut finals = follow_finals(shared, &self.tenant, &self.id).await?;
         let mut interims = match self.live.take() {
             Some(live) => live,
             None => subscribe_live(shared, &self.tenant, &self.id).await?,
@@ -720,23 +720,6 @@ impl Session {
         result
     }
 
-    /// The session's utterance finals, from the first (an ordered consumer of its
-    /// `TRANSCRIPTS` subject).
-    async fn follow_finals(&self, shared: &Shared) -> Result<Follower> {
-        Follower::new(
-            shared.nats.clone(),
-            shared.transcripts.clone(),
-            shared
-                .config
-                .layout
-                .transcript_subject(&self.tenant, &self.id),
-            &format!("gw_{}", self.id),
-            0,
-        )
-        .await
-        .map_err(|e| GatewayError::unavailable(format!("cannot follow the session's results: {e}")))
-    }
-
     /// Every few seconds: tells the worker the client is still here (muted streams
     /// too), renews the tenant's stream slot, and asks Redis whether the credentials
     /// were revoked (in case the broadcast was missed).
@@ -746,16 +729,22 @@ impl Session {
         guard: &mut Guard,
         acks: &mut FuturesOrdered<AckFuture>,
     ) -> Result<()> {
-        let subject = shared
-            .config
-            .layout
-            .presence_subject(&self.tenant, &self.id);
-        let _ = shared.nats.publish(subject, Bytes::new()).await;
+        self.tell_worker_present(shared).await;
         guard.lease.renew().await;
         if !shared.gatekeeper.still_valid(&guard.principal).await {
             return Err(self.revoked(shared, acks).await);
         }
         Ok(())
+    }
+
+    /// Tells the worker running the session that its client is still here (best
+    /// effort: the worker waits a while before it gives a silent client up).
+    async fn tell_worker_present(&self, shared: &Shared) {
+        let subject = shared
+            .config
+            .layout
+            .presence_subject(&self.tenant, &self.id);
+        let _ = shared.nats.publish(subject, Bytes::new()).await;
     }
 
     /// One message from the client, or the end of its side: handled, or how the
@@ -903,11 +892,7 @@ impl Session {
                         self.publish(shared, frame, id, seq, offset, acks).await
                     }
                     Some(Action::KeepAlive(_)) => {
-                        let subject = shared
-                            .config
-                            .layout
-                            .presence_subject(&self.tenant, &self.id);
-                        let _ = shared.nats.publish(subject, Bytes::new()).await;
+                        self.tell_worker_present(shared).await;
                         Ok(())
                     }
                     Some(Action::Bookmark(bookmark)) => {
@@ -1257,6 +1242,24 @@ async fn store_bookmark(
         offset_ms,
     };
     let _ = send(&tx, stream_transcribe_response::Response::BookmarkAck(ack)).await;
+}
+
+/// The session's utterance finals, from the first: an ordered consumer of its
+/// `TRANSCRIPTS` subject (live streams and files alike).
+pub(crate) async fn follow_finals(
+    shared: &Shared,
+    tenant: &str,
+    session: &str,
+) -> Result<Follower> {
+    Follower::new(
+        shared.nats.clone(),
+        shared.transcripts.clone(),
+        shared.config.layout.transcript_subject(tenant, session),
+        &format!("gw_{session}"),
+        0,
+    )
+    .await
+    .map_err(|e| GatewayError::unavailable(format!("cannot follow the session's results: {e}")))
 }
 
 /// A frame's acknowledgement from JetStream: an `AudioAck` to the client once the frame

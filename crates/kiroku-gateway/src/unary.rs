@@ -8,7 +8,7 @@ use std::time::Instant;
 use kiroku_audio::{AudioError, decode_wav};
 use kiroku_auth::auth::Principal;
 use kiroku_core::audit::{AuditRecord, actions};
-use kiroku_core::nats::{Follower, Layout};
+use kiroku_core::nats::Layout;
 use kiroku_proto::events::v1 as events;
 use kiroku_proto::transcribe::v1::{self as api, transcribe_request};
 use prost::Message as _;
@@ -19,7 +19,7 @@ use crate::Shared;
 use crate::admission::StreamLease;
 use crate::error::{GatewayError, Result};
 use crate::resample::{OUTPUT_RATE_HZ, StreamResampler};
-use crate::stream::{publish_frame, publish_job, validate_format, validate_options};
+use crate::stream::{follow_finals, publish_frame, publish_job, validate_format, validate_options};
 
 /// Samples per published frame (200 ms, the largest frame a live client may send).
 const FRAME_SAMPLES: usize = OUTPUT_RATE_HZ as usize / 5;
@@ -317,16 +317,7 @@ async fn run_batch(
     span: &tracing::Span,
 ) -> Result<(Vec<api::Segment>, String)> {
     let (tenant, session) = (tenant.to_string(), session.to_string());
-    let layout = &shared.config.layout;
-    let mut finals = Follower::new(
-        shared.nats.clone(),
-        shared.transcripts.clone(),
-        layout.transcript_subject(&tenant, &session),
-        &format!("gw_{session}"),
-        0,
-    )
-    .await
-    .map_err(|e| GatewayError::unavailable(format!("cannot follow results: {e}")))?;
+    let mut finals = follow_finals(shared, &tenant, &session).await?;
 
     publish_job(
         shared,
