@@ -11,6 +11,7 @@ pub mod db;
 pub mod error;
 pub mod password;
 mod service;
+pub mod settings;
 mod store;
 pub mod throttle;
 pub mod totp;
@@ -34,7 +35,8 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:50053";
 /// Default admin HTTP address (`/healthz`, `/readyz`, `/metrics`).
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9466";
 /// Where the services find PostgreSQL when `KIROKU_DATABASE_URL` is unset.
-pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/kiroku";
+pub use kiroku_core::settings::DEFAULT_DATABASE_URL;
+pub use settings::AccountSettings;
 
 /// Everything the account service needs.
 #[derive(Debug, Clone)]

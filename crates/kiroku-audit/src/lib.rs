@@ -13,6 +13,7 @@ mod error;
 pub mod notice;
 pub mod render;
 mod service;
+pub mod settings;
 pub mod store;
 
 use std::sync::Arc;
@@ -31,6 +32,7 @@ use tokio::net::TcpListener;
 use tracing::{info, warn};
 
 pub use service::{Audit, MAX_EXPORT, MAX_PAGE, METHODS, NOTICE_METHODS, Notices};
+pub use settings::AuditSettings;
 
 /// Default gRPC address of the audit service.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50054";

@@ -12,7 +12,7 @@ use crate::InputError;
 use crate::credentials::{attach, credential};
 
 /// Where the CLI finds the audit service by default.
-pub const DEFAULT_AUDIT_URL: &str = "http://127.0.0.1:50054";
+pub use kiroku_core::settings::DEFAULT_AUDIT_URL;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct AuditUrl {

@@ -16,7 +16,7 @@ use crate::credentials::credential;
 use crate::{InputError, runtime};
 
 /// Where the CLI finds the storage service by default.
-pub const DEFAULT_STORAGE_URL: &str = "http://127.0.0.1:50055";
+pub use kiroku_core::settings::DEFAULT_STORAGE_URL;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct StorageUrl {

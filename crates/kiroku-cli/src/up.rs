@@ -22,12 +22,13 @@ use anyhow::{Context as _, Result, bail};
 use kiroku_core::supervise::{self, Started};
 
 use crate::InputError;
-use crate::serve::{Common, Signals};
+use crate::serve::Signals;
+use kiroku_core::settings::CommonSettings;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
     #[command(flatten)]
-    common: Common,
+    common: CommonSettings,
     /// gRPC address of the gateway.
     #[arg(long, default_value = kiroku_gateway::DEFAULT_LISTEN)]
     listen: String,
@@ -51,7 +52,7 @@ pub struct Args {
     #[arg(long, default_value = "whisper")]
     engine: String,
     /// Sessions per worker.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = kiroku_worker::DEFAULT_MAX_SESSIONS)]
     sessions: usize,
     /// PostgreSQL as the schema owner (the account service migrates its schema).
     #[arg(long, env = "KIROKU_DATABASE_URL", default_value = kiroku_account::DEFAULT_DATABASE_URL)]

@@ -226,92 +226,9 @@ fn altered(dir: &Path, to: &Path, name: &str, change: impl FnOnce(&mut Vec<u8>))
 fn control_12_3_1_backup_wipe_restore_is_byte_equal_and_erasures_stay() {
     let mut cluster = Cluster::builder().audit().storage().start();
     cluster.enroll_owner_mfa_with_cli();
-    let token = cluster.access_token();
-    let other = uuid::Uuid::new_v4().simple().to_string();
-    let (account_url, storage_url, layout) = (
-        cluster.account_url(),
-        cluster.storage_url(),
-        cluster.layout(),
-    );
-    let schema = format!("{}_storage", cluster.root);
-    let tenant = block_on({
-        let (token, other, storage_url) = (token.clone(), other.clone(), storage_url.clone());
-        async move {
-            let tenant = cluster::tenant_of(&account_url, &token).await;
-            for (who, session, seq, text) in [
-                (&tenant, "a1", 1, "the confidential merger plan"),
-                (&tenant, "a1", 2, "closing on friday"),
-                (&other, "b1", 1, "other tenant minutes"),
-            ] {
-                publish_final(&layout, who, session, seq, text).await;
-            }
-            let mut client = pb::storage_client::StorageClient::connect(storage_url)
-                .await
-                .expect("storage");
-            wait_for_segments(&mut client, &token, "meeting-a1", 2).await;
-            client
-                .add_label(authorized(
-                    pb::AddLabelRequest {
-                        meeting_id: "meeting-a1".into(),
-                        kind: pb::LabelKind::Memo as i32,
-                        text: "keep this secret memo".into(),
-                        at_ms: 0,
-                        end_ms: 1000,
-                        live: false,
-                    },
-                    &token,
-                ))
-                .await
-                .expect("memo");
-            tenant
-        }
-    });
-    // The other tenant's final is stored too (no API access to it: read the rows).
-    let other_rows = || {
-        let (ok, rows) = cluster::psql(
-            &cluster::database_url(),
-            &format!(
-                "SELECT session_id, result_seq, encode(sealed, 'hex') FROM \"{schema}\".segments \
-                 WHERE tenant_id = '{other}' ORDER BY 1, 2"
-            ),
-        );
-        assert!(ok, "{rows}");
-        rows
-    };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while other_rows().is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "the other tenant's final was never stored"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    // The audit events of the work above are stored before the backup.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (ok, out, _) = cluster.run_cli(&["admin", "audit", "list"], None);
-        if ok && out.contains("label.added") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "audit never stored: {out}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-
-    // Outside the allowed regions: refused before anything is written.
+    let data = Data::of_two_tenants(&cluster);
     let dir = cluster.dir.path().join("backup");
-    let us = cluster
-        .cli(&["admin", "backup", "--out", dir.to_str().expect("utf-8")])
-        .env("KIROKU_BACKUP_REGION", "us-east-1")
-        .env("KIROKU_BACKUP_KEY", BACKUP_KEY)
-        .output()
-        .expect("backup");
-    assert_eq!(us.status.code(), Some(2));
-    assert!(
-        String::from_utf8_lossy(&us.stderr).contains("outside the allowed regions"),
-        "{}",
-        String::from_utf8_lossy(&us.stderr)
-    );
-    assert!(!dir.exists());
+    a_backup_outside_the_allowed_regions_is_refused(&cluster, &dir);
 
     let (ok, printed, err) = admin(
         &cluster,
@@ -322,57 +239,12 @@ fn control_12_3_1_backup_wipe_restore_is_byte_equal_and_erasures_stay() {
     assert!(printed.contains("3 schemas, 8 streams"), "{printed}{err}");
     let before = dump(&cluster);
     assert!(before.contains("CREATE TABLE") && before.contains("segments"));
-    for name in ["postgres.sql.kbk", "nats.json.kbk"] {
-        let data = std::fs::read(dir.join(name)).expect("backup file");
-        for readable in ["CREATE TABLE", "subjects", &cluster.owner_email] {
-            assert!(
-                !data
-                    .windows(readable.len())
-                    .any(|w| w == readable.as_bytes()),
-                "{readable:?} readable in {name}"
-            );
-        }
-    }
+    nothing_in_the_backup_is_readable(&cluster, &dir);
 
     stop_services(&mut cluster);
     wipe(&cluster);
     assert_eq!(schema_count(&cluster), "0");
-
-    // Refused: another key, an altered file, an altered manifest. Nothing changes.
-    let other_key = "00".repeat(32);
-    let (ok, _, err) = admin(
-        &cluster,
-        &["restore", dir.to_str().expect("utf-8")],
-        &other_key,
-    );
-    assert!(!ok && err.contains("made with backup key"), "{err}");
-    let flipped = cluster.dir.path().join("flipped");
-    altered(&dir, &flipped, "postgres.sql.kbk", |data| {
-        let at = data.len() / 2;
-        data[at] ^= 1;
-    });
-    let (ok, _, err) = admin(
-        &cluster,
-        &["restore", flipped.to_str().expect("utf-8")],
-        BACKUP_KEY,
-    );
-    assert!(
-        !ok && err.contains("postgres.sql.kbk: size or SHA-256 differs"),
-        "{err}"
-    );
-    let relabelled = cluster.dir.path().join("relabelled");
-    altered(&dir, &relabelled, "manifest.json", |data| {
-        let text =
-            String::from_utf8_lossy(data).replace("\"region\": \"jp\"", "\"region\": \"eu\"");
-        *data = text.into_bytes();
-    });
-    let (ok, _, err) = admin(
-        &cluster,
-        &["restore", relabelled.to_str().expect("utf-8")],
-        BACKUP_KEY,
-    );
-    assert!(!ok && err.contains("was altered"), "{err}");
-    assert_eq!(schema_count(&cluster), "0");
+    altered_backups_and_other_keys_are_refused(&cluster, &dir);
 
     // The restore: byte-equal database, streams back, services work.
     let (ok, printed, err) = admin(
@@ -385,31 +257,8 @@ fn control_12_3_1_backup_wipe_restore_is_byte_equal_and_erasures_stay() {
         printed.contains("restored 3 schemas and 8 stream configurations"),
         "{printed}"
     );
-    let after = dump(&cluster);
-    if let Some((line, (a, b))) = before
-        .lines()
-        .zip(after.lines())
-        .enumerate()
-        .find(|(_, (a, b))| a != b)
-    {
-        panic!("the restored database differs at line {line}:\n  before: {a}\n  after:  {b}");
-    }
-    assert_eq!(
-        before.len(),
-        after.len(),
-        "the restored database differs in length"
-    );
-    let layout = cluster.layout();
-    block_on(async move {
-        let js = async_nats::jetstream::new(
-            async_nats::connect(cluster::nats_url())
-                .await
-                .expect("nats"),
-        );
-        for name in layout.stream_names() {
-            js.get_stream(&name).await.expect("restored stream");
-        }
-    });
+    the_database_is_byte_equal(&before, &dump(&cluster));
+    every_stream_is_back(&cluster);
     start_services(&mut cluster);
     let (ok, out, err) = cluster.run_cli(&["meetings", "show", "meeting-a1"], None);
     assert!(ok && out.contains("confidential merger plan"), "{out}{err}");
@@ -424,12 +273,208 @@ fn control_12_3_1_backup_wipe_restore_is_byte_equal_and_erasures_stay() {
     );
     assert!(!ok && err.contains("--replace"), "{err}");
 
-    // Erased after the backup: the restore erases it again; the other tenant is intact.
-    let other_before = other_rows();
+    an_erasure_after_the_backup_stays_erased(&mut cluster, &data, &dir);
+}
+
+/// The cluster tenant's meeting `meeting-a1` (two finals and a memo) and another
+/// tenant's final, stored, with their audit events, before the backup.
+struct Data {
+    tenant: String,
+    other: String,
+    schema: String,
+}
+
+impl Data {
+    fn of_two_tenants(cluster: &Cluster) -> Self {
+        let token = cluster.access_token();
+        let other = uuid::Uuid::new_v4().simple().to_string();
+        let (account_url, storage_url, layout) = (
+            cluster.account_url(),
+            cluster.storage_url(),
+            cluster.layout(),
+        );
+        let tenant = block_on({
+            let other = other.clone();
+            async move {
+                let tenant = cluster::tenant_of(&account_url, &token).await;
+                for (who, session, seq, text) in [
+                    (&tenant, "a1", 1, "the confidential merger plan"),
+                    (&tenant, "a1", 2, "closing on friday"),
+                    (&other, "b1", 1, "other tenant minutes"),
+                ] {
+                    publish_final(&layout, who, session, seq, text).await;
+                }
+                let mut client = pb::storage_client::StorageClient::connect(storage_url)
+                    .await
+                    .expect("storage");
+                wait_for_segments(&mut client, &token, "meeting-a1", 2).await;
+                client
+                    .add_label(authorized(
+                        pb::AddLabelRequest {
+                            meeting_id: "meeting-a1".into(),
+                            kind: pb::LabelKind::Memo as i32,
+                            text: "keep this secret memo".into(),
+                            at_ms: 0,
+                            end_ms: 1000,
+                            live: false,
+                        },
+                        &token,
+                    ))
+                    .await
+                    .expect("memo");
+                tenant
+            }
+        });
+        let data = Self {
+            tenant,
+            other,
+            schema: format!("{}_storage", cluster.root),
+        };
+        // The other tenant's final is stored too (no API access to it: read the rows).
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while data.other_rows().is_empty() {
+            assert!(
+                Instant::now() < deadline,
+                "the other tenant's final was never stored"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        // The audit events of the work above are stored before the backup.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (ok, out, _) = cluster.run_cli(&["admin", "audit", "list"], None);
+            if ok && out.contains("label.added") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "audit never stored: {out}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        data
+    }
+
+    /// The other tenant's stored segments, sealed, as `psql` prints them.
+    fn other_rows(&self) -> String {
+        let (ok, rows) = cluster::psql(
+            &cluster::database_url(),
+            &format!(
+                "SELECT session_id, result_seq, encode(sealed, 'hex') FROM \"{}\".segments \
+                 WHERE tenant_id = '{}' ORDER BY 1, 2",
+                self.schema, self.other
+            ),
+        );
+        assert!(ok, "{rows}");
+        rows
+    }
+}
+
+/// Outside the allowed regions: refused before anything is written.
+fn a_backup_outside_the_allowed_regions_is_refused(cluster: &Cluster, dir: &Path) {
+    let us = cluster
+        .cli(&["admin", "backup", "--out", dir.to_str().expect("utf-8")])
+        .env("KIROKU_BACKUP_REGION", "us-east-1")
+        .env("KIROKU_BACKUP_KEY", BACKUP_KEY)
+        .output()
+        .expect("backup");
+    assert_eq!(us.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&us.stderr).contains("outside the allowed regions"),
+        "{}",
+        String::from_utf8_lossy(&us.stderr)
+    );
+    assert!(!dir.exists());
+}
+
+/// The backup files are encrypted: no SQL, no stream configuration, no e-mail address.
+fn nothing_in_the_backup_is_readable(cluster: &Cluster, dir: &Path) {
+    for name in ["postgres.sql.kbk", "nats.json.kbk"] {
+        let data = std::fs::read(dir.join(name)).expect("backup file");
+        for readable in ["CREATE TABLE", "subjects", &cluster.owner_email] {
+            assert!(
+                !data
+                    .windows(readable.len())
+                    .any(|w| w == readable.as_bytes()),
+                "{readable:?} readable in {name}"
+            );
+        }
+    }
+}
+
+/// Refused: another key, an altered file, an altered manifest. Nothing changes.
+fn altered_backups_and_other_keys_are_refused(cluster: &Cluster, dir: &Path) {
+    let other_key = "00".repeat(32);
+    let (ok, _, err) = admin(
+        cluster,
+        &["restore", dir.to_str().expect("utf-8")],
+        &other_key,
+    );
+    assert!(!ok && err.contains("made with backup key"), "{err}");
+    let flipped = cluster.dir.path().join("flipped");
+    altered(dir, &flipped, "postgres.sql.kbk", |data| {
+        let at = data.len() / 2;
+        data[at] ^= 1;
+    });
+    let (ok, _, err) = admin(
+        cluster,
+        &["restore", flipped.to_str().expect("utf-8")],
+        BACKUP_KEY,
+    );
+    assert!(
+        !ok && err.contains("postgres.sql.kbk: size or SHA-256 differs"),
+        "{err}"
+    );
+    let relabelled = cluster.dir.path().join("relabelled");
+    altered(dir, &relabelled, "manifest.json", |data| {
+        let text =
+            String::from_utf8_lossy(data).replace("\"region\": \"jp\"", "\"region\": \"eu\"");
+        *data = text.into_bytes();
+    });
+    let (ok, _, err) = admin(
+        cluster,
+        &["restore", relabelled.to_str().expect("utf-8")],
+        BACKUP_KEY,
+    );
+    assert!(!ok && err.contains("was altered"), "{err}");
+    assert_eq!(schema_count(cluster), "0");
+}
+
+/// `pg_dump` of the schemas before the backup and after the restore, line by line.
+fn the_database_is_byte_equal(before: &str, after: &str) {
+    if let Some((line, (a, b))) = before
+        .lines()
+        .zip(after.lines())
+        .enumerate()
+        .find(|(_, (a, b))| a != b)
+    {
+        panic!("the restored database differs at line {line}:\n  before: {a}\n  after:  {b}");
+    }
+    assert_eq!(
+        before.len(),
+        after.len(),
+        "the restored database differs in length"
+    );
+}
+
+fn every_stream_is_back(cluster: &Cluster) {
+    let layout = cluster.layout();
+    block_on(async move {
+        let js = async_nats::jetstream::new(
+            async_nats::connect(cluster::nats_url())
+                .await
+                .expect("nats"),
+        );
+        for name in layout.stream_names() {
+            js.get_stream(&name).await.expect("restored stream");
+        }
+    });
+}
+
+/// Erased after the backup: the restore erases it again; the other tenant is intact.
+fn an_erasure_after_the_backup_stays_erased(cluster: &mut Cluster, data: &Data, dir: &Path) {
+    let other_before = data.other_rows();
     cluster.erase_tenant_with_cli();
-    stop_services(&mut cluster);
+    stop_services(cluster);
     let (ok, printed, err) = admin(
-        &cluster,
+        cluster,
         &["restore", "--replace", dir.to_str().expect("utf-8")],
         BACKUP_KEY,
     );
@@ -441,11 +486,14 @@ fn control_12_3_1_backup_wipe_restore_is_byte_equal_and_erasures_stay() {
     for table in ["data_keys", "meetings", "segments", "labels"] {
         let (ok, count) = cluster::psql(
             &cluster::database_url(),
-            &format!("SELECT count(*) FROM \"{schema}\".{table} WHERE tenant_id = '{tenant}'"),
+            &format!(
+                "SELECT count(*) FROM \"{}\".{table} WHERE tenant_id = '{}'",
+                data.schema, data.tenant
+            ),
         );
         assert!(ok && count == "0", "{table}: {count}");
     }
-    assert_eq!(other_rows(), other_before);
+    assert_eq!(data.other_rows(), other_before);
 }
 
 /// A tenant that erased its minutes and kept using the service keeps what it stored

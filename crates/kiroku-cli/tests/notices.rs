@@ -201,8 +201,34 @@ async fn add_user(account_url: &str, admin: &str, email: &str, role: account::Ro
 fn control_12_1_2_16_1_1_notices_reach_web_and_every_admins_mailbox() {
     let dir = tempfile::tempdir().expect("tempdir");
     let port = free_port();
+    let cluster = cluster_mailing_to(port);
+    let people = people_of_two_tenants(&cluster);
+    let audit_url = cluster.audit_url();
+
+    // The SMTP server is not up yet: the notice is stored, its mail waits.
+    publish_maintenance_while_mail_is_down(&cluster);
+    let sink = SmtpSink::start(port, &dir.path().join("mail"));
+    the_waiting_mail_goes_to_tenant_as_admins(&sink, &cluster.owner_email);
+
+    block_on({
+        let (audit_url, people) = (audit_url.clone(), people.clone());
+        async move {
+            let mut client = notices(&audit_url).await;
+            incidents_are_flagged_when_late(&mut client).await;
+            bad_notices_are_refused(&mut client, &people.owner_a).await;
+            each_tenant_lists_what_concerns_it(&mut client, &people).await;
+        }
+    });
+
+    every_admin_got_mail_and_no_one_else(&sink);
+    everything_was_sent(&audit_url);
+    a_member_lists_the_notices_with_the_cli(&cluster, &dir.path().join("member-config"));
+}
+
+/// A cluster with the audit service, whose notice mail goes to 127.0.0.1:`port`.
+fn cluster_mailing_to(port: u16) -> Cluster {
     let env = |k: &str, v: &str| (k.to_string(), v.to_string());
-    let cluster = Cluster::start(
+    Cluster::start(
         0,
         0,
         Options {
@@ -215,13 +241,23 @@ fn control_12_1_2_16_1_1_notices_reach_web_and_every_admins_mailbox() {
             ],
             ..Options::default()
         },
-    );
+    )
+}
+
+/// Tenant A's owner (with MFA) and member, and tenant B's owner; A also has an admin,
+/// `ada@tenant-a.example`.
+#[derive(Clone)]
+struct People {
+    owner_a: String,
+    member_a: String,
+    owner_b: String,
+}
+
+fn people_of_two_tenants(cluster: &Cluster) -> People {
     let owner_a = cluster.owner_token_with_mfa();
-    let (account_url, audit_url) = (cluster.account_url(), cluster.audit_url());
-    let owner_a_email = cluster.owner_email.clone();
-    let slug_a = cluster.tenant_slug.clone();
+    let (account_url, slug_a) = (cluster.account_url(), cluster.tenant_slug.clone());
     let (member_a, owner_b) = block_on({
-        let (account_url, owner_a) = (account_url.clone(), owner_a.clone());
+        let owner_a = owner_a.clone();
         async move {
             add_user(
                 &account_url,
@@ -255,8 +291,17 @@ fn control_12_1_2_16_1_1_notices_reach_web_and_every_admins_mailbox() {
             (member, b.tokens.expect("tokens").access_token)
         }
     });
+    People {
+        owner_a,
+        member_a,
+        owner_b,
+    }
+}
 
-    // The SMTP server is not up yet: the notice is stored, its mail waits.
+/// The operator publishes a maintenance notice for tenant A with the CLI while no SMTP
+/// server answers: stored, two mails pending.
+fn publish_maintenance_while_mail_is_down(cluster: &Cluster) {
+    let audit_url = cluster.audit_url();
     let output = cluster
         .cli(&[
             "admin",
@@ -282,27 +327,24 @@ fn control_12_1_2_16_1_1_notices_reach_web_and_every_admins_mailbox() {
     );
     assert!(ok, "publish: {out}\n{err}");
     assert!(out.contains("2 mail(s) queued"), "{out}");
-    let pending = block_on({
-        let audit_url = audit_url.clone();
-        async move {
-            tokio::time::sleep(Duration::from_millis(1500)).await;
-            notices(&audit_url)
-                .await
-                .list_notices(operator(pb::ListNoticesRequest::default()))
-                .await
-                .expect("operator list")
-                .into_inner()
-                .notices
-        }
+    let pending = block_on(async move {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        operator_list(&audit_url).await
     });
     assert_eq!(pending.len(), 1);
     assert_eq!((pending[0].mails_pending, pending[0].mails_sent), (2, 0));
+}
 
-    let sink = SmtpSink::start(port, &dir.path().join("mail"));
+/// Once the server answers, the waiting maintenance mail reaches tenant A's admin and
+/// owner, one message each, with well-formed headers and times in JST.
+fn the_waiting_mail_goes_to_tenant_as_admins(sink: &SmtpSink, owner_a_email: &str) {
     let first = sink.wait_for(2);
     assert_eq!(
         recipients(&first),
-        vec!["ada@tenant-a.example".to_string(), owner_a_email.clone()]
+        vec![
+            "ada@tenant-a.example".to_string(),
+            owner_a_email.to_string()
+        ]
     );
     for mail in &first {
         let rcpt = mail["rcpt_tos"].as_array().expect("rcpt");
@@ -323,101 +365,106 @@ fn control_12_1_2_16_1_1_notices_reach_web_and_every_admins_mailbox() {
         assert!(body.contains("Streams resume afterwards."), "{body}");
         assert!(body.contains("+09:00"), "times in JST: {body}");
     }
+}
 
-    block_on({
-        let (audit_url, owner_a, member_a, owner_b) = (
-            audit_url.clone(),
-            owner_a.clone(),
-            member_a.clone(),
-            owner_b.clone(),
-        );
-        async move {
-            let mut client = notices(&audit_url).await;
-            let incident = |title: &str, detected: i64| pb::PublishNoticeRequest {
-                kind: pb::NoticeKind::Incident as i32,
-                title: title.into(),
-                body: "Some captions were delayed. No data was lost.".into(),
-                tenants: vec![],
-                detected_at: Some(hours_ago(detected)),
-            };
-            // Published 80 hours after detection: past the 72-hour deadline.
-            let late = client
-                .publish_notice(operator(incident("Delayed captions (late)", 80)))
-                .await
-                .expect("late incident")
-                .into_inner();
-            assert!(late.past_deadline, "{late:?}");
-            let timely = client
-                .publish_notice(operator(incident("Delayed captions", 1)))
-                .await
-                .expect("incident")
-                .into_inner();
-            assert!(!timely.past_deadline);
+/// An incident for every tenant, detected `detected` hours ago.
+fn incident(title: &str, detected: i64) -> pb::PublishNoticeRequest {
+    pb::PublishNoticeRequest {
+        kind: pb::NoticeKind::Incident as i32,
+        title: title.into(),
+        body: "Some captions were delayed. No data was lost.".into(),
+        tenants: vec![],
+        detected_at: Some(hours_ago(detected)),
+    }
+}
 
-            // Refused: header injection, unknown tenant, missing or wrong operator token,
-            // a tenant owner, an incident without its detection time.
-            let mut injected = incident("Outage\r\nBcc: evil@attacker.example", 1);
-            let status = client
-                .publish_notice(operator(injected.clone()))
-                .await
-                .expect_err("injection");
-            assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
-            injected.title = "Outage".into();
-            injected.tenants = vec!["no-such-tenant".into()];
-            let status = client
-                .publish_notice(operator(injected.clone()))
-                .await
-                .expect_err("unknown tenant");
-            assert_eq!(status.code(), Code::NotFound, "{status:?}");
-            injected.tenants.clear();
-            let mut wrong = tonic::Request::new(injected.clone());
-            wrong.metadata_mut().insert(
-                "x-kiroku-operator-token",
-                "not-the-operator-token-0123456789abcdef"
-                    .parse()
-                    .expect("ascii"),
-            );
-            let status = client.publish_notice(wrong).await.expect_err("wrong token");
-            assert_eq!(status.code(), Code::Unauthenticated);
-            let status = client
-                .publish_notice(authorized(injected.clone(), &owner_a))
-                .await
-                .expect_err("owner is no operator");
-            assert_eq!(status.code(), Code::Unauthenticated);
-            injected.detected_at = None;
-            let status = client
-                .publish_notice(operator(injected))
-                .await
-                .expect_err("no detection time");
-            assert_eq!(status.code(), Code::InvalidArgument);
+/// Published 80 hours after detection: past the 72-hour deadline; after 1 hour: not.
+async fn incidents_are_flagged_when_late(client: &mut NoticeServiceClient<Channel>) {
+    let late = client
+        .publish_notice(operator(incident("Delayed captions (late)", 80)))
+        .await
+        .expect("late incident")
+        .into_inner();
+    assert!(late.past_deadline, "{late:?}");
+    let timely = client
+        .publish_notice(operator(incident("Delayed captions", 1)))
+        .await
+        .expect("incident")
+        .into_inner();
+    assert!(!timely.past_deadline);
+}
 
-            // The web API: each tenant sees what concerns it, newest first, in JST.
-            let seen_a = list(&mut client, &member_a).await;
-            let titles: Vec<&str> = seen_a.iter().map(|n| n.title.as_str()).collect();
-            assert_eq!(
-                titles,
-                vec![
-                    "Delayed captions",
-                    "Delayed captions (late)",
-                    "計画メンテナンス 12月1日 02:00–04:00"
-                ]
-            );
-            assert!(seen_a.iter().all(|n| n.published_at.ends_with("+09:00")));
-            assert!(
-                seen_a.iter().all(|n| n.tenants.is_empty()),
-                "audience is the operator's"
-            );
-            assert!(seen_a[1].past_deadline && !seen_a[0].past_deadline);
-            assert!(seen_a[0].deadline.ends_with("+09:00"));
-            let seen_b = list(&mut client, &owner_b).await;
-            let titles: Vec<&str> = seen_b.iter().map(|n| n.title.as_str()).collect();
-            assert_eq!(titles, vec!["Delayed captions", "Delayed captions (late)"]);
-            // Mail counts a tenant sees are its own.
-            assert!(seen_b.iter().all(|n| n.mails_sent + n.mails_pending == 1));
-        }
-    });
+/// Refused: header injection, unknown tenant, missing or wrong operator token, a tenant
+/// owner, an incident without its detection time.
+async fn bad_notices_are_refused(client: &mut NoticeServiceClient<Channel>, owner_a: &str) {
+    let mut injected = incident("Outage\r\nBcc: evil@attacker.example", 1);
+    let status = client
+        .publish_notice(operator(injected.clone()))
+        .await
+        .expect_err("injection");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    injected.title = "Outage".into();
+    injected.tenants = vec!["no-such-tenant".into()];
+    let status = client
+        .publish_notice(operator(injected.clone()))
+        .await
+        .expect_err("unknown tenant");
+    assert_eq!(status.code(), Code::NotFound, "{status:?}");
+    injected.tenants.clear();
+    let mut wrong = tonic::Request::new(injected.clone());
+    wrong.metadata_mut().insert(
+        "x-kiroku-operator-token",
+        "not-the-operator-token-0123456789abcdef"
+            .parse()
+            .expect("ascii"),
+    );
+    let status = client.publish_notice(wrong).await.expect_err("wrong token");
+    assert_eq!(status.code(), Code::Unauthenticated);
+    let status = client
+        .publish_notice(authorized(injected.clone(), owner_a))
+        .await
+        .expect_err("owner is no operator");
+    assert_eq!(status.code(), Code::Unauthenticated);
+    injected.detected_at = None;
+    let status = client
+        .publish_notice(operator(injected))
+        .await
+        .expect_err("no detection time");
+    assert_eq!(status.code(), Code::InvalidArgument);
+}
 
-    // 2 maintenance + 2 incidents × (2 admins of A + 1 owner of B).
+/// The web API: each tenant sees what concerns it, newest first, in JST, with its own
+/// mail counts only.
+async fn each_tenant_lists_what_concerns_it(
+    client: &mut NoticeServiceClient<Channel>,
+    people: &People,
+) {
+    let seen_a = list(client, &people.member_a).await;
+    let titles: Vec<&str> = seen_a.iter().map(|n| n.title.as_str()).collect();
+    assert_eq!(
+        titles,
+        vec![
+            "Delayed captions",
+            "Delayed captions (late)",
+            "計画メンテナンス 12月1日 02:00–04:00"
+        ]
+    );
+    assert!(seen_a.iter().all(|n| n.published_at.ends_with("+09:00")));
+    assert!(
+        seen_a.iter().all(|n| n.tenants.is_empty()),
+        "audience is the operator's"
+    );
+    assert!(seen_a[1].past_deadline && !seen_a[0].past_deadline);
+    assert!(seen_a[0].deadline.ends_with("+09:00"));
+    let seen_b = list(client, &people.owner_b).await;
+    let titles: Vec<&str> = seen_b.iter().map(|n| n.title.as_str()).collect();
+    assert_eq!(titles, vec!["Delayed captions", "Delayed captions (late)"]);
+    assert!(seen_b.iter().all(|n| n.mails_sent + n.mails_pending == 1));
+}
+
+/// 2 maintenance + 2 incidents × (2 admins of A + 1 owner of B): no member, no injected
+/// recipient, no Bcc header; the late incident's mail names its deadline.
+fn every_admin_got_mail_and_no_one_else(sink: &SmtpSink) {
     let mails = sink.wait_for(8);
     std::thread::sleep(Duration::from_millis(500));
     let mails = if sink.mails().len() > mails.len() {
@@ -453,29 +500,36 @@ fn control_12_1_2_16_1_1_notices_reach_web_and_every_admins_mailbox() {
         "{body}"
     );
     assert!(body.contains("Detected: "), "{body}");
+}
 
-    // Everything sent: the operator's view, and the CLI of a tenant admin.
-    let all = block_on(async move {
-        notices(&audit_url)
-            .await
-            .list_notices(operator(pb::ListNoticesRequest::default()))
-            .await
-            .expect("operator list")
-            .into_inner()
-            .notices
-    });
+/// Every notice as the operator sees it.
+async fn operator_list(audit_url: &str) -> Vec<pb::Notice> {
+    notices(audit_url)
+        .await
+        .list_notices(operator(pb::ListNoticesRequest::default()))
+        .await
+        .expect("operator list")
+        .into_inner()
+        .notices
+}
+
+/// The operator's view: three notices, no mail pending or failed.
+fn everything_was_sent(audit_url: &str) {
+    let all = block_on(operator_list(audit_url));
     assert_eq!(all.len(), 3);
     assert!(
         all.iter()
             .all(|n| n.mails_pending == 0 && n.mails_failed == 0)
     );
     assert_eq!(all[2].tenants.len(), 1, "the maintenance named tenant A");
-    // The member signs in with the CLI (its own config dir) and lists the notices.
-    let member_dir = dir.path().join("member-config");
+}
+
+/// The member signs in with the CLI (its own config dir) and lists the notices.
+fn a_member_lists_the_notices_with_the_cli(cluster: &Cluster, member_dir: &Path) {
     let run = |args: &[&str]| {
         let output = cluster
             .cli(args)
-            .env("KIROKU_CONFIG_DIR", &member_dir)
+            .env("KIROKU_CONFIG_DIR", member_dir)
             .env("KIROKU_AUDIT_URL", cluster.audit_url())
             .env("KIROKU_PASSWORD", "a long enough passphrase")
             .output()

@@ -898,66 +898,11 @@ fn control_cld_8_1_5_tenant_export_and_crypto_shredding_erasure() {
         }
     });
 
-    let out = cluster.dir.path().join("bundle");
-    let (ok, printed, err) = cluster.run_cli(
-        &[
-            "admin",
-            "tenant",
-            "export",
-            "--out",
-            out.to_str().expect("utf-8"),
-        ],
-        None,
-    );
-    assert!(ok, "{printed}{err}");
-    assert!(printed.contains("2 meetings and"), "{printed}");
-    let manifest: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(out.join("manifest.json")).expect("manifest"))
-            .expect("json");
-    let mut paths: Vec<&str> = manifest["files"]
-        .as_array()
-        .expect("files")
-        .iter()
-        .map(|f| f["path"].as_str().expect("path"))
-        .collect();
-    paths.sort_unstable();
-    assert_eq!(
-        paths,
-        vec![
-            "audit/log.json",
-            "meetings/board_2026_Q4.json",
-            "meetings/board_2026_Q4.vtt",
-            "meetings/weekly_sync.json",
-            "meetings/weekly_sync.vtt"
-        ]
-    );
-    let weekly: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(out.join("meetings/weekly_sync.json")).expect("meeting"),
-    )
-    .expect("json");
-    assert_eq!(weekly["meeting_id"], "weekly sync");
-    assert_eq!(weekly["segments"].as_array().expect("segments").len(), 2);
-    assert_eq!(weekly["labels"][0]["text"], "ask finance");
-    let vtt = std::fs::read_to_string(out.join("meetings/board_2026_Q4.vtt")).expect("vtt");
-    assert!(
-        vtt.starts_with("WEBVTT") && vtt.contains("予算会議"),
-        "{vtt}"
-    );
-    let (ok, _, err) = cluster.run_cli(
-        &[
-            "admin",
-            "tenant",
-            "export",
-            "--out",
-            out.to_str().expect("utf-8"),
-        ],
-        None,
-    );
-    assert!(!ok && err.contains("not empty"), "{err}");
+    the_export_holds_every_meeting(&cluster, &cluster.dir.path().join("bundle"));
 
     // A copy of the sealed rows, as a backup would hold them.
     let owner = cluster::database_url();
-    let copy = |table: &str| {
+    for table in ["meetings", "sessions", "segments"] {
         let (ok, out) = cluster::psql(
             &owner,
             &format!(
@@ -965,46 +910,10 @@ fn control_cld_8_1_5_tenant_export_and_crypto_shredding_erasure() {
             ),
         );
         assert!(ok, "{out}");
-    };
-    for table in ["meetings", "sessions", "segments"] {
-        copy(table);
     }
     let (ok, _, err) = cluster.run_cli(&["admin", "tenant", "erase", "--confirm", "wrong"], None);
     assert!(!ok && err.contains("FailedPrecondition"), "{err}");
-    // Worker checkpoints (they hold recent caption text) of the tenant's sessions, and
-    // one of a session that is not the tenant's.
-    let checkpoints = cluster.layout().checkpoints_bucket();
-    let bucket = || {
-        let checkpoints = checkpoints.clone();
-        async move {
-            let nats = async_nats::connect(cluster::nats_url())
-                .await
-                .expect("nats");
-            let js = async_nats::jetstream::new(nats);
-            js.get_key_value(checkpoints).await.expect("checkpoints")
-        }
-    };
-    block_on(async {
-        let bucket = bucket().await;
-        for session in ["s1", "s2", "someone-else"] {
-            bucket
-                .put(session, "the budget is approved".into())
-                .await
-                .expect("checkpoint");
-        }
-    });
-    let printed = cluster.erase_tenant_with_cli();
-    assert!(
-        printed.contains("erased 2 meetings, 3 segments, 1 labels; purged 3 messages"),
-        "{printed}"
-    );
-    block_on(async {
-        let bucket = bucket().await;
-        for (session, kept) in [("s1", false), ("s2", false), ("someone-else", true)] {
-            let value = bucket.get(session).await.expect("read checkpoint");
-            assert_eq!(value.is_some(), kept, "checkpoint of {session}");
-        }
-    });
+    the_erasure_takes_the_tenants_checkpoints_only(&cluster);
     let (ok, keys) = cluster::psql(
         &owner,
         &format!("SELECT count(*) FROM \"{schema}\".data_keys WHERE tenant_id = '{tenant}'"),
@@ -1059,6 +968,93 @@ fn control_cld_8_1_5_tenant_export_and_crypto_shredding_erasure() {
     });
 }
 
+/// `kiroku admin tenant export` writes both meetings (JSON and WebVTT) and the audit
+/// log, and refuses a folder that is not empty.
+fn the_export_holds_every_meeting(cluster: &Cluster, out: &std::path::Path) {
+    let printed = export_tenant(cluster, out);
+    assert!(printed.contains("2 meetings and"), "{printed}");
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("manifest.json")).expect("manifest"))
+            .expect("json");
+    let mut paths: Vec<&str> = manifest["files"]
+        .as_array()
+        .expect("files")
+        .iter()
+        .map(|f| f["path"].as_str().expect("path"))
+        .collect();
+    paths.sort_unstable();
+    assert_eq!(
+        paths,
+        vec![
+            "audit/log.json",
+            "meetings/board_2026_Q4.json",
+            "meetings/board_2026_Q4.vtt",
+            "meetings/weekly_sync.json",
+            "meetings/weekly_sync.vtt"
+        ]
+    );
+    let weekly: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(out.join("meetings/weekly_sync.json")).expect("meeting"),
+    )
+    .expect("json");
+    assert_eq!(weekly["meeting_id"], "weekly sync");
+    assert_eq!(weekly["segments"].as_array().expect("segments").len(), 2);
+    assert_eq!(weekly["labels"][0]["text"], "ask finance");
+    let vtt = std::fs::read_to_string(out.join("meetings/board_2026_Q4.vtt")).expect("vtt");
+    assert!(
+        vtt.starts_with("WEBVTT") && vtt.contains("予算会議"),
+        "{vtt}"
+    );
+    let (ok, _, err) = cluster.run_cli(
+        &[
+            "admin",
+            "tenant",
+            "export",
+            "--out",
+            out.to_str().expect("utf-8"),
+        ],
+        None,
+    );
+    assert!(!ok && err.contains("not empty"), "{err}");
+}
+
+/// Worker checkpoints (they hold recent caption text) of the tenant's sessions go with
+/// the erasure; one of a session that is not the tenant's stays.
+fn the_erasure_takes_the_tenants_checkpoints_only(cluster: &Cluster) {
+    let checkpoints = cluster.layout().checkpoints_bucket();
+    let bucket = || {
+        let checkpoints = checkpoints.clone();
+        async move {
+            let nats = async_nats::connect(cluster::nats_url())
+                .await
+                .expect("nats");
+            let js = async_nats::jetstream::new(nats);
+            js.get_key_value(checkpoints).await.expect("checkpoints")
+        }
+    };
+    block_on(async {
+        let bucket = bucket().await;
+        for session in ["s1", "s2", "someone-else"] {
+            bucket
+                .put(session, "the budget is approved".into())
+                .await
+                .expect("checkpoint");
+        }
+    });
+    let printed = cluster.erase_tenant_with_cli();
+    assert!(
+        printed.contains("erased 2 meetings, 3 segments, 1 labels; purged 3 messages"),
+        "{printed}"
+    );
+    block_on(async {
+        let bucket = bucket().await;
+        for (session, kept) in [("s1", false), ("s2", false), ("someone-else", true)] {
+            let value = bucket.get(session).await.expect("read checkpoint");
+            assert_eq!(value.is_some(), kept, "checkpoint of {session}");
+        }
+    });
+}
+
 /// Reads a bundle's manifest: {path: sha256}.
 fn manifest_files(dir: &std::path::Path) -> std::collections::BTreeMap<String, String> {
     let manifest: serde_json::Value =
@@ -1095,75 +1091,10 @@ fn control_cld_8_1_5_export_then_import_into_a_clean_instance_is_equal() {
     );
     cluster.enroll_owner_mfa_with_cli();
     let token = cluster.access_token();
-    let (account_url, storage_url, root) = (
-        cluster.account_url(),
-        cluster.storage_url(),
-        cluster.root.clone(),
-    );
-    block_on({
-        let (token, storage_url) = (token.clone(), storage_url.clone());
-        async move {
-            let tenant = cluster::tenant_of(&account_url, &token).await;
-            let transcripts = Transcripts::of(&root).await;
-            let finals = [
-                ("s1", "weekly sync", 1, 0, "the budget is approved"),
-                ("s1", "weekly sync", 2, 2000, "next meeting on friday"),
-                ("s2", "weekly sync", 1, 0, "resumed after the break"),
-                ("s3", "予算会議", 1, 0, "予算会議は金曜日です"),
-            ];
-            for (session, meeting, seq, start, text) in finals {
-                let message = final_result(&tenant, session, meeting, seq, segment(start, text));
-                transcripts
-                    .publish(&message, &format!("{session}:r{seq}"))
-                    .await;
-            }
-            let mut client = storage(&storage_url).await;
-            wait_for_segments(&mut client, &token, "weekly sync", 3).await;
-            wait_for_segments(&mut client, &token, "予算会議", 1).await;
-            for (kind, text, at_ms, end_ms) in [
-                (pb::LabelKind::Tag, "Finance", 0, 0),
-                (pb::LabelKind::Bookmark, "decision", 2400, 0),
-                (
-                    pb::LabelKind::Memo,
-                    "<script>alert(1)</script> ask",
-                    0,
-                    1000,
-                ),
-            ] {
-                client
-                    .add_label(authorized(
-                        pb::AddLabelRequest {
-                            meeting_id: "weekly sync".into(),
-                            kind: kind as i32,
-                            text: text.into(),
-                            at_ms,
-                            end_ms,
-                            live: false,
-                        },
-                        &token,
-                    ))
-                    .await
-                    .expect("label");
-            }
-        }
-    });
+    two_meetings_with_labels(&cluster, &token);
 
     let exported = cluster.dir.path().join("exported");
-    let export = |cluster: &Cluster, out: &std::path::Path| {
-        let (ok, printed, err) = cluster.run_cli(
-            &[
-                "admin",
-                "tenant",
-                "export",
-                "--out",
-                out.to_str().expect("utf-8"),
-            ],
-            None,
-        );
-        assert!(ok, "{printed}{err}");
-        printed
-    };
-    let printed = export(&cluster, &exported);
+    let printed = export_tenant(&cluster, &exported);
     assert!(printed.contains("2 meetings and"), "{printed}");
     let original = manifest_files(&exported);
     assert!(original.contains_key("audit/log.json"), "{original:?}");
@@ -1197,24 +1128,8 @@ fn control_cld_8_1_5_export_then_import_into_a_clean_instance_is_equal() {
     let original_storage = cluster.storage.as_ref().and_then(|s| s.grpc.clone());
     cluster.storage.as_mut().expect("storage").grpc = Some(clean.clone());
     let again = cluster.dir.path().join("again");
-    export(&cluster, &again);
-    let reexported = manifest_files(&again);
-    for (path, sha) in &original {
-        if path == "audit/log.json" {
-            continue;
-        }
-        assert_eq!(
-            reexported.get(path),
-            Some(sha),
-            "{path} differs after import"
-        );
-        assert_eq!(
-            std::fs::read(exported.join(path)).expect("file"),
-            std::fs::read(again.join(path)).expect("file"),
-            "{path}"
-        );
-    }
-    assert_eq!(reexported.len(), original.len());
+    export_tenant(&cluster, &again);
+    the_export_is_equal(&exported, &again, &original);
     let (ok, out, err) = cluster.run_cli(&["meetings", "search", "friday"], None);
     assert!(ok && out.contains("weekly sync"), "{out}{err}");
     let (ok, out, err) = cluster.run_cli(&["meetings", "list", "--tag", "finance"], None);
@@ -1232,10 +1147,118 @@ fn control_cld_8_1_5_export_then_import_into_a_clean_instance_is_equal() {
     );
     assert!(!ok && err.contains("AlreadyExists"), "{err}");
 
-    // Bad bundles, sent past the CLI's own check, are refused by the service and leave
-    // nothing behind (sent to the original instance, emptied first).
+    // Bad bundles go to the original instance, emptied first.
     cluster.storage.as_mut().expect("storage").grpc = original_storage;
     cluster.erase_tenant_with_cli();
+    bad_bundles_are_refused_and_leave_nothing(&cluster, &token, &exported);
+}
+
+/// "weekly sync" (two sessions, three finals, a tag, a bookmark and a memo) and
+/// "予算会議" (one final), stored.
+fn two_meetings_with_labels(cluster: &Cluster, token: &str) {
+    let token = token.to_string();
+    let (account_url, storage_url, root) = (
+        cluster.account_url(),
+        cluster.storage_url(),
+        cluster.root.clone(),
+    );
+    block_on(async move {
+        let tenant = cluster::tenant_of(&account_url, &token).await;
+        let transcripts = Transcripts::of(&root).await;
+        let finals = [
+            ("s1", "weekly sync", 1, 0, "the budget is approved"),
+            ("s1", "weekly sync", 2, 2000, "next meeting on friday"),
+            ("s2", "weekly sync", 1, 0, "resumed after the break"),
+            ("s3", "予算会議", 1, 0, "予算会議は金曜日です"),
+        ];
+        for (session, meeting, seq, start, text) in finals {
+            let message = final_result(&tenant, session, meeting, seq, segment(start, text));
+            transcripts
+                .publish(&message, &format!("{session}:r{seq}"))
+                .await;
+        }
+        let mut client = storage(&storage_url).await;
+        wait_for_segments(&mut client, &token, "weekly sync", 3).await;
+        wait_for_segments(&mut client, &token, "予算会議", 1).await;
+        for (kind, text, at_ms, end_ms) in [
+            (pb::LabelKind::Tag, "Finance", 0, 0),
+            (pb::LabelKind::Bookmark, "decision", 2400, 0),
+            (
+                pb::LabelKind::Memo,
+                "<script>alert(1)</script> ask",
+                0,
+                1000,
+            ),
+        ] {
+            client
+                .add_label(authorized(
+                    pb::AddLabelRequest {
+                        meeting_id: "weekly sync".into(),
+                        kind: kind as i32,
+                        text: text.into(),
+                        at_ms,
+                        end_ms,
+                        live: false,
+                    },
+                    &token,
+                ))
+                .await
+                .expect("label");
+        }
+    });
+}
+
+/// `kiroku admin tenant export --out OUT`; what it printed.
+fn export_tenant(cluster: &Cluster, out: &std::path::Path) -> String {
+    let (ok, printed, err) = cluster.run_cli(
+        &[
+            "admin",
+            "tenant",
+            "export",
+            "--out",
+            out.to_str().expect("utf-8"),
+        ],
+        None,
+    );
+    assert!(ok, "{printed}{err}");
+    printed
+}
+
+/// Every file of the first export but the audit log (which grew meanwhile) is in the
+/// second with the same SHA-256 and bytes, and no file more.
+fn the_export_is_equal(
+    exported: &std::path::Path,
+    again: &std::path::Path,
+    original: &std::collections::BTreeMap<String, String>,
+) {
+    let reexported = manifest_files(again);
+    for (path, sha) in original {
+        if path == "audit/log.json" {
+            continue;
+        }
+        assert_eq!(
+            reexported.get(path),
+            Some(sha),
+            "{path} differs after import"
+        );
+        assert_eq!(
+            std::fs::read(exported.join(path)).expect("file"),
+            std::fs::read(again.join(path)).expect("file"),
+            "{path}"
+        );
+    }
+    assert_eq!(reexported.len(), original.len());
+}
+
+/// Bad bundles, sent past the CLI's own check, are refused by the service and leave
+/// nothing behind: no manifest first, a tampered file, a missing file, an unlisted
+/// file, a manifest that does not parse.
+fn bad_bundles_are_refused_and_leave_nothing(
+    cluster: &Cluster,
+    token: &str,
+    exported: &std::path::Path,
+) {
+    let (token, storage_url) = (token.to_string(), cluster.storage_url());
     let manifest = std::fs::read(exported.join("manifest.json")).expect("manifest");
     let file = |path: &str, data: Vec<u8>| pb::BundleFile {
         path: path.into(),

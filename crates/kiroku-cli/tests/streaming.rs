@@ -600,192 +600,217 @@ mod bad_input {
             token: cluster.access_token(),
         };
         cluster::block_on(async move {
-            let url = &u;
-            let ms100 = 16_000 / 10 * 2;
-
-            // The worker (tiny.en) refuses a language its model cannot transcribe as
-            // soon as it takes the session, before any audio; the message names the
-            // model, never a server path. First, while the worker has free slots.
-            let mut japanese = config(16_000, 1);
-            if let R::Config(config) = &mut japanese {
-                config.options = Some(api::RecognitionOptions {
-                    language: "ja".into(),
-                    ..Default::default()
-                });
-            }
-            expect_status(
-                url,
-                vec![japanese],
-                Code::InvalidArgument,
-                "model tiny.en is English-only",
-            )
-            .await;
-            expect_status(
-                url,
-                vec![audio(1, ms100)],
-                Code::InvalidArgument,
-                "first message must be `config`",
-            )
-            .await;
-            expect_status(
-                url,
-                vec![config(22_050, 1)],
-                Code::InvalidArgument,
-                "sample rate 22050 Hz",
-            )
-            .await;
-            expect_status(
-                url,
-                vec![config(16_000, 3)],
-                Code::InvalidArgument,
-                "3 channels",
-            )
-            .await;
-            expect_status(
-                url,
-                vec![config(16_000, 1), audio(1, ms100 * 3)],
-                Code::InvalidArgument,
-                "at most 200 ms",
-            )
-            .await;
-            expect_status(
-                url,
-                vec![config(48_000, 2), audio(1, 4802)],
-                Code::InvalidArgument,
-                "whole 16-bit samples",
-            )
-            .await;
-            expect_status(
-                url,
-                vec![config(16_000, 1), audio(1, ms100), audio(3, ms100)],
-                Code::InvalidArgument,
-                "seqs must increase by one",
-            )
-            .await;
-            expect_status(
-                url,
-                vec![config(16_000, 1), config(16_000, 1)],
-                Code::InvalidArgument,
-                "only be sent once",
-            )
-            .await;
-            // A stream message larger than any a stream needs (1 MiB) is refused from its
-            // length prefix, before the gateway buffers it.
-            let mut huge = config(16_000, 1);
-            if let R::Config(config) = &mut huge {
-                config.options = Some(api::RecognitionOptions {
-                    prompt: "x".repeat(2 << 20),
-                    ..Default::default()
-                });
-            }
-            expect_status(
-                url,
-                vec![huge],
-                Code::OutOfRange,
-                "message length too large",
-            )
-            .await;
-            // Streams without end: 1 ms frames (only the last may be under 10 ms), a
-            // flood of messages, too many bookmarks, a connection kept open forever.
-            expect_status(
-                url,
-                vec![config(16_000, 1), audio(1, 32), audio(2, 32)],
-                Code::InvalidArgument,
-                "follows a frame shorter than 10 ms",
-            )
-            .await;
-            let mut flood = vec![config(16_000, 1)];
-            flood.extend((0..250).map(|_| keep_alive()));
-            expect_status(
-                url,
-                flood,
-                Code::ResourceExhausted,
-                "more than 200 messages in one second",
-            )
-            .await;
-            // 501 bookmarks, 60 per 0.7 s: under the message rate even if the gateway
-            // stalls and counts three batches in one second.
-            let mut bookmarks = vec![(Duration::ZERO, config(16_000, 1))];
-            bookmarks.extend((0..501).map(|i| {
-                let delay = if i % 60 == 0 {
-                    Duration::from_millis(700)
-                } else {
-                    Duration::ZERO
-                };
-                (delay, bookmark())
-            }));
-            let status = call_paced(url, bookmarks)
-                .await
-                .expect_err("too many bookmarks");
-            assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
-            assert!(
-                status
-                    .message()
-                    .contains("at most 500 bookmarks per stream"),
-                "{status:?}"
-            );
-            // Keep-alives every second past the 10 s limit of this gateway.
-            let mut forever = vec![(Duration::ZERO, config(16_000, 1))];
-            forever.extend((0..20).map(|_| (Duration::from_secs(1), keep_alive())));
-            let status = call_paced(url, forever).await.expect_err("open too long");
-            assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
-            assert!(
-                status.message().contains("limit of 10 s open"),
-                "{status:?}"
-            );
-            expect_status(
-                url,
-                vec![config(16_000, 1), end(), audio(1, ms100)],
-                Code::FailedPrecondition,
-                "after end_of_stream",
-            )
-            .await;
-            let mut resume = api::StreamConfig {
-                resume_token: "v1.default.nosuch.00".into(),
-                ..Default::default()
-            };
-            resume.audio_format = Some(api::AudioFormat {
-                encoding: 1,
-                sample_rate_hz: 16_000,
-                channels: 1,
-            });
-            expect_status(
-                url,
-                vec![R::Config(resume)],
-                Code::InvalidArgument,
-                "resume_token",
-            )
-            .await;
-            // Silence on the line: the idle limit (2 s here) answers DEADLINE_EXCEEDED.
-            expect_status(
-                url,
-                vec![config(16_000, 1), audio(1, ms100)],
-                Code::DeadlineExceeded,
-                "keep_alive",
-            )
-            .await;
-            // A client that vanishes mid-stream.
-            let _ = call(
-                url,
-                vec![config(16_000, 1), audio(1, ms100), audio(2, ms100)],
-                true,
-            )
-            .await;
-            // The gateway still serves: a short, silent stream closes normally with stats.
-            let responses = call(url, vec![config(16_000, 1), audio(1, ms100), end()], false)
-                .await
-                .expect("a good stream after bad ones");
-            assert!(matches!(
-                responses.first().and_then(|r| r.response.as_ref()),
-                Some(api::stream_transcribe_response::Response::Session(_))
-            ));
-            assert!(responses.iter().any(|r| matches!(
-                r.response,
-                Some(api::stream_transcribe_response::Response::Stats(_))
-            )));
+            malformed_streams_are_refused(&u).await;
+            streams_without_end_are_cut(&u).await;
+            late_or_unknown_messages_are_refused(&u).await;
+            idle_and_vanished_clients_end_and_good_streams_still_work(&u).await;
         });
         assert!(cluster.gateways[0].is_running(), "the gateway crashed");
-        // Health, and the refusals counted by status on /metrics.
+        health_and_metrics_count_the_refusals(&cluster);
+        assert!(cluster.workers[0].is_running(), "the worker crashed");
+        no_consumer_is_left_behind(&cluster);
+    }
+
+    /// 100 ms of 16 kHz mono 16-bit audio, in bytes.
+    const MS100: usize = 16_000 / 10 * 2;
+
+    /// A language the model cannot transcribe, a missing or wrong config, frames too
+    /// long, cut mid-sample or out of order, a second config, an oversized message.
+    async fn malformed_streams_are_refused(url: &Target) {
+        // The worker (tiny.en) refuses a language its model cannot transcribe as
+        // soon as it takes the session, before any audio; the message names the
+        // model, never a server path. First, while the worker has free slots.
+        let mut japanese = config(16_000, 1);
+        if let R::Config(config) = &mut japanese {
+            config.options = Some(api::RecognitionOptions {
+                language: "ja".into(),
+                ..Default::default()
+            });
+        }
+        expect_status(
+            url,
+            vec![japanese],
+            Code::InvalidArgument,
+            "model tiny.en is English-only",
+        )
+        .await;
+        expect_status(
+            url,
+            vec![audio(1, MS100)],
+            Code::InvalidArgument,
+            "first message must be `config`",
+        )
+        .await;
+        expect_status(
+            url,
+            vec![config(22_050, 1)],
+            Code::InvalidArgument,
+            "sample rate 22050 Hz",
+        )
+        .await;
+        expect_status(
+            url,
+            vec![config(16_000, 3)],
+            Code::InvalidArgument,
+            "3 channels",
+        )
+        .await;
+        expect_status(
+            url,
+            vec![config(16_000, 1), audio(1, MS100 * 3)],
+            Code::InvalidArgument,
+            "at most 200 ms",
+        )
+        .await;
+        expect_status(
+            url,
+            vec![config(48_000, 2), audio(1, 4802)],
+            Code::InvalidArgument,
+            "whole 16-bit samples",
+        )
+        .await;
+        expect_status(
+            url,
+            vec![config(16_000, 1), audio(1, MS100), audio(3, MS100)],
+            Code::InvalidArgument,
+            "seqs must increase by one",
+        )
+        .await;
+        expect_status(
+            url,
+            vec![config(16_000, 1), config(16_000, 1)],
+            Code::InvalidArgument,
+            "only be sent once",
+        )
+        .await;
+        // A stream message larger than any a stream needs (1 MiB) is refused from its
+        // length prefix, before the gateway buffers it.
+        let mut huge = config(16_000, 1);
+        if let R::Config(config) = &mut huge {
+            config.options = Some(api::RecognitionOptions {
+                prompt: "x".repeat(2 << 20),
+                ..Default::default()
+            });
+        }
+        expect_status(
+            url,
+            vec![huge],
+            Code::OutOfRange,
+            "message length too large",
+        )
+        .await;
+    }
+
+    /// Streams without end: 1 ms frames (only the last may be under 10 ms), a flood of
+    /// messages, too many bookmarks, a connection kept open forever.
+    async fn streams_without_end_are_cut(url: &Target) {
+        expect_status(
+            url,
+            vec![config(16_000, 1), audio(1, 32), audio(2, 32)],
+            Code::InvalidArgument,
+            "follows a frame shorter than 10 ms",
+        )
+        .await;
+        let mut flood = vec![config(16_000, 1)];
+        flood.extend((0..250).map(|_| keep_alive()));
+        expect_status(
+            url,
+            flood,
+            Code::ResourceExhausted,
+            "more than 200 messages in one second",
+        )
+        .await;
+        // 501 bookmarks, 60 per 0.7 s: under the message rate even if the gateway
+        // stalls and counts three batches in one second.
+        let mut bookmarks = vec![(Duration::ZERO, config(16_000, 1))];
+        bookmarks.extend((0..501).map(|i| {
+            let delay = if i % 60 == 0 {
+                Duration::from_millis(700)
+            } else {
+                Duration::ZERO
+            };
+            (delay, bookmark())
+        }));
+        let status = call_paced(url, bookmarks)
+            .await
+            .expect_err("too many bookmarks");
+        assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+        assert!(
+            status
+                .message()
+                .contains("at most 500 bookmarks per stream"),
+            "{status:?}"
+        );
+        // Keep-alives every second past the 10 s limit of this gateway.
+        let mut forever = vec![(Duration::ZERO, config(16_000, 1))];
+        forever.extend((0..20).map(|_| (Duration::from_secs(1), keep_alive())));
+        let status = call_paced(url, forever).await.expect_err("open too long");
+        assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
+        assert!(
+            status.message().contains("limit of 10 s open"),
+            "{status:?}"
+        );
+    }
+
+    /// Audio after end_of_stream; a resume token no gateway issued.
+    async fn late_or_unknown_messages_are_refused(url: &Target) {
+        expect_status(
+            url,
+            vec![config(16_000, 1), end(), audio(1, MS100)],
+            Code::FailedPrecondition,
+            "after end_of_stream",
+        )
+        .await;
+        let mut resume = api::StreamConfig {
+            resume_token: "v1.default.nosuch.00".into(),
+            ..Default::default()
+        };
+        resume.audio_format = Some(api::AudioFormat {
+            encoding: 1,
+            sample_rate_hz: 16_000,
+            channels: 1,
+        });
+        expect_status(
+            url,
+            vec![R::Config(resume)],
+            Code::InvalidArgument,
+            "resume_token",
+        )
+        .await;
+    }
+
+    async fn idle_and_vanished_clients_end_and_good_streams_still_work(url: &Target) {
+        // Silence on the line: the idle limit (2 s here) answers DEADLINE_EXCEEDED.
+        expect_status(
+            url,
+            vec![config(16_000, 1), audio(1, MS100)],
+            Code::DeadlineExceeded,
+            "keep_alive",
+        )
+        .await;
+        // A client that vanishes mid-stream.
+        let _ = call(
+            url,
+            vec![config(16_000, 1), audio(1, MS100), audio(2, MS100)],
+            true,
+        )
+        .await;
+        // The gateway still serves: a short, silent stream closes normally with stats.
+        let responses = call(url, vec![config(16_000, 1), audio(1, MS100), end()], false)
+            .await
+            .expect("a good stream after bad ones");
+        assert!(matches!(
+            responses.first().and_then(|r| r.response.as_ref()),
+            Some(api::stream_transcribe_response::Response::Session(_))
+        ));
+        assert!(responses.iter().any(|r| matches!(
+            r.response,
+            Some(api::stream_transcribe_response::Response::Stats(_))
+        )));
+    }
+
+    /// Health, and the refusals counted by status on /metrics.
+    fn health_and_metrics_count_the_refusals(cluster: &Cluster) {
         let u = cluster.gateway_url(0);
         let health = cluster::block_on(async move {
             let channel = tonic::transport::Endpoint::from_shared(u)
@@ -819,9 +844,11 @@ mod bad_input {
             "{metrics}"
         );
         assert!(metrics.contains("kiroku_active_streams"), "{metrics}");
-        assert!(cluster.workers[0].is_running(), "the worker crashed");
-        // Every session ends (the vanished one after the 3 s resume window) and no
-        // consumer is left behind on AUDIO or TRANSCRIPTS.
+    }
+
+    /// Every session ends (the vanished one after the 3 s resume window) and no
+    /// consumer is left behind on AUDIO or TRANSCRIPTS.
+    fn no_consumer_is_left_behind(cluster: &Cluster) {
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         loop {
             let consumers = cluster.consumer_count();

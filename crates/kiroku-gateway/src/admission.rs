@@ -23,6 +23,16 @@ pub struct Rate {
     pub per_second: f64,
 }
 
+impl Rate {
+    /// `per_second`, with a burst of 20 seconds' worth (what the rate flags set).
+    pub fn per_second(per_second: f64) -> Self {
+        Self {
+            burst: (per_second * 20.0).ceil() as u32,
+            per_second,
+        }
+    }
+}
+
 /// Documented public limits per tenant (docs/accounts.md).
 #[derive(Debug, Clone)]
 pub struct Quotas {

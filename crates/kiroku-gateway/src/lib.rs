@@ -14,6 +14,7 @@ mod error;
 pub mod forward;
 mod queue;
 mod resample;
+pub mod settings;
 mod stream;
 mod token;
 mod unary;
@@ -55,6 +56,7 @@ pub use access::METHODS;
 pub use admission::{Quotas, Rate};
 pub use error::WORKER_FAILED;
 pub use resample::{OUTPUT_RATE_HZ, SUPPORTED_RATES_HZ};
+pub use settings::GatewaySettings;
 pub use token::{ResumeClaim, ResumeKeys};
 
 /// Default gRPC address (what `kiroku stream` connects to by default).

@@ -14,6 +14,7 @@ pub mod crypto;
 pub mod error;
 pub mod search;
 mod service;
+pub mod settings;
 pub mod store;
 
 use std::sync::Arc;
@@ -31,6 +32,7 @@ use tracing::info;
 use uuid::Uuid;
 
 pub use service::{METHODS, StorageService, transcript};
+pub use settings::StorageSettings;
 pub use store::Keys;
 
 /// Default gRPC address of the storage service.

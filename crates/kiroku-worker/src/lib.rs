@@ -13,6 +13,9 @@
 //! (checkpoint, then NAK) so another worker continues them at once.
 
 mod session;
+pub mod settings;
+
+pub use settings::WorkerSettings;
 
 use std::path::PathBuf;
 use std::sync::Arc;
