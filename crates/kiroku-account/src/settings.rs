@@ -91,18 +91,10 @@ impl AccountSettings {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser as _;
-
-    #[derive(clap::Parser)]
-    struct Cli {
-        #[command(flatten)]
-        settings: AccountSettings,
-    }
-
     fn config(args: &[&str]) -> Result<AccountConfig, InvalidSetting> {
-        let cli = Cli::try_parse_from(std::iter::once("account").chain(args.iter().copied()))
-            .expect("flags parse");
-        cli.settings.config(auth::OperatorToken::default())
+        kiroku_core::settings::parse::<AccountSettings>(args)
+            .expect("flags parse")
+            .config(auth::OperatorToken::default())
     }
 
     #[test]

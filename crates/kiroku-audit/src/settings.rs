@@ -106,18 +106,10 @@ impl AuditSettings {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser as _;
-
-    #[derive(clap::Parser)]
-    struct Cli {
-        #[command(flatten)]
-        settings: AuditSettings,
-    }
-
     fn config(args: &[&str]) -> Result<AuditConfig, InvalidSetting> {
-        let cli = Cli::try_parse_from(std::iter::once("audit").chain(args.iter().copied()))
-            .expect("flags parse");
-        cli.settings.config(AuditSecrets::default())
+        kiroku_core::settings::parse::<AuditSettings>(args)
+            .expect("flags parse")
+            .config(AuditSecrets::default())
     }
 
     #[test]

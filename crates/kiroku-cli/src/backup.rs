@@ -192,6 +192,49 @@ pub fn run_backup(args: BackupArgs) -> Result<()> {
         .clone()
         .unwrap_or_else(|| args.region.clone());
     let out = &args.out;
+    an_empty_directory(out)?;
+    let target = &args.target;
+    let layout = layout(target)?;
+    let schemas = service_schemas(target)?;
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+
+    let postgres = dump_postgres(&key, out, &target.database_url, &schemas)?;
+    eprintln!(
+        "reading the JetStream configuration of cluster {}",
+        layout.root()
+    );
+    let configs = runtime()?.block_on(stream_configs(&target.nats, &layout))?;
+    let json = serde_json::to_vec_pretty(&configs)?;
+    let nats = seal_from(&key, out, backup::NATS, |sealer| {
+        sealer.write_all(&json)?;
+        Ok(())
+    })?;
+
+    let manifest = Manifest {
+        format: backup::FORMAT.into(),
+        created_at: chrono::Utc::now(),
+        region,
+        key_id: key.id().into(),
+        schemas,
+        nats_root: layout.root().into(),
+        files: vec![postgres, nats],
+    };
+    let data = serde_json::to_vec_pretty(&manifest)?;
+    std::fs::write(out.join(backup::MANIFEST), &data)?;
+    std::fs::write(out.join(backup::MANIFEST_MAC), key.mac(&data))?;
+    println!(
+        "backup written to {} ({} schemas, {} streams; {} encrypted with backup key {})",
+        out.display(),
+        manifest.schemas.len(),
+        configs.len(),
+        mib(manifest.files.iter().map(|f| f.bytes).sum()),
+        key.id()
+    );
+    Ok(())
+}
+
+/// A backup goes into a new or empty directory, never over another.
+fn an_empty_directory(out: &Path) -> Result<()> {
     if out.exists()
         && std::fs::read_dir(out)
             .map(|mut d| d.next().is_some())
@@ -203,8 +246,12 @@ pub fn run_backup(args: BackupArgs) -> Result<()> {
         ))
         .into());
     }
-    let target = &args.target;
-    let layout = layout(target)?;
+    Ok(())
+}
+
+/// The services' schemas by role (account, audit, storage): distinct, and each in the
+/// database.
+fn service_schemas(target: &Target) -> Result<std::collections::BTreeMap<String, String>> {
     let schemas: std::collections::BTreeMap<String, String> = [
         ("account", &target.account_schema),
         ("audit", &target.audit_schema),
@@ -225,17 +272,20 @@ pub fn run_backup(args: BackupArgs) -> Result<()> {
         ))
         .into());
     }
-    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    Ok(schemas)
+}
 
-    eprintln!(
-        "dumping PostgreSQL schemas {}",
-        names
-            .iter()
-            .map(|s| s.as_str())
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
-    let pg = PgTarget::new(&target.database_url)?;
+/// `pg_dump` of the schemas, sealed with the backup key into `out` as it streams, with
+/// progress on stderr.
+fn dump_postgres(
+    key: &BackupKey,
+    out: &Path,
+    database_url: &str,
+    schemas: &std::collections::BTreeMap<String, String>,
+) -> Result<ManifestFile> {
+    let names: Vec<&str> = schemas.values().map(String::as_str).collect();
+    eprintln!("dumping PostgreSQL schemas {}", names.join(", "));
+    let pg = PgTarget::new(database_url)?;
     let mut dump = pg.command("pg_dump");
     dump.args(["--no-password", "--format=plain", "--quote-all-identifiers"]);
     for schema in &names {
@@ -248,7 +298,7 @@ pub fn run_backup(args: BackupArgs) -> Result<()> {
         .spawn()
         .context("running pg_dump (install postgresql-client)")?;
     let mut stdout = child.stdout.take().context("pg_dump stdout")?;
-    let postgres = seal_from(&key, out, backup::POSTGRES, |sealer| {
+    let postgres = seal_from(key, out, backup::POSTGRES, |sealer| {
         let mut buffer = vec![0u8; backup::CHUNK];
         let (mut total, mut shown) = (0u64, 0u64);
         loop {
@@ -273,39 +323,7 @@ pub fn run_backup(args: BackupArgs) -> Result<()> {
         );
     }
     eprintln!("\r  {} of SQL", mib(postgres.plain_bytes));
-
-    eprintln!(
-        "reading the JetStream configuration of cluster {}",
-        layout.root()
-    );
-    let configs = runtime()?.block_on(stream_configs(&target.nats, &layout))?;
-    let json = serde_json::to_vec_pretty(&configs)?;
-    let nats = seal_from(&key, out, backup::NATS, |sealer| {
-        sealer.write_all(&json)?;
-        Ok(())
-    })?;
-
-    let manifest = Manifest {
-        format: backup::FORMAT.into(),
-        created_at: chrono::Utc::now(),
-        region,
-        key_id: key.id().into(),
-        schemas: schemas.clone(),
-        nats_root: layout.root().into(),
-        files: vec![postgres, nats],
-    };
-    let data = serde_json::to_vec_pretty(&manifest)?;
-    std::fs::write(out.join(backup::MANIFEST), &data)?;
-    std::fs::write(out.join(backup::MANIFEST_MAC), key.mac(&data))?;
-    println!(
-        "backup written to {} ({} schemas, {} streams; {} encrypted with backup key {})",
-        out.display(),
-        manifest.schemas.len(),
-        configs.len(),
-        mib(manifest.files.iter().map(|f| f.bytes).sum()),
-        key.id()
-    );
-    Ok(())
+    Ok(postgres)
 }
 
 /// Writes `DIR/name` sealed, from what `fill` writes; its manifest entry.

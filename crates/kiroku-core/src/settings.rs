@@ -144,6 +144,14 @@ impl CommonSettings {
     }
 }
 
+/// Parses `args` (flags only, no program name) as one settings struct, with its
+/// environment variables and defaults: how tests and embedding programs build a
+/// service's settings the way `kiroku serve` does.
+pub fn parse<T: clap::Args>(args: &[&str]) -> Result<T, clap::Error> {
+    let command = T::augment_args(clap::Command::new("kiroku").no_binary_name(true));
+    T::from_arg_matches(&command.try_get_matches_from(args)?)
+}
+
 /// A number of seconds given as a decimal (`--ack-wait-s 0.5`) as a duration; negative,
 /// NaN or huge values are not durations (the ranges are each `validate()`'s).
 pub fn seconds(setting: &'static str, value: f64) -> Result<Duration, InvalidSetting> {
@@ -161,20 +169,14 @@ mod tests {
     /// and stays within what NATS allows.
     #[test]
     fn nats_replicas_are_checked_and_reach_the_retention() {
-        #[derive(clap::Parser)]
-        struct Cli {
-            #[command(flatten)]
-            common: CommonSettings,
-        }
-        use clap::Parser as _;
-        let parse = |value: &str| Cli::try_parse_from(["kiroku", "--nats-replicas", value]);
-        let three = parse("3").expect("3 replicas");
-        assert_eq!(three.common.retention().replicas, 3);
+        let replicas = |value: &str| parse::<CommonSettings>(&["--nats-replicas", value]);
+        let three = replicas("3").expect("3 replicas");
+        assert_eq!(three.retention().replicas, 3);
         for bad in ["0", "6", "three"] {
-            assert!(parse(bad).is_err(), "--nats-replicas {bad} was accepted");
+            assert!(replicas(bad).is_err(), "--nats-replicas {bad} was accepted");
         }
-        let default = Cli::try_parse_from(["kiroku"]).expect("defaults");
-        assert_eq!(default.common.retention().replicas, 1);
+        let default = parse::<CommonSettings>(&[]).expect("defaults");
+        assert_eq!(default.retention().replicas, 1);
     }
 
     #[test]

@@ -19,7 +19,9 @@
 //! - **LocalAgreement with a gap**: a word is committed once a hypothesis at least
 //!   [`PolicyConfig::agreement_gap_ms`] older agrees on it and on every word before it.
 //!   At short steps, agreeing with the previous hypothesis commits the still-changing
-//!   words at the audio's edge.
+//!   words at the audio's edge. A word a decode heard [`PolicyConfig::settle_ms`] of
+//!   audio after is committed without agreement (English): under load decodes come
+//!   seconds apart, and a second one would double the word's delay.
 //! - **De-duplication by text**: committed words still in the buffer come back in every
 //!   hypothesis; they are aligned by their text, never by timestamps (which jitter and
 //!   would delete real words).
@@ -83,6 +85,23 @@ pub struct PolicyConfig {
     pub step_ms: u32,
     /// Agree only with a hypothesis at least this much older (by the audio it covered).
     pub agreement_gap_ms: u32,
+    /// Commit a word without agreement once a decode heard at least this much audio
+    /// after it (0: agreement only). Under load decodes come seconds apart, and waiting
+    /// for a second one to agree doubles a word's latency; a word this far from the
+    /// audio's edge rarely changes. Only when the previous decode of the buffer is at
+    /// least [`PolicyConfig::agreement_gap_ms`] older: decodes closer together (an idle
+    /// worker) agree soon anyway, and a word they keep changing waits for agreement (the
+    /// engine tests' 11-sentence meeting, decoded every 250 ms: captions WER 0.138 with
+    /// agreement only, 0.155 when settling also at that pace, 0.138 with this rule).
+    /// Captions only: the utterance's final decides the minutes either way.
+    ///
+    /// 1000 ms. Measured with `make bench-stream`'s sweep (tiny.en, one 2-core worker,
+    /// 1–4 streams of the 5-sentence meeting started together, two runs per point,
+    /// 2026-12-05; docs/performance.md "Settled captions"): caption latency p95
+    /// 1.56 / 2.46 / 2.31 / 3.51 s with agreement only, 1.53 / 2.04 / 1.72 / 2.14 s with
+    /// this rule; what viewers read live WER 0.10–0.20 and 0.10–0.18; the minutes 0.040
+    /// in every run. Off in unspaced languages (see [`PolicyConfig::for_language`]).
+    pub settle_ms: u32,
 
     /// Silence that ends an utterance; its whole hypothesis is then committed.
     pub finalize_silence_ms: u32,
@@ -123,6 +142,7 @@ impl Default for PolicyConfig {
         Self {
             step_ms: 250,
             agreement_gap_ms: 500,
+            settle_ms: 1_000,
 
             finalize_silence_ms: 300,
             preroll_ms: 300,
@@ -180,6 +200,10 @@ impl PolicyConfig {
         if unspaced {
             self.finalize_silence_ms = self.finalize_silence_ms.max(UNSPACED_FINALIZE_SILENCE_MS);
             self.prompt_chars = self.prompt_chars.max(UNSPACED_PROMPT_CHARS);
+            // Committing tokens on one decode made Japanese captions worse and later:
+            // base, the Japanese clip, settle 1000 ms: live CER 0.13–0.29, caption p95
+            // 2.74 s for one stream and 14 s for four (agreement only: 2.21 s and 6.9 s).
+            self.settle_ms = 0;
         }
         self
     }
@@ -735,12 +759,26 @@ impl Policy {
             .map_or(0, |older| {
                 common_prefix(&self.uncommitted(&older.words), &fresh)
             });
+        // Words that end at least `edge` before the decoded audio's end.
+        let settled = |edge: u64| {
+            let edge_ms = request_end_ms.saturating_sub(edge);
+            fresh.iter().take_while(|w| w.end_ms <= edge_ms).count()
+        };
         let mut commit_count = agreed;
         if request.force {
             // Speech without a pause: commit all but the edge, where words may be cut.
-            let edge_ms = request_end_ms.saturating_sub(FORCE_COMMIT_EDGE_MS);
-            commit_count =
-                commit_count.max(fresh.iter().take_while(|w| w.end_ms <= edge_ms).count());
+            commit_count = commit_count.max(settled(FORCE_COMMIT_EDGE_MS));
+        }
+        // Decodes at least the agreement gap apart (a busy worker): a word heard with
+        // `settle_ms` of audio after it is committed without waiting for another decode
+        // to agree. Decodes closer together (an idle worker) agree soon anyway, and a
+        // word they keep changing waits for agreement.
+        let spaced = self
+            .history
+            .back()
+            .is_none_or(|previous| previous.end + gap <= request.end);
+        if self.config.settle_ms > 0 && spaced {
+            commit_count = commit_count.max(settled(u64::from(self.config.settle_ms)));
         }
         let (commit, tail) = fresh.split_at(commit_count);
         let mut output = PolicyOutput::default();
@@ -1324,6 +1362,65 @@ mod tests {
         let interim = out.interim.expect("interim");
         assert_eq!(interim.text, "world how");
         assert_eq!((interim.start_ms, interim.end_ms), (450, 1_300));
+    }
+
+    #[test]
+    fn a_word_heard_with_enough_audio_after_it_is_committed_without_agreement() {
+        let settling = PolicyConfig {
+            settle_ms: 1_000,
+            ..PolicyConfig::default()
+        };
+        assert_eq!(settling.step_ms, 250);
+        let mut policy = speaking(settling, 2_500);
+        let first = policy.next_decode().expect("first decode");
+        let out = policy.on_decoded(
+            first.id,
+            heard(
+                &first,
+                &[
+                    ("Hello", 100, 400),
+                    ("there", 450, 1_500),
+                    ("friends", 1_600, 2_400),
+                ],
+            ),
+        );
+        // "Hello" and "there" end 1 s or more before the audio's end (2.5 s); "friends"
+        // is at the edge and waits for agreement.
+        assert_eq!(texts(&out.captions), ["Hello there"]);
+        assert_eq!(out.interim.expect("interim").text, "friends");
+
+        // The next decode only 0.3 s later (closer than the agreement gap, an idle
+        // worker's pace): a word it hears differently waits for agreement, however much
+        // audio follows it.
+        push_speech(&mut policy, 300);
+        let second = policy.next_decode().expect("due");
+        let out = policy.on_decoded(
+            second.id,
+            heard(
+                &second,
+                &[
+                    ("Hello", 100, 400),
+                    ("there", 450, 1_500),
+                    ("fiends", 1_600, 1_700),
+                    ("today", 1_800, 2_700),
+                ],
+            ),
+        );
+        assert!(out.captions.is_empty(), "{:?}", out.captions);
+
+        // Without it (as in Japanese) the same decode commits nothing on first sight.
+        let agreement_only = PolicyConfig {
+            settle_ms: 0,
+            ..step_500()
+        };
+        assert_eq!(step_500().for_language("ja").settle_ms, 0);
+        let mut policy = speaking(agreement_only, 2_500);
+        let first = policy.next_decode().expect("first decode");
+        let out = policy.on_decoded(
+            first.id,
+            heard(&first, &[("Hello", 100, 400), ("there", 450, 1_500)]),
+        );
+        assert!(out.captions.is_empty(), "{:?}", out.captions);
     }
 
     #[test]

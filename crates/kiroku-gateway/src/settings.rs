@@ -116,18 +116,9 @@ impl GatewaySettings {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser as _;
-
-    #[derive(clap::Parser)]
-    struct Cli {
-        #[command(flatten)]
-        settings: GatewaySettings,
-    }
-
     fn config(args: &[&str]) -> Result<GatewayConfig, InvalidSetting> {
-        let cli = Cli::try_parse_from(std::iter::once("gateway").chain(args.iter().copied()))
-            .expect("flags parse");
-        cli.settings
+        kiroku_core::settings::parse::<GatewaySettings>(args)
+            .expect("flags parse")
             .config(ResumeKeys::new(b"0123456789abcdef".to_vec()))
     }
 

@@ -212,6 +212,12 @@ impl WorkerConfig {
             self.policy.step_ms,
             100..=5_000,
             " ms",
+        )?;
+        within(
+            "--caption-settle-ms / KIROKU_WORKER_CAPTION_SETTLE_MS",
+            self.policy.settle_ms,
+            0..=10_000,
+            " ms",
         )
     }
 }

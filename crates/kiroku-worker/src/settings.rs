@@ -54,6 +54,14 @@ pub struct WorkerSettings {
     /// sooner and costs more CPU per stream.
     #[arg(long, env = "KIROKU_WORKER_STEP_MS")]
     pub step_ms: Option<u32>,
+    /// Streaming policy: show a word as a caption without waiting for a second decode
+    /// to agree once a decode heard this much audio after it (ms; 0: agreement only;
+    /// always off in Japanese and Chinese). Under load, when decodes come seconds apart,
+    /// it keeps captions from lagging by two decodes; the minutes (utterance finals) do
+    /// not depend on it.
+    #[arg(long, env = "KIROKU_WORKER_CAPTION_SETTLE_MS",
+          default_value_t = kiroku_engine::streaming::PolicyConfig::default().settle_ms)]
+    pub caption_settle_ms: u32,
     /// Voice activity detector that finds the pauses ending utterances: energy (a level
     /// threshold, which background noise defeats), silero (Silero VAD, `kiroku model
     /// fetch --model silero-vad`; finds pauses in noise, but lost sentences of a clean
@@ -93,6 +101,7 @@ impl WorkerSettings {
         if let Some(step_ms) = self.step_ms {
             config.policy.step_ms = step_ms;
         }
+        config.policy.settle_ms = self.caption_settle_ms;
         config.validate()?;
         config.policy.vad = vad;
         Ok(config)
@@ -102,18 +111,9 @@ impl WorkerSettings {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser as _;
-
-    #[derive(clap::Parser)]
-    struct Cli {
-        #[command(flatten)]
-        settings: WorkerSettings,
-    }
-
     fn config(args: &[&str]) -> Result<WorkerConfig, InvalidSetting> {
-        let cli = Cli::try_parse_from(std::iter::once("worker").chain(args.iter().copied()))
-            .expect("flags parse");
-        cli.settings
+        kiroku_core::settings::parse::<WorkerSettings>(args)
+            .expect("flags parse")
             .config(EngineKind::NullForBenchmarks, Vad::Energy)
     }
 
@@ -124,6 +124,10 @@ mod tests {
         assert_eq!(config.max_sessions, 6);
         assert_eq!(config.ack_wait, std::time::Duration::from_millis(2500));
         assert_eq!(config.policy.step_ms, 500);
+        let settle = self::config(&["--caption-settle-ms", "1500"]).expect("valid");
+        assert_eq!(settle.policy.settle_ms, 1500);
+        let error = self::config(&["--caption-settle-ms", "20000"]).expect_err("too long");
+        assert!(error.setting.starts_with("--caption-settle-ms"));
         let defaults = self::config(&[]).expect("the defaults are valid");
         assert_eq!(defaults.max_sessions, crate::DEFAULT_MAX_SESSIONS);
 
