@@ -19,9 +19,10 @@
 //! - **LocalAgreement with a gap**: a word is committed once a hypothesis at least
 //!   [`PolicyConfig::agreement_gap_ms`] older agrees on it and on every word before it.
 //!   At short steps, agreeing with the previous hypothesis commits the still-changing
-//!   words at the audio's edge. A word a decode heard [`PolicyConfig::settle_ms`] of
-//!   audio after is committed without agreement (English): under load decodes come
-//!   seconds apart, and a second one would double the word's delay.
+//!   words at the audio's edge. When the previous decode is at least the gap older (a
+//!   busy worker), a word the decode heard [`PolicyConfig::settle_ms`] of audio after is
+//!   committed without agreement (not in unspaced languages): waiting for another
+//!   decode would double its delay.
 //! - **De-duplication by text**: committed words still in the buffer come back in every
 //!   hypothesis; they are aligned by their text, never by timestamps (which jitter and
 //!   would delete real words).
