@@ -121,32 +121,37 @@ def worker_cpu_seconds(cluster):
 
 def first_shown(report):
     """Every word as a live viewer first read it, in order: (text, arrival ms, end ms in
-    stream time) from its caption, or from its final when no caption held it (a final
-    replaces its captions, but the words shown before it were already read)."""
-    pieces = sorted([(c["arrival_ms"], c["segment"]) for c in report.get("captions", [])] +
-                    [(f["arrival_ms"], f["segment"]) for f in report["finals"]], key=lambda p: p[0])
+    stream time, "caption" or "final") from its caption, or from its final when no
+    caption held it (a final replaces its captions, but the words shown before it were
+    already read)."""
+    pieces = sorted([(c["arrival_ms"], c["segment"], "caption") for c in report.get("captions", [])] +
+                    [(f["arrival_ms"], f["segment"], "final") for f in report["finals"]],
+                    key=lambda p: p[0])
     shown, until = [], -1
-    for arrival, segment in pieces:
+    for arrival, segment, source in pieces:
         for w in segment["words"]:
             if w["end_ms"] > until:
                 until = w["end_ms"]
-                shown.append((w["text"], arrival, w["end_ms"] / report["speed"]))
+                shown.append((w["text"], arrival, w["end_ms"] / report["speed"], source))
     return shown
 
 
-def shown_latencies(report, ref_words=None):
+def shown_latencies(report, ref_words=None, source=None):
     """Caption latency per word (ms): when it was first shown at the client (its caption,
     or its final when no caption held it) - when it ended. With `ref_words` the end is
-    the batch timeline's (matched by text); else the stream's own word times."""
+    the batch timeline's (matched by text); else the stream's own word times. With
+    `source` ("caption" or "final") only the words first shown that way."""
     shown = first_shown(report)
+    keep = lambda word: source is None or word[3] == source
     if ref_words is None:
-        return [arrival - end for _, arrival, end in shown]
+        return [arrival - end for _, arrival, end, _ in filter(keep, shown)]
     a = [normalize(t)[0] if normalize(t) else "" for t, _ in ref_words]
-    b = [normalize(t)[0] if normalize(t) else "" for t, _, _ in shown]
+    b = [normalize(t)[0] if normalize(t) else "" for t, *_ in shown]
     out = []
     for block in difflib.SequenceMatcher(a=a, b=b, autojunk=False).get_matching_blocks():
         for k in range(block.size):
-            out.append(shown[block.b + k][1] - ref_words[block.a + k][1])
+            if keep(shown[block.b + k]):
+                out.append(shown[block.b + k][1] - ref_words[block.a + k][1])
     return out
 
 
@@ -345,18 +350,21 @@ def concurrency_sweep(kiroku, work, voice=None):
                 for run in range(SWEEP_REPEATS):
                     reports = stream_clients(kiroku, work, short_wav, n, f"{tag}{step}-{n}-{run}",
                                              stream_args, stagger_ms=SWEEP_STAGGER_MS)
-                    lat = []
+                    lat, by_final = [], []
                     for r in reports:
                         lat += shown_latencies(r, timeline)
+                        by_final += shown_latencies(r, timeline, "final")
                     wers = [error(short_text, join(f["segment"]["text"] for f in r["finals"])) for r in reports]
                     # What the viewers read live (captions as first shown), against the script.
-                    live = [error(short_text, join(t for t, _, _ in first_shown(r))) for r in reports]
+                    live = [error(short_text, join(t for t, *_ in first_shown(r))) for r in reports]
                     worst_live = max(worst_live, max(live))
                     p50s.append(pct(lat, 0.5))
                     p95s.append(pct(lat, 0.95))
                     worst = max(worst, max(wers))
                     print(f"  {tag}: step {step} ms, {n} concurrent streams, run {run + 1}/{SWEEP_REPEATS}: "
-                          f"p50 {p50s[-1]:.0f} ms p95 {p95s[-1]:.0f} ms worst error {max(wers):.3f}",
+                          f"p50 {p50s[-1]:.0f} ms p95 {p95s[-1]:.0f} ms worst error {max(wers):.3f}; "
+                          f"first shown by their final: {len(by_final)}/{len(lat)} words, "
+                          f"p50 {pct(by_final, 0.5):.0f} ms p95 {pct(by_final, 0.95):.0f} ms",
                           file=sys.stderr)
                 p95 = statistics.median(p95s)
                 sweep.append((step, n, statistics.median(p50s), p95, worst, worst_live))

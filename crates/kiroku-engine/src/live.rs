@@ -280,6 +280,8 @@ impl Live {
 
     /// Adds 16 kHz mono audio starting at absolute sample `start_sample`. Audio before
     /// what the track needs (a replay after a takeover) is ignored; a gap is silence.
+    /// An utterance it ends may commit caption words without a decode: take them with
+    /// [`Live::take_captions`].
     pub fn push_audio(&mut self, start_sample: u64, samples: &[f32]) {
         self.policy.push_audio(start_sample, samples);
         let end = start_sample + samples.len() as u64;
@@ -293,6 +295,14 @@ impl Live {
             self.audio.extend_from_slice(&samples[skip..]);
         }
         self.take_events();
+    }
+
+    /// Caption words committed when an utterance ended on a busy worker, before its
+    /// final (see `Policy::commit_heard_at_end`), since the last call; call it after
+    /// [`Live::push_audio`] and [`Live::flush`].
+    pub fn take_captions(&mut self) -> Vec<Caption> {
+        let closing = self.policy.take_captions();
+        self.captions(closing, None).captions
     }
 
     /// Ends the current utterance now (push-to-talk release, end of stream).
@@ -859,6 +869,18 @@ impl Simulation {
     pub fn minutes(&self) -> String {
         join_words(self.finals.iter().map(|f| f.text.as_str()))
     }
+
+    fn add_captions(&mut self, captions: Vec<Caption>, clock_ms: u64) {
+        for caption in captions {
+            self.caption_latency_ms.extend(
+                caption
+                    .words
+                    .iter()
+                    .map(|w| clock_ms.saturating_sub(w.end_ms)),
+            );
+            self.captions.push(caption);
+        }
+    }
 }
 
 /// Runs the live path over a whole recording as if it arrived live in `chunk_ms`
@@ -894,6 +916,7 @@ pub fn simulate(
     };
     loop {
         deliver(&mut live, &mut next_chunk, clock_ms);
+        simulation.add_captions(live.take_captions(), clock_ms);
         if let Some(request) = live.next_decode() {
             let options = TranscribeOptions {
                 language: language.map(str::to_string),
@@ -915,6 +938,7 @@ pub fn simulate(
             if paced {
                 clock_ms += elapsed_ms;
                 deliver(&mut live, &mut next_chunk, clock_ms);
+                simulation.add_captions(live.take_captions(), clock_ms);
             }
             let words = transcript
                 .segments
@@ -922,15 +946,7 @@ pub fn simulate(
                 .flat_map(|segment| segment.words)
                 .collect();
             let output = live.on_decoded(request.id, words);
-            for caption in output.captions {
-                simulation.caption_latency_ms.extend(
-                    caption
-                        .words
-                        .iter()
-                        .map(|w| clock_ms.saturating_sub(w.end_ms)),
-                );
-                simulation.captions.push(caption);
-            }
+            simulation.add_captions(output.captions, clock_ms);
             for final_ in output.finals {
                 simulation
                     .final_latency_ms
@@ -943,6 +959,7 @@ pub fn simulate(
             clock_ms = clock_ms.max(arrival_ms(next_chunk));
         } else if !flushed {
             live.flush();
+            simulation.add_captions(live.take_captions(), clock_ms);
             flushed = true;
         } else {
             // After the flush every due decode has run: the track is idle.

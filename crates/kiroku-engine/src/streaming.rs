@@ -22,7 +22,10 @@
 //!   words at the audio's edge. When the previous decode is at least the gap older (a
 //!   busy worker), a word the decode heard [`PolicyConfig::settle_ms`] of audio after is
 //!   committed without agreement (not in unspaced languages): waiting for another
-//!   decode would double its delay.
+//!   decode would double its delay. Likewise, when an utterance ends at least the gap
+//!   after the latest decode's audio, that decode's words (all but its last 300 ms) are
+//!   shown at once rather than with the utterance's final, which may wait behind other
+//!   streams' finals.
 //! - **De-duplication by text**: committed words still in the buffer come back in every
 //!   hypothesis; they are aligned by their text, never by timestamps (which jitter and
 //!   would delete real words).
@@ -62,6 +65,10 @@ const FORCE_COMMIT_EDGE_MS: u64 = 1_000;
 /// A hypothesis covering an ended utterance's last speech plus this much is reused as
 /// its final hypothesis: the last word's tail is in it.
 const REUSE_MARGIN_MS: u32 = 200;
+/// At an utterance's end, a word of the latest decode ending this close to that decode's
+/// audio end may have been cut mid-word and is left to the final (see
+/// [`Policy::commit_heard_at_end`]).
+const CLOSING_EDGE_MS: u64 = 300;
 /// Committed words remembered by text after their audio is trimmed: the buffer's start
 /// may still hold the end of the last one, which Whisper then hears again.
 const TRIMMED_TAIL_WORDS: usize = 2;
@@ -94,7 +101,9 @@ pub struct PolicyConfig {
     /// worker) agree soon anyway, and a word they keep changing waits for agreement (the
     /// engine tests' 11-sentence meeting, decoded every 250 ms: captions WER 0.138 with
     /// agreement only, 0.155 when settling also at that pace, 0.138 with this rule).
-    /// Captions only: the utterance's final decides the minutes either way.
+    /// Captions only: the utterance's final decides the minutes either way. Where it is
+    /// on, an utterance that ends on a busy worker also shows its latest decode's words
+    /// at once ([`Policy::commit_heard_at_end`]).
     ///
     /// 1000 ms. Measured with `make bench-stream`'s sweep (tiny.en, one 2-core worker,
     /// 1–4 streams of the 5-sentence meeting started together, two runs per point,
@@ -424,6 +433,8 @@ pub struct Policy {
     next_id: u64,
     /// Utterance starts and ends not yet taken by [`Policy::take_utterance_events`].
     events: Vec<UtteranceEvent>,
+    /// Captions committed at utterance ends, not yet taken by [`Policy::take_captions`].
+    closing: Vec<Caption>,
     /// The voice activity detector's state ([`PolicyConfig::vad`]).
     detector: crate::vad::Detector,
 }
@@ -459,6 +470,7 @@ impl Policy {
             in_flight: None,
             next_id: 1,
             events: Vec::new(),
+            closing: Vec::new(),
         }
     }
 
@@ -548,10 +560,40 @@ impl Policy {
                 failures: 0,
             });
             self.events.push(UtteranceEvent::Ended { end });
+            if let Some(caption) = self.commit_heard_at_end(end) {
+                self.closing.push(caption);
+            }
         } else {
             self.events.push(UtteranceEvent::Dropped);
             self.trim_idle();
         }
+    }
+
+    /// At the end of an utterance on a busy worker (the latest decode of the buffer
+    /// is at least [`PolicyConfig::agreement_gap_ms`] older than the end), the words of
+    /// that decode not yet shown: the utterance's final, which will replace them, may
+    /// wait behind other streams' finals, and these words would wait with it. A word
+    /// ending within [`CLOSING_EDGE_MS`] of that decode's audio may have been cut and
+    /// waits. Only where settling is on ([`PolicyConfig::settle_ms`]), and not while a
+    /// decode is in flight: its answer covers the end and commits everything it hears.
+    fn commit_heard_at_end(&mut self, end: u64) -> Option<Caption> {
+        if self.config.settle_ms == 0 || self.in_flight.is_some() {
+            return None;
+        }
+        let latest = self.history.back()?;
+        if latest.end + Self::ms_to_samples(self.config.agreement_gap_ms) > end {
+            return None;
+        }
+        let edge_ms = (latest.end / SAMPLES_PER_MS).saturating_sub(CLOSING_EDGE_MS);
+        let fresh = self.uncommitted(&latest.words);
+        let count = fresh.iter().take_while(|w| w.end_ms <= edge_ms).count();
+        self.commit(fresh[..count].to_vec(), false)
+    }
+
+    /// Captions committed without a decode (see [`Policy::commit_heard_at_end`]) since
+    /// the last call, oldest first.
+    pub fn take_captions(&mut self) -> Vec<Caption> {
+        std::mem::take(&mut self.closing)
     }
 
     /// Drops silence that no utterance or decode needs, keeping the pre-roll.
@@ -1422,6 +1464,47 @@ mod tests {
             heard(&first, &[("Hello", 100, 400), ("there", 450, 1_500)]),
         );
         assert!(out.captions.is_empty(), "{:?}", out.captions);
+    }
+
+    #[test]
+    fn at_an_utterance_end_on_a_busy_worker_the_latest_decode_is_shown_at_once() {
+        let mut policy = speaking(PolicyConfig::default(), 2_500);
+        let first = policy.next_decode().expect("first decode");
+        let hypothesis = [
+            ("Hello", 100, 400),
+            ("there", 450, 1_500),
+            ("friends", 1_600, 2_100),
+            ("to", 2_300, 2_450),
+        ];
+        let out = policy.on_decoded(first.id, heard(&first, &hypothesis));
+        assert_eq!(texts(&out.captions), ["Hello there"]);
+        // 0.8 s more speech without a decode (a busy worker), then the pause that ends
+        // the utterance 1.1 s after the decoded audio: "friends" is shown now; "to",
+        // within 0.3 s of that audio's end, may have been cut and waits for the final.
+        push_speech(&mut policy, 800);
+        assert!(policy.take_captions().is_empty(), "the utterance is open");
+        let at = policy.position;
+        policy.push_audio(at, &silence(300));
+        assert_eq!(texts(&policy.take_captions()), ["friends"]);
+        assert!(policy.take_captions().is_empty(), "taken once");
+
+        // The utterance ends 0.3 s after the decoded audio (an idle worker): the final
+        // comes soon, nothing is shown early.
+        let mut policy = speaking(PolicyConfig::default(), 2_500);
+        let first = policy.next_decode().expect("first decode");
+        policy.on_decoded(first.id, heard(&first, &hypothesis));
+        let at = policy.position;
+        policy.push_audio(at, &silence(300));
+        assert!(policy.take_captions().is_empty());
+
+        // Nor where settling is off (Japanese).
+        let mut policy = speaking(PolicyConfig::default().for_language("ja"), 2_500);
+        let first = policy.next_decode().expect("first decode");
+        policy.on_decoded(first.id, heard(&first, &hypothesis));
+        push_speech(&mut policy, 800);
+        let at = policy.position;
+        policy.push_audio(at, &silence(600));
+        assert!(policy.take_captions().is_empty());
     }
 
     #[test]

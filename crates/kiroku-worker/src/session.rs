@@ -355,6 +355,9 @@ impl Session {
                     if track.push_frame(&frame) {
                         closing = Some("end_of_stream");
                     }
+                    for caption in track.live.take_captions() {
+                        self.publish_caption(caption).await;
+                    }
                 }
                 granted = wait_for_turn(&mut track.turn), if track.turn.is_some() => {
                     let Ok(granted) = granted else {
@@ -384,6 +387,9 @@ impl Session {
                 () = &mut idle, if closing.is_none() => {
                     info!(window_s = window.as_secs(), "no client within the resume window: closing");
                     track.live.flush();
+                    for caption in track.live.take_captions() {
+                        self.publish_caption(caption).await;
+                    }
                     closing = Some("abandoned");
                 }
                 () = crate::drained(drain) => {

@@ -57,8 +57,9 @@ pub struct WorkerSettings {
     /// Streaming policy: show a word as a caption without waiting for a second decode
     /// to agree once a decode heard this much audio after it (ms; 0: agreement only;
     /// always off in Japanese and Chinese). Under load, when decodes come seconds apart,
-    /// it keeps captions from lagging by two decodes; the minutes (utterance finals) do
-    /// not depend on it.
+    /// it keeps captions from lagging by two decodes, and an utterance's last decoded
+    /// words are shown when it ends, not with its final (0 turns both off); the minutes
+    /// (utterance finals) do not depend on it.
     #[arg(long, env = "KIROKU_WORKER_CAPTION_SETTLE_MS",
           default_value_t = kiroku_engine::streaming::PolicyConfig::default().settle_ms)]
     pub caption_settle_ms: u32,
