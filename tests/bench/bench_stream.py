@@ -136,21 +136,22 @@ def first_shown(report):
     return shown
 
 
-def shown_latencies(report, ref_words=None, source=None):
+def shown_latencies(report, ref_words=None, source=None, after_ms=0):
     """Caption latency per word (ms): when it was first shown at the client (its caption,
     or its final when no caption held it) - when it ended. With `ref_words` the end is
     the batch timeline's (matched by text); else the stream's own word times. With
-    `source` ("caption" or "final") only the words first shown that way."""
+    `source` ("caption" or "final") only the words first shown that way; with
+    `after_ms` only the words ending after it (spoken once a worker took the stream)."""
     shown = first_shown(report)
     keep = lambda word: source is None or word[3] == source
     if ref_words is None:
-        return [arrival - end for _, arrival, end, _ in filter(keep, shown)]
+        return [arrival - end for _, arrival, end, _ in filter(keep, shown) if end >= after_ms]
     a = [normalize(t)[0] if normalize(t) else "" for t, _ in ref_words]
     b = [normalize(t)[0] if normalize(t) else "" for t, *_ in shown]
     out = []
     for block in difflib.SequenceMatcher(a=a, b=b, autojunk=False).get_matching_blocks():
         for k in range(block.size):
-            if keep(shown[block.b + k]):
+            if keep(shown[block.b + k]) and ref_words[block.a + k][1] >= after_ms:
                 out.append(shown[block.b + k][1] - ref_words[block.a + k][1])
     return out
 
@@ -395,8 +396,12 @@ def overload(kiroku, work, offered=8):
         lat = shown_latencies(r, timeline)
         fin = final_latencies(r)
         queued = r.get("queue_left_ms")
+        # Words spoken once a worker had the stream: a queued stream's earlier words
+        # waited in the queue, however fast the worker is.
+        served = shown_latencies(r, timeline, after_ms=queued or 0)
         rows.append({"outcome": "queued, then served" if queued else "served at once",
                      "waited_ms": queued or 0, "p50": pct(lat, 0.5), "p95": pct(lat, 0.95),
+                     "served_p95": pct(served, 0.95),
                      "final_p95": pct(fin, 0.95),
                      "wer": wer(text, " ".join(f["segment"]["text"] for f in r["finals"]))})
     return rows
@@ -406,21 +411,25 @@ def overload_table(rows):
     print()
     served = [r for r in rows if r["outcome"] == "served at once"]
     within = [r for r in served if r["p95"] <= 2000]
+    late = [r for r in rows if r["outcome"] == "queued, then served"]
+    late_within = [r for r in late if r["served_p95"] <= 2000]
     print(f"overload: {len(rows)} streams of the 42 s meeting offered at once to one worker "
           f"(default admission, --sessions {len(rows)}): {len(served)} served at once "
           f"({len(within)} with caption p95 <= 2 s), "
-          f"{sum(r['outcome'] == 'queued, then served' for r in rows)} queued then served, "
+          f"{len(late)} queued then served ({len(late_within)} with caption p95 <= 2 s for the "
+          f"words spoken once served), "
           f"{sum(r['outcome'] == 'refused' for r in rows)} refused (goal: 4+ served within bounds, "
           f"the rest queued or refused cleanly, none starved)")
     print("| stream | outcome | waited for a worker | caption latency p50 / p95 (word end -> shown) "
-          "| final p95 (utterance end -> final) | minutes WER |")
-    print("|---|---|---|---|---|---|")
+          "| caption p95, words spoken once served | final p95 (utterance end -> final) | minutes WER |")
+    print("|---|---|---|---|---|---|---|")
     for i, r in enumerate(rows, 1):
         if r["outcome"] == "refused":
-            print(f"| {i} | refused: {r['detail'][:90]} | - | - | - | - |")
+            print(f"| {i} | refused: {r['detail'][:90]} | - | - | - | - | - |")
         else:
             print(f"| {i} | {r['outcome']} | {r['waited_ms'] / 1000:.1f} s | {r['p50'] / 1000:.2f} / "
-                  f"{r['p95'] / 1000:.2f} s | {r['final_p95'] / 1000:.2f} s | {r['wer']:.3f} |")
+                  f"{r['p95'] / 1000:.2f} s | {r['served_p95'] / 1000:.2f} s | {r['final_p95'] / 1000:.2f} s "
+                  f"| {r['wer']:.3f} |")
 
 
 def sweep_plot(sweep, path, model):

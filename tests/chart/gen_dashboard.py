@@ -150,7 +150,7 @@ ts("Worker load", [(f'max by (pod) (kiroku_worker_load{{{WK}}})', "{{pod}}")], "
 ts("Decode queue wait p95 by worker", [(q(0.95, "kiroku_decode_queue_seconds", WK, "pod"), "{{pod}}")], "s",
    "kiroku_decode_queue_seconds: how long a decode waited for a free decoding slot (included in the decode time). Growing waits mean more streams than the worker can keep real-time.", thresholds=[("red", 0.5)])
 ts("Stream lag by worker", [(f'max by (pod) (kiroku_worker_stream_lag_seconds{{{WK}}})', "{{pod}}")], "s",
-   "kiroku_worker_stream_lag_seconds: caption lag of each worker's most behind live stream, the peak of the last 10 s (audio received after the words a caption or final showed). Above the worker's --admit-max-lag-s (default 2 s) it takes no new session.", thresholds=[("red", 2)])
+   "kiroku_worker_stream_lag_seconds: caption lag of each worker's most behind live stream, the peak of the last 10 s (how long the words a caption or final showed had been on the worker as audio). Above the worker's --admit-max-lag-s (default 1.5 s) it takes no new session.", thresholds=[("red", 2)])
 ts("Queued streams", [(f'sum(rate(kiroku_streams_queued_total{{{GW}}}[$__rate_interval]))', "told queued"),
     (f'sum(rate(kiroku_streams_ended_total{{{GW}, code="ResourceExhausted"}}[$__rate_interval]))', "ended ResourceExhausted")], "reqps",
    "Live streams that waited for a worker long enough to be told they are queued, and streams ended with ResourceExhausted (refused after the queue timeout, or a quota). Any queueing means every worker was at capacity: add workers.")

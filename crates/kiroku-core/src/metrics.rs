@@ -92,8 +92,9 @@ pub struct Metrics {
     /// captions fall behind.
     pub worker_load: Gauge<f64, AtomicU64>,
     /// `kiroku_worker_stream_lag_seconds`: the caption lag of the worker's most behind
-    /// live stream: the peak over the last 10 s of how much audio had arrived after the
-    /// words a caption or final showed (or a running decode does not cover). Above the
+    /// live stream: the peak over the last 10 s of how long the audio of the words a
+    /// caption or final showed (or that a running decode does not cover) had been on
+    /// the worker (audio that waited in the queue counts from its arrival). Above the
     /// worker's `--admit-max-lag-s` it takes no new session.
     pub worker_stream_lag: Gauge<f64, AtomicU64>,
     /// `kiroku_sessions_backlog`: session jobs waiting for a worker (the `SESSIONS`

@@ -311,6 +311,7 @@ impl Session {
             turn: None,
             lag: crate::LagWindow::default(),
             received_ms: 0,
+            arrivals: crate::Arrivals::default(),
             turn_asked_at_ms: 0,
             last_checkpoint_write: Instant::now(),
         };
@@ -376,7 +377,7 @@ impl Session {
                     self.announce_running().await;
                     // Every 5 s: a decode that stalls shows, an old peak is forgotten.
                     let stalled = track.in_flight.is_some().then_some(track.turn_asked_at_ms);
-                    self.report_lag(&mut track.lag, stalled, track.received_ms);
+                    self.report_lag(&mut track.lag, stalled, &track.arrivals);
                 }
                 Some(_) = erased.next() => {
                     if let Some(handle) = track.in_flight.take() {
@@ -459,7 +460,7 @@ impl Session {
         self.report_lag(
             &mut track.lag,
             shown.chain([track.turn_asked_at_ms]),
-            track.received_ms,
+            &track.arrivals,
         );
         for caption in output.captions {
             self.publish_caption(caption).await;
@@ -748,21 +749,18 @@ impl Session {
         .await
     }
 
-    /// Records how far the audio received (`received_ms`) is past each of `ends_ms` (the
-    /// ends of words just shown, or of audio a running decode does not cover) and
-    /// reports the stream's caption lag, the window's peak, to admission and metrics.
+    /// Records how long ago the audio at each of `ends_ms` arrived (the ends of words
+    /// just shown, or of audio a running decode does not cover) and reports the
+    /// stream's caption lag, the window's peak, to admission and metrics.
     fn report_lag(
         &self,
         lag: &mut crate::LagWindow,
         ends_ms: impl IntoIterator<Item = u64>,
-        received_ms: u64,
+        arrivals: &crate::Arrivals,
     ) {
         let now = Instant::now();
         for end_ms in ends_ms {
-            lag.record(
-                now,
-                Duration::from_millis(received_ms.saturating_sub(end_ms)),
-            );
+            lag.record(now, arrivals.age(end_ms, now));
         }
         self.ctx.set_lag(&self.job.session_id, Some(lag.peak(now)));
     }
@@ -933,11 +931,13 @@ struct Track {
     /// kiroku_engine::engine: the decode is taken when the turn comes, with every
     /// sample received by then).
     turn: Option<PendingTurn>,
-    /// The caption lag (crate::LagWindow): received audio (ms), and the audio received
-    /// when the running decode's turn was asked for (what its captions can show at
-    /// most: the wait for the turn is part of the lag, as it is of caption latency).
+    /// The caption lag (crate::LagWindow): received audio (ms) and when it arrived
+    /// (crate::Arrivals), and the audio received when the running decode's turn was
+    /// asked for (what its captions can show at most: the wait for the turn is part of
+    /// the lag, as it is of caption latency).
     lag: crate::LagWindow,
     received_ms: u64,
+    arrivals: crate::Arrivals,
     turn_asked_at_ms: u64,
     last_checkpoint_write: Instant,
 }
@@ -980,6 +980,7 @@ impl Track {
                 .push_audio(frame.offset_samples, &to_f32(&frame.pcm_s16le));
             let end_samples = frame.offset_samples + frame.pcm_s16le.len() as u64 / 2;
             self.received_ms = self.received_ms.max(end_samples * 1000 / RATE);
+            self.arrivals.record(self.received_ms, Instant::now());
         }
         if frame.flush_utterance || frame.end_of_stream {
             self.live.flush();
