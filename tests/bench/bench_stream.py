@@ -504,7 +504,10 @@ def sweep_table(sweep, tag, model, meeting, unit, goal, work):
 
 def plumbing_latency(kiroku, work):
     plumbing = []
-    cluster = start_cluster(kiroku, work, "plumbing", ["--engine", "null-benchmark", "--sessions", "5000"])
+    # Admission off: it spaces new sessions 3 s apart (each must show its cost first),
+    # which at 10+ streams would measure the queue, not the plumbing.
+    cluster = start_cluster(kiroku, work, "plumbing", ["--engine", "null-benchmark", "--sessions", "5000"],
+                            {"KIROKU_WORKER_ADMIT_MAX_LAG_S": "0"})
     try:
         for streams in (10, 100, 1000):
             out = subprocess.run([kiroku, "bench-plumbing", "--gateway", "http://" + GRPC, "--streams",

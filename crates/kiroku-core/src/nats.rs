@@ -785,7 +785,9 @@ pub async fn publish_durable(
     };
     for attempt in 0..PUBLISH_ATTEMPTS {
         if attempt > 0 || !last.0.starts_with("not sent") {
-            tracing::debug!(%subject, error = %last, attempt, "publish not acknowledged; retrying");
+            // Warned: a retry holds up the caller (a worker's session loop, a frame's
+            // publish) for the ack timeout, which operators must be able to see.
+            tracing::warn!(%subject, error = %last, attempt, "publish not acknowledged; retrying");
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_secs(3));
         }
