@@ -397,6 +397,11 @@ struct Hypothesis {
     words: Vec<Word>,
 }
 
+/// How many of `words`, from the first, end by `edge_ms` (absolute).
+fn ending_by(words: &[Word], edge_ms: u64) -> usize {
+    words.iter().take_while(|w| w.end_ms <= edge_ms).count()
+}
+
 /// Root mean square of `block` (full scale 1.0): what the energy detector compares with
 /// [`PolicyConfig::vad_threshold_rms`].
 pub(crate) fn block_rms(block: &[f32]) -> f32 {
@@ -581,13 +586,25 @@ impl Policy {
             return None;
         }
         let latest = self.history.back()?;
-        if latest.end + Self::ms_to_samples(self.config.agreement_gap_ms) > end {
+        if !self.latest_decode_is_a_gap_before(end) {
             return None;
         }
-        let edge_ms = (latest.end / SAMPLES_PER_MS).saturating_sub(CLOSING_EDGE_MS);
         let fresh = self.uncommitted(&latest.words);
-        let count = fresh.iter().take_while(|w| w.end_ms <= edge_ms).count();
+        let count = ending_by(
+            &fresh,
+            (latest.end / SAMPLES_PER_MS).saturating_sub(CLOSING_EDGE_MS),
+        );
         self.commit(fresh[..count].to_vec(), false)
+    }
+
+    /// Whether the latest decode's audio ends at least [`PolicyConfig::agreement_gap_ms`]
+    /// before absolute sample `end` (or there is none): the stream's decodes come that
+    /// far apart, as on a busy worker.
+    fn latest_decode_is_a_gap_before(&self, end: u64) -> bool {
+        let gap = Self::ms_to_samples(self.config.agreement_gap_ms);
+        self.history
+            .back()
+            .is_none_or(|latest| latest.end + gap <= end)
     }
 
     /// Captions committed without a decode (see [`Policy::commit_heard_at_end`]) since
@@ -803,10 +820,7 @@ impl Policy {
                 common_prefix(&self.uncommitted(&older.words), &fresh)
             });
         // Words that end at least `edge` before the decoded audio's end.
-        let settled = |edge: u64| {
-            let edge_ms = request_end_ms.saturating_sub(edge);
-            fresh.iter().take_while(|w| w.end_ms <= edge_ms).count()
-        };
+        let settled = |edge: u64| ending_by(&fresh, request_end_ms.saturating_sub(edge));
         let mut commit_count = agreed;
         if request.force {
             // Speech without a pause: commit all but the edge, where words may be cut.
@@ -816,11 +830,7 @@ impl Policy {
         // `settle_ms` of audio after it is committed without waiting for another decode
         // to agree. Decodes closer together (an idle worker) agree soon anyway, and a
         // word they keep changing waits for agreement.
-        let spaced = self
-            .history
-            .back()
-            .is_none_or(|previous| previous.end + gap <= request.end);
-        if self.config.settle_ms > 0 && spaced {
+        if self.config.settle_ms > 0 && self.latest_decode_is_a_gap_before(request.end) {
             commit_count = commit_count.max(settled(u64::from(self.config.settle_ms)));
         }
         let (commit, tail) = fresh.split_at(commit_count);
@@ -1329,6 +1339,12 @@ mod tests {
         policy.push_audio(at, &speech(ms));
     }
 
+    /// Runs the due decode, which hears `words` (times relative to its audio).
+    fn decode_hearing(policy: &mut Policy, words: &[(&str, u64, u64)]) -> PolicyOutput {
+        let request = policy.next_decode().expect("a decode is due");
+        policy.on_decoded(request.id, heard(&request, words))
+    }
+
     fn step_500() -> PolicyConfig {
         PolicyConfig {
             step_ms: 500,
@@ -1415,17 +1431,13 @@ mod tests {
         };
         assert_eq!(settling.step_ms, 250);
         let mut policy = speaking(settling, 2_500);
-        let first = policy.next_decode().expect("first decode");
-        let out = policy.on_decoded(
-            first.id,
-            heard(
-                &first,
-                &[
-                    ("Hello", 100, 400),
-                    ("there", 450, 1_500),
-                    ("friends", 1_600, 2_400),
-                ],
-            ),
+        let out = decode_hearing(
+            &mut policy,
+            &[
+                ("Hello", 100, 400),
+                ("there", 450, 1_500),
+                ("friends", 1_600, 2_400),
+            ],
         );
         // "Hello" and "there" end 1 s or more before the audio's end (2.5 s); "friends"
         // is at the edge and waits for agreement.
@@ -1436,18 +1448,14 @@ mod tests {
         // worker's pace): a word it hears differently waits for agreement, however much
         // audio follows it.
         push_speech(&mut policy, 300);
-        let second = policy.next_decode().expect("due");
-        let out = policy.on_decoded(
-            second.id,
-            heard(
-                &second,
-                &[
-                    ("Hello", 100, 400),
-                    ("there", 450, 1_500),
-                    ("fiends", 1_600, 1_700),
-                    ("today", 1_800, 2_700),
-                ],
-            ),
+        let out = decode_hearing(
+            &mut policy,
+            &[
+                ("Hello", 100, 400),
+                ("there", 450, 1_500),
+                ("fiends", 1_600, 1_700),
+                ("today", 1_800, 2_700),
+            ],
         );
         assert!(out.captions.is_empty(), "{:?}", out.captions);
 
@@ -1458,25 +1466,20 @@ mod tests {
         };
         assert_eq!(step_500().for_language("ja").settle_ms, 0);
         let mut policy = speaking(agreement_only, 2_500);
-        let first = policy.next_decode().expect("first decode");
-        let out = policy.on_decoded(
-            first.id,
-            heard(&first, &[("Hello", 100, 400), ("there", 450, 1_500)]),
-        );
+        let out = decode_hearing(&mut policy, &[("Hello", 100, 400), ("there", 450, 1_500)]);
         assert!(out.captions.is_empty(), "{:?}", out.captions);
     }
 
     #[test]
     fn at_an_utterance_end_on_a_busy_worker_the_latest_decode_is_shown_at_once() {
-        let mut policy = speaking(PolicyConfig::default(), 2_500);
-        let first = policy.next_decode().expect("first decode");
         let hypothesis = [
             ("Hello", 100, 400),
             ("there", 450, 1_500),
             ("friends", 1_600, 2_100),
             ("to", 2_300, 2_450),
         ];
-        let out = policy.on_decoded(first.id, heard(&first, &hypothesis));
+        let mut policy = speaking(PolicyConfig::default(), 2_500);
+        let out = decode_hearing(&mut policy, &hypothesis);
         assert_eq!(texts(&out.captions), ["Hello there"]);
         // 0.8 s more speech without a decode (a busy worker), then the pause that ends
         // the utterance 1.1 s after the decoded audio: "friends" is shown now; "to",
@@ -1491,16 +1494,14 @@ mod tests {
         // The utterance ends 0.3 s after the decoded audio (an idle worker): the final
         // comes soon, nothing is shown early.
         let mut policy = speaking(PolicyConfig::default(), 2_500);
-        let first = policy.next_decode().expect("first decode");
-        policy.on_decoded(first.id, heard(&first, &hypothesis));
+        decode_hearing(&mut policy, &hypothesis);
         let at = policy.position;
         policy.push_audio(at, &silence(300));
         assert!(policy.take_captions().is_empty());
 
         // Nor where settling is off (Japanese).
         let mut policy = speaking(PolicyConfig::default().for_language("ja"), 2_500);
-        let first = policy.next_decode().expect("first decode");
-        policy.on_decoded(first.id, heard(&first, &hypothesis));
+        decode_hearing(&mut policy, &hypothesis);
         push_speech(&mut policy, 800);
         let at = policy.position;
         policy.push_audio(at, &silence(600));

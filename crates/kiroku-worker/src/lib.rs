@@ -204,6 +204,11 @@ impl Arrivals {
         }
     }
 
+    /// The end of the audio received so far (ms of stream time).
+    pub(crate) fn received_ms(&self) -> u64 {
+        self.frames.back().map_or(0, |(end, _)| *end)
+    }
+
     /// How long ago the audio at `ms` arrived (the frame holding it; the oldest kept
     /// one for older audio); zero for audio not received yet.
     pub(crate) fn age(&self, ms: u64, now: Instant) -> Duration {

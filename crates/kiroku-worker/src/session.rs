@@ -310,7 +310,6 @@ impl Session {
             in_flight: None,
             turn: None,
             lag: crate::LagWindow::default(),
-            received_ms: 0,
             arrivals: crate::Arrivals::default(),
             turn_asked_at_ms: 0,
             last_checkpoint_write: Instant::now(),
@@ -332,6 +331,11 @@ impl Session {
         let mut closing: Option<&'static str> = None;
 
         loop {
+            // Words an utterance's end committed without a decode (pushed audio or a
+            // flush in the last round).
+            for caption in track.live.take_captions() {
+                self.publish_caption(caption).await;
+            }
             if let Err(error) = track.ask_for_turn() {
                 return Outcome::Retry(format!("inference pool: {error}"));
             }
@@ -355,9 +359,6 @@ impl Session {
                     }
                     if track.push_frame(&frame) {
                         closing = Some("end_of_stream");
-                    }
-                    for caption in track.live.take_captions() {
-                        self.publish_caption(caption).await;
                     }
                 }
                 granted = wait_for_turn(&mut track.turn), if track.turn.is_some() => {
@@ -388,9 +389,6 @@ impl Session {
                 () = &mut idle, if closing.is_none() => {
                     info!(window_s = window.as_secs(), "no client within the resume window: closing");
                     track.live.flush();
-                    for caption in track.live.take_captions() {
-                        self.publish_caption(caption).await;
-                    }
                     closing = Some("abandoned");
                 }
                 () = crate::drained(drain) => {
@@ -936,7 +934,6 @@ struct Track {
     /// asked for (what its captions can show at most: the wait for the turn is part of
     /// the lag, as it is of caption latency).
     lag: crate::LagWindow,
-    received_ms: u64,
     arrivals: crate::Arrivals,
     turn_asked_at_ms: u64,
     last_checkpoint_write: Instant,
@@ -966,7 +963,7 @@ impl Track {
                 self.turn = Some(PendingTurn {
                     kind,
                     grant,
-                    asked_at_ms: self.received_ms,
+                    asked_at_ms: self.arrivals.received_ms(),
                 });
             }
         }
@@ -979,8 +976,8 @@ impl Track {
             self.live
                 .push_audio(frame.offset_samples, &to_f32(&frame.pcm_s16le));
             let end_samples = frame.offset_samples + frame.pcm_s16le.len() as u64 / 2;
-            self.received_ms = self.received_ms.max(end_samples * 1000 / RATE);
-            self.arrivals.record(self.received_ms, Instant::now());
+            self.arrivals
+                .record(end_samples * 1000 / RATE, Instant::now());
         }
         if frame.flush_utterance || frame.end_of_stream {
             self.live.flush();
