@@ -75,12 +75,19 @@ pub fn start(command: &mut Command, log: &Path, timeout: Duration) -> Result<Sta
     let line = child
         .stdout
         .take()
-        .map(|stdout| first_line(stdout, timeout))
-        .unwrap_or_default();
-    if let Some(ready) = ReadyLine::parse(&line) {
+        .and_then(|stdout| first_line(stdout, timeout));
+    if let Some(ready) = line.as_deref().and_then(ReadyLine::parse) {
         return Ok(Started { child, ready });
     }
-    let exit = child.try_wait().ok().flatten();
+    // An empty line is end of file: the child closed stdout, which it does as it
+    // exits, a moment before it can be reaped. Wait that moment so the error says
+    // how it exited rather than "no ready line".
+    let exit = if line.as_deref() == Some("") {
+        exit_within(&mut child, EXITING)
+    } else {
+        child.try_wait().ok().flatten()
+    };
+    let line = line.unwrap_or_default();
     let _ = child.kill();
     let _ = child.wait();
     Err(StartError::NotReady {
@@ -91,9 +98,24 @@ pub fn start(command: &mut Command, log: &Path, timeout: Duration) -> Result<Sta
     })
 }
 
-/// The first line of `stdout` within `timeout` (empty when none came); the rest is
-/// drained on a thread of its own.
-fn first_line(stdout: ChildStdout, timeout: Duration) -> String {
+/// How long a child that closed its stdout is given to finish exiting.
+const EXITING: Duration = Duration::from_secs(2);
+
+/// The child's exit status if it exits within `within`.
+fn exit_within(child: &mut Child, within: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + within;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return Some(status),
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+            Ok(None) | Err(_) => return None,
+        }
+    }
+}
+
+/// The first line of `stdout` within `timeout` (`None` when none came, empty at end
+/// of file); the rest is drained on a thread of its own.
+fn first_line(stdout: ChildStdout, timeout: Duration) -> Option<String> {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         let mut reader = BufReader::new(stdout);
@@ -103,7 +125,7 @@ fn first_line(stdout: ChildStdout, timeout: Duration) -> String {
         let mut sink = [0u8; 4096];
         while matches!(reader.read(&mut sink), Ok(n) if n > 0) {}
     });
-    rx.recv_timeout(timeout).unwrap_or_default()
+    rx.recv_timeout(timeout).ok()
 }
 
 /// SIGTERM: the service stops taking work, drains and exits on its own.

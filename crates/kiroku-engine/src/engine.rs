@@ -444,9 +444,14 @@ impl Engine {
         let live = Arc::new(AtomicUsize::new(config.slots));
         let busy_nanos = Arc::new(AtomicU64::new(0));
         for index in 0..config.slots {
-            let state = context
-                .create_state()
-                .map_err(|e| EngineError::Inference(format!("creating decoder state: {e}")))?;
+            let state = {
+                let _serial = STATES
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                context
+                    .create_state()
+                    .map_err(|e| EngineError::Inference(format!("creating decoder state: {e}")))?
+            };
             let slot = Slot {
                 context: Arc::clone(&context),
                 state,
@@ -594,6 +599,15 @@ impl Drop for Engine {
     }
 }
 
+/// Decoder states are created one at a time, process-wide (a renewal frees the old
+/// state under the same lock): a slot renews
+/// its state after a panic while other slots (and other engines) may be doing the
+/// same, and whisper.cpp's state set-up (backends, schedulers) is not documented as
+/// safe to run concurrently. Rare (load, and after a panic), so never contended in
+/// practice. (A full-suite run once died with SIGSEGV in the panic-recovery test
+/// while two slots renewed their states at once; not reproduced since.)
+static STATES: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 struct Slot {
     context: Arc<WhisperContext>,
     state: WhisperState,
@@ -643,16 +657,16 @@ impl Slot {
                 Err(panic) => {
                     let reason = panic_message(panic.as_ref());
                     tracing::error!(%reason, "a decode panicked; the request fails, the slot goes on");
+                    // The state may be half-written: start this slot over with a new
+                    // one before answering, so the slot is whole again by the time
+                    // its caller (or a test) sends the next job.
+                    let renewed = self.renew_state();
                     let _ = reply_tx.send(Err(EngineError::Inference(format!(
                         "the decoder failed on this request: {reason}"
                     ))));
-                    // The state may be half-written: start this slot over with a new one.
-                    match self.context.create_state() {
-                        Ok(state) => self.state = state,
-                        Err(error) => {
-                            tracing::error!(%error, "the slot cannot get a new decoder state and stops");
-                            break;
-                        }
+                    if let Err(error) = renewed {
+                        tracing::error!(%error, "the slot cannot get a new decoder state and stops");
+                        break;
                     }
                 }
             }
@@ -661,6 +675,18 @@ impl Slot {
             // No slot left: callers get `ShutDown` instead of waiting forever.
             queue.close();
         }
+    }
+
+    /// Replaces the slot's decoder state with a new one (the old one is freed).
+    fn renew_state(&mut self) -> Result<()> {
+        let _serial = STATES
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.state = self
+            .context
+            .create_state()
+            .map_err(|e| EngineError::Inference(format!("creating decoder state: {e}")))?;
+        Ok(())
     }
 
     /// The decode to run for `job`: its own, or the one a turn's owner hands over
