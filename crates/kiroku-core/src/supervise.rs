@@ -141,16 +141,10 @@ pub fn terminate(child: &Child) {
 
 /// Waits up to `grace` for the child to exit, then kills it; how it ended.
 pub fn wait_or_kill(child: &mut Child, grace: Duration) -> Option<ExitStatus> {
-    let deadline = Instant::now() + grace;
-    while Instant::now() < deadline {
-        match child.try_wait() {
-            Ok(Some(status)) => return Some(status),
-            Ok(None) => std::thread::sleep(Duration::from_millis(50)),
-            Err(_) => break,
-        }
-    }
-    let _ = child.kill();
-    child.wait().ok()
+    exit_within(child, grace).or_else(|| {
+        let _ = child.kill();
+        child.wait().ok()
+    })
 }
 
 /// `GET path` on an admin address (`host:port` or `http://host:port`): the status code

@@ -444,14 +444,7 @@ impl Engine {
         let live = Arc::new(AtomicUsize::new(config.slots));
         let busy_nanos = Arc::new(AtomicU64::new(0));
         for index in 0..config.slots {
-            let state = {
-                let _serial = STATES
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                context
-                    .create_state()
-                    .map_err(|e| EngineError::Inference(format!("creating decoder state: {e}")))?
-            };
+            let state = new_state(&context)?;
             let slot = Slot {
                 context: Arc::clone(&context),
                 state,
@@ -599,14 +592,23 @@ impl Drop for Engine {
     }
 }
 
-/// Decoder states are created one at a time, process-wide (a renewal frees the old
-/// state under the same lock): a slot renews
-/// its state after a panic while other slots (and other engines) may be doing the
-/// same, and whisper.cpp's state set-up (backends, schedulers) is not documented as
-/// safe to run concurrently. Rare (load, and after a panic), so never contended in
-/// practice. (A full-suite run once died with SIGSEGV in the panic-recovery test
-/// while two slots renewed their states at once; not reproduced since.)
+/// Decoder states are created one at a time, process-wide: a slot renews its state
+/// after a panic while other slots (and other engines) may be doing the same, and
+/// whisper.cpp's state set-up (backends, schedulers) is not documented as safe to run
+/// concurrently. Rare (load, and after a panic), so never contended in practice. (A
+/// full-suite run once died with SIGSEGV in the panic-recovery test while two slots
+/// renewed their states at once; not reproduced since.)
 static STATES: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// A new decoder state for `context`, created under [`STATES`].
+fn new_state(context: &WhisperContext) -> Result<WhisperState> {
+    let _serial = STATES
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    context
+        .create_state()
+        .map_err(|e| EngineError::Inference(format!("creating decoder state: {e}")))
+}
 
 struct Slot {
     context: Arc<WhisperContext>,
@@ -679,13 +681,7 @@ impl Slot {
 
     /// Replaces the slot's decoder state with a new one (the old one is freed).
     fn renew_state(&mut self) -> Result<()> {
-        let _serial = STATES
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        self.state = self
-            .context
-            .create_state()
-            .map_err(|e| EngineError::Inference(format!("creating decoder state: {e}")))?;
+        self.state = new_state(&self.context)?;
         Ok(())
     }
 
