@@ -111,14 +111,20 @@ impl Signals {
     }
 }
 
-/// Resolves on SIGTERM or Ctrl-C.
-pub async fn shutdown_signal() {
+/// Catches SIGTERM and Ctrl-C from this call on (inside the runtime); the future
+/// resolves on the first. Call it before the ready line: a supervisor may send SIGTERM
+/// the moment it reads that line, and an uncaught one would kill the service undrained.
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
-    if let Ok(mut signals) = Signals::catch() {
-        signals.recv().await;
-        return;
+    let signals = Signals::catch().ok();
+    async move {
+        #[cfg(unix)]
+        if let Some(mut signals) = signals {
+            signals.recv().await;
+            return;
+        }
+        let _ = tokio::signal::ctrl_c().await;
     }
-    let _ = tokio::signal::ctrl_c().await;
 }
 
 async fn gateway(args: GatewaySettings) -> Result<()> {
@@ -131,8 +137,9 @@ async fn gateway(args: GatewaySettings) -> Result<()> {
     let config = args.config(resume_keys()?).map_err(invalid)?;
     let grpc = bind(&args.listen, "gRPC").await?;
     let admin = bind(&args.admin_listen, "admin").await?;
+    let shutdown = shutdown_signal();
     ReadyLine::new("gateway", Some(grpc.local_addr()?), admin.local_addr()?).announce();
-    kiroku_gateway::serve(config, grpc, admin, shutdown_signal()).await
+    kiroku_gateway::serve(config, grpc, admin, shutdown).await
 }
 
 /// The resume-token key from `KIROKU_RESUME_SECRET` (shared by every gateway of the
@@ -207,6 +214,7 @@ async fn worker(args: WorkerSettings) -> Result<()> {
     let config = args.config(engine, vad).map_err(invalid)?;
     tracing::info!(vad = config.policy.vad.name(), "voice activity detector");
     let admin = bind(&args.admin_listen, "admin").await?;
+    let shutdown = shutdown_signal();
     ReadyLine::new("worker", None, admin.local_addr()?).announce();
     let (ready_tx, ready_rx) = tokio::sync::watch::channel(kiroku_core::admin::starting());
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
@@ -217,7 +225,7 @@ async fn worker(args: WorkerSettings) -> Result<()> {
             let _ = stop_rx.wait_for(|s| *s).await;
         },
     ));
-    let outcome = kiroku_worker::serve(config, ready_tx, shutdown_signal()).await;
+    let outcome = kiroku_worker::serve(config, ready_tx, shutdown).await;
     let _ = stop_tx.send(true);
     outcome
 }
@@ -232,8 +240,9 @@ async fn account(args: AccountSettings) -> Result<()> {
     let config = args.config(operator_token()?).map_err(invalid)?;
     let grpc = bind(&args.listen, "gRPC").await?;
     let admin = bind(&args.admin_listen, "admin").await?;
+    let shutdown = shutdown_signal();
     ReadyLine::new("account", Some(grpc.local_addr()?), admin.local_addr()?).announce();
-    kiroku_account::serve(config, grpc, admin, shutdown_signal()).await
+    kiroku_account::serve(config, grpc, admin, shutdown).await
 }
 
 async fn audit(args: AuditSettings) -> Result<()> {
@@ -251,8 +260,9 @@ async fn audit(args: AuditSettings) -> Result<()> {
     let config = args.config(secrets).map_err(invalid)?;
     let grpc = bind(&args.listen, "gRPC").await?;
     let admin = bind(&args.admin_listen, "admin").await?;
+    let shutdown = shutdown_signal();
     ReadyLine::new("audit", Some(grpc.local_addr()?), admin.local_addr()?).announce();
-    kiroku_audit::serve(config, grpc, admin, shutdown_signal()).await
+    kiroku_audit::serve(config, grpc, admin, shutdown).await
 }
 
 async fn storage(args: StorageSettings) -> Result<()> {
@@ -274,8 +284,9 @@ async fn storage(args: StorageSettings) -> Result<()> {
         .map_err(invalid)?;
     let grpc = bind(&args.listen, "gRPC").await?;
     let admin = bind(&args.admin_listen, "admin").await?;
+    let shutdown = shutdown_signal();
     ReadyLine::new("storage", Some(grpc.local_addr()?), admin.local_addr()?).announce();
-    kiroku_storage::serve(config, grpc, admin, shutdown_signal()).await
+    kiroku_storage::serve(config, grpc, admin, shutdown).await
 }
 
 #[cfg(test)]

@@ -186,8 +186,10 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let log = dir.path().join("svc.log");
         let mut command = shell(
-            "echo starting >&2; echo 'kiroku worker admin=http://127.0.0.1:9' ; \
-             trap 'echo drained >&2; exit 0' TERM; while true; do sleep 0.05; done",
+            // The trap is set before the ready line: a service is ready only once it
+            // handles SIGTERM (CI once sent it between the two).
+            "trap 'echo drained >&2; exit 0' TERM; echo starting >&2; \
+             echo 'kiroku worker admin=http://127.0.0.1:9'; while true; do sleep 0.05; done",
         );
         let mut started = start(&mut command, &log, Duration::from_secs(10)).expect("started");
         assert_eq!(started.ready.role, "worker");
