@@ -47,6 +47,7 @@ import statistics
 import subprocess
 import sys
 import time
+import urllib.request
 
 from bench import JAPANESE_SENTENCES, cer, japanese_meeting_clip, japanese_voice
 
@@ -502,23 +503,75 @@ def sweep_table(sweep, tag, model, meeting, unit, goal, work):
         print("no PNG: rsvg-convert missing (Debian librsvg2-bin; `make bench-stream` installs it)")
 
 
+def histogram(admin, name):
+    """The cumulative buckets {upper bound: count} of histogram `name` on an admin address."""
+    with urllib.request.urlopen(f"http://{admin}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    buckets = {}
+    for m in re.finditer(name + r'_bucket\{le="([^"]+)"\} (\S+)', text):
+        buckets[float(m.group(1))] = float(m.group(2))
+    return buckets
+
+
+def bucket_quantile(before, after, q):
+    """The upper bound of the bucket holding quantile q of what was observed between two
+    scrapes of a histogram (Prometheus' resolution: the bucket, not the value)."""
+    delta = {le: after[le] - before.get(le, 0) for le in sorted(after)}
+    total = delta.get(float("inf"), 0)
+    if not total:
+        return None
+    for le, count in delta.items():
+        if count >= q * total:
+            return le
+    return float("inf")
+
+
+def cluster_admins(work, name):
+    """The gateway's and the workers' admin addresses, from `kiroku up`'s output."""
+    with open(os.path.join(work, f"up-{name}.log")) as f:
+        line = next(l for l in f if l.strip().startswith("admin:"))
+    return [ADMIN], re.findall(r"worker-\d+=(?:http://)?(\S+)", line)
+
+
+# Where a frame's time goes, from each process's histograms: gateway publish -> stored
+# (JetStream ack), stored -> received by the worker.
+STAGES = (("publish", "kiroku_audio_publish_seconds", "gateway"),
+          ("delivery", "kiroku_audio_delivery_seconds", "worker"))
+
+
 def plumbing_latency(kiroku, work):
     plumbing = []
     # Admission off: it spaces new sessions 3 s apart (each must show its cost first),
     # which at 10+ streams would measure the queue, not the plumbing.
     cluster = start_cluster(kiroku, work, "plumbing", ["--engine", "null-benchmark", "--sessions", "5000"],
                             {"KIROKU_WORKER_ADMIT_MAX_LAG_S": "0"})
+    gateways, workers = cluster_admins(work, "plumbing")
+    admins = {"gateway": gateways, "worker": workers}
+
+    def scrape():
+        # One worker in this cluster; several would need their buckets summed.
+        return {stage: histogram(admins[role][0], metric) for stage, metric, role in STAGES}
+
     try:
         for streams in (10, 100, 1000):
+            before = scrape()
             out = subprocess.run([kiroku, "bench-plumbing", "--gateway", "http://" + GRPC, "--streams",
                                   str(streams), "--seconds", "10"], capture_output=True, text=True)
             if out.returncode != 0:
                 sys.exit(out.stderr)
-            plumbing.append(json.loads(out.stdout.strip().splitlines()[-1]))
+            after = scrape()
+            result = json.loads(out.stdout.strip().splitlines()[-1])
+            result["stages"] = {stage: {q: bucket_quantile(before[stage], after[stage], q) for q in (0.5, 0.99)}
+                                for stage, _, _ in STAGES}
+            plumbing.append(result)
             print("  " + out.stderr.strip().splitlines()[0], file=sys.stderr)
     finally:
         stop_cluster(cluster)
     return plumbing
+
+
+def bound_ms(seconds):
+    return "-" if seconds is None else "> 2500 ms" if seconds == float("inf") else f"<= {seconds * 1000:g} ms"
 
 
 def main():
@@ -573,6 +626,15 @@ def main():
         for p in plumbing:
             print(f"| {p['streams']} | {p['frames_answered']}/{p['frames_expected']} | {p['p50_ms']:.1f} ms | "
                   f"{p['p99_ms']:.1f} ms | {p['max_ms']:.1f} ms | <= 5 ms |")
+        print()
+        print("where a frame's time goes (bucket bounds from the processes' histograms): gateway publish ->")
+        print("JetStream ack (kiroku_audio_publish_seconds), stored -> worker (kiroku_audio_delivery_seconds):")
+        print("| streams | publish p50 | publish p99 | delivery p50 | delivery p99 |")
+        print("|---|---|---|---|---|")
+        for p in plumbing:
+            st = p["stages"]
+            print(f"| {p['streams']} | {bound_ms(st['publish'][0.5])} | {bound_ms(st['publish'][0.99])} | "
+                  f"{bound_ms(st['delivery'][0.5])} | {bound_ms(st['delivery'][0.99])} |")
     for title, result, unit, before, goal in minutes:
         minutes_table(title + f" ({result['audio_s']:.0f} s, release build, 2-core machine, paced at 1x)",
                       result, unit, before, goal)

@@ -194,6 +194,10 @@ ts("Consumer retries and dead letters", [
     (f'sum by (consumer) (rate(kiroku_consumer_retries_total{{{NS}}}[$__rate_interval]))', "{{consumer}} retries"),
     (f'sum by (consumer) (increase(kiroku_consumer_dead_letters_total{{{NS}}}[$__rate_interval]))', "{{consumer}} dead letters")], "none",
    "Messages a consumer could not store and asked to get again (per second), and messages it set aside in DEADLETTER (per interval).")
+ts("Audio transit p99", [
+    (q(0.99, "kiroku_audio_publish_seconds", GW), "gateway publish -> stored"),
+    (q(0.99, "kiroku_audio_delivery_seconds", WK), "stored -> worker")], "s",
+   "kiroku_audio_publish_seconds: an audio frame handed to JetStream until stored (a stream's frames go one after the other, so a slow store holds up the frames behind it). kiroku_audio_delivery_seconds: stored until the worker has it (NATS server clock against the worker's). Normally a few ms each; both add to every caption's latency.")
 newline()
 
 row("Dependencies and processes")

@@ -41,6 +41,12 @@ const DECODE_BUCKETS_S: [f64; 12] = [
     0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 7.5, 10.0,
 ];
 
+/// Audio-frame transit buckets, 0.5 ms to 2.5 s: the plumbing's own share of a caption's
+/// latency, normally a millisecond or two.
+const TRANSIT_BUCKETS_S: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+
 /// gRPC call durations, 1 ms to an hour: unary calls, then streams that run a meeting.
 const CALL_BUCKETS_S: [f64; 14] = [
     0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 60.0, 600.0, 3600.0,
@@ -97,6 +103,15 @@ pub struct Metrics {
     /// the worker (audio that waited in the queue counts from its arrival). Above the
     /// worker's `--admit-max-lag-s` it takes no new session.
     pub worker_stream_lag: Gauge<f64, AtomicU64>,
+    /// `kiroku_audio_publish_seconds`: on a gateway, from an audio frame's arrival at
+    /// the publish step to JetStream's acknowledgement that it is stored. A stream's
+    /// frames are sent in order, each once the previous one is stored, so a slow ack
+    /// holds up the frames behind it and counts in theirs too.
+    pub audio_publish_seconds: Histogram,
+    /// `kiroku_audio_delivery_seconds`: on a worker, from JetStream storing an audio
+    /// frame (the server's timestamp) to the worker receiving it. Between hosts, their
+    /// clock difference adds to it.
+    pub audio_delivery_seconds: Histogram,
     /// `kiroku_sessions_backlog`: session jobs waiting for a worker (the `SESSIONS`
     /// stream's pending count), the signal GPU workers scale on.
     pub sessions_backlog: Gauge,
@@ -229,6 +244,18 @@ impl Metrics {
             "kiroku_worker_stream_lag_seconds",
             "Caption lag of the worker's most behind live stream, peak of the last 10 s",
             worker_stream_lag.clone(),
+        );
+        let audio_publish_seconds = Histogram::new(TRANSIT_BUCKETS_S);
+        registry.register(
+            "kiroku_audio_publish_seconds",
+            "Seconds from publishing an audio frame to JetStream to its acknowledgement",
+            audio_publish_seconds.clone(),
+        );
+        let audio_delivery_seconds = Histogram::new(TRANSIT_BUCKETS_S);
+        registry.register(
+            "kiroku_audio_delivery_seconds",
+            "Seconds from JetStream storing an audio frame to a worker receiving it",
+            audio_delivery_seconds.clone(),
         );
         let sessions_backlog = Gauge::default();
         registry.register(
@@ -369,6 +396,8 @@ impl Metrics {
             decode_queue_seconds,
             worker_load,
             worker_stream_lag,
+            audio_publish_seconds,
+            audio_delivery_seconds,
             sessions_backlog,
             finals,
             errors,

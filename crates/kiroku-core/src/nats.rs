@@ -802,6 +802,19 @@ pub async fn publish_durable(
     Err(last)
 }
 
+/// Seconds since JetStream stored `message` (by the server's clock, so a clock
+/// difference between the hosts adds to it; never negative); `None` for a message
+/// without JetStream metadata.
+pub fn stored_age_seconds(message: &jetstream::Message) -> Option<f64> {
+    let stored = message.info().ok()?.published.unix_timestamp_nanos();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_nanos();
+    let age = i128::try_from(now).ok()? - stored;
+    Some(age.max(0) as f64 / 1e9)
+}
+
 /// Follows one subject of a stream in order, from a start sequence, with an ordered
 /// consumer that is re-created from the last delivered sequence whenever NATS loses it.
 /// A server restart drops ephemeral consumers, and in a NATS cluster the server holding

@@ -1371,6 +1371,7 @@ pub(crate) async fn publish_frame(
                 .headers(headers.clone())
         }
     };
+    let began = std::time::Instant::now();
     let first = match after {
         Some(_) => None,
         None => Some(
@@ -1397,6 +1398,11 @@ pub(crate) async fn publish_frame(
             .await
             .map(|_| ())
             .map_err(|e| e.to_string());
+        if outcome.is_ok() {
+            kiroku_core::metrics::metrics()
+                .audio_publish_seconds
+                .observe(began.elapsed().as_secs_f64());
+        }
         (seq, end_offset, outcome)
     });
     Ok(async move {

@@ -281,6 +281,15 @@ impl Session {
         let frame = events::AudioFrame::decode(message.payload.as_ref())
             .map_err(|e| format!("undecodable audio frame: {e}"))?;
         let stream_seq = message.info().map(|i| i.stream_sequence).unwrap_or(0);
+        // A file's frames are all stored before it is decoded: their age is the
+        // file's queue, not the plumbing's transit time.
+        if !self.job.batch
+            && let Some(age) = kiroku_core::nats::stored_age_seconds(message)
+        {
+            kiroku_core::metrics::metrics()
+                .audio_delivery_seconds
+                .observe(age);
+        }
         let end = frame.offset_samples + frame.pcm_s16le.len() as u64 / 2;
         self.frames.push_back((stream_seq, end));
         self.next_stream_seq = stream_seq + 1;
