@@ -49,7 +49,8 @@ pub struct Args {
     /// installed).
     #[arg(long, default_value = "energy", value_parser = ["auto", "silero", "energy"])]
     vad: String,
-    /// Use flash attention (less memory; slower on CPU).
+    /// Use flash attention (less memory; slower on CPU). Implies --whole: whisper.cpp
+    /// has no DTW word times with it, and cutting the file into pieces needs them.
     #[arg(long)]
     flash_attn: bool,
     /// Print load and decode times and the real-time factor to stderr.
@@ -195,7 +196,7 @@ pub fn run(args: Args) -> Result<()> {
     let duration_ms = pcm.duration_ms();
     let progress: kiroku_engine::engine::ProgressFn =
         Box::new(move |percent| progress_bar.set_position(percent.clamp(0, 100) as u64));
-    let transcript = if args.whole || args.audio_ctx.is_some() {
+    let transcript = if args.whole || args.audio_ctx.is_some() || args.flash_attn {
         engine.transcribe(pcm.samples, options, Some(progress))
     } else {
         let vad = kiroku_engine::vad::choose(&args.vad, &crate::config::model_dir())
