@@ -110,7 +110,8 @@ pub struct Metrics {
     pub audio_publish_seconds: Histogram,
     /// `kiroku_audio_delivery_seconds`: on a worker, from JetStream storing an audio
     /// frame (the server's timestamp) to the worker receiving it. Between hosts, their
-    /// clock difference adds to it.
+    /// clock difference adds to it; a session taken over from another worker counts the
+    /// age of the frames it replays.
     pub audio_delivery_seconds: Histogram,
     /// `kiroku_sessions_backlog`: session jobs waiting for a worker (the `SESSIONS`
     /// stream's pending count), the signal GPU workers scale on.
