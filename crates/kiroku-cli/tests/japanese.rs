@@ -95,6 +95,14 @@ fn japanese_meeting_with_base_model_has_cer_within_ten_percent() {
         cer <= MAX_BATCH_CER,
         "CER {cer:.3} > {MAX_BATCH_CER}\nreference:  {reference}\nhypothesis: {hypothesis}"
     );
+    // Readable minutes: sentences end in 。 (every piece of the file, not only the
+    // first; one may be missed).
+    let stops = hypothesis.matches('。').count();
+    assert!(
+        stops + 1 >= sentences.len(),
+        "{stops} of {} sentences end in 。: {hypothesis}",
+        sentences.len()
+    );
 
     // Flash attention has no DTW word times, which cutting the file into pieces needs:
     // such a decode runs whole (cut into pieces it garbled and doubled phrases, CER 0.27).
