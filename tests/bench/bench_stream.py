@@ -526,11 +526,11 @@ def bucket_quantile(before, after, q):
     return float("inf")
 
 
-def cluster_admins(work, name):
-    """The gateway's and the workers' admin addresses, from `kiroku up`'s output."""
+def worker_admins(work, name):
+    """The workers' admin addresses, from `kiroku up`'s output (the gateway's is ADMIN)."""
     with open(os.path.join(work, f"up-{name}.log")) as f:
         line = next(l for l in f if l.strip().startswith("admin:"))
-    return [ADMIN], re.findall(r"worker-\d+=(?:http://)?(\S+)", line)
+    return re.findall(r"worker-\d+=(?:http://)?(\S+)", line)
 
 
 # Where a frame's time goes, from each process's histograms: gateway publish -> stored
@@ -545,12 +545,11 @@ def plumbing_latency(kiroku, work):
     # which at 10+ streams would measure the queue, not the plumbing.
     cluster = start_cluster(kiroku, work, "plumbing", ["--engine", "null-benchmark", "--sessions", "5000"],
                             {"KIROKU_WORKER_ADMIT_MAX_LAG_S": "0"})
-    gateways, workers = cluster_admins(work, "plumbing")
-    admins = {"gateway": gateways, "worker": workers}
+    # One worker in this cluster; several would need their buckets summed.
+    admins = {"gateway": ADMIN, "worker": worker_admins(work, "plumbing")[0]}
 
     def scrape():
-        # One worker in this cluster; several would need their buckets summed.
-        return {stage: histogram(admins[role][0], metric) for stage, metric, role in STAGES}
+        return {stage: histogram(admins[role], metric) for stage, metric, role in STAGES}
 
     try:
         for streams in (10, 100, 1000):

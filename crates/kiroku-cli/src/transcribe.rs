@@ -196,7 +196,8 @@ pub fn run(args: Args) -> Result<()> {
     let duration_ms = pcm.duration_ms();
     let progress: kiroku_engine::engine::ProgressFn =
         Box::new(move |percent| progress_bar.set_position(percent.clamp(0, 100) as u64));
-    let transcript = if args.whole || args.audio_ctx.is_some() || args.flash_attn {
+    // With --flash-attn, `transcribe_file` decodes whole by itself (no DTW word times).
+    let transcript = if args.whole || args.audio_ctx.is_some() {
         engine.transcribe(pcm.samples, options, Some(progress))
     } else {
         let vad = kiroku_engine::vad::choose(&args.vad, &crate::config::model_dir())

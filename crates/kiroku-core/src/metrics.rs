@@ -249,7 +249,7 @@ impl Metrics {
         let audio_publish_seconds = Histogram::new(TRANSIT_BUCKETS_S);
         registry.register(
             "kiroku_audio_publish_seconds",
-            "Seconds from publishing an audio frame to JetStream to its acknowledgement",
+            "Seconds from an audio frame reaching the gateway's publish step to JetStream storing it",
             audio_publish_seconds.clone(),
         );
         let audio_delivery_seconds = Histogram::new(TRANSIT_BUCKETS_S);

@@ -802,11 +802,10 @@ pub async fn publish_durable(
     Err(last)
 }
 
-/// Seconds since JetStream stored `message` (by the server's clock, so a clock
-/// difference between the hosts adds to it; never negative); `None` for a message
-/// without JetStream metadata.
-pub fn stored_age_seconds(message: &jetstream::Message) -> Option<f64> {
-    let stored = message.info().ok()?.published.unix_timestamp_nanos();
+/// Seconds since JetStream stored the message of `info` (by the server's clock, so a
+/// clock difference between the hosts adds to it; never negative).
+pub fn stored_age_seconds(info: &jetstream::message::Info<'_>) -> Option<f64> {
+    let stored = info.published.unix_timestamp_nanos();
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .ok()?

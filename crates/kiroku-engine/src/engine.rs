@@ -129,6 +129,9 @@ pub struct ModelInfo {
     pub path: PathBuf,
     pub multilingual: bool,
     pub n_mels: i32,
+    /// Word times come from DTW over the alignment heads (not with flash attention:
+    /// whisper.cpp has no DTW there, and words get Whisper's plain token times).
+    pub dtw_word_times: bool,
 }
 
 impl ModelInfo {
@@ -419,9 +422,11 @@ impl Engine {
         // Whisper's own token timestamps (espeak-ng speech after 1 s of silence: first
         // word at 1.34 s with DTW, at 0.00 s without). whisper.cpp has no DTW with flash
         // attention, so that mode keeps the plain token times.
-        if !config.flash_attn
-            && let Some(mode) = read_ggml_header(&config.model_path).and_then(|h| dtw_mode(&h))
-        {
+        let dtw = (!config.flash_attn)
+            .then(|| read_ggml_header(&config.model_path).and_then(|h| dtw_mode(&h)))
+            .flatten();
+        let dtw_word_times = dtw.is_some();
+        if let Some(mode) = dtw {
             params.dtw_parameters(DtwParameters {
                 mode,
                 ..DtwParameters::default()
@@ -433,6 +438,7 @@ impl Engine {
             path: config.model_path.clone(),
             multilingual: context.is_multilingual(),
             n_mels: context.model_n_mels(),
+            dtw_word_times,
         };
         let context = Arc::new(context);
         let queue = Arc::new(JobQueue::new(config.queue_capacity, threads, config.slots));

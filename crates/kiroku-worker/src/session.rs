@@ -280,11 +280,14 @@ impl Session {
     ) -> Result<events::AudioFrame, String> {
         let frame = events::AudioFrame::decode(message.payload.as_ref())
             .map_err(|e| format!("undecodable audio frame: {e}"))?;
-        let stream_seq = message.info().map(|i| i.stream_sequence).unwrap_or(0);
+        let info = message.info().ok();
+        let stream_seq = info.as_ref().map_or(0, |i| i.stream_sequence);
         // A file's frames are all stored before it is decoded: their age is the
         // file's queue, not the plumbing's transit time.
         if !self.job.batch
-            && let Some(age) = kiroku_core::nats::stored_age_seconds(message)
+            && let Some(age) = info
+                .as_ref()
+                .and_then(kiroku_core::nats::stored_age_seconds)
         {
             kiroku_core::metrics::metrics()
                 .audio_delivery_seconds
