@@ -5,7 +5,8 @@
 //! ```text
 //! cargo run --release -p kiroku-engine --example finals_trials -- en|en-cont|en-long|ja [VARIANT...]
 //! VARIANT = left_ms:margin_frames:prompt_chars:beam[:gather_ms]
-//!           (default: the language's defaults)
+//!           (default: the language's defaults; prompt_chars with a trailing `-`, e.g.
+//!           `0-`: without the language's fixed prompt, Japanese はい。)
 //! ```
 //!
 //! English uses tiny.en (`ggml-tiny.en.bin`), Japanese base (`ggml-base.bin`) from
@@ -17,7 +18,7 @@ use kiroku_engine::live::{FinalsConfig, simulate};
 use kiroku_engine::streaming::PolicyConfig;
 use kiroku_engine::{Engine, EngineConfig, TranscribeOptions};
 
-fn parse_variant(text: &str) -> Result<FinalsConfig> {
+fn parse_variant(text: &str, language: &str) -> Result<FinalsConfig> {
     let parts: Vec<&str> = text.split(':').collect();
     let (left, margin, prompt, beam, rest) = match parts.as_slice() {
         [left, margin, prompt, beam, rest @ ..] if rest.len() <= 1 => {
@@ -26,10 +27,18 @@ fn parse_variant(text: &str) -> Result<FinalsConfig> {
         _ => bail!("variant {text:?} is not left_ms:margin_frames:prompt_chars:beam[:gather_ms]"),
     };
     let defaults = FinalsConfig::default();
+    let (prompt, fixed_prompt) = match prompt.strip_suffix('-') {
+        Some(chars) => (chars, None),
+        None => (
+            *prompt,
+            defaults.clone().for_language(language).fixed_prompt,
+        ),
+    };
     Ok(FinalsConfig {
         left_context_ms: left.parse()?,
         audio_ctx_margin_frames: margin.parse()?,
         prompt_chars: prompt.parse()?,
+        fixed_prompt,
         beam_size: beam.parse()?,
         gather_ms: rest.first().map_or(Ok(defaults.gather_ms), |v| v.parse())?,
         ..defaults
@@ -39,12 +48,14 @@ fn parse_variant(text: &str) -> Result<FinalsConfig> {
 fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
     let language = args.next().unwrap_or_else(|| "en".into());
-    let mut variants: Vec<(String, FinalsConfig)> = args
-        .map(|a| parse_variant(&a).map(|c| (a, c)))
-        .collect::<Result<_>>()?;
+    let names: Vec<String> = args.collect();
     let dir = tempfile::tempdir()?;
     let (samples, reference, model, code) =
         kiroku_tests::speech::trial_meeting(&language, dir.path())?;
+    let mut variants: Vec<(String, FinalsConfig)> = names
+        .into_iter()
+        .map(|a| parse_variant(&a, code.unwrap_or("en")).map(|c| (a, c)))
+        .collect::<Result<_>>()?;
     if variants.is_empty() {
         let defaults = FinalsConfig::default().for_language(code.unwrap_or("en"));
         let name = format!(

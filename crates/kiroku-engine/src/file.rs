@@ -23,28 +23,14 @@ use crate::vad::Vad;
 /// 1.7–2×; 6 s and 20 s lost words at piece edges.
 pub const FILE_GATHER_MS: u32 = 12_000;
 
-/// The prompt of a Japanese file's pieces when the caller gives none. Decoded after the
-/// audio before it, a piece now and then came back without a single 。 (sentences run
-/// together on one line; the whole-file decode keeps them). Measured on three Japanese
-/// clips of six sentences (base, 2026-12-05): sentences ending in 。 3, 3 and 4 of 6
-/// without it, 6 of 6 with it; CER 0.033 = 0.033, 0.152 → 0.160, 0.105 = 0.105.
-const JAPANESE_PROMPT: &str = "はい。";
-
-/// The prompt of every piece: the caller's, else [`JAPANESE_PROMPT`] in Japanese.
-fn piece_prompt(prompt: Option<&str>, language: Option<&str>) -> Option<String> {
-    prompt
-        .map(str::to_string)
-        .or_else(|| (language == Some("ja")).then(|| JAPANESE_PROMPT.to_string()))
-}
-
 /// Audio handed to the detector at a time (1 s): decodes run as soon as a piece is cut.
 const FEED_SAMPLES: usize = 16_000;
 
 /// Transcribes a whole 16 kHz mono recording as utterance finals (see the module docs),
 /// its pauses found by `vad`.
 /// `options.language` `None` (or "auto") detects the language on the first piece and
-/// keeps it; `options.prompt` biases every decode (in Japanese, [`JAPANESE_PROMPT`]
-/// when it is `None`); `options.beam_size` is the beam of
+/// keeps it; `options.prompt` biases every decode (in Japanese,
+/// [`crate::live::JAPANESE_PROMPT`] when it is `None`, as in live finals); `options.beam_size` is the beam of
 /// every decode; `options.audio_ctx` and `max_tokens` are sized per piece and ignored.
 /// `progress` gets the share of the audio done, 0–100.
 ///
@@ -105,7 +91,7 @@ pub fn transcribe_gathered(
                 no_temperature_fallback: true,
                 max_tokens: Some(request.max_tokens),
                 beam_size: request.beam_size,
-                prompt: piece_prompt(options.prompt.as_deref(), language.as_deref()),
+                prompt: options.prompt.clone().or(request.prompt),
                 urgent: false,
             };
             let transcript = engine.transcribe(request.samples, decode_options, None)?;
@@ -192,20 +178,6 @@ mod tests {
             end_ms: start_ms + 100,
             probability: 0.9,
         }
-    }
-
-    #[test]
-    fn japanese_pieces_get_the_punctuated_prompt_unless_the_caller_gave_one() {
-        let own = "会議";
-        assert_eq!(
-            piece_prompt(None, Some("ja")).as_deref(),
-            Some(JAPANESE_PROMPT)
-        );
-        assert_eq!(piece_prompt(Some(own), Some("ja")).as_deref(), Some(own));
-        assert_eq!(piece_prompt(Some(own), Some("en")).as_deref(), Some(own));
-        // English, and a language not detected yet: no prompt.
-        assert_eq!(piece_prompt(None, Some("en")), None);
-        assert_eq!(piece_prompt(None, None), None);
     }
 
     #[test]
