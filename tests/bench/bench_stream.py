@@ -30,7 +30,10 @@ paced at real time.
   timeout), the served streams' final latency and WER.
 - plumbing: workers on the BENCHMARK-ONLY null engine (no inference), `kiroku
   bench-plumbing` with 10, 100 and 1000 concurrent streams: the per-frame latency the
-  plumbing adds (frame sent -> its echo back at the client).
+  plumbing adds (frame sent -> its echo back at the client), every frame, the steady
+  state and each stream's first frame (session start). With KIROKU_BENCH_NATS_SERVER
+  (`make bench-stream` sets it) on a NATS server of its own, then again at 100 streams
+  with `sync_interval: always`; else on the machine's NATS.
 
 Usage: bench_stream.py KIROKU_BIN WORK_DIR [PART...]
 PART: english, english-base, long, sweep, sweep-ja, overload, plumbing, japanese; default all.
@@ -43,6 +46,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -539,33 +543,79 @@ STAGES = (("publish", "kiroku_audio_publish_seconds", "gateway"),
           ("delivery", "kiroku_audio_delivery_seconds", "worker"))
 
 
+# A NATS server of its own for the plumbing part (`make bench-stream` fetches one:
+# build/nats-bench/nats-server): the production version line, and a throwaway store
+# instead of leaving ~300 MB of audio per 1,000-stream run in the machine's NATS.
+NATS_BENCH_PORT = 4290
+
+
+def nats_servers(work):
+    """The NATS servers the plumbing part runs against: (label, url, process or None).
+    With KIROKU_BENCH_NATS_SERVER (a nats-server binary): that server with default
+    durability, then with `sync_interval: always` (every write fsynced before its ack, as
+    production's deploy/nats/nats.conf runs). Without it: the machine's NATS."""
+    binary = os.environ.get("KIROKU_BENCH_NATS_SERVER", "")
+    if not binary:
+        yield "machine's NATS (KIROKU_NATS_URL)", os.environ.get("KIROKU_NATS_URL", "nats://127.0.0.1:4222"), None
+        return
+    version = subprocess.run([binary, "--version"], capture_output=True, text=True).stdout.strip().replace(":", "")
+    for sync in (False, True):
+        store = os.path.join(work, "nats-plumbing")
+        shutil.rmtree(store, ignore_errors=True)
+        conf = os.path.join(work, "nats-plumbing.conf")
+        with open(conf, "w") as f:
+            f.write(f"listen: 127.0.0.1:{NATS_BENCH_PORT}\njetstream {{\n  store_dir: {json.dumps(store)}\n"
+                    + ("  sync_interval: always\n" if sync else "") + "}\n")
+        log = open(os.path.join(work, "nats-plumbing.log"), "w")
+        server = subprocess.Popen([binary, "-c", conf], stdout=log, stderr=subprocess.STDOUT)
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", NATS_BENCH_PORT), 0.2).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        else:
+            server.kill()
+            sys.exit(f"{binary} did not start: see {log.name}")
+        try:
+            yield f"{version}" + (", sync_interval: always" if sync else ""), f"nats://127.0.0.1:{NATS_BENCH_PORT}", server
+        finally:
+            server.terminate()
+            server.wait()
+            shutil.rmtree(store, ignore_errors=True)
+
+
 def plumbing_latency(kiroku, work):
     plumbing = []
-    # Admission off: it spaces new sessions 3 s apart (each must show its cost first),
-    # which at 10+ streams would measure the queue, not the plumbing.
-    cluster = start_cluster(kiroku, work, "plumbing", ["--engine", "null-benchmark", "--sessions", "5000"],
-                            {"KIROKU_WORKER_ADMIT_MAX_LAG_S": "0"})
-    # One worker in this cluster; several would need their buckets summed.
-    admins = {"gateway": ADMIN, "worker": worker_admins(work, "plumbing")[0]}
+    for label, url, server in nats_servers(work):
+        # With fsync on every write only 100 streams: what durability costs per frame.
+        counts = (100,) if "sync_interval" in label else (10, 100, 1000)
+        # Admission off: it spaces new sessions 3 s apart (each must show its cost first),
+        # which at 10+ streams would measure the queue, not the plumbing.
+        cluster = start_cluster(kiroku, work, "plumbing", ["--engine", "null-benchmark", "--sessions", "5000"],
+                                {"KIROKU_WORKER_ADMIT_MAX_LAG_S": "0", "KIROKU_NATS_URL": url})
+        # One worker in this cluster; several would need their buckets summed.
+        admins = {"gateway": ADMIN, "worker": worker_admins(work, "plumbing")[0]}
 
-    def scrape():
-        return {stage: histogram(admins[role], metric) for stage, metric, role in STAGES}
+        def scrape():
+            return {stage: histogram(admins[role], metric) for stage, metric, role in STAGES}
 
-    try:
-        for streams in (10, 100, 1000):
-            before = scrape()
-            out = subprocess.run([kiroku, "bench-plumbing", "--gateway", "http://" + GRPC, "--streams",
-                                  str(streams), "--seconds", "10"], capture_output=True, text=True)
-            if out.returncode != 0:
-                sys.exit(out.stderr)
-            after = scrape()
-            result = json.loads(out.stdout.strip().splitlines()[-1])
-            result["stages"] = {stage: {q: bucket_quantile(before[stage], after[stage], q) for q in (0.5, 0.99)}
-                                for stage, _, _ in STAGES}
-            plumbing.append(result)
-            print("  " + out.stderr.strip().splitlines()[0], file=sys.stderr)
-    finally:
-        stop_cluster(cluster)
+        try:
+            for streams in counts:
+                before = scrape()
+                out = subprocess.run([kiroku, "bench-plumbing", "--gateway", "http://" + GRPC, "--streams",
+                                      str(streams), "--seconds", "10"], capture_output=True, text=True)
+                if out.returncode != 0:
+                    sys.exit(out.stderr)
+                after = scrape()
+                result = json.loads(out.stdout.strip().splitlines()[-1])
+                result["nats"] = label
+                result["stages"] = {stage: {q: bucket_quantile(before[stage], after[stage], q) for q in (0.5, 0.99)}
+                                    for stage, _, _ in STAGES}
+                plumbing.append(result)
+                print(f"  {label}: " + out.stderr.strip().splitlines()[0], file=sys.stderr)
+        finally:
+            stop_cluster(cluster)
     return plumbing
 
 
@@ -619,20 +669,26 @@ def main():
         overload_table(overloaded)
     if plumbing:
         print()
-        print("plumbing (BENCHMARK-ONLY null engine, no inference; frame sent -> echo at client):")
-        print("| streams | frames answered | p50 | p99 | max | goal p99 |")
-        print("|---|---|---|---|---|---|")
+        print("plumbing (BENCHMARK-ONLY null engine, no inference; frame sent -> echo at client). Every")
+        print("frame; after each stream's first second (steady state); each stream's first frame, which")
+        print("waits for its session to start (job queued, taken by a worker, its audio followed):")
+        print("| NATS | streams | frames answered | every frame p50 / p99 / max | steady p50 / p99 / max | "
+              "first frame p50 / p99 / max | goal p99 |")
+        print("|---|---|---|---|---|---|---|")
+
+        def triple(q):
+            return " / ".join("-" if q.get(k) is None else f"{q[k]:.1f}" for k in ("p50_ms", "p99_ms", "max_ms")) + " ms"
         for p in plumbing:
-            print(f"| {p['streams']} | {p['frames_answered']}/{p['frames_expected']} | {p['p50_ms']:.1f} ms | "
-                  f"{p['p99_ms']:.1f} ms | {p['max_ms']:.1f} ms | <= 5 ms |")
+            print(f"| {p['nats']} | {p['streams']} | {p['frames_answered']}/{p['frames_expected']} | {triple(p)} | "
+                  f"{triple(p['steady'])} | {triple(p['first_frame'])} | <= 5 ms |")
         print()
         print("where a frame's time goes (bucket bounds from the processes' histograms): gateway publish ->")
         print("JetStream ack (kiroku_audio_publish_seconds), stored -> worker (kiroku_audio_delivery_seconds):")
-        print("| streams | publish p50 | publish p99 | delivery p50 | delivery p99 |")
-        print("|---|---|---|---|---|")
+        print("| NATS | streams | publish p50 | publish p99 | delivery p50 | delivery p99 |")
+        print("|---|---|---|---|---|---|")
         for p in plumbing:
             st = p["stages"]
-            print(f"| {p['streams']} | {bound_ms(st['publish'][0.5])} | {bound_ms(st['publish'][0.99])} | "
+            print(f"| {p['nats']} | {p['streams']} | {bound_ms(st['publish'][0.5])} | {bound_ms(st['publish'][0.99])} | "
                   f"{bound_ms(st['delivery'][0.5])} | {bound_ms(st['delivery'][0.99])} |")
     for title, result, unit, before, goal in minutes:
         minutes_table(title + f" ({result['audio_s']:.0f} s, release build, 2-core machine, paced at 1x)",
