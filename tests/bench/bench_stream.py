@@ -325,6 +325,9 @@ SWEEP_STAGGER_MS = int(os.environ.get("SWEEP_STAGGER_MS", "0"))
 # The Japanese sweep's worker model (environment SWEEP_JA_MODEL, default base; e.g.
 # base-q8_0 after `kiroku model fetch --model base --quantize q8_0`).
 SWEEP_JA_MODEL = os.environ.get("SWEEP_JA_MODEL", "base")
+# ... and its model for the minutes (environment SWEEP_JA_FINAL_MODEL, default none: the
+# same), e.g. base-q8_0 captions with base finals.
+SWEEP_JA_FINAL_MODEL = os.environ.get("SWEEP_JA_FINAL_MODEL", "")
 
 
 def concurrency_sweep(kiroku, work, voice=None):
@@ -337,6 +340,8 @@ def concurrency_sweep(kiroku, work, voice=None):
         short_wav, short_text = japanese_meeting_clip(work, voice, JAPANESE_SENTENCES, "sweep-ja")
         timeline, error, join = None, cer, "".join
         cluster_args, stream_args, tag = ["--model", SWEEP_JA_MODEL], ["--language", "ja"], "sweepja"
+        if SWEEP_JA_FINAL_MODEL:
+            cluster_args += ["--final-model", SWEEP_JA_FINAL_MODEL]
     else:
         short_text = " ".join(SENTENCES[:5])
         short_wav = synthesize(work, "meeting-short", short_text)
@@ -664,7 +669,8 @@ def main():
     if sweep:
         sweep_table(sweep, "sweep", WORKER_MODEL, "short meeting", "WER", 4, work)
     if sweep_ja:
-        sweep_table(sweep_ja, "sweepja", f"{SWEEP_JA_MODEL}, Japanese", "Japanese clip, --language ja", "CER", 2, work)
+        finals = f" (finals: {SWEEP_JA_FINAL_MODEL})" if SWEEP_JA_FINAL_MODEL else ""
+        sweep_table(sweep_ja, "sweepja", f"{SWEEP_JA_MODEL}{finals}, Japanese", "Japanese clip, --language ja", "CER", 2, work)
     if overloaded:
         overload_table(overloaded)
     if plumbing:

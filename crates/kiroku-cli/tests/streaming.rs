@@ -1673,3 +1673,75 @@ mod overload {
         }
     }
 }
+
+/// `kiroku bench-plumbing`, what `make bench-stream` measures the plumbing with, against
+/// a real cluster on the null engine: every stream is answered, and the report keeps each
+/// stream's first frame (which waits for its session to start) apart from the frames
+/// after its first second (the steady state the 5 ms goal is about).
+#[test]
+fn bench_plumbing_reports_each_streams_first_frame_apart_from_the_steady_state() {
+    let cluster = Cluster::builder()
+        .gateways(1)
+        .workers(1)
+        .options(Options {
+            engine: "null-benchmark",
+            worker_sessions: 16,
+            ..Options::default()
+        })
+        .start();
+    let (streams, seconds) = (4u64, 3u64);
+    let output = cluster
+        .cli(&[
+            "bench-plumbing",
+            "--gateway",
+            &cluster.gateway_url(0),
+            "--streams",
+            &streams.to_string(),
+            "--seconds",
+            &seconds.to_string(),
+        ])
+        .output()
+        .expect("kiroku bench-plumbing");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}\n{}", cluster.logs());
+    let report: serde_json::Value = serde_json::from_str(
+        stdout
+            .lines()
+            .last()
+            .unwrap_or_else(|| panic!("no report: {stderr}")),
+    )
+    .unwrap_or_else(|e| panic!("report is not JSON ({e}): {stdout}"));
+    let count = |v: &serde_json::Value| v.as_u64().unwrap_or_else(|| panic!("{report}"));
+    let ms = |v: &serde_json::Value| v.as_f64().unwrap_or_else(|| panic!("{report}"));
+    assert_eq!(count(&report["failed_streams"]), 0, "{report}");
+    // 100 ms frames: 10 a second, the first second's are not steady. The null engine's
+    // last interims may race the stream's close (best effort), so allow a frame each.
+    let per_stream = seconds * 10;
+    let answered = count(&report["frames_answered"]);
+    assert!(
+        answered >= streams * (per_stream - 1) && answered <= streams * per_stream,
+        "{report}"
+    );
+    assert_eq!(count(&report["first_frame"]["frames"]), streams, "{report}");
+    let steady = count(&report["steady"]["frames"]);
+    assert!(
+        steady >= streams * (per_stream - 10 - 1) && steady <= streams * (per_stream - 10),
+        "{report}"
+    );
+    for part in [&report, &report["steady"], &report["first_frame"]] {
+        assert!(
+            ms(&part["p50_ms"]) <= ms(&part["p99_ms"])
+                && ms(&part["p99_ms"]) <= ms(&part["max_ms"]),
+            "{report}"
+        );
+    }
+    assert!(
+        ms(&report["steady"]["max_ms"]) <= ms(&report["max_ms"]),
+        "{report}"
+    );
+    assert!(
+        ms(&report["first_frame"]["max_ms"]) <= ms(&report["max_ms"]),
+        "{report}"
+    );
+}
