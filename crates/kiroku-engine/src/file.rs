@@ -30,8 +30,9 @@ const FEED_SAMPLES: usize = 16_000;
 /// its pauses found by `vad`.
 /// `options.language` `None` (or "auto") detects the language on the first piece and
 /// keeps it; `options.prompt` biases every decode (in Japanese,
-/// [`crate::live::JAPANESE_PROMPT`] when it is `None`, as in live finals); `options.beam_size` is the beam of
-/// every decode; `options.audio_ctx` and `max_tokens` are sized per piece and ignored.
+/// [`crate::live::JAPANESE_PROMPT`] when it is `None`, as in live finals);
+/// `options.beam_size` is the beam of every decode; `options.audio_ctx` and `max_tokens`
+/// are sized per piece and ignored.
 /// `progress` gets the share of the audio done, 0–100.
 ///
 /// Cutting needs DTW word times to tell each piece's own words from its context's: an
