@@ -148,13 +148,7 @@ struct Quantiles {
 impl Quantiles {
     fn of(mut values: Vec<f64>) -> Self {
         values.sort_by(f64::total_cmp);
-        let pick = |q: f64| {
-            if values.is_empty() {
-                f64::NAN
-            } else {
-                values[((values.len() - 1) as f64 * q).round() as usize]
-            }
-        };
+        let pick = |q| kiroku_core::metrics::percentile(&values, q);
         Self {
             count: values.len(),
             p50: pick(0.5),

@@ -686,13 +686,6 @@ fn clock(ms: u64) -> String {
     )
 }
 
-fn percentile(sorted: &[f64], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
-}
-
 fn print_stats(progress: &Progress, args: &Args, reconnects: u32) {
     // A final's latency: its arrival − when its utterance's last word ended.
     let mut finals: Vec<f64> = progress
@@ -735,8 +728,8 @@ fn print_stats(progress: &Progress, args: &Args, reconnects: u32) {
     let line = |name: &str, latencies: &[f64]| {
         eprintln!(
             "{name}: p50 {:.0} ms  p95 {:.0} ms  max {:.0} ms",
-            percentile(latencies, 0.5),
-            percentile(latencies, 0.95),
+            kiroku_core::metrics::percentile(latencies, 0.5),
+            kiroku_core::metrics::percentile(latencies, 0.95),
             latencies.last().copied().unwrap_or(f64::NAN)
         );
     };

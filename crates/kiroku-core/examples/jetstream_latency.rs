@@ -46,19 +46,14 @@ fn age_ms(payload: &[u8]) -> Option<f64> {
 
 fn summary(name: &str, mut samples: Vec<f64>) {
     samples.sort_by(f64::total_cmp);
-    let at = |q: f64| {
-        samples
-            .get(((samples.len() as f64 * q) as usize).min(samples.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or(f64::NAN)
-    };
+    let at = |q| kiroku_core::metrics::percentile(&samples, q);
     println!(
         "| {name} | {} | {:.2} | {:.2} | {:.2} | {:.2} |",
         samples.len(),
         at(0.5),
         at(0.99),
         at(0.999),
-        samples.last().copied().unwrap_or(f64::NAN)
+        at(1.0)
     );
 }
 

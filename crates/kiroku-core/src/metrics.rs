@@ -166,6 +166,15 @@ pub struct Metrics {
 }
 
 /// The process's metrics, created on first use.
+/// The nearest-rank `q` quantile (0–1) of `sorted` (ascending); NaN when it is empty.
+/// What `kiroku stream --stats` and the benchmarks report as p50/p95/p99.
+pub fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() - 1) as f64 * q.clamp(0.0, 1.0)).round() as usize]
+}
+
 pub fn metrics() -> &'static Metrics {
     static METRICS: OnceLock<Metrics> = OnceLock::new();
     METRICS.get_or_init(Metrics::new)
@@ -595,6 +604,17 @@ fn code_name(code: tonic::Code) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn percentiles_are_nearest_rank_and_nan_when_empty() {
+        let sorted: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&sorted, 0.5), 51.0);
+        assert_eq!(percentile(&sorted, 0.99), 99.0);
+        assert_eq!(percentile(&sorted, 1.0), 100.0);
+        assert_eq!(percentile(&sorted, 0.0), 1.0);
+        assert_eq!(percentile(&[7.0], 0.95), 7.0);
+        assert!(percentile(&[], 0.5).is_nan());
+    }
 
     #[test]
     fn every_family_is_rendered_with_help_and_type() {

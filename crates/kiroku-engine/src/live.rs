@@ -133,7 +133,7 @@ pub struct FinalsConfig {
     /// The prompt of final decodes when `prompt_chars` gives none (Japanese:
     /// [`JAPANESE_PROMPT`]): a punctuated prompt keeps Whisper's punctuation. Measured
     /// live on the Japanese test clip (base, `bench_stream.py … japanese`, two runs each,
-    /// 2026-12-05): sentences ending in 。 3 → 6 of 6, CER 0.041 → 0.057 (見直し written
+    /// 2026-12-05): sentences ending in 。 4 → 6 of 6, CER 0.041 → 0.057 (見直し written
     /// in kana); unpaced (`examples/finals_trials.rs`): CER 0.057 → 0.049.
     pub fixed_prompt: Option<&'static str>,
     /// Encoder frames added to a final's audio context beyond its window's own (at most

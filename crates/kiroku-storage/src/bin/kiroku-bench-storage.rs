@@ -19,6 +19,7 @@ use std::time::Instant;
 
 use anyhow::Context as _;
 use kiroku_core::db::{DatabaseConfig, Db};
+use kiroku_core::metrics::percentile;
 use kiroku_proto::transcribe::v1 as api;
 use kiroku_storage::crypto::{DataKey, LocalKeyProvider};
 use kiroku_storage::store::{self, Final, Keys};
@@ -109,10 +110,6 @@ fn sentence(rng: &mut Rng, words: &[String]) -> String {
         .map(|_| words[rng.word(words.len())].as_str())
         .collect::<Vec<_>>()
         .join(" ")
-}
-
-fn percentile(sorted: &[f64], q: f64) -> f64 {
-    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
 }
 
 #[tokio::main(flavor = "multi_thread")]
